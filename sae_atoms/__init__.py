@@ -21,8 +21,7 @@ Modules (one per concept):
 
 __version__ = "0.1.0"
 
-try:  # registration of the SAELens architectures (module added by the TSAE work)
+import importlib.util as _util
+
+if _util.find_spec("sae_atoms.tsae") is not None:  # registers tsae / tsae_aip with SAELens
     from sae_atoms import tsae as _tsae  # noqa: F401
-except ModuleNotFoundError as _e:  # pragma: no cover - only while the module does not exist
-    if _e.name != "sae_atoms.tsae":
-        raise

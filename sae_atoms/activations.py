@@ -1,0 +1,322 @@
+"""Activation sets: a model's activations at chosen hooks and token positions, with labels.
+
+``extract(model, dataset, hooks, position)`` runs a ``HookedTransformer`` over prompt rows
+(``sae_atoms.data``) and keeps, per prompt, the activation at
+
+- ``"subject_last"``: the last token of the subject (the paper's setting; the token whose
+  character offsets contain the subject's last character),
+- ``"last"``: the prompt's last token,
+- ``"all"``: every token (one activation row per token, BOS excluded).
+
+Token positions come from the tokenizer's character offsets, so they are exact under BOS
+prepending and right padding. Prompts are sorted by length and batched; the forward pass
+stops after the deepest hook (``stop_at_layer``) and only the selected positions are copied
+out of the hooks, so extraction costs about one truncated forward pass.
+
+An ``ActivationSet`` is saved as ``activations.safetensors`` (one tensor per hook) +
+``rows/`` (a ``datasets.Dataset``, aligned row by row) + ``meta.json``, written to a
+temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import datasets
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from sae_atoms.models import check_hook_name, hook_layer
+
+POSITIONS = ("subject_last", "last", "all")
+
+
+@dataclass
+class ActivationSet:
+    """Activations ``acts[hook]`` of shape ``[n, d]`` with ``rows`` (labels) aligned row by row."""
+
+    acts: dict[str, torch.Tensor]
+    rows: datasets.Dataset
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for h, a in self.acts.items():
+            if a.shape[0] != len(self.rows):
+                raise ValueError(f"activations for {h} have {a.shape[0]} rows but there are {len(self.rows)} label rows")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def hook_names(self) -> list[str]:
+        return list(self.acts)
+
+    def x(self, hook: str | None = None) -> torch.Tensor:
+        """The ``[n, d]`` activations of ``hook`` (may be omitted when there is one hook)."""
+        if hook is None:
+            if len(self.acts) != 1:
+                raise ValueError(f"this set has several hooks {self.hook_names}; name one")
+            return next(iter(self.acts.values()))
+        if hook not in self.acts:
+            raise KeyError(f"no activations for hook {hook!r}; this set has {self.hook_names}")
+        return self.acts[hook]
+
+    def labels(self, column: str) -> list:
+        if column not in self.rows.column_names:
+            raise KeyError(f"no label column {column!r}; columns: {self.rows.column_names}")
+        return list(self.rows[column])
+
+    def select(self, split: str | None = None, indices: Sequence[int] | torch.Tensor | None = None) -> "ActivationSet":
+        """Rows of one ``split`` ("train" / "heldout") and/or the given ``indices``."""
+        idx = torch.arange(len(self))
+        if split is not None:
+            mask = torch.tensor([s == split for s in self.labels("split")], dtype=torch.bool)
+            idx = idx[mask]
+        if indices is not None:
+            idx = idx[torch.as_tensor(indices, dtype=torch.long)]
+        if len(idx) == 0:
+            raise ValueError(f"selection is empty (split={split!r}); splits present: {sorted(set(self.labels('split')))}")
+        il = idx.tolist()
+        return ActivationSet({h: a[idx] for h, a in self.acts.items()}, self.rows.select(il), dict(self.meta))
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``path`` atomically (temporary folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        try:
+            save_file({h: a.contiguous() for h, a in self.acts.items()}, str(tmp / "activations.safetensors"))
+            self.rows.save_to_disk(str(tmp / "rows"))
+            (tmp / "meta.json").write_text(json.dumps(self.meta | {"n": len(self), "hooks": self.hook_names}, indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ActivationSet":
+        path = Path(path)
+        if not (path / "activations.safetensors").exists() or not (path / "meta.json").exists():
+            raise FileNotFoundError(f"{path} is not an activation set (expected activations.safetensors, rows/, meta.json); "
+                                    "write one with `sae-atoms extract --out DIR`.")
+        acts = load_file(str(path / "activations.safetensors"))
+        meta = json.loads((path / "meta.json").read_text())
+        order = meta.get("hooks", list(acts))
+        return cls({h: acts[h] for h in order}, datasets.load_from_disk(str(path / "rows")), meta)
+
+
+def _tokenize(model, prompts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError("the model has no tokenizer; extraction from prompts needs one")
+    if not getattr(tok, "is_fast", False):
+        raise ValueError("extraction needs a fast tokenizer (character offsets); load the model with a fast tokenizer")
+    enc = tok(prompts, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offs = enc["input_ids"], [[tuple(o) for o in off] for off in enc["offset_mapping"]]
+    if model.cfg.default_prepend_bos and tok.bos_token_id is not None:
+        ids = [[tok.bos_token_id] + x for x in ids]
+        offs = [[(0, 0)] + o for o in offs]
+    return ids, offs
+
+
+def subject_token_positions(model, prompts: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[int]:
+    """Index (in the model's token sequence, BOS included) of each subject's last token.
+
+    The last token whose character span overlaps ``[start, end)``; an error names the prompt
+    when the subject is not in it.
+    """
+    ids, offs = _tokenize(model, list(prompts))
+    out = []
+    for p, s, e, off in zip(prompts, starts, ends, offs):
+        if not (0 <= s < e <= len(p)):
+            raise ValueError(f"subject span [{s}, {e}) is outside the prompt {p!r}")
+        hits = [i for i, (a, b) in enumerate(off) if b > a and a < e and b > s]
+        if not hits:
+            raise ValueError(f"subject {p[s:e]!r} was not found among the tokens of prompt {p!r}")
+        out.append(hits[-1])
+    return out
+
+
+def _stop_layer(model, hooks: list[str]) -> int | None:
+    layers = [hook_layer(h) for h in hooks]
+    if any(h.startswith(("ln_final", "unembed")) for h in hooks):
+        return None
+    deepest = max((l for l in layers if l is not None), default=-1)
+    return deepest + 1 if deepest + 1 < model.cfg.n_layers else None
+
+
+@torch.no_grad()
+def extract(model, dataset: datasets.Dataset | Sequence[dict], hook_names: str | Sequence[str],
+            position: str = "subject_last", batch_size: int = 32, device=None,
+            progress: bool = True, dtype: torch.dtype = torch.float32) -> ActivationSet:
+    """Collect activations of ``model`` at ``hook_names`` over ``dataset``'s prompts.
+
+    Returns an ``ActivationSet`` whose rows are the dataset's rows (plus ``token_pos`` and
+    ``token_str``), in the dataset's order; for ``position="all"`` one row per token with
+    ``prompt_idx``.
+    """
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, not {position!r}")
+    hooks = [hook_names] if isinstance(hook_names, str) else list(hook_names)
+    if not hooks:
+        raise ValueError("no hook names given")
+    for h in hooks:
+        check_hook_name(model, h)
+    if not isinstance(dataset, datasets.Dataset):
+        dataset = datasets.Dataset.from_list(list(dataset))
+    if len(dataset) == 0:
+        raise ValueError("the prompt dataset is empty: nothing to extract")
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"the dataset needs a 'prompt' column; it has {dataset.column_names}")
+    prompts = list(dataset["prompt"])
+    ids, _ = _tokenize(model, prompts)
+    if position == "subject_last":
+        for c in ("subject_start", "subject_end"):
+            if c not in dataset.column_names:
+                raise ValueError(f"position='subject_last' needs column {c!r} (a subject span); use position='last' otherwise")
+        pos = subject_token_positions(model, prompts, list(dataset["subject_start"]), list(dataset["subject_end"]))
+    else:
+        pos = [len(x) - 1 for x in ids]
+    n_ctx = model.cfg.n_ctx
+    if max(len(x) for x in ids) > n_ctx:
+        raise ValueError(f"a prompt is longer than the model's context ({n_ctx} tokens)")
+    dev = next(model.parameters()).device if device is None else torch.device(device)
+    stop = _stop_layer(model, hooks)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    collected: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    row_index: list[int] = []
+    token_pos: list[int] = []
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=f"extract {position}", disable=not progress, unit="batch"):
+        width = max(len(ids[i]) for i in batch)
+        toks = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, i in enumerate(batch):
+            toks[j, :len(ids[i])] = torch.tensor(ids[i])
+            mask[j, :len(ids[i])] = 1
+        toks, mask = toks.to(dev), mask.to(dev)
+        if position == "all":
+            first = 1 if model.cfg.default_prepend_bos else 0
+            sel_b = torch.cat([torch.full((len(ids[i]) - first,), j) for j, i in enumerate(batch)])
+            sel_p = torch.cat([torch.arange(first, len(ids[i])) for i in batch])
+            row_index += [i for i in batch for _ in range(first, len(ids[i]))]
+            token_pos += sel_p.tolist()
+        else:
+            sel_b = torch.arange(len(batch))
+            sel_p = torch.tensor([pos[i] for i in batch])
+            row_index += batch
+            token_pos += sel_p.tolist()
+        sel_b, sel_p = sel_b.to(dev), sel_p.to(dev)
+
+        def grab(act: torch.Tensor, hook) -> None:
+            collected[hook.name].append(act[sel_b, sel_p].to("cpu", dtype))
+
+        model.run_with_hooks(toks, attention_mask=mask, fwd_hooks=[(h, grab) for h in hooks],
+                             stop_at_layer=stop, return_type=None)
+    acts = {h: torch.cat(v) for h, v in collected.items()}
+    # restore dataset order (rows were processed sorted by length)
+    if position == "all":
+        perm = sorted(range(len(row_index)), key=lambda k: (row_index[k], token_pos[k]))
+    else:
+        perm = sorted(range(len(row_index)), key=lambda k: row_index[k])
+    perm_t = torch.tensor(perm, dtype=torch.long)
+    acts = {h: a[perm_t] for h, a in acts.items()}
+    row_index = [row_index[k] for k in perm]
+    token_pos = [token_pos[k] for k in perm]
+    for h, a in acts.items():
+        bad = (~torch.isfinite(a)).sum().item()
+        if bad:
+            raise FloatingPointError(f"{bad} non-finite values in the activations at {h}; check the model's dtype "
+                                     f"({next(model.parameters()).dtype}) and weights")
+    rows = dataset.select(row_index) if position == "all" else dataset
+    tok_strs = [model.tokenizer.decode([ids[r][p]]) for r, p in zip(row_index, token_pos)]
+    rows = rows.add_column("token_pos", token_pos).add_column("token_str", tok_strs)
+    if position == "all":
+        rows = rows.add_column("prompt_idx", row_index)
+    meta = {"model": model.cfg.model_name, "position": position, "d_model": model.cfg.d_model,
+            "dtype": str(dtype).replace("torch.", ""), "prepend_bos": bool(model.cfg.default_prepend_bos)}
+    return ActivationSet(acts, rows, meta)
+
+
+# --------------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local HF folder or TransformerLens name")
+    p.add_argument("--hook", action="append", required=True, help="hook name (repeatable), e.g. blocks.12.hook_resid_post")
+    p.add_argument("--out", type=Path, required=True, help="output folder of the activation set")
+    p.add_argument("--position", choices=POSITIONS, default="subject_last")
+    p.add_argument("--data", choices=("facts", "reasoning"), default="facts")
+    p.add_argument("--n-cities", type=int, default=None, help="most populous cities to use (default all: >20k prompts)")
+    p.add_argument("--relations", nargs="*", default=None, help="fact relations (default all)")
+    p.add_argument("--n", type=int, default=2000, help="number of reasoning prompts")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from sae_atoms.data import fact_prompts, reasoning_prompts
+    from sae_atoms.models import load_model
+
+    model = load_model(args.model, device=args.device)
+    ds = (fact_prompts(n_cities=args.n_cities, relations=args.relations, seed=args.seed) if args.data == "facts"
+          else reasoning_prompts(args.n, seed=args.seed))
+    acts = extract(model, ds, args.hook, position=args.position, batch_size=args.batch_size)
+    acts.save(args.out)
+    splits = {s: acts.labels("split").count(s) for s in sorted(set(acts.labels("split")))}
+    print(f"wrote {len(acts)} activations ({', '.join(f'{k}: {v}' for k, v in splits.items())}) "
+          f"at {acts.hook_names} to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+def bench_extract_subject(quick: bool = False) -> dict:
+    """Subject-position extraction throughput / bare ``model(tokens, stop_at_layer)`` throughput.
+
+    The baseline runs the same padded token batches through the truncated model with no hooks.
+    """
+    from sae_atoms.bench import best_time
+    from sae_atoms.data import fact_prompts
+    from sae_atoms.models import load_model
+
+    model = load_model("smollm2-135m")
+    ds = fact_prompts(n_cities=100 if quick else 400, relations=["city_country"])
+    hook, bs = "blocks.12.hook_resid_post", 64
+    ids, _ = _tokenize(model, list(ds["prompt"]))
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    pad = model.tokenizer.pad_token_id or 0
+    batches = []
+    for k in range(0, len(order), bs):
+        b = order[k:k + bs]
+        w = max(len(ids[i]) for i in b)
+        t = torch.full((len(b), w), pad, dtype=torch.long)
+        m = torch.zeros_like(t)
+        for j, i in enumerate(b):
+            t[j, :len(ids[i])] = torch.tensor(ids[i])
+            m[j, :len(ids[i])] = 1
+        batches.append((t, m))
+
+    def baseline() -> None:
+        with torch.no_grad():
+            for t, m in batches:
+                model(t, attention_mask=m, stop_at_layer=13)
+
+    def ours() -> None:
+        extract(model, ds, hook, batch_size=bs, progress=False)
+
+    repeat = 2 if quick else 3
+    t_base, t_ours = best_time(baseline, repeat=repeat), best_time(ours, repeat=repeat)
+    return {"ratio": t_base / t_ours, "target": 0.9, "better": "higher", "n_prompts": len(ds),
+            "seconds_ours": t_ours, "seconds_baseline": t_base, "hook": hook,
+            "note": "throughput ratio (baseline time / extraction time), same tokens and batches"}
