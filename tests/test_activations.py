@@ -1,0 +1,86 @@
+import subprocess
+import sys
+
+import datasets
+import pytest
+import torch
+
+from sae_atoms.activations import ActivationSet, extract, subject_token_positions
+from tests.conftest import REAL_HOOK
+
+
+@pytest.mark.real_model
+def test_subject_position_decodes_to_subject_end(real_model, real_acts):
+    assert len(real_acts) > 400
+    for r in real_acts.rows.select(range(0, len(real_acts), 13)):
+        tok = r["token_str"].strip()
+        assert tok and r["subject"].endswith(tok), (r["subject"], tok)
+        # the next token is no longer part of the subject
+        toks = real_model.to_str_tokens(r["prompt"])
+        assert "".join(toks[1:r["token_pos"] + 1]).strip().endswith(r["subject"])
+
+
+@pytest.mark.real_model
+def test_batched_padded_extraction_equals_single_prompt_runs(real_model, fact_data):
+    ds = fact_data.select([0, 5, 300, 301])  # different lengths -> padding inside the batch
+    acts = extract(real_model, ds, [REAL_HOOK, "blocks.3.hook_resid_post"], batch_size=4, progress=False)
+    for i in range(len(ds)):
+        _, cache = real_model.run_with_cache(ds[i]["prompt"], names_filter=lambda n: n in (REAL_HOOK, "blocks.3.hook_resid_post"))
+        p = acts.rows[i]["token_pos"]
+        for h in acts.hook_names:
+            assert torch.allclose(acts.x(h)[i], cache[h][0, p], atol=1e-3)
+
+
+@pytest.mark.real_model
+def test_last_and_all_positions(real_model, fact_data):
+    ds = fact_data.select(range(3))
+    last = extract(real_model, ds, REAL_HOOK, position="last", progress=False)
+    allp = extract(real_model, ds, REAL_HOOK, position="all", progress=False)
+    n_tok = sum(len(real_model.to_tokens(p)[0]) - 1 for p in ds["prompt"])
+    assert len(allp) == n_tok
+    for i in range(3):
+        rows = [k for k, j in enumerate(allp.labels("prompt_idx")) if j == i]
+        assert torch.allclose(allp.x()[rows[-1]], last.x()[i], atol=1e-4)
+
+
+@pytest.mark.real_model
+def test_save_load_roundtrip_keeps_labels_aligned(real_acts, tmp_path):
+    real_acts.save(tmp_path / "acts")
+    back = ActivationSet.load(tmp_path / "acts")
+    assert torch.equal(back.x(), real_acts.x()) and back.labels("country") == real_acts.labels("country")
+    held = back.select(split="heldout")
+    assert set(held.labels("split")) == {"heldout"} and 0 < len(held) < len(back)
+    assert not set(held.labels("subject")) & set(back.select(split="train").labels("subject"))
+
+
+@pytest.mark.real_model
+def test_bad_inputs(real_model):
+    with pytest.raises(KeyError, match="Close names"):
+        extract(real_model, [{"prompt": "a b", "subject_start": 0, "subject_end": 1}], "blocks.12.hook_resid_pots")
+    with pytest.raises(ValueError, match="empty"):
+        extract(real_model, datasets.Dataset.from_dict({"prompt": []}), REAL_HOOK)
+    with pytest.raises(ValueError, match="outside the prompt"):
+        subject_token_positions(real_model, ["Paris is nice"], [3], [40])
+    with pytest.raises(ValueError, match="subject_start"):
+        extract(real_model, [{"prompt": "Paris is nice"}], REAL_HOOK)
+
+
+def test_load_of_a_foreign_folder_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an activation set"):
+        ActivationSet.load(tmp_path)
+
+
+def test_activation_set_rejects_misaligned_rows():
+    with pytest.raises(ValueError, match="rows"):
+        ActivationSet({"h": torch.zeros(3, 2)}, datasets.Dataset.from_dict({"prompt": ["a", "b"]}))
+
+
+@pytest.mark.real_model
+def test_cli_extract_writes_a_loadable_set(tmp_path):
+    out = tmp_path / "acts"
+    res = subprocess.run([sys.executable, "-m", "sae_atoms.cli", "extract", "--hook", "blocks.2.hook_resid_post",
+                          "--n-cities", "15", "--relations", "city_country", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    acts = ActivationSet.load(out)
+    assert len(acts) == 60 and acts.x().shape == (60, 576)

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from sae_atoms.models import ModelLoadError, _cache_is_complete, check_hook_name, embedded_model_path, load_model, resolve_device
+
+
+@pytest.mark.real_model
+def test_embedded_model_predicts_paris(real_model):
+    logits = real_model("The Eiffel Tower is located in the city of")
+    assert real_model.tokenizer.decode(logits[0, -1].argmax()) == " Paris"
+    assert real_model.cfg.d_model == 576 and real_model.cfg.n_layers == 30
+
+
+@pytest.mark.real_model
+def test_transformer_lens_logits_match_hugging_face(real_model):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(embedded_model_path()), dtype=torch.float32).eval()
+    toks = real_model.to_tokens(["The capital of Japan is the city of", "2 plus 2 is"], padding_side="right")
+    toks = toks[:1]  # one unpadded prompt: exact comparison
+    with torch.no_grad():
+        ours = real_model(toks).log_softmax(-1)
+        theirs = hf(toks).logits.log_softmax(-1)
+    assert (ours - theirs).abs().max().item() < 1e-3
+
+
+@pytest.mark.real_model
+def test_cache_is_marked_complete_and_corruption_is_detected(tmp_path, monkeypatch):
+    folder = embedded_model_path()
+    assert _cache_is_complete(folder)
+    # A copy with a truncated weight file is not complete.
+    import shutil
+
+    bad = tmp_path / "copy"
+    shutil.copytree(folder, bad)
+    w = next(bad.glob("*.safetensors"))
+    with open(w, "r+b") as fh:
+        fh.truncate(100)
+    assert not _cache_is_complete(bad)
+
+
+@pytest.mark.real_model
+def test_local_folder_with_llama_in_its_name_loads(tmp_path, real_model):
+    folder = tmp_path / "my-llama-copy"
+    folder.mkdir()
+    for f in embedded_model_path().iterdir():
+        (folder / f.name).symlink_to(f)
+    m = load_model(str(folder), device="cpu")
+    toks = real_model.to_tokens("The Eiffel Tower is located in the city of")
+    with torch.no_grad():
+        assert torch.allclose(m(toks), real_model(toks), atol=1e-4)
+
+
+def test_unknown_model_names_close_options():
+    with pytest.raises(ModelLoadError, match="smollm2-135m"):
+        load_model("smollm-135m")
+
+
+def test_hub_model_offline_says_so(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
+        load_model("EleutherAI/pythia-14m")
+
+
+def test_missing_local_folder_is_clear(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_model(str(tmp_path / "x"))
+
+
+def test_bad_device_and_dtype():
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ModelLoadError, match="floating"):
+        load_model("smollm2-135m", dtype=torch.int64)
+
+
+def test_hook_name_errors_list_close_names(tiny_model):
+    with pytest.raises(KeyError, match=r"blocks\.1\.hook_resid_post"):
+        check_hook_name(tiny_model, "blocks.1.hook_resid_pst")
+    check_hook_name(tiny_model, "blocks.1.hook_resid_post")
