@@ -1,0 +1,284 @@
+"""AIPMetric, AIPMoments and the TransformerLens hook: known answers that could fail."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from sae_atoms.aip import AIPConditioningWarning, AIPMetric, AIPMoments, aip_hook, attach, bench_aip_fit
+
+
+def _gaussian(n: int, d: int, seed: int = 0, mean: float | torch.Tensor = 0.0):
+    """Samples with a known covariance C = A A^T (and a known mean)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    scales = torch.logspace(0, 1.5, d, dtype=torch.float64)  # eigenvalues 1 .. 1000 of C
+    a = q * scales.sqrt()
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return z @ a.T + mean, a @ a.T
+
+
+def test_uncentered_metric_matches_inverse_of_known_second_moment():
+    d, n = 6, 400_000
+    x, c = _gaussian(n, d)
+    m = AIPMetric.fit(x.float())  # float32 input, float64 accumulation
+    s_true = torch.linalg.inv(c)
+    rel = (m.S - s_true).norm() / s_true.norm()
+    assert rel < 0.02, rel  # sampling error ~ sqrt(d / n) * cond-dependent factor
+    assert m.kind == "uncentered" and m.d == d and m.n_samples == n and m.shrinkage == 0.0
+    # W is the symmetric square root of S and its exact inverse is W_inv
+    assert torch.allclose(m.W.T @ m.W, m.S, atol=1e-12 * m.S.abs().max())
+    assert torch.allclose(m.W, m.W.T)
+    assert torch.allclose(m.W @ m.W_inv, torch.eye(d, dtype=torch.float64), atol=1e-10)
+    # whitened data has identity second moment (exactly, in-sample)
+    y = m.whiten(x)
+    assert torch.allclose(y.T @ y / n, torch.eye(d, dtype=torch.float64), atol=1e-4)
+    # C has eigenvalues logspace(0, 1.5): condition number 10^1.5, effective rank exp(H(p))
+    assert m.condition_number == pytest.approx(10**1.5, rel=0.03)
+    lam = torch.logspace(0, 1.5, d, dtype=torch.float64)
+    p = lam / lam.sum()
+    assert m.effective_rank == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=0.02)
+
+
+def test_centered_metric_uses_covariance_and_mean():
+    d, n = 5, 200_000
+    mu = torch.arange(1, d + 1, dtype=torch.float64) * 3.0
+    x, c = _gaussian(n, d, seed=1, mean=mu)
+    m = AIPMetric.fit(x, kind="centered")
+    assert torch.allclose(m.mean, mu, atol=0.3)
+    rel = (m.S - torch.linalg.inv(c)).norm() / torch.linalg.inv(c).norm()
+    assert rel < 0.02, rel
+    y = m.whiten(x)
+    assert y.mean(0).abs().max() < 1e-8
+    assert torch.allclose(y.T @ y / n, torch.eye(d, dtype=torch.float64), atol=1e-6)
+    # uncentred metric on the same data is a different one: the mean is a dominant direction
+    mu_ = AIPMetric.fit(x)
+    assert (mu_.S - m.S).norm() / m.S.norm() > 0.1
+
+
+def test_unwhiten_is_exact_inverse_and_dtype_device_kept():
+    x, _ = _gaussian(2000, 16, seed=2, mean=0.5)
+    for kind in ("uncentered", "centered"):
+        m = AIPMetric.fit(x, kind=kind)
+        assert torch.allclose(m.unwhiten(m.whiten(x)), x, atol=1e-10)
+        x32 = x.float()
+        y32 = m.whiten(x32)
+        assert y32.dtype == torch.float32 and y32.shape == x32.shape
+        assert torch.allclose(m.unwhiten(y32), x32, atol=1e-4 * x32.abs().max())
+        # batched shapes [b, t, d] work
+        assert m.whiten(x32.reshape(10, 200, 16)).shape == (10, 200, 16)
+
+
+def test_merged_partial_sums_equal_one_fit_and_streaming():
+    x, _ = _gaussian(3000, 12, seed=3, mean=1.0)
+    one = AIPMetric.fit(x, kind="centered")
+    parts = [AIPMoments().update(x[:1000]), AIPMoments().update(x[1000:1700]), AIPMoments().update(x[1700:])]
+    merged = parts[0] + parts[1]
+    merged = merged.merge(parts[2])
+    assert merged.n == 3000
+    m2 = AIPMetric.from_moments(merged, kind="centered")
+    assert torch.allclose(m2.W, one.W, atol=1e-10) and torch.allclose(m2.mean, one.mean, atol=1e-12)
+    m3 = AIPMetric.fit(iter(x.split(257)), kind="centered", progress=False)  # an iterator of batches
+    assert torch.allclose(m3.S, one.S, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="d=12 and d=5"):
+        parts[0] + AIPMoments().update(torch.randn(4, 5))
+
+
+def test_aip_angles_equal_plain_cosines_after_whitening():
+    x, _ = _gaussian(5000, 10, seed=4, mean=2.0)
+    a, b = x[:30], x[30:50]
+    for kind in ("uncentered", "centered"):
+        m = AIPMetric.fit(x, kind=kind)
+        ang = m.angles(a, b)
+        assert ang.shape == (30, 20)
+        wa, wb = m.whiten(a), m.whiten(b)
+        cos = torch.nn.functional.normalize(wa, dim=-1) @ torch.nn.functional.normalize(wb, dim=-1).T
+        assert torch.allclose(ang, torch.rad2deg(torch.arccos(cos.clamp(-1, 1))), atol=1e-6)
+        # the bilinear form agrees with whitening: <u, v>_S = (W u) . (W v)
+        u, v = x[:7], x[7:14]
+        assert torch.allclose(m.inner(u, v), (u @ m.W.T * (v @ m.W.T)).sum(-1), rtol=1e-9)
+        assert torch.allclose(m.norm(u), (u @ m.W.T).norm(dim=-1), rtol=1e-9)
+        assert torch.allclose(m.cos(u, v), torch.nn.functional.cosine_similarity(u @ m.W.T, v @ m.W.T), atol=1e-10)
+    self_ang = m.angles(a)
+    assert self_ang.shape == (30, 30) and self_ang.diagonal().abs().max() < 1e-5
+    assert torch.allclose(self_ang, self_ang.T)
+
+
+def test_whitened_angles_centre_at_90_while_euclid_does_not():
+    # a dominant shared direction: Euclidean angles are far below 90, AIP angles centre at 90.
+    # Uncentred whitening leaves a mean W mu with |W mu|^2 = |mu|^2 / (1 + |mu|^2) < 1 while
+    # E|y|^2 = d, so the expected cosine is ~ |W mu|^2 / d: 90 - 0.45 degrees at d = 128.
+    g = torch.Generator().manual_seed(5)
+    d, n = 128, 20_000
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) + 4.0 * torch.ones(d, dtype=torch.float64)
+    m = AIPMetric.fit(x)
+    a = x[:300]
+    iu = torch.triu_indices(300, 300, 1)
+    eu = torch.rad2deg(torch.arccos(torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(a, dim=-1).T)
+                       .clamp(-1, 1))[iu[0], iu[1]]
+    ai = m.angles(a)[iu[0], iu[1]]
+    assert eu.mean() < 30
+    wmu2 = float((m.W @ x.mean(0)).norm() ** 2)
+    assert abs(float(ai.mean()) - (90.0 - math.degrees(wmu2 / d))) < 0.3
+    assert abs(float(ai.mean()) - 90.0) < 1.0
+    assert abs(float(AIPMetric.fit(x, kind="centered").angles(a)[iu[0], iu[1]].mean()) - 90.0) < 0.3
+
+
+def test_singular_moment_gives_finite_results_and_one_warning():
+    x, _ = _gaussian(500, 8, seed=6)
+    x = torch.cat([x, x[:, :2], torch.zeros(500, 1, dtype=torch.float64)], dim=1)  # duplicated + dead dims
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        m = AIPMetric.fit(x)
+    cw = [w for w in rec if issubclass(w.category, AIPConditioningWarning)]
+    assert len(cw) == 1
+    msg = str(cw[0].message)
+    assert "singular" in msg and "condition number" in msg and "ridge" in msg
+    assert math.isinf(m.condition_number)
+    assert m.shrinkage > 0 and m.condition_number_used == pytest.approx(1e6, rel=1e-6)
+    for t in (m.S, m.W, m.W_inv, m.whiten(x), m.angles(x[:20]), m.norm(x[:5])):
+        assert torch.isfinite(t).all()
+    assert torch.allclose(m.unwhiten(m.whiten(x)), x, atol=1e-8)
+    # fewer samples than dimensions also warns (and says so)
+    with pytest.warns(AIPConditioningWarning, match="fewer samples than dimensions"):
+        AIPMetric.fit(torch.randn(5, 20))
+    # the plain inverse on a singular moment is a clear error, not NaN
+    with pytest.raises(ValueError, match="singular"):
+        AIPMetric.fit(x, shrinkage=0.0)
+    # explicit shrinkage: ridge = s * mean eigenvalue
+    m5 = AIPMetric.fit(x, shrinkage=0.1)
+    mom, _ = AIPMoments().update(x).moment()
+    assert m5.ridge == pytest.approx(0.1 * float(mom.trace()) / mom.shape[0])
+
+
+def test_well_conditioned_fit_does_not_warn():
+    x, _ = _gaussian(5000, 8, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AIPConditioningWarning)
+        m = AIPMetric.fit(x)
+    assert m.shrinkage == 0.0 and m.ridge == 0.0
+
+
+def test_bad_input_errors_are_clear(tmp_path):
+    x, _ = _gaussian(200, 4, seed=8)
+    m = AIPMetric.fit(x)
+    with pytest.raises(ValueError, match="d=4"):
+        m.whiten(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="kind"):
+        AIPMetric.fit(x, kind="whitened")
+    with pytest.raises(ValueError, match="NaN"):
+        AIPMetric.fit(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="zero"):
+        AIPMetric.fit(torch.zeros(10, 3))
+    with pytest.raises(ValueError, match="no activations"):
+        AIPMetric.from_moments(AIPMoments())
+    with pytest.raises(FileNotFoundError, match="not a saved AIP metric"):
+        AIPMetric.load(tmp_path / "nothing")
+
+
+def test_save_load_roundtrip_and_mismatch_errors(tmp_path):
+    x, _ = _gaussian(1000, 6, seed=9, mean=1.0)
+    m = AIPMetric.fit(x, kind="centered")
+    m.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["aip_metric.json", "aip_metric.safetensors"]
+    m2 = AIPMetric.load(tmp_path / "m", d=6, kind="centered")
+    for k in ("W", "W_inv", "S", "mean"):
+        assert torch.equal(getattr(m2, k), getattr(m, k))
+    assert (m2.kind, m2.d, m2.n_samples, m2.shrinkage) == ("centered", 6, 1000, 0.0)
+    assert torch.equal(m2.whiten(x), m.whiten(x))
+    with pytest.raises(ValueError, match="d=6 but d=7"):
+        AIPMetric.load(tmp_path / "m", d=7)
+    with pytest.raises(ValueError, match="'centered' but 'uncentered'"):
+        AIPMetric.load(tmp_path / "m", kind="uncentered")
+
+
+# --------------------------------------------------------------------------- the hook
+HOOK = "blocks.1.hook_resid_post"
+
+
+def _tiny_metric(model, tokens):
+    _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
+    return AIPMetric.fit(cache[HOOK], kind="centered")
+
+
+def test_hook_caches_whitened_activation_and_leaves_logits(tiny_model):
+    tokens = torch.randint(0, 50, (8, 16), generator=torch.Generator().manual_seed(0))
+    metric = _tiny_metric(tiny_model, tokens)
+    clean = tiny_model(tokens)
+    h = attach(tiny_model, HOOK, metric)
+    assert f"{HOOK}.hook_aip" in tiny_model.hook_dict
+    logits, cache = tiny_model.run_with_cache(tokens, names_filter=[HOOK, f"{HOOK}.hook_aip"])
+    assert torch.equal(logits, clean)
+    assert torch.equal(cache[f"{HOOK}.hook_aip"], metric.whiten(cache[HOOK]))
+    assert torch.equal(tiny_model(tokens), clean)  # no listener: nothing changes
+    with pytest.raises(ValueError, match="already has an AIP hook"):
+        attach(tiny_model, HOOK, metric)
+    h.remove()
+    h.remove()  # idempotent
+    assert f"{HOOK}.hook_aip" not in tiny_model.hook_dict
+    assert not tiny_model.mod_dict[HOOK].fwd_hooks
+    # context-manager form
+    with aip_hook(tiny_model, HOOK, metric):
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_aip"))
+        assert list(cache.keys()) == [f"{HOOK}.hook_aip"]
+    assert f"{HOOK}.hook_aip" not in tiny_model.hook_dict
+
+
+def test_hook_errors(tiny_model):
+    metric = AIPMetric.fit(torch.randn(500, 16))
+    with pytest.raises(KeyError, match="no hook"):
+        attach(tiny_model, "blocks.9.hook_resid_post", metric)
+    with aip_hook(tiny_model, HOOK, metric):
+        with pytest.raises(ValueError, match="d=16"):
+            tiny_model.run_with_cache(torch.zeros(1, 4, dtype=torch.long), names_filter=[f"{HOOK}.hook_aip"])
+
+
+def test_hook_works_with_hooked_sae_transformer():
+    from sae_lens import HookedSAETransformer
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from transformer_lens import HookedTransformerConfig
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=32,
+                                  d_vocab=50, act_fn="gelu", normalization_type="LN", seed=0)
+    model = HookedSAETransformer(cfg).eval()
+    tokens = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(1))
+    metric = _tiny_metric(model, tokens)
+    sae_hook = "blocks.0.hook_resid_post"
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=64, metadata=SAEMetadata(hook_name=sae_hook)))
+    with aip_hook(model, HOOK, metric):
+        logits, cache = model.run_with_cache_with_saes(tokens, saes=[sae], names_filter=[HOOK, f"{HOOK}.hook_aip"])
+        assert torch.equal(cache[f"{HOOK}.hook_aip"], metric.whiten(cache[HOOK]))
+        ref, _ = model.run_with_cache_with_saes(tokens, saes=[sae], names_filter=[HOOK])
+        assert torch.equal(logits, ref)
+    assert f"{HOOK}.hook_aip" not in model.hook_dict
+
+
+@pytest.mark.real_model
+def test_hook_on_real_model(real_model, real_acts):
+    from tests.conftest import REAL_HOOK
+
+    metric = AIPMetric.fit(real_acts.x(REAL_HOOK))
+    assert metric.d == real_model.cfg.d_model
+    assert all(torch.isfinite(t).all() for t in (metric.W, metric.S))
+    tokens = real_model.to_tokens(["The Eiffel Tower is located in the city of", "Tokyo is a city in the country of"])
+    clean = real_model(tokens)
+    with aip_hook(real_model, REAL_HOOK, metric) as h:
+        logits, cache = real_model.run_with_cache(tokens, names_filter=[REAL_HOOK, h.name])
+    assert torch.equal(logits, clean)
+    got = cache[f"{REAL_HOOK}.hook_aip"]
+    assert got.shape == cache[REAL_HOOK].shape
+    assert torch.equal(got, metric.whiten(cache[REAL_HOOK]))
+    # whitened subject activations have (about) unit second moment in-sample
+    y = metric.whiten(real_acts.x(REAL_HOOK).double())
+    assert torch.allclose(y.T @ y / len(y), torch.eye(metric.d, dtype=torch.float64), atol=1e-6)
+
+
+def test_bench_quick_runs_and_reports_ratio():
+    res = bench_aip_fit(quick=True)
+    assert res["better"] == "lower" and res["target"] == 1.5
+    assert res["ratio"] > 0 and math.isfinite(res["ratio"])
