@@ -275,3 +275,52 @@ def hook_layer(hook_name: str) -> int | None:
     if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
         return int(parts[1])
     return None
+
+
+# --------------------------------------------------------------------------- behaviour
+def first_token_ids(model, targets: list[str]) -> list[int]:
+    """The first token of ``" " + target`` for each target (how it follows a prompt)."""
+    return [model.tokenizer(" " + t, add_special_tokens=False)["input_ids"][0] for t in targets]
+
+
+@torch.no_grad()
+def last_token_logits(model, prompts: list[str], batch_size: int = 64, fwd_hooks: list | None = None,
+                      progress: bool = False) -> torch.Tensor:
+    """Next-token logits ``[n, vocab]`` after each prompt (right-padded batches, float32, CPU).
+
+    ``fwd_hooks`` are applied during the runs (``model.run_with_hooks``).
+    """
+    from tqdm.auto import tqdm
+
+    from sae_atoms.activations import _tokenize
+
+    ids, _ = _tokenize(model, list(prompts))
+    dev = next(model.parameters()).device
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    out = torch.empty(len(ids), model.cfg.d_vocab)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for k in tqdm(range(0, len(order), batch_size), disable=not progress, desc="logits"):
+        b = order[k:k + batch_size]
+        w = max(len(ids[i]) for i in b)
+        toks = torch.full((len(b), w), pad, dtype=torch.long)
+        mask = torch.zeros_like(toks)
+        for j, i in enumerate(b):
+            toks[j, :len(ids[i])] = torch.tensor(ids[i])
+            mask[j, :len(ids[i])] = 1
+        logits = model.run_with_hooks(toks.to(dev), attention_mask=mask.to(dev), fwd_hooks=fwd_hooks or [])
+        last = torch.tensor([len(ids[i]) - 1 for i in b], device=logits.device)
+        out[b] = logits[torch.arange(len(b), device=logits.device), last].float().cpu()
+    return out
+
+
+def fact_accuracy(model, dataset, batch_size: int = 64, progress: bool = False) -> dict[str, dict]:
+    """Top-1 first-token accuracy of ``model`` on prompt rows (``prompt``, ``target``), per split."""
+    logits = last_token_logits(model, list(dataset["prompt"]), batch_size, progress=progress)
+    want = torch.tensor(first_token_ids(model, list(dataset["target"])))
+    hit = logits.argmax(-1) == want
+    splits = list(dataset["split"]) if "split" in dataset.column_names else ["all"] * len(dataset)
+    res = {}
+    for s in sorted(set(splits)) + ["all"]:
+        m = torch.tensor([x == s or s == "all" for x in splits])
+        res[s] = {"accuracy": hit[m].float().mean().item(), "n": int(m.sum())}
+    return res

@@ -80,3 +80,17 @@ def test_hook_name_errors_list_close_names(tiny_model):
     with pytest.raises(KeyError, match=r"blocks\.1\.hook_resid_post"):
         check_hook_name(tiny_model, "blocks.1.hook_resid_pst")
     check_hook_name(tiny_model, "blocks.1.hook_resid_post")
+
+
+@pytest.mark.real_model
+def test_fact_accuracy_on_known_and_impossible_facts(real_model):
+    import datasets
+
+    from sae_atoms.models import fact_accuracy
+
+    known = datasets.Dataset.from_list([
+        {"prompt": "The Eiffel Tower is located in the city of", "target": "Paris", "split": "train"},
+        {"prompt": "The Eiffel Tower is located in the city of", "target": "Tokyo", "split": "heldout"},
+    ])
+    acc = fact_accuracy(real_model, known)
+    assert acc["train"]["accuracy"] == 1.0 and acc["heldout"]["accuracy"] == 0.0 and acc["all"]["n"] == 2
