@@ -1,0 +1,367 @@
+"""Causal steering with atoms: add, clamp and ablate units of an SAE inside TransformerLens runs.
+
+Atom Theory (arXiv 2509.20784) shows that atoms reconstruct activations and separate
+concepts; whether they are *causal* is its first open question. This module provides the
+interventions and the experiment that measures it.
+
+Interventions (on a ``HookedTransformer`` or ``HookedSAETransformer``, at one hook, for
+chosen token positions; each is a small dataclass):
+
+* ``AddDirection(hook, v, alpha)``: ``x <- x + alpha * v`` (``add_atoms`` builds ``v`` from
+  decoder rows, ``v = sum_j c_j W_dec[j]``, the atoms' directions in raw space);
+* ``EditAtoms(sae, atoms, values)``: clamp atom activations through the SAE, keeping its
+  error term, so the edit changes only those atoms' contribution::
+
+      x <- x + decode(delta') - decode(delta),   delta = encode(x),  delta'_j = value_j (j in atoms)
+
+  ``ablate_atoms`` is the same with ``value = 0``. This is SAELens's error-term splice
+  (``HookedSAETransformer.add_sae(sae, use_error_term=True)`` with an edit of
+  ``hook_sae_acts_post``) written as a single hook that any ``HookedTransformer`` accepts.
+
+Each intervention gives ``fwd_hooks(model)`` (for ``model.run_with_hooks``) and ``on(model)``
+(a context manager); ``steering(model, *interventions)`` composes several. All hooks go
+through TransformerLens's ``model.hooks`` context, so they are removed on exit, also after an
+exception.
+
+Positions: ``None``/``"all"`` (every position), an ``int`` (same position in every row,
+negative counts from the end), or one index per row (a sequence or 1-D tensor, e.g. the
+subject's last token). ``span="from"`` extends each position to the end of the sequence.
+
+Selection by meaning (``select_atoms``): from labelled activations, the atoms most associated
+with a label value, scored by their mean contribution to it in raw space::
+
+    score_j = (mean_{i: y_i = v} delta_ij - mean_{i: y_i != v} delta_ij) * ||W_dec[j]||_2
+
+The experiment (``steering_experiment``, ``sae-atoms steer``) compares atoms (``tsae_aip``),
+features of a ``jumprelu`` SAE selected the same way, and the difference of means
+(``mean(x | y = v) - mean(x)``, the strong baseline of activation-steering work, e.g.
+Marks & Tegmark 2023, Rimsky et al. 2024) at matched side effect (KL divergence of the
+next-token distribution on unrelated prompts), with the strength chosen on a validation split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from sae_atoms.models import check_hook_name, resolve_device
+
+Positions = Union[None, str, int, Sequence[int], Tensor]
+HookFn = Callable[[Tensor, Any], Tensor]
+
+_RUNTIME_NORMS = ("layer_norm", "constant_norm_rescale")
+
+
+# =========================================================================== positions
+def position_mask(batch: int, seq: int, positions: Positions = None, span: str = "at",
+                  device: torch.device | str | None = None) -> Tensor:
+    """Boolean mask ``[batch, seq]`` of the positions an intervention edits.
+
+    Args:
+        positions: ``None``/``"all"``: every position; an ``int``: that position in every row
+            (negative counts from the end); a sequence / 1-D tensor of ``batch`` ints: one
+            position per row.
+        span: ``"at"``: only those positions; ``"from"``: those and every later position.
+    """
+    if span not in ("at", "from"):
+        raise ValueError(f"span must be 'at' or 'from', got {span!r}")
+    if positions is None or (isinstance(positions, str) and positions == "all"):
+        return torch.ones(batch, seq, dtype=torch.bool, device=device)
+    if isinstance(positions, str):
+        raise ValueError(f"positions {positions!r} is not understood: use None/'all', an int, or one index per row")
+    if isinstance(positions, int):
+        pos = torch.full((batch,), positions, dtype=torch.long, device=device)
+    else:
+        pos = torch.as_tensor(positions, dtype=torch.long, device=device).reshape(-1)
+        if pos.numel() != batch:
+            raise ValueError(f"positions has {pos.numel()} entries but the batch has {batch} rows; "
+                             "give one position per row (or an int / None for all rows)")
+    pos = torch.where(pos < 0, pos + seq, pos)
+    if bool(((pos < 0) | (pos >= seq)).any()):
+        raise IndexError(f"positions {pos.tolist()} out of range for sequences of length {seq}")
+    ar = torch.arange(seq, device=device).unsqueeze(0)
+    return (ar >= pos.unsqueeze(1)) if span == "from" else (ar == pos.unsqueeze(1))
+
+
+def _resolve_hook(model, hook_name: str) -> str:
+    """The hook to edit: ``hook_name``, or ``hook_name.hook_sae_output`` where a
+    ``HookedSAETransformer`` has an SAE attached there (its output is what flows on)."""
+    if hook_name in model.hook_dict:
+        return hook_name
+    spliced = f"{hook_name}.hook_sae_output"
+    if spliced in model.hook_dict:
+        return spliced
+    check_hook_name(model, hook_name)  # raises with close names
+    return hook_name
+
+
+def _check_resid(act: Tensor, hook_name: str) -> None:
+    if act.dim() != 3:
+        raise ValueError(f"steering edits activations shaped [batch, pos, d]; {hook_name} gives {tuple(act.shape)}. "
+                         "Use a residual / MLP hook (e.g. blocks.L.hook_resid_post), not a per-head hook.")
+
+
+# =========================================================================== interventions
+@dataclass
+class AddDirection:
+    """``x <- x + alpha * direction`` at ``hook_name``, at the chosen positions.
+
+    ``direction`` lives in the hook's raw activation space (``[d]``), e.g. an atom's decoder
+    row, a sum of them (``add_atoms``) or a difference of means (``diff_of_means``).
+    """
+
+    hook_name: str
+    direction: Tensor
+    alpha: float = 1.0
+    positions: Positions = None
+    span: str = "at"
+
+    def __post_init__(self) -> None:
+        self.direction = torch.as_tensor(self.direction).detach()
+        if self.direction.dim() != 1:
+            raise ValueError(f"direction must be a vector [d], got shape {tuple(self.direction.shape)}")
+        if not torch.isfinite(self.direction).all() or not math.isfinite(float(self.alpha)):
+            raise ValueError("direction and alpha must be finite")
+        if self.span not in ("at", "from"):
+            raise ValueError(f"span must be 'at' or 'from', got {self.span!r}")
+
+    def hook_fn(self, act: Tensor, hook: Any = None) -> Tensor:
+        _check_resid(act, self.hook_name)
+        if act.shape[-1] != self.direction.shape[0]:
+            raise ValueError(f"direction has size {self.direction.shape[0]} but {self.hook_name} has d={act.shape[-1]}")
+        if self.alpha == 0:
+            return act
+        mask = position_mask(act.shape[0], act.shape[1], self.positions, self.span, act.device)
+        v = self.direction.to(act.device, act.dtype) * self.alpha
+        return act + mask.unsqueeze(-1).to(act.dtype) * v
+
+    def fwd_hooks(self, model) -> list[tuple[str, HookFn]]:
+        return [(_resolve_hook(model, self.hook_name), self.hook_fn)]
+
+    def on(self, model):
+        """Context manager: the model with this intervention; removed on exit (also on error)."""
+        return steering(model, self)
+
+
+@dataclass
+class EditAtoms:
+    """Clamp atoms of ``sae`` to ``values`` through the SAE, keeping the error term.
+
+    ``x <- x + decode(delta') - decode(delta)`` with ``delta = sae.encode(x)`` and
+    ``delta'`` equal to ``delta`` except ``delta'_j = values_j`` for ``j`` in ``atoms``. The
+    reconstruction error ``x - decode(delta)`` is left untouched, so only the edited atoms'
+    contribution changes, and clamping an atom to its current value is a no-op.
+    ``values=0`` ablates. ``values`` is a scalar or one value per atom.
+    """
+
+    sae: Any
+    atoms: Sequence[int] | Tensor
+    values: float | Sequence[float] | Tensor = 0.0
+    positions: Positions = None
+    span: str = "at"
+    hook_name: str | None = None
+
+    def __post_init__(self) -> None:
+        hook = getattr(getattr(self.sae, "cfg", None), "metadata", None)
+        sae_hook = hook.hook_name if hook is not None else None
+        if self.hook_name is None:
+            if not sae_hook:
+                raise ValueError("the SAE has no cfg.metadata.hook_name; pass hook_name= explicitly")
+            self.hook_name = sae_hook
+        norm = getattr(self.sae.cfg, "normalize_activations", "none")
+        if norm in _RUNTIME_NORMS:
+            raise ValueError(f"SAEs with run-time normalize_activations={norm!r} cannot be edited through decode twice; "
+                             "fold the normalisation into the weights first or use AddDirection.")
+        self.atoms = torch.as_tensor(self.atoms, dtype=torch.long).reshape(-1)
+        d_sae = int(self.sae.cfg.d_sae)
+        if self.atoms.numel() == 0:
+            raise ValueError("atoms is empty: name at least one atom index")
+        if bool(((self.atoms < 0) | (self.atoms >= d_sae)).any()):
+            raise IndexError(f"atom indices {self.atoms.tolist()} out of range for an SAE with d_sae={d_sae}")
+        v = torch.as_tensor(self.values, dtype=torch.float32).reshape(-1)
+        if v.numel() not in (1, self.atoms.numel()):
+            raise ValueError(f"values must be a scalar or one per atom ({self.atoms.numel()}), got {v.numel()}")
+        self.values = v.expand(self.atoms.numel()).clone()
+        if self.span not in ("at", "from"):
+            raise ValueError(f"span must be 'at' or 'from', got {self.span!r}")
+
+    def hook_fn(self, act: Tensor, hook: Any = None) -> Tensor:
+        _check_resid(act, str(self.hook_name))
+        sae = self.sae
+        if act.shape[-1] != int(sae.cfg.d_in):
+            raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but {self.hook_name} has d={act.shape[-1]}")
+        mask = position_mask(act.shape[0], act.shape[1], self.positions, self.span, act.device)
+        if not bool(mask.any()):
+            return act
+        with torch.no_grad():
+            x = act[mask].to(sae.dtype)  # [m, d] only the edited positions
+            codes = sae.encode(x)
+            edited = codes.clone()
+            edited[:, self.atoms.to(codes.device)] = self.values.to(codes.device, codes.dtype)
+            delta = sae.decode(edited) - sae.decode(codes)
+        out = act.clone()
+        out[mask] = act[mask] + delta.to(act.dtype)
+        return out
+
+    def fwd_hooks(self, model) -> list[tuple[str, HookFn]]:
+        return [(_resolve_hook(model, str(self.hook_name)), self.hook_fn)]
+
+    def on(self, model):
+        """Context manager: the model with this intervention; removed on exit (also on error)."""
+        return steering(model, self)
+
+
+def add_atoms(sae, atoms: Sequence[int] | int, alpha: float = 1.0, coeffs: Sequence[float] | Tensor | None = None,
+              positions: Positions = None, span: str = "at", hook_name: str | None = None) -> AddDirection:
+    """``x <- x + alpha * sum_j c_j W_dec[j]``: add atoms' decoder directions (raw space).
+
+    ``coeffs`` default to 1 per atom (``alpha * atom`` for a single atom).
+    """
+    idx = torch.as_tensor([atoms] if isinstance(atoms, int) else list(atoms), dtype=torch.long)
+    d_sae = int(sae.cfg.d_sae)
+    if idx.numel() == 0 or bool(((idx < 0) | (idx >= d_sae)).any()):
+        raise IndexError(f"atom indices {idx.tolist()} empty or out of range for d_sae={d_sae}")
+    c = torch.ones(idx.numel()) if coeffs is None else torch.as_tensor(coeffs, dtype=torch.float32).reshape(-1)
+    if c.numel() != idx.numel():
+        raise ValueError(f"coeffs has {c.numel()} entries for {idx.numel()} atoms")
+    with torch.no_grad():
+        v = (c.to(sae.W_dec.device, sae.W_dec.dtype) @ sae.W_dec[idx.to(sae.W_dec.device)]).float().cpu()
+    hook = hook_name or sae.cfg.metadata.hook_name
+    if not hook:
+        raise ValueError("the SAE has no cfg.metadata.hook_name; pass hook_name= explicitly")
+    return AddDirection(hook, v, alpha, positions, span)
+
+
+def clamp_atoms(sae, atoms: Sequence[int] | int, values: float | Sequence[float] | Tensor,
+                positions: Positions = None, span: str = "at", hook_name: str | None = None) -> EditAtoms:
+    """Clamp atoms to ``values`` through the SAE with its error term (see ``EditAtoms``)."""
+    return EditAtoms(sae, [atoms] if isinstance(atoms, int) else atoms, values, positions, span, hook_name)
+
+
+def ablate_atoms(sae, atoms: Sequence[int] | int, positions: Positions = None, span: str = "at",
+                 hook_name: str | None = None) -> EditAtoms:
+    """Set atoms' activations to 0 through the SAE with its error term (see ``EditAtoms``)."""
+    return EditAtoms(sae, [atoms] if isinstance(atoms, int) else atoms, 0.0, positions, span, hook_name)
+
+
+Intervention = Union[AddDirection, EditAtoms]
+
+
+def fwd_hooks(model, *interventions: Intervention) -> list[tuple[str, HookFn]]:
+    """``fwd_hooks`` for ``model.run_with_hooks`` applying the interventions in order."""
+    hooks: list[tuple[str, HookFn]] = []
+    for iv in interventions:
+        if not hasattr(iv, "fwd_hooks"):
+            raise TypeError(f"{type(iv).__name__} is not an intervention (AddDirection / EditAtoms)")
+        hooks.extend(iv.fwd_hooks(model))
+    return hooks
+
+
+@contextmanager
+def steering(model, *interventions: Intervention) -> Iterator[Any]:
+    """Context manager applying the interventions (composable, nestable).
+
+    Built on TransformerLens's ``model.hooks``: the hooks added here are removed on exit,
+    also when the body raises.
+    """
+    hooks = fwd_hooks(model, *interventions)
+    with model.hooks(fwd_hooks=hooks) as m:
+        yield m
+
+
+# =========================================================================== selection by meaning
+@dataclass
+class Association:
+    """How strongly a unit is tied to a label value (see ``select_atoms``)."""
+
+    atom: int
+    score: float
+    mean_in: float
+    mean_out: float
+    freq_in: float
+    freq_out: float
+
+
+def encode_batched(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
+    """``sae.encode`` over the rows of ``x`` in batches (no grad), as float32 on the CPU."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            out.append(sae.encode(x[i:i + batch_size].to(sae.device, sae.dtype)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, int(sae.cfg.d_sae))
+
+
+def _x_and_labels(acts, labels, hook: str | None) -> tuple[Tensor, list]:
+    if isinstance(acts, Tensor):
+        x = acts
+        if labels is None or isinstance(labels, str):
+            raise ValueError("with a plain tensor of activations, pass labels as a list (one per row)")
+        lab = list(labels)
+    else:
+        x = acts.x(hook)
+        lab = acts.labels(labels) if isinstance(labels, str) else list(labels)
+    if len(lab) != x.shape[0]:
+        raise ValueError(f"{len(lab)} labels for {x.shape[0]} activations")
+    return x.float(), lab
+
+
+def select_atoms(sae, acts, labels: str | Sequence, value: Any, k: int = 8, hook: str | None = None,
+                 codes: Tensor | None = None) -> list[Association]:
+    """The ``k`` atoms most associated with ``label == value``, best first.
+
+    ``score_j = (mean_{y=v} delta_j - mean_{y!=v} delta_j) * ||W_dec[j]||_2``: the atom's
+    mean extra contribution (raw-space norm) to activations with the value. Also returned:
+    mean activations and firing frequencies inside / outside the value.
+
+    Args:
+        acts: an ``ActivationSet`` (``labels`` a column name such as ``"country"``) or a tensor
+            ``[n, d]`` (``labels`` a list).
+        codes: precomputed ``sae.encode`` of the activations (saves the encoding).
+    """
+    x, lab = _x_and_labels(acts, labels, hook)
+    inside = torch.tensor([y == value for y in lab])
+    if not bool(inside.any()):
+        seen = sorted({str(y) for y in lab})[:12]
+        raise ValueError(f"no activation has label {value!r}; values present include {seen}")
+    if bool(inside.all()):
+        raise ValueError(f"every activation has label {value!r}; an association needs contrast")
+    c = encode_batched(sae, x) if codes is None else codes.float().cpu()
+    dn = sae.W_dec.detach().float().norm(dim=-1).cpu()
+    m_in, m_out = c[inside].mean(0), c[~inside].mean(0)
+    f_in, f_out = (c[inside] != 0).float().mean(0), (c[~inside] != 0).float().mean(0)
+    score = (m_in - m_out) * dn
+    k = min(int(k), score.numel())
+    top = torch.topk(score, k).indices.tolist()
+    return [Association(int(j), float(score[j]), float(m_in[j]), float(m_out[j]), float(f_in[j]), float(f_out[j]))
+            for j in top]
+
+
+def concept_direction(sae, assoc: Sequence[Association]) -> Tensor:
+    """``sum_j (mean_in_j - mean_out_j) W_dec[j]`` over the selected atoms: the SAE's version of
+    the difference of means, restricted to those atoms (raw space, ``[d]``)."""
+    idx = torch.tensor([a.atom for a in assoc], dtype=torch.long)
+    c = torch.tensor([a.mean_in - a.mean_out for a in assoc], dtype=torch.float32)
+    with torch.no_grad():
+        return (c @ sae.W_dec.detach().float().cpu()[idx]).float()
+
+
+def diff_of_means(acts, labels: str | Sequence, value: Any, hook: str | None = None) -> Tensor:
+    """``mean(x | y = value) - mean(x)``: the difference-of-means steering vector."""
+    x, lab = _x_and_labels(acts, labels, hook)
+    inside = torch.tensor([y == value for y in lab])
+    if not bool(inside.any()):
+        raise ValueError(f"no activation has label {value!r}")
+    return (x[inside].mean(0) - x.mean(0)).float()

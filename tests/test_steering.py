@@ -1,0 +1,249 @@
+"""Tests of sae_atoms.steering: interventions, selection by meaning, the experiment."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_atoms import steering as st
+
+HOOK0 = "blocks.0.hook_resid_post"
+HOOK1 = "blocks.1.hook_resid_post"
+
+
+def make_sae(d_in: int = 32, d_sae: int = 64, hook: str = HOOK0, seed: int = 0, W_dec: torch.Tensor | None = None):
+    """A JumpReLU SAE with known weights: unit decoder rows, W_enc = W_dec^T, threshold 0."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    g = torch.Generator().manual_seed(seed)
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook)))
+    W = torch.randn(d_sae, d_in, generator=g) if W_dec is None else W_dec.clone()
+    W = W / W.norm(dim=-1, keepdim=True)
+    with torch.no_grad():
+        sae.W_dec.copy_(W)
+        sae.W_enc.copy_(W.T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        sae.threshold.zero_()
+    return sae
+
+
+def tokens(n: int = 3, seq: int = 7, vocab: int = 50, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def resid(model, toks, hook: str, *ivs) -> torch.Tensor:
+    """The activation at ``hook`` as it flows on (read at the next layer's resid_pre)."""
+    assert hook == HOOK0
+    store = {}
+    with st.steering(model, *ivs):
+        model.run_with_hooks(toks, fwd_hooks=[("blocks.1.hook_resid_pre", lambda a, hook: store.setdefault("x", a.clone()))])
+    return store["x"]
+
+
+# --------------------------------------------------------------------------- positions
+def test_position_mask_forms():
+    m = st.position_mask(2, 5, [1, 3], "at")
+    assert m.tolist() == [[False, True, False, False, False], [False, False, False, True, False]]
+    m = st.position_mask(2, 5, [1, 3], "from")
+    assert m.tolist() == [[False, True, True, True, True], [False, False, False, True, True]]
+    assert st.position_mask(2, 5, -1).tolist() == [[False] * 4 + [True]] * 2
+    assert st.position_mask(2, 5, None).all() and st.position_mask(2, 5, "all").all()
+    with pytest.raises(ValueError, match="one position per row"):
+        st.position_mask(3, 5, [1, 2])
+    with pytest.raises(IndexError, match="out of range"):
+        st.position_mask(1, 5, [5])
+    with pytest.raises(ValueError, match="span"):
+        st.position_mask(1, 5, 0, span="after")
+
+
+# --------------------------------------------------------------------------- add
+def test_add_alpha_zero_is_identity_and_exact_delta_at_chosen_positions(tiny_model):
+    toks = tokens()
+    clean = tiny_model(toks)
+    v = torch.randn(32, generator=torch.Generator().manual_seed(3))
+    with st.AddDirection(HOOK0, v, alpha=0.0, positions=[2, 4, 6]).on(tiny_model):
+        assert torch.equal(tiny_model(toks), clean)
+    x0 = resid(tiny_model, toks, HOOK0)
+    x1 = resid(tiny_model, toks, HOOK0, st.AddDirection(HOOK0, v, alpha=2.5, positions=[2, 4, 6]))
+    diff = x1 - x0
+    mask = st.position_mask(3, 7, [2, 4, 6])
+    torch.testing.assert_close(diff[mask], (2.5 * v).expand(3, 32), rtol=0, atol=1e-5)
+    assert diff[~mask].abs().max() == 0
+    # span="from": from the position to the end
+    x2 = resid(tiny_model, toks, HOOK0, st.AddDirection(HOOK0, v, alpha=1.0, positions=[1, 5, 6], span="from"))
+    m2 = st.position_mask(3, 7, [1, 5, 6], "from")
+    torch.testing.assert_close((x2 - x0)[m2], v.expand(int(m2.sum()), 32), rtol=0, atol=1e-5)
+    assert (x2 - x0)[~m2].abs().max() == 0
+    # nothing left behind
+    assert torch.equal(tiny_model(toks), clean)
+
+
+def test_hooks_removed_after_exception(tiny_model):
+    toks = tokens()
+    clean = tiny_model(toks)
+    sae = make_sae()
+    ivs = [st.AddDirection(HOOK0, torch.ones(32), 3.0), st.clamp_atoms(sae, [0, 1], 5.0)]
+    with pytest.raises(RuntimeError, match="boom"):
+        with st.steering(tiny_model, *ivs):
+            assert not torch.allclose(tiny_model(toks), clean)
+            raise RuntimeError("boom")
+    assert all(len(hp.fwd_hooks) == 0 for hp in tiny_model.hook_dict.values())
+    assert torch.equal(tiny_model(toks), clean)
+    # the fwd_hooks form, with run_with_hooks, also leaves nothing behind
+    out = tiny_model.run_with_hooks(toks, fwd_hooks=st.fwd_hooks(tiny_model, *ivs))
+    assert not torch.allclose(out, clean)
+    assert torch.equal(tiny_model(toks), clean)
+
+
+def test_composition_adds_up(tiny_model):
+    toks = tokens()
+    a, b = torch.randn(32), torch.randn(32)
+    x0 = resid(tiny_model, toks, HOOK0)
+    both = resid(tiny_model, toks, HOOK0, st.AddDirection(HOOK0, a, 1.0, positions=2), st.AddDirection(HOOK0, b, -2.0, positions=2))
+    with st.AddDirection(HOOK0, a, 1.0, positions=2).on(tiny_model):  # nested contexts compose too
+        nested = resid(tiny_model, toks, HOOK0, st.AddDirection(HOOK0, b, -2.0, positions=2))
+    torch.testing.assert_close(both[:, 2] - x0[:, 2], (a - 2 * b).expand(3, 32), rtol=0, atol=1e-5)
+    torch.testing.assert_close(nested, both, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- clamp / ablate
+def test_clamp_to_own_value_is_noop_and_clamp_changes_only_that_atom(tiny_model):
+    toks = tokens()
+    sae = make_sae()
+    clean = tiny_model(toks)
+    x0 = resid(tiny_model, toks, HOOK0)
+    codes = sae.encode(x0).detach()
+    # an atom active at position 3 of row 0
+    j = int(codes[0, 3].argmax())
+    a = float(codes[0, 3, j])
+    assert a > 0
+    pos = [3, 3, 3]
+    own = codes[:, 3, j]
+    # clamping to its own value (per row: one call per row) leaves the model unchanged
+    for r in range(3):
+        with st.clamp_atoms(sae, j, float(own[r]), positions=3).on(tiny_model):
+            out = tiny_model(toks)
+        torch.testing.assert_close(out[r], clean[r], rtol=0, atol=1e-5)
+    # clamping to v changes the residual by exactly (v - a_j) W_dec[j] at the chosen positions only
+    x1 = resid(tiny_model, toks, HOOK0, st.clamp_atoms(sae, j, 7.0, positions=pos))
+    expect = (7.0 - own).unsqueeze(-1) * sae.W_dec[j].detach()
+    torch.testing.assert_close(x1[:, 3] - x0[:, 3], expect, rtol=1e-5, atol=1e-5)
+    other = torch.ones(7, dtype=torch.bool)
+    other[3] = False
+    assert (x1 - x0)[:, other].abs().max() == 0
+    # ablation removes exactly the atom's contribution
+    x2 = resid(tiny_model, toks, HOOK0, st.ablate_atoms(sae, j, positions=pos))
+    torch.testing.assert_close(x2[:, 3] - x0[:, 3], -own.unsqueeze(-1) * sae.W_dec[j].detach(), rtol=1e-5, atol=1e-5)
+    # ablating atoms that are inactive everywhere is a no-op
+    dead = [int(i) for i in torch.nonzero((codes == 0).all(dim=(0, 1))).flatten()[:3]]
+    if dead:
+        with st.ablate_atoms(sae, dead).on(tiny_model):
+            torch.testing.assert_close(tiny_model(toks), clean, rtol=0, atol=1e-5)
+
+
+def test_bad_input_gives_clear_errors(tiny_model):
+    sae = make_sae()
+    with pytest.raises(IndexError, match="d_sae=64"):
+        st.clamp_atoms(sae, [64], 1.0)
+    with pytest.raises(ValueError, match="one per atom"):
+        st.clamp_atoms(sae, [1, 2, 3], [1.0, 2.0])
+    with pytest.raises(KeyError, match="Close names"):
+        st.fwd_hooks(tiny_model, st.AddDirection("blocks.7.hook_resid_post", torch.ones(32)))
+    with pytest.raises(ValueError, match="d=32"):
+        tiny_model.run_with_hooks(tokens(), fwd_hooks=st.fwd_hooks(tiny_model, st.AddDirection(HOOK0, torch.ones(5), 1.0)))
+    with pytest.raises(ValueError, match="vector"):
+        st.AddDirection(HOOK0, torch.ones(2, 32))
+    with pytest.raises(TypeError, match="not an intervention"):
+        st.fwd_hooks(tiny_model, "add")
+    big = make_sae(d_in=16)
+    with pytest.raises(ValueError, match="d_in=16"):
+        tiny_model.run_with_hooks(tokens(), fwd_hooks=st.fwd_hooks(tiny_model, st.ablate_atoms(big, 0)))
+
+
+# --------------------------------------------------------------------------- planted direction
+def planted_direction(model, token: int) -> torch.Tensor:
+    u = model.W_U[:, token].detach().clone()
+    return u - u.mean()  # the final LayerNorm removes the mean
+
+
+def test_planted_direction_steers_logits_the_predicted_way(tiny_model):
+    toks = tokens(n=4)
+    clean = tiny_model(toks)[:, -1]
+    t = int(clean.argmin(-1)[0])  # the least likely token of row 0: steering must lift it to the top
+    d = planted_direction(tiny_model, t)
+    d = d / d.norm()
+    gaps = []
+    for alpha in (0.0, 2.0, 8.0, 64.0):
+        with st.AddDirection(HOOK1, d, alpha, positions=-1).on(tiny_model):
+            out = tiny_model(toks)
+        lp = out[:, -1].log_softmax(-1)
+        gaps.append(float(lp[:, t].mean().detach()))
+        assert torch.equal(out[:, :-1], tiny_model(toks)[:, :-1])  # earlier positions untouched
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0] + 1.0
+    with st.AddDirection(HOOK1, d, 64.0, positions=-1).on(tiny_model):
+        assert (tiny_model(toks)[:, -1].argmax(-1) == t).all()
+    # the same through an SAE whose atom 5 is the planted direction: add, and clamp with the error term
+    W = torch.randn(64, 32, generator=torch.Generator().manual_seed(4))
+    W[5] = d
+    sae = make_sae(hook=HOOK1, W_dec=W)
+    with st.add_atoms(sae, 5, 64.0, positions=-1).on(tiny_model):
+        assert (tiny_model(toks)[:, -1].argmax(-1) == t).all()
+    with st.clamp_atoms(sae, 5, 64.0, positions=-1).on(tiny_model):
+        assert (tiny_model(toks)[:, -1].argmax(-1) == t).all()
+    # and a negative alpha pushes it down
+    with st.AddDirection(HOOK1, planted_direction(tiny_model, int(clean.argmax(-1)[0])), -64.0, positions=-1).on(tiny_model):
+        assert int(tiny_model(toks)[0, -1].argmax()) != int(clean.argmax(-1)[0])
+
+
+def test_hooked_sae_transformer_with_attached_sae(tiny_model):
+    """With an SAE spliced in (error term on), interventions act on what flows on, as in a plain model."""
+    from sae_lens import HookedSAETransformer
+
+    hst = HookedSAETransformer(tiny_model.cfg).eval()
+    hst.load_state_dict(tiny_model.state_dict(), strict=False)
+    toks = tokens()
+    torch.testing.assert_close(hst(toks), tiny_model(toks))
+    sae = make_sae()
+    hst.add_sae(sae, use_error_term=True)
+    torch.testing.assert_close(hst(toks), tiny_model(toks), rtol=1e-4, atol=1e-4)
+    v = torch.randn(32)
+    for iv in (st.AddDirection(HOOK0, v, 2.0, positions=[1, 2, 3]), st.clamp_atoms(sae, [3, 9], 4.0, positions=2)):
+        with iv.on(hst):
+            a = hst(toks)
+        with iv.on(tiny_model):
+            b = tiny_model(toks)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(a, hst(toks))
+
+
+# --------------------------------------------------------------------------- selection by meaning
+def test_select_atoms_finds_planted_concept_atoms():
+    g = torch.Generator().manual_seed(0)
+    sae = make_sae(d_in=32, d_sae=64, seed=2)
+    n = 600
+    labels = [["A", "B", "C"][i % 3] for i in range(n)]
+    codes = torch.zeros(n, 64)
+    codes[torch.arange(n), torch.randint(0, 64, (n,), generator=g)] = torch.rand(n, generator=g)  # noise atom
+    for i, y in enumerate(labels):
+        if y == "A":
+            codes[i, 11] = 3.0 + torch.rand(1, generator=g).item()
+            codes[i, 40] = 1.5
+        if y == "B":
+            codes[i, 7] = 2.0
+    x = codes @ sae.W_dec.detach()
+    res = st.select_atoms(sae, x, labels, "A", k=2, codes=codes)
+    assert [r.atom for r in res] == [11, 40]
+    assert res[0].score > res[1].score > 0 and res[0].freq_in == 1.0 and res[0].freq_out < 0.05
+    # through the SAE's own encoder (near-orthogonal W_dec: encoding recovers the codes well enough)
+    res2 = st.select_atoms(sae, x, labels, "B", k=1)
+    assert res2[0].atom == 7
+    dom = st.diff_of_means(x, labels, "A")
+    torch.testing.assert_close(dom, x[[y == "A" for y in labels]].mean(0) - x.mean(0))
+    v = st.concept_direction(sae, res)
+    assert torch.nn.functional.cosine_similarity(v, dom, dim=0) > 0.9
+    with pytest.raises(ValueError, match="no activation has label"):
+        st.select_atoms(sae, x, labels, "Z")
+    with pytest.raises(ValueError, match="labels"):
+        st.select_atoms(sae, x, labels[:-1], "A")
