@@ -1,0 +1,375 @@
+"""Threshold-activated SAEs (TSAE) of Atom Theory, registered as SAELens architectures.
+
+Atom Theory (arXiv 2509.20784) reads activations ``m`` as sparse codes over atoms ``D`` and
+recovers them with a threshold-activated SAE (TSAE):
+
+    z     = W_enc^T (m - b_dec) + b_enc                  (pre-activations, one per unit)
+    delta = z * 1[z > tau]                               (JumpReLU, learned threshold tau >= 0)
+    m^    = D delta + b_dec,   D = W_dec^T / ||W_dec rows||   (unit-norm atoms)
+
+    loss  = ||m - m^||^2 + lambda * sum_j H(z_j - tau_j)
+
+The L0 term uses the straight-through estimator with a rectangle kernel of width
+``jumprelu_bandwidth`` (Rajamanoharan et al. 2024, "Jumping Ahead", arXiv 2407.14435), taken
+from SAELens's ``JumpReLUTrainingSAE`` (so the sparsity modes ``step`` / ``tanh`` /
+``quadratic``, the L0 warm-up and the float32 threshold come with it). What the TSAE adds to
+SAELens's ``jumprelu``:
+
+* atoms of unit norm, kept so during training: the decoder used in the forward pass is the row-
+  normalised ``W_dec`` (gradients see the normalisation, so no norm can leak into the codes),
+  and saved weights are normalised, so inference equals training exactly;
+* tied initialisation ``W_enc = D^T`` (the encoder of the TSAE theorem, ``W_enc = D^T S`` with
+  ``S = I`` here), unit-norm rows;
+* checks that stop training with a clear message: activation width vs ``d_in`` and
+  NaN/Inf in a batch (the step and the count), checkpoints of another architecture or width.
+
+Two architectures are registered on ``import sae_atoms`` (idempotently):
+
+* ``tsae``: the TSAE in raw activation space (this module), and
+* ``tsae_aip``: the same trained in the AIP geometry (``sae_atoms.tsae_aip``: encoder reads
+  AIP-whitened input, atoms of unit AIP norm, reconstructs the raw activation).
+
+Use them like any SAELens architecture: ``LanguageModelSAERunnerConfig(sae=TSAETrainingSAEConfig
+(d_in=..., d_sae=...))``, ``architecture="tsae"`` in a dict / CLI config, ``SAE.load_from_disk``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens.constants import SAE_CFG_FILENAME
+from sae_lens.registry import (
+    SAE_CLASS_REGISTRY,
+    SAE_TRAINING_CLASS_REGISTRY,
+    register_sae_class,
+    register_sae_training_class,
+)
+from sae_lens.saes.jumprelu_sae import (
+    JumpReLU,
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    JumpReLUTrainingSAE,
+    JumpReLUTrainingSAEConfig,
+)
+from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from torch import nn
+
+__all__ = [
+    "TSAESAEConfig",
+    "TSAESAE",
+    "TSAETrainingSAEConfig",
+    "TSAETrainingSAE",
+    "TSAEAIPSAEConfig",
+    "TSAEAIPSAE",
+    "TSAEAIPTrainingSAEConfig",
+    "TSAEAIPTrainingSAE",
+    "to_jumprelu",
+    "register",
+]
+
+_RAW_NORMALIZATIONS = ("none", "expected_average_only_in")
+
+
+# --------------------------------------------------------------------------- shared checks
+def check_batch(x: torch.Tensor, d_in: int, step: int | None, what: str = "activation batch") -> None:
+    """Raise a clear error if ``x`` is not ``[..., d_in]`` or holds NaN/Inf (the step and the count)."""
+    where = f"training step {step}: " if step is not None else ""
+    if x.shape[-1] != d_in:
+        raise ValueError(
+            f"{where}the {what} has width {x.shape[-1]} (shape {tuple(x.shape)}) but the SAE config says "
+            f"d_in={d_in}. Set d_in to the width of the hook's activations ({x.shape[-1]}) or train on the hook "
+            "the config was made for."
+        )
+    n_bad = int((~torch.isfinite(x)).sum())
+    if n_bad:
+        raise FloatingPointError(
+            f"{where}the {what} of shape {tuple(x.shape)} contains {n_bad} non-finite values (NaN/Inf); "
+            "training stopped. Check the model's dtype (float16 overflow), the hook, and the data; drop the bad "
+            "rows or run the model in float32."
+        )
+
+
+def check_state_dict_shapes(sae: nn.Module, state_dict: dict[str, Any], arch: str) -> None:
+    """Compare a state dict's tensors with the SAE's (names and shapes) and say what differs."""
+    own = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [(k, tuple(state_dict[k].shape), own[k]) for k in own if k in state_dict and tuple(state_dict[k].shape) != own[k]]
+    if missing or unexpected or wrong:
+        cfg = sae.cfg  # type: ignore[attr-defined]
+        parts = []
+        if wrong:
+            parts.append("shape mismatch: " + ", ".join(f"{k} is {a} in the file but {b} here" for k, a, b in wrong))
+        if missing:
+            parts.append(f"missing tensors {missing}")
+        if unexpected:
+            parts.append(f"unexpected tensors {unexpected}")
+        raise ValueError(
+            f"these weights do not belong to a {arch!r} SAE with d_in={cfg.d_in}, d_sae={cfg.d_sae}: "
+            + "; ".join(parts)
+            + ". They come from another architecture or width: load them with the config they were saved with "
+            "(SAE.load_from_disk(path) reads it from cfg.json)."
+        )
+
+
+def check_checkpoint_config(path: str | Path, arch: str, d_in: int, d_sae: int) -> None:
+    """Read ``cfg.json`` beside a checkpoint and require the same architecture and sizes."""
+    cfg_path = Path(path) / SAE_CFG_FILENAME
+    if not cfg_path.exists():
+        return
+    cfg = json.loads(cfg_path.read_text())
+    got = (cfg.get("architecture"), cfg.get("d_in"), cfg.get("d_sae"))
+    if got != (arch, d_in, d_sae):
+        raise ValueError(
+            f"the checkpoint at {path} is architecture={got[0]!r}, d_in={got[1]}, d_sae={got[2]} but this run is "
+            f"architecture={arch!r}, d_in={d_in}, d_sae={d_sae}. Resume with the config the checkpoint was trained "
+            "with, or start a new run."
+        )
+
+
+# --------------------------------------------------------------------------- configs
+@dataclass
+class TSAESAEConfig(JumpReLUSAEConfig):
+    """Inference config of the raw-space TSAE (the forward pass is SAELens's ``jumprelu``)."""
+
+    @classmethod
+    def architecture(cls) -> str:
+        return "tsae"
+
+
+@dataclass
+class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
+    """Training config of the raw-space TSAE.
+
+    Fields a user tunes (the rest are SAELens's ``JumpReLUTrainingSAEConfig``):
+        d_sae: width (Atom Theory's default is 4 x d_in).
+        jumprelu_init_threshold, jumprelu_bandwidth: threshold init and STE kernel width, in
+            the units of the SAE's input (raw activations, or scaled ones with
+            ``normalize_activations="expected_average_only_in"``).
+        l0_coefficient, l0_warm_up_steps: the sparsity coefficient lambda and its linear warm-up.
+        check_finite: stop with the step and the count when a batch holds NaN/Inf.
+    """
+
+    jumprelu_init_threshold: float = 0.1
+    jumprelu_bandwidth: float = 0.05
+    l0_coefficient: float = 0.05
+    decoder_init_norm: float | None = 1.0
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ValueError(f"d_in={self.d_in} and d_sae={self.d_sae} must be positive.")
+        if self.jumprelu_bandwidth <= 0:
+            raise ValueError(f"jumprelu_bandwidth={self.jumprelu_bandwidth} must be > 0.")
+        if self.jumprelu_init_threshold < 0:
+            raise ValueError(f"jumprelu_init_threshold={self.jumprelu_init_threshold} must be >= 0.")
+        if self.l0_coefficient < 0:
+            raise ValueError(f"l0_coefficient={self.l0_coefficient} must be >= 0.")
+        if self.normalize_activations not in _RAW_NORMALIZATIONS:
+            raise ValueError(
+                f"normalize_activations={self.normalize_activations!r} is not supported by {self.architecture()!r}: "
+                f"use one of {_RAW_NORMALIZATIONS} (for a whitened geometry train 'tsae_aip')."
+            )
+        if self.reshape_activations != "none":
+            raise ValueError(f"reshape_activations={self.reshape_activations!r} is not supported by the TSAE; use 'none'.")
+
+    @classmethod
+    def architecture(cls) -> str:
+        return "tsae"
+
+
+# --------------------------------------------------------------------------- inference SAE
+class TSAESAE(JumpReLUSAE):
+    """Inference TSAE in raw space: ``JumpReLUSAE``'s forward with unit-norm decoder rows."""
+
+    cfg: TSAESAEConfig  # type: ignore[assignment]
+
+    def __init__(self, cfg: TSAESAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_loading(state_dict)
+        check_state_dict_shapes(self, state_dict, self.cfg.architecture())
+
+    def atoms(self) -> torch.Tensor:
+        """The atoms as rows ``[d_sae, d_in]`` in raw activation space."""
+        return self.W_dec.detach()
+
+
+# --------------------------------------------------------------------------- training SAE
+class TSAETrainingSAE(JumpReLUTrainingSAE):
+    """Training TSAE in raw space (see the module docstring for the forward pass and loss).
+
+    Subclasses change the geometry by overriding ``_to_geometry`` / ``_from_geometry`` (the
+    maps from raw activations to the space the SAE works in, and back); the loss is the squared
+    error in that space.
+    """
+
+    cfg: TSAETrainingSAEConfig  # type: ignore[assignment]
+
+    def __init__(self, cfg: TSAETrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()  # kaiming W_dec, W_enc = W_dec^T, b_enc = b_dec = 0
+        with torch.no_grad():
+            if self.W_dec.device.type != "meta":
+                self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                self.W_enc.data = self.W_dec.data.T.clone().contiguous()
+
+    # ---- geometry (identity in raw space)
+    def _to_geometry(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _from_geometry(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def unit_W_dec(self) -> torch.Tensor:
+        """The decoder used in the forward pass: rows of ``W_dec`` scaled to unit norm."""
+        return self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    # ---- forward in the SAE's geometry
+    def _encode_geometry(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bias = self.b_dec * self.cfg.apply_b_dec_to_input
+        hidden_pre = self.hook_sae_acts_pre((y - bias) @ self.W_enc + self.b_enc)
+        acts = JumpReLU.apply(hidden_pre, self.threshold.to(hidden_pre.dtype), self.bandwidth,
+                              self.cfg.jumprelu_ste_to_input)
+        return self.hook_sae_acts_post(acts), hidden_pre  # type: ignore[arg-type]
+
+    def _decode_geometry(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        return feature_acts @ self.unit_W_dec() + self.b_dec
+
+    # ---- SAELens interface (raw activations in and out)
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.reshape_fn_in(x.to(self.dtype))
+        x = self.run_time_activation_norm_fn_in(self.hook_sae_input(x))
+        return self._encode_geometry(self._to_geometry(x))
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        out = self.hook_sae_recons(self._from_geometry(self._decode_geometry(feature_acts)))
+        out = self.run_time_activation_norm_fn_out(out)
+        return self.reshape_fn_out(out, self.d_head)
+
+    def _prepare_step(self, step_input: TrainStepInput) -> torch.Tensor | None:
+        """Check the batch and map it into the SAE's geometry (None: no training on this batch)."""
+        x = step_input.sae_in
+        if self.cfg.check_finite or x.shape[-1] != self.cfg.d_in:
+            check_batch(x, self.cfg.d_in, step_input.n_training_steps)
+        return self._to_geometry(x.to(self.dtype))
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """MSE in the SAE's geometry + the JumpReLU sparsity loss; outputs are in that geometry."""
+        with torch.no_grad():
+            self.threshold.data.clamp_(min=0.0)
+        y = self._prepare_step(step_input)
+        if y is None:
+            return self._idle_step(step_input)
+        feature_acts, hidden_pre = self._encode_geometry(y)
+        y_hat = self._decode_geometry(feature_acts)
+        mse_loss = self._reconstruction_loss(y_hat, y)
+        aux = self.calculate_aux_loss(step_input=step_input, feature_acts=feature_acts,
+                                      hidden_pre=hidden_pre, sae_out=y_hat)
+        losses = {"mse_loss": mse_loss, **aux}
+        return TrainStepOutput(sae_in=y, sae_out=y_hat, feature_acts=feature_acts, hidden_pre=hidden_pre,
+                               loss=sum(losses.values()), losses=losses)  # type: ignore[arg-type]
+
+    def _reconstruction_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (y_hat - y).pow(2).sum(dim=-1).mean()
+
+    def _idle_step(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """A step that changes nothing (zero loss with a graph, no unit fires)."""
+        x = step_input.sae_in
+        zero = sum((p * 0).sum() for p in self.parameters())
+        acts = torch.zeros(x.shape[0], self.cfg.d_sae, dtype=x.dtype, device=x.device)
+        return TrainStepOutput(sae_in=x, sae_out=x, feature_acts=acts, hidden_pre=acts, loss=zero,  # type: ignore[arg-type]
+                               losses={"mse_loss": zero.detach(), "l0_loss": zero.detach()})
+
+    # ---- saving / loading / folding
+    def process_state_dict_for_saving(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving(state_dict)
+        state_dict["W_dec"] = self.unit_W_dec().detach().clone()
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_loading(state_dict)
+        check_state_dict_shapes(self, state_dict, self.cfg.architecture())
+
+    def load_weights_from_checkpoint(self, checkpoint_path: Path | str) -> None:
+        check_checkpoint_config(checkpoint_path, self.cfg.architecture(), self.cfg.d_in, self.cfg.d_sae)
+        super().load_weights_from_checkpoint(checkpoint_path)
+
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        """The forward pass already uses unit-norm atoms: normalising the stored rows changes nothing."""
+        self.W_dec.data.copy_(self.unit_W_dec())
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """Fold an input scale ``s`` (trained on ``s x``) keeping unit-norm atoms.
+
+        With ``z' = z / s`` the codes become ``delta / s`` and ``x^ = (delta W_dec + b_dec) / s``:
+        ``b_dec, b_enc, tau <- b_dec / s, b_enc / s, tau / s``; ``W_enc``, ``W_dec`` unchanged.
+        """
+        s = float(scaling_factor)
+        self.b_dec.data /= s
+        self.b_enc.data /= s
+        self.threshold.data /= s
+        self.cfg.normalize_activations = "none"
+
+    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("the TSAE does not use covariance_whitening; train 'tsae_aip' for a whitened geometry.")
+
+    def atoms(self) -> torch.Tensor:
+        """The atoms as rows ``[d_sae, d_in]`` in raw activation space (unit norm)."""
+        return self._from_geometry_linear(self.unit_W_dec()).detach()
+
+    def _from_geometry_linear(self, v: torch.Tensor) -> torch.Tensor:
+        return v
+
+
+# --------------------------------------------------------------------------- registration
+def _register_one(name: str, registry: dict, register_fn, pair: tuple[type, type]) -> None:
+    existing = registry.get(name)
+    if existing is None:
+        register_fn(name, *pair)
+        return
+    if existing[0] is pair[0]:
+        return
+    same = all(f"{a.__module__}.{a.__qualname__}" == f"{b.__module__}.{b.__qualname__}" for a, b in zip(existing, pair))
+    if not same:
+        raise ValueError(
+            f"the SAELens architecture {name!r} is already registered by {existing[0].__module__}."
+            f"{existing[0].__qualname__}; sae_atoms cannot register its own under the same name. "
+            "Remove the other registration or import sae_atoms first."
+        )
+    registry[name] = pair  # the module was reloaded: refresh to the new class objects
+
+
+def register() -> None:
+    """Register ``tsae`` and ``tsae_aip`` (inference + training) with SAELens; idempotent."""
+    from sae_atoms import tsae_aip as _aip
+
+    for name, inf, train in (
+        ("tsae", (TSAESAE, TSAESAEConfig), (TSAETrainingSAE, TSAETrainingSAEConfig)),
+        ("tsae_aip", (_aip.TSAEAIPSAE, _aip.TSAEAIPSAEConfig), (_aip.TSAEAIPTrainingSAE, _aip.TSAEAIPTrainingSAEConfig)),
+    ):
+        _register_one(name, SAE_CLASS_REGISTRY, register_sae_class, inf)
+        _register_one(name, SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class, train)
+
+
+from sae_atoms.tsae_aip import (  # noqa: E402  (tsae_aip builds on the classes above)
+    TSAEAIPSAE,
+    TSAEAIPSAEConfig,
+    TSAEAIPTrainingSAE,
+    TSAEAIPTrainingSAEConfig,
+    to_jumprelu,
+)
+
+register()

@@ -1,0 +1,349 @@
+"""``tsae_aip``: the TSAE trained in the AIP geometry, reconstructing raw activations.
+
+The atomic inner product (``sae_atoms.aip``, Atom Theory arXiv 2509.20784) is the metric
+``S ~ (E[m m^T])^-1`` (uncentred, default) or the inverse covariance (centred), with the ZCA
+whitening ``W = S^{1/2}`` (``W^T W = S``) and mean ``mu`` (zero when uncentred). The SAE keeps
+``W``, ``W^-1`` and ``mu`` as buffers (``aip_W``, ``aip_W_inv``, ``aip_mean``) saved in its
+safetensors file.
+
+Training SAE (``TSAEAIPTrainingSAE``), parameters live in whitened space (rows as vectors):
+
+    y     = (m - mu) W^T                                  whitened input (no gradient)
+    z     = (y - c) W_enc + b_enc                         c = b_dec, the whitened decoder bias
+    delta = z * 1[z > tau]                                JumpReLU, tau >= 0
+    y^    = delta E + c,  E = W_dec / ||W_dec rows||      unit rows: ||e_j|| = 1
+    m^    = y^ W^-T + mu                                  the raw reconstruction
+    loss  = ||y - y^||^2 + lambda * L0   (= ||m - m^||_S^2 + lambda L0;  aip_loss_space="aip")
+          or ||m - m^||^2 + lambda * L0                   (aip_loss_space="raw")
+
+The raw atoms are ``d_j = e_j W^-T``; ``||d_j||_S = ||d_j W^T|| = ||e_j|| = 1``: unit AIP norm,
+kept so throughout training (the forward pass uses the normalised rows). With ``W_enc = E^T``
+(the tied initialisation) the encoder is ``D^T S`` in raw space, the encoder of the TSAE
+support-recovery theorem. ``TrainStepOutput.sae_in`` / ``sae_out`` are whitened, so SAELens's
+logged explained variance is the AIP-weighted one.
+
+Inference SAE (``TSAEAIPSAE``) holds the same map folded into raw space (exact algebra, float
+round-off only), so its forward is SAELens's ``jumprelu`` on raw activations and its ``W_dec``
+rows are the raw atoms (unit AIP norm):
+
+    W_enc' = W^T W_enc,  b_dec' = c W^-T + mu,  W_dec' = E W^-T,  b_enc' = b_enc,  tau' = tau
+    z = (m - b_dec') W_enc' + b_enc,  delta = z * 1[z > tau],  m^ = delta W_dec' + b_dec'
+
+(with ``apply_b_dec_to_input=False``: ``b_enc' = b_enc - mu W_enc'``). It splices into a model
+unchanged. ``to_jumprelu(sae)`` returns a plain SAELens ``JumpReLUSAE`` with these weights.
+
+The metric: ``set_metric(AIPMetric)``; ``aip_metric_path`` in the config (loaded at
+construction); or estimated at the start of training from the first ``n_batches_for_metric``
+batches the trainer feeds (those steps train nothing; ``fit_metric(batches)`` does it up front,
+as ``sae-atoms train`` and ``train_on_activations`` do).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
+
+import torch
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens.saes.sae import SAE, TrainStepInput
+from sae_lens.util import str_to_dtype
+from torch import nn
+
+from sae_atoms.aip import AIPMetric, AIPMoments
+from sae_atoms.tsae import (
+    TSAESAE,
+    TSAETrainingSAE,
+    TSAETrainingSAEConfig,
+    check_state_dict_shapes,
+)
+
+_KINDS = ("uncentered", "centered")
+_BUFFERS = ("aip_W", "aip_W_inv", "aip_mean")
+
+
+def _parse_shrinkage(s: str | float) -> str | float:
+    if isinstance(s, (int, float)):
+        return float(s)
+    if s == "auto":
+        return "auto"
+    try:
+        return float(s)
+    except ValueError:
+        raise ValueError(f"aip_shrinkage={s!r}: use 'auto' or a float >= 0 (a fraction of the mean eigenvalue).") from None
+
+
+# --------------------------------------------------------------------------- configs
+@dataclass
+class TSAEAIPSAEConfig(JumpReLUSAEConfig):
+    """Inference config of ``tsae_aip`` (forward = ``jumprelu`` on raw activations, metric kept)."""
+
+    aip_kind: str = "uncentered"
+    aip_shrinkage: str = "auto"
+
+    @classmethod
+    def architecture(cls) -> str:
+        return "tsae_aip"
+
+
+@dataclass
+class TSAEAIPTrainingSAEConfig(TSAETrainingSAEConfig):
+    """Training config of ``tsae_aip`` (module docstring: the forward formula).
+
+    Besides the TSAE's fields (``d_sae``, ``jumprelu_init_threshold``, ``jumprelu_bandwidth``,
+    ``l0_coefficient``, ``l0_warm_up_steps``; in whitened units, where ``E||y||^2 = d_in`` for
+    the uncentred metric):
+        aip_kind: "uncentered" (E[m m^T], the paper) or "centered" (covariance).
+        aip_shrinkage: "auto" (ridge only when ill-conditioned) or a float (fraction of the mean
+            eigenvalue); passed to ``AIPMetric.from_moments``. A string so CLIs can set it.
+        n_batches_for_metric: batches used to estimate the metric at the start of training.
+        aip_metric_path: a saved ``AIPMetric`` folder to use instead of estimating one.
+        aip_loss_space: "aip" (squared error in whitened space, the paper) or "raw" (Euclidean).
+    """
+
+    jumprelu_init_threshold: float = 0.5
+    jumprelu_bandwidth: float = 0.1
+    l0_coefficient: float = 0.05
+    aip_kind: str = "uncentered"
+    aip_shrinkage: str = "auto"
+    n_batches_for_metric: int = 20
+    aip_metric_path: str | None = None
+    aip_loss_space: Literal["aip", "raw"] = "aip"
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.aip_kind not in _KINDS:
+            raise ValueError(f"aip_kind={self.aip_kind!r}: use one of {_KINDS}.")
+        self.aip_shrinkage = str(self.aip_shrinkage) if not isinstance(self.aip_shrinkage, str) else self.aip_shrinkage
+        _parse_shrinkage(self.aip_shrinkage)
+        if self.n_batches_for_metric < 1:
+            raise ValueError(f"n_batches_for_metric={self.n_batches_for_metric} must be >= 1.")
+        if self.aip_loss_space not in ("aip", "raw"):
+            raise ValueError(f"aip_loss_space={self.aip_loss_space!r}: use 'aip' or 'raw'.")
+        if self.normalize_activations != "none":
+            raise ValueError(
+                f"normalize_activations={self.normalize_activations!r}: tsae_aip whitens with the AIP metric, which "
+                "already fixes the scale; use normalize_activations='none'."
+            )
+
+    @classmethod
+    def architecture(cls) -> str:
+        return "tsae_aip"
+
+
+def _metric_buffers(d: int, dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
+    eye = torch.eye(d, dtype=dtype, device=device)
+    return {"aip_W": eye, "aip_W_inv": eye.clone(), "aip_mean": torch.zeros(d, dtype=dtype, device=device)}
+
+
+def _check_metric(metric: AIPMetric, d_in: int, kind: str) -> None:
+    if not isinstance(metric, AIPMetric):
+        raise TypeError(f"expected an sae_atoms.aip.AIPMetric, got {type(metric).__name__}.")
+    if metric.d != d_in:
+        raise ValueError(f"the AIP metric is for d={metric.d} but the SAE has d_in={d_in}: it was fitted on another "
+                         "hook or model. Fit a metric on this hook's activations.")
+    if metric.kind != kind:
+        raise ValueError(f"the AIP metric is {metric.kind!r} but the SAE config says aip_kind={kind!r}; "
+                         "fit a metric of that kind or change aip_kind.")
+
+
+# --------------------------------------------------------------------------- inference SAE
+class TSAEAIPSAE(JumpReLUSAE):
+    """Inference ``tsae_aip``: raw-space ``jumprelu`` forward; rows of ``W_dec`` are atoms of unit AIP norm."""
+
+    cfg: TSAEAIPSAEConfig  # type: ignore[assignment]
+    aip_W: torch.Tensor
+    aip_W_inv: torch.Tensor
+    aip_mean: torch.Tensor
+
+    def __init__(self, cfg: TSAEAIPSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        for k, v in _metric_buffers(self.cfg.d_in, self.dtype, self.device).items():
+            self.register_buffer(k, v)
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_loading(state_dict)
+        check_state_dict_shapes(self, state_dict, "tsae_aip")
+
+    def whiten(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mu) W^T``."""
+        return (x.to(self.aip_W.dtype) - self.aip_mean) @ self.aip_W.T
+
+    def unwhiten(self, y: torch.Tensor) -> torch.Tensor:
+        """``y W^-T + mu``."""
+        return y.to(self.aip_W.dtype) @ self.aip_W_inv.T + self.aip_mean
+
+    def atoms(self) -> torch.Tensor:
+        """The atoms as rows ``[d_sae, d_in]`` in raw space (unit AIP norm)."""
+        return self.W_dec.detach()
+
+    def aip_norm(self, v: torch.Tensor) -> torch.Tensor:
+        """``||v||_S`` over the last dimension (for directions: no mean subtracted)."""
+        return (v.to(self.aip_W.dtype) @ self.aip_W.T).norm(dim=-1)
+
+
+# --------------------------------------------------------------------------- training SAE
+class TSAEAIPTrainingSAE(TSAETrainingSAE):
+    """Training ``tsae_aip`` (module docstring: formula). Parameters live in whitened space."""
+
+    cfg: TSAEAIPTrainingSAEConfig  # type: ignore[assignment]
+    aip_W: torch.Tensor
+    aip_W_inv: torch.Tensor
+    aip_mean: torch.Tensor
+    aip_fitted: torch.Tensor
+
+    def __init__(self, cfg: TSAEAIPTrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        self._moments: AIPMoments | None = None
+        self._n_metric_batches = 0
+        if cfg.aip_metric_path is not None and self.device.type != "meta":
+            self.set_metric(AIPMetric.load(cfg.aip_metric_path, d=cfg.d_in))
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        for k, v in _metric_buffers(self.cfg.d_in, self.dtype, self.device).items():
+            self.register_buffer(k, v)
+        self.register_buffer("aip_fitted", torch.zeros((), dtype=torch.bool, device=self.device))
+
+    # ---- the metric
+    @property
+    def metric_fitted(self) -> bool:
+        return bool(self.aip_fitted)
+
+    @torch.no_grad()
+    def set_metric(self, metric: AIPMetric) -> "TSAEAIPTrainingSAE":
+        """Use ``metric`` (an ``AIPMetric`` of this ``d_in`` and ``aip_kind``) as the SAE's geometry."""
+        _check_metric(metric, self.cfg.d_in, self.cfg.aip_kind)
+        dev, dt = self.aip_W.device, self.aip_W.dtype
+        self.aip_W.copy_(metric.W.to(dev, dt))
+        self.aip_W_inv.copy_(metric.W_inv.to(dev, dt))
+        mean = metric.mean if metric.mean is not None else torch.zeros(self.cfg.d_in)
+        self.aip_mean.copy_(mean.to(dev, dt))
+        self.aip_fitted.fill_(True)
+        self._moments = None
+        return self
+
+    def fit_metric(self, batches: Iterable[torch.Tensor] | torch.Tensor, progress: bool = False) -> AIPMetric:
+        """Estimate the metric (``aip_kind``, ``aip_shrinkage``) from a tensor or batches and use it."""
+        metric = AIPMetric.fit(batches, kind=self.cfg.aip_kind, shrinkage=_parse_shrinkage(self.cfg.aip_shrinkage),
+                               progress=progress)
+        self.set_metric(metric)
+        return metric
+
+    def _to_geometry(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.aip_mean) @ self.aip_W.T if self.cfg.aip_kind == "centered" else x @ self.aip_W.T
+
+    def _from_geometry(self, y: torch.Tensor) -> torch.Tensor:
+        return y @ self.aip_W_inv.T + self.aip_mean if self.cfg.aip_kind == "centered" else y @ self.aip_W_inv.T
+
+    def _from_geometry_linear(self, v: torch.Tensor) -> torch.Tensor:
+        return v @ self.aip_W_inv.T
+
+    def _prepare_step(self, step_input: TrainStepInput) -> torch.Tensor | None:
+        if not self.metric_fitted:
+            x = step_input.sae_in
+            from sae_atoms.tsae import check_batch
+
+            check_batch(x, self.cfg.d_in, step_input.n_training_steps)
+            if self._moments is None:
+                self._moments = AIPMoments(device=x.device)
+            self._moments.update(x.detach())
+            self._n_metric_batches += 1
+            if self._n_metric_batches >= self.cfg.n_batches_for_metric:
+                self.set_metric(AIPMetric.from_moments(self._moments, kind=self.cfg.aip_kind,
+                                                       shrinkage=_parse_shrinkage(self.cfg.aip_shrinkage)))
+            return None
+        return super()._prepare_step(step_input)
+
+    def _reconstruction_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.cfg.aip_loss_space == "raw":
+            return ((y_hat - y) @ self.aip_W_inv.T).pow(2).sum(dim=-1).mean()
+        return super()._reconstruction_loss(y_hat, y)
+
+    def _require_metric(self, what: str) -> None:
+        if not self.metric_fitted:
+            raise RuntimeError(f"{what}: the AIP metric of this tsae_aip SAE was never estimated. Train it (the metric "
+                               "is estimated from the first batches), or call sae.fit_metric(activations) / "
+                               "sae.set_metric(AIPMetric) first.")
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._require_metric("encode")
+        return super().encode_with_hidden_pre(x)
+
+    # ---- folding into raw space
+    @torch.no_grad()
+    def folded_raw_weights(self) -> dict[str, torch.Tensor]:
+        """The inference weights in raw space (module docstring: the fold), plus the metric buffers."""
+        self._require_metric("fold")
+        dt = torch.promote_types(self.W_enc.dtype, torch.float32)
+        Wt, Wit = self.aip_W.T.to(dt), self.aip_W_inv.T.to(dt)
+        mean = self.aip_mean.to(dt)
+        W_enc = Wt @ self.W_enc.to(dt)
+        c = self.b_dec.to(dt)
+        b_dec = c @ Wit + mean
+        b_enc = self.b_enc.to(dt).clone()
+        if not self.cfg.apply_b_dec_to_input:
+            b_enc = b_enc - mean @ W_enc
+        out = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": self.unit_W_dec().to(dt) @ Wit, "b_dec": b_dec,
+               "threshold": self.threshold.detach().clone()}
+        out = {k: v.to(self.dtype).contiguous() for k, v in out.items()}
+        out["threshold"] = self.threshold.detach().to(self.dtype).clone()
+        for k in _BUFFERS:
+            out[k] = getattr(self, k).detach().clone()
+        return out
+
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        folded = self.folded_raw_weights()
+        state_dict.clear()
+        state_dict.update(folded)
+
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        raise NotImplementedError("tsae_aip does not use normalize_activations; the AIP whitening fixes the scale.")
+
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        """The forward pass already uses unit-norm (whitened) atoms: normalising the stored rows changes nothing."""
+        self.W_dec.data.copy_(self.unit_W_dec())
+
+
+# --------------------------------------------------------------------------- conversion
+def to_inference(sae: SAE[Any]) -> SAE[Any]:
+    """The inference SAE of a training SAE, as ``save_inference_model`` + ``load_from_disk`` would give."""
+    from sae_lens.saes.sae import TrainingSAE
+
+    if not isinstance(sae, TrainingSAE):
+        return sae
+    cfg_dict = sae.cfg.get_inference_sae_cfg_dict()
+    state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    sae.process_state_dict_for_saving_inference(state)
+    inf = SAE.from_dict(cfg_dict)
+    inf.process_state_dict_for_loading(state)
+    inf.load_state_dict(state)
+    return inf.to(device=sae.device, dtype=str_to_dtype(sae.cfg.dtype))
+
+
+def to_jumprelu(sae: SAE[Any]) -> JumpReLUSAE:
+    """Fold a ``tsae_aip`` (or ``tsae``) SAE into a plain SAELens ``jumprelu`` SAE with the same outputs.
+
+    The metric is folded into the weights (``TSAEAIPSAE``'s formula); the result loads in
+    vanilla SAELens (``SAE.load_from_disk`` without ``sae_atoms``) and matches the source's
+    ``encode`` / ``forward`` to float32 round-off (about 1e-5 relative; a unit whose
+    pre-activation lies within round-off of its threshold could flip).
+    """
+    inf = to_inference(sae)
+    if not isinstance(inf, (TSAEAIPSAE, TSAESAE)):
+        raise TypeError(f"to_jumprelu converts tsae / tsae_aip SAEs; got architecture {inf.cfg.architecture()!r}.")
+    cfg = JumpReLUSAEConfig(d_in=inf.cfg.d_in, d_sae=inf.cfg.d_sae, dtype=inf.cfg.dtype, device=inf.cfg.device,
+                            apply_b_dec_to_input=inf.cfg.apply_b_dec_to_input, normalize_activations="none",
+                            reshape_activations=inf.cfg.reshape_activations,
+                            metadata=copy.deepcopy(inf.cfg.metadata))
+    out = JumpReLUSAE(cfg)
+    state = {k: v for k, v in inf.state_dict().items() if k not in _BUFFERS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out.load_state_dict(state)
+    return out
