@@ -258,13 +258,25 @@ def test_hook_works_with_hooked_sae_transformer():
     assert f"{HOOK}.hook_aip" not in model.hook_dict
 
 
-@pytest.mark.real_model
-def test_hook_on_real_model(real_model, real_acts):
+@pytest.fixture(scope="module")
+def small_real_acts(real_model, fact_data):
+    """~200 real subject-token activations at blocks.12 (a fast subset of the fact prompts)."""
+    from sae_atoms.activations import extract
     from tests.conftest import REAL_HOOK
 
-    metric = AIPMetric.fit(real_acts.x(REAL_HOOK))
+    rows = fact_data.select(range(0, len(fact_data), max(1, len(fact_data) // 200)))
+    return extract(real_model, rows, REAL_HOOK, position="subject_last", batch_size=64, progress=False).x(REAL_HOOK)
+
+
+@pytest.mark.real_model
+def test_hook_on_real_model(real_model, small_real_acts):
+    from tests.conftest import REAL_HOOK
+
+    x = small_real_acts
+    with pytest.warns(AIPConditioningWarning, match="fewer samples than dimensions"):  # ~200 rows in d=576
+        metric = AIPMetric.fit(x)
     assert metric.d == real_model.cfg.d_model
-    assert all(torch.isfinite(t).all() for t in (metric.W, metric.S))
+    assert all(torch.isfinite(t).all() for t in (metric.W, metric.S, metric.W_inv))
     tokens = real_model.to_tokens(["The Eiffel Tower is located in the city of", "Tokyo is a city in the country of"])
     clean = real_model(tokens)
     with aip_hook(real_model, REAL_HOOK, metric) as h:
@@ -273,9 +285,13 @@ def test_hook_on_real_model(real_model, real_acts):
     got = cache[f"{REAL_HOOK}.hook_aip"]
     assert got.shape == cache[REAL_HOOK].shape
     assert torch.equal(got, metric.whiten(cache[REAL_HOOK]))
-    # whitened subject activations have (about) unit second moment in-sample
-    y = metric.whiten(real_acts.x(REAL_HOOK).double())
-    assert torch.allclose(y.T @ y / len(y), torch.eye(metric.d, dtype=torch.float64), atol=1e-6)
+    assert f"{REAL_HOOK}.hook_aip" not in real_model.hook_dict
+    # known answer in-sample: the whitened second moment is V diag(lam / (lam + r)) V^T (I without ridge)
+    y = metric.whiten(x.double())
+    lam = metric.eigvals.clamp_min(0)
+    expect = (metric.eigvecs * (lam / (lam + metric.ridge))) @ metric.eigvecs.T
+    assert torch.allclose(y.T @ y / len(y), expect, atol=1e-6)
+    assert torch.allclose(metric.unwhiten(y), x.double(), atol=1e-6 * float(x.abs().max()))
 
 
 def test_bench_quick_runs_and_reports_ratio():
