@@ -53,6 +53,7 @@ from sae_atoms.models import resolve_device
 
 QUANTILES = (0.5, 0.9, 0.99)
 HIST_BINS = 1 << 16  # resolution of the pairwise-|cos| histogram: 1.5e-5
+HIST_FLUSH = 1 << 20  # |cos| values buffered before one torch.histc call
 HIST_PAIRS_CPU = 1 << 23  # on the CPU the |cos| histogram samples every s-th row so it sees ~8.4M pairs
 Q_GRID = 10_001  # q* (a) is searched on q = 0, 1e-4, ..., 1
 COHERENCE_MEMORY = 1 << 30  # default extra-memory budget of `coherence` (bytes)
@@ -108,9 +109,15 @@ def basis(directions: Tensor, name: str = "basis") -> Units:
 def find_metric(sae: Any) -> Any:
     """The AIP metric an SAE carries (``tsae_aip``), or None.
 
-    Looks for an attribute ``metric`` / ``aip_metric`` / ``aip`` with a whitening matrix
-    ``W``, then for a ``get_metric()`` method.
+    Looks for the ``tsae_aip`` buffer ``aip_W`` (the whitening ``W``; None while it is still
+    the identity placeholder or ``aip_fitted`` is False), an attribute ``metric`` /
+    ``aip_metric`` / ``aip`` with a whitening matrix ``W``, then a ``get_metric()`` method.
     """
+    W = getattr(sae, "aip_W", None)
+    if isinstance(W, Tensor) and W.dim() == 2:
+        fitted = getattr(sae, "aip_fitted", None)
+        unfitted = (isinstance(fitted, Tensor) and not bool(fitted)) or torch.equal(W, torch.eye(W.shape[0], dtype=W.dtype, device=W.device))
+        return None if unfitted else W.detach()
     for name in ("metric", "aip_metric", "aip"):
         m = getattr(sae, name, None)
         if m is not None and hasattr(m, "W"):
@@ -287,9 +294,10 @@ def firing_stats(codes: Tensor, dense_frac: float = 0.5) -> dict[str, Any]:
 # --------------------------------------------------------------------------- coherence
 def coherence_memory_bytes(n_units: int, d: int, block: int, elem_bytes: int = 4, bins: int = HIST_BINS) -> int:
     """Upper bound of the extra memory of :func:`coherence`: the normalised copy of the
-    directions (``N d``), the whitened staging block, two ``block x block`` tensors (the Gram
-    block and ``|.|`` of its sampled rows), the row maxima and the float64 histograms."""
-    return elem_bytes * (n_units * d + block * d + 2 * block * block + 2 * block) + 8 * bins * 2
+    directions (``N d``), the whitened staging block, at most three ``block x block``
+    tensors (the Gram block, ``|.|`` of its sampled rows, the triangle mask of a diagonal
+    block), the row maxima, the buffered values and the float64 histograms."""
+    return elem_bytes * (n_units * d + block * d + 3 * block * block + 2 * block + 2 * HIST_FLUSH) + 8 * bins * 2
 
 
 def coherence_block_size(n_units: int, d: int, max_bytes: int = COHERENCE_MEMORY, elem_bytes: int = 4) -> int:
@@ -391,6 +399,8 @@ def coherence(directions: Tensor, metric: Any = None, *, block: int | None = Non
         hist_pairs = None if dev.type == "cuda" else HIST_PAIRS_CPU
     stride = 1 if hist_pairs is None else max(1, math.ceil(n_pairs / int(hist_pairs)))
     hist = torch.zeros(bins, dtype=torch.float64, device=dev)
+    buf: list[Tensor] = []
+    buffered = 0
     best, best_pair = -1.0, None
     starts = list(range(0, N, B))
     it = [(i, j) for i in starts for j in starts if j >= i]
@@ -411,14 +421,23 @@ def coherence(directions: Tensor, metric: Any = None, *, block: int | None = Non
             row_ext = G.amax(1) if hi >= -lo else -G.amin(1)
             r = int(row_ext.argmax())
             best_pair = (i0 + r, j0 + int(G[r].abs().argmax()))
-        # histogram of |cos| on every stride-th row of the block (all rows when stride == 1);
-        # a diagonal block holds each pair twice, so its counts weigh 1/2
-        rows = G[::stride].abs().clamp_(max=1.0)
-        h = torch.histc(rows, bins=bins, min=0.0, max=1.0).double()
+        # |cos| of every stride-th row of the block (all rows when stride == 1), pairs i < j only;
+        # buffered so that small blocks do not pay histc's fixed cost each
+        rows = G[::stride]
         if diag:
-            h[0] -= rows.shape[0]  # the zeroed diagonal entries of the sampled rows
-            h *= 0.5
-        hist += h
+            r_idx = torch.arange(0, G.shape[0], stride, device=dev)
+            rows = rows[torch.arange(G.shape[1], device=dev)[None, :] > r_idx[:, None]]
+        rows = rows.abs().clamp_(max=1.0).reshape(-1)
+        if rows.numel() >= HIST_FLUSH:  # big blocks: straight in
+            hist += torch.histc(rows, bins=bins, min=0.0, max=1.0).double()
+            continue
+        buf.append(rows)
+        buffered += rows.numel()
+        if buffered >= HIST_FLUSH:
+            hist += torch.histc(torch.cat(buf), bins=bins, min=0.0, max=1.0).double()
+            buf, buffered = [], 0
+    if buf:
+        hist += torch.histc(torch.cat(buf), bins=bins, min=0.0, max=1.0).double()
     if best <= 0.0:  # all pairs orthogonal
         return Coherence(0.0, None, hist.cpu(), n_pairs, geometry, stride)
     a, b = best_pair
@@ -548,30 +567,32 @@ def _encode_labels(labels: Sequence[Any]) -> tuple[Tensor, list[Any]]:
     return torch.tensor(ids, dtype=torch.long), list(vocab)
 
 
+def _pool_groups(codes: Tensor, groups: Sequence[Any] | None) -> tuple[Tensor, Tensor | None]:
+    """Max-pool codes per group (``[G, N]``) and the group id of each row; identity without groups."""
+    c = codes.float()
+    if groups is None:
+        return c, None
+    if len(groups) != c.shape[0]:
+        raise ValueError(f"groups has {len(groups)} entries for {c.shape[0]} samples")
+    gidx, _ = _encode_labels([str(g) for g in groups])
+    pooled = torch.full((int(gidx.max()) + 1, c.shape[1]), -math.inf)
+    pooled.scatter_reduce_(0, gidx[:, None].expand_as(c), c, reduce="amax", include_self=True)
+    return pooled, gidx
+
+
 @torch.no_grad()
-def top_activating(codes: Tensor, k: int, groups: Sequence[Any] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+def top_activating(codes: Tensor, k: int, groups: Sequence[Any] | None = None) -> tuple[Tensor, Tensor]:
     """Each unit's top-``k`` samples by code value among those where it is positive.
 
     With ``groups`` (e.g. the subject of each prompt) the code is first max-pooled per group, so
     a unit's top set is ``k`` distinct groups (the same subject in several templates counts once).
-    Returns ``(index [N, k], valid [N, k] bool, group_of_row or None)``; indices point to rows
-    (or to groups when ``groups`` is given).
+    Returns ``(index [N, k], valid [N, k] bool)``; indices point to rows (to groups with ``groups``).
     """
     if k < 1:
         raise ValueError(f"top_k must be >= 1, got {k}")
-    c = codes.float()
-    gidx = None
-    if groups is not None:
-        if len(groups) != c.shape[0]:
-            raise ValueError(f"groups has {len(groups)} entries for {c.shape[0]} samples")
-        gidx, _ = _encode_labels([str(g) for g in groups])
-        G = int(gidx.max()) + 1
-        pooled = torch.full((G, c.shape[1]), -math.inf)
-        pooled.scatter_reduce_(0, gidx[:, None].expand_as(c), c, reduce="amax", include_self=True)
-        c = pooled
-    k = min(k, c.shape[0])
-    vals, idx = torch.topk(c.T, k, dim=1)
-    return idx, vals > 0, gidx
+    c, _ = _pool_groups(codes, groups)
+    vals, idx = torch.topk(c.T, min(k, c.shape[0]), dim=1)
+    return idx, vals > 0
 
 
 def _mi_bits(top_counts: Tensor, k_eff: Tensor, base_counts: Tensor, n: int) -> Tensor:
@@ -601,8 +622,8 @@ def monosemanticity(codes: Tensor, labels: Mapping[str, Sequence[Any]], *, top_k
     """Ground-truth monosemanticity of live units, per attribute and averaged.
 
     For each unit ``j`` and attribute ``a`` (e.g. country, continent): take ``T_j``, its
-    top-``top_k`` activating samples (groups when ``groups`` is given) whose ``a`` label is
-    known, and report
+    top-``top_k`` activating samples among those whose ``a`` label is known (distinct groups,
+    max-pooled, when ``groups`` is given) where its code is positive, and report
 
     * purity ``max_y |{i in T_j : y_i = y}| / |T_j|`` (1 = all top samples share one label;
       a unit firing at random scores about the majority label's base rate), and
@@ -615,8 +636,10 @@ def monosemanticity(codes: Tensor, labels: Mapping[str, Sequence[Any]], *, top_k
     """
     if not labels:
         raise ValueError("monosemanticity needs at least one label column")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
     n = codes.shape[0]
-    idx, valid, gidx = top_activating(codes, top_k, groups)
+    pooled, gidx = _pool_groups(codes, groups)
     out: dict[str, Any] = {}
     purities = []
     for attr, labs in labels.items():
@@ -624,24 +647,24 @@ def monosemanticity(codes: Tensor, labels: Mapping[str, Sequence[Any]], *, top_k
             raise ValueError(f"label column {attr!r} has {len(labs)} entries for {n} samples")
         lab_ids, vocab = _encode_labels(labs)
         if gidx is not None:  # one label per group: the first row's label
-            G = int(gidx.max()) + 1
-            glab = torch.full((G,), -1, dtype=torch.long)
+            glab = torch.full((pooled.shape[0],), -1, dtype=torch.long)
             order = torch.arange(n - 1, -1, -1)
             glab[gidx[order]] = lab_ids[order]
             lab_ids = glab
         known = lab_ids >= 0
-        if not bool(known.any()) or not vocab:
-            out[f"mono_{attr}_purity"] = None
-            out[f"mono_{attr}_mi_bits"] = None
+        out[f"mono_{attr}_purity"] = None
+        out[f"mono_{attr}_mi_bits"] = None
+        if not bool(known.any()):
             continue
-        V = len(vocab)
-        top_lab = lab_ids[idx]  # [N, k]
-        use = valid & (top_lab >= 0)
+        lab_k = lab_ids[known]
+        V, n_known = len(vocab), int(known.sum())
+        vals, idx = torch.topk(pooled[known].T, min(top_k, n_known), dim=1)  # top among labelled samples
+        use = vals > 0
+        top_lab = lab_k[idx]  # [N, k]
         k_eff = use.sum(1)
         counts = torch.zeros(idx.shape[0], V, dtype=torch.long)
-        counts.scatter_add_(1, top_lab.clamp_min(0), use.long())
-        base = torch.bincount(lab_ids[known], minlength=V)
-        n_known = int(known.sum())
+        counts.scatter_add_(1, top_lab, use.long())
+        base = torch.bincount(lab_k, minlength=V)
         live = k_eff >= min_top
         purity = counts.max(1).values.double() / k_eff.clamp_min(1).double()
         mi = _mi_bits(counts, k_eff, base, n_known)
@@ -649,13 +672,11 @@ def monosemanticity(codes: Tensor, labels: Mapping[str, Sequence[Any]], *, top_k
             out[f"mono_{attr}_purity"] = float(purity[live].mean())
             out[f"mono_{attr}_mi_bits"] = float(mi[live].mean())
             purities.append(out[f"mono_{attr}_purity"])
-        else:
-            out[f"mono_{attr}_purity"] = None
-            out[f"mono_{attr}_mi_bits"] = None
         out[f"mono_{attr}_base_rate"] = float(base.max()) / n_known
         out[f"mono_{attr}_n_units"] = int(live.sum())
     out["monosemanticity"] = float(sum(purities) / len(purities)) if purities else None
     if judge is not None:
+        idx, valid = top_activating(codes, top_k, groups)
         scores = []
         for j in range(idx.shape[0]):
             rows = idx[j][valid[j]].tolist()
