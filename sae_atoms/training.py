@@ -1,0 +1,299 @@
+"""Training SAEs: on a fixed activation set (``train_on_activations``) and through SAELens's runner.
+
+``train_on_activations(activations, cfg)`` trains any registered SAELens architecture
+(``standard``, ``jumprelu``, ``tsae``, ``tsae_aip``, ...) with SAELens's own ``SAETrainer``
+(Adam, gradient clipping at 1, coefficient warm-ups, lr schedules) from a data provider that
+reshuffles the fixed set every epoch. This is the paper's setting (subject-token activations)
+and the one the capacity sweep uses. For ``tsae_aip`` the metric is fitted on the whole set
+up front (no training step is spent on it) unless one is given.
+
+Defaults (chosen for ~5,000 x 576 activations, 4x width, about a minute on 2 CPU cores):
+``batch_size=512``, ``lr=1e-3`` with a 5% linear warm-up and cosine decay to ``lr/10`` over the
+last 20% ... see ``DEFAULT_STEPS`` / the README figures for the R^2 / L0 they give.
+
+``sae-atoms train [SAELens runner arguments]`` runs ``LanguageModelSAETrainingRunner`` with the
+``tsae`` / ``tsae_aip`` architectures registered, the model loaded by ``sae_atoms.models`` (the
+embedded SmolLM2-135M works offline), a local ``--dataset_path`` (a ``datasets`` folder or a
+json / jsonl / parquet / txt file) passed as ``override_dataset``, and wandb off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.registry import get_sae_training_class
+from sae_lens.saes.sae import SAE, TrainingSAE, TrainingSAEConfig
+from sae_lens.training.sae_trainer import SAETrainer
+
+from sae_atoms.models import resolve_device
+from sae_atoms.tsae import check_batch
+from sae_atoms.tsae_aip import TSAEAIPTrainingSAE, to_inference
+
+__all__ = ["train_on_activations", "configure_parser", "run_cli", "bench_tsae_aip_step", "DEFAULT_STEPS"]
+
+ACCEPTS_EXTRA_ARGS = True
+DEFAULT_STEPS = 1500
+DEFAULT_BATCH_SIZE = 512
+DEFAULT_LR = 1e-3
+
+
+@contextlib.contextmanager
+def _tqdm_disabled(disable: bool) -> Iterator[None]:
+    """SAETrainer always opens a tqdm bar: swap its module's ``tqdm`` for a disabled one meanwhile."""
+    from sae_lens.training import sae_trainer
+
+    if not disable:
+        yield
+        return
+    old = sae_trainer.tqdm
+    sae_trainer.tqdm = functools.partial(old, disable=True)
+    try:
+        yield
+    finally:
+        sae_trainer.tqdm = old
+
+
+def _shuffled_batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless minibatches of ``x``, reshuffled every epoch (drops the last partial batch when n >= batch)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    n = x.shape[0]
+    full = n if n < batch_size else n - n % batch_size
+    while True:
+        perm = torch.randperm(n, generator=gen).to(x.device)
+        for i in range(0, full, batch_size):
+            yield x[perm[i:i + batch_size]]
+
+
+def _as_tensor(activations: Any) -> torch.Tensor:
+    if hasattr(activations, "x") and callable(activations.x) and not isinstance(activations, torch.Tensor):
+        activations = activations.x()
+    x = torch.as_tensor(activations)
+    if x.dim() != 2:
+        raise ValueError(f"activations must be a [n, d] tensor (or an ActivationSet with one hook); got shape {tuple(x.shape)}.")
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 activations to train on; got {x.shape[0]}.")
+    return x.float() if not x.is_floating_point() else x
+
+
+def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int | None = None,
+                         epochs: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
+                         seed: int = 0, progress: bool = True, device: str | torch.device | None = None,
+                         metric: Any = None, lr_warm_up_frac: float = 0.05, lr_decay_frac: float = 0.2,
+                         return_training_sae: bool = False) -> SAE[Any]:
+    """Train an SAE of any registered architecture on a fixed activation set with ``SAETrainer``.
+
+    Args:
+        activations: ``[n, d_in]`` tensor, or an ``ActivationSet`` (``.x()``) with one hook.
+        cfg: any SAELens ``TrainingSAEConfig`` (``StandardTrainingSAEConfig``,
+            ``JumpReLUTrainingSAEConfig``, ``TSAETrainingSAEConfig``, ``TSAEAIPTrainingSAEConfig``).
+        steps / epochs: training length (at most one; default ``DEFAULT_STEPS`` steps).
+        batch_size, lr: Adam minibatch and peak learning rate (linear warm-up over
+            ``lr_warm_up_frac`` of the steps, linear decay to ``lr/10`` over the last ``lr_decay_frac``).
+        seed: initialisation and batch order.
+        progress: tqdm bar (SAELens's).
+        device: where to train (default: cuda if available).
+        metric: an ``AIPMetric`` for ``tsae_aip`` (default: fitted on ``activations``).
+        return_training_sae: return the training SAE instead of the inference one.
+
+    Returns:
+        The trained inference SAE (``SAE.load_from_disk`` would give the same; for ``tsae_aip``
+        its weights are folded into raw space, ``W_dec`` rows are the atoms).
+    """
+    if not isinstance(cfg, TrainingSAEConfig):
+        raise TypeError(f"cfg must be an SAELens TrainingSAEConfig (e.g. TSAEAIPTrainingSAEConfig); got {type(cfg).__name__}.")
+    x = _as_tensor(activations)
+    check_batch(x, cfg.d_in, None, what="activation set")
+    if steps is not None and epochs is not None:
+        raise ValueError("give steps or epochs, not both.")
+    if batch_size < 1 or lr <= 0:
+        raise ValueError(f"batch_size={batch_size} must be >= 1 and lr={lr} > 0.")
+    dev = resolve_device(device)
+    bs = min(batch_size, x.shape[0])
+    if steps is None:
+        steps = DEFAULT_STEPS if epochs is None else max(1, math.ceil(epochs * x.shape[0] / bs))
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1.")
+    cfg = TrainingSAEConfig.from_dict({**cfg.to_dict(), "device": str(dev)})
+    torch.manual_seed(seed)
+    sae_cls = get_sae_training_class(cfg.architecture())[0]
+    sae = sae_cls(cfg).to(dev)
+    x = x.to(dev, sae.dtype)
+    if isinstance(sae, TSAEAIPTrainingSAE):
+        if metric is not None:
+            sae.set_metric(metric)
+        elif not sae.metric_fitted:
+            sae.fit_metric(x)
+    warm = int(lr_warm_up_frac * steps)
+    decay = int(lr_decay_frac * steps)
+    tcfg = SAETrainerConfig(
+        total_training_samples=steps * bs, train_batch_size_samples=bs, lr=lr, lr_end=lr / 10,
+        lr_warm_up_steps=warm, lr_decay_steps=decay, device=str(dev),
+        dead_feature_window=max(1, min(1000, steps // 4)), feature_sampling_window=max(1, min(2000, steps)),
+        n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=max(1, min(100, x.shape[0] // bs)),
+    )
+    trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=_shuffled_batches(x, bs, seed))
+    with _tqdm_disabled(not progress):
+        trained = trainer.fit()
+    return trained if return_training_sae else to_inference(trained)
+
+
+# --------------------------------------------------------------------------- sae-atoms train
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Train an SAE with SAELens's LanguageModelSAETrainingRunner; tsae / tsae_aip are registered. All other "
+        "arguments are SAELens's runner arguments (python -m sae_lens.llm_sae_training_runner --help), e.g. "
+        "--architecture tsae_aip --d_in 576 --d_sae 2304 --model_name smollm2-135m --hook_name blocks.12.hook_resid_post "
+        "--dataset_path ./text.jsonl --is_dataset_tokenized False --training_tokens 20000 --context_size 64. "
+        "The model is loaded by sae_atoms (the embedded smollm2-135m works offline); a local --dataset_path is read "
+        "with `datasets`; wandb is off."
+    )
+    p.add_argument("--config", type=Path, default=None,
+                   help="a JSON runner config (LanguageModelSAERunnerConfig.to_dict() form, sae.architecture set); "
+                        "runner arguments on the command line are not allowed with it")
+    p.add_argument("--device", default=None, help="device for the model and the SAE (default: the config's)")
+
+
+def _load_local_dataset(path: str):
+    import datasets
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / "dataset_info.json").exists() or (p / "state.json").exists():
+            return datasets.load_from_disk(str(p))
+        files = sorted(f for f in p.iterdir() if f.suffix in (".json", ".jsonl", ".parquet", ".txt", ".arrow"))
+        if not files:
+            raise ValueError(f"{p} holds no dataset (no saved `datasets` folder, no json/jsonl/parquet/txt/arrow files).")
+        p = files[0]
+        data_files = [str(f) for f in files if f.suffix == p.suffix]
+    else:
+        data_files = [str(p)]
+    kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text", ".arrow": "arrow"}.get(p.suffix)
+    if kind is None:
+        raise ValueError(f"cannot read {p}: use a `datasets` folder (save_to_disk) or a .json/.jsonl/.parquet/.txt/.arrow file.")
+    return datasets.load_dataset(kind, data_files=data_files, split="train")
+
+
+def _hook_width(model, hook_name: str) -> int:
+    from sae_atoms.models import check_hook_name, hook_layer
+
+    check_hook_name(model, hook_name)
+    layer = hook_layer(hook_name)
+    toks = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=[hook_name],
+                                        stop_at_layer=None if layer is None else layer + 1)
+    return int(cache[hook_name].shape[-1])
+
+
+def build_runner(cfg, model=None, dataset=None):
+    """A ``LanguageModelSAETrainingRunner`` for ``cfg`` with sae_atoms's model loading and checks.
+
+    The model (``cfg.model_name`` through ``sae_atoms.models.load_model`` unless given) must have
+    ``cfg.hook_name`` with width ``cfg.sae.d_in``; a local ``cfg.dataset_path`` is loaded with
+    ``datasets``. Wandb is forced off. For ``tsae_aip`` the metric is fitted from the first
+    ``n_batches_for_metric`` batches of the runner's activation store before training.
+    """
+    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
+
+    from sae_atoms.models import load_model
+
+    cfg.logger.log_to_wandb = False
+    if model is None:
+        model = load_model(cfg.model_name, device=cfg.llm_device or cfg.device)
+    width = _hook_width(model, cfg.hook_name)
+    if width != cfg.sae.d_in:
+        raise ValueError(f"the SAE config has d_in={cfg.sae.d_in} but {cfg.hook_name!r} of {cfg.model_name!r} has width "
+                         f"{width}; set --d_in {width}.")
+    if dataset is None and cfg.dataset_path and Path(cfg.dataset_path).expanduser().exists():
+        dataset = _load_local_dataset(cfg.dataset_path)
+    runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
+    sae = runner.sae
+    if isinstance(sae, TSAEAIPTrainingSAE) and not sae.metric_fitted and cfg.resume_from_checkpoint is None:
+        store = runner.activations_store
+        sae.fit_metric([next(store).to(sae.device) for _ in range(sae.cfg.n_batches_for_metric)])
+    return runner
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from sae_lens.config import LanguageModelSAERunnerConfig
+    from sae_lens.llm_sae_training_runner import _parse_cfg_args
+
+    import sae_atoms  # noqa: F401  (registers tsae / tsae_aip before SAELens builds its --architecture choices)
+
+    extra = list(getattr(args, "extra_args", []) or [])
+    if args.config is not None:
+        if extra:
+            raise SystemExit(f"sae-atoms train: --config was given, so runner arguments {extra} are not allowed; put them in the config.")
+        try:
+            cfg = LanguageModelSAERunnerConfig.from_dict(json.loads(Path(args.config).read_text()))
+        except (KeyError, ValueError, TypeError) as e:
+            raise SystemExit(f"sae-atoms train: cannot read the runner config {args.config}: {e}") from e
+    else:
+        if not extra:
+            raise SystemExit("sae-atoms train needs SAELens runner arguments (e.g. --architecture tsae_aip --d_in 576 "
+                             "--d_sae 2304 --model_name smollm2-135m --hook_name blocks.12.hook_resid_post --dataset_path "
+                             "FILE) or --config FILE; see `sae-atoms train --help`.")
+        try:
+            cfg = _parse_cfg_args(extra)
+        except SystemExit:
+            raise
+        except Exception as e:  # simple_parsing reports bad values as exceptions with exit_on_error=False
+            raise SystemExit(f"sae-atoms train: bad runner arguments: {e}") from e
+    if args.device:
+        cfg.device = cfg.llm_device = cfg.act_store_device = args.device
+    runner = build_runner(cfg)
+    sae = runner.run()
+    l0 = sae.cfg.metadata.get("l0")
+    print(f"sae-atoms train: trained {cfg.sae.architecture()} d_sae={cfg.sae.d_sae} on {cfg.hook_name}; "
+          f"final-window L0 {l0 if l0 is None else round(float(l0), 2)}; saved to {cfg.output_path}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+def bench_tsae_aip_step(quick: bool = False) -> dict:
+    """One ``tsae_aip`` training step vs SAELens ``jumprelu`` (same width, batch, process).
+
+    Both run ``SAETrainer._train_step`` (forward, loss, backward, clip, Adam) on the same batch;
+    the metric is estimated before timing and its cost reported separately (``metric_fit_s``).
+    """
+    import time
+
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
+    from sae_atoms.bench import best_time
+    from sae_atoms.tsae_aip import TSAEAIPTrainingSAEConfig
+
+    d, width, batch = (128, 512, 512) if quick else (576, 2304, 2048)
+    dev = resolve_device(None)
+    torch.manual_seed(0)
+    data = (torch.randn(8 * batch, d) @ torch.randn(d, d) / math.sqrt(d) + 0.5).to(dev)
+    x = data[:batch]
+    tcfg = SAETrainerConfig(total_training_samples=10**9, train_batch_size_samples=batch, device=str(dev),
+                            logger=LoggingConfig(log_to_wandb=False))
+    jr = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d, d_sae=width, device=str(dev)))
+    ta = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width, device=str(dev)))
+    t0 = time.perf_counter()
+    ta.fit_metric(data)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    fit_s = time.perf_counter() - t0
+    tr_jr = SAETrainer(cfg=tcfg, sae=jr, data_provider=iter(()))
+    tr_ta = SAETrainer(cfg=tcfg, sae=ta, data_provider=iter(()))
+    repeat = 5 if quick else 10
+    t_jr = best_time(lambda: tr_jr._train_step(jr, x), repeat=repeat, warmup=2)
+    t_ta = best_time(lambda: tr_ta._train_step(ta, x), repeat=repeat, warmup=2)
+    t_jr = min(t_jr, best_time(lambda: tr_jr._train_step(jr, x), repeat=repeat, warmup=0))
+    return {"ratio": t_ta / t_jr, "target": 1.10, "better": "lower", "tsae_aip_step_s": t_ta, "jumprelu_step_s": t_jr,
+            "metric_fit_s": fit_s, "metric_fit_rows": int(data.shape[0]), "d_in": d, "d_sae": width, "batch": batch,
+            "device": str(dev)}

@@ -1,0 +1,264 @@
+"""tsae / tsae_aip as SAELens architectures: registration, formula, save/load, splice, runner, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from sae_lens import SAE, HookedSAETransformer, LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
+from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE
+from sae_lens.saes.sae import TrainStepInput
+
+import sae_atoms
+from sae_atoms.aip import AIPMetric
+from sae_atoms.tsae import (
+    TSAEAIPSAE,
+    TSAEAIPTrainingSAE,
+    TSAEAIPTrainingSAEConfig,
+    TSAETrainingSAE,
+    TSAETrainingSAEConfig,
+    register,
+    to_jumprelu,
+)
+from sae_atoms.tsae_aip import to_inference
+
+
+def _skewed(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g) * torch.logspace(0, 1, d)
+    return torch.randn(n, d, generator=g) @ a / math.sqrt(d) + 2.0
+
+
+def _fitted_aip(d=16, width=48, kind="uncentered", seed=0) -> tuple[TSAEAIPTrainingSAE, torch.Tensor]:
+    torch.manual_seed(seed)
+    sae = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width, aip_kind=kind))
+    x = _skewed(600, d, seed)
+    sae.fit_metric(x)
+    with torch.no_grad():  # move away from the init so the fold is tested on generic weights
+        for p in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec):
+            p.add_(0.1 * torch.randn_like(p))
+        sae.threshold.uniform_(0.0, 0.3)
+    return sae, x
+
+
+def test_registered_idempotently():
+    for name in ("tsae", "tsae_aip"):
+        assert name in SAE_CLASS_REGISTRY and name in SAE_TRAINING_CLASS_REGISTRY
+    before = dict(SAE_TRAINING_CLASS_REGISTRY)
+    register()
+    register()
+    assert SAE_TRAINING_CLASS_REGISTRY == before
+    assert SAE_TRAINING_CLASS_REGISTRY["tsae_aip"][0] is TSAEAIPTrainingSAE
+
+
+def test_registration_refuses_a_foreign_class():
+    from sae_atoms.tsae import _register_one
+
+    with pytest.raises(ValueError, match="already registered"):
+        _register_one("tsae", SAE_CLASS_REGISTRY, None, (JumpReLUSAE, object))
+
+
+@pytest.mark.parametrize("kind", ["uncentered", "centered"])
+def test_aip_forward_formula_and_unit_aip_atoms(kind):
+    sae, x = _fitted_aip(kind=kind)
+    metric = AIPMetric.fit(x, kind=kind)
+    y = metric.whiten(x)
+    e = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+    z = (y - sae.b_dec) @ sae.W_enc + sae.b_enc
+    delta = z * (z > sae.threshold)
+    expect = metric.unwhiten(delta @ e + sae.b_dec)
+    torch.testing.assert_close(sae(x), expect, rtol=1e-4, atol=1e-4)
+    inf = to_inference(sae)
+    torch.testing.assert_close(inf(x), expect, rtol=1e-4, atol=1e-4)
+    # raw atoms have unit AIP norm: ||d||_S^2 = d^T S d
+    s = metric.S.float()
+    aip_norm = torch.einsum("ij,jk,ik->i", inf.W_dec, s, inf.W_dec).sqrt()
+    torch.testing.assert_close(aip_norm, torch.ones_like(aip_norm), rtol=1e-4, atol=1e-4)
+
+
+def test_unit_norm_kept_during_training_and_metric_estimated_from_first_batches():
+    torch.manual_seed(0)
+    cfg = TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16, n_batches_for_metric=3)
+    sae = TSAEAIPTrainingSAE(cfg)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    batches = [_skewed(64, 8, seed=i) for i in range(8)]
+    for i, b in enumerate(batches):
+        out = sae.training_forward_pass(TrainStepInput(sae_in=b, coefficients={"l0": 0.1}, dead_neuron_mask=None,
+                                                      n_training_steps=i, is_logging_step=False))
+        assert sae.metric_fitted == (i >= 2)
+        if i < 3:  # estimation steps train nothing
+            assert float(out.loss) == 0.0 and not out.feature_acts.any()
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    expect = AIPMetric.fit(torch.cat(batches[:3]))
+    torch.testing.assert_close(sae.aip_W, expect.W.float(), rtol=1e-4, atol=1e-5)
+    inf = to_inference(sae)
+    norms = (inf.W_dec @ inf.aip_W.T).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms), rtol=1e-5, atol=1e-5)
+
+
+def test_save_load_identical_and_metric_in_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    sae, x = _fitted_aip()
+    sae.save_inference_model(tmp_path / "inf")
+    assert {"aip_W", "aip_W_inv", "aip_mean"} <= set(load_file(str(tmp_path / "inf" / "sae_weights.safetensors")))
+    loaded = SAE.load_from_disk(tmp_path / "inf")
+    assert isinstance(loaded, TSAEAIPSAE)
+    torch.testing.assert_close(loaded(x), to_inference(sae)(x), rtol=0, atol=0)
+    torch.testing.assert_close(loaded(x), sae(x), rtol=1e-4, atol=1e-4)
+    # a training checkpoint (whitened parameters + metric) round-trips too
+    sae.save_model(tmp_path / "ckpt")
+    from sae_lens.saes.sae import TrainingSAE
+
+    again = TrainingSAE.load_from_disk(tmp_path / "ckpt")
+    assert isinstance(again, TSAEAIPTrainingSAE) and again.metric_fitted
+    torch.testing.assert_close(again(x), sae(x), rtol=1e-5, atol=1e-5)
+
+
+def test_to_jumprelu_loads_in_vanilla_sae_lens(tmp_path):
+    sae, x = _fitted_aip(kind="centered")
+    jr = to_jumprelu(sae)
+    assert type(jr) is JumpReLUSAE
+    jr.save_model(tmp_path / "jr")
+    cfg = json.loads((tmp_path / "jr" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu"
+    back = SAE.load_from_disk(tmp_path / "jr")
+    assert type(back) is JumpReLUSAE
+    # stated tolerance: float32 round-off, 1e-4 absolute on O(1) activations
+    torch.testing.assert_close(back(x), sae(x), rtol=1e-4, atol=1e-4)
+    acts_a, acts_b = back.encode(x), sae.encode(x)
+    assert ((acts_a > 0) != (acts_b > 0)).float().mean() < 1e-3
+    # the raw tsae converts too (same forward as jumprelu)
+    torch.manual_seed(1)
+    raw = TSAETrainingSAE(TSAETrainingSAEConfig(d_in=16, d_sae=32))
+    torch.testing.assert_close(to_jumprelu(raw)(x), raw(x), rtol=1e-5, atol=1e-5)
+
+
+def test_splice_into_model_with_error_term(tiny_model):
+    model = HookedSAETransformer(tiny_model.cfg)
+    model.load_state_dict(tiny_model.state_dict(), strict=False)
+    model.eval()
+    hook = "blocks.0.hook_resid_post"
+    toks = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(0))
+    _, cache = model.run_with_cache(toks, names_filter=[hook])
+    sae = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=32, d_sae=64, jumprelu_init_threshold=0.1))
+    sae.fit_metric(cache[hook].reshape(-1, 32))
+    inf = to_inference(sae)
+    inf.cfg.metadata.hook_name = hook
+    clean = model(toks)
+    spliced, sae_cache = model.run_with_cache_with_saes(toks, saes=[inf])
+    assert f"{hook}.hook_sae_acts_post" in sae_cache
+    assert not torch.allclose(spliced, clean)
+    with_err = model.run_with_saes(toks, saes=[inf], use_error_term=True)
+    torch.testing.assert_close(with_err, clean, rtol=1e-4, atol=1e-4)
+    # editing the atoms' activations with the error term on changes the output
+    def zero(acts, hook):
+        return torch.zeros_like(acts)
+
+    model.add_sae(inf, use_error_term=True)
+    edited = model.run_with_hooks(toks, fwd_hooks=[(f"{hook}.hook_sae_acts_post", zero)])
+    model.reset_saes()
+    assert not torch.allclose(edited, clean, atol=1e-4)
+
+
+def _tiny_runner_cfg(tmp_path, sae_cfg, **kw) -> LanguageModelSAERunnerConfig:
+    base = dict(sae=sae_cfg, model_name="tiny", hook_name="blocks.1.hook_resid_post", dataset_path="",
+                is_dataset_tokenized=True, context_size=16, training_tokens=16 * 16 * 12, train_batch_size_tokens=64,
+                store_batch_size_prompts=4, n_batches_in_buffer=4, device="cpu", seed=0, prepend_bos=False,
+                checkpoint_path=str(tmp_path / "ckpt"), output_path=str(tmp_path / "out"), verbose=False,
+                logger=LoggingConfig(log_to_wandb=False), model_from_pretrained_kwargs={})
+    base.update(kw)
+    return LanguageModelSAERunnerConfig(**base)
+
+
+@pytest.fixture
+def token_dataset():
+    import datasets
+
+    g = torch.Generator().manual_seed(0)
+    return datasets.Dataset.from_dict({"tokens": torch.randint(1, 50, (200, 16), generator=g).tolist()})
+
+
+def test_runner_trains_tsae_aip_on_tiny_model_with_checkpoints_and_resume(tmp_path, tiny_model, token_dataset):
+    sae_cfg = TSAEAIPTrainingSAEConfig(d_in=32, d_sae=64, n_batches_for_metric=4)
+    cfg = _tiny_runner_cfg(tmp_path, sae_cfg, n_checkpoints=2)
+    sae = LanguageModelSAETrainingRunner(cfg, override_dataset=token_dataset, override_model=tiny_model).run()
+    assert isinstance(sae, TSAEAIPTrainingSAE) and sae.metric_fitted
+    loaded = SAE.load_from_disk(tmp_path / "out")
+    assert isinstance(loaded, TSAEAIPSAE)
+    assert not torch.equal(loaded.aip_W, torch.eye(32))
+    ckpts = sorted((tmp_path / "ckpt").glob("*/*"), key=lambda p: int(p.name))
+    assert len(ckpts) == 2
+    # resume from the first checkpoint: the metric comes back with the weights, training continues
+    cfg2 = _tiny_runner_cfg(tmp_path / "r", TSAEAIPTrainingSAEConfig(d_in=32, d_sae=64, n_batches_for_metric=4),
+                            resume_from_checkpoint=str(ckpts[0]))
+    runner = LanguageModelSAETrainingRunner(cfg2, override_dataset=token_dataset, override_model=tiny_model)
+    resumed = runner.run()
+    assert resumed.metric_fitted
+    first = TSAEAIPTrainingSAE.load_from_disk(ckpts[0])
+    torch.testing.assert_close(resumed.aip_W, first.aip_W)
+
+
+def test_runner_from_dict_config_raw_tsae(tmp_path, tiny_model, token_dataset):
+    cfg = _tiny_runner_cfg(tmp_path, TSAETrainingSAEConfig(d_in=32, d_sae=64))
+    d = cfg.to_dict()
+    assert d["sae"]["architecture"] == "tsae"
+    cfg2 = LanguageModelSAERunnerConfig.from_dict(json.loads(json.dumps(d)))
+    assert isinstance(cfg2.sae, TSAETrainingSAEConfig)
+    LanguageModelSAETrainingRunner(cfg2, override_dataset=token_dataset, override_model=tiny_model).run()
+    loaded = SAE.load_from_disk(tmp_path / "out")
+    assert loaded.cfg.architecture() == "tsae"
+    torch.testing.assert_close(loaded.W_dec.norm(dim=1), torch.ones(64), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_parses_sae_lens_arguments_for_tsae_aip():
+    from sae_lens.llm_sae_training_runner import _parse_cfg_args
+
+    cfg = _parse_cfg_args(["--architecture", "tsae_aip", "--d_in", "32", "--d_sae", "64", "--aip_kind", "centered",
+                           "--aip_shrinkage", "0.01", "--n_batches_for_metric", "5", "--l0_coefficient", "0.3",
+                           "--model_name", "tiny", "--hook_name", "blocks.0.hook_resid_post"])
+    assert isinstance(cfg.sae, TSAEAIPTrainingSAEConfig)
+    assert (cfg.sae.aip_kind, cfg.sae.aip_shrinkage, cfg.sae.n_batches_for_metric) == ("centered", "0.01", 5)
+
+
+def test_bad_input_errors(tmp_path):
+    sae = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16, n_batches_for_metric=1))
+    step = dict(coefficients={"l0": 0.1}, dead_neuron_mask=None, is_logging_step=False)
+    with pytest.raises(ValueError, match="d_in=8"):
+        sae.training_forward_pass(TrainStepInput(sae_in=torch.randn(4, 9), n_training_steps=0, **step))
+    sae.training_forward_pass(TrainStepInput(sae_in=_skewed(64, 8), n_training_steps=0, **step))
+    bad = _skewed(32, 8)
+    bad[3, 2] = float("nan")
+    bad[5, 1] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"training step 7: .* 2 non-finite"):
+        sae.training_forward_pass(TrainStepInput(sae_in=bad, n_training_steps=7, **step))
+    # a metric of another d
+    with pytest.raises(ValueError, match="d=12"):
+        sae.set_metric(AIPMetric.fit(_skewed(100, 12)))
+    AIPMetric.fit(_skewed(100, 12)).save(tmp_path / "m12")
+    with pytest.raises(ValueError, match="d=12"):
+        TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16, aip_metric_path=str(tmp_path / "m12")))
+    # a checkpoint of another width / architecture
+    sae.save_model(tmp_path / "w16")
+    other = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=8, d_sae=32))
+    with pytest.raises(ValueError, match="d_sae=16"):
+        other.load_weights_from_checkpoint(tmp_path / "w16")
+    raw = TSAETrainingSAE(TSAETrainingSAEConfig(d_in=8, d_sae=16))
+    with pytest.raises(ValueError, match="architecture='tsae_aip'"):
+        raw.load_weights_from_checkpoint(tmp_path / "w16")
+    with pytest.raises(ValueError, match="aip_kind"):
+        TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16, aip_kind="whitened")
+    with pytest.raises(ValueError, match="normalize_activations"):
+        TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16, normalize_activations="layer_norm")
+    with pytest.raises(RuntimeError, match="never estimated"):
+        TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16)).encode(torch.randn(2, 8))
+
+
+def test_package_import_registers():
+    assert sae_atoms.tsae.TSAEAIPTrainingSAE is TSAEAIPTrainingSAE
