@@ -338,7 +338,7 @@ def test_real_model_evals_exact_sae_recovers_loss(real_model):
 
     d = real_model.cfg.d_model
     sae = _pm_sae("JumpReLU", _orthonormal(d, seed=5))
-    prompts = list(fact_prompts(n_cities=4, seed=0)["prompt"][:6])
+    prompts = list(fact_prompts(n_cities=4, seed=0)["prompt"][:3])
     r = E.model_evals(sae, real_model, prompts, hook_name="blocks.6.hook_resid_post", batch_size=3)
     assert r["ce_loss_score"] == pytest.approx(1.0, abs=1e-3)
     assert r["kl_div_with_sae"] < 1e-4 and r["kl_div_with_ablation"] > 0.1

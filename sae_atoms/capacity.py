@@ -1,0 +1,366 @@
+"""Capacity sweeps: width x data size, the R^2 cliff, and an empirical width rule.
+
+Atom Theory (arXiv 2509.20784) reports that below a critical width, relative to the number of
+distinct activations, a TSAE's R^2 stalls around 0.6-0.8 and then jumps to ~1; the paper
+gives no rule for choosing the width from the data size (its open question 2). This module
+measures it:
+
+* :func:`capacity_sweep` trains one SAE (``tsae_aip`` by default; any registered SAELens
+  architecture) per (data size n, expansion e) with ``sae_atoms.training.train_on_activations``
+  and records in-sample and held-out R^2 (Euclidean and AIP), L0 and dead units;
+* :func:`find_cliff` locates, per data size, the smallest width at which held-out R^2 jumps
+  (the largest rise between consecutive widths, if at least ``min_jump``);
+* :func:`width_rule` states the rule the cliffs support (cliff width / n, cliff width / d,
+  and the log-log slope of cliff width against n when several sizes have a cliff);
+* :func:`compare_units` is the neurons / features / atoms comparison table at one width;
+* :func:`plot_capacity` draws R^2 against width, one line per data size.
+
+``sae-atoms capacity --model smollm2-135m --hook blocks.12.hook_resid_post --expansions 1 2 4 8``
+extracts subject-token activations of the fact prompts (train / held-out entities), runs the
+sweep and writes ``results.json`` and ``capacity.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from sae_atoms.evals import as_units, encode_all, evaluate_units, format_table, r2, write_json
+
+DEFAULT_EXPANSIONS = (1, 2, 4, 8)
+DEFAULT_STEPS = 400
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_LR = 1e-3
+DEFAULT_ARCH = "tsae_aip"
+COMPARE_ARCHS = ("standard", "jumprelu", "tsae_aip")
+
+
+def _x(acts: Any) -> Tensor:
+    if isinstance(acts, Tensor):
+        x = acts
+    elif hasattr(acts, "x") and callable(acts.x):
+        x = acts.x()
+    else:
+        x = torch.as_tensor(acts)
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"activations must be [n, d] with n >= 2; got shape {tuple(x.shape)}")
+    return x.float()
+
+
+def training_config(architecture: str, d_in: int, d_sae: int, **overrides: Any):
+    """A SAELens training config of a registered ``architecture`` (``tsae_aip`` needs ``import sae_atoms``)."""
+    import sae_atoms  # noqa: F401  registers tsae / tsae_aip
+    from sae_lens.registry import get_sae_training_class
+
+    try:
+        cfg_cls = get_sae_training_class(architecture)[1]
+    except (KeyError, ValueError) as e:
+        from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+        raise ValueError(f"unknown SAE architecture {architecture!r}; registered: {sorted(SAE_TRAINING_CLASS_REGISTRY)}") from e
+    return cfg_cls(d_in=d_in, d_sae=d_sae, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _quick_eval(sae: Any, x: Tensor, metric: Any) -> dict[str, float]:
+    """R^2 (raw and AIP), mean L0 and dead fraction: what a sweep needs, without coherence."""
+    u = as_units(sae)
+    codes, recon, _ = encode_all(u, x)
+    out = {"r2": r2(x, recon), "l0_mean": float((codes != 0).sum(1).double().mean()),
+           "dead_frac": float(((codes != 0).sum(0) == 0).double().mean())}
+    out["r2_aip"] = r2(x, recon, metric) if metric is not None else None
+    return out
+
+
+def _n_distinct(x: Tensor) -> int:
+    return int(torch.unique(x, dim=0).shape[0])
+
+
+def capacity_sweep(train_acts: Any, heldout_acts: Any, expansions: Sequence[float] = DEFAULT_EXPANSIONS,
+                   data_sizes: Sequence[int] | None = None, *, architecture: str = DEFAULT_ARCH,
+                   steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
+                   l0_coefficient: float | None = None, metric: Any = None, seed: int = 0, device: Any = None,
+                   progress: bool = True, cfg_overrides: dict | None = None) -> list[dict]:
+    """Train one SAE per (data size, width) and measure in-sample and held-out faithfulness.
+
+    Args:
+        train_acts, heldout_acts: ``[n, d]`` tensors or ``ActivationSet``s (held-out =
+            activations of entities never trained on).
+        expansions: widths as multiples of ``d`` (``d_sae = round(e * d)``).
+        data_sizes: training-set sizes; each is a seeded random subset of ``train_acts``
+            (default: all of it).
+        architecture: any registered training architecture (``tsae_aip``, ``tsae``, ``jumprelu``,
+            ``standard``, ...).
+        steps, batch_size, lr, l0_coefficient, cfg_overrides: training (``train_on_activations``).
+        metric: the ``AIPMetric`` for AIP R^2 and for ``tsae_aip`` training (default: fitted
+            once, uncentred, on all of ``train_acts``; the held-out set never enters it).
+
+    Returns one dict per run: ``n_train``, ``n_distinct``, ``expansion``, ``d_sae``,
+    ``r2_train``, ``r2_heldout``, ``r2_aip_train``, ``r2_aip_heldout``, ``l0_train``,
+    ``l0_heldout``, ``dead_frac``, ``seconds``, ``architecture``, ``steps``.
+    """
+    from sae_atoms.aip import AIPMetric
+    from sae_atoms.training import train_on_activations
+
+    xtr, xho = _x(train_acts), _x(heldout_acts)
+    d = xtr.shape[1]
+    if xho.shape[1] != d:
+        raise ValueError(f"train activations have d={d} but held-out ones d={xho.shape[1]}")
+    if not expansions or any(e <= 0 for e in expansions):
+        raise ValueError(f"expansions must be positive numbers; got {list(expansions)}")
+    sizes = list(data_sizes) if data_sizes else [xtr.shape[0]]
+    too_big = [n for n in sizes if n > xtr.shape[0] or n < 2]
+    if too_big:
+        raise ValueError(f"data sizes {too_big} are outside 2..{xtr.shape[0]} (the number of training activations); "
+                         "extract more activations or choose smaller sizes")
+    if metric is None:
+        metric = AIPMetric.fit(xtr)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(xtr.shape[0], generator=gen)
+    runs = [(n, e) for n in sorted(sizes) for e in sorted(expansions)]
+    it: Any = runs
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(runs, desc=f"capacity sweep ({architecture})", unit="run")
+    results = []
+    for n, e in it:
+        xs = xtr[perm[:n]]
+        d_sae = max(1, int(round(e * d)))
+        cfg = training_config(architecture, d, d_sae, l0_coefficient=l0_coefficient, **(cfg_overrides or {}))
+        t0 = time.perf_counter()
+        sae = train_on_activations(xs, cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False,
+                                   device=device, metric=metric if architecture == "tsae_aip" else None)
+        secs = time.perf_counter() - t0
+        ev_tr, ev_ho = _quick_eval(sae, xs, metric), _quick_eval(sae, xho, metric)
+        results.append({
+            "architecture": architecture, "n_train": n, "n_distinct": _n_distinct(xs), "n_heldout": int(xho.shape[0]),
+            "d": d, "expansion": float(e), "d_sae": d_sae, "steps": steps,
+            "r2_train": ev_tr["r2"], "r2_heldout": ev_ho["r2"], "r2_aip_train": ev_tr["r2_aip"],
+            "r2_aip_heldout": ev_ho["r2_aip"], "l0_train": ev_tr["l0_mean"], "l0_heldout": ev_ho["l0_mean"],
+            "dead_frac": ev_tr["dead_frac"], "seconds": secs,
+        })
+    return results
+
+
+def find_cliff(results: Sequence[dict], key: str = "r2_heldout", min_jump: float = 0.05) -> list[dict]:
+    """Per data size, the capacity cliff: the smallest width at which ``key`` jumps.
+
+    Widths are sorted; the jump is the largest rise of ``key`` between consecutive widths.
+    If it is at least ``min_jump`` the cliff is the width after it (``cliff_d_sae``); otherwise
+    no cliff lies inside the grid and ``where`` says whether every width is already high
+    (``"below_grid"``: the cliff, if any, is below the smallest width) or none is
+    (``"above_grid"``), judged against the best value reached at that data size.
+    """
+    by_n: dict[int, list[dict]] = {}
+    for r in results:
+        if key not in r:
+            raise KeyError(f"result rows have no {key!r}; keys: {sorted(r)}")
+        by_n.setdefault(int(r["n_train"]), []).append(r)
+    out = []
+    for n, rows in sorted(by_n.items()):
+        rows = sorted(rows, key=lambda r: r["d_sae"])
+        vals = [float(r[key]) for r in rows]
+        rises = [b - a for a, b in zip(vals, vals[1:])]
+        info = {"n_train": n, "key": key, "d_sae": [r["d_sae"] for r in rows], "values": vals,
+                "n_distinct": rows[0].get("n_distinct"), "d": rows[0].get("d")}
+        if rises and max(rises) >= min_jump:
+            i = max(range(len(rises)), key=lambda j: rises[j])
+            info.update(cliff_d_sae=rows[i + 1]["d_sae"], cliff_expansion=rows[i + 1]["expansion"], jump=rises[i],
+                        before=vals[i], after=vals[i + 1], where="inside_grid")
+        else:
+            info.update(cliff_d_sae=None, cliff_expansion=None, jump=max(rises) if rises else 0.0,
+                        where="below_grid" if vals and min(vals) >= 0.9 * max(vals) and max(vals) > 0.9 else "above_grid")
+        out.append(info)
+    return out
+
+
+def width_rule(cliffs: Sequence[dict]) -> dict[str, Any]:
+    """An empirical width rule from the cliffs (Atom Theory's open question 2).
+
+    Reports, for every data size with a cliff, ``N*/n`` (cliff width over distinct training
+    activations) and ``N*/d``; with two or more such sizes, the least-squares slope ``b`` of
+    ``log N*`` on ``log n`` (``N* ~ n^b``: ``b ~ 1`` means the width must grow with the data,
+    ``b ~ 0`` a fixed multiple of ``d`` suffices). ``statement`` says it in words.
+    """
+    pts = [(c["n_distinct"] or c["n_train"], c["cliff_d_sae"], c.get("d")) for c in cliffs if c.get("cliff_d_sae")]
+    rule: dict[str, Any] = {"n_with_cliff": len(pts), "ratios_width_over_n": [w / n for n, w, _ in pts],
+                            "ratios_width_over_d": [w / d for _, w, d in pts if d]}
+    if len(pts) >= 2 and len({n for n, _, _ in pts}) >= 2:
+        ln = torch.tensor([math.log(n) for n, _, _ in pts], dtype=torch.float64)
+        lw = torch.tensor([math.log(w) for _, w, _ in pts], dtype=torch.float64)
+        b = float(((ln - ln.mean()) * (lw - lw.mean())).sum() / ((ln - ln.mean()) ** 2).sum())
+        rule["loglog_slope"] = b
+    else:
+        rule["loglog_slope"] = None
+    if not pts:
+        where = sorted({c["where"] for c in cliffs})
+        rule["statement"] = (f"no cliff inside the width grid at any data size (R^2 {', '.join(where)}); "
+                             "widen the grid (smaller or larger expansions) to locate it.")
+    else:
+        r_n = rule["ratios_width_over_n"]
+        r_d = rule["ratios_width_over_d"]
+        s = (f"held-out R^2 jumps at width N* = {min(r_n):.3g}..{max(r_n):.3g} x the number of distinct training "
+             f"activations (= {min(r_d):.3g}..{max(r_d):.3g} x d)")
+        if rule["loglog_slope"] is not None:
+            s += f"; N* grows as n^{rule['loglog_slope']:.2f} across data sizes"
+        rule["statement"] = s + "."
+    return rule
+
+
+def plot_capacity(results: Sequence[dict], path: str | os.PathLike, cliffs: Sequence[dict] | None = None,
+                  title: str | None = None) -> Path:
+    """R^2 against width (log2 axis), held-out solid and in-sample dashed, one colour per data
+    size, cliffs marked; written atomically as PNG (or any matplotlib format by suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    sizes = sorted({int(r["n_train"]) for r in results})
+    for i, n in enumerate(sizes):
+        rows = sorted((r for r in results if int(r["n_train"]) == n), key=lambda r: r["d_sae"])
+        w = [r["d_sae"] for r in rows]
+        col = f"C{i % 10}"
+        ax.plot(w, [r["r2_heldout"] for r in rows], "-o", color=col, label=f"held-out, n={n}")
+        ax.plot(w, [r["r2_train"] for r in rows], "--", color=col, alpha=0.6, label=f"in-sample, n={n}")
+    for c in cliffs or []:
+        if c.get("cliff_d_sae"):
+            ax.axvline(c["cliff_d_sae"], color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width (SAE units)")
+    ax.set_ylabel("R^2 (pooled, Euclidean)")
+    ax.set_title(title or f"capacity: {results[0]['architecture'] if results else ''}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def compare_units(train_acts: Any, heldout_acts: Any, expansion: float = 4, architectures: Sequence[str] = COMPARE_ARCHS,
+                  *, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
+                  metric: Any = None, seed: int = 0, device: Any = None, top_k: int = 20, progress: bool = True,
+                  cfg_overrides: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Neurons vs features vs atoms at one width, in-sample and held-out (Atom Theory's table).
+
+    Trains each of ``architectures`` at ``d_sae = expansion * d`` on ``train_acts``, then runs
+    :func:`sae_atoms.evals.evaluate_units` for neurons and every SAE on both splits with one
+    AIP metric (fitted on ``train_acts``). Returns ``{name: train-split result plus
+    ``r2_heldout``, ``r2_aip_heldout``, ``l0_heldout``, ``q_star_a_heldout``,
+    ``q_star_b_heldout``, ``monosemanticity_heldout``}``.
+    """
+    from sae_atoms.aip import AIPMetric
+    from sae_atoms.training import train_on_activations
+
+    xtr = _x(train_acts)
+    d = xtr.shape[1]
+    metric = metric if metric is not None else AIPMetric.fit(xtr)
+    units: dict[str, Any] = {"neurons": "neurons"}
+    for arch in architectures:
+        cfg = training_config(arch, d, int(round(expansion * d)), **((cfg_overrides or {}).get(arch, {})))
+        units[arch] = train_on_activations(xtr, cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                           progress=progress, device=device,
+                                           metric=metric if arch == "tsae_aip" else None)
+    table: dict[str, dict] = {}
+    for name, u in units.items():
+        res = evaluate_units(u, train_acts, metric, top_k=top_k, device=device)
+        ho = evaluate_units(u, heldout_acts, metric, top_k=top_k, device=device)
+        for k in ("r2", "r2_aip", "l0_mean", "q_star_a", "q_star_b", "monosemanticity"):
+            res[f"{k}_heldout"] = ho.get(k)
+        res["heldout"] = ho
+        table[name] = res
+    return table
+
+
+COMPARE_KEYS = ("r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "l0_mean", "mu", "mu_raw", "q_star_a", "q_star_b",
+                "q_star_b_heldout", "monosemanticity", "monosemanticity_heldout")
+
+
+# --------------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="model for the activations (default: the embedded SmolLM2)")
+    p.add_argument("--hook", default="blocks.12.hook_resid_post", help="hook point")
+    p.add_argument("--activations", type=Path, default=None,
+                   help="a saved activation set (sae-atoms extract --out) instead of extracting with --model")
+    p.add_argument("--n-cities", type=int, default=1000, help="fact prompts: the n most populous cities (+ countries)")
+    p.add_argument("--expansions", type=float, nargs="+", default=list(DEFAULT_EXPANSIONS), help="widths as multiples of d")
+    p.add_argument("--data-sizes", type=int, nargs="*", default=None, help="training-set sizes (default: all train rows)")
+    p.add_argument("--architecture", default=DEFAULT_ARCH, help="SAE architecture to sweep (default tsae_aip)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps per run")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR)
+    p.add_argument("--l0-coefficient", type=float, default=None, help="sparsity coefficient (default: the architecture's)")
+    p.add_argument("--min-jump", type=float, default=0.05, help="smallest rise of held-out R^2 that counts as a cliff")
+    p.add_argument("--compare", action="store_true",
+                   help="also build the neurons / standard / jumprelu / tsae_aip table at --compare-expansion")
+    p.add_argument("--compare-expansion", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, default=Path("capacity-out"), help="output folder (results.json, capacity.png)")
+
+
+def _load_acts(args: argparse.Namespace):
+    from sae_atoms.activations import ActivationSet, extract
+
+    if args.activations is not None:
+        acts = ActivationSet.load(args.activations)
+    else:
+        from sae_atoms.data import fact_prompts
+        from sae_atoms.models import check_hook_name, load_model
+
+        model = load_model(args.model, device=args.device)
+        check_hook_name(model, args.hook)
+        acts = extract(model, fact_prompts(n_cities=args.n_cities, seed=args.seed), args.hook,
+                       position="subject_last", device=args.device)
+    hook = args.hook if args.hook in acts.hook_names else (acts.hook_names[0] if len(acts.hook_names) == 1 else None)
+    if hook is None:
+        raise SystemExit(f"hook {args.hook!r} is not in the activation set {acts.hook_names}; pass --hook")
+    from sae_atoms.activations import ActivationSet as AS
+
+    acts = AS({hook: acts.x(hook)}, acts.rows, acts.meta)
+    return acts.select(split="train"), acts.select(split="heldout"), hook
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    tr, ho, hook = _load_acts(args)
+    print(f"capacity: {len(tr)} train / {len(ho)} held-out activations at {hook}, d={tr.x().shape[1]}", file=sys.stderr)
+    results = capacity_sweep(tr, ho, args.expansions, args.data_sizes, architecture=args.architecture,
+                             steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             l0_coefficient=args.l0_coefficient, seed=args.seed, device=args.device)
+    cliffs = find_cliff(results, min_jump=args.min_jump)
+    rule = width_rule(cliffs)
+    out: dict[str, Any] = {"hook": hook, "model": args.model if args.activations is None else str(args.activations),
+                           "architecture": args.architecture, "results": results, "cliffs": cliffs, "width_rule": rule}
+    print(f"{'n_train':>8} {'d_sae':>6} {'R2 train':>9} {'R2 heldout':>10} {'L0':>7}")
+    for r in results:
+        print(f"{r['n_train']:>8} {r['d_sae']:>6} {r['r2_train']:>9.4f} {r['r2_heldout']:>10.4f} {r['l0_train']:>7.1f}")
+    print("width rule:", rule["statement"])
+    if args.compare:
+        table = compare_units(tr, ho, args.compare_expansion, steps=args.steps, batch_size=args.batch_size,
+                              lr=args.lr, seed=args.seed, device=args.device)
+        print(format_table(table, COMPARE_KEYS))
+        out["compare"] = {k: {kk: vv for kk, vv in v.items() if kk != "heldout"} | {"heldout": v["heldout"]}
+                          for k, v in table.items()}
+    write_json(out, args.out / "results.json")
+    plot_capacity(results, args.out / "capacity.png", cliffs, title=f"capacity at {hook} ({args.architecture})")
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'capacity.png'}")
+    return 0
