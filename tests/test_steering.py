@@ -9,6 +9,7 @@ from sae_atoms import steering as st
 
 HOOK0 = "blocks.0.hook_resid_post"
 HOOK1 = "blocks.1.hook_resid_post"
+REAL_HOOK = "blocks.12.hook_resid_post"  # the hook of the real_acts fixture
 
 
 def make_sae(d_in: int = 32, d_sae: int = 64, hook: str = HOOK0, seed: int = 0, W_dec: torch.Tensor | None = None):
@@ -136,6 +137,14 @@ def test_clamp_to_own_value_is_noop_and_clamp_changes_only_that_atom(tiny_model)
     # ablation removes exactly the atom's contribution
     x2 = resid(tiny_model, toks, HOOK0, st.ablate_atoms(sae, j, positions=pos))
     torch.testing.assert_close(x2[:, 3] - x0[:, 3], -own.unsqueeze(-1) * sae.W_dec[j].detach(), rtol=1e-5, atol=1e-5)
+    # one atom list per prompt ([batch, k] table): each row's own atom is ablated
+    table = torch.tensor([[int(codes[r, 3].argmax())] for r in range(3)])
+    x3 = resid(tiny_model, toks, HOOK0, st.ablate_atoms(sae, table, positions=pos))
+    for r in range(3):
+        jr = int(table[r, 0])
+        torch.testing.assert_close(x3[r, 3] - x0[r, 3], -codes[r, 3, jr] * sae.W_dec[jr].detach(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one per prompt"):
+        tiny_model.run_with_hooks(toks, fwd_hooks=st.fwd_hooks(tiny_model, st.ablate_atoms(sae, table[:2])))
     # ablating atoms that are inactive everywhere is a no-op
     dead = [int(i) for i in torch.nonzero((codes == 0).all(dim=(0, 1))).flatten()[:3]]
     if dead:
@@ -247,3 +256,68 @@ def test_select_atoms_finds_planted_concept_atoms():
         st.select_atoms(sae, x, labels, "Z")
     with pytest.raises(ValueError, match="labels"):
         st.select_atoms(sae, x, labels[:-1], "A")
+
+
+# --------------------------------------------------------------------------- real model
+@pytest.mark.real_model
+def test_real_model_alpha_zero_and_diff_of_means_steers(real_model, real_acts, fact_data):
+    from sae_atoms.models import first_token_ids
+
+    train = real_acts.select(split="train")
+    dom = st.diff_of_means(train, "country", "China", hook=REAL_HOOK)
+    rows = [r for r in fact_data.to_list() if r["relation"] == "city_country" and r["split"] == "heldout"
+            and r["country"] not in ("China", "")][:8]
+    P = st._Prompts(real_model, rows, 8)
+    # alpha = 0: the same distribution, bit for bit
+    same = P.run(real_model, lambda pos, rows: [st.AddDirection(REAL_HOOK, dom, 0.0, positions=pos, span="from")], 8)
+    assert torch.equal(same, P.clean)
+    tok = first_token_ids(real_model, ["China"])[0]
+    lp = P.run(real_model, lambda pos, rows: [st.AddDirection(REAL_HOOK, dom, 4.0, positions=pos, span="from")], 8)
+    assert (lp[:, tok] - P.clean[:, tok]).mean() > 1.0  # steering toward China raises its log-probability
+    assert all(len(hp.fwd_hooks) == 0 for hp in real_model.hook_dict.values())
+
+
+def planted_sae(x: torch.Tensor, labels: list, values: list, hook: str, n_random: int = 40, seed: int = 0):
+    """An SAE whose first atoms are the unit difference-of-means directions of ``values``
+    (known answer: selection must find them), the rest random; encoder = pseudo-inverse."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = [st.diff_of_means(x, labels, v) for v in values]
+    W = torch.cat([torch.stack(dirs), torch.randn(n_random, x.shape[1], generator=g) * x.std()])
+    W = W / W.norm(dim=-1, keepdim=True)
+    sae = make_sae(d_in=x.shape[1], d_sae=W.shape[0], hook=hook, W_dec=W)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.linalg.pinv(W))
+        sae.b_dec.copy_(x.mean(0))
+    return sae
+
+
+@pytest.mark.real_model
+def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp_path):
+    train = real_acts.select(split="train")
+    rel = [i for i, r in enumerate(train.labels("relation")) if r == "city_country"]
+    x, y = train.x(REAL_HOOK)[rel], [train.labels("country")[i] for i in rel]
+    values = sorted({v for v in y if y.count(v) >= 12})
+    atoms = planted_sae(x, y, values, REAL_HOOK)
+    features = make_sae(d_in=x.shape[1], d_sae=256, hook=REAL_HOOK, seed=5)  # random directions
+    res = st.steering_experiment(real_model, {"atoms": atoms, "features_jumprelu": features}, fact_data, real_acts,
+                                 relation="city_country", quick=True, min_subjects=3, k=1, out_dir=tmp_path,
+                                 progress=False)
+    assert set(res["methods"]) == {"diff_of_means", "atoms", "features_jumprelu"}
+    for m, r in res["methods"].items():
+        assert r["alpha"] in res["config"]["alphas"]
+        assert 0 <= r["success_rate"] <= 1 and r["mean_rank"] >= 1 and r["kl_unrelated"] >= 0
+        assert len(r["sweep"]) == len(res["config"]["alphas"])
+    targets = [t["value"] for t in res["targets"]]
+    assert len(targets) == 2
+    for v in targets:  # the planted atom of each target is found, and it is the difference of means
+        if v in values:
+            sel = res["selected_units"]["atoms"][v][0]
+            assert sel["atom"] == values.index(v) and sel["cos_with_diff_of_means"] > 0.99
+    assert res["methods"]["diff_of_means"]["logprob_gain"] > 0.5
+    assert res["methods"]["atoms"]["logprob_gain"] > 0.5
+    abl = res["ablation"]["atoms"]["logprob_drop"]
+    assert abl["selected"] > abl["random"]
+    assert (tmp_path / "results.json").exists() and (tmp_path / "steering.png").stat().st_size > 1000
+    import json
+
+    assert json.loads((tmp_path / "results.json").read_text())["summary"] == res["summary"]
