@@ -298,3 +298,14 @@ def test_bench_quick_runs_and_reports_ratio():
     res = bench_aip_fit(quick=True)
     assert res["better"] == "lower" and res["target"] == 1.5
     assert res["ratio"] > 0 and math.isfinite(res["ratio"])
+
+
+def test_block_upper_triangle_accumulation_matches_full_second_moment():
+    # d >= 128 takes the two-block upper-triangle path; chunks of uneven size and a merge
+    x, _ = _gaussian(5000, 160, seed=10, mean=0.7)
+    mom = AIPMoments().update(x[:1234]) + AIPMoments().update(x[1234:])
+    m, mean = mom.moment("uncentered")
+    assert torch.allclose(m, x.T @ x / len(x), rtol=1e-12, atol=1e-12)
+    c, _ = mom.moment("centered")
+    assert torch.allclose(c, torch.cov(x.T, correction=0), rtol=1e-9, atol=1e-9)
+    assert torch.allclose(mean, x.mean(0), atol=1e-12)
