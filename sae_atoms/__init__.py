@@ -21,7 +21,8 @@ Modules (one per concept):
 
 __version__ = "0.1.0"
 
-import importlib.util as _util
+from sae_atoms import tsae as _tsae  # noqa: F401,E402  (registers tsae / tsae_aip with SAELens)
+from sae_atoms.training import train_on_activations  # noqa: E402
+from sae_atoms.tsae_aip import to_jumprelu  # noqa: E402
 
-if _util.find_spec("sae_atoms.tsae") is not None:  # registers tsae / tsae_aip with SAELens
-    from sae_atoms import tsae as _tsae  # noqa: F401
+__all__ = ["train_on_activations", "to_jumprelu", "__version__"]

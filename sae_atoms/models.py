@@ -1,7 +1,8 @@
 """Models: the embedded SmolLM2-135M, local Hugging Face folders, TransformerLens names.
 
-``load_model(name_or_path)`` returns a ``HookedTransformer`` (``fold_ln``, centred writing
-weights, as TransformerLens's ``from_pretrained`` does) without touching a model hub unless
+``load_model(name_or_path)`` returns SAELens's ``HookedSAETransformer`` (a ``HookedTransformer``
+that also runs with SAEs spliced in; ``fold_ln`` and centred writing weights, as
+TransformerLens's ``from_pretrained`` does) without touching a model hub unless
 the user names a hub model.
 
 The embedded default, ``"smollm2-135m"``, is SmolLM2-135M-Instruct shipped as a GGUF file
@@ -196,7 +197,7 @@ def _neutral_alias(folder: Path) -> Path:
 
 
 def _load_local(folder: Path, device: torch.device, dtype: torch.dtype, **kwargs):
-    from transformer_lens import HookedTransformer
+    from sae_lens import HookedSAETransformer
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -211,7 +212,7 @@ def _load_local(folder: Path, device: torch.device, dtype: torch.dtype, **kwargs
         raise ModelLoadError(f"TransformerLens cannot build a config for {folder}: {e}") from e
     cfg.model_name = folder.name
     state = loading.get_pretrained_state_dict(path, cfg, hf_model=hf, dtype=dtype)
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True,
                                       center_unembed=True, fold_value_biases=True)
     del hf
@@ -220,7 +221,7 @@ def _load_local(folder: Path, device: torch.device, dtype: torch.dtype, **kwargs
 
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device | None = None,
                dtype: torch.dtype = torch.float32, **kwargs):
-    """Load a ``HookedTransformer``.
+    """Load a model as SAELens's ``HookedSAETransformer`` (a ``HookedTransformer`` that also takes SAEs).
 
     Args:
         name_or_path: ``"smollm2-135m"`` (embedded, offline), a local Hugging Face folder, or a
@@ -238,7 +239,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device | N
     path = Path(name).expanduser()
     if path.exists():
         return _load_local(path, dev, dtype)
-    from transformer_lens import HookedTransformer
+    from sae_lens import HookedSAETransformer
     from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
 
     official = {n.lower(): n for n in OFFICIAL_MODEL_NAMES}
@@ -250,7 +251,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device | N
         )
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        return HookedTransformer.from_pretrained(name, device=dev, dtype=dtype, **kwargs).eval()
+        return HookedSAETransformer.from_pretrained(name, device=dev, dtype=dtype, **kwargs).eval()
     except Exception as e:
         hint = (" HF_HUB_OFFLINE is set and the model is not in the Hugging Face cache: unset it where the hub is "
                 "reachable, or use the embedded model 'smollm2-135m' or a local folder.") if offline else (

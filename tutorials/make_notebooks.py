@@ -83,7 +83,114 @@ plt.hist(metric.angles(x_ho)[iu[0], iu[1]].numpy(), bins=60, alpha=0.6, label="A
 plt.axvline(90, color="k", lw=0.8); plt.xlabel("angle between activations (deg)"); plt.legend(); plt.show()'''),
 ])
 
+train = nb("""# 2. Training `tsae_aip` with the SAELens runner, and evaluating its atoms
+
+`import sae_atoms` registers the architectures `tsae` and `tsae_aip` with SAELens, so SAELens's own
+`LanguageModelSAETrainingRunner` trains them from a config with `architecture="tsae_aip"`. Here the
+runner reads a small local text set (no hub); the metric is estimated from the runner's first
+activation batches and saved inside the SAE.""", [
+    new_code_cell('''import datasets
+import sae_atoms  # registers tsae / tsae_aip
+from sae_lens import LanguageModelSAERunnerConfig, SAE
+from sae_lens.registry import get_sae_training_class
+from sae_atoms.models import load_model
+from sae_atoms.data import fact_prompts
+from sae_atoms.training import build_runner
+
+model = load_model(MODEL, device=DEVICE)
+LAYER = model.cfg.n_layers * 2 // 5
+HOOK = f"blocks.{LAYER}.hook_resid_post"
+facts = fact_prompts(n_cities=40 if SMALL else 400)
+text = datasets.Dataset.from_dict({"text": [f"{r['prompt']} {r['target']}." for r in facts]})
+TSAEAIPConfig = get_sae_training_class("tsae_aip")[1]  # = sae_atoms.tsae_aip.TSAEAIPTrainingSAEConfig
+print(TSAEAIPConfig.architecture(), len(text), "text rows")'''),
+    new_code_cell('''cfg = LanguageModelSAERunnerConfig(
+    sae=TSAEAIPConfig(d_in=model.cfg.d_model, d_sae=4 * model.cfg.d_model, l0_coefficient=0.05, n_batches_for_metric=4),
+    model_name=MODEL, hook_name=HOOK, dataset_path="", is_dataset_tokenized=False, streaming=False,
+    context_size=32, training_tokens=4_000 if SMALL else 200_000, train_batch_size_tokens=128 if SMALL else 1024,
+    store_batch_size_prompts=8, n_batches_in_buffer=4, device=DEVICE, output_path="tsae_aip_sae",
+    checkpoint_path="checkpoints", lr=1e-3,
+)
+runner = build_runner(cfg, model=model, dataset=text)   # SAELens's runner, wandb off, metric fitted first
+sae = runner.run()
+print(type(sae).__name__, "trained; saved to", cfg.output_path)'''),
+    new_markdown_cell("The saved SAE loads with SAELens's own loader (the registry finds `tsae_aip`), and splices into the model."),
+    new_code_cell('''loaded = SAE.load_from_disk("tsae_aip_sae", device=DEVICE)
+prompt = "The city of Tokyo is located in the country of"
+clean = model(prompt)
+logits, cache = model.run_with_cache_with_saes(prompt, saes=[loaded], use_error_term=True)
+print("unedited run with the error term equals the clean model:", torch.allclose(clean, logits, atol=1e-4))
+print("active atoms at the last token:", int((cache[HOOK + ".hook_sae_acts_post"][0, -1] > 0).sum()))'''),
+    new_markdown_cell("Evaluate the atoms against neurons on subject-token activations of held-out entities: faithfulness R^2, L0, coherence mu in the AIP, and the two readings of the stability q*."),
+    new_code_cell('''from sae_atoms.activations import extract
+from sae_atoms import evals
+
+acts = extract(model, facts, HOOK, position="subject_last")
+heldout = acts.select(split="heldout")
+labels = {c: heldout.labels(c) for c in ("country", "continent")}
+rows = {}
+for name, units in {"neurons": evals.neurons(model.cfg.d_model), "atoms (tsae_aip)": loaded}.items():
+    rows[name] = evals.evaluate_units(units, heldout, metric=evals.find_metric(loaded), labels=labels, hook=HOOK)
+print(evals.format_table(rows))
+assert rows["neurons"]["r2"] > 0.999  # the identity basis reconstructs exactly'''),
+])
+
+steer = nb("""# 3. Steering with atoms in a TransformerLens run
+
+Atoms are SAE units, so they can be added, clamped or ablated in a running model. Here we train a
+small `tsae_aip` on subject-token activations, pick the atoms most associated with a country, and
+add them at the subject's last token of a prompt about a city elsewhere, against the
+difference-of-means vector (the strong baseline). `sae-atoms steer` runs the full, measured
+experiment (success at matched side effect, with the strength chosen on a validation split).""", [
+    new_code_cell('''from sae_atoms.models import load_model, last_token_logits, first_token_ids
+from sae_atoms.data import fact_prompts
+from sae_atoms.activations import extract
+from sae_atoms.capacity import training_config
+from sae_atoms.training import train_on_activations
+from sae_atoms import steering
+
+model = load_model(MODEL, device=DEVICE)
+LAYER = model.cfg.n_layers * 2 // 5
+HOOK = f"blocks.{LAYER}.hook_resid_post"
+facts = fact_prompts(n_cities=150 if SMALL else 1000, relations=["city_country"])
+acts = extract(model, facts, HOOK, position="subject_last")
+train = acts.select(split="train")
+cfg = training_config("tsae_aip", model.cfg.d_model, 4 * model.cfg.d_model)
+cfg.metadata.hook_name = HOOK
+sae = train_on_activations(train.x(), cfg, steps=300 if SMALL else 3000, device=DEVICE)'''),
+    new_code_cell('''TARGET = "Japan"
+atoms = steering.select_atoms(sae, train, "country", TARGET, k=8)
+print("atoms most associated with", TARGET, ":", [(a.atom, round(a.score, 3)) for a in atoms])'''),
+    new_code_cell('''prompt = "The city of Madrid is located in the country of"
+subject_pos = model.to_tokens(prompt).shape[1] - 1 - len(model.to_str_tokens(" is located in the country of", prepend_bos=False))
+dom = steering.diff_of_means(train, "country", TARGET)
+target_tok = first_token_ids(model, [TARGET])[0]
+
+def report(name, hooks):
+    logits = last_token_logits(model, [prompt], fwd_hooks=hooks)[0]
+    rank = int((logits > logits[target_tok]).sum()) + 1
+    print(f"{name:>18}: top-1 {model.tokenizer.decode(logits.argmax())!r:>12}, rank of {TARGET!r}: {rank}")
+    return rank
+
+coeffs = [a.score for a in atoms]
+direction = steering.concept_direction(sae, atoms)
+scale = dom.norm() / direction.norm()
+clean = report("clean", [])
+with_atoms = report("atoms", steering.fwd_hooks(model, steering.AddDirection(HOOK, direction * scale, 4.0, positions=subject_pos, span="from")))
+with_dom = report("diff of means", steering.fwd_hooks(model, steering.AddDirection(HOOK, dom, 4.0, positions=subject_pos, span="from")))
+assert with_atoms <= clean and with_dom <= clean  # adding the target's direction never lowers its rank here'''),
+    new_markdown_cell("Interventions are context managers too, and compose; they are removed on exit, even after an exception. Ablating the atoms of the subject's true country lowers the model's probability of it."),
+    new_code_cell('''spain_atoms = [a.atom for a in steering.select_atoms(sae, train, "country", "Spain", k=8)]
+spain_tok = first_token_ids(model, ["Spain"])[0]
+with steering.steering(model, steering.ablate_atoms(sae, spain_atoms, positions=subject_pos, span="from")):
+    ablated = model(prompt)[0, -1].log_softmax(-1)[spain_tok].item()
+clean_lp = model(prompt)[0, -1].log_softmax(-1)[spain_tok].item()
+print(f"log p(' Spain'): clean {clean_lp:.3f}, atoms of Spain ablated {ablated:.3f}")'''),
+])
+
 if __name__ == "__main__":
-    for name, book in {"01_representation_shift_and_aip.ipynb": aip}.items():
+    books = {"01_representation_shift_and_aip.ipynb": aip, "02_train_tsae_aip_with_saelens.ipynb": train,
+             "03_steering_with_atoms.ipynb": steer}
+    for name, book in books.items():
         nbformat.write(book, HERE / name)
         print("wrote", HERE / name)

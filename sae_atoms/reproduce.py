@@ -1,0 +1,366 @@
+"""The main job: Atom Theory end to end on a real model, offline, with a report.
+
+``sae-atoms reproduce`` chains the capabilities of the package on the embedded SmolLM2-135M
+(or any model ``load_model`` accepts):
+
+    fact prompts (train / held-out entities)      sae_atoms.data
+      -> subject-token activations                 sae_atoms.activations
+      -> AIP geometry (Euclid vs AIP angles)       sae_atoms.geometry
+      -> neurons / features (standard, jumprelu) / atoms (tsae_aip) at 4x
+                                                   sae_atoms.training
+      -> evaluators, in-sample and held-out        sae_atoms.evals
+      -> capacity sweep (1x, 2x, 4x, 8x)           sae_atoms.capacity
+      -> steering (atoms vs jumprelu features vs difference of means)
+                                                   sae_atoms.steering
+      -> results.json, report.md / report.html, plots, SAEs in SAELens format
+
+Every stage's result is cached under ``OUT/cache/<stage>`` with a key of its inputs, so a
+second run reuses what did not change; ``--force`` starts afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+# Paper's numbers (Atom Theory, arXiv 2509.20784; ../shared/ATOM_THEORY.md), for the report only.
+PAPER = {
+    "neurons": {"r2": 1.000, "q_star": 0.005},
+    "features": {"r2": 0.488, "q_star": 0.682},
+    "atoms": {"r2": 0.999, "q_star": 0.998},
+}
+UNITS = ("neurons", "features_standard", "features_jumprelu", "atoms")
+SAE_KINDS = {"features_standard": "standard", "features_jumprelu": "jumprelu", "atoms": "tsae_aip"}
+
+
+@dataclass
+class Settings:
+    """What a run does; ``quick`` shrinks every size (the ``--quick`` job)."""
+
+    model: str = "smollm2-135m"
+    layer: int | None = None
+    out: Path = Path("runs/reproduce")
+    quick: bool = False
+    device: str = "auto"
+    force: bool = False
+    seed: int = 0
+    n_cities: int | None = None
+    relations: tuple[str, ...] | None = None
+    expansion: int = 4
+    capacity_expansions: tuple[int, ...] = (1, 2, 4, 8)
+    train_steps: int | None = None
+    geometry_layers: tuple[int, ...] | None = None
+    steer: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.n_cities is None:
+            self.n_cities = 200 if self.quick else 1500
+        if self.relations is None:
+            self.relations = ("city_country",) if self.quick else (
+                "city_country", "country_capital", "country_continent", "country_currency", "country_language")
+        if self.train_steps is None:
+            self.train_steps = 600 if self.quick else 3000
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stage(out: Path, name: str, key: Any, force: bool, compute: Callable[[Path], Any],
+           load: Callable[[Path], Any]) -> tuple[Any, bool]:
+    """Return the stage's result, from ``OUT/cache/name`` when its key matches, else computed.
+
+    ``compute(folder)`` writes into a temporary folder that is renamed into place once done,
+    so an interrupted run never leaves a half-written stage. Returns ``(result, reused)``.
+    """
+    folder = out / "cache" / name
+    keyfile = folder / "key.json"
+    k = _key(key)
+    if not force and keyfile.exists():
+        try:
+            if json.loads(keyfile.read_text())["key"] == k:
+                return load(folder), True
+        except (json.JSONDecodeError, KeyError, OSError):
+            pass
+    tmp = folder.parent / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    result = compute(tmp)
+    (tmp / "key.json").write_text(json.dumps({"key": k, "inputs": key}, default=str, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return (load(folder) if result is None else result), False
+
+
+def _json_stage(out: Path, name: str, key: Any, force: bool, fn: Callable[[], Any]) -> tuple[Any, bool]:
+    def compute(folder: Path) -> Any:
+        res = fn()
+        (folder / "result.json").write_text(json.dumps(res, default=str))
+        return res
+
+    return _stage(out, name, key, force, compute, lambda f: json.loads((f / "result.json").read_text()))
+
+
+class _Progress:
+    """Stage names with elapsed time (each stage shows its own tqdm bars)."""
+
+    def __init__(self, names: list[str]):
+        self.names, self.i, self.t0 = names, 0, time.time()
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
+        self.i += 1
+        print(f"\n[{self.i}/{len(self.names)}] {name}  (elapsed {time.time() - self.t0:.0f} s)", flush=True)
+        self._cur, self._start = name, time.time()
+
+    def done(self, reused: bool = False) -> None:
+        self.times[self._cur] = round(time.time() - self._start, 1)
+        print(f"      {self._cur}: {'reused from cache' if reused else 'done'} in {self.times[self._cur]:.1f} s", flush=True)
+
+
+def reproduce(settings: Settings) -> dict:
+    """Run the main job; returns the results dict also written to ``OUT/results.json``."""
+    from sae_lens import SAE
+
+    import sae_atoms  # noqa: F401  (registers tsae / tsae_aip)
+    from sae_atoms.activations import ActivationSet, extract
+    from sae_atoms.data import fact_prompts, reasoning_prompts
+    from sae_atoms.models import fact_accuracy, load_model, resolve_device
+
+    s = settings
+    out = s.out
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(s.device)
+    stages = ["model and prompts", "activations", "geometry", "train SAEs", "evaluate units",
+              "capacity sweep", "steering", "report"]
+    prog = _Progress(stages)
+    t_start = time.time()
+
+    # 1. model and prompts --------------------------------------------------------------
+    prog("model and prompts")
+    model = load_model(s.model, device=device)
+    layer = s.layer if s.layer is not None else (model.cfg.n_layers * 2) // 5
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"--layer {layer} is outside 0..{model.cfg.n_layers - 1} for {s.model}")
+    hook = f"blocks.{layer}.hook_resid_post"
+    from sae_atoms.geometry import dedupe_subject_prefix
+
+    # one prompt per distinct subject prefix: templates that start with the subject give
+    # identical subject-token activations, which would count as separate samples otherwise
+    facts = dedupe_subject_prefix(fact_prompts(n_cities=s.n_cities, relations=s.relations, seed=s.seed))
+    reasoning = reasoning_prompts(300 if s.quick else 1500, seed=s.seed)
+    data_key = {"model": s.model, "n_cities": s.n_cities, "relations": s.relations, "seed": s.seed,
+                "n_facts": len(facts), "n_reasoning": len(reasoning), "version": 1}
+    city = facts.filter(lambda r: r["relation"] == "city_country")
+    n_acc = min(len(city), 200 if s.quick else 1000)  # a seeded sample: full forward passes are the costly part
+    city = city.shuffle(seed=s.seed).select(range(n_acc))
+    acc, reused = _json_stage(out, "accuracy", data_key | {"n_acc": n_acc}, s.force,
+                              lambda: fact_accuracy(model, city, progress=True))
+    prog.done(reused)
+
+    # 2. activations -------------------------------------------------------------------
+    prog("activations")
+    acts_key = data_key | {"hook": hook, "position": "subject_last"}
+
+    def extract_both(folder: Path) -> None:
+        extract(model, facts, hook, position="subject_last", batch_size=64).save(folder / "facts")
+        extract(model, reasoning, hook, position="subject_last", batch_size=64).save(folder / "reasoning")
+
+    (fact_acts, reasoning_acts), reused = _stage(
+        out, "activations", acts_key, s.force, extract_both,
+        lambda f: (ActivationSet.load(f / "facts"), ActivationSet.load(f / "reasoning")))
+    train, heldout = fact_acts.select(split="train"), fact_acts.select(split="heldout")
+    prog.done(reused)
+
+    # 3. geometry ----------------------------------------------------------------------
+    prog("geometry")
+    from sae_atoms import geometry
+
+    geo_layers = s.geometry_layers or _default_geometry_layers(model.cfg.n_layers, layer, s.quick)
+    n_geo = 600 if s.quick else 1600
+    geo, reused = _json_stage(out, "geometry", data_key | {"layers": geo_layers, "n_facts": n_geo, "version": 1}, s.force,
+                              lambda: geometry.run_geometry(model, layers=geo_layers, n_facts=n_geo,
+                                                            n_reasoning=150 if s.quick else 300, seed=s.seed,
+                                                            progress=True))
+    prog.done(reused)
+
+    # 4. SAEs --------------------------------------------------------------------------
+    prog("train SAEs")
+    saes: dict[str, Any] = {}
+    sae_reused = True
+    for unit, arch in SAE_KINDS.items():
+        key = acts_key | {"arch": arch, "expansion": s.expansion, "steps": s.train_steps, "seed": s.seed, "version": 1}
+        sae, reused = _stage(
+            out, f"sae_{unit}", key, s.force,
+            lambda folder, arch=arch: train_sae(arch, train.x(hook), s.expansion, s.train_steps, s.seed,
+                                                device, hook).save_model(str(folder / "sae")) and None,
+            lambda f: SAE.load_from_disk(str(f / "sae"), device=str(device)))
+        saes[unit] = sae
+        sae_reused &= reused
+    export = out / "saes"
+    for unit in SAE_KINDS:  # the SAEs in SAELens format, beside the report
+        shutil.copytree(out / "cache" / f"sae_{unit}" / "sae", export / unit, dirs_exist_ok=True)
+    prog.done(sae_reused)
+
+    # 5. evaluate units -------------------------------------------------------------------
+    prog("evaluate units")
+    from sae_atoms import evals
+
+    metric = evals.find_metric(saes["atoms"])
+    labels = ["country", "continent", "language", "currency"]
+
+    def evaluate_all() -> dict:
+        res = {}
+        for unit in UNITS:
+            u = evals.neurons(model.cfg.d_model) if unit == "neurons" else saes[unit]
+            ins = evals.evaluate_units(u, train, metric=metric, labels={c: train.labels(c) for c in labels}, hook=hook,
+                                       device=device)
+            held = evals.evaluate_units(u, heldout, metric=metric, labels={c: heldout.labels(c) for c in labels},
+                                        hook=hook, device=device)
+            res[unit] = {"in_sample": ins, "heldout": held}
+        return res
+
+    unit_res, reused = _json_stage(out, "units", acts_key | {"saes": [str(_sae_key(saes[u])) for u in SAE_KINDS],
+                                                            "version": 1}, s.force, evaluate_all)
+    prog.done(reused)
+
+    # 6. capacity ----------------------------------------------------------------------
+    prog("capacity sweep")
+    from sae_atoms import capacity
+
+    cap_key = acts_key | {"expansions": s.capacity_expansions, "steps": s.train_steps, "seed": s.seed, "version": 1}
+    cap, reused = _json_stage(out, "capacity", cap_key, s.force, lambda: capacity.capacity_sweep(
+        train.x(hook), heldout.x(hook), expansions=s.capacity_expansions, steps=s.train_steps, seed=s.seed,
+        device=device, progress=True))
+    prog.done(reused)
+
+    # 7. steering ----------------------------------------------------------------------
+    prog("steering")
+    steer: dict = {}
+    if s.steer:
+        from sae_atoms import steering
+
+        st_key = acts_key | {"saes": [str(_sae_key(saes[u])) for u in ("atoms", "features_jumprelu")],
+                             "quick": s.quick, "version": 1}
+        steer, reused = _json_stage(out, "steering", st_key, s.force, lambda: steering.steering_experiment(
+            model, {"atoms": saes["atoms"], "features_jumprelu": saes["features_jumprelu"]}, facts, fact_acts,
+            relation="city_country", quick=s.quick, seed=s.seed, out_dir=out / "steering", progress=True))
+    else:
+        reused = False
+    prog.done(reused)
+
+    # 8. results and report ------------------------------------------------------------
+    prog("report")
+    results = collect_results(s, model, hook, train, heldout, acc, geo, unit_res, cap, steer)
+    results["timing_s"] = prog.times | {"total": round(time.time() - t_start, 1)}
+    _write_json(out / "results.json", results)
+    from sae_atoms.report import write_report
+
+    write_report(results, out)
+    prog.done(False)
+    print(f"\nresults: {out / 'results.json'}\nreport:  {out / 'report.md'} (and report.html)")
+    return results
+
+
+def _default_geometry_layers(n_layers: int, layer: int, quick: bool) -> list[int]:
+    step = max(1, n_layers // (4 if quick else 8))
+    return sorted(set(range(0, n_layers, step)) | {layer, n_layers - 1})
+
+
+def _sae_key(sae: Any) -> str:
+    w = sae.W_dec.detach().float().cpu()
+    return _key([list(w.shape), float(w.sum()), float((w * w).sum())])
+
+
+def train_sae(arch: str, x: torch.Tensor, expansion: int, steps: int, seed: int, device, hook: str):
+    """Train one SAE of ``arch`` ("standard" | "jumprelu" | "tsae_aip") at ``expansion`` x width."""
+    from sae_atoms.capacity import training_config
+    from sae_atoms.training import train_on_activations
+
+    cfg = training_config(arch, x.shape[1], expansion * x.shape[1])
+    cfg.metadata.hook_name = hook
+    return train_on_activations(x, cfg, steps=steps, seed=seed, device=device)
+
+
+def collect_results(s: Settings, model, hook, train, heldout, acc, geo, unit_res, cap, steer) -> dict:
+    """The results dict: the keys the issue names first, everything measured beside them."""
+    main_geo = geo["layers"][str(int(hook.split(".")[1]))] if "layers" in geo else geo
+    units = {}
+    for unit, r in unit_res.items():
+        ins, held = r["in_sample"], r["heldout"]
+        units[unit] = {
+            "r2": ins["r2"], "r2_heldout": held["r2"], "r2_aip": ins.get("r2_aip"), "r2_aip_heldout": held.get("r2_aip"),
+            "l0": ins["l0"], "l0_heldout": held["l0"], "mu": ins["mu"], "mu_raw": ins.get("mu_raw"),
+            "q_star_a": ins["q_star_a"], "q_star_b": ins["q_star_b"],
+            "q_star_a_heldout": held["q_star_a"], "q_star_b_heldout": held["q_star_b"],
+            "monosemanticity": ins["monosemanticity"], "monosemanticity_heldout": held["monosemanticity"],
+            "n_units": ins.get("n_units"), "dead_frac": ins.get("dead_frac"),
+            "details": {"in_sample": ins, "heldout": held},
+        }
+    steering_out = {m: {"success_rate": v["success_rate"], "kl_unrelated": v["kl_unrelated"], **{
+        k: v[k] for k in v if k not in ("success_rate", "kl_unrelated")}} for m, v in steer.get("methods", {}).items()}
+    return {
+        "model": s.model, "hook_name": hook, "layer": int(hook.split(".")[1]),
+        "n_train": len(train), "n_heldout": len(heldout), "quick": s.quick,
+        "fact_accuracy": acc,
+        "geometry": {
+            "euclid_centroid_deg": main_geo["euclid"]["mean"],
+            "aip_centroid_deg": main_geo["aip"]["mean"],
+            "aip_heldout_centroid_deg": main_geo["aip_heldout"]["mean"],
+            "aip_other_family_centroid_deg": main_geo.get("aip_other_family", {}).get("mean"),
+            "by_layer": geo.get("layers", {}),
+        },
+        "units": units,
+        "capacity": [{"expansion": r["expansion"], "r2": r["r2_train"], "r2_heldout": r["r2_heldout"],
+                      **{k: v for k, v in r.items() if k not in ("expansion",)}} for r in cap],
+        "steering": steering_out,
+        "steering_details": {k: v for k, v in steer.items() if k != "methods"},
+        "paper": PAPER,
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local HF folder or TransformerLens name")
+    p.add_argument("--layer", type=int, default=None, help="layer of blocks.L.hook_resid_post (default: 2/5 of depth)")
+    p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
+    p.add_argument("--quick", action="store_true", help="small sizes: a few minutes on 2 CPU cores")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--force", action="store_true", help="recompute every stage (ignore the cache in --out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-cities", type=int, default=None, help="cities for the fact prompts (default 1500; quick 200)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per SAE (default 3000; quick 600)")
+    p.add_argument("--no-steer", action="store_true", help="skip the steering stage")
+    p.add_argument("--readme", type=Path, default=None,
+                   help="also write the headline table into this README between the results markers")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    s = Settings(model=args.model, layer=args.layer, out=args.out, quick=args.quick, device=args.device,
+                 force=args.force, seed=args.seed, n_cities=args.n_cities, train_steps=args.steps,
+                 steer=not args.no_steer)
+    results = reproduce(s)
+    from sae_atoms.report import headline_table, update_readme
+
+    print("\n" + headline_table(results))
+    if args.readme:
+        update_readme(args.readme, results)
+        print(f"updated the results table in {args.readme}")
+    return 0
