@@ -39,10 +39,10 @@ def real_model():
 
 @pytest.fixture(scope="session")
 def fact_data():
-    """City -> country prompts for the 120 most populous cities plus country relations."""
+    """City -> country prompts (4 templates) for the 150 most populous cities, plus country -> capital."""
     from sae_atoms.data import fact_prompts
 
-    return fact_prompts(n_cities=120, seed=0)
+    return fact_prompts(n_cities=150, relations=("city_country", "country_capital"), seed=0)
 
 
 @pytest.fixture(scope="session")
