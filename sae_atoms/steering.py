@@ -967,7 +967,7 @@ def run_cli(args: argparse.Namespace) -> int:
         acts = extract(model, facts, args.hook, position="subject_last", batch_size=64)
     args.out.mkdir(parents=True, exist_ok=True)
     saes = load_or_train_saes(acts.select(split="train").x(args.hook), args.hook, args.sae_dir, args.out,
-                              args.expansion, 300 if args.quick else args.steps, args.seed, args.device)
+                              args.expansion, min(args.steps, 300) if args.quick else args.steps, args.seed, args.device)
     res = steering_experiment(
         model, saes, facts, acts, relation=args.relation, label=label, out_dir=args.out, quick=args.quick,
         **({} if args.quick else {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
