@@ -85,6 +85,13 @@ def _as_2d(x: Any, d: int | None = None, what: str = "x") -> Tensor:
     return x
 
 
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
 # --------------------------------------------------------------------------- partial sums
 class AIPMoments:
     """Mergeable streaming partial sums in float64: ``n``, ``s1 = sum x``, ``s2 = sum x x^T``.
@@ -424,6 +431,7 @@ class AIPMetric:
             os.close(fd)
             try:
                 write(tmp)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
                 os.replace(tmp, path / name)
             finally:
                 if os.path.exists(tmp):

@@ -73,6 +73,13 @@ class GeometryConfig:
     hist_layers: list[int] = field(default_factory=list)  # default: first, middle, last
 
 
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
 # --------------------------------------------------------------------------- statistics
 def upper_angles(ang: Tensor) -> Tensor:
     """The strict upper triangle (pairs i < j) of a square angle matrix, flattened."""
@@ -321,6 +328,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
