@@ -153,7 +153,7 @@ def _stop_layer(model, hooks: list[str]) -> int | None:
     if any(h.startswith(("ln_final", "unembed")) for h in hooks):
         return None
     deepest = max((l for l in layers if l is not None), default=-1)
-    return deepest + 1 if deepest + 1 < model.cfg.n_layers else None
+    return deepest + 1  # n_layers still skips ln_final and the unembedding
 
 
 @torch.no_grad()
