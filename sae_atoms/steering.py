@@ -392,7 +392,7 @@ class SteerConfig:
     n_targets: int = 4
     min_subjects: int = 8          # train subjects with the target value (for selection / means)
     k: int = 8                     # atoms / features per target
-    alphas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     span: str = "from"             # intervene at the subject's last token ("at") or from it on ("from")
     kl_budget: float = 1.0         # nats: the matched side effect (validation KL on unrelated prompts)
     n_eval: int = 16               # held-out prompts per split (val, test) per target
@@ -403,7 +403,7 @@ class SteerConfig:
     seed: int = 0
 
 
-QUICK = {"n_targets": 2, "n_eval": 8, "n_unrelated": 8, "n_ablation": 12, "n_random": 2, "alphas": (2.0, 8.0)}
+QUICK = {"n_targets": 2, "n_eval": 8, "n_unrelated": 8, "n_ablation": 12, "n_random": 2, "alphas": (1.0, 2.0)}
 
 
 def _token_ids(model, prompts: Sequence[str]) -> list[list[int]]:

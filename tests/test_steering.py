@@ -264,7 +264,8 @@ def test_real_model_alpha_zero_and_diff_of_means_steers(real_model, real_acts, f
     from sae_atoms.models import first_token_ids
 
     train = real_acts.select(split="train")
-    dom = st.diff_of_means(train, "country", "China", hook=REAL_HOOK)
+    rel = [i for i, r in enumerate(train.labels("relation")) if r == "city_country"]
+    dom = st.diff_of_means(train.x(REAL_HOOK)[rel], [train.labels("country")[i] for i in rel], "China")
     rows = [r for r in fact_data.to_list() if r["relation"] == "city_country" and r["split"] == "heldout"
             and r["country"] not in ("China", "")][:8]
     P = st._Prompts(real_model, rows, 8)
@@ -272,7 +273,7 @@ def test_real_model_alpha_zero_and_diff_of_means_steers(real_model, real_acts, f
     same = P.run(real_model, lambda pos, rows: [st.AddDirection(REAL_HOOK, dom, 0.0, positions=pos, span="from")], 8)
     assert torch.equal(same, P.clean)
     tok = first_token_ids(real_model, ["China"])[0]
-    lp = P.run(real_model, lambda pos, rows: [st.AddDirection(REAL_HOOK, dom, 4.0, positions=pos, span="from")], 8)
+    lp = P.run(real_model, lambda pos, rows: [st.AddDirection(REAL_HOOK, dom, 2.0, positions=pos, span="from")], 8)
     assert (lp[:, tok] - P.clean[:, tok]).mean() > 1.0  # steering toward China raises its log-probability
     assert all(len(hp.fwd_hooks) == 0 for hp in real_model.hook_dict.values())
 
@@ -301,7 +302,7 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     features = make_sae(d_in=x.shape[1], d_sae=256, hook=REAL_HOOK, seed=5)  # random directions
     res = st.steering_experiment(real_model, {"atoms": atoms, "features_jumprelu": features}, fact_data, real_acts,
                                  relation="city_country", quick=True, min_subjects=3, k=1, out_dir=tmp_path,
-                                 progress=False)
+                                 progress=False, alphas=(2.0,), n_eval=4, n_unrelated=4, n_ablation=6, n_random=1)
     assert set(res["methods"]) == {"diff_of_means", "atoms", "features_jumprelu"}
     for m, r in res["methods"].items():
         assert r["alpha"] in res["config"]["alphas"]
