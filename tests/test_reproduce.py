@@ -1,0 +1,65 @@
+"""The main job end to end on the embedded model (tiny sizes), its cache, its report and README block."""
+
+import json
+
+import pytest
+
+from sae_atoms.report import README_END, README_START, Report, update_readme
+
+ISSUE_KEYS = {"model", "hook_name", "n_train", "n_heldout", "geometry", "units", "capacity", "steering"}
+
+
+def test_report_renders_markdown_and_html(tmp_path):
+    r = Report("T").h("Section").p("value `x` < 1").table(["a", "b"], [[1, 0.12345], ["n", None]]).img("p.png", "plot")
+    md, html = r.write(tmp_path)
+    text = md.read_text()
+    assert "| a | b |" in text and "| 1 | 0.123 |" in text and "| n | – |" in text and "![plot](p.png)" in text
+    h = html.read_text()
+    assert "<code>x</code> &lt; 1" in h and "<td>0.123</td>" in h and '<img src="p.png"' in h
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
+    results = {"model": "m", "hook_name": "h", "n_train": 3, "n_heldout": 1, "quick": True,
+               "geometry": {"euclid_centroid_deg": 50.0, "aip_centroid_deg": 90.1, "aip_heldout_centroid_deg": 89.9},
+               "units": {"atoms": {"r2": 0.9, "r2_heldout": 0.8, "l0": 5.0, "mu": 0.2, "q_star_a": 0.5,
+                                   "q_star_b": 0.6, "monosemanticity": 0.7}}}
+    update_readme(readme, results)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "| atoms (tsae_aip) | 0.900 | 0.800 | 5.0 |" in text and "AIP 90.1°" in text
+    bad = tmp_path / "bad.md"
+    bad.write_text("no markers here")
+    with pytest.raises(ValueError, match="results"):
+        update_readme(bad, results)
+
+
+@pytest.mark.real_model
+def test_reproduce_end_to_end_tiny_then_cached(tmp_path):
+    from sae_lens import SAE
+
+    import sae_atoms  # noqa: F401
+    from sae_atoms.reproduce import Settings, reproduce
+
+    s = Settings(out=tmp_path / "run", quick=True, n_cities=60, relations=("city_country", "country_capital"),
+                 train_steps=40, capacity_expansions=(1, 2), geometry_layers=(2, 12), device="cpu")
+    res = reproduce(s)
+    assert ISSUE_KEYS <= set(res)
+    assert set(res["units"]) == {"neurons", "features_standard", "features_jumprelu", "atoms"}
+    for u in res["units"].values():
+        assert {"r2", "r2_heldout", "l0", "mu", "q_star_a", "q_star_b", "monosemanticity"} <= set(u)
+    assert res["units"]["neurons"]["r2"] == pytest.approx(1.0, abs=1e-5)
+    assert abs(res["geometry"]["aip_centroid_deg"] - 90) < 3 < 90 - res["geometry"]["euclid_centroid_deg"]
+    assert [c["expansion"] for c in res["capacity"]] == [1, 2]
+    assert {"atoms", "features_jumprelu", "diff_of_means"} <= set(res["steering"])
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk["n_train"] == res["n_train"]
+    assert (tmp_path / "run" / "report.md").exists() and (tmp_path / "run" / "report.html").exists()
+    assert "Neurons vs features vs atoms" in (tmp_path / "run" / "report.md").read_text()
+    sae = SAE.load_from_disk(str(tmp_path / "run" / "saes" / "atoms"))
+    assert sae.cfg.architecture() == "tsae_aip"
+    # a second run reuses every stage
+    again = reproduce(s)
+    assert again["units"]["atoms"]["r2"] == on_disk["units"]["atoms"]["r2"]
+    assert again["timing_s"]["train SAEs"] < 30
