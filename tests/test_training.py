@@ -15,30 +15,62 @@ from sae_atoms.training import bench_tsae_aip_step, train_on_activations
 from sae_atoms.tsae import TSAEAIPSAE, TSAEAIPTrainingSAEConfig
 
 
+# The identifiable regime: 32 orthonormal intrinsic atoms in d=32 seen through a distortion of
+# condition 10 (Euclidean coherence of the observed atoms ~0.55), about 2 active per sample with
+# magnitudes in [0.5, 1.5]. The AIP undoes the distortion (uncentred E[m m^T] = c A A^T), so in the
+# whitened space the atoms are orthonormal: mu = 0 < 1/(2K-1) and every threshold in
+# (0, min magnitude) separates supports. Width 2x (surplus units die under the L0 penalty).
+RECOVERY = dict(d=32, n_atoms=32, k=2, coherence=0.0, n_samples=5000, distortion=10.0)
+RECOVERY_TRAIN = dict(steps=1000, batch_size=256, lr=3e-3, progress=False)
+
+
+def _recovery_configs(d: int, width: int) -> dict:
+    # Coefficients in each SAE's own units: tsae_aip in whitened units (E||y||^2 = d, active
+    # coefficients ~1.9 to 5.8, threshold starts inside that gap); the raw-space SAEs get the
+    # same relative penalty (raw E||m||^2 ~ 4.8, i.e. x0.15).
+    return {
+        "tsae_aip": TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width, l0_coefficient=2.0, jumprelu_init_threshold=1.5,
+                                             jumprelu_bandwidth=0.1),
+        "jumprelu": JumpReLUTrainingSAEConfig(d_in=d, d_sae=width, l0_coefficient=0.3),
+        "standard": StandardTrainingSAEConfig(d_in=d, d_sae=width, l1_coefficient=0.05),
+    }
+
+
 @pytest.fixture(scope="module")
-def small_planted():
-    return planted(d=16, n_atoms=24, k=2, coherence=0.3, n_samples=4000, seed=0)
-
-
-def test_same_function_trains_standard_jumprelu_and_tsae_aip(small_planted):
-    x = small_planted.activations
+def recovery():
+    data = planted(**RECOVERY, seed=0)
     out = {}
-    for name, cfg, cls in [
-        ("standard", StandardTrainingSAEConfig(d_in=16, d_sae=24, l1_coefficient=0.1), StandardSAE),
-        ("jumprelu", JumpReLUTrainingSAEConfig(d_in=16, d_sae=24, l0_coefficient=0.1), JumpReLUSAE),
-        ("tsae_aip", TSAEAIPTrainingSAEConfig(d_in=16, d_sae=24, l0_coefficient=2.0, jumprelu_init_threshold=1.0), TSAEAIPSAE),
-    ]:
-        sae = train_on_activations(x, cfg, steps=300, batch_size=256, lr=3e-3, progress=False)
+    for name, cfg in _recovery_configs(RECOVERY["d"], 2 * RECOVERY["n_atoms"]).items():
+        sae = train_on_activations(data.activations, cfg, seed=0, **RECOVERY_TRAIN)
+        out[name] = (sae, evaluate(sae, data, sae_lens_metrics=False))
+    print("\nplanted recovery (d=32, 32 atoms, k=2, distortion 10, 5000 samples, 1000 steps):")
+    for name, (_, r) in out.items():
+        print(f"  {name:9s} atoms {r['atoms_recovered']:.3f}  supports {r['support_recovered']:.3f}  "
+              f"R2 {r['r2']:.4f}  L0 {r['l0']:.2f} (true {r['true_l0']:.2f})")
+    return out
+
+
+def test_tsae_aip_recovers_planted_atoms_and_supports(recovery):
+    r = recovery["tsae_aip"][1]
+    assert r["atoms_recovered"] >= 0.99, r
+    assert r["support_recovered"] >= 0.95, r
+    assert abs(r["l0"] - r["true_l0"]) < 0.1, r
+
+
+def test_same_function_trains_standard_jumprelu_and_tsae_aip(recovery):
+    for name, cls in [("standard", StandardSAE), ("jumprelu", JumpReLUSAE), ("tsae_aip", TSAEAIPSAE)]:
+        sae, r = recovery[name]
         assert type(sae) is cls
-        out[name] = evaluate(sae, small_planted, sae_lens_metrics=False)
-        assert out[name]["r2"] > 0.5, (name, out[name])
-    # the TSAE in AIP geometry is the sparsest at comparable faithfulness on planted atoms
-    assert out["tsae_aip"]["l0"] < out["standard"]["l0"]
-    assert out["tsae_aip"]["best_cos_median"] > 0.95
+        assert r["r2"] > 0.5, (name, r)
+    # tsae_aip is never behind the raw-space SAEs on supports here (measured, seed 0: tsae_aip 1.000,
+    # jumprelu 0.992, standard 0.130 at l1 0.05 where it stays dense); jumprelu's free encoder can
+    # undo the distortion too, so only "not worse" is asserted.
+    best_raw = max(recovery[n][1]["support_recovered"] for n in ("standard", "jumprelu"))
+    assert recovery["tsae_aip"][1]["support_recovered"] >= best_raw
 
 
-def test_train_on_activations_is_seeded_and_checks_input(small_planted):
-    x = small_planted.activations[:1000]
+def test_train_on_activations_is_seeded_and_checks_input():
+    x = planted(d=16, n_atoms=24, k=2, coherence=0.3, n_samples=1000, seed=0).activations
     cfg = TSAEAIPTrainingSAEConfig(d_in=16, d_sae=24)
     a = train_on_activations(x, cfg, steps=20, batch_size=100, progress=False, seed=3)
     b = train_on_activations(x, cfg, steps=20, batch_size=100, progress=False, seed=3)
