@@ -256,7 +256,7 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
     try:
         from sae_atoms.geometry import plot_geometry
 
-        for p in plot_geometry({"layers": geo.get("by_layer", {})}, plots):
+        for p in plot_geometry({"layers": geo.get("by_layer", {}), "meta": geo.get("meta", {})}, plots):
             r.img(str(p.relative_to(out)), p.stem.replace("_", " "))
     except Exception as e:  # a plot must not lose the report
         r.p(f"(geometry plots failed: {e})")

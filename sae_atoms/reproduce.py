@@ -58,6 +58,7 @@ class Settings:
     expansion: int = 4
     capacity_expansions: tuple[int, ...] = (1, 2, 4, 8)
     train_steps: int | None = None
+    capacity_steps: int | None = None
     geometry_layers: tuple[int, ...] | None = None
     steer: bool = True
     extra: dict = field(default_factory=dict)
@@ -65,12 +66,14 @@ class Settings:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.n_cities is None:
-            self.n_cities = 200 if self.quick else 1500
+            self.n_cities = 300 if self.quick else 1500
         if self.relations is None:
             self.relations = ("city_country",) if self.quick else (
                 "city_country", "country_capital", "country_continent", "country_currency", "country_language")
         if self.train_steps is None:
-            self.train_steps = 600 if self.quick else 3000
+            self.train_steps = 300 if self.quick else 1500
+        if self.capacity_steps is None:
+            self.capacity_steps = max(1, self.train_steps // 2)
 
 
 def _key(obj: Any) -> str:
@@ -138,6 +141,9 @@ def reproduce(settings: Settings) -> dict:
     from sae_atoms.data import fact_prompts, reasoning_prompts
     from sae_atoms.models import fact_accuracy, load_model, resolve_device
 
+    import datasets
+
+    datasets.disable_progress_bars()  # our stages show their own bars
     s = settings
     out = s.out
     out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +194,7 @@ def reproduce(settings: Settings) -> dict:
     from sae_atoms import geometry
 
     geo_layers = s.geometry_layers or _default_geometry_layers(model.cfg.n_layers, layer, s.quick)
-    n_geo = 600 if s.quick else 1600
+    n_geo = 800 if s.quick else 1600
     geo, reused = _json_stage(out, "geometry", data_key | {"layers": geo_layers, "n_facts": n_geo, "version": 1}, s.force,
                               lambda: geometry.run_geometry(model, layers=geo_layers, n_facts=n_geo,
                                                             n_reasoning=150 if s.quick else 300, seed=s.seed,
@@ -239,9 +245,9 @@ def reproduce(settings: Settings) -> dict:
     prog("capacity sweep")
     from sae_atoms import capacity
 
-    cap_key = acts_key | {"expansions": s.capacity_expansions, "steps": s.train_steps, "seed": s.seed, "version": 1}
+    cap_key = acts_key | {"expansions": s.capacity_expansions, "steps": s.capacity_steps, "seed": s.seed, "version": 1}
     cap, reused = _json_stage(out, "capacity", cap_key, s.force, lambda: capacity.capacity_sweep(
-        train.x(hook), heldout.x(hook), expansions=s.capacity_expansions, steps=s.train_steps, seed=s.seed,
+        train.x(hook), heldout.x(hook), expansions=s.capacity_expansions, steps=s.capacity_steps, seed=s.seed,
         device=device, progress=True))
     prog.done(reused)
 
@@ -274,7 +280,7 @@ def reproduce(settings: Settings) -> dict:
 
 
 def _default_geometry_layers(n_layers: int, layer: int, quick: bool) -> list[int]:
-    step = max(1, n_layers // (4 if quick else 8))
+    step = max(1, n_layers // (3 if quick else 8))
     return sorted(set(range(0, n_layers, step)) | {layer, n_layers - 1})
 
 
@@ -301,7 +307,7 @@ def collect_results(s: Settings, model, hook, train, heldout, acc, geo, unit_res
         ins, held = r["in_sample"], r["heldout"]
         units[unit] = {
             "r2": ins["r2"], "r2_heldout": held["r2"], "r2_aip": ins.get("r2_aip"), "r2_aip_heldout": held.get("r2_aip"),
-            "l0": ins["l0"], "l0_heldout": held["l0"], "mu": ins["mu"], "mu_raw": ins.get("mu_raw"),
+            "l0": ins["l0_mean"], "l0_heldout": held["l0_mean"], "mu": ins["mu"], "mu_raw": ins.get("mu_raw"),
             "q_star_a": ins["q_star_a"], "q_star_b": ins["q_star_b"],
             "q_star_a_heldout": held["q_star_a"], "q_star_b_heldout": held["q_star_b"],
             "monosemanticity": ins["monosemanticity"], "monosemanticity_heldout": held["monosemanticity"],
@@ -320,6 +326,7 @@ def collect_results(s: Settings, model, hook, train, heldout, acc, geo, unit_res
             "aip_heldout_centroid_deg": main_geo["aip_heldout"]["mean"],
             "aip_other_family_centroid_deg": main_geo.get("aip_other_family", {}).get("mean"),
             "by_layer": geo.get("layers", {}),
+            "meta": geo.get("meta", {}),
         },
         "units": units,
         "capacity": [{"expansion": r["expansion"], "r2": r["r2_train"], "r2_heldout": r["r2_heldout"],
@@ -345,8 +352,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--force", action="store_true", help="recompute every stage (ignore the cache in --out)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-cities", type=int, default=None, help="cities for the fact prompts (default 1500; quick 200)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per SAE (default 3000; quick 600)")
+    p.add_argument("--n-cities", type=int, default=None, help="cities for the fact prompts (default 1500; quick 300)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per SAE (default 1500; quick 300; the capacity sweep uses half)")
     p.add_argument("--no-steer", action="store_true", help="skip the steering stage")
     p.add_argument("--readme", type=Path, default=None,
                    help="also write the headline table into this README between the results markers")
