@@ -130,6 +130,22 @@ def _tokenize(model, prompts: list[str]) -> tuple[list[list[int]], list[list[tup
     return ids, offs
 
 
+def pad_batch(ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into ``(tokens, attention_mask)`` of shape ``[batch, longest]``."""
+    width = max(len(x) for x in ids)
+    toks = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for j, x in enumerate(ids):
+        toks[j, :len(x)] = torch.tensor(x)
+        mask[j, :len(x)] = 1
+    return toks, mask
+
+
+def pad_id(model) -> int:
+    """The tokenizer's pad token (0 when it has none; padded positions are masked anyway)."""
+    return model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+
+
 def subject_token_positions(model, prompts: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[int]:
     """Index (in the model's token sequence, BOS included) of each subject's last token.
 
@@ -193,19 +209,13 @@ def extract(model, dataset: datasets.Dataset | Sequence[dict], hook_names: str |
         raise ValueError(f"a prompt is longer than the model's context ({n_ctx} tokens)")
     dev = next(model.parameters()).device if device is None else torch.device(device)
     stop = _stop_layer(model, hooks)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     collected: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     row_index: list[int] = []
     token_pos: list[int] = []
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=f"extract {position}", disable=not progress, unit="batch"):
-        width = max(len(ids[i]) for i in batch)
-        toks = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for j, i in enumerate(batch):
-            toks[j, :len(ids[i])] = torch.tensor(ids[i])
-            mask[j, :len(ids[i])] = 1
+        toks, mask = pad_batch([ids[i] for i in batch], pad_id(model))
         toks, mask = toks.to(dev), mask.to(dev)
         if position == "all":
             first = 1 if model.cfg.default_prepend_bos else 0
@@ -295,17 +305,7 @@ def bench_extract_subject(quick: bool = False) -> dict:
     hook, bs = "blocks.12.hook_resid_post", 64
     ids, _ = _tokenize(model, list(ds["prompt"]))
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    pad = model.tokenizer.pad_token_id or 0
-    batches = []
-    for k in range(0, len(order), bs):
-        b = order[k:k + bs]
-        w = max(len(ids[i]) for i in b)
-        t = torch.full((len(b), w), pad, dtype=torch.long)
-        m = torch.zeros_like(t)
-        for j, i in enumerate(b):
-            t[j, :len(ids[i])] = torch.tensor(ids[i])
-            m[j, :len(ids[i])] = 1
-        batches.append((t, m))
+    batches = [pad_batch([ids[i] for i in order[k:k + bs]], pad_id(model)) for k in range(0, len(order), bs)]
 
     def baseline() -> None:
         with torch.no_grad():

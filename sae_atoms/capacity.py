@@ -26,7 +26,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from sae_atoms.io import save_figure
 from sae_atoms.evals import as_units, encode_all, evaluate_units, format_table, r2, write_json
 
 DEFAULT_EXPANSIONS = (1, 2, 4, 8)
@@ -245,14 +245,7 @@ def plot_capacity(results: Sequence[dict], path: str | os.PathLike, cliffs: Sequ
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    save_figure(fig, path)
     return path
 
 

@@ -36,11 +36,9 @@ held-out activations. ``sae-atoms evaluate SAE_DIR --activations DIR`` is the CL
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -888,18 +886,10 @@ def format_table(results: Mapping[str, Mapping[str, Any]], keys: Sequence[str] =
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as JSON atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_jsonable(obj), fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``obj`` (tensors and numpy values converted) as JSON atomically."""
+    from sae_atoms.io import write_json as _write
+
+    return _write(_jsonable(obj), path)
 
 
 # --------------------------------------------------------------------------- CLI

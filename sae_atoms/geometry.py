@@ -36,10 +36,8 @@ activations per set (79,800 pairs).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,6 +47,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from sae_atoms.io import save_figure, write_json
 from sae_atoms.aip import AIPConditioningWarning, AIPMetric
 
 HOOK_TEMPLATE = "blocks.{layer}.hook_resid_post"
@@ -72,12 +71,6 @@ class GeometryConfig:
     batch_size: int = 32
     hist_layers: list[int] = field(default_factory=list)  # default: first, middle, last
 
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 # --------------------------------------------------------------------------- statistics
@@ -322,23 +315,10 @@ def summary_table(results: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- output
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
     """Write ``out/results.json`` (temp file + rename)."""
     path = Path(out) / "results.json"
-    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(results, indent=1)))
+    write_json(results, path, indent=1)
     return path
 
 
@@ -365,8 +345,7 @@ def plot_geometry(results: dict[str, Any], out: str | os.PathLike, hist_layers: 
     ax.legend(fontsize=7)
     fig.tight_layout()
     p = out / "centroid_by_layer.png"
-    _atomic_write(p, lambda t: fig.savefig(t, format="png", dpi=120))
-    plt.close(fig)
+    save_figure(fig, p)
     written.append(p)
     if not hist_layers:
         hist_layers = sorted({layers[0], layers[len(layers) // 2], layers[-1]})
@@ -389,8 +368,7 @@ def plot_geometry(results: dict[str, Any], out: str | os.PathLike, hist_layers: 
         ax.legend(fontsize=7)
         fig.tight_layout()
         p = out / f"hist_layer{l}.png"
-        _atomic_write(p, lambda t: fig.savefig(t, format="png", dpi=120))
-        plt.close(fig)
+        save_figure(fig, p)
         written.append(p)
     return written
 

@@ -293,21 +293,15 @@ def last_token_logits(model, prompts: list[str], batch_size: int = 64, fwd_hooks
     """
     from tqdm.auto import tqdm
 
-    from sae_atoms.activations import _tokenize
+    from sae_atoms.activations import _tokenize, pad_batch, pad_id
 
     ids, _ = _tokenize(model, list(prompts))
     dev = next(model.parameters()).device
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     out = torch.empty(len(ids), model.cfg.d_vocab)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for k in tqdm(range(0, len(order), batch_size), disable=not progress, desc="logits"):
         b = order[k:k + batch_size]
-        w = max(len(ids[i]) for i in b)
-        toks = torch.full((len(b), w), pad, dtype=torch.long)
-        mask = torch.zeros_like(toks)
-        for j, i in enumerate(b):
-            toks[j, :len(ids[i])] = torch.tensor(ids[i])
-            mask[j, :len(ids[i])] = 1
+        toks, mask = pad_batch([ids[i] for i in b], pad_id(model))
         logits = model.run_with_hooks(toks.to(dev), attention_mask=mask.to(dev), fwd_hooks=fwd_hooks or [])
         last = torch.tensor([len(ids[i]) - 1 for i in b], device=logits.device)
         out[b] = logits[torch.arange(len(b), device=logits.device), last].float().cpu()

@@ -7,7 +7,6 @@ fills one from ``results.json`` so every number in the report comes from the cod
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -101,14 +100,9 @@ class Report:
         """Write ``stem.md`` and ``stem.html`` atomically into ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for ext, text in (("md", self.markdown()), ("html", self.html())):
-            p = folder / f"{stem}.{ext}"
-            tmp = p.with_suffix(p.suffix + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, p)
-            paths.append(p)
-        return paths[0], paths[1]
+        from sae_atoms.io import write_text
+
+        return write_text(folder / f"{stem}.md", self.markdown()), write_text(folder / f"{stem}.html", self.html())
 
 
 def _inline(text: str) -> str:
@@ -153,9 +147,9 @@ def update_readme(readme: str | Path, results: dict) -> None:
     cmd = "sae-atoms reproduce" + (" --quick" if results.get("quick") else "")
     block = (f"{README_START}\n<!-- written by `{cmd} --readme README.md`; do not edit by hand -->\n"
              f"{headline_table(results)}\n{README_END}")
-    tmp = readme.with_suffix(".tmp")
-    tmp.write_text(head + block + tail, encoding="utf-8")
-    os.replace(tmp, readme)
+    from sae_atoms.io import write_text
+
+    write_text(readme, head + block + tail)
 
 
 def _plot_q_star(results: dict, path: Path) -> Path:
@@ -179,9 +173,9 @@ def _plot_q_star(results: dict, path: Path) -> Path:
     ax.set_title("Stability by unit kind (dashed: the paper's q*)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from sae_atoms.io import save_figure
+
+    return save_figure(fig, path)
 
 
 def reading(results: dict) -> list[str]:

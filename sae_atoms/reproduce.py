@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import torch
 
+from sae_atoms.io import write_json
+
 # Paper's numbers (Atom Theory, arXiv 2509.20784; ../shared/ATOM_THEORY.md), for the report only.
 PAPER = {
     "neurons": {"r2": 1.000, "q_star": 0.005},
@@ -270,7 +272,7 @@ def reproduce(settings: Settings) -> dict:
     prog("report")
     results = collect_results(s, model, hook, train, heldout, acc, geo, unit_res, cap, steer)
     results["timing_s"] = prog.times | {"total": round(time.time() - t_start, 1)}
-    _write_json(out / "results.json", results)
+    write_json(results, out / "results.json")
     from sae_atoms.report import write_report
 
     write_report(results, out)
@@ -335,12 +337,6 @@ def collect_results(s: Settings, model, hook, train, heldout, acc, geo, unit_res
         "steering_details": {k: v for k, v in steer.items() if k != "methods"},
         "paper": PAPER,
     }
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- CLI

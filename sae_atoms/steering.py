@@ -42,7 +42,6 @@ next-token distribution on unrelated prompts), with the strength chosen on a val
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -57,6 +56,7 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import torch
 from torch import Tensor
 
+from sae_atoms.io import save_figure, write_json
 from sae_atoms.models import check_hook_name, resolve_device
 
 Positions = Union[None, str, int, Sequence[int], Tensor]
@@ -723,7 +723,7 @@ def steering_experiment(model, saes: dict[str, Any], dataset, acts, relation: st
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "results.json", results)
+        write_json(results, out / "results.json", default=float)
         _plot(results, out / "steering.png")
     return results
 
@@ -813,17 +813,6 @@ def _summary(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=float)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -844,14 +833,7 @@ def _plot(res: dict, path: Path) -> None:
     ax.set_title(f"steering {res['config']['relation']} at {res['hook']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    save_figure(fig, path)
 
 
 # =========================================================================== CLI
@@ -975,7 +957,7 @@ def run_cli(args: argparse.Namespace) -> int:
         min_subjects=args.min_subjects, k=args.k, span=args.span, kl_budget=args.kl_budget,
         batch_size=args.batch_size, seed=args.seed)
     res["seconds_total"] = time.perf_counter() - t0
-    _write_json(args.out / "results.json", res)
+    write_json(res, args.out / "results.json", default=float)
     print(res["summary"])
     print(f"wrote {args.out / 'results.json'} and {args.out / 'steering.png'} ({res['seconds_total']:.0f} s)")
     return 0
