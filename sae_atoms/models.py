@@ -285,27 +285,50 @@ def first_token_ids(model, targets: list[str]) -> list[int]:
 
 
 @torch.no_grad()
-def last_token_logits(model, prompts: list[str], batch_size: int = 64, fwd_hooks: list | None = None,
+def next_token_logits(model, ids: list[list[int]], make_hooks=None, batch_size: int = 64,
                       progress: bool = False) -> torch.Tensor:
-    """Next-token logits ``[n, vocab]`` after each prompt (right-padded batches, float32, CPU).
+    """Next-token logits ``[n, vocab]`` (float32, CPU) after each token list in ``ids``.
 
-    ``fwd_hooks`` are applied during the runs (``model.run_with_hooks``).
+    ``make_hooks(batch_rows)`` gives the ``fwd_hooks`` of one batch (``batch_rows`` are indices
+    into ``ids``, in batch order), or None for clean runs. Batches are sorted by length and
+    right-padded with an attention mask; only each row's last real position is unembedded.
     """
     from tqdm.auto import tqdm
 
-    from sae_atoms.activations import _tokenize, pad_batch, pad_id
+    from sae_atoms.activations import pad_batch, pad_id
 
-    ids, _ = _tokenize(model, list(prompts))
     dev = next(model.parameters()).device
     out = torch.empty(len(ids), model.cfg.d_vocab)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    grab_hook = "ln_final.hook_normalized" if "ln_final.hook_normalized" in model.hook_dict else None
     for k in tqdm(range(0, len(order), batch_size), disable=not progress, desc="logits"):
         b = order[k:k + batch_size]
-        toks, mask = pad_batch([ids[i] for i in b], pad_id(model))
-        logits = model.run_with_hooks(toks.to(dev), attention_mask=mask.to(dev), fwd_hooks=fwd_hooks or [])
-        last = torch.tensor([len(ids[i]) - 1 for i in b], device=logits.device)
-        out[b] = logits[torch.arange(len(b), device=logits.device), last].float().cpu()
+        toks, mask = pad_batch([list(ids[i]) for i in b], pad_id(model))
+        rows = torch.arange(len(b), device=dev)
+        last = torch.tensor([len(ids[i]) - 1 for i in b], device=dev)
+        hooks = list(make_hooks(list(b))) if make_hooks else []
+        if grab_hook is not None:  # unembed only the last real position of each row
+            store: dict[str, torch.Tensor] = {}
+
+            def grab(act: torch.Tensor, hook) -> None:
+                store["x"] = act[rows, last]
+
+            model.run_with_hooks(toks.to(dev), attention_mask=mask.to(dev), fwd_hooks=hooks + [(grab_hook, grab)],
+                                 return_type=None)
+            logits = model.unembed(store["x"].unsqueeze(1))[:, 0]
+        else:
+            logits = model.run_with_hooks(toks.to(dev), attention_mask=mask.to(dev), fwd_hooks=hooks)[rows, last]
+        out[b] = logits.float().cpu()
     return out
+
+
+def last_token_logits(model, prompts: list[str], batch_size: int = 64, fwd_hooks: list | None = None,
+                      progress: bool = False) -> torch.Tensor:
+    """Next-token logits ``[n, vocab]`` after each prompt, with ``fwd_hooks`` applied to every run."""
+    from sae_atoms.activations import _tokenize
+
+    ids, _ = _tokenize(model, list(prompts))
+    return next_token_logits(model, ids, (lambda rows: fwd_hooks) if fwd_hooks else None, batch_size, progress)
 
 
 def fact_accuracy(model, dataset, batch_size: int = 64, progress: bool = False) -> dict[str, dict]:

@@ -424,33 +424,13 @@ def next_token_logprobs(model, ids: Sequence[Sequence[int]], positions: Sequence
     Right-padded batches (causal attention: padding never reaches real tokens); only the last
     real position is unembedded.
     """
-    dev = next(model.parameters()).device
-    pad = model.tokenizer.pad_token_id if getattr(model, "tokenizer", None) is not None and model.tokenizer.pad_token_id is not None else 0
-    n = len(ids)
-    out = torch.empty(n, model.cfg.d_vocab)
-    order = sorted(range(n), key=lambda i: len(ids[i]))
-    grab_hook = "ln_final.hook_normalized" if "ln_final.hook_normalized" in model.hook_dict else None
-    for k0 in range(0, n, batch_size):
-        b = order[k0:k0 + batch_size]
-        w = max(len(ids[i]) for i in b)
-        toks = torch.full((len(b), w), pad, dtype=torch.long)
-        for j, i in enumerate(b):
-            toks[j, :len(ids[i])] = torch.tensor(list(ids[i]))
-        last = torch.tensor([len(ids[i]) - 1 for i in b], device=dev)
-        rows = torch.arange(len(b), device=dev)
-        hooks = fwd_hooks(model, *make_interventions([int(positions[i]) for i in b], list(b))) if make_interventions else []
-        if grab_hook is not None:
-            store: dict[str, Tensor] = {}
+    from sae_atoms.models import next_token_logits
 
-            def grab(act: Tensor, hook: Any) -> None:
-                store["x"] = act[rows, last]
+    def make_hooks(rows: list[int]) -> list:
+        return fwd_hooks(model, *make_interventions([int(positions[i]) for i in rows], rows))
 
-            model.run_with_hooks(toks.to(dev), fwd_hooks=hooks + [(grab_hook, grab)], return_type=None)
-            logits = model.unembed(store["x"].unsqueeze(1))[:, 0]
-        else:
-            logits = model.run_with_hooks(toks.to(dev), fwd_hooks=hooks)[rows, last]
-        out[b] = logits.float().log_softmax(-1).cpu()
-    return out
+    return next_token_logits(model, [list(x) for x in ids], make_hooks if make_interventions else None,
+                             batch_size).log_softmax(-1)
 
 
 def _kl(lp_clean: Tensor, lp: Tensor) -> Tensor:
