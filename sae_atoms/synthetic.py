@@ -196,7 +196,7 @@ def evaluate(sae: Any, data: PlantedData, cos_threshold: float = 0.99, n_eval_sa
         r2: ``1 - sum ||m - m^||^2 / sum ||m - mean||^2``; l0: mean active latents; true_l0;
         mcc, uniqueness, classification (SAELens's ``eval_sae_on_synthetic_data`` on fresh samples).
     """
-    from sae_atoms.tsae_aip import to_inference
+    from sae_atoms.saes.tsae_aip import to_inference
 
     inf = to_inference(sae)
     inf.eval()

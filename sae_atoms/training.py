@@ -11,21 +11,21 @@ Defaults: ``DEFAULT_STEPS=1500`` steps of ``batch_size=512`` at ``lr=1e-3`` (5% 
 linear decay to ``lr/10`` over the last 20%). Not yet measured against the target (4x width on
 ~5,000 x 576 activations in about a minute on 2 cores); lower ``steps`` if it runs long.
 
-``sae-atoms train [SAELens runner arguments]`` runs ``LanguageModelSAETrainingRunner`` with the
-``tsae`` / ``tsae_aip`` architectures registered, the model loaded by ``sae_atoms.models`` (the
-embedded SmolLM2-135M works offline), a local ``--dataset_path`` (a ``datasets`` folder or a
-json / jsonl / parquet / txt file) passed as ``override_dataset``, and wandb off.
+``build_runner(cfg)`` is SAELens's ``LanguageModelSAETrainingRunner`` with the ``tsae`` /
+``tsae_aip`` architectures registered, the model loaded by ``sae_atoms.models`` (the embedded
+SmolLM2-135M works offline), a local ``dataset_path`` (a ``datasets`` folder or a json / jsonl
+/ parquet / txt file) passed as ``override_dataset``, and wandb off; ``sae-atoms train
+[SAELens runner arguments]`` (``sae_atoms.cli``) runs it.
+
+``training_config(architecture, d_in, d_sae)`` is the training config of any registered
+architecture with its defaults.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
-import json
 import math
-import os
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,12 +36,10 @@ from sae_lens.saes.sae import SAE, TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_atoms.models import resolve_device
-from sae_atoms.tsae import check_batch
-from sae_atoms.tsae_aip import TSAEAIPTrainingSAE, to_inference
+from sae_atoms.saes.tsae import check_batch
+from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
-__all__ = ["train_on_activations", "configure_parser", "run_cli", "bench_tsae_aip_step", "DEFAULT_STEPS"]
-
-ACCEPTS_EXTRA_ARGS = True
+__all__ = ["train_on_activations", "training_config", "build_runner", "DEFAULT_STEPS"]
 DEFAULT_STEPS = 1500
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_LR = 1e-3
@@ -148,20 +146,16 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
     return trained if return_training_sae else to_inference(trained)
 
 
-# --------------------------------------------------------------------------- sae-atoms train
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Train an SAE with SAELens's LanguageModelSAETrainingRunner; tsae / tsae_aip are registered. All other "
-        "arguments are SAELens's runner arguments (python -m sae_lens.llm_sae_training_runner --help), e.g. "
-        "--architecture tsae_aip --d_in 576 --d_sae 2304 --model_name smollm2-135m --hook_name blocks.12.hook_resid_post "
-        "--dataset_path ./text.jsonl --is_dataset_tokenized False --training_tokens 20000 --context_size 64. "
-        "The model is loaded by sae_atoms (the embedded smollm2-135m works offline); a local --dataset_path is read "
-        "with `datasets`; wandb is off."
-    )
-    p.add_argument("--config", type=Path, default=None,
-                   help="a JSON runner config (LanguageModelSAERunnerConfig.to_dict() form, sae.architecture set); "
-                        "runner arguments on the command line are not allowed with it")
-    p.add_argument("--device", default=None, help="device for the model and the SAE (default: the config's)")
+def training_config(architecture: str, d_in: int, d_sae: int, **overrides: Any) -> TrainingSAEConfig:
+    """A SAELens training config of a registered ``architecture`` (``tsae`` / ``tsae_aip`` once
+    ``sae_atoms`` is imported); ``overrides`` that are None keep the config's defaults."""
+    try:
+        cfg_cls = get_sae_training_class(architecture)[1]
+    except (KeyError, ValueError) as e:
+        from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+        raise ValueError(f"unknown SAE architecture {architecture!r}; registered: {sorted(SAE_TRAINING_CLASS_REGISTRY)}") from e
+    return cfg_cls(d_in=d_in, d_sae=d_sae, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _load_local_dataset(path: str):
@@ -223,82 +217,3 @@ def build_runner(cfg, model=None, dataset=None):
         store = runner.activations_store
         sae.fit_metric([next(store).to(sae.device) for _ in range(sae.cfg.n_batches_for_metric)])
     return runner
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from sae_lens.config import LanguageModelSAERunnerConfig
-    from sae_lens.llm_sae_training_runner import _parse_cfg_args
-
-    import sae_atoms  # noqa: F401  (registers tsae / tsae_aip before SAELens builds its --architecture choices)
-
-    extra = list(getattr(args, "extra_args", []) or [])
-    if args.config is not None:
-        if extra:
-            raise SystemExit(f"sae-atoms train: --config was given, so runner arguments {extra} are not allowed; put them in the config.")
-        try:
-            cfg = LanguageModelSAERunnerConfig.from_dict(json.loads(Path(args.config).read_text()))
-        except (KeyError, ValueError, TypeError) as e:
-            raise SystemExit(f"sae-atoms train: cannot read the runner config {args.config}: {e}") from e
-    else:
-        if not extra:
-            raise SystemExit("sae-atoms train needs SAELens runner arguments (e.g. --architecture tsae_aip --d_in 576 "
-                             "--d_sae 2304 --model_name smollm2-135m --hook_name blocks.12.hook_resid_post --dataset_path "
-                             "FILE) or --config FILE; see `sae-atoms train --help`.")
-        try:
-            cfg = _parse_cfg_args(extra)
-        except SystemExit:
-            raise
-        except Exception as e:  # simple_parsing reports bad values as exceptions with exit_on_error=False
-            raise SystemExit(f"sae-atoms train: bad runner arguments: {e}") from e
-    if args.device:
-        cfg.device = cfg.llm_device = cfg.act_store_device = args.device
-    runner = build_runner(cfg)
-    sae = runner.run()
-    l0 = sae.cfg.metadata.get("l0")
-    print(f"sae-atoms train: trained {cfg.sae.architecture()} d_sae={cfg.sae.d_sae} on {cfg.hook_name}; "
-          f"final-window L0 {l0 if l0 is None else round(float(l0), 2)}; saved to {cfg.output_path}", file=sys.stderr)
-    return 0
-
-
-# --------------------------------------------------------------------------- bench
-def bench_tsae_aip_step(quick: bool = False) -> dict:
-    """One ``tsae_aip`` training step vs SAELens ``jumprelu`` (same width, batch, process).
-
-    Full size: ``d_in=576`` (SmolLM2-135M), ``d_sae=2304`` (4x), batch 4096 (SAELens's default
-    ``train_batch_size_tokens``); ``quick``: 64 / 256 / 256. Both run ``SAETrainer._train_step``
-    (forward, loss, backward, clip, Adam) on the same batch, timed in alternating rounds (best of
-    each) so load drifts hit both alike; the metric is estimated before timing and its cost is
-    reported separately (``metric_fit_s`` on ``metric_fit_rows`` rows).
-    """
-    import time
-
-    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
-
-    from sae_atoms.bench import best_time
-    from sae_atoms.tsae_aip import TSAEAIPTrainingSAEConfig
-
-    d, width, batch = (64, 256, 256) if quick else (576, 2304, 4096)
-    dev = resolve_device(None)
-    torch.manual_seed(0)
-    mix = torch.eye(d) + torch.randn(d, d) / math.sqrt(d) * 0.5
-    data = (torch.randn(4 * batch, d) @ mix + 0.5).to(dev)
-    x = data[:batch]
-    tcfg = SAETrainerConfig(total_training_samples=10**9, train_batch_size_samples=batch, device=str(dev), lr_end=3e-5,
-                            logger=LoggingConfig(log_to_wandb=False))
-    jr = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d, d_sae=width, device=str(dev)))
-    ta = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width, device=str(dev)))
-    t0 = time.perf_counter()
-    ta.fit_metric(data)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    fit_s = time.perf_counter() - t0
-    tr_jr = SAETrainer(cfg=tcfg, sae=jr, data_provider=iter(()))
-    tr_ta = SAETrainer(cfg=tcfg, sae=ta, data_provider=iter(()))
-    t_jr = t_ta = float("inf")
-    rounds, repeat = (2, 2) if quick else (4, 3)
-    for r in range(rounds):
-        t_jr = min(t_jr, best_time(lambda: tr_jr._train_step(jr, x), repeat=repeat, warmup=1 if r == 0 else 0))
-        t_ta = min(t_ta, best_time(lambda: tr_ta._train_step(ta, x), repeat=repeat, warmup=1 if r == 0 else 0))
-    return {"ratio": t_ta / t_jr, "target": 1.10, "better": "lower", "tsae_aip_step_s": t_ta, "jumprelu_step_s": t_jr,
-            "metric_fit_s": fit_s, "metric_fit_rows": int(data.shape[0]),
-            "metric_fit_in_steps": fit_s / t_jr, "d_in": d, "d_sae": width, "batch": batch, "device": str(dev)}

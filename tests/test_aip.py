@@ -8,7 +8,8 @@ import warnings
 import pytest
 import torch
 
-from sae_atoms.aip import AIPConditioningWarning, AIPMetric, AIPMoments, aip_hook, attach, bench_aip_fit
+from sae_atoms.aip import AIPConditioningWarning, AIPMetric, AIPMoments, aip_hook, attach
+from sae_atoms.bench import bench_aip_fit
 
 
 def _gaussian(n: int, d: int, seed: int = 0, mean: float | torch.Tensor = 0.0):

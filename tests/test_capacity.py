@@ -9,7 +9,8 @@ import warnings
 import pytest
 import torch
 
-from sae_atoms import capacity as C
+from sae_atoms.experiments import capacity as C
+from sae_atoms.training import training_config
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_sweep_bad_input():
     with pytest.raises(ValueError, match="d=8"):
         C.capacity_sweep(x, torch.randn(10, 4), [1], progress=False)
     with pytest.raises(ValueError, match="unknown SAE architecture"):
-        C.training_config("nope", 8, 16)
+        training_config("nope", 8, 16)
 
 
 def test_cli_capacity_from_saved_activations(one_thread, tmp_path):

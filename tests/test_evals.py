@@ -309,7 +309,9 @@ def test_format_table():
 
 
 def test_bench_coherence_quick_runs():
-    res = E.bench_coherence(quick=True)
+    from sae_atoms.bench import bench_coherence
+
+    res = bench_coherence(quick=True)
     assert {"ratio", "target", "better"} <= set(res) and res["ratio"] > 0 and res["N"] == 4096
 
 

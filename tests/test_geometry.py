@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from sae_atoms.geometry import (angle_stats, dedupe_subject_prefix, euclid_angles, layer_geometry, plot_geometry,
+from sae_atoms.experiments.geometry import (angle_stats, dedupe_subject_prefix, euclid_angles, layer_geometry, plot_geometry,
                                 resolve_layers, run_geometry, summary_table, upper_angles, write_results)
 
 
@@ -103,7 +103,7 @@ def test_subject_prefix_duplicates_have_identical_activations(real_model):
 def test_truncation_after_subject_keeps_activations(real_model):
     from sae_atoms.activations import extract
     from sae_atoms.data import fact_prompts
-    from sae_atoms.geometry import truncate_at_subject
+    from sae_atoms.experiments.geometry import truncate_at_subject
 
     ds = fact_prompts(n_cities=3, seed=0)
     ds = ds.select(range(0, len(ds), max(1, len(ds) // 12)))

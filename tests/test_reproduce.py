@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sae_atoms.report import README_END, README_START, Report, update_readme
+from sae_atoms.experiments.report import README_END, README_START, Report, update_readme
 
 ISSUE_KEYS = {"model", "hook_name", "n_train", "n_heldout", "geometry", "units", "capacity", "steering"}
 
@@ -40,11 +40,11 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path):
     from sae_lens import SAE
 
     import sae_atoms  # noqa: F401
-    from sae_atoms.reproduce import Settings, reproduce
+    from sae_atoms.experiments.reproduce import Settings, run_reproduce
 
     s = Settings(out=tmp_path / "run", quick=True, n_cities=60, relations=("city_country", "country_capital"),
                  train_steps=40, capacity_expansions=(1, 2), geometry_layers=(2, 12), device="cpu")
-    res = reproduce(s)
+    res = run_reproduce(s)
     assert ISSUE_KEYS <= set(res)
     assert set(res["units"]) == {"neurons", "features_standard", "features_jumprelu", "atoms"}
     for u in res["units"].values():
@@ -60,6 +60,6 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path):
     sae = SAE.load_from_disk(str(tmp_path / "run" / "saes" / "atoms"))
     assert sae.cfg.architecture() == "tsae_aip"
     # a second run reuses every stage
-    again = reproduce(s)
+    again = run_reproduce(s)
     assert again["units"]["atoms"]["r2"] == on_disk["units"]["atoms"]["r2"]
     assert again["timing_s"]["train SAEs"] < 30

@@ -1,4 +1,5 @@
-"""Tests of sae_atoms.steering: interventions, selection by meaning, the experiment."""
+"""Tests of sae_atoms.steering (interventions, selection by meaning) and of the steering experiment
+(sae_atoms.experiments.steering)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from sae_atoms import steering as st
+from sae_atoms.experiments import steering as steer_exp
 
 HOOK0 = "blocks.0.hook_resid_post"
 HOOK1 = "blocks.1.hook_resid_post"
@@ -268,7 +270,7 @@ def test_real_model_alpha_zero_and_diff_of_means_steers(real_model, real_acts, f
     dom = st.diff_of_means(train.x(REAL_HOOK)[rel], [train.labels("country")[i] for i in rel], "China")
     rows = [r for r in fact_data.to_list() if r["relation"] == "city_country" and r["split"] == "heldout"
             and r["country"] not in ("China", "")][:8]
-    P = st._Prompts(real_model, rows, 8)
+    P = steer_exp._Prompts(real_model, rows, 8)
     # alpha = 0: the same distribution, bit for bit
     same = P.run(real_model, lambda pos, rows: [st.AddDirection(REAL_HOOK, dom, 0.0, positions=pos, span="from")], 8)
     assert torch.equal(same, P.clean)
@@ -300,7 +302,7 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     values = sorted({v for v in y if y.count(v) >= 12})
     atoms = planted_sae(x, y, values, REAL_HOOK)
     features = make_sae(d_in=x.shape[1], d_sae=256, hook=REAL_HOOK, seed=5)  # random directions
-    res = st.steering_experiment(real_model, {"atoms": atoms, "features_jumprelu": features}, fact_data, real_acts,
+    res = steer_exp.run_steering(real_model, {"atoms": atoms, "features_jumprelu": features}, fact_data, real_acts,
                                  relation="city_country", quick=True, min_subjects=3, k=1, out_dir=tmp_path,
                                  progress=False, alphas=(2.0,), n_eval=4, n_unrelated=4, n_ablation=6, n_random=1)
     assert set(res["methods"]) == {"diff_of_means", "atoms", "features_jumprelu"}

@@ -11,8 +11,9 @@ from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUTrainingSAEConfig
 from sae_lens.saes.standard_sae import StandardSAE, StandardTrainingSAEConfig
 
 from sae_atoms.synthetic import evaluate, planted
-from sae_atoms.training import bench_tsae_aip_step, train_on_activations
-from sae_atoms.tsae import TSAEAIPSAE, TSAEAIPTrainingSAEConfig
+from sae_atoms.bench import bench_tsae_aip_step
+from sae_atoms.saes import TSAEAIPSAE, TSAEAIPTrainingSAEConfig
+from sae_atoms.training import train_on_activations
 
 
 # The identifiable regime: 32 orthonormal intrinsic atoms in d=32 seen through a distortion of

@@ -15,7 +15,7 @@ from sae_lens.saes.sae import TrainStepInput
 
 import sae_atoms
 from sae_atoms.aip import AIPMetric
-from sae_atoms.tsae import (
+from sae_atoms.saes import (
     TSAEAIPSAE,
     TSAEAIPTrainingSAE,
     TSAEAIPTrainingSAEConfig,
@@ -24,7 +24,7 @@ from sae_atoms.tsae import (
     register,
     to_jumprelu,
 )
-from sae_atoms.tsae_aip import to_inference
+from sae_atoms.saes.tsae_aip import to_inference
 
 
 def _skewed(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -56,7 +56,7 @@ def test_registered_idempotently():
 
 
 def test_registration_refuses_a_foreign_class():
-    from sae_atoms.tsae import _register_one
+    from sae_atoms.saes import _register_one
 
     with pytest.raises(ValueError, match="already registered"):
         _register_one("tsae", SAE_CLASS_REGISTRY, None, (JumpReLUSAE, object))
@@ -261,4 +261,4 @@ def test_bad_input_errors(tmp_path):
 
 
 def test_package_import_registers():
-    assert sae_atoms.tsae.TSAEAIPTrainingSAE is TSAEAIPTrainingSAE
+    assert sae_atoms.TSAEAIPTrainingSAE is TSAEAIPTrainingSAE

@@ -322,6 +322,17 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
     return path
 
 
+def _label_and_save(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Axis labels, title and legend on ``ax``; ``fig`` saved to ``path`` (atomically) and closed."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
 def plot_geometry(results: dict[str, Any], out: str | os.PathLike, hist_layers: Sequence[int] | None = None) -> list[Path]:
     """PNG plots: ``centroid_by_layer.png`` and ``hist_layer{L}.png`` for a few layers."""
     import matplotlib
@@ -339,14 +350,9 @@ def plot_geometry(results: dict[str, Any], out: str | os.PathLike, hist_layers: 
         if not all(math.isnan(y) for y in ys):
             ax.plot(layers, ys, style, label=view, markersize=3)
     ax.axhline(90, color="grey", lw=0.8)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("angular centroid (mean angle, degrees)")
-    ax.set_title(f"{results['meta'].get('model', '')}: Euclid vs AIP ({results['meta'].get('kind', '')})")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    p = out / "centroid_by_layer.png"
-    save_figure(fig, p)
-    written.append(p)
+    written.append(_label_and_save(fig, ax, "layer", "angular centroid (mean angle, degrees)",
+                                   f"{results['meta'].get('model', '')}: Euclid vs AIP ({results['meta'].get('kind', '')})",
+                                   out / "centroid_by_layer.png"))
     if not hist_layers:
         hist_layers = sorted({layers[0], layers[len(layers) // 2], layers[-1]})
     for l in hist_layers:
@@ -362,14 +368,8 @@ def plot_geometry(results: dict[str, Any], out: str | os.PathLike, hist_layers: 
             centres = (torch.arange(len(h)) + 0.5) * bw
             ax.plot(centres.tolist(), (h / h.sum() / bw).tolist(), color=color, label=f"{view} (mean {r[view]['mean']:.1f})")
         ax.axvline(90, color="grey", lw=0.8)
-        ax.set_xlabel("angle (degrees)")
-        ax.set_ylabel("density")
-        ax.set_title(f"layer {l}: pairwise angles of subject activations")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = out / f"hist_layer{l}.png"
-        save_figure(fig, p)
-        written.append(p)
+        written.append(_label_and_save(fig, ax, "angle (degrees)", "density",
+                                       f"layer {l}: pairwise angles of subject activations", out / f"hist_layer{l}.png"))
     return written
 
 

@@ -5,13 +5,13 @@
 
     fact prompts (train / held-out entities)      sae_atoms.data
       -> subject-token activations                 sae_atoms.activations
-      -> AIP geometry (Euclid vs AIP angles)       sae_atoms.geometry
+      -> AIP geometry (Euclid vs AIP angles)       sae_atoms.experiments.geometry
       -> neurons / features (standard, jumprelu) / atoms (tsae_aip) at 4x
                                                    sae_atoms.training
       -> evaluators, in-sample and held-out        sae_atoms.evals
-      -> capacity sweep (1x, 2x, 4x, 8x)           sae_atoms.capacity
+      -> capacity sweep (1x, 2x, 4x, 8x)           sae_atoms.experiments.capacity
       -> steering (atoms vs jumprelu features vs difference of means)
-                                                   sae_atoms.steering
+                                                   sae_atoms.experiments.steering
       -> results.json, report.md / report.html, plots, SAEs in SAELens format
 
 Every stage's result is cached under ``OUT/cache/<stage>`` with a key of its inputs, so a
@@ -30,9 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import datasets
 import torch
+from sae_lens import SAE
 
+from sae_atoms import evals
+from sae_atoms.activations import ActivationSet, extract
+from sae_atoms.data import fact_prompts, reasoning_prompts
+from sae_atoms.experiments import capacity, geometry, steering
+from sae_atoms.experiments.geometry import dedupe_subject_prefix
+from sae_atoms.experiments.report import headline_table, update_readme, write_report
 from sae_atoms.io import write_json
+from sae_atoms.models import fact_accuracy, load_model, resolve_device
+from sae_atoms.training import train_on_activations, training_config
 
 # Paper's numbers (Atom Theory, arXiv 2509.20784; ../shared/ATOM_THEORY.md), for the report only.
 PAPER = {
@@ -134,36 +144,65 @@ class _Progress:
         print(f"      {self._cur}: {'reused from cache' if reused else 'done'} in {self.times[self._cur]:.1f} s", flush=True)
 
 
-def reproduce(settings: Settings) -> dict:
-    """Run the main job; returns the results dict also written to ``OUT/results.json``."""
-    from sae_lens import SAE
+def run_reproduce(settings: Settings) -> dict:
+    """Run the main job; returns the results dict also written to ``OUT/results.json``.
 
-    import sae_atoms  # noqa: F401  (registers tsae / tsae_aip)
-    from sae_atoms.activations import ActivationSet, extract
-    from sae_atoms.data import fact_prompts, reasoning_prompts
-    from sae_atoms.models import fact_accuracy, load_model, resolve_device
-
-    import datasets
-
+    The stages, each a function below, cached under ``OUT/cache``: ``_model_and_prompts``,
+    ``_activations``, ``_geometry``, ``_train_saes``, ``_evaluate_units``, ``_capacity``,
+    ``_steering``, ``_report``.
+    """
     datasets.disable_progress_bars()  # our stages show their own bars
     s = settings
-    out = s.out
-    out.mkdir(parents=True, exist_ok=True)
+    s.out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
-    stages = ["model and prompts", "activations", "geometry", "train SAEs", "evaluate units",
-              "capacity sweep", "steering", "report"]
-    prog = _Progress(stages)
+    prog = _Progress(STAGES)
     t_start = time.time()
+    job = _model_and_prompts(s, device, prog)
+    _activations(job, prog)
+    geo = _geometry(job, prog)
+    _train_saes(job, prog)
+    unit_res = _evaluate_units(job, prog)
+    cap = _capacity(job, prog)
+    steer = _steering(job, prog)
+    return _report(job, prog, geo, unit_res, cap, steer, t_start)
 
-    # 1. model and prompts --------------------------------------------------------------
+
+STAGES = ["model and prompts", "activations", "geometry", "train SAEs", "evaluate units",
+          "capacity sweep", "steering", "report"]
+
+
+@dataclass
+class _Job:
+    """What the stages share: the settings, the model and hook, the prompts and what earlier stages made."""
+
+    s: Settings
+    device: Any
+    model: Any
+    hook: str
+    layer: int
+    facts: Any
+    reasoning: Any
+    data_key: dict
+    acc: dict
+    fact_acts: Any = None
+    train: Any = None
+    heldout: Any = None
+    saes: dict = field(default_factory=dict)
+
+    @property
+    def acts_key(self) -> dict:
+        return self.data_key | {"hook": self.hook, "position": "subject_last"}
+
+
+def _model_and_prompts(s: Settings, device: Any, prog: _Progress) -> _Job:
+    """1. The model, the hook, the fact / reasoning prompts and the model's fact accuracy."""
     prog("model and prompts")
+    out = s.out
     model = load_model(s.model, device=device)
     layer = s.layer if s.layer is not None else (model.cfg.n_layers * 2) // 5
     if not 0 <= layer < model.cfg.n_layers:
         raise ValueError(f"--layer {layer} is outside 0..{model.cfg.n_layers - 1} for {s.model}")
     hook = f"blocks.{layer}.hook_resid_post"
-    from sae_atoms.geometry import dedupe_subject_prefix
-
     # one prompt per distinct subject prefix: templates that start with the subject give
     # identical subject-token activations, which would count as separate samples otherwise
     facts = dedupe_subject_prefix(fact_prompts(n_cities=s.n_cities, relations=s.relations, seed=s.seed))
@@ -176,62 +215,71 @@ def reproduce(settings: Settings) -> dict:
     acc, reused = _json_stage(out, "accuracy", data_key | {"n_acc": n_acc}, s.force,
                               lambda: fact_accuracy(model, city, progress=True))
     prog.done(reused)
+    return _Job(s, device, model, hook, layer, facts, reasoning, data_key, acc)
 
-    # 2. activations -------------------------------------------------------------------
+
+def _activations(job: _Job, prog: _Progress) -> None:
+    """2. Subject-token activations of the fact and reasoning prompts; the train / held-out split."""
     prog("activations")
-    acts_key = data_key | {"hook": hook, "position": "subject_last"}
+    s, model, hook = job.s, job.model, job.hook
 
     def extract_both(folder: Path) -> None:
-        extract(model, facts, hook, position="subject_last", batch_size=64).save(folder / "facts")
-        extract(model, reasoning, hook, position="subject_last", batch_size=64).save(folder / "reasoning")
+        extract(model, job.facts, hook, position="subject_last", batch_size=64).save(folder / "facts")
+        extract(model, job.reasoning, hook, position="subject_last", batch_size=64).save(folder / "reasoning")
 
-    (fact_acts, reasoning_acts), reused = _stage(
-        out, "activations", acts_key, s.force, extract_both,
+    (fact_acts, _reasoning_acts), reused = _stage(
+        s.out, "activations", job.acts_key, s.force, extract_both,
         lambda f: (ActivationSet.load(f / "facts"), ActivationSet.load(f / "reasoning")))
-    train, heldout = fact_acts.select(split="train"), fact_acts.select(split="heldout")
+    job.fact_acts = fact_acts
+    job.train, job.heldout = fact_acts.select(split="train"), fact_acts.select(split="heldout")
     prog.done(reused)
 
-    # 3. geometry ----------------------------------------------------------------------
+
+def _geometry(job: _Job, prog: _Progress) -> dict:
+    """3. The representation shift: angles by layer, Euclid vs AIP."""
     prog("geometry")
-    from sae_atoms import geometry
-
-    geo_layers = s.geometry_layers or _default_geometry_layers(model.cfg.n_layers, layer, s.quick)
+    s, model = job.s, job.model
+    geo_layers = s.geometry_layers or _default_geometry_layers(model.cfg.n_layers, job.layer, s.quick)
     n_geo = 800 if s.quick else 1600
-    geo, reused = _json_stage(out, "geometry", data_key | {"layers": geo_layers, "n_facts": n_geo, "version": 1}, s.force,
-                              lambda: geometry.run_geometry(model, layers=geo_layers, n_facts=n_geo,
-                                                            n_reasoning=150 if s.quick else 300, seed=s.seed,
-                                                            progress=True))
+    geo, reused = _json_stage(s.out, "geometry", job.data_key | {"layers": geo_layers, "n_facts": n_geo, "version": 1},
+                              s.force, lambda: geometry.run_geometry(model, layers=geo_layers, n_facts=n_geo,
+                                                                     n_reasoning=150 if s.quick else 300, seed=s.seed,
+                                                                     progress=True))
     prog.done(reused)
+    return geo
 
-    # 4. SAEs --------------------------------------------------------------------------
+
+def _train_saes(job: _Job, prog: _Progress) -> None:
+    """4. One SAE per kind in ``SAE_KINDS`` at ``expansion`` x width, exported under ``OUT/saes``."""
     prog("train SAEs")
-    saes: dict[str, Any] = {}
+    s, out, device, hook = job.s, job.s.out, job.device, job.hook
     sae_reused = True
     for unit, arch in SAE_KINDS.items():
-        key = acts_key | {"arch": arch, "expansion": s.expansion, "steps": s.train_steps, "seed": s.seed, "version": 1}
+        key = job.acts_key | {"arch": arch, "expansion": s.expansion, "steps": s.train_steps, "seed": s.seed, "version": 1}
         sae, reused = _stage(
             out, f"sae_{unit}", key, s.force,
-            lambda folder, arch=arch: train_sae(arch, train.x(hook), s.expansion, s.train_steps, s.seed,
+            lambda folder, arch=arch: train_sae(arch, job.train.x(hook), s.expansion, s.train_steps, s.seed,
                                                 device, hook).save_model(str(folder / "sae")) and None,
             lambda f: SAE.load_from_disk(str(f / "sae"), device=str(device)))
-        saes[unit] = sae
+        job.saes[unit] = sae
         sae_reused &= reused
     export = out / "saes"
     for unit in SAE_KINDS:  # the SAEs in SAELens format, beside the report
         shutil.copytree(out / "cache" / f"sae_{unit}" / "sae", export / unit, dirs_exist_ok=True)
     prog.done(sae_reused)
 
-    # 5. evaluate units -------------------------------------------------------------------
-    prog("evaluate units")
-    from sae_atoms import evals
 
+def _evaluate_units(job: _Job, prog: _Progress) -> dict:
+    """5. Neurons, features and atoms through the evaluators, in-sample and held-out."""
+    prog("evaluate units")
+    saes, train, heldout, hook, device = job.saes, job.train, job.heldout, job.hook, job.device
     metric = evals.find_metric(saes["atoms"])
     labels = ["country", "continent", "language", "currency"]
 
     def evaluate_all() -> dict:
         res = {}
         for unit in UNITS:
-            u = evals.neurons(model.cfg.d_model) if unit == "neurons" else saes[unit]
+            u = evals.neurons(job.model.cfg.d_model) if unit == "neurons" else saes[unit]
             ins = evals.evaluate_units(u, train, metric=metric, labels={c: train.labels(c) for c in labels}, hook=hook,
                                        device=device)
             held = evals.evaluate_units(u, heldout, metric=metric, labels={c: heldout.labels(c) for c in labels},
@@ -239,42 +287,48 @@ def reproduce(settings: Settings) -> dict:
             res[unit] = {"in_sample": ins, "heldout": held}
         return res
 
-    unit_res, reused = _json_stage(out, "units", acts_key | {"saes": [str(_sae_key(saes[u])) for u in SAE_KINDS],
-                                                            "version": 1}, s.force, evaluate_all)
+    unit_res, reused = _json_stage(job.s.out, "units", job.acts_key | {"saes": [str(_sae_key(saes[u])) for u in SAE_KINDS],
+                                                                      "version": 1}, job.s.force, evaluate_all)
     prog.done(reused)
+    return unit_res
 
-    # 6. capacity ----------------------------------------------------------------------
+
+def _capacity(job: _Job, prog: _Progress) -> list:
+    """6. The capacity sweep over ``capacity_expansions``."""
     prog("capacity sweep")
-    from sae_atoms import capacity
-
-    cap_key = acts_key | {"expansions": s.capacity_expansions, "steps": s.capacity_steps, "seed": s.seed, "version": 1}
-    cap, reused = _json_stage(out, "capacity", cap_key, s.force, lambda: capacity.capacity_sweep(
-        train.x(hook), heldout.x(hook), expansions=s.capacity_expansions, steps=s.capacity_steps, seed=s.seed,
-        device=device, progress=True))
+    s, hook = job.s, job.hook
+    cap_key = job.acts_key | {"expansions": s.capacity_expansions, "steps": s.capacity_steps, "seed": s.seed, "version": 1}
+    cap, reused = _json_stage(s.out, "capacity", cap_key, s.force, lambda: capacity.capacity_sweep(
+        job.train.x(hook), job.heldout.x(hook), expansions=s.capacity_expansions, steps=s.capacity_steps, seed=s.seed,
+        device=job.device, progress=True))
     prog.done(reused)
+    return cap
 
-    # 7. steering ----------------------------------------------------------------------
+
+def _steering(job: _Job, prog: _Progress) -> dict:
+    """7. Atoms vs jumprelu features vs the difference of means (skipped with ``steer=False``)."""
     prog("steering")
+    s, saes = job.s, job.saes
     steer: dict = {}
     if s.steer:
-        from sae_atoms import steering
-
-        st_key = acts_key | {"saes": [str(_sae_key(saes[u])) for u in ("atoms", "features_jumprelu")],
-                             "quick": s.quick, "version": 1}
-        steer, reused = _json_stage(out, "steering", st_key, s.force, lambda: steering.steering_experiment(
-            model, {"atoms": saes["atoms"], "features_jumprelu": saes["features_jumprelu"]}, facts, fact_acts,
-            relation="city_country", quick=s.quick, seed=s.seed, out_dir=out / "steering", progress=True))
+        st_key = job.acts_key | {"saes": [str(_sae_key(saes[u])) for u in ("atoms", "features_jumprelu")],
+                                 "quick": s.quick, "version": 1}
+        steer, reused = _json_stage(s.out, "steering", st_key, s.force, lambda: steering.run_steering(
+            job.model, {"atoms": saes["atoms"], "features_jumprelu": saes["features_jumprelu"]}, job.facts, job.fact_acts,
+            relation="city_country", quick=s.quick, seed=s.seed, out_dir=s.out / "steering", progress=True))
     else:
         reused = False
     prog.done(reused)
+    return steer
 
-    # 8. results and report ------------------------------------------------------------
+
+def _report(job: _Job, prog: _Progress, geo: dict, unit_res: dict, cap: list, steer: dict, t_start: float) -> dict:
+    """8. ``results.json`` and the report."""
     prog("report")
-    results = collect_results(s, model, hook, train, heldout, acc, geo, unit_res, cap, steer)
+    out = job.s.out
+    results = collect_results(job.s, job.model, job.hook, job.train, job.heldout, job.acc, geo, unit_res, cap, steer)
     results["timing_s"] = prog.times | {"total": round(time.time() - t_start, 1)}
     write_json(results, out / "results.json")
-    from sae_atoms.report import write_report
-
     write_report(results, out)
     prog.done(False)
     print(f"\nresults: {out / 'results.json'}\nreport:  {out / 'report.md'} (and report.html)")
@@ -293,9 +347,6 @@ def _sae_key(sae: Any) -> str:
 
 def train_sae(arch: str, x: torch.Tensor, expansion: int, steps: int, seed: int, device, hook: str):
     """Train one SAE of ``arch`` ("standard" | "jumprelu" | "tsae_aip") at ``expansion`` x width."""
-    from sae_atoms.capacity import training_config
-    from sae_atoms.training import train_on_activations
-
     cfg = training_config(arch, x.shape[1], expansion * x.shape[1])
     cfg.metadata.hook_name = hook
     return train_on_activations(x, cfg, steps=steps, seed=seed, device=device)
@@ -359,9 +410,7 @@ def run_cli(args: argparse.Namespace) -> int:
     s = Settings(model=args.model, layer=args.layer, out=args.out, quick=args.quick, device=args.device,
                  force=args.force, seed=args.seed, n_cities=args.n_cities, train_steps=args.steps,
                  steer=not args.no_steer)
-    results = reproduce(s)
-    from sae_atoms.report import headline_table, update_readme
-
+    results = run_reproduce(s)
     print("\n" + headline_table(results))
     if args.readme:
         update_readme(args.readme, results)

@@ -52,10 +52,11 @@ from sae_lens.util import str_to_dtype
 from torch import nn
 
 from sae_atoms.aip import AIPMetric, AIPMoments
-from sae_atoms.tsae import (
+from sae_atoms.saes.tsae import (
     TSAESAE,
     TSAETrainingSAE,
     TSAETrainingSAEConfig,
+    check_batch,
     check_state_dict_shapes,
 )
 
@@ -246,8 +247,6 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
     def _prepare_step(self, step_input: TrainStepInput) -> torch.Tensor | None:
         if not self.metric_fitted:
             x = step_input.sae_in
-            from sae_atoms.tsae import check_batch
-
             check_batch(x, self.cfg.d_in, step_input.n_training_steps)
             if self._moments is None:
                 self._moments = AIPMoments(device=x.device)

@@ -1,6 +1,6 @@
 """A small report builder: one list of blocks rendered to Markdown and to standalone HTML.
 
-Blocks are headings, paragraphs, tables and images; the main job (``sae_atoms.reproduce``)
+Blocks are headings, paragraphs, tables and images; the main job (``sae_atoms.experiments.reproduce``)
 fills one from ``results.json`` so every number in the report comes from the code.
 """
 
@@ -254,7 +254,7 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
     r.p("The paper: far from 90° in Euclid, ~90° under the AIP, all layers. The metric is fitted on train "
         "entities; held-out and other-family (reasoning prompts) angles test it out of sample.")
     try:
-        from sae_atoms.geometry import plot_geometry
+        from sae_atoms.experiments.geometry import plot_geometry
 
         for p in plot_geometry({"layers": geo.get("by_layer", {}), "meta": geo.get("meta", {})}, plots):
             r.img(str(p.relative_to(out)), p.stem.replace("_", " "))
@@ -277,7 +277,7 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
         r.table(["expansion", "d_sae", "n_train", "R² train", "R² held-out", "L0"],
                 [[c["expansion"], c.get("d_sae"), c.get("n_train"), c["r2"], c["r2_heldout"], c.get("l0_train")] for c in cap])
         try:
-            from sae_atoms.capacity import plot_capacity
+            from sae_atoms.experiments.capacity import plot_capacity
 
             p = plot_capacity(cap, plots / "capacity.png")
             r.img(str(Path(p).relative_to(out)), "capacity curve")

@@ -33,8 +33,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from sae_atoms.io import save_figure
-from sae_atoms.evals import as_units, encode_all, evaluate_units, format_table, r2, write_json
+from sae_atoms.evals import as_units, encode_all, evaluate_units, format_table, jsonable, r2
+from sae_atoms.io import save_figure, write_json
+from sae_atoms.training import train_on_activations, training_config
 
 DEFAULT_EXPANSIONS = (1, 2, 4, 8)
 DEFAULT_STEPS = 400
@@ -54,20 +55,6 @@ def _x(acts: Any) -> Tensor:
     if x.dim() != 2 or x.shape[0] < 2:
         raise ValueError(f"activations must be [n, d] with n >= 2; got shape {tuple(x.shape)}")
     return x.float()
-
-
-def training_config(architecture: str, d_in: int, d_sae: int, **overrides: Any):
-    """A SAELens training config of a registered ``architecture`` (``tsae_aip`` needs ``import sae_atoms``)."""
-    import sae_atoms  # noqa: F401  registers tsae / tsae_aip
-    from sae_lens.registry import get_sae_training_class
-
-    try:
-        cfg_cls = get_sae_training_class(architecture)[1]
-    except (KeyError, ValueError) as e:
-        from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
-
-        raise ValueError(f"unknown SAE architecture {architecture!r}; registered: {sorted(SAE_TRAINING_CLASS_REGISTRY)}") from e
-    return cfg_cls(d_in=d_in, d_sae=d_sae, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _quick_eval(sae: Any, x: Tensor, metric: Any) -> dict[str, float]:
@@ -108,7 +95,6 @@ def capacity_sweep(train_acts: Any, heldout_acts: Any, expansions: Sequence[floa
     ``l0_heldout``, ``dead_frac``, ``seconds``, ``architecture``, ``steps``.
     """
     from sae_atoms.aip import AIPMetric
-    from sae_atoms.training import train_on_activations
 
     xtr, xho = _x(train_acts), _x(heldout_acts)
     d = xtr.shape[1]
@@ -262,7 +248,6 @@ def compare_units(train_acts: Any, heldout_acts: Any, expansion: float = 4, arch
     ``q_star_b_heldout``, ``monosemanticity_heldout``}``.
     """
     from sae_atoms.aip import AIPMetric
-    from sae_atoms.training import train_on_activations
 
     xtr = _x(train_acts)
     d = xtr.shape[1]
@@ -327,33 +312,50 @@ def _load_acts(args: argparse.Namespace):
     hook = args.hook if args.hook in acts.hook_names else (acts.hook_names[0] if len(acts.hook_names) == 1 else None)
     if hook is None:
         raise SystemExit(f"hook {args.hook!r} is not in the activation set {acts.hook_names}; pass --hook")
-    from sae_atoms.activations import ActivationSet as AS
-
-    acts = AS({hook: acts.x(hook)}, acts.rows, acts.meta)
+    acts = ActivationSet({hook: acts.x(hook)}, acts.rows, acts.meta)
     return acts.select(split="train"), acts.select(split="heldout"), hook
+
+
+def run_capacity(train: Any, heldout: Any, hook: str, out_dir: str | os.PathLike | None = None, *,
+                 expansions: Sequence[float] = DEFAULT_EXPANSIONS, data_sizes: Sequence[int] | None = None,
+                 architecture: str = DEFAULT_ARCH, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
+                 lr: float = DEFAULT_LR, l0_coefficient: float | None = None, min_jump: float = 0.05,
+                 compare: bool = False, compare_expansion: float = 4.0, seed: int = 0, device: Any = None,
+                 source: str | None = None) -> dict[str, Any]:
+    """The capacity experiment: the sweep, its cliffs and width rule, optionally the units table
+    at ``compare_expansion``; printed, and written to ``out_dir`` (``results.json``,
+    ``capacity.png``) when given. ``source`` names where the activations came from."""
+    results = capacity_sweep(train, heldout, expansions, data_sizes, architecture=architecture,
+                             steps=steps, batch_size=batch_size, lr=lr,
+                             l0_coefficient=l0_coefficient, seed=seed, device=device)
+    cliffs = find_cliff(results, min_jump=min_jump)
+    rule = width_rule(cliffs)
+    out: dict[str, Any] = {"hook": hook, "model": source,
+                           "architecture": architecture, "results": results, "cliffs": cliffs, "width_rule": rule}
+    print(f"{'n_train':>8} {'d_sae':>6} {'R2 train':>9} {'R2 heldout':>10} {'L0':>7}")
+    for r in results:
+        print(f"{r['n_train']:>8} {r['d_sae']:>6} {r['r2_train']:>9.4f} {r['r2_heldout']:>10.4f} {r['l0_train']:>7.1f}")
+    print("width rule:", rule["statement"])
+    if compare:
+        table = compare_units(train, heldout, compare_expansion, steps=steps, batch_size=batch_size,
+                              lr=lr, seed=seed, device=device)
+        print(format_table(table, COMPARE_KEYS))
+        out["compare"] = {k: {kk: vv for kk, vv in v.items() if kk != "heldout"} | {"heldout": v["heldout"]}
+                          for k, v in table.items()}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        write_json(jsonable(out), out_dir / "results.json")
+        plot_capacity(results, out_dir / "capacity.png", cliffs, title=f"capacity at {hook} ({architecture})")
+        print(f"wrote {out_dir / 'results.json'} and {out_dir / 'capacity.png'}")
+    return out
 
 
 def run_cli(args: argparse.Namespace) -> int:
     tr, ho, hook = _load_acts(args)
     print(f"capacity: {len(tr)} train / {len(ho)} held-out activations at {hook}, d={tr.x().shape[1]}", file=sys.stderr)
-    results = capacity_sweep(tr, ho, args.expansions, args.data_sizes, architecture=args.architecture,
-                             steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             l0_coefficient=args.l0_coefficient, seed=args.seed, device=args.device)
-    cliffs = find_cliff(results, min_jump=args.min_jump)
-    rule = width_rule(cliffs)
-    out: dict[str, Any] = {"hook": hook, "model": args.model if args.activations is None else str(args.activations),
-                           "architecture": args.architecture, "results": results, "cliffs": cliffs, "width_rule": rule}
-    print(f"{'n_train':>8} {'d_sae':>6} {'R2 train':>9} {'R2 heldout':>10} {'L0':>7}")
-    for r in results:
-        print(f"{r['n_train']:>8} {r['d_sae']:>6} {r['r2_train']:>9.4f} {r['r2_heldout']:>10.4f} {r['l0_train']:>7.1f}")
-    print("width rule:", rule["statement"])
-    if args.compare:
-        table = compare_units(tr, ho, args.compare_expansion, steps=args.steps, batch_size=args.batch_size,
-                              lr=args.lr, seed=args.seed, device=args.device)
-        print(format_table(table, COMPARE_KEYS))
-        out["compare"] = {k: {kk: vv for kk, vv in v.items() if kk != "heldout"} | {"heldout": v["heldout"]}
-                          for k, v in table.items()}
-    write_json(out, args.out / "results.json")
-    plot_capacity(results, args.out / "capacity.png", cliffs, title=f"capacity at {hook} ({args.architecture})")
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'capacity.png'}")
+    run_capacity(tr, ho, hook, args.out, expansions=args.expansions, data_sizes=args.data_sizes,
+                 architecture=args.architecture, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                 l0_coefficient=args.l0_coefficient, min_jump=args.min_jump, compare=args.compare,
+                 compare_expansion=args.compare_expansion, seed=args.seed, device=args.device,
+                 source=args.model if args.activations is None else str(args.activations))
     return 0

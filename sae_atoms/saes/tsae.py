@@ -23,10 +23,11 @@ SAELens's ``jumprelu``:
 * checks that stop training with a clear message: activation width vs ``d_in`` and
   NaN/Inf in a batch (the step and the count), checkpoints of another architecture or width.
 
-Two architectures are registered on ``import sae_atoms`` (idempotently):
+Two architectures are registered on ``import sae_atoms`` (idempotently, by
+``sae_atoms.saes.register``):
 
 * ``tsae``: the TSAE in raw activation space (this module), and
-* ``tsae_aip``: the same trained in the AIP geometry (``sae_atoms.tsae_aip``: encoder reads
+* ``tsae_aip``: the same trained in the AIP geometry (``sae_atoms.saes.tsae_aip``: encoder reads
   AIP-whitened input, atoms of unit AIP norm, reconstructs the raw activation).
 
 Use them like any SAELens architecture: ``LanguageModelSAERunnerConfig(sae=TSAETrainingSAEConfig
@@ -42,12 +43,6 @@ from typing import Any
 
 import torch
 from sae_lens.constants import SAE_CFG_FILENAME
-from sae_lens.registry import (
-    SAE_CLASS_REGISTRY,
-    SAE_TRAINING_CLASS_REGISTRY,
-    register_sae_class,
-    register_sae_training_class,
-)
 from sae_lens.saes.jumprelu_sae import (
     JumpReLU,
     JumpReLUSAE,
@@ -63,12 +58,9 @@ __all__ = [
     "TSAESAE",
     "TSAETrainingSAEConfig",
     "TSAETrainingSAE",
-    "TSAEAIPSAEConfig",
-    "TSAEAIPSAE",
-    "TSAEAIPTrainingSAEConfig",
-    "TSAEAIPTrainingSAE",
-    "to_jumprelu",
-    "register",
+    "check_batch",
+    "check_state_dict_shapes",
+    "check_checkpoint_config",
 ]
 
 _RAW_NORMALIZATIONS = ("none", "expected_average_only_in")
@@ -332,44 +324,3 @@ class TSAETrainingSAE(JumpReLUTrainingSAE):
 
     def _from_geometry_linear(self, v: torch.Tensor) -> torch.Tensor:
         return v
-
-
-# --------------------------------------------------------------------------- registration
-def _register_one(name: str, registry: dict, register_fn, pair: tuple[type, type]) -> None:
-    existing = registry.get(name)
-    if existing is None:
-        register_fn(name, *pair)
-        return
-    if existing[0] is pair[0]:
-        return
-    same = all(f"{a.__module__}.{a.__qualname__}" == f"{b.__module__}.{b.__qualname__}" for a, b in zip(existing, pair))
-    if not same:
-        raise ValueError(
-            f"the SAELens architecture {name!r} is already registered by {existing[0].__module__}."
-            f"{existing[0].__qualname__}; sae_atoms cannot register its own under the same name. "
-            "Remove the other registration or import sae_atoms first."
-        )
-    registry[name] = pair  # the module was reloaded: refresh to the new class objects
-
-
-def register() -> None:
-    """Register ``tsae`` and ``tsae_aip`` (inference + training) with SAELens; idempotent."""
-    from sae_atoms import tsae_aip as _aip
-
-    for name, inf, train in (
-        ("tsae", (TSAESAE, TSAESAEConfig), (TSAETrainingSAE, TSAETrainingSAEConfig)),
-        ("tsae_aip", (_aip.TSAEAIPSAE, _aip.TSAEAIPSAEConfig), (_aip.TSAEAIPTrainingSAE, _aip.TSAEAIPTrainingSAEConfig)),
-    ):
-        _register_one(name, SAE_CLASS_REGISTRY, register_sae_class, inf)
-        _register_one(name, SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class, train)
-
-
-from sae_atoms.tsae_aip import (  # noqa: E402  (tsae_aip builds on the classes above)
-    TSAEAIPSAE,
-    TSAEAIPSAEConfig,
-    TSAEAIPTrainingSAE,
-    TSAEAIPTrainingSAEConfig,
-    to_jumprelu,
-)
-
-register()

@@ -1,0 +1,666 @@
+"""The steering experiment: do atoms steer a model better than features or the difference of means?
+
+Atom Theory (arXiv 2509.20784) shows that atoms reconstruct activations and separate
+concepts; whether they are *causal* is its first open question. ``run_steering`` (``sae-atoms
+steer``) compares atoms (``tsae_aip``), features of a ``jumprelu`` SAE selected the same way
+(``sae_atoms.steering.select_atoms``), and the difference of means (``mean(x | y = v) -
+mean(x)``, the strong baseline of activation-steering work, e.g. Marks & Tegmark 2023, Rimsky
+et al. 2024) at matched side effect (KL divergence of the next-token distribution on unrelated
+prompts), with the strength chosen on a validation split; and an ablation check (ablating the
+selected atoms vs random ones). The interventions themselves are ``sae_atoms.steering``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae_atoms.activations import ActivationSet, extract, subject_token_positions
+from sae_atoms.data import reasoning_prompts, split_of
+from sae_atoms.io import save_figure, write_json
+from sae_atoms.models import check_hook_name, first_token_ids, resolve_device
+from sae_atoms.steering import (
+    AddDirection,
+    EditAtoms,
+    Intervention,
+    concept_direction,
+    diff_of_means,
+    encode_batched,
+    next_token_logprobs,
+    prompt_token_ids,
+    select_atoms,
+)
+from sae_atoms.training import train_on_activations, training_config
+
+
+# =========================================================================== settings
+@dataclass
+class SteerConfig:
+    """Settings of ``run_steering`` (defaults sized for 2 CPU cores, see ``sae-atoms steer``).
+
+    Strengths ``alphas`` multiply a vector scaled to the norm of the target's difference-of-means
+    vector, so ``alpha = 1`` is "one difference of means" for every method.
+    """
+
+    relation: str = "city_country"
+    label: str = "country"
+    n_targets: int = 4
+    min_subjects: int = 8          # train subjects with the target value (for selection / means)
+    k: int = 8                     # atoms / features per target
+    alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    span: str = "from"             # intervene at the subject's last token ("at") or from it on ("from")
+    kl_budget: float = 1.0         # nats: the matched side effect (validation KL on unrelated prompts)
+    n_eval: int = 16               # held-out prompts per split (val, test) per target
+    n_unrelated: int = 16          # unrelated prompts per split
+    n_ablation: int = 32           # held-out prompts for the ablation check
+    n_random: int = 3              # random atom draws in the ablation check
+    batch_size: int = 32
+    seed: int = 0
+
+
+QUICK = {"n_targets": 2, "n_eval": 8, "n_unrelated": 8, "n_ablation": 12, "n_random": 2, "alphas": (1.0, 2.0)}
+
+
+# =========================================================================== measuring
+def _kl(lp_clean: Tensor, lp: Tensor) -> Tensor:
+    """``KL(p_clean || p) = sum_v p_clean(v) (log p_clean(v) - log p(v))`` per row (nats)."""
+    return (lp_clean.exp() * (lp_clean - lp)).sum(-1).clamp(min=0)
+
+
+def _target_stats(lp: Tensor, lp_clean: Tensor, tok: int) -> dict[str, float]:
+    t = lp[:, tok]
+    rank = (lp > t.unsqueeze(1)).sum(-1) + 1  # 1 = top
+    return {"success_rate": float((rank == 1).float().mean()), "mean_rank": float(rank.float().mean()),
+            "median_rank": float(rank.float().median()), "logprob_gain": float((t - lp_clean[:, tok]).mean())}
+
+
+class _Prompts:
+    """Prompt rows with their token ids, subject positions and clean log-probabilities."""
+
+    def __init__(self, model, rows: list[dict], batch_size: int):
+        self.rows = rows
+        prompts = [r["prompt"] for r in rows]
+        self.ids = prompt_token_ids(model, prompts)
+        self.pos = subject_token_positions(model, prompts, [r["subject_start"] for r in rows], [r["subject_end"] for r in rows])
+        self.clean = next_token_logprobs(model, self.ids, self.pos, None, batch_size) if rows else torch.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def run(self, model, make: Callable[[list[int], list[int]], Sequence[Intervention]], batch_size: int) -> Tensor:
+        return next_token_logprobs(model, self.ids, self.pos, make, batch_size)
+
+
+def _split_rows(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    """Validation / test halves, by subject (a subject's prompts stay together)."""
+    val = [r for r in rows if split_of(r["subject"], 0.5, seed + 101) == "train"]
+    test = [r for r in rows if split_of(r["subject"], 0.5, seed + 101) == "heldout"]
+    return val, test
+
+
+def _sample(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
+    return rows if len(rows) <= n else rng.sample(rows, n)
+
+
+def _choose_alpha(sweep: list[dict], budget: float) -> dict:
+    """The validation point with the highest success rate among those with KL <= budget
+    (ties: lower KL); if none is within budget, the weakest strength."""
+    ok = [p for p in sweep if p["kl_unrelated"] <= budget]
+    if not ok:
+        return min(sweep, key=lambda p: p["alpha"])
+    return max(ok, key=lambda p: (p["success_rate"], p["logprob_gain"], -p["kl_unrelated"]))
+
+
+# =========================================================================== the experiment
+def run_steering(model, saes: dict[str, Any], dataset, acts, relation: str = "city_country",
+                 label: str = "country", unrelated=None, cfg: SteerConfig | None = None,
+                 out_dir: str | Path | None = None, progress: bool = True, quick: bool = False,
+                 **overrides: Any) -> dict:
+    """Do atoms steer a model better than features or the difference of means?
+
+    For target values (e.g. countries) with at least ``min_subjects`` training subjects, the
+    model's best-known facts and a unique first answer token, the steering vector is added at
+    ``acts``' hook on held-out prompts about subjects with another value, at the subject's last
+    token (``span="at"``) or from it on (``"from"``):
+
+    * ``diff_of_means``: ``mean(x | y = target) - mean(x)`` over the relation's training subjects;
+    * one method per SAE in ``saes`` (``atoms`` = ``tsae_aip``, ``features_jumprelu``):
+      ``sum_j (mean_in_j - mean_out_j) W_dec[j]`` over the ``k`` atoms ``select_atoms`` picks.
+
+    Every vector is rescaled to the norm of the target's difference of means; the strength
+    ``alpha`` is chosen per method on the validation prompts (highest success with validation
+    KL on unrelated prompts <= ``kl_budget``) and the test prompts are used only once, at that
+    strength. Success: the target's first token is the top-1 next token; also its rank (1 =
+    top) and log-probability gain. Side effect: ``KL(p_clean || p_steered)`` of the next token
+    on unrelated prompts (other relations, reasoning prompts) under the same intervention.
+
+    Ablation check: on held-out prompts, ablating (through the SAE, error term kept) the ``k``
+    atoms selected for the subject's true value vs ``k`` random atoms (uniform, and among the
+    atoms active at that token), the drop in log-probability of the correct first token.
+
+    The steps, in order (one seeded ``random.Random`` runs through them): ``_resolve_config``,
+    ``_check_inputs``, ``_training_data``, ``_choose_targets``, ``_eval_rows``,
+    ``_steering_vectors``, ``_prompt_sets``, ``_sweep``, ``_ablation_check``, ``_finish``.
+
+    Args:
+        model: a ``HookedTransformer`` with a tokenizer.
+        saes: name -> SAELens SAE at the hook of ``acts`` (``cfg.metadata.hook_name``).
+        dataset: fact prompts (``sae_atoms.data.fact_prompts``), both splits.
+        acts: ``ActivationSet`` of subject-last-token activations over (at least) the training
+            rows of ``relation`` (labels in column ``label``).
+        unrelated: prompt rows for the side effect (default: the dataset's other relations and
+            ``reasoning_prompts``, held-out split).
+        out_dir: if given, ``results.json`` and ``steering.png`` are written there (atomically).
+        quick: smaller sizes (``QUICK``: 2 targets, fewer prompts and strengths) for smoke runs.
+        overrides: fields of ``SteerConfig`` (e.g. ``seed=1``, ``span="at"``, ``k=4``).
+
+    Returns: the results dict (also in ``results.json``).
+    """
+    cfg = _resolve_config(cfg, relation, label, quick, overrides)
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("the experiment needs a model with a tokenizer (prompts are text)")
+    t_start = time.perf_counter()
+    rng = random.Random(cfg.seed)
+    hook = _check_inputs(model, saes, acts, label)
+    data = _training_data(acts, saes, relation, label, hook)
+    all_rows = dataset.to_list() if hasattr(dataset, "to_list") else list(dataset)
+    tg = _choose_targets(model, all_rows, data, cfg, rng)
+    held, val_rows, test_rows, u_val, u_test = _eval_rows(all_rows, unrelated, cfg, rng)
+    vectors, selected = _steering_vectors(saes, data, tg.targets, cfg.k)
+    ev, unrel_p = _prompt_sets(model, tg.targets, val_rows, test_rows, u_val, u_test, cfg, rng)
+    run = _Run(model, hook, cfg, tg.targets, tg.first_tok, vectors, ev, unrel_p)
+    results: dict[str, Any] = {"methods": _sweep(run, progress)}
+    results["ablation"] = {name: _ablation_check(model, sae, name, hook, held, data.x, data.y, data.codes[name],
+                                                 tg.n_subj, tg.first_tok, tg.tok_count, cfg, rng)
+                           for name, sae in saes.items()}
+    results.update({
+        "config": asdict(cfg), "hook": hook, "model": getattr(model.cfg, "model_name", None),
+        "targets": [{"value": v, "first_token": model.tokenizer.decode([tg.first_tok[v]]),
+                     "n_train_subjects": tg.n_subj[v], "clean_train_accuracy": tg.acc[v]} for v in tg.targets],
+        "baseline_no_intervention": _baseline(run),
+        "selected_units": selected,
+        "vector_norms": {m: {v: float(vectors[m][v].norm()) for v in tg.targets} for m in vectors},
+        "n_val_unrelated": len(unrel_p["val"]), "n_test_unrelated": len(unrel_p["test"]),
+        "seconds": time.perf_counter() - t_start,
+    })
+    return _finish(results, out_dir)
+
+
+def _resolve_config(cfg: SteerConfig | None, relation: str, label: str, quick: bool,
+                    overrides: dict[str, Any]) -> SteerConfig:
+    """``cfg`` (default ``SteerConfig()``) with ``QUICK`` (if ``quick``) and ``overrides`` applied, checked."""
+    cfg = cfg or SteerConfig()
+    unknown = set(overrides) - set(SteerConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown steering setting(s) {sorted(unknown)}; SteerConfig has {sorted(SteerConfig.__dataclass_fields__)}")
+    cfg = SteerConfig(**{**asdict(cfg), **(QUICK if quick else {}), **overrides, "relation": relation, "label": label})
+    cfg.alphas = tuple(float(a) for a in cfg.alphas)
+    if not cfg.alphas or any(a <= 0 for a in cfg.alphas):
+        raise ValueError(f"alphas must be positive strengths, got {cfg.alphas}")
+    if cfg.span not in ("at", "from"):
+        raise ValueError(f"span must be 'at' or 'from', got {cfg.span!r}")
+    return cfg
+
+
+def _check_inputs(model, saes: dict[str, Any], acts, label: str) -> str:
+    """The one hook the activations and every SAE sit at (checked against the model); the
+    activation set must be at the subject's last token with the columns the experiment reads."""
+    hook = acts.hook_names[0] if len(acts.hook_names) == 1 else None
+    for name, sae in saes.items():
+        sh = sae.cfg.metadata.hook_name
+        if hook is None:
+            hook = sh
+        if sh != hook:
+            raise ValueError(f"SAE {name!r} sits at {sh!r} but the activations are at {hook!r}; use one hook for all")
+        if int(sae.cfg.d_in) != int(model.cfg.d_model) and hook.endswith(("resid_post", "resid_pre", "resid_mid")):
+            raise ValueError(f"SAE {name!r} has d_in={sae.cfg.d_in} but the model's d_model is {model.cfg.d_model}")
+    if hook is None:
+        raise ValueError("cannot tell the hook: give an ActivationSet with one hook, or SAEs")
+    check_hook_name(model, hook)
+    for col in ("relation", "split", label, "subject"):
+        if col not in acts.rows.column_names:
+            raise ValueError(f"the activation set lacks column {col!r}; extract it from sae_atoms.data prompts")
+    if acts.meta.get("position", "subject_last") != "subject_last":
+        raise ValueError(f"the activations must be at the subject's last token, not {acts.meta.get('position')!r}")
+    return hook
+
+
+@dataclass
+class _TrainData:
+    """The relation's training activations (selection, difference of means) and each SAE's codes."""
+
+    x: Tensor
+    y: list
+    subjects: list
+    codes: dict[str, Tensor]
+
+
+def _training_data(acts, saes: dict[str, Any], relation: str, label: str, hook: str) -> _TrainData:
+    rel_idx = [i for i, (r, s, y) in enumerate(zip(acts.labels("relation"), acts.labels("split"), acts.labels(label)))
+               if r == relation and s == "train" and y]
+    if not rel_idx:
+        raise ValueError(f"no training activations for relation {relation!r} with a {label!r} label")
+    train = acts.select(indices=rel_idx)
+    x_train, y_train = train.x(hook).float(), train.labels(label)
+    codes = {name: encode_batched(sae, x_train) for name, sae in saes.items()}
+    return _TrainData(x_train, y_train, train.labels("subject"), codes)
+
+
+@dataclass
+class _Targets:
+    """The target values and what was measured to choose them."""
+
+    targets: list[str]
+    first_tok: dict[str, int]     # value -> first token of " value"
+    tok_count: dict[int, int]     # first token -> how many values start with it
+    n_subj: dict[str, int]        # value -> training subjects with it
+    acc: dict[str, float]         # candidate value -> clean accuracy on its training prompts
+
+
+def _choose_targets(model, all_rows: list[dict], data: _TrainData, cfg: SteerConfig, rng: random.Random) -> _Targets:
+    """Values with >= ``min_subjects`` training subjects and a unique first token; of those, the
+    ``n_targets`` the model knows best (clean accuracy on up to 12 training prompts each)."""
+    label = cfg.label
+    values = sorted({r[label] for r in all_rows if r.get(label)})
+    first_tok = dict(zip(values, first_token_ids(model, values)))
+    tok_count: dict[int, int] = {}
+    for v in values:
+        tok_count[first_tok[v]] = tok_count.get(first_tok[v], 0) + 1
+    n_subj: dict[str, int] = {}
+    for _s, y in set(zip(data.subjects, data.y)):
+        n_subj[y] = n_subj.get(y, 0) + 1
+    cands = [v for v in sorted(n_subj, key=lambda v: -n_subj[v]) if n_subj[v] >= cfg.min_subjects and v in first_tok and tok_count[first_tok[v]] == 1]
+    if not cands:
+        raise ValueError(f"no {label} value has >= {cfg.min_subjects} training subjects and a unique first token; "
+                         "use more prompts (e.g. more cities) or lower min_subjects")
+    cands = cands[:max(2 * cfg.n_targets, cfg.n_targets)]
+    rel_rows = _relation_rows(all_rows, cfg)
+    # known facts: clean accuracy on (up to 12) training prompts per candidate
+    probe = []
+    for v in cands:
+        probe += _sample([r for r in rel_rows if r["split"] == "train" and r[label] == v], 12, rng)
+    P = _Prompts(model, probe, cfg.batch_size)
+    acc = {v: 0.0 for v in cands}
+    for v in cands:
+        m = torch.tensor([r[label] == v for r in probe])
+        acc[v] = float((P.clean[m].argmax(-1) == first_tok[v]).float().mean()) if m.any() else 0.0
+    targets = sorted(cands, key=lambda v: (-acc[v], -n_subj[v]))[:cfg.n_targets]
+    return _Targets(targets, first_tok, tok_count, n_subj, acc)
+
+
+def _relation_rows(all_rows: list[dict], cfg: SteerConfig) -> list[dict]:
+    return [r for r in all_rows if r["relation"] == cfg.relation and r.get(cfg.label)]
+
+
+def _eval_rows(all_rows: list[dict], unrelated, cfg: SteerConfig, rng: random.Random) -> tuple[list[dict], ...]:
+    """``(held, val_rows, test_rows, u_val, u_test)``: the relation's held-out rows, their
+    validation / test halves, and the unrelated prompts of each half (sampled)."""
+    relation = cfg.relation
+    held = [r for r in _relation_rows(all_rows, cfg) if r["split"] == "heldout"]
+    if not held:
+        raise ValueError(f"the dataset has no held-out prompts for {relation!r}")
+    val_rows, test_rows = _split_rows(held, cfg.seed)
+    if unrelated is None:
+        unrel = [r for r in all_rows if r["relation"] != relation and r["split"] == "heldout"]
+        reason = [r for r in reasoning_prompts(400, seed=cfg.seed).to_list() if r["split"] == "heldout"]
+        u_val, u_test = _split_rows(unrel, cfg.seed)
+        r_val, r_test = _split_rows(reason, cfg.seed)
+        h = cfg.n_unrelated // 2
+        u_val, u_test = _sample(u_val, cfg.n_unrelated - h, rng) + _sample(r_val, h, rng), _sample(u_test, cfg.n_unrelated - h, rng) + _sample(r_test, h, rng)
+    else:
+        urows = unrelated.to_list() if hasattr(unrelated, "to_list") else list(unrelated)
+        u_val, u_test = _split_rows(urows, cfg.seed)
+        u_val, u_test = _sample(u_val, cfg.n_unrelated, rng), _sample(u_test, cfg.n_unrelated, rng)
+    if not u_val or not u_test:
+        raise ValueError("not enough unrelated prompts for both validation and test; give more")
+    return held, val_rows, test_rows, u_val, u_test
+
+
+def _steering_vectors(saes: dict[str, Any], data: _TrainData, targets: list[str],
+                      k: int) -> tuple[dict[str, dict[str, Tensor]], dict[str, dict[str, list[dict]]]]:
+    """Per method and target, the steering vector (rescaled to the difference of means' norm),
+    and per SAE and target the selected units (with their cosine to the difference of means)."""
+    vectors: dict[str, dict[str, Tensor]] = {"diff_of_means": {}}
+    selected: dict[str, dict[str, list[dict]]] = {name: {} for name in saes}
+    for name in saes:
+        vectors[name] = {}
+    for v in targets:
+        dom = diff_of_means(data.x, data.y, v)
+        vectors["diff_of_means"][v] = dom
+        for name, sae in saes.items():
+            assoc = select_atoms(sae, data.x, data.y, v, k=k, codes=data.codes[name])
+            vec = concept_direction(sae, assoc)
+            selected[name][v] = [asdict(a) | {"cos_with_diff_of_means": float(torch.nn.functional.cosine_similarity(vec, dom, dim=0))}
+                                 for a in assoc]
+            vectors[name][v] = vec * (dom.norm() / vec.norm().clamp(min=1e-12))
+    return vectors, selected
+
+
+def _prompt_sets(model, targets: list[str], val_rows: list[dict], test_rows: list[dict], u_val: list[dict],
+                 u_test: list[dict], cfg: SteerConfig, rng: random.Random) -> tuple[dict, dict]:
+    """Evaluation sets per split and target (subjects with another value) and the unrelated sets."""
+    ev: dict[str, dict[str, _Prompts]] = {"val": {}, "test": {}}
+    for split, pool in (("val", val_rows), ("test", test_rows)):
+        for v in targets:
+            ev[split][v] = _Prompts(model, _sample([r for r in pool if r[cfg.label] != v], cfg.n_eval, rng), cfg.batch_size)
+    unrel_p = {"val": _Prompts(model, u_val, cfg.batch_size), "test": _Prompts(model, u_test, cfg.batch_size)}
+    return ev, unrel_p
+
+
+@dataclass
+class _Run:
+    """What evaluating one method at one strength needs."""
+
+    model: Any
+    hook: str
+    cfg: SteerConfig
+    targets: list[str]
+    first_tok: dict[str, int]
+    vectors: dict[str, dict[str, Tensor]]
+    ev: dict[str, dict[str, _Prompts]]
+    unrel_p: dict[str, _Prompts]
+
+
+def _evaluate(run: _Run, method: str, alpha: float, split: str) -> dict:
+    """Success on the split's evaluation prompts and KL on its unrelated prompts, one method at ``alpha``."""
+    model, cfg = run.model, run.cfg
+    per_target, kls = [], []
+    for v in run.targets:
+        vec = run.vectors[method][v]
+
+        def make(pos: list[int], rows: list[int], vec=vec) -> list[Intervention]:
+            return [AddDirection(run.hook, vec, alpha, positions=pos, span=cfg.span)]
+
+        E = run.ev[split][v]
+        if len(E):
+            per_target.append(_target_stats(E.run(model, make, cfg.batch_size), E.clean, run.first_tok[v]) | {"n": len(E)})
+        U = run.unrel_p[split]
+        kls.append(_kl(U.clean, U.run(model, make, cfg.batch_size)))
+    n = sum(p["n"] for p in per_target)
+    agg = {k: sum(p[k] * p["n"] for p in per_target) / n for k in ("success_rate", "mean_rank", "logprob_gain")}
+    kl = torch.cat(kls)
+    return {"alpha": alpha, **agg, "kl_unrelated": float(kl.mean()), "kl_unrelated_median": float(kl.median()), "n_prompts": n,
+            "per_target": {v: p for v, p in zip(run.targets, per_target)}}
+
+
+def _baseline(run: _Run) -> dict:
+    """Success and rank with no intervention, per split."""
+    ev, first_tok = run.ev, run.first_tok
+    baseline = {}
+    for split in ("val", "test"):
+        st_ = [_target_stats(ev[split][v].clean, ev[split][v].clean, first_tok[v]) | {"n": len(ev[split][v])} for v in run.targets]
+        n = sum(p["n"] for p in st_)
+        baseline[split] = {k: sum(p[k] * p["n"] for p in st_) / n for k in ("success_rate", "mean_rank")} | {"kl_unrelated": 0.0}
+    return baseline
+
+
+def _sweep(run: _Run, progress: bool) -> dict[str, dict]:
+    """Per method: the validation sweep over ``alphas``, the chosen strength, and the test result at it."""
+    cfg = run.cfg
+    methods = list(run.vectors)
+    out: dict[str, dict] = {}
+    jobs = [(m, a) for m in methods for a in cfg.alphas]
+    bar = tqdm(total=len(jobs) + len(methods), desc="steer sweep", disable=not progress)
+    for m in methods:
+        sweep = []
+        for a in cfg.alphas:
+            sweep.append(_evaluate(run, m, a, "val"))
+            bar.update(1)
+        best = _choose_alpha(sweep, cfg.kl_budget)
+        test = _evaluate(run, m, best["alpha"], "test")
+        bar.update(1)
+        out[m] = {
+            "alpha": best["alpha"], "success_rate": test["success_rate"], "mean_rank": test["mean_rank"],
+            "logprob_gain": test["logprob_gain"], "kl_unrelated": test["kl_unrelated"],
+            "within_budget": best["kl_unrelated"] <= cfg.kl_budget,
+            "test": test, "val_at_alpha": {k: best[k] for k in ("success_rate", "mean_rank", "logprob_gain", "kl_unrelated")},
+            "sweep": [{k: p[k] for k in ("alpha", "success_rate", "mean_rank", "logprob_gain", "kl_unrelated")} for p in sweep],
+        }
+    bar.close()
+    return out
+
+
+def _finish(results: dict, out_dir: str | Path | None) -> dict:
+    """Add the summary; write ``results.json`` and ``steering.png`` to ``out_dir`` if given."""
+    results["summary"] = _summary(results)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(results, out / "results.json", default=float)
+        _plot(results, out / "steering.png")
+    return results
+
+
+# =========================================================================== ablation, summary, plot
+def _ablation_check(model, sae, name: str, hook: str, held: list[dict], x_train: Tensor, y_train: list,
+                    codes: Tensor, n_subj: dict, first_tok: dict, tok_count: dict, cfg: SteerConfig,
+                    rng: random.Random) -> dict:
+    """Drop in log p(correct first token) when ablating the ``k`` atoms selected for each prompt's
+    true value vs ``k`` random atoms: uniform over the SAE, and among the atoms active at that
+    prompt's subject token (the stronger control). Through the SAE with the error term kept."""
+    label = cfg.label
+    ok_vals = {v for v, n in n_subj.items() if n >= cfg.min_subjects and tok_count.get(first_tok.get(v, -1), 0) == 1}
+    rows = _sample([r for r in held if r[label] in ok_vals], cfg.n_ablation, rng)
+    if not rows:
+        return {"error": f"no held-out prompts whose {label} has >= {cfg.min_subjects} training subjects"}
+    P = _Prompts(model, rows, cfg.batch_size)
+    d_sae, k = int(sae.cfg.d_sae), int(cfg.k)
+    sel_by_val = {v: [a.atom for a in select_atoms(sae, x_train, y_train, v, k=k, codes=codes)]
+                  for v in sorted({r[label] for r in rows})}
+    sel = torch.tensor([sel_by_val[r[label]] for r in rows], dtype=torch.long)  # [n, k]
+    x_subj = extract(model, rows, hook, position="subject_last", batch_size=cfg.batch_size, progress=False).x(hook)
+    active = encode_batched(sae, x_subj) != 0  # [n, d_sae]
+    n_active_other = []
+    draws: dict[str, list[Tensor]] = {"selected": [sel], "random": [], "random_active": []}
+    for _ in range(cfg.n_random):
+        rnd, rnd_act = [], []
+        for i in range(len(rows)):
+            chosen = set(sel[i].tolist())
+            rnd.append(rng.sample([j for j in range(d_sae) if j not in chosen], k))
+            pool = [j for j in torch.nonzero(active[i]).flatten().tolist() if j not in chosen]
+            n_active_other.append(len(pool))
+            pick = rng.sample(pool, min(k, len(pool)))
+            # fewer than k active: pad with inactive atoms (ablating an inactive atom changes nothing)
+            idle = [j for j in range(d_sae) if not active[i, j] and j not in chosen]
+            rnd_act.append(pick + rng.sample(idle, k - len(pick)))
+        draws["random"].append(torch.tensor(rnd, dtype=torch.long))
+        draws["random_active"].append(torch.tensor(rnd_act, dtype=torch.long))
+    tok = torch.tensor([first_tok[r[label]] for r in rows])
+    ar = torch.arange(len(rows))
+    clean_lp = P.clean[ar, tok]
+    clean_ok = P.clean.argmax(-1) == tok
+    drops: dict[str, list[float]] = {}
+    flips: dict[str, list[float]] = {}
+    for kind, tables in draws.items():
+        d_all, f_all = [], []
+        for table in tables:
+            def make(pos: list[int], brows: list[int], table=table) -> list[Intervention]:
+                return [EditAtoms(sae, table[brows], 0.0, positions=pos, span=cfg.span, hook_name=hook)]
+
+            lp = P.run(model, make, cfg.batch_size)
+            d_all += (clean_lp - lp[ar, tok]).tolist()
+            f_all += (clean_ok & (lp.argmax(-1) != tok)).float().tolist()
+        drops[kind], flips[kind] = d_all, f_all
+
+    def mean(x: list[float]) -> float | None:
+        return sum(x) / len(x) if x else None
+
+    d = {kk: mean(v) for kk, v in drops.items()}
+    return {"n_prompts": len(rows), "k": k, "n_random_draws": cfg.n_random, "span": cfg.span,
+            "clean_accuracy": float(clean_ok.float().mean()),
+            "mean_active_atoms_outside_selection": mean([float(x) for x in n_active_other]),
+            "logprob_drop": d, "correct_to_wrong_rate": {kk: mean(v) for kk, v in flips.items()},
+            "selected_beats_random": bool(d["selected"] > d["random"]),
+            "selected_beats_random_active": bool(d["selected"] > d["random_active"])}
+
+
+def _summary(res: dict) -> str:
+    cfg = res["config"]
+    lines = [f"steering {cfg['relation']} at {res['hook']} (span={cfg['span']}), targets "
+             f"{[t['value'] for t in res['targets']]}; strength chosen on validation with KL budget {cfg['kl_budget']} nats"]
+    b = res["baseline_no_intervention"]["test"]
+    lines.append(f"  no intervention: success {b['success_rate']:.1%}, mean rank {b['mean_rank']:.1f}")
+    for m, r in res["methods"].items():
+        lines.append(f"  {m:<20} alpha {r['alpha']:<5g} success {r['success_rate']:.1%}  mean rank {r['mean_rank']:.1f}  "
+                     f"logprob gain {r['logprob_gain']:+.2f}  KL unrelated {r['kl_unrelated']:.3f}"
+                     + ("" if r["within_budget"] else "  (no strength within budget)"))
+    for name, a in res["ablation"].items():
+        if "error" in a:
+            lines.append(f"  ablation {name}: {a['error']}")
+            continue
+        d = a["logprob_drop"]
+        fmt = lambda x: "n/a" if x is None else f"{x:+.3f}"  # noqa: E731
+        lines.append(f"  ablation {name} (k={a['k']}, {a['n_prompts']} prompts): logprob drop selected {fmt(d['selected'])}, "
+                     f"random {fmt(d['random'])}, random active {fmt(d['random_active'])}")
+    return "\n".join(lines)
+
+
+def _plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for m, r in res["methods"].items():
+        pts = sorted(r["sweep"], key=lambda p: p["alpha"])
+        line, = ax.plot([p["kl_unrelated"] for p in pts], [p["success_rate"] for p in pts], "o-", label=f"{m} (validation)")
+        for p in pts:
+            ax.annotate(f"{p['alpha']:g}", (p["kl_unrelated"], p["success_rate"]), fontsize=7, alpha=0.7)
+        ax.plot([r["kl_unrelated"]], [r["success_rate"]], "*", ms=12, color=line.get_color(), label=f"{m} test, alpha={r['alpha']:g}")
+    ax.axvline(res["config"]["kl_budget"], color="grey", ls="--", lw=1, label="KL budget")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("KL(clean || steered) on unrelated prompts (nats)")
+    ax.set_ylabel("success rate (target is top-1)")
+    ax.set_title(f"steering {res['config']['relation']} at {res['hook']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# =========================================================================== CLI
+# relation -> the label column whose values are its answers
+RELATION_LABEL = {"city_country": "country", "country_continent": "continent", "country_language": "language",
+                  "country_currency": "currency"}
+SAE_ARCHS = {"atoms": "tsae_aip", "features_jumprelu": "jumprelu"}
+
+
+def _training_config(arch: str, d_in: int, d_sae: int, hook: str):
+    """SAELens's default training config for ``arch``, with the SAE's hook in its metadata."""
+    from sae_lens.saes.sae import SAEMetadata
+
+    return training_config(arch, d_in, d_sae, metadata=SAEMetadata(hook_name=hook))
+
+
+def load_or_train_saes(x_train: Tensor, hook: str, sae_dir: Path | None, out_dir: Path | None, expansion: int = 4,
+                       steps: int = 1500, seed: int = 0, device: Any = None, progress: bool = True) -> dict[str, Any]:
+    """``{"atoms": tsae_aip, "features_jumprelu": jumprelu}``: loaded from ``sae_dir/<name>`` (SAELens
+    folders) where present, else trained on ``x_train`` with ``train_on_activations`` and saved
+    under ``out_dir/saes/<name>`` (written to a temporary folder, then renamed)."""
+    from sae_lens import SAE
+
+    saes = {}
+    for name, arch in SAE_ARCHS.items():
+        folder = sae_dir / name if sae_dir is not None else None
+        if folder is not None and (folder / "cfg.json").exists():
+            sae = SAE.load_from_disk(str(folder), device=str(resolve_device(device)))
+            if sae.cfg.metadata.hook_name not in (None, hook):
+                raise ValueError(f"{folder} is an SAE at {sae.cfg.metadata.hook_name!r}, not {hook!r}; pass --hook to match")
+            if sae.cfg.metadata.hook_name is None:
+                sae.cfg.metadata.hook_name = hook
+        elif sae_dir is not None and folder is not None and folder.exists():
+            raise FileNotFoundError(f"{folder} exists but holds no SAELens SAE (cfg.json); remove it or point --sae-dir elsewhere")
+        else:
+            if progress:
+                print(f"training {name} ({arch}, {expansion}x{x_train.shape[1]}, {steps} steps) on {x_train.shape[0]} "
+                      "activations ...", file=sys.stderr, flush=True)
+            cfg = _training_config(arch, x_train.shape[1], expansion * x_train.shape[1], hook)
+            sae = train_on_activations(x_train, cfg, steps=steps, seed=seed, progress=progress, device=device)
+            if out_dir is not None:
+                dest = out_dir / "saes" / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}.tmp-"))
+                sae.save_model(str(tmp))
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(tmp, dest)
+        saes[name] = sae.eval() if hasattr(sae, "eval") else sae
+    return saes
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local HF folder or TransformerLens name")
+    p.add_argument("--relation", default="city_country", choices=sorted(RELATION_LABEL),
+                   help="the fact relation to steer (its answers are the targets)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: results.json, steering.png, saes/")
+    p.add_argument("--hook", default="blocks.12.hook_resid_post", help="where to intervene (and where the SAEs sit)")
+    p.add_argument("--sae-dir", type=Path, default=None,
+                   help="folder with SAELens SAEs in atoms/ (tsae_aip) and features_jumprelu/ (jumprelu); "
+                        "missing ones are trained and saved under OUT/saes/")
+    p.add_argument("--acts", type=Path, default=None, help="a saved ActivationSet (sae-atoms extract) at --hook, subject_last")
+    p.add_argument("--n-cities", type=int, default=600, help="most populous cities in the fact prompts")
+    p.add_argument("--expansion", type=int, default=4, help="SAE width as a multiple of d_model (when training)")
+    p.add_argument("--steps", type=int, default=1500, help="training steps per SAE (when training)")
+    p.add_argument("--targets", type=int, default=SteerConfig.n_targets, help="number of target values")
+    p.add_argument("--min-subjects", type=int, default=SteerConfig.min_subjects)
+    p.add_argument("--k", type=int, default=SteerConfig.k, help="atoms / features per target")
+    p.add_argument("--alphas", type=float, nargs="+", default=list(SteerConfig.alphas),
+                   help="strengths (multiples of the target's difference-of-means norm)")
+    p.add_argument("--span", choices=("at", "from"), default=SteerConfig.span,
+                   help="intervene at the subject's last token, or from it to the end")
+    p.add_argument("--kl-budget", type=float, default=SteerConfig.kl_budget, help="matched side effect, nats")
+    p.add_argument("--n-eval", type=int, default=SteerConfig.n_eval, help="prompts per target per split")
+    p.add_argument("--n-unrelated", type=int, default=SteerConfig.n_unrelated)
+    p.add_argument("--n-ablation", type=int, default=SteerConfig.n_ablation)
+    p.add_argument("--batch-size", type=int, default=SteerConfig.batch_size)
+    p.add_argument("--quick", action="store_true", help="smoke-test sizes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from sae_atoms.data import fact_prompts
+    from sae_atoms.models import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    label = RELATION_LABEL[args.relation]
+    model = load_model(args.model, device=args.device)
+    check_hook_name(model, args.hook)
+    n_cities = min(args.n_cities, 300) if args.quick else args.n_cities
+    facts = fact_prompts(n_cities=n_cities, seed=args.seed)
+    if args.acts is not None:
+        acts = ActivationSet.load(args.acts)
+        if args.hook not in acts.hook_names:
+            raise SystemExit(f"--acts {args.acts} holds {acts.hook_names}, not {args.hook}; extract at --hook")
+        acts = ActivationSet({args.hook: acts.x(args.hook)}, acts.rows, acts.meta)
+    else:
+        acts = extract(model, facts, args.hook, position="subject_last", batch_size=64)
+    args.out.mkdir(parents=True, exist_ok=True)
+    saes = load_or_train_saes(acts.select(split="train").x(args.hook), args.hook, args.sae_dir, args.out,
+                              args.expansion, min(args.steps, 300) if args.quick else args.steps, args.seed, args.device)
+    res = run_steering(
+        model, saes, facts, acts, relation=args.relation, label=label, out_dir=args.out, quick=args.quick,
+        **({} if args.quick else {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
+                                  "n_ablation": args.n_ablation, "alphas": tuple(args.alphas)}),
+        min_subjects=args.min_subjects, k=args.k, span=args.span, kl_budget=args.kl_budget,
+        batch_size=args.batch_size, seed=args.seed)
+    res["seconds_total"] = time.perf_counter() - t0
+    write_json(res, args.out / "results.json", default=float)
+    print(res["summary"])
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'steering.png'} ({res['seconds_total']:.0f} s)")
+    return 0
