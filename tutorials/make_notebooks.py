@@ -102,7 +102,7 @@ LAYER = model.cfg.n_layers * 2 // 5
 HOOK = f"blocks.{LAYER}.hook_resid_post"
 facts = fact_prompts(n_cities=40 if SMALL else 400)
 text = datasets.Dataset.from_dict({"text": [f"{r['prompt']} {r['target']}." for r in facts]})
-TSAEAIPConfig = get_sae_training_class("tsae_aip")[1]  # = sae_atoms.tsae_aip.TSAEAIPTrainingSAEConfig
+TSAEAIPConfig = get_sae_training_class("tsae_aip")[1]  # = sae_atoms.TSAEAIPTrainingSAEConfig
 print(TSAEAIPConfig.architecture(), len(text), "text rows")'''),
     new_code_cell('''cfg = LanguageModelSAERunnerConfig(
     sae=TSAEAIPConfig(d_in=model.cfg.d_model, d_sae=4 * model.cfg.d_model, l0_coefficient=0.05, n_batches_for_metric=4),
@@ -145,8 +145,7 @@ experiment (success at matched side effect, with the strength chosen on a valida
     new_code_cell('''from sae_atoms.models import load_model, last_token_logits, first_token_ids
 from sae_atoms.data import fact_prompts
 from sae_atoms.activations import extract
-from sae_atoms.capacity import training_config
-from sae_atoms.training import train_on_activations
+from sae_atoms.training import train_on_activations, training_config
 from sae_atoms import steering
 
 model = load_model(MODEL, device=DEVICE)
