@@ -310,3 +310,59 @@ def test_block_upper_triangle_accumulation_matches_full_second_moment():
     c, _ = mom.moment("centered")
     assert torch.allclose(c, torch.cov(x.T, correction=0), rtol=1e-9, atol=1e-9)
     assert torch.allclose(mean, x.mean(0), atol=1e-12)
+
+
+# ---------------------------------------------------------------- robust estimation (issue 11)
+def _shifted(n: int = 4000, d: int = 24, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) @ a + 5.0  # shifted, correlated
+
+
+def test_outlier_rows_are_excluded_and_counted():
+    x = _shifted()
+    bad = x.clone()
+    bad[7] *= 500.0  # one row far above 10 x the median norm
+    plain = AIPMetric.fit(bad, kind="centered", shrinkage=0.0)
+    robust = AIPMetric.fit(bad, kind="centered", shrinkage=0.0, outlier_factor=10.0)
+    clean = AIPMetric.fit(torch.cat([x[:7], x[8:]]), kind="centered", shrinkage=0.0)
+    assert robust.n_excluded == 1 and plain.n_excluded == 0
+    assert torch.allclose(robust.S, clean.S, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(plain.S, clean.S, rtol=1e-2)
+    with pytest.raises(ValueError, match="outlier_factor"):
+        AIPMetric.fit(x, outlier_factor=0.5)
+
+
+def test_robust_preset_and_provenance_round_trip(tmp_path):
+    from sae_atoms.aip import ROBUST
+
+    x = _shifted()
+    m = AIPMetric.robust(x)
+    assert (m.kind, m.shrinkage, m.outlier_factor) == (ROBUST["kind"], ROBUST["shrinkage"], ROBUST["outlier_factor"])
+    p = m.provenance()
+    assert p["n_excluded"] == 0 and p["alpha"] == 1.0 and p["condition_number"] > 1
+    back = AIPMetric.load(m.save(tmp_path / "m"))
+    assert back.provenance() == p
+    assert torch.allclose(back.W, m.W)
+
+
+def test_alpha_interpolates_between_euclid_and_the_aip():
+    x = _shifted()
+    full = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
+    half = AIPMetric.fit(x, kind="centered", shrinkage=0.0, alpha=0.5)
+    zero = AIPMetric.fit(x, kind="centered", shrinkage=0.0, alpha=0.0)
+    d = x.shape[1]
+    # alpha = 0: a multiple of the identity (Euclid up to scale)
+    c = zero.W[0, 0]
+    assert torch.allclose(zero.W, c * torch.eye(d, dtype=torch.float64), atol=1e-10)
+    # alpha = 1/2: W_half^2 is proportional to W (S^(1/2) = W up to scale)
+    w2 = half.W @ half.W
+    ratio = (w2 / full.W)[full.W.abs() > 1e-6 * full.W.abs().max()]
+    assert float(ratio.std() / ratio.mean().abs()) < 1e-8
+    # every alpha keeps E||W (m - mean)||^2 = d on the fitted data
+    for m in (full, half, zero):
+        y = m.whiten(x)
+        assert abs(float(y.pow(2).sum(1).mean()) / d - 1.0) < 1e-6
+    assert half.condition_number_used == pytest.approx(full.condition_number_used ** 0.5, rel=1e-9)
+    with pytest.raises(ValueError, match="alpha"):
+        AIPMetric.fit(x, alpha=1.5)

@@ -65,7 +65,7 @@ def test_registration_refuses_a_foreign_class():
 @pytest.mark.parametrize("kind", ["uncentered", "centered"])
 def test_aip_forward_formula_and_unit_aip_atoms(kind):
     sae, x = _fitted_aip(kind=kind)
-    metric = AIPMetric.fit(x, kind=kind)
+    metric = AIPMetric.fit(x, **sae.metric_options())
     y = metric.whiten(x)
     e = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
     z = (y - sae.b_dec) @ sae.W_enc + sae.b_enc
@@ -95,7 +95,7 @@ def test_unit_norm_kept_during_training_and_metric_estimated_from_first_batches(
         out.loss.backward()
         opt.step()
         opt.zero_grad()
-    expect = AIPMetric.fit(torch.cat(batches[:3]))
+    expect = AIPMetric.fit(iter(batches[:3]), **sae.metric_options())  # per-batch outlier rule, as streamed
     torch.testing.assert_close(sae.aip_W, expect.W.float(), rtol=1e-4, atol=1e-5)
     inf = to_inference(sae)
     norms = (inf.W_dec @ inf.aip_W.T).norm(dim=1)

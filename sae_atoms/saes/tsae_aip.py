@@ -41,6 +41,7 @@ as ``sae-atoms train`` and ``train_on_activations`` do).
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
@@ -80,8 +81,9 @@ def _parse_shrinkage(s: str | float) -> str | float:
 class TSAEAIPSAEConfig(JumpReLUSAEConfig):
     """Inference config of ``tsae_aip`` (forward = ``jumprelu`` on raw activations, metric kept)."""
 
-    aip_kind: str = "uncentered"
-    aip_shrinkage: str = "auto"
+    aip_kind: str = "centered"
+    aip_shrinkage: str = "0.01"
+    aip_alpha: float = 1.0
 
     @classmethod
     def architecture(cls) -> str:
@@ -95,9 +97,15 @@ class TSAEAIPTrainingSAEConfig(TSAETrainingSAEConfig):
     Besides the TSAE's fields (``d_sae``, ``jumprelu_init_threshold``, ``jumprelu_bandwidth``,
     ``l0_coefficient``, ``l0_warm_up_steps``; in whitened units, where ``E||y||^2 = d_in`` for
     the uncentred metric):
-        aip_kind: "uncentered" (E[m m^T], the paper) or "centered" (covariance).
-        aip_shrinkage: "auto" (ridge only when ill-conditioned) or a float (fraction of the mean
-            eigenvalue); passed to ``AIPMetric.from_moments``. A string so CLIs can set it.
+        aip_kind: "centered" (covariance; default) or "uncentered" (E[m m^T], the paper).
+        aip_shrinkage: a float (fraction of the mean eigenvalue; default 0.01) or "auto" (ridge only
+            when ill-conditioned, the paper); passed to ``AIPMetric.from_moments``. A string so CLIs can set it.
+        aip_outlier_factor: rows with norm > this x the batch's median norm are left out of the
+            metric (default 10; None keeps all, the paper).
+        aip_alpha: partial whitening ``S^alpha`` (1 = the AIP, default; 0.5 keeps more raw
+            faithfulness held-out). The defaults are ``sae_atoms.aip.ROBUST``, chosen on held-out
+            data (``sae_atoms.aip`` docstring); the paper's estimate is ``aip_kind="uncentered",
+            aip_shrinkage="auto", aip_outlier_factor=None``.
         n_batches_for_metric: batches used to estimate the metric at the start of training.
         aip_metric_path: a saved ``AIPMetric`` folder to use instead of estimating one.
         aip_loss_space: "aip" (squared error in whitened space, the paper) or "raw" (Euclidean).
@@ -106,8 +114,10 @@ class TSAEAIPTrainingSAEConfig(TSAETrainingSAEConfig):
     jumprelu_init_threshold: float = 0.5
     jumprelu_bandwidth: float = 0.1
     l0_coefficient: float = 0.05
-    aip_kind: str = "uncentered"
-    aip_shrinkage: str = "auto"
+    aip_kind: str = "centered"
+    aip_shrinkage: str = "0.01"
+    aip_outlier_factor: float | None = 10.0
+    aip_alpha: float = 1.0
     n_batches_for_metric: int = 20
     aip_metric_path: str | None = None
     aip_loss_space: Literal["aip", "raw"] = "aip"
@@ -118,6 +128,11 @@ class TSAEAIPTrainingSAEConfig(TSAETrainingSAEConfig):
             raise ValueError(f"aip_kind={self.aip_kind!r}: use one of {_KINDS}.")
         self.aip_shrinkage = str(self.aip_shrinkage) if not isinstance(self.aip_shrinkage, str) else self.aip_shrinkage
         _parse_shrinkage(self.aip_shrinkage)
+        if not (math.isfinite(float(self.aip_alpha)) and 0.0 <= float(self.aip_alpha) <= 1.0):
+            raise ValueError(f"aip_alpha={self.aip_alpha!r} must be in [0, 1] (1 = the AIP, 0 = Euclid).")
+        if self.aip_outlier_factor is not None and not (math.isfinite(self.aip_outlier_factor)
+                                                         and self.aip_outlier_factor > 1):
+            raise ValueError(f"aip_outlier_factor={self.aip_outlier_factor!r} must be None or a finite number > 1.")
         if self.n_batches_for_metric < 1:
             raise ValueError(f"n_batches_for_metric={self.n_batches_for_metric} must be >= 1.")
         if self.aip_loss_space not in ("aip", "raw"):
@@ -230,10 +245,16 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
 
     def fit_metric(self, batches: Iterable[torch.Tensor] | torch.Tensor, progress: bool = False) -> AIPMetric:
         """Estimate the metric (``aip_kind``, ``aip_shrinkage``) from a tensor or batches and use it."""
-        metric = AIPMetric.fit(batches, kind=self.cfg.aip_kind, shrinkage=_parse_shrinkage(self.cfg.aip_shrinkage),
+        metric = AIPMetric.fit(batches, **self.metric_options(),
                                progress=progress)
         self.set_metric(metric)
         return metric
+
+    def metric_options(self) -> dict[str, Any]:
+        """The ``AIPMetric.fit`` arguments this config asks for (kind, shrinkage, alpha, outlier_factor)."""
+        c = self.cfg
+        return {"kind": c.aip_kind, "shrinkage": _parse_shrinkage(c.aip_shrinkage), "alpha": float(c.aip_alpha),
+                "outlier_factor": c.aip_outlier_factor}
 
     def _to_geometry(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.aip_mean) @ self.aip_W.T if self.cfg.aip_kind == "centered" else x @ self.aip_W.T
@@ -250,11 +271,13 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
             check_batch(x, self.cfg.d_in, step_input.n_training_steps)
             if self._moments is None:
                 self._moments = AIPMoments(device=x.device)
-            self._moments.update(x.detach())
+            self._moments.update(x.detach(), self.cfg.aip_outlier_factor)
             self._n_metric_batches += 1
             if self._n_metric_batches >= self.cfg.n_batches_for_metric:
-                self.set_metric(AIPMetric.from_moments(self._moments, kind=self.cfg.aip_kind,
-                                                       shrinkage=_parse_shrinkage(self.cfg.aip_shrinkage)))
+                opts = self.metric_options()
+                opts.pop("outlier_factor")
+                self.set_metric(AIPMetric.from_moments(self._moments, **opts,
+                                                       outlier_factor=self.cfg.aip_outlier_factor))
             return None
         return super()._prepare_step(step_input)
 
