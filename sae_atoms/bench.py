@@ -2,9 +2,10 @@
 
 Each case is a function ``bench_<case>(quick: bool) -> dict`` defined here and registered in
 ``CASES``; it imports the capability it measures when it runs. It returns at least
-``{"ratio": r, "target": t, "better": "lower" | "higher"}`` plus whatever it measured (seconds, sizes). ``ratio`` compares our code against a
-baseline doing the same essential work in the same process, so the figure does not depend on
-the machine's speed. ``passed`` is filled in here.
+``{"ratio": r, "target": t, "better": "lower" | "higher"}`` plus whatever it measured (seconds,
+sizes). ``ratio`` compares our code against a baseline doing the same essential work in the
+same process, so the figure does not depend on the machine's speed. ``passed`` is filled in
+here.
 """
 
 from __future__ import annotations
