@@ -14,6 +14,9 @@ uniqueness and classification metrics); this module adds what it lacks:
   ``m = A x`` with ``x = sum_j delta_j d_j`` and ``A = Q diag(s) Q^T`` (``Q`` a random rotation,
   ``s`` log-spaced from ``distortion^-1/2`` to ``distortion^1/2``, so ``cond(A) = distortion``).
   The observed atoms ``A d_j`` are far from orthogonal in Euclid; the AIP undoes ``A``;
+* a union of orthonormal bases (``n_bases`` random rotations of R^d, ``n_atoms = n_bases * d``):
+  the classic coherent dictionary of compressed sensing (Donoho & Huo 2001; Elad & Bruckstein
+  2002), mutual coherence ~ sqrt(2 log d / d) between bases, exactly 0 within one;
 * codes with ``k`` active atoms on average (Bernoulli firing, probability ``k / N``, as in
   ``ActivationGenerator``) and magnitudes uniform in ``magnitude`` (bounded away from zero, so
   supports are identifiable);
@@ -132,8 +135,19 @@ class PlantedData:
         return self.feature_dict(codes).detach(), codes
 
 
+def _bases_initializer(n_bases: int, seed: int):
+    def init(fd: FeatureDictionary) -> None:
+        g = torch.Generator().manual_seed(seed)
+        d = fd.feature_vectors.shape[1]
+        qs = [torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0].T for _ in range(n_bases)]
+        fd.feature_vectors.data = torch.cat(qs).to(fd.feature_vectors.dtype)
+
+    return init
+
+
 def planted(d: int, n_atoms: int, k: float, coherence: float, n_samples: int, seed: int = 0,
-            distortion: float = 10.0, magnitude: tuple[float, float] = (0.5, 1.5)) -> PlantedData:
+            distortion: float = 10.0, magnitude: tuple[float, float] = (0.5, 1.5),
+            n_bases: int | None = None) -> PlantedData:
     """Activations from ``n_atoms`` planted atoms in R^d (see the module docstring).
 
     Args:
@@ -145,6 +159,9 @@ def planted(d: int, n_atoms: int, k: float, coherence: float, n_samples: int, se
         seed: everything (atoms, distortion, codes) is a function of the seed.
         distortion: condition number of the linear distortion ``A`` (1 = none).
         magnitude: active coefficients are uniform in this range (``0 < lo <= hi``).
+        n_bases: when given, the intrinsic atoms are ``n_bases`` random orthonormal bases of R^d
+            (``n_atoms`` must equal ``n_bases * d``; ``coherence`` is then not a target, the
+            achieved value is reported).
     """
     if d < 1 or n_atoms < 1 or n_samples < 1:
         raise ValueError(f"d={d}, n_atoms={n_atoms} and n_samples={n_samples} must all be >= 1.")
@@ -157,8 +174,11 @@ def planted(d: int, n_atoms: int, k: float, coherence: float, n_samples: int, se
     lo, hi = magnitude
     if not 0 < lo <= hi:
         raise ValueError(f"magnitude={magnitude} must satisfy 0 < lo <= hi.")
+    if n_bases is not None and n_atoms != n_bases * d:
+        raise ValueError(f"n_bases={n_bases} orthonormal bases of R^{d} give {n_bases * d} atoms, not n_atoms={n_atoms}.")
     gen = torch.Generator().manual_seed(seed)
-    intrinsic = FeatureDictionary(n_atoms, d, initializer=_coherent_initializer(coherence, seed), seed=seed)
+    init = _bases_initializer(n_bases, seed) if n_bases is not None else _coherent_initializer(coherence, seed)
+    intrinsic = FeatureDictionary(n_atoms, d, initializer=init, seed=seed)
     a = _distortion_matrix(d, distortion, gen)
     observed = (intrinsic.feature_vectors.data.double() @ a.T).float()
     fd = FeatureDictionary(n_atoms, d, initializer=None, seed=seed)

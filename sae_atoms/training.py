@@ -19,11 +19,27 @@ SmolLM2-135M works offline), a local ``dataset_path`` (a ``datasets`` folder or 
 
 ``training_config(architecture, d_in, d_sae)`` is the training config of any registered
 architecture with its defaults.
+
+Sparsity control (``train_on_activations(..., target_l0=T)``), the same for every unit kind so
+that units are compared at matched L0:
+
+- threshold units (``jumprelu``, ``tsae``, ``tsae_aip``, with SAELens's ``quadratic`` L0 loss
+  ``2/T (L0 - T)^2`` and ``jumprelu_ste_to_input=True`` so the loss reaches the pre-activations):
+  each unit's threshold starts at the ``1 - T / d_sae`` quantile of its initial pre-activations
+  (``calibrate_thresholds``: L0 = T from the first step), and after training one common factor on
+  all thresholds sets the in-sample mean L0 to T (``match_l0``, bisection). Without both, 1,000
+  steps left jumprelu at L0 365-539 for T = 16 on SmolLM2 (thresholds move ~lr per step while the
+  encoder outruns them);
+- ``standard`` (ReLU + L1): the L1 coefficient is scaled every step by ``(L0 / T)^rate``
+  (``_control_l1``), then one common encoder-bias shift sets the in-sample L0 to T (``match_l0``;
+  the controller alone left L0 at 13.8 for T = 6 on a planted set: L1 shrinks amplitudes first);
+- ``topk`` / ``batchtopk``: ``k = T`` in the config.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -39,7 +55,8 @@ from sae_atoms.models import resolve_device
 from sae_atoms.saes.tsae import check_batch
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
-__all__ = ["train_on_activations", "training_config", "build_runner", "DEFAULT_STEPS"]
+__all__ = ["train_on_activations", "fit_sae", "training_config", "calibrate_thresholds", "match_l0", "input_scale",
+           "build_runner", "DEFAULT_STEPS"]
 DEFAULT_STEPS = 1500
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_LR = 1e-3
@@ -87,7 +104,7 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
                          epochs: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
                          seed: int = 0, progress: bool = True, device: str | torch.device | None = None,
                          metric: Any = None, lr_warm_up_frac: float = 0.05, lr_decay_frac: float = 0.2,
-                         return_training_sae: bool = False) -> SAE[Any]:
+                         return_training_sae: bool = False, target_l0: float | None = None) -> SAE[Any]:
     """Train an SAE of any registered architecture on a fixed activation set with ``SAETrainer``.
 
     Args:
@@ -102,6 +119,8 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
         device: where to train (default: cuda if available).
         metric: an ``AIPMetric`` for ``tsae_aip`` (default: fitted on ``activations``).
         return_training_sae: return the training SAE instead of the inference one.
+        target_l0: the mean number of active units wanted (module docstring: how each kind is held
+            to it); None trains with the config's own sparsity settings.
 
     Returns:
         The trained inference SAE (``SAE.load_from_disk`` would give the same; for ``tsae_aip``
@@ -121,6 +140,8 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
         steps = DEFAULT_STEPS if epochs is None else max(1, math.ceil(epochs * x.shape[0] / bs))
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1.")
+    if target_l0 is not None and not (math.isfinite(target_l0) and 0 < target_l0 <= cfg.d_sae):
+        raise ValueError(f"target_l0={target_l0} must be in (0, d_sae={cfg.d_sae}].")
     cfg = TrainingSAEConfig.from_dict({**cfg.to_dict(), "device": str(dev)})
     torch.manual_seed(seed)
     sae_cls = get_sae_training_class(cfg.architecture())[0]
@@ -131,19 +152,106 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
             sae.set_metric(metric)
         elif not sae.metric_fitted:
             sae.fit_metric(x)
-    warm = int(lr_warm_up_frac * steps)
-    decay = int(lr_decay_frac * steps)
+    if target_l0 is not None:
+        _hold_to_l0(sae, x, float(target_l0))
+    trained = fit_sae(sae, x, steps=steps, batch_size=bs, lr=lr, seed=seed, progress=progress,
+                      lr_warm_up_frac=lr_warm_up_frac, lr_decay_frac=lr_decay_frac)
+    if return_training_sae:
+        return trained
+    inference = to_inference(trained)
+    if target_l0 is not None and (hasattr(inference, "threshold") or cfg.architecture() == "standard"):
+        match_l0(inference, x, float(target_l0))
+    return inference
+
+
+def fit_sae(sae: TrainingSAE, x: torch.Tensor, *, steps: int, batch_size: int = DEFAULT_BATCH_SIZE,
+            lr: float = DEFAULT_LR, seed: int = 0, progress: bool = True, lr_warm_up_frac: float = 0.05,
+            lr_decay_frac: float = 0.2) -> TrainingSAE:
+    """Train an already built (and possibly hand-initialised) training SAE on ``x`` ``[n, d_in]`` with
+    SAELens's ``SAETrainer``; returns the trained training SAE (schedule: ``train_on_activations``)."""
+    bs = min(batch_size, x.shape[0])
+    dev = sae.W_dec.device
     tcfg = SAETrainerConfig(
         total_training_samples=steps * bs, train_batch_size_samples=bs, lr=lr, lr_end=lr / 10,
-        lr_warm_up_steps=warm, lr_decay_steps=decay, device=str(dev),
+        lr_warm_up_steps=int(lr_warm_up_frac * steps), lr_decay_steps=int(lr_decay_frac * steps), device=str(dev),
         dead_feature_window=max(1, min(1000, steps // 4)), feature_sampling_window=max(1, min(2000, steps)),
         n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=max(1, min(100, x.shape[0] // bs)),
     )
-    trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=_shuffled_batches(x, bs, seed))
+    trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=_shuffled_batches(x.to(dev, sae.dtype), bs, seed))
     with _tqdm_disabled(not progress):
-        trained = trainer.fit()
-    return trained if return_training_sae else to_inference(trained)
+        return trainer.fit()
+
+
+def input_scale(cfg: Any, x: torch.Tensor) -> float:
+    """The factor SAELens's trainer multiplies inputs by: ``sqrt(d_in) / E||x||`` for
+    ``normalize_activations="expected_average_only_in"``, else 1."""
+    if getattr(cfg, "normalize_activations", "none") != "expected_average_only_in":
+        return 1.0
+    return math.sqrt(x.shape[1]) / float(x.float().norm(dim=1).mean())
+
+
+@torch.no_grad()
+def calibrate_thresholds(sae: Any, x: torch.Tensor, target_l0: float, max_rows: int = 8192) -> None:
+    """Set each unit's threshold to the ``1 - target_l0 / d_sae`` quantile of its pre-activations on
+    ``x`` (as the SAE sees it), so that every unit fires at rate ``target_l0 / d_sae`` and L0 = target."""
+    _, pre = sae.encode_with_hidden_pre(x[:max_rows])
+    q = 1.0 - float(target_l0) / sae.cfg.d_sae
+    thr = torch.quantile(pre.float(), q, dim=0).clamp_min(1e-4)
+    sae.threshold.data.copy_(thr.to(sae.threshold.dtype))
+
+
+@torch.no_grad()
+def match_l0(sae: Any, x: torch.Tensor, target_l0: float, rel_tol: float = 0.01, iters: int = 60,
+             batch_size: int = 4096) -> float:
+    """Set the mean L0 of an inference SAE on ``x`` to ``target_l0`` by bisection on one number:
+    threshold SAEs (JumpReLU-type) scale every threshold by a common factor ``f`` (returned); ReLU
+    SAEs (``standard``) shift every encoder bias by a common ``-delta`` (returned), a soft threshold.
+    Decoder and encoder weights are untouched."""
+    if hasattr(sae, "threshold"):
+        param, base = sae.threshold, sae.threshold.data.clone().clamp_min(1e-6)
+        level, lo, hi = (lambda v: base * math.exp(v)), -12.0, 12.0
+    else:
+        param, base = sae.b_enc, sae.b_enc.data.clone()
+        scale = float(base.abs().max()) + float((x.float().norm(dim=1).mean()))
+        level, lo, hi = (lambda v: base - v), -scale, scale
+
+    def l0_at(v: float) -> float:
+        param.data.copy_(level(v))
+        return sum(float((sae.encode(x[i:i + batch_size].to(sae.dtype)) != 0).sum())
+                   for i in range(0, x.shape[0], batch_size)) / x.shape[0]
+
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        l0 = l0_at(mid)
+        if abs(l0 - target_l0) <= rel_tol * target_l0:
+            break
+        lo, hi = (mid, hi) if l0 > target_l0 else (lo, mid)
+    l0_at(mid)
+    return math.exp(mid) if hasattr(sae, "threshold") else mid
+
+
+def _hold_to_l0(sae: Any, x: torch.Tensor, target_l0: float) -> None:
+    """Before training: calibrated thresholds (threshold units) or the L1 controller (``standard``)."""
+    if hasattr(sae, "threshold"):
+        calibrate_thresholds(sae, x * input_scale(sae.cfg, x), target_l0)
+    elif sae.cfg.architecture() == "standard":
+        _control_l1(sae, target_l0)
+
+
+def _control_l1(sae: Any, target_l0: float, rate: float = 0.02) -> None:
+    """Scale the L1 coefficient each step by ``(L0 / target)^rate`` (a multiplicative integral controller)."""
+    forward = sae.training_forward_pass
+    state = {"mult": 1.0}
+
+    def controlled(step_input: Any) -> Any:
+        coefficients = {k: v * state["mult"] for k, v in step_input.coefficients.items()}
+        out = forward(dataclasses.replace(step_input, coefficients=coefficients))
+        l0 = float((out.feature_acts != 0).sum(-1).float().mean())
+        state["mult"] = min(max(state["mult"] * (max(l0, 0.1) / target_l0) ** rate, 1e-4), 1e4)
+        return out
+
+    sae.training_forward_pass = controlled
 
 
 def training_config(architecture: str, d_in: int, d_sae: int, **overrides: Any) -> TrainingSAEConfig:

@@ -74,3 +74,14 @@ def test_evaluate_scores_an_oracle_perfectly_and_a_scrambled_one_poorly():
     # a threshold above the smallest coefficient misses supports but keeps the atoms
     high = evaluate(_oracle(data, threshold=0.8), data, sae_lens_metrics=False)
     assert high["atoms_recovered"] == 1.0 and high["support_recovered"] < 0.9
+
+
+def test_union_of_orthonormal_bases():
+    data = planted(d=16, n_atoms=48, k=3, coherence=0.0, n_samples=500, seed=0, distortion=1.0, n_bases=3)
+    v = data.intrinsic_atoms.double()
+    for b in range(3):
+        block = v[16 * b:16 * (b + 1)]
+        assert torch.allclose(block @ block.T, torch.eye(16, dtype=torch.float64), atol=1e-5)  # each an orthonormal basis
+    assert 0.2 < data.coherence < 0.99  # coherent across bases
+    with pytest.raises(ValueError, match="n_bases"):
+        planted(d=16, n_atoms=40, k=3, coherence=0.0, n_samples=10, n_bases=3)
