@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sae_atoms.cli:TRAIN", "train an SAE with SAELens's runner (tsae / tsae_aip registered); SAELens's arguments"),
     "evaluate": ("sae_atoms.cli:EVALUATE", "evaluate an SAE (or neurons) on an activation set: R^2, L0, mu, q*, monosemanticity"),
     "capacity": ("sae_atoms.experiments.capacity", "capacity sweep: width x data size, find the R^2 cliff"),
+    "frontier": ("sae_atoms.experiments.frontier", "units at matched L0 (4..64): held-out R^2 raw and AIP, q*; --paper-regime for width = n_train"),
     "steer": ("sae_atoms.experiments.steering", "causal steering experiment: atoms vs features vs difference of means"),
     "bench": ("sae_atoms.bench", "speed benchmarks, as ratios to a baseline run in the same process"),
 }

@@ -6,7 +6,10 @@ import pytest
 
 from sae_atoms.experiments.report import README_END, README_START, Report, update_readme
 
-ISSUE_KEYS = {"model", "hook_name", "n_train", "n_heldout", "geometry", "units", "capacity", "steering"}
+ISSUE_KEYS = {"model", "hook_name", "n_train", "n_heldout", "geometry", "units", "capacity", "steering", "metric",
+              "frontier", "paper_regime", "units_l0"}
+FRONTIER_KEYS = {"unit", "target_l0", "l0", "l0_heldout", "r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "q_star_a",
+                 "q_star_b", "q_star_b_heldout", "dead_frac"}
 
 
 def test_report_renders_markdown_and_html(tmp_path):
@@ -50,6 +53,20 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path):
     for u in res["units"].values():
         assert {"r2", "r2_heldout", "l0", "mu", "q_star_a", "q_star_b", "monosemanticity"} <= set(u)
     assert res["units"]["neurons"]["r2"] == pytest.approx(1.0, abs=1e-5)
+    # the headline units are the frontier's SAEs at one matched L0 (threshold units matched to 1%)
+    for unit in ("atoms", "features_jumprelu"):
+        assert res["units"][unit]["l0"] == pytest.approx(res["units_l0"], rel=0.02)
+    rows = res["frontier"]
+    assert {r["unit"] for r in rows} == {"neurons", "atoms", "tsae", "features_standard", "features_jumprelu",
+                                         "features_topk", "features_batchtopk"}
+    assert all(FRONTIER_KEYS <= set(r) for r in rows)
+    assert {r["target_l0"] for r in rows if r["unit"] == "atoms"} == {8.0, 16.0}
+    assert res["metric"]["reference"]["kind"] == "centered" and res["metric"]["atoms"]["alpha"] == 0.5
+    for unit in ("atoms", "features_jumprelu"):
+        assert FRONTIER_KEYS | {"n_train", "d_sae"} <= set(res["paper_regime"][unit])
+        assert res["paper_regime"][unit]["d_sae"] == res["n_train"]
+    assert (tmp_path / "run" / "plots" / "frontier.png").exists()
+    assert "Sparsity frontier" in (tmp_path / "run" / "report.md").read_text()
     assert abs(res["geometry"]["aip_centroid_deg"] - 90) < 3 < 90 - res["geometry"]["euclid_centroid_deg"]
     assert [c["expansion"] for c in res["capacity"]] == [1, 2]
     assert {"atoms", "features_jumprelu", "diff_of_means"} <= set(res["steering"])
@@ -62,4 +79,4 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path):
     # a second run reuses every stage
     again = run_reproduce(s)
     assert again["units"]["atoms"]["r2"] == on_disk["units"]["atoms"]["r2"]
-    assert again["timing_s"]["train SAEs"] < 30
+    assert again["timing_s"]["frontier"] < 30 and again["frontier"] == on_disk["frontier"]

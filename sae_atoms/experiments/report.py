@@ -1,7 +1,8 @@
 """A small report builder: one list of blocks rendered to Markdown and to standalone HTML.
 
-Blocks are headings, paragraphs, tables and images; the main job (``sae_atoms.experiments.reproduce``)
-fills one from ``results.json`` so every number in the report comes from the code.
+Blocks are headings, paragraphs, tables and images; the main job
+(``sae_atoms.experiments.reproduce``) fills one from ``results.json`` so every number in the
+report comes from the code.
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ def headline_table(results: dict) -> str:
                                        fmt(r["mu"]), fmt(r["q_star_a"]), fmt(r["q_star_b"]), fmt(r["monosemanticity"]),
                                        fmt(paper.get("r2")), fmt(paper.get("q_star"))]) + " |")
     g = results["geometry"]
+    if results.get("units_l0") is not None:
+        rows.append("")
+        rows.append(f"SAE units at matched L0 = {results['units_l0']:g} (in-sample; the frontier's SAEs), measured in "
+                    "the robust AIP of the train entities. Full frontier (L0 4–64) and the paper's regime: report.md.")
     rows.append("")
     rows.append(f"Model `{results['model']}`, hook `{results['hook_name']}`, {results['n_train']} train / "
                 f"{results['n_heldout']} held-out subject activations. Angular centroid: Euclid "
@@ -211,6 +216,10 @@ def reading(results: dict) -> list[str]:
             verdict = "Near-perfect, in-sample and held-out."
         out.append(f"Atoms' faithfulness: R² {a['r2']:.3f} in-sample and {a['r2_heldout']:.3f} on held-out entities "
                    f"(paper: 0.999 in-sample). {verdict}")
+    if results.get("frontier"):
+        from sae_atoms.experiments import frontier
+
+        out.extend(frontier.reading(results["frontier"], results.get("paper_regime")))
     cap = results.get("capacity") or []
     if cap:
         best = max(cap, key=lambda r: r["r2_heldout"])
@@ -225,6 +234,31 @@ def reading(results: dict) -> list[str]:
                    f"for the difference of means (KL on unrelated prompts {a['kl_unrelated']:.3f} vs "
                    f"{d['kl_unrelated']:.3f}): {verdict} the difference-of-means baseline.")
     return out
+
+
+def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> None:
+    """The matched-L0 frontier (table, plot, reading) and the paper's regime."""
+    from sae_atoms.experiments import frontier
+
+    rows = results.get("frontier") or []
+    if not rows:
+        return
+    r.h("Sparsity frontier (matched L0)")
+    st = results.get("frontier_settings", {})
+    r.p(f"Every unit kind at each L0 target, width {st.get('d_sae')} ({st.get('expansion')}x d), {st.get('steps')} steps; "
+        f"atoms = tsae_aip with partial whitening alpha = {st.get('atoms_alpha')}. All numbers in one reference metric: "
+        f"the robust AIP fitted on the train entities ({results.get('metric', {}).get('reference', {})}). "
+        "`_heldout` = entities never trained on.")
+    keys = list(frontier.ROW_KEYS[1:])
+    r.table(["unit", *keys], [[x["unit"], *[x.get(k) for k in keys]] for x in rows])
+    p = frontier.plot_frontier(rows, plots / "frontier.png")
+    r.img(str(p.relative_to(out)), "frontier")
+    paper = results.get("paper_regime") or {}
+    r.bullets(frontier.reading(rows, paper))
+    if paper:
+        r.h("The paper's regime (width = n_train; memorisation)")
+        r.table(["unit", *keys, "n_train", "d_sae"], [[x["unit"], *[x.get(k) for k in keys], x["n_train"], x["d_sae"]]
+                                                      for x in paper.values()])
 
 
 def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
@@ -261,6 +295,7 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
     except Exception as e:  # a plot must not lose the report
         r.p(f"(geometry plots failed: {e})")
 
+    _frontier_sections(r, results, plots, out)
     r.h("Neurons vs features vs atoms")
     header, *rest = headline_table(results).split("\n")
     r.blocks.append(("table", ([c.strip() for c in header.strip("|").split("|")],

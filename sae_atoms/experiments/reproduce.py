@@ -37,12 +37,11 @@ from sae_lens import SAE
 from sae_atoms import evals
 from sae_atoms.activations import ActivationSet, extract
 from sae_atoms.data import fact_prompts, reasoning_prompts
-from sae_atoms.experiments import capacity, geometry, steering
+from sae_atoms.experiments import capacity, frontier, geometry, steering
 from sae_atoms.experiments.geometry import dedupe_subject_prefix
 from sae_atoms.experiments.report import headline_table, update_readme, write_report
 from sae_atoms.io import write_json
 from sae_atoms.models import fact_accuracy, load_model, resolve_device
-from sae_atoms.training import train_on_activations, training_config
 
 # Paper's numbers (Atom Theory, arXiv 2509.20784; ../shared/ATOM_THEORY.md), for the report only.
 PAPER = {
@@ -67,12 +66,16 @@ class Settings:
     seed: int = 0
     n_cities: int | None = None
     relations: tuple[str, ...] | None = None
-    expansion: int = 4
     capacity_expansions: tuple[int, ...] = (1, 2, 4, 8)
     train_steps: int | None = None
     capacity_steps: int | None = None
     geometry_layers: tuple[int, ...] | None = None
     steer: bool = True
+    frontier_targets: tuple[float, ...] | None = None
+    frontier_units: tuple[str, ...] = frontier.UNITS
+    frontier_expansion: float = frontier.DEFAULT_EXPANSION
+    headline_l0: float = 16.0
+    paper_regime: bool = True
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,10 +85,14 @@ class Settings:
         if self.relations is None:
             self.relations = ("city_country",) if self.quick else (
                 "city_country", "country_capital", "country_continent", "country_currency", "country_language")
-        if self.train_steps is None:
-            self.train_steps = 300 if self.quick else 1500
+        if self.train_steps is None:  # per frontier SAE (batch 256)
+            self.train_steps = 150 if self.quick else 400
         if self.capacity_steps is None:
             self.capacity_steps = max(1, self.train_steps // 2)
+        if self.frontier_targets is None:
+            self.frontier_targets = (8.0, 16.0) if self.quick else tuple(float(t) for t in frontier.DEFAULT_TARGETS)
+        if self.headline_l0 not in self.frontier_targets:
+            raise ValueError(f"headline_l0={self.headline_l0} must be one of the frontier targets {self.frontier_targets}")
 
 
 def _key(obj: Any) -> str:
@@ -148,7 +155,7 @@ def run_reproduce(settings: Settings) -> dict:
     """Run the main job; returns the results dict also written to ``OUT/results.json``.
 
     The stages, each a function below, cached under ``OUT/cache``: ``_model_and_prompts``,
-    ``_activations``, ``_geometry``, ``_train_saes``, ``_evaluate_units``, ``_capacity``,
+    ``_activations``, ``_geometry``, ``_frontier``, ``_paper_regime``, ``_evaluate_units``, ``_capacity``,
     ``_steering``, ``_report``.
     """
     datasets.disable_progress_bars()  # our stages show their own bars
@@ -160,14 +167,15 @@ def run_reproduce(settings: Settings) -> dict:
     job = _model_and_prompts(s, device, prog)
     _activations(job, prog)
     geo = _geometry(job, prog)
-    _train_saes(job, prog)
+    front = _frontier(job, prog)
+    paper = _paper_regime(job, prog)
     unit_res = _evaluate_units(job, prog)
     cap = _capacity(job, prog)
     steer = _steering(job, prog)
-    return _report(job, prog, geo, unit_res, cap, steer, t_start)
+    return _report(job, prog, geo, unit_res, cap, steer, t_start, front, paper)
 
 
-STAGES = ["model and prompts", "activations", "geometry", "train SAEs", "evaluate units",
+STAGES = ["model and prompts", "activations", "geometry", "frontier", "paper regime", "evaluate units",
           "capacity sweep", "steering", "report"]
 
 
@@ -249,31 +257,54 @@ def _geometry(job: _Job, prog: _Progress) -> dict:
     return geo
 
 
-def _train_saes(job: _Job, prog: _Progress) -> None:
-    """4. One SAE per kind in ``SAE_KINDS`` at ``expansion`` x width, exported under ``OUT/saes``."""
-    prog("train SAEs")
+def _frontier(job: _Job, prog: _Progress) -> dict:
+    """4. Every unit kind at every L0 target (``experiments.frontier``); the SAEs at ``headline_l0``
+    become the headline units (``SAE_KINDS``), exported under ``OUT/saes``."""
+    prog("frontier")
     s, out, device, hook = job.s, job.s.out, job.device, job.hook
-    sae_reused = True
-    for unit, arch in SAE_KINDS.items():
-        key = job.acts_key | {"arch": arch, "expansion": s.expansion, "steps": s.train_steps, "seed": s.seed, "version": 1}
-        sae, reused = _stage(
-            out, f"sae_{unit}", key, s.force,
-            lambda folder, arch=arch: train_sae(arch, job.train.x(hook), s.expansion, s.train_steps, s.seed,
-                                                device, hook).save_model(str(folder / "sae")) and None,
-            lambda f: SAE.load_from_disk(str(f / "sae"), device=str(device)))
-        job.saes[unit] = sae
-        sae_reused &= reused
-    export = out / "saes"
-    for unit in SAE_KINDS:  # the SAEs in SAELens format, beside the report
-        shutil.copytree(out / "cache" / f"sae_{unit}" / "sae", export / unit, dirs_exist_ok=True)
-    prog.done(sae_reused)
+    key = job.acts_key | {"targets": s.frontier_targets, "units": s.frontier_units, "expansion": s.frontier_expansion,
+                          "steps": s.train_steps, "seed": s.seed, "version": 1}
+
+    def compute(folder: Path) -> None:
+        res = frontier.run_frontier(job.train, job.heldout, hook, targets=s.frontier_targets, units=s.frontier_units,
+                                    expansion=s.frontier_expansion, steps=s.train_steps, batch_size=256, seed=s.seed,
+                                    device=device, save_dir=folder / "saes")
+        write_json(res, folder / "result.json")
+
+    def load(folder: Path) -> dict:
+        res = json.loads((folder / "result.json").read_text())
+        for unit in SAE_KINDS:  # fails (and the stage is recomputed) when an SAE is missing or truncated
+            SAE.load_from_disk(str(folder / "saes" / f"{unit}_l0_{int(s.headline_l0)}"), device="cpu")
+        return res
+
+    res, reused = _stage(out, "frontier", key, s.force, compute, load)
+    for unit in SAE_KINDS:  # the headline SAEs, in SAELens format beside the report
+        src = out / "cache" / "frontier" / "saes" / f"{unit}_l0_{int(s.headline_l0)}"
+        job.saes[unit] = SAE.load_from_disk(str(src), device=str(device))
+        shutil.copytree(src, out / "saes" / unit, dirs_exist_ok=True)
+    prog.done(reused)
+    return res
+
+
+def _paper_regime(job: _Job, prog: _Progress) -> dict:
+    """5. The paper's regime: width = n_train, atoms by the theorem's construction (labelled as such)."""
+    prog("paper regime")
+    s = job.s
+    if not s.paper_regime:
+        prog.done(False)
+        return {}
+    key = job.acts_key | {"steps": 100 if s.quick else 200, "seed": s.seed, "version": 1}
+    res, reused = _json_stage(s.out, "paper_regime", key, s.force, lambda: frontier.paper_regime(
+        job.train, job.heldout, job.hook, steps=key["steps"], seed=s.seed, device=job.device))
+    prog.done(reused)
+    return res
 
 
 def _evaluate_units(job: _Job, prog: _Progress) -> dict:
     """5. Neurons, features and atoms through the evaluators, in-sample and held-out."""
     prog("evaluate units")
     saes, train, heldout, hook, device = job.saes, job.train, job.heldout, job.hook, job.device
-    metric = evals.find_metric(saes["atoms"])
+    metric = frontier.reference_metric(train, hook)  # one metric for every unit: the robust AIP
     labels = ["country", "continent", "language", "currency"]
 
     def evaluate_all() -> dict:
@@ -288,7 +319,7 @@ def _evaluate_units(job: _Job, prog: _Progress) -> dict:
         return res
 
     unit_res, reused = _json_stage(job.s.out, "units", job.acts_key | {"saes": [str(_sae_key(saes[u])) for u in SAE_KINDS],
-                                                                      "version": 1}, job.s.force, evaluate_all)
+                                                                      "version": 2}, job.s.force, evaluate_all)
     prog.done(reused)
     return unit_res
 
@@ -322,11 +353,14 @@ def _steering(job: _Job, prog: _Progress) -> dict:
     return steer
 
 
-def _report(job: _Job, prog: _Progress, geo: dict, unit_res: dict, cap: list, steer: dict, t_start: float) -> dict:
-    """8. ``results.json`` and the report."""
+def _report(job: _Job, prog: _Progress, geo: dict, unit_res: dict, cap: list, steer: dict, t_start: float,
+            front: dict, paper: dict) -> dict:
+    """``results.json`` and the report."""
     prog("report")
     out = job.s.out
     results = collect_results(job.s, job.model, job.hook, job.train, job.heldout, job.acc, geo, unit_res, cap, steer)
+    results |= {"metric": front["metric"], "frontier": front["rows"], "frontier_settings": front["settings"],
+                "paper_regime": paper, "units_l0": job.s.headline_l0}
     results["timing_s"] = prog.times | {"total": round(time.time() - t_start, 1)}
     write_json(results, out / "results.json")
     write_report(results, out)
@@ -343,13 +377,6 @@ def _default_geometry_layers(n_layers: int, layer: int, quick: bool) -> list[int
 def _sae_key(sae: Any) -> str:
     w = sae.W_dec.detach().float().cpu()
     return _key([list(w.shape), float(w.sum()), float((w * w).sum())])
-
-
-def train_sae(arch: str, x: torch.Tensor, expansion: int, steps: int, seed: int, device, hook: str):
-    """Train one SAE of ``arch`` ("standard" | "jumprelu" | "tsae_aip") at ``expansion`` x width."""
-    cfg = training_config(arch, x.shape[1], expansion * x.shape[1])
-    cfg.metadata.hook_name = hook
-    return train_on_activations(x, cfg, steps=steps, seed=seed, device=device)
 
 
 def collect_results(s: Settings, model, hook, train, heldout, acc, geo, unit_res, cap, steer) -> dict:
@@ -400,7 +427,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="recompute every stage (ignore the cache in --out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-cities", type=int, default=None, help="cities for the fact prompts (default 1500; quick 300)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per SAE (default 1500; quick 300; the capacity sweep uses half)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per frontier SAE (default 400; quick 150; the capacity sweep uses half)")
     p.add_argument("--no-steer", action="store_true", help="skip the steering stage")
     p.add_argument("--readme", type=Path, default=None,
                    help="also write the headline table into this README between the results markers")
