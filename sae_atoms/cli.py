@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("sae_atoms.cli:EVALUATE", "evaluate an SAE (or neurons) on an activation set: R^2, L0, mu, q*, monosemanticity"),
     "capacity": ("sae_atoms.experiments.capacity", "capacity sweep: width x data size, find the R^2 cliff"),
     "steer": ("sae_atoms.experiments.steering", "causal steering experiment: atoms vs features vs difference of means"),
+    "fit-metric": ("sae_atoms.experiments.fit_metric", "fit the AIP metric on every token of a generic text corpus (torchrun: many processes)"),
     "bench": ("sae_atoms.bench", "speed benchmarks, as ratios to a baseline run in the same process"),
 }
 
