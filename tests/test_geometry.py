@@ -147,7 +147,7 @@ def test_cli_rejects_bad_layers(tiny_model, monkeypatch):
         run_geometry(tiny_model, layers="5")
 
 
-def _shifted(n: int, d: int, seed: int) -> torch.Tensor:
+def _planted(n: int, d: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     shift = torch.ones(d) * 3.0
     return torch.randn(n, d, generator=g) + shift
@@ -163,12 +163,12 @@ def test_generic_metric_geometry_recentres_with_a_metric_fitted_elsewhere(tmp_pa
     dims = {"resid": 64, "mlp": 96}  # uncentred AIP: cos ~ 1/d from the whitened mean
     hooks = {s: SITES[s].format(layer=0) for s in dims}
     for i, (s, d) in enumerate(dims.items()):  # the "generic text" metric: same distribution, other samples
-        AIPMetric.fit(_shifted(20000, d, 100 + i)).save_with_metadata(tmp_path / hooks[s], corpus={"corpus": "planted"},
+        AIPMetric.fit(_planted(20000, d, 100 + i)).save_with_metadata(tmp_path / hooks[s], corpus={"corpus": "planted"},
                                                                        n_tokens_run=20000)
     n = 300
     rows = datasets.Dataset.from_dict({"split": ["train"] * 200 + ["heldout"] * 100})
-    fa = ActivationSet({hooks[s]: _shifted(n, d, i) for i, (s, d) in enumerate(dims.items())}, rows)
-    ra = ActivationSet({hooks[s]: _shifted(80, d, 10 + i) for i, (s, d) in enumerate(dims.items())},
+    fa = ActivationSet({hooks[s]: _planted(n, d, i) for i, (s, d) in enumerate(dims.items())}, rows)
+    ra = ActivationSet({hooks[s]: _planted(80, d, 10 + i) for i, (s, d) in enumerate(dims.items())},
                        datasets.Dataset.from_dict({"split": ["x"] * 80}))
     train = torch.tensor([s == "train" for s in rows["split"]])
     block = generic_metric_geometry(tmp_path, fa, ra, train, layers=[0, 1], n_angle_samples=150)

@@ -89,7 +89,7 @@ def run_fit_metric(model, hooks: Sequence[str], out: str | os.PathLike, n_tokens
     for k, v in (("kind", kind), ("shrinkage", shrinkage), ("alpha", alpha), ("outlier_factor", outlier_factor)):
         if v is not None:
             settings[k] = v
-    rank, world, _ = dist_info()
+    rank, world, joined = dist_info()
     out = Path(out)
     corp = load_corpus(corpus)
     stream = MomentStream(model, hooks, corp.documents, n_tokens, context_size=context_size, batch_size=batch_size,
@@ -123,6 +123,8 @@ def run_fit_metric(model, hooks: Sequence[str], out: str | os.PathLike, n_tokens
 
         dist.barrier()
         ckpt.unlink(missing_ok=True)
+        if joined:
+            dist.destroy_process_group()
     return summary
 
 
