@@ -243,6 +243,41 @@ class AIPMoments:
     def __repr__(self) -> str:
         return f"AIPMoments(d={self.d}, n={self.n}, device={self.device})"
 
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor], device: str | torch.device | None = None) -> "AIPMoments":
+        """The inverse of ``state_dict`` (e.g. a checkpoint): the same sums, on ``device`` (default: theirs)."""
+        out = cls(None, device)
+        out.n, out.n_excluded = int(state["n"]), int(state["n_excluded"])
+        if state.get("s1") is not None:
+            dev = torch.device(device) if device is not None else state["s1"].device
+            out.d, out.device = int(state["s1"].shape[0]), dev
+            out.s1 = state["s1"].to(dev, torch.float64).clone()
+            out.s2 = state["s2"].to(dev, torch.float64).clone()
+        return out
+
+    @torch.no_grad()
+    def all_reduce(self, group: Any = None, device: str | torch.device | None = None) -> "AIPMoments":
+        """Sum ``n``, ``n_excluded``, ``s1``, ``s2`` over the ranks of a ``torch.distributed`` group, in place.
+
+        Every rank must have called ``update`` at least once (``d`` known) or have been built with
+        ``d``. ``device``: where the reduction runs (``cuda`` for nccl; default: the sums' device).
+        """
+        import torch.distributed as dist
+
+        if self.s1 is None:
+            raise ValueError("all_reduce needs moments with a known d: build AIPMoments(d) on ranks that saw no data.")
+        dev = torch.device(device) if device is not None else self.s1.device
+        counts = torch.tensor([self.n, self.n_excluded], dtype=torch.float64, device=dev)
+        for t in (counts, self.s1, self.s2):
+            buf = t.to(dev)
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+            if t is not counts:
+                t.copy_(buf.to(t.device))
+            else:
+                counts = buf
+        self.n, self.n_excluded = int(round(float(counts[0]))), int(round(float(counts[1])))
+        return self
+
 
 # --------------------------------------------------------------------------- the metric
 class AIPMetric:
@@ -552,6 +587,27 @@ class AIPMetric:
         return (f"AIPMetric(kind={self.kind!r}, d={self.d}, n_samples={self.n_samples}, shrinkage={self.shrinkage:.3g}, "
                 f"alpha={self.alpha:g}, n_excluded={self.n_excluded}, "
                 f"condition_number={self.condition_number:.3g}, effective_rank={self.effective_rank:.1f})")
+
+    def save_with_metadata(self, path: str | os.PathLike, **metadata: Any) -> Path:
+        """``save`` plus ``metadata`` (json-serialisable: corpus, token counts, ...) under ``"metadata"`` in the json."""
+        path = self.save(path)
+        jf = path / _FILE_JSON
+        meta = json.loads(jf.read_text())
+        meta["metadata"] = metadata
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{_FILE_JSON}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(meta, indent=2, default=str))
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, jf)
+        return path
+
+    @staticmethod
+    def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+        """The json of a saved metric (its provenance, and ``"metadata"`` when saved with it)."""
+        jf = Path(path) / _FILE_JSON
+        if not jf.exists():
+            raise FileNotFoundError(f"{path} is not a saved AIP metric (no {_FILE_JSON}).")
+        return json.loads(jf.read_text())
 
 
 # --------------------------------------------------------------------------- TransformerLens hook

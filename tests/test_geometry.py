@@ -145,3 +145,60 @@ def test_run_geometry_on_real_model_writes_results_and_plots(real_model, tmp_pat
 def test_cli_rejects_bad_layers(tiny_model, monkeypatch):
     with pytest.raises(ValueError, match="not in 0..1"):
         run_geometry(tiny_model, layers="5")
+
+
+def _planted(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shift = torch.ones(d) * 3.0
+    return torch.randn(n, d, generator=g) + shift
+
+
+def test_generic_metric_geometry_recentres_with_a_metric_fitted_elsewhere(tmp_path):
+    import datasets
+
+    from sae_atoms.activations import ActivationSet
+    from sae_atoms.aip import AIPMetric
+    from sae_atoms.experiments.geometry import SITES, generic_metric_geometry, generic_table
+
+    dims = {"resid": 64, "mlp": 96}  # uncentred AIP: cos ~ 1/d from the whitened mean
+    hooks = {s: SITES[s].format(layer=0) for s in dims}
+    for i, (s, d) in enumerate(dims.items()):  # the "generic text" metric: same distribution, other samples
+        AIPMetric.fit(_planted(20000, d, 100 + i)).save_with_metadata(tmp_path / hooks[s], corpus={"corpus": "planted"},
+                                                                       n_tokens_run=20000)
+    n = 300
+    rows = datasets.Dataset.from_dict({"split": ["train"] * 200 + ["heldout"] * 100})
+    fa = ActivationSet({hooks[s]: _planted(n, d, i) for i, (s, d) in enumerate(dims.items())}, rows)
+    ra = ActivationSet({hooks[s]: _planted(80, d, 10 + i) for i, (s, d) in enumerate(dims.items())},
+                       datasets.Dataset.from_dict({"split": ["x"] * 80}))
+    train = torch.tensor([s == "train" for s in rows["split"]])
+    block = generic_metric_geometry(tmp_path, fa, ra, train, layers=[0, 1], n_angle_samples=150)
+    assert block["provenance"]["corpus"] == {"corpus": "planted"} and block["provenance"]["n_tokens_run"] == 20000
+    assert list(block["layers"]) == ["0"]  # layer 1 has no metric: skipped
+    for s in dims:
+        r = block["layers"]["0"][s]
+        assert r["euclid_deg"] < 75  # the shared direction
+        for k in ("facts_deg", "heldout_deg", "reasoning_deg"):
+            assert abs(r[k] - 90) < 2.5, (s, k, r[k])
+    assert "| 0 | mlp |" in generic_table(block)
+    with pytest.raises(FileNotFoundError, match="no metric"):
+        generic_metric_geometry(tmp_path, fa, ra, train, layers=[1])
+
+
+@pytest.mark.real_model
+def test_run_geometry_with_a_generic_metric_at_both_sites(real_model, tmp_path):
+    from sae_atoms.experiments.fit_metric import run_fit_metric
+
+    hooks = ["blocks.1.hook_resid_post", "blocks.1.mlp.hook_post"]
+    run_fit_metric(real_model, hooks, tmp_path / "m", n_tokens=512, context_size=64, batch_size=4, progress=False,
+                   shrinkage=0.01)
+    res = run_geometry(real_model, layers=[1], n_facts=120, n_reasoning=30, n_angle_samples=60, batch_size=64,
+                       progress=False, metric_dir=tmp_path / "m")
+    g = res["generic_metric"]
+    assert g["provenance"]["corpus"]["package"] == "markov_draftjs" and g["provenance"]["n_tokens_run"] == 512
+    for site, d in (("resid", 576), ("mlp", 1536)):
+        r = g["layers"]["1"][site]
+        assert r["metric"]["n_samples"] > 400 and r["hook"] == hooks[site == "mlp"]
+        assert all(0 < r[k] < 180 for k in ("euclid_deg", "facts_deg", "heldout_deg", "reasoning_deg"))
+    assert "aip_heldout" in res["layers"]["1"]  # the fitted-on-subjects views are still there
+    with pytest.raises(ValueError, match="unknown"):
+        run_geometry(real_model, layers=[1], metric_dir=tmp_path / "m", sites=["attn"])

@@ -51,6 +51,7 @@ from sae_atoms.io import save_figure, write_json
 from sae_atoms.aip import AIPConditioningWarning, AIPMetric
 
 HOOK_TEMPLATE = "blocks.{layer}.hook_resid_post"
+SITES = {"resid": "blocks.{layer}.hook_resid_post", "mlp": "blocks.{layer}.mlp.hook_post"}  # generic-metric sites
 VIEWS = ("euclid", "aip", "aip_heldout", "aip_other_family")
 
 
@@ -254,10 +255,13 @@ def resolve_layers(layers: str | Sequence[int] | int, n_layers: int) -> list[int
 def run_geometry(model, layers: str | Sequence[int] | int = "all", n_facts: int = 1600, n_reasoning: int = 300,
                  n_angle_samples: int = 400, kind: str = "uncentered", shrinkage: str | float = "auto",
                  bin_width: float = 1.0, seed: int = 0, batch_size: int = 32, hook_template: str = HOOK_TEMPLATE,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, metric_dir: str | os.PathLike | None = None,
+                 sites: Sequence[str] = ("resid", "mlp")) -> dict[str, Any]:
     """Extract subject activations for all ``layers`` in one pass and run ``layer_geometry`` per layer.
 
-    Returns ``{"layers": {str(layer): layer_geometry(...)}, "meta": {...}}``.
+    ``metric_dir``: a folder of metrics fitted on generic text (``sae-atoms fit-metric``); the angles
+    under them at ``sites`` (``SITES``) go to ``results["generic_metric"]`` (``generic_metric_geometry``).
+    Returns ``{"layers": {str(layer): layer_geometry(...)}, "meta": {...}}`` (+ ``"generic_metric"``).
     """
     from tqdm.auto import tqdm
 
@@ -266,13 +270,17 @@ def run_geometry(model, layers: str | Sequence[int] | int = "all", n_facts: int 
     t0 = time.perf_counter()
     layer_list = resolve_layers(layers, model.cfg.n_layers)
     hooks = [hook_template.format(layer=l) for l in layer_list]
+    if set(sites) - set(SITES):
+        raise ValueError(f"sites {sorted(set(sites) - set(SITES))} are unknown; use {sorted(SITES)}.")
+    extra = [SITES[s].format(layer=l) for l in layer_list for s in sites] if metric_dir is not None else []
+    all_hooks = list(dict.fromkeys(hooks + extra))
     facts, reasoning = prepare_prompts(n_facts, n_reasoning, seed)
     facts, n_cut = truncate_at_subject(model, facts)
     if reasoning is not None:
         reasoning, n_cut_r = truncate_at_subject(model, reasoning)
         n_cut += n_cut_r
-    fa = extract(model, facts, hooks, position="subject_last", batch_size=batch_size, progress=progress)
-    ra = extract(model, reasoning, hooks, position="subject_last", batch_size=batch_size,
+    fa = extract(model, facts, all_hooks, position="subject_last", batch_size=batch_size, progress=progress)
+    ra = extract(model, reasoning, all_hooks, position="subject_last", batch_size=batch_size,
                  progress=progress) if reasoning is not None else None
     t_extract = time.perf_counter() - t0
     split = fa.rows["split"]
@@ -299,7 +307,10 @@ def run_geometry(model, layers: str | Sequence[int] | int = "all", n_facts: int 
             "n_reasoning_prompts": 0 if reasoning is None else len(reasoning), "n_angle_samples": n_angle_samples,
             "n_prompts_cut_after_subject": n_cut, "bin_width": bin_width, "seed": seed, "threads": torch.get_num_threads(),
             "seconds_extract": t_extract, "seconds_total": time.perf_counter() - t0}
-    return {"layers": results, "meta": meta}
+    out = {"layers": results, "meta": meta}
+    if metric_dir is not None:
+        out["generic_metric"] = generic_metric_geometry(metric_dir, fa, ra, tr, layer_list, sites, n_angle_samples, seed)
+    return out
 
 
 def summary_table(results: dict[str, Any]) -> str:
@@ -311,6 +322,60 @@ def summary_table(results: dict[str, Any]) -> str:
             return f"{r[v]['mean']:.2f}" if v in r else "-"
         lines.append(f"| {layer} | {f('euclid')} | {f('aip')} | {f('aip_heldout')} | {f('aip_other_family')} | "
                      f"{f('euclid_heldout')} | {f('euclid_other_family')} | {f('aip_centered_heldout')} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- a generic metric
+def generic_site_geometry(metric: AIPMetric, train_x: Tensor, heldout_x: Tensor, other_x: Tensor | None,
+                          n_angle_samples: int = 400, seed: int = 0) -> dict[str, Any]:
+    """Mean angles (degrees) under a metric fitted elsewhere (generic text): ``euclid_deg`` (train
+    subjects, Euclid), ``facts_deg`` (train subjects), ``heldout_deg`` (held-out entities),
+    ``reasoning_deg`` (the reasoning family; None without it), and Euclid on the last two."""
+    sets = {"facts": _sample(train_x, n_angle_samples, seed), "heldout": _sample(heldout_x, n_angle_samples, seed + 1)}
+    if other_x is not None and other_x.shape[0] >= 2:
+        sets["reasoning"] = _sample(other_x, n_angle_samples, seed + 2)
+    out: dict[str, Any] = {"euclid_deg": float(upper_angles(euclid_angles(sets["facts"])).mean()), "reasoning_deg": None}
+    for name, x in sets.items():
+        out[f"{name}_deg"] = float(upper_angles(metric.angles(x)).mean())
+        if name != "facts":
+            out[f"euclid_{name}_deg"] = float(upper_angles(euclid_angles(x)).mean())
+    return out
+
+
+def generic_metric_geometry(metric_dir: str | os.PathLike, fa: Any, ra: Any, train: Tensor, layers: Sequence[int],
+                            sites: Sequence[str] = ("resid", "mlp"), n_angle_samples: int = 400,
+                            seed: int = 0) -> dict[str, Any]:
+    """The ``generic_metric`` block of ``results.json``: per layer and site, the angles under the metric
+    saved in ``metric_dir/<hook>/`` (``sae-atoms fit-metric``); layers/sites without a metric are skipped."""
+    metric_dir = Path(metric_dir)
+    out: dict[str, Any] = {"provenance": {"dir": str(metric_dir)}, "layers": {}}
+    for layer in layers:
+        for site in sites:
+            hook = SITES[site].format(layer=layer)
+            if not (metric_dir / hook).exists() or hook not in fa.acts:
+                continue
+            metric = AIPMetric.load(metric_dir / hook)
+            if "corpus" not in out["provenance"]:
+                md = AIPMetric.read_metadata(metric_dir / hook).get("metadata", {})
+                out["provenance"].update({k: md.get(k) for k in ("corpus", "model", "n_tokens_run", "n_rows",
+                                                                  "context_size", "exclude_bos", "settings", "world_size")})
+            x = fa.x(hook)
+            r = generic_site_geometry(metric, x[train], x[~train], None if ra is None else ra.x(hook), n_angle_samples, seed)
+            r["hook"], r["metric"] = hook, metric.provenance()
+            out["layers"].setdefault(str(layer), {})[site] = r
+    if not out["layers"]:
+        raise FileNotFoundError(f"{metric_dir} holds no metric for the hooks {[SITES[s] for s in sites]} at layers "
+                                f"{list(layers)}; fit one with `sae-atoms fit-metric --out {metric_dir}`.")
+    return out
+
+
+def generic_table(block: dict[str, Any]) -> str:
+    """Markdown: layer, site, Euclid, generic-AIP facts, held-out, reasoning (mean angles, degrees)."""
+    lines = ["| layer | site | Euclid | generic-AIP facts | held-out | reasoning |", "|---|---|---|---|---|---|"]
+    for layer, sites in block["layers"].items():
+        for site, r in sites.items():
+            rs = "-" if r["reasoning_deg"] is None else f"{r['reasoning_deg']:.2f}"
+            lines.append(f"| {layer} | {site} | {r['euclid_deg']:.2f} | {r['facts_deg']:.2f} | {r['heldout_deg']:.2f} | {rs} |")
     return "\n".join(lines)
 
 
@@ -390,6 +455,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="cpu / cuda / auto")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--metric", type=Path, default=None,
+                   help="folder of metrics fitted on generic text (sae-atoms fit-metric): adds results['generic_metric']")
+    p.add_argument("--sites", default="resid,mlp", help="sites for --metric: resid, mlp (blocks.L.mlp.hook_post)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -401,7 +469,8 @@ def run_cli(args: argparse.Namespace) -> int:
     res = run_geometry(model, args.layers, n_facts=args.n_facts, n_reasoning=args.n_reasoning,
                        n_angle_samples=args.n_angle_samples, kind=args.kind, shrinkage=shrinkage,
                        bin_width=args.bin_width, seed=args.seed, batch_size=args.batch_size,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, metric_dir=args.metric,
+                       sites=[s.strip() for s in args.sites.split(",") if s.strip()])
     res["meta"]["seconds_command"] = time.perf_counter() - t0
     res["meta"]["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                              if k not in ("func",) and not callable(v)}
@@ -410,5 +479,7 @@ def run_cli(args: argparse.Namespace) -> int:
     plots = plot_geometry(res, args.out, hist)
     path = write_results(res, args.out)
     print(summary_table(res))
+    if "generic_metric" in res:
+        print("\nwith the metric fitted on generic text (" + str(args.metric) + "):\n" + generic_table(res["generic_metric"]))
     print(f"\nwrote {path} and {len(plots)} plots to {args.out} ({res['meta']['seconds_command']:.0f} s)")
     return 0
