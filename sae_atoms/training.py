@@ -39,7 +39,7 @@ from sae_atoms.models import resolve_device
 from sae_atoms.saes.tsae import check_batch
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
-__all__ = ["train_on_activations", "training_config", "build_runner", "DEFAULT_STEPS"]
+__all__ = ["train_on_activations", "training_config", "build_runner", "MetricFirstTrainer", "DEFAULT_STEPS"]
 DEFAULT_STEPS = 1500
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_LR = 1e-3
@@ -70,6 +70,19 @@ def _shuffled_batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[t
         perm = torch.randperm(n, generator=gen).to(x.device)
         for i in range(0, full, batch_size):
             yield x[perm[i:i + batch_size]]
+
+
+class MetricFirstTrainer(SAETrainer):
+    """SAELens's ``SAETrainer``; a ``tsae_aip`` SAE without a metric gets it from the first batches
+    before the first step, and those batches count as nothing (no step, no sample, no L0)."""
+
+    def step(self, batch: torch.Tensor):
+        sae = self.sae
+        if isinstance(sae, TSAEAIPTrainingSAE):
+            while not sae.metric_fitted:
+                sae.observe_metric_batch(self.activation_scaler(batch.to(sae.device)))
+                batch = next(self.data_provider)
+        return super().step(batch)
 
 
 def _as_tensor(activations: Any) -> torch.Tensor:
@@ -129,8 +142,8 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
     if isinstance(sae, TSAEAIPTrainingSAE):
         if metric is not None:
             sae.set_metric(metric)
-        elif not sae.metric_fitted:
-            sae.fit_metric(x)
+        elif not sae.metric_fitted and cfg.normalize_activations == "none":
+            sae.fit_metric(x)  # else the trainer estimates it from its first (scaled) batches
     warm = int(lr_warm_up_frac * steps)
     decay = int(lr_decay_frac * steps)
     tcfg = SAETrainerConfig(
@@ -140,7 +153,7 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
         n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=max(1, min(100, x.shape[0] // bs)),
     )
-    trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=_shuffled_batches(x, bs, seed))
+    trainer = MetricFirstTrainer(cfg=tcfg, sae=sae, data_provider=_shuffled_batches(x, bs, seed))
     with _tqdm_disabled(not progress):
         trained = trainer.fit()
     return trained if return_training_sae else to_inference(trained)
