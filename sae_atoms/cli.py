@@ -66,7 +66,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules: dict[str, object] = {}
     argv = sys.argv[1:]
-    wanted = next((a for a in argv if not a.startswith("-")), None)
+    wanted = next((a for a in argv if a in SUBCOMMANDS), None)
     for name, (target, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if wanted is None or wanted == name:  # import only what is needed
