@@ -149,7 +149,14 @@ def _dispatch(parser: argparse.ArgumentParser, modules: dict[str, object], args:
     set_threads(own if own else args.global_threads)
     if hasattr(args, "threads") and not own:
         args.threads = torch_threads()
-    return int(modules[args.command].run_cli(args) or 0)
+    out = getattr(args, "out", None)
+    if out is None:
+        return int(modules[args.command].run_cli(args) or 0)
+    from sae_atoms.io import check_output_dir, output_lock
+
+    check_output_dir(out, lambda p: True)  # writable, before any compute (replacing is the command's own check)
+    with output_lock(out):  # a second writer of the same --out fails at once, naming this process
+        return int(modules[args.command].run_cli(args) or 0)
 
 
 def torch_threads() -> int:

@@ -144,3 +144,26 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, argv, needle):
     assert res.returncode == 2, res.stderr
     assert needle in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["geometry", "capacity", "reproduce", "steer"])
+def test_every_out_is_locked_and_checked_before_compute(tmp_path, command, capsys):
+    from sae_atoms.cli import main
+    from sae_atoms.io import output_lock
+
+    extra = {"capacity": ["--activations", str(tmp_path / "none")]}.get(command, [])
+    assert main([command, "--out", "/proc/forbidden/o", *extra]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+    out = tmp_path / "o"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from sae_atoms.io import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main([command, "--out", str(out), *extra]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(out):
+        pass
