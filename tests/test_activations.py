@@ -1,3 +1,4 @@
+import contextlib
 import subprocess
 import sys
 
@@ -110,22 +111,29 @@ def test_extract_refuses_a_folder_it_did_not_write(tmp_path):
     _tiny_set().save(out)  # an activation set is ours: replaced without --overwrite
 
 
-def test_second_writer_fails_fast_naming_the_holder(tmp_path):
-    from sae_atoms.io import output_lock
-
-    out = tmp_path / "acts"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sae_atoms.io import output_lock\n"
+@contextlib.contextmanager
+def _held_by_another_process(out):
+    """A process that holds the output lock of ``out`` meanwhile (yields it)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from sae_atoms.io import output_lock\n"
                                f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_second_writer_fails_fast_naming_the_holder(tmp_path):
+    from sae_atoms.io import output_lock
+
+    out = tmp_path / "acts"
+    with _held_by_another_process(out) as holder:
         with pytest.raises(ValueError, match=f"pid {holder.pid}"):
             _tiny_set().save(out)
         res = _cli("extract", "--hook", "blocks.0.hook_resid_post", "--out", str(out), "--n-cities", "5")
         assert res.returncode == 2 and f"pid {holder.pid}" in res.stderr and "dequantising" not in res.stderr
-    finally:
-        holder.kill()
-        holder.wait()
     with output_lock(out):  # released when the holder dies; re-entrant in one process
         _tiny_set().save(out)
     assert ActivationSet.load(out).x("h").shape == (4, 3)
@@ -155,15 +163,8 @@ def test_every_out_is_locked_and_checked_before_compute(tmp_path, command, capsy
     assert main([command, "--out", "/proc/forbidden/o", *extra]) == 2
     assert "cannot be written" in capsys.readouterr().err
     out = tmp_path / "o"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from sae_atoms.io import output_lock\n"
-                               f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_by_another_process(out) as holder:
         assert main([command, "--out", str(out), *extra]) == 2
         assert f"pid {holder.pid}" in capsys.readouterr().err
-    finally:
-        holder.kill()
-        holder.wait()
     with output_lock(out):
         pass
