@@ -25,6 +25,7 @@ from sae_atoms.saes import (  # noqa: E402  (importing saes registers tsae / tsa
     TSAESAEConfig,
     TSAETrainingSAE,
     TSAETrainingSAEConfig,
+    load_sae,
     register,
     to_jumprelu,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "TSAETrainingSAE",
     "TSAETrainingSAEConfig",
     "load_model",
+    "load_sae",
     "register",
     "to_jumprelu",
     "train_on_activations",

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from sae_atoms.io import check_output_dir, output_lock
 from sae_atoms.models import check_hook_name, hook_layer, pad_batch, pad_id, tokenize_prompts
 
 POSITIONS = ("subject_last", "last", "all")
@@ -86,21 +87,26 @@ class ActivationSet:
         il = idx.tolist()
         return ActivationSet({h: a[idx] for h, a in self.acts.items()}, self.rows.select(il), dict(self.meta))
 
-    def save(self, path: str | Path) -> Path:
-        """Write to ``path`` atomically (temporary folder, then rename)."""
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write to ``path`` atomically (temporary folder, then rename), under an output lock.
+
+        An existing activation set (or empty folder) at ``path`` is replaced; any other non-empty
+        folder is refused unless ``overwrite``. A concurrent save to the same path fails at once.
+        """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-        try:
-            save_file({h: a.contiguous() for h, a in self.acts.items()}, str(tmp / "activations.safetensors"))
-            self.rows.save_to_disk(str(tmp / "rows"))
-            (tmp / "meta.json").write_text(json.dumps(self.meta | {"n": len(self), "hooks": self.hook_names}, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        check_output_dir(path, is_activation_set, overwrite)
+        with output_lock(path):
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+            try:
+                save_file({h: a.contiguous() for h, a in self.acts.items()}, str(tmp / "activations.safetensors"))
+                self.rows.save_to_disk(str(tmp / "rows"))
+                (tmp / "meta.json").write_text(json.dumps(self.meta | {"n": len(self), "hooks": self.hook_names}, indent=2))
+                if path.exists():
+                    shutil.rmtree(path)
+                os.replace(tmp, path)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return path
 
     @classmethod
@@ -113,6 +119,12 @@ class ActivationSet:
         meta = json.loads((path / "meta.json").read_text())
         order = meta.get("hooks", list(acts))
         return cls({h: acts[h] for h in order}, datasets.load_from_disk(str(path / "rows")), meta)
+
+
+def is_activation_set(path: str | Path) -> bool:
+    """True if ``path`` holds an activation set this package wrote (meta.json + activations.safetensors)."""
+    path = Path(path)
+    return (path / "activations.safetensors").is_file() and (path / "meta.json").is_file()
 
 
 def subject_token_positions(model, prompts: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[int]:

@@ -96,7 +96,6 @@ def bench_tsae_aip_step(quick: bool = False) -> dict:
     each) so load drifts hit both alike; the metric is estimated before timing and its cost is
     reported separately (``metric_fit_s`` on ``metric_fit_rows`` rows).
     """
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
@@ -109,8 +108,7 @@ def bench_tsae_aip_step(quick: bool = False) -> dict:
     mix = torch.eye(d) + torch.randn(d, d) / math.sqrt(d) * 0.5
     data = (torch.randn(4 * batch, d) @ mix + 0.5).to(dev)
     x = data[:batch]
-    tcfg = SAETrainerConfig(total_training_samples=10**9, train_batch_size_samples=batch, device=str(dev), lr_end=3e-5,
-                            logger=LoggingConfig(log_to_wandb=False))
+    tcfg = _trainer_config(batch, dev)
     jr = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d, d_sae=width, device=str(dev)))
     ta = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width, device=str(dev)))
     t0 = time.perf_counter()
@@ -128,6 +126,71 @@ def bench_tsae_aip_step(quick: bool = False) -> dict:
     return {"ratio": t_ta / t_jr, "target": 1.10, "better": "lower", "tsae_aip_step_s": t_ta, "jumprelu_step_s": t_jr,
             "metric_fit_s": fit_s, "metric_fit_rows": int(data.shape[0]),
             "metric_fit_in_steps": fit_s / t_jr, "d_in": d, "d_sae": width, "batch": batch, "device": str(dev)}
+
+
+def _trainer_config(batch: int, dev: torch.device):
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    return SAETrainerConfig(total_training_samples=10**9, train_batch_size_samples=batch, device=str(dev), lr_end=3e-5,
+                            logger=LoggingConfig(log_to_wandb=False))
+
+
+def _median_time(fn: Callable[[], object], repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def _competitors(n: int) -> list:
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def bench_under_load(quick: bool = False) -> dict:
+    """A ``tsae`` training step with two CPU-bound competitor processes / the same step without them.
+
+    The case starts the competitors itself (busy loops) and stops them; the thread count is
+    ``sae_atoms.threads.choose_threads()`` in both phases (it sees the competitors as runnable
+    processes). Median step times; target loaded / idle <= 2.5 (the fair share is about 2x).
+    """
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from sae_atoms.saes.tsae import TSAETrainingSAE, TSAETrainingSAEConfig
+    from sae_atoms.threads import choose_threads
+
+    d, width, batch = (64, 256, 512) if quick else (576, 2304, 1024)
+    dev = torch.device("cpu")
+    torch.manual_seed(0)
+    x = torch.randn(batch, d)
+    sae = TSAETrainingSAE(TSAETrainingSAEConfig(d_in=d, d_sae=width))
+    trainer = SAETrainer(cfg=_trainer_config(batch, dev), sae=sae, data_provider=iter(()))
+    repeat = 5 if quick else 7
+    before = torch.get_num_threads()
+    try:
+        idle_threads = choose_threads()
+        torch.set_num_threads(idle_threads)
+        t_idle = _median_time(lambda: trainer._train_step(sae, x), repeat)
+        procs = _competitors(2)
+        try:
+            time.sleep(1.0)
+            loaded_threads = choose_threads()
+            torch.set_num_threads(loaded_threads)
+            t_loaded = _median_time(lambda: trainer._train_step(sae, x), repeat)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+    finally:
+        torch.set_num_threads(before)
+    return {"ratio": t_loaded / t_idle, "target": 2.5, "better": "lower", "idle_step_s": t_idle,
+            "loaded_step_s": t_loaded, "idle_threads": idle_threads, "loaded_threads": loaded_threads,
+            "competitors": 2, "d_in": d, "d_sae": width, "batch": batch}
 
 
 def bench_coherence(quick: bool = False) -> dict:
@@ -208,6 +271,7 @@ CASES: dict[str, Callable[..., dict]] = {
     "tsae_aip_step": bench_tsae_aip_step,
     "coherence": bench_coherence,
     "aip_stream": bench_aip_stream,
+    "under_load": bench_under_load,
 }
 
 
@@ -234,7 +298,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("cases", nargs="*", help=f"cases to run (default: all): {', '.join(CASES)}")
     p.add_argument("--json", type=Path, help="write {case: {ratio, target, better, ...}} to this file")
     p.add_argument("--quick", action="store_true", help="smaller sizes (for smoke tests)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: sae_atoms.threads.choose_threads())")
 
 
 def run_cli(args: argparse.Namespace) -> int:

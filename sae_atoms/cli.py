@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +62,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
         description="Atoms of language models (Atom Theory, arXiv 2509.20784) with SAELens and TransformerLens.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--threads", type=_threads_arg, default=None, dest="global_threads",
+                        help="torch CPU threads (default: $SAE_ATOMS_THREADS, else the free cores of this "
+                             "process's CPU affinity; 1 when the machine is loaded)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules: dict[str, object] = {}
     argv = sys.argv[1:]
-    wanted = next((a for a in argv if not a.startswith("-")), None)
+    wanted = next((a for a in argv if a in SUBCOMMANDS), None)
     for name, (target, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if wanted is None or wanted == name:  # import only what is needed
@@ -76,11 +80,58 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     return parser, modules
 
 
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return n
+
+
+def _threads_arg(value: str) -> int:
+    from sae_atoms.threads import parse_threads
+
+    try:
+        return parse_threads(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# what a user's mistake raises: one line and exit status 2, no traceback (SAE_ATOMS_DEBUG=1 shows it)
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, TypeError)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from sae_atoms.models import ModelLoadError
+
+    return (*_USER_ERRORS, ModelLoadError)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     parser, modules = build_parser()
     args, extra = parser.parse_known_args()
+    try:
+        return _dispatch(parser, modules, args, extra)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # a command's own `raise SystemExit(message)`
+            print(f"sae-atoms {args.command}: error: {e.code}", file=sys.stderr)
+            return 2
+        raise
+    except _user_error_types() as e:
+        if os.environ.get("SAE_ATOMS_DEBUG"):
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"sae-atoms {args.command}: error: {' '.join(msg.split()) or type(e).__name__}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(parser: argparse.ArgumentParser, modules: dict[str, object], args: argparse.Namespace,
+              extra: list[str]) -> int:
     if args.version:
         from sae_atoms import __version__
 
@@ -94,7 +145,26 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(modules[args.command], "ACCEPTS_EXTRA_ARGS", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_args = extra
-    return int(modules[args.command].run_cli(args) or 0)
+    from sae_atoms.threads import set_threads
+
+    own = getattr(args, "threads", None)  # a subcommand's own --threads
+    set_threads(own if own else args.global_threads)
+    if hasattr(args, "threads") and not own:
+        args.threads = torch_threads()
+    out = getattr(args, "out", None)
+    if out is None:
+        return int(modules[args.command].run_cli(args) or 0)
+    from sae_atoms.io import check_output_dir, output_lock
+
+    check_output_dir(out, lambda p: True)  # writable, before any compute (replacing is the command's own check)
+    with output_lock(out):  # a second writer of the same --out fails at once, naming this process
+        return int(modules[args.command].run_cli(args) or 0)
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 # --------------------------------------------------------------------------- sae-atoms extract
@@ -104,26 +174,31 @@ def _configure_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local HF folder or TransformerLens name")
     p.add_argument("--hook", action="append", required=True, help="hook name (repeatable), e.g. blocks.12.hook_resid_post")
     p.add_argument("--out", type=Path, required=True, help="output folder of the activation set")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is a non-empty folder that is not an activation set")
     p.add_argument("--position", choices=POSITIONS, default="subject_last")
     p.add_argument("--data", choices=("facts", "reasoning"), default="facts")
-    p.add_argument("--n-cities", type=int, default=None, help="most populous cities to use (default all: >20k prompts)")
+    p.add_argument("--n-cities", type=positive_int, default=None, help="most populous cities to use (default all: >20k prompts)")
     p.add_argument("--relations", nargs="*", default=None, help="fact relations (default all)")
-    p.add_argument("--n", type=int, default=2000, help="number of reasoning prompts")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n", type=positive_int, default=2000, help="number of reasoning prompts")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from sae_atoms.activations import extract
+    from sae_atoms.activations import extract, is_activation_set
     from sae_atoms.data import fact_prompts, reasoning_prompts
+    from sae_atoms.io import check_output_dir, output_lock
     from sae_atoms.models import load_model
 
-    model = load_model(args.model, device=args.device)
-    ds = (fact_prompts(n_cities=args.n_cities, relations=args.relations, seed=args.seed) if args.data == "facts"
-          else reasoning_prompts(args.n, seed=args.seed))
-    acts = extract(model, ds, args.hook, position=args.position, batch_size=args.batch_size)
-    acts.save(args.out)
+    check_output_dir(args.out, is_activation_set, args.overwrite)  # before any compute
+    with output_lock(args.out):
+        model = load_model(args.model, device=args.device)
+        ds = (fact_prompts(n_cities=args.n_cities, relations=args.relations, seed=args.seed) if args.data == "facts"
+              else reasoning_prompts(args.n, seed=args.seed))
+        acts = extract(model, ds, args.hook, position=args.position, batch_size=args.batch_size)
+        acts.save(args.out, overwrite=args.overwrite)
     splits = {s: acts.labels("split").count(s) for s in sorted(set(acts.labels("split")))}
     print(f"wrote {len(acts)} activations ({', '.join(f'{k}: {v}' for k, v in splits.items())}) "
           f"at {acts.hook_names} to {args.out}")
@@ -235,9 +310,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         from sae_atoms.aip import AIPMetric
 
         fit_on = acts.select(split="train") if "train" in splits_present else acts
-        print(f"sae-atoms evaluate: fitting the AIP metric (uncentred) on {len(fit_on)} "
+        print(f"sae-atoms evaluate: fitting the robust AIP metric (AIPMetric.robust) on {len(fit_on)} "
               f"{'train-split ' if 'train' in splits_present else ''}activations", file=sys.stderr)
-        metric = AIPMetric.fit(fit_on.x(hook))
+        metric = AIPMetric.robust(fit_on.x(hook))
     model = None
     if args.model:
         from sae_atoms.models import load_model

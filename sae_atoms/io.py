@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -53,3 +54,77 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
         return atomic_write(path, lambda p: fig.savefig(p, dpi=dpi))
     finally:
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------- output folders
+class OutputError(ValueError):
+    """An output folder cannot be used (not ours, not writable, or another writer holds it)."""
+
+
+def check_output_dir(path: str | os.PathLike, is_ours: Callable[[Path], bool] | None = None,
+                     overwrite: bool = False) -> Path:
+    """Check, before any compute, that ``path`` can be written and replaced.
+
+    A folder that exists, is not empty and is not one this tool wrote (``is_ours(path)``) is
+    refused unless ``overwrite``: the tool never deletes a folder it did not write. The parent
+    must be writable (a file is created and removed there).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--out {path} is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite and not (is_ours is not None and is_ours(path)):
+        raise OutputError(f"--out {path} is a non-empty folder this tool did not write; it would be replaced. "
+                          "Choose a new folder, or pass --overwrite to replace it.")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"--out {path} cannot be written: {e.strerror or e} ({parent})") from None
+    return path
+
+
+_HELD: dict[Path, Any] = {}  # lock path -> open file, for the locks this process holds
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the output ``path`` (a ``.NAME.lock`` file beside it).
+
+    A second writer, in this process or another, fails at once with a message naming the holder
+    (pid, host, command) instead of computing and then overwriting or crashing. Re-entrant in
+    one process.
+    """
+    import fcntl
+    import socket
+    import sys
+
+    path = Path(path).absolute()
+    lock = path.parent / f".{path.name}.lock"
+    if lock in _HELD:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise OutputError(f"{path} is being written by {holder}; wait for it to finish or choose another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)[:200]})")
+    fh.flush()
+    _HELD[lock] = fh
+    try:
+        yield
+    finally:
+        _HELD.pop(lock, None)
+        fh.seek(0)
+        fh.truncate()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()

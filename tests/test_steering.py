@@ -173,6 +173,34 @@ def test_bad_input_gives_clear_errors(tiny_model):
         tiny_model.run_with_hooks(tokens(), fwd_hooks=st.fwd_hooks(tiny_model, st.ablate_atoms(big, 0)))
 
 
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, float("-inf")]])
+def test_edit_atoms_rejects_non_finite_values(value):
+    with pytest.raises(ValueError, match="finite"):
+        st.clamp_atoms(make_sae(), [1, 2], value)
+
+
+def _steer_args(*argv: str):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    steer_exp.configure_parser(p)
+    return p.parse_args(["--out", "x", *argv])
+
+
+def test_steer_quick_keeps_explicit_flags_and_rejects_bad_values():
+    args = _steer_args("--quick", "--alphas", "3", "5", "--targets", "3", "--n-eval", "5", "--n-unrelated", "6",
+                       "--n-ablation", "7")
+    cfg = steer_exp._resolve_config(None, "city_country", "country", True, steer_exp.steer_overrides(args))
+    assert (cfg.alphas, cfg.n_targets, cfg.n_eval, cfg.n_unrelated, cfg.n_ablation) == ((3.0, 5.0), 3, 5, 6, 7)
+    quick = steer_exp._resolve_config(None, "city_country", "country", True, steer_exp.steer_overrides(_steer_args("--quick")))
+    assert quick.alphas == steer_exp.QUICK["alphas"] and quick.n_eval == steer_exp.QUICK["n_eval"]
+    from sae_atoms.cli import main
+
+    for bad in (["--alphas", "0", "-1"], ["--n-eval", "0"], ["--kl-budget", "nan"]):
+        assert main(["steer", "--out", "/nonexistent/x", "--quick", *bad]) == 2
+
+
 # --------------------------------------------------------------------------- planted direction
 def planted_direction(model, token: int) -> torch.Tensor:
     u = model.W_U[:, token].detach().clone()

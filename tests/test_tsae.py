@@ -262,3 +262,124 @@ def test_bad_input_errors(tmp_path):
 
 def test_package_import_registers():
     assert sae_atoms.TSAEAIPTrainingSAE is TSAEAIPTrainingSAE
+
+
+# --------------------------------------------------------------------------- issue 14: SAELens compatibility
+def _step_input(x: torch.Tensor) -> TrainStepInput:
+    return TrainStepInput(sae_in=x, coefficients={"l0": 0.05}, dead_neuron_mask=None, n_training_steps=0,
+                          is_logging_step=False)
+
+
+@pytest.mark.parametrize("arch", ["tsae", "tsae_aip"])
+def test_training_forward_pass_fires_every_hook(arch):
+    sae = _fitted_aip()[0] if arch == "tsae_aip" else TSAETrainingSAE(TSAETrainingSAEConfig(d_in=16, d_sae=48))
+    fired = []
+    names = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons")
+    for n in names:
+        getattr(sae, n).add_hook(lambda t, hook, n=n: fired.append(n))
+    sae.training_forward_pass(_step_input(_skewed(32, 16)))
+    assert set(fired) == set(names)
+
+
+def test_tsae_aip_logs_raw_mse_and_explained_variance_and_aip_under_its_own_name():
+    sae, x = _fitted_aip()
+    out = sae.training_forward_pass(_step_input(x[:64]))
+    assert torch.equal(out.sae_in, x[:64])  # raw, as SAELens's explained variance reads it
+    raw = (out.sae_out - x[:64]).pow(2).sum(-1).mean()
+    assert torch.allclose(out.losses["mse_loss"], raw, rtol=1e-4)
+    y, y_hat = sae._to_geometry(x[:64]), sae._to_geometry(out.sae_out.detach())
+    assert torch.allclose(out.losses["aip_mse_loss"], (y - y_hat).pow(2).sum(-1).mean(), rtol=1e-3)
+    assert torch.allclose(out.loss, out.losses["aip_mse_loss"] + out.losses["l0_loss"])  # the paper's loss is optimised
+
+
+@pytest.mark.parametrize("kind", ["uncentered", "centered"])
+def test_tsae_aip_training_save_model_loads_with_sae_load_from_disk(tmp_path, kind):
+    sae, x = _fitted_aip(kind=kind)
+    assert all(b.is_floating_point() for b in sae.buffers())  # no bool buffer for SAELens helpers
+    sae.to(dtype=torch.float64).to(dtype=torch.float32)
+    sae.save_model(tmp_path / "train")
+    inf = SAE.load_from_disk(str(tmp_path / "train"))
+    assert isinstance(inf, TSAEAIPSAE)
+    ref = to_inference(sae)
+    assert torch.allclose(inf(x[:50]), ref(x[:50]), atol=1e-4)
+    back = sae_atoms.load_sae(tmp_path / "train", training=True)
+    assert isinstance(back, TSAEAIPTrainingSAE) and back.metric_fitted
+    assert "sae_atoms.load_sae" in json.loads((tmp_path / "train" / "cfg.json").read_text())["load_with"]
+
+
+def test_metric_batches_do_not_count_as_training():
+    from sae_lens.config import SAETrainerConfig
+
+    from sae_atoms.training import MetricFirstTrainer
+
+    x = _skewed(2048, 16)
+    sae = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=16, d_sae=48, n_batches_for_metric=5, l0_coefficient=0.0))
+    tcfg = SAETrainerConfig(total_training_samples=10 * 64, train_batch_size_samples=64, lr=1e-3, lr_end=1e-3,
+                            lr_warm_up_steps=0, lr_decay_steps=0, device="cpu", dead_feature_window=100,
+                            feature_sampling_window=1000, n_checkpoints=0, checkpoint_path=None,
+                            save_final_checkpoint=False, logger=LoggingConfig(log_to_wandb=False),
+                            n_batches_for_norm_estimate=1)
+    trainer = MetricFirstTrainer(cfg=tcfg, sae=sae, data_provider=iter(x.split(64)))
+    trained = trainer.fit()
+    assert trainer.n_training_steps == 10 and trainer.n_frac_active_samples == 10 * 64
+    assert sae._n_metric_batches == 5
+    with torch.no_grad():
+        l0 = (trained.encode(x[-640:]) > 0).float().sum(-1).mean()
+    assert abs(trained.cfg.metadata.l0 - float(l0)) < 0.35 * float(l0) + 1  # not diluted by 5 idle batches
+
+
+@pytest.mark.parametrize("field,value", [("l0_coefficient", float("nan")), ("jumprelu_init_threshold", float("inf")),
+                                         ("jumprelu_bandwidth", float("nan")), ("l0_coefficient", float("inf"))])
+@pytest.mark.parametrize("cfg_cls", [TSAETrainingSAEConfig, TSAEAIPTrainingSAEConfig])
+def test_non_finite_hyperparameters_rejected(cfg_cls, field, value):
+    with pytest.raises(ValueError, match="not finite"):
+        cfg_cls(d_in=8, d_sae=16, **{field: value})
+
+
+def test_config_fields_honoured_or_rejected():
+    with pytest.raises(ValueError, match="decoder_init_norm"):
+        TSAETrainingSAEConfig(d_in=8, d_sae=16, decoder_init_norm=0.1)
+    with pytest.raises(ValueError, match="covariance_whitening"):
+        TSAETrainingSAEConfig(d_in=8, d_sae=16, normalize_activations="covariance_whitening")
+    TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16, normalize_activations="expected_average_only_in")
+
+
+def test_tsae_aip_trains_with_expected_average_norm_and_folds_to_raw_space():
+    from sae_atoms.training import train_on_activations
+
+    x = _skewed(1024, 16) * 30.0
+    cfg = TSAEAIPTrainingSAEConfig(d_in=16, d_sae=48, normalize_activations="expected_average_only_in",
+                                   n_batches_for_metric=4)
+    sae = train_on_activations(x, cfg, steps=30, batch_size=128, progress=False, return_training_sae=True)
+    assert sae.cfg.normalize_activations == "none"
+    raw_W = AIPMetric.fit(x, **sae.metric_options()).W.float()  # the folded metric is the raw activations' (estimated on 4 scaled batches)
+    assert (sae.aip_W - raw_W).norm() < 0.2 * raw_W.norm()
+    r2 = 1 - (sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert r2 > 0.0
+
+
+def test_to_jumprelu_unit_norm_keeps_outputs_and_carries_saebench_fields():
+    sae, x = _fitted_aip()
+    jr = to_jumprelu(sae, unit_norm=True, hook_name="blocks.0.hook_resid_post", model_name="tiny", context_size=32,
+                     prepend_bos=True)
+    assert torch.allclose(jr.W_dec.norm(dim=1), torch.ones(48), atol=1e-5)
+    ref = to_inference(sae)
+    assert torch.allclose(jr(x[:50]), ref(x[:50]), atol=1e-3)
+    n = ref.W_dec.norm(dim=1)
+    assert torch.allclose(jr.encode(x[:50]), ref.encode(x[:50]) * n, atol=1e-3)
+    for k, v in {"hook_name": "blocks.0.hook_resid_post", "model_name": "tiny", "context_size": 32,
+                 "prepend_bos": True}.items():
+        assert jr.cfg.metadata[k] == v
+
+
+def test_load_without_sae_atoms_names_load_sae(tmp_path):
+    import subprocess
+    import sys
+
+    sae, _ = _fitted_aip()
+    to_inference(sae).save_model(tmp_path / "inf")
+    code = f"from sae_lens import SAE; SAE.load_from_disk({str(tmp_path / 'inf')!r})"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "sae_atoms.load_sae" in (tmp_path / "inf" / "cfg.json").read_text()
+    assert isinstance(sae_atoms.load_sae(tmp_path / "inf"), TSAEAIPSAE)

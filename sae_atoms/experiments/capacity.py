@@ -108,7 +108,7 @@ def capacity_sweep(train_acts: Any, heldout_acts: Any, expansions: Sequence[floa
         raise ValueError(f"data sizes {too_big} are outside 2..{xtr.shape[0]} (the number of training activations); "
                          "extract more activations or choose smaller sizes")
     if metric is None:
-        metric = AIPMetric.fit(xtr)
+        metric = AIPMetric.robust(xtr)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(xtr.shape[0], generator=gen)
     runs = [(n, e) for n in sorted(sizes) for e in sorted(expansions)]
@@ -251,7 +251,7 @@ def compare_units(train_acts: Any, heldout_acts: Any, expansion: float = 4, arch
 
     xtr = _x(train_acts)
     d = xtr.shape[1]
-    metric = metric if metric is not None else AIPMetric.fit(xtr)
+    metric = metric if metric is not None else AIPMetric.robust(xtr)
     units: dict[str, Any] = {"neurons": "neurons"}
     for arch in architectures:
         cfg = training_config(arch, d, int(round(expansion * d)), **((cfg_overrides or {}).get(arch, {})))

@@ -15,7 +15,9 @@
       -> results.json, report.md / report.html, plots, SAEs in SAELens format
 
 Every stage's result is cached under ``OUT/cache/<stage>`` with a key of its inputs, so a
-second run reuses what did not change; ``--force`` starts afresh.
+second run reuses what did not change; ``--force`` starts afresh. A cached stage is checked on
+load (the size and sha256 of each file, recorded when it was written; then it must load): a
+damaged one is recomputed with a warning.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -110,19 +113,52 @@ def _stage(out: Path, name: str, key: Any, force: bool, compute: Callable[[Path]
     keyfile = folder / "key.json"
     k = _key(key)
     if not force and keyfile.exists():
-        try:
-            if json.loads(keyfile.read_text())["key"] == k:
-                return load(folder), True
-        except (json.JSONDecodeError, KeyError, OSError):
-            pass
+        cached = _load_verified(folder, k, load)
+        if cached is not None:
+            return cached[0], True
     tmp = folder.parent / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     result = compute(tmp)
-    (tmp / "key.json").write_text(json.dumps({"key": k, "inputs": key}, default=str, indent=1))
+    (tmp / "key.json").write_text(json.dumps({"key": k, "inputs": key, "files": _manifest(tmp)}, default=str, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return (load(folder) if result is None else result), False
+
+
+def _manifest(folder: Path) -> dict[str, list]:
+    """``{relative path: [size, sha256]}`` of the files under ``folder`` (key.json aside)."""
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != "key.json":
+            out[str(f.relative_to(folder))] = [f.stat().st_size, hashlib.sha256(f.read_bytes()).hexdigest()]
+    return out
+
+
+def _load_verified(folder: Path, k: str, load: Callable[[Path], Any]) -> tuple[Any] | None:
+    """``(result,)`` of a cached stage whose key is ``k`` and whose files are intact; None to recompute.
+
+    A stage whose files differ from the manifest written with it, or that fails to load, is
+    recomputed with a warning (an older stage without a manifest is only loaded).
+    """
+    try:
+        info = json.loads((folder / "key.json").read_text())
+    except (json.JSONDecodeError, OSError):
+        info = {}
+    if info.get("key") != k:
+        return None
+    try:
+        files = info.get("files")
+        if files is not None:
+            now = _manifest(folder)
+            bad = sorted(f for f in set(files) | set(now) if files.get(f) != now.get(f))
+            if bad:
+                raise ValueError(f"files changed since it was written: {bad[:5]}")
+        return (load(folder),)
+    except Exception as e:  # a damaged stage is recomputed, never fatal
+        warnings.warn(f"reproduce: the cached stage {folder.name!r} is damaged ({type(e).__name__}: "
+                      f"{str(e)[:300]}); recomputing it.", stacklevel=3)
+        return None
 
 
 def _json_stage(out: Path, name: str, key: Any, force: bool, fn: Callable[[], Any]) -> tuple[Any, bool]:

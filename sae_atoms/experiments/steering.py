@@ -13,6 +13,7 @@ selected atoms vs random ones). The interventions themselves are ``sae_atoms.ste
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import shutil
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from sae_atoms.activations import ActivationSet, extract, subject_token_positions
 from sae_atoms.data import reasoning_prompts, split_of
-from sae_atoms.io import save_figure, write_json
+from sae_atoms.io import check_output_dir, output_lock, save_figure, write_json
 from sae_atoms.models import check_hook_name, first_token_ids, resolve_device
 from sae_atoms.steering import (
     AddDirection,
@@ -211,6 +212,12 @@ def _resolve_config(cfg: SteerConfig | None, relation: str, label: str, quick: b
         raise ValueError(f"alphas must be positive strengths, got {cfg.alphas}")
     if cfg.span not in ("at", "from"):
         raise ValueError(f"span must be 'at' or 'from', got {cfg.span!r}")
+    small = {k: getattr(cfg, k) for k in ("n_targets", "min_subjects", "k", "n_eval", "n_unrelated", "n_ablation",
+                                          "batch_size") if getattr(cfg, k) < 1}
+    if small:
+        raise ValueError(f"these steering sizes must be >= 1: {small}")
+    if not cfg.kl_budget > 0 or not all(map(math.isfinite, (cfg.kl_budget, *cfg.alphas))):
+        raise ValueError(f"kl_budget={cfg.kl_budget} and alphas={cfg.alphas} must be finite and > 0")
     return cfg
 
 
@@ -613,32 +620,48 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-cities", type=int, default=600, help="most populous cities in the fact prompts")
     p.add_argument("--expansion", type=int, default=4, help="SAE width as a multiple of d_model (when training)")
     p.add_argument("--steps", type=int, default=1500, help="training steps per SAE (when training)")
-    p.add_argument("--targets", type=int, default=SteerConfig.n_targets, help="number of target values")
+    p.add_argument("--targets", type=int, default=None, help=f"number of target values ({SteerConfig.n_targets})")
     p.add_argument("--min-subjects", type=int, default=SteerConfig.min_subjects)
     p.add_argument("--k", type=int, default=SteerConfig.k, help="atoms / features per target")
-    p.add_argument("--alphas", type=float, nargs="+", default=list(SteerConfig.alphas),
-                   help="strengths (multiples of the target's difference-of-means norm)")
+    p.add_argument("--alphas", type=float, nargs="+", default=None,
+                   help=f"strengths (multiples of the target's difference-of-means norm; {list(SteerConfig.alphas)})")
     p.add_argument("--span", choices=("at", "from"), default=SteerConfig.span,
                    help="intervene at the subject's last token, or from it to the end")
     p.add_argument("--kl-budget", type=float, default=SteerConfig.kl_budget, help="matched side effect, nats")
-    p.add_argument("--n-eval", type=int, default=SteerConfig.n_eval, help="prompts per target per split")
-    p.add_argument("--n-unrelated", type=int, default=SteerConfig.n_unrelated)
-    p.add_argument("--n-ablation", type=int, default=SteerConfig.n_ablation)
+    p.add_argument("--n-eval", type=int, default=None, help=f"prompts per target per split ({SteerConfig.n_eval})")
+    p.add_argument("--n-unrelated", type=int, default=None, help=f"({SteerConfig.n_unrelated})")
+    p.add_argument("--n-ablation", type=int, default=None, help=f"({SteerConfig.n_ablation})")
     p.add_argument("--batch-size", type=int, default=SteerConfig.batch_size)
-    p.add_argument("--quick", action="store_true", help="smoke-test sizes")
+    p.add_argument("--quick", action="store_true", help="smoke-test sizes (flags given explicitly win over them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    from sae_atoms.data import fact_prompts
-    from sae_atoms.models import load_model
+def steer_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``SteerConfig`` settings the command line gives: explicit flags win over ``--quick``."""
+    given = {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
+             "n_ablation": args.n_ablation, "alphas": None if args.alphas is None else tuple(args.alphas)}
+    return {**{k: v for k, v in given.items() if v is not None}, "min_subjects": args.min_subjects, "k": args.k,
+            "span": args.span, "kl_budget": args.kl_budget, "batch_size": args.batch_size, "seed": args.seed}
 
+
+def run_cli(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     label = RELATION_LABEL[args.relation]
+    overrides = steer_overrides(args)
+    _resolve_config(None, args.relation, label, args.quick, overrides)  # bad values fail before any compute
+    check_output_dir(args.out, lambda p: True)  # steer adds files to --out; it never deletes it
+    with output_lock(args.out):
+        return _steer_cli(args, label, overrides, t0)
+
+
+def _steer_cli(args: argparse.Namespace, label: str, overrides: dict[str, Any], t0: float) -> int:
+    from sae_atoms.data import fact_prompts
+    from sae_atoms.models import load_model
+
     model = load_model(args.model, device=args.device)
     check_hook_name(model, args.hook)
     n_cities = min(args.n_cities, 300) if args.quick else args.n_cities
@@ -654,11 +677,7 @@ def run_cli(args: argparse.Namespace) -> int:
     saes = load_or_train_saes(acts.select(split="train").x(args.hook), args.hook, args.sae_dir, args.out,
                               args.expansion, min(args.steps, 300) if args.quick else args.steps, args.seed, args.device)
     res = run_steering(
-        model, saes, facts, acts, relation=args.relation, label=label, out_dir=args.out, quick=args.quick,
-        **({} if args.quick else {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
-                                  "n_ablation": args.n_ablation, "alphas": tuple(args.alphas)}),
-        min_subjects=args.min_subjects, k=args.k, span=args.span, kl_budget=args.kl_budget,
-        batch_size=args.batch_size, seed=args.seed)
+        model, saes, facts, acts, relation=args.relation, label=label, out_dir=args.out, quick=args.quick, **overrides)
     res["seconds_total"] = time.perf_counter() - t0
     write_json(res, args.out / "results.json", default=float)
     print(res["summary"])

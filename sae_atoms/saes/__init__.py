@@ -41,6 +41,7 @@ __all__ = [
     "to_inference",
     "to_jumprelu",
     "register",
+    "load_sae",
     "ARCHITECTURES",
 ]
 
@@ -73,6 +74,23 @@ def register() -> None:
     for name, (inf, train) in ARCHITECTURES.items():
         _register_one(name, SAE_CLASS_REGISTRY, register_sae_class, inf)
         _register_one(name, SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class, train)
+
+
+def load_sae(path, device: str = "cpu", dtype: str | None = None, training: bool = False):
+    """Load a saved SAE folder (any SAELens architecture, ``tsae`` / ``tsae_aip`` registered first).
+
+    ``training=True`` gives the training SAE (to resume); otherwise the inference SAE (a
+    ``tsae_aip`` training folder is folded into raw space on load).
+    """
+    from pathlib import Path
+
+    from sae_lens.saes.sae import SAE, TrainingSAE
+
+    register()
+    if not (Path(path) / "cfg.json").exists():
+        raise FileNotFoundError(f"{path} is not an SAE folder (no cfg.json); pass a folder written by save_model.")
+    cls = TrainingSAE if training else SAE
+    return cls.load_from_disk(str(path), device=device, dtype=dtype)
 
 
 register()

@@ -37,7 +37,8 @@ Use them like any SAELens architecture: ``LanguageModelSAERunnerConfig(sae=TSAET
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,13 @@ __all__ = [
     "check_batch",
     "check_state_dict_shapes",
     "check_checkpoint_config",
+    "check_finite_fields",
+    "LOAD_HINT",
 ]
+
+# written into every saved folder's cfg.json (SAELens ignores keys that are not config fields)
+LOAD_HINT = ("this SAE is a sae_atoms architecture: `pip install sae_atoms`, then `import sae_atoms; "
+             "sae_atoms.load_sae(path)` (or `import sae_atoms` before `SAE.load_from_disk(path)`)")
 
 _RAW_NORMALIZATIONS = ("none", "expected_average_only_in")
 
@@ -123,6 +130,38 @@ def check_checkpoint_config(path: str | Path, arch: str, d_in: int, d_sae: int) 
         )
 
 
+def check_finite_fields(cfg: Any) -> None:
+    """Reject NaN / inf in a config's numeric fields (a non-finite hyperparameter trains an all-NaN SAE)."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{f.name}={v} is not finite; give a finite number.")
+
+
+def add_load_hint(path: str | Path) -> None:
+    """Add ``load_with`` (how to load this architecture) to the folder's ``cfg.json``."""
+    from sae_atoms.io import write_json
+
+    cfg_path = Path(path) / SAE_CFG_FILENAME
+    cfg = json.loads(cfg_path.read_text())
+    cfg["load_with"] = LOAD_HINT
+    write_json(cfg, cfg_path, indent=None)
+
+
+class LoadHintMixin:
+    """``save_model`` / ``save_inference_model`` also write the ``load_with`` hint into cfg.json."""
+
+    def save_model(self, path: str | Path) -> tuple[Path, Path]:
+        out = super().save_model(path)  # type: ignore[misc]
+        add_load_hint(path)
+        return out
+
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        out = super().save_inference_model(path)  # type: ignore[misc]
+        add_load_hint(path)
+        return out
+
+
 # --------------------------------------------------------------------------- configs
 @dataclass
 class TSAESAEConfig(JumpReLUSAEConfig):
@@ -157,6 +196,10 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
         self._validate()
 
     def _validate(self) -> None:
+        check_finite_fields(self)
+        if self.decoder_init_norm not in (None, 1.0):
+            raise ValueError(f"decoder_init_norm={self.decoder_init_norm}: the TSAE's atoms have unit norm by construction "
+                             "(the forward pass normalises the decoder rows); use 1.0 or None.")
         if self.d_in <= 0 or self.d_sae <= 0:
             raise ValueError(f"d_in={self.d_in} and d_sae={self.d_sae} must be positive.")
         if self.jumprelu_bandwidth <= 0:
@@ -168,7 +211,9 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
         if self.normalize_activations not in _RAW_NORMALIZATIONS:
             raise ValueError(
                 f"normalize_activations={self.normalize_activations!r} is not supported by {self.architecture()!r}: "
-                f"use one of {_RAW_NORMALIZATIONS} (for a whitened geometry train 'tsae_aip')."
+                f"use one of {_RAW_NORMALIZATIONS}. For a whitened geometry train 'tsae_aip' (aip_kind='centered' is "
+                "covariance whitening kept in the model): SAELens's covariance_whitening folds a non-orthogonal map into "
+                "the decoder, which breaks the TSAE's unit-norm atoms."
             )
         if self.reshape_activations != "none":
             raise ValueError(f"reshape_activations={self.reshape_activations!r} is not supported by the TSAE; use 'none'.")
@@ -179,7 +224,7 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
 
 
 # --------------------------------------------------------------------------- inference SAE
-class TSAESAE(JumpReLUSAE):
+class TSAESAE(LoadHintMixin, JumpReLUSAE):
     """Inference TSAE in raw space: ``JumpReLUSAE``'s forward with unit-norm decoder rows."""
 
     cfg: TSAESAEConfig  # type: ignore[assignment]
@@ -197,7 +242,7 @@ class TSAESAE(JumpReLUSAE):
 
 
 # --------------------------------------------------------------------------- training SAE
-class TSAETrainingSAE(JumpReLUTrainingSAE):
+class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
     """Training TSAE in raw space (see the module docstring for the forward pass and loss).
 
     Subclasses change the geometry by overriding ``_to_geometry`` / ``_from_geometry`` (the
@@ -251,27 +296,41 @@ class TSAETrainingSAE(JumpReLUTrainingSAE):
         return self.reshape_fn_out(out, self.d_head)
 
     def _prepare_step(self, step_input: TrainStepInput) -> torch.Tensor | None:
-        """Check the batch and map it into the SAE's geometry (None: no training on this batch)."""
+        """Check the batch (None: no training on this batch); the raw input after ``hook_sae_input``."""
         x = step_input.sae_in
         if self.cfg.check_finite or x.shape[-1] != self.cfg.d_in:
             check_batch(x, self.cfg.d_in, step_input.n_training_steps)
-        return self._to_geometry(x.to(self.dtype))
+        return self.hook_sae_input(x.to(self.dtype))
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        """MSE in the SAE's geometry + the JumpReLU sparsity loss; outputs are in that geometry."""
+        """Squared error in the SAE's geometry + the JumpReLU sparsity loss.
+
+        Every hook fires (``hook_sae_input``, ``hook_sae_acts_pre``, ``hook_sae_acts_post``,
+        ``hook_sae_recons``). ``sae_in`` / ``sae_out`` of the output are raw activations, so what
+        SAELens logs (explained variance, ``mse_loss``) is in raw space; a geometry's own figures
+        come from ``_geometry_losses`` under their own names.
+        """
         with torch.no_grad():
             self.threshold.data.clamp_(min=0.0)
-        y = self._prepare_step(step_input)
-        if y is None:
+        x = self._prepare_step(step_input)
+        if x is None:
             return self._idle_step(step_input)
+        y = self._to_geometry(x)
         feature_acts, hidden_pre = self._encode_geometry(y)
         y_hat = self._decode_geometry(feature_acts)
-        mse_loss = self._reconstruction_loss(y_hat, y)
+        x_hat = self.hook_sae_recons(self._from_geometry(y_hat))
         aux = self.calculate_aux_loss(step_input=step_input, feature_acts=feature_acts,
                                       hidden_pre=hidden_pre, sae_out=y_hat)
-        losses = {"mse_loss": mse_loss, **aux}
-        return TrainStepOutput(sae_in=y, sae_out=y_hat, feature_acts=feature_acts, hidden_pre=hidden_pre,
-                               loss=sum(losses.values()), losses=losses)  # type: ignore[arg-type]
+        optimised, logged = self._geometry_losses(x, x_hat, y, y_hat)
+        losses = {**logged, **aux}
+        return TrainStepOutput(sae_in=x, sae_out=x_hat, feature_acts=feature_acts, hidden_pre=hidden_pre,
+                               loss=optimised + sum(aux.values()), losses=losses)  # type: ignore[arg-type]
+
+    def _geometry_losses(self, x: torch.Tensor, x_hat: torch.Tensor, y: torch.Tensor,
+                         y_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the reconstruction loss optimised, the losses to log by name); raw space here."""
+        mse = self._reconstruction_loss(x_hat, x)
+        return mse, {"mse_loss": mse}
 
     def _reconstruction_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (y_hat - y).pow(2).sum(dim=-1).mean()

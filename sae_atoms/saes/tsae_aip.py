@@ -19,8 +19,10 @@ Training SAE (``TSAEAIPTrainingSAE``), parameters live in whitened space (rows a
 The raw atoms are ``d_j = e_j W^-T``; ``||d_j||_S = ||d_j W^T|| = ||e_j|| = 1``: unit AIP norm,
 kept so throughout training (the forward pass uses the normalised rows). With ``W_enc = E^T``
 (the tied initialisation) the encoder is ``D^T S`` in raw space, the encoder of the TSAE
-support-recovery theorem. ``TrainStepOutput.sae_in`` / ``sae_out`` are whitened, so SAELens's
-logged explained variance is the AIP-weighted one.
+support-recovery theorem. ``TrainStepOutput.sae_in`` / ``sae_out`` are raw activations, so what
+SAELens logs (explained variance, ``losses/mse_loss``) is in raw space; the AIP figure is logged
+as ``losses/aip_mse_loss``. A training SAE saved with ``save_model`` (whitened weights, the
+``aip_fitted`` flag) loads with ``SAE.load_from_disk``: the inference class folds it on load.
 
 Inference SAE (``TSAEAIPSAE``) holds the same map folded into raw space (exact algebra, float
 round-off only), so its forward is SAELens's ``jumprelu`` on raw activations and its ``W_dec``
@@ -55,6 +57,7 @@ from torch import nn
 from sae_atoms.aip import AIPMetric, AIPMoments
 from sae_atoms.saes.tsae import (
     TSAESAE,
+    LoadHintMixin,
     TSAETrainingSAE,
     TSAETrainingSAEConfig,
     check_batch,
@@ -63,6 +66,7 @@ from sae_atoms.saes.tsae import (
 
 _KINDS = ("uncentered", "centered")
 _BUFFERS = ("aip_W", "aip_W_inv", "aip_mean")
+_NORMALIZATIONS = ("none", "expected_average_only_in")
 
 
 def _parse_shrinkage(s: str | float) -> str | float:
@@ -137,10 +141,10 @@ class TSAEAIPTrainingSAEConfig(TSAETrainingSAEConfig):
             raise ValueError(f"n_batches_for_metric={self.n_batches_for_metric} must be >= 1.")
         if self.aip_loss_space not in ("aip", "raw"):
             raise ValueError(f"aip_loss_space={self.aip_loss_space!r}: use 'aip' or 'raw'.")
-        if self.normalize_activations != "none":
+        if self.normalize_activations not in _NORMALIZATIONS:
             raise ValueError(
-                f"normalize_activations={self.normalize_activations!r}: tsae_aip whitens with the AIP metric, which "
-                "already fixes the scale; use normalize_activations='none'."
+                f"normalize_activations={self.normalize_activations!r}: tsae_aip whitens with the AIP metric itself; "
+                f"use one of {_NORMALIZATIONS} (aip_kind='centered' is the covariance whitening)."
             )
 
     @classmethod
@@ -151,6 +155,31 @@ class TSAEAIPTrainingSAEConfig(TSAETrainingSAEConfig):
 def _metric_buffers(d: int, dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
     eye = torch.eye(d, dtype=dtype, device=device)
     return {"aip_W": eye, "aip_W_inv": eye.clone(), "aip_mean": torch.zeros(d, dtype=dtype, device=device)}
+
+
+def fold_to_raw(state: dict[str, torch.Tensor], apply_b_dec_to_input: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The raw-space inference weights of a training state (module docstring: the fold).
+
+    ``state`` holds ``W_enc, b_enc, W_dec`` (unit rows), ``b_dec, threshold`` in whitened space and
+    the metric buffers; returns the folded weights plus the metric buffers.
+    """
+    dt = torch.promote_types(state["W_enc"].dtype, torch.float32)
+    Wt, Wit = state["aip_W"].T.to(dt), state["aip_W_inv"].T.to(dt)
+    mean = state["aip_mean"].to(dt)
+    W_enc = Wt @ state["W_enc"].to(dt)
+    b_enc = state["b_enc"].to(dt).clone()
+    if not apply_b_dec_to_input:
+        b_enc = b_enc - mean @ W_enc
+    out = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": state["W_dec"].to(dt) @ Wit,
+           "b_dec": state["b_dec"].to(dt) @ Wit + mean, "threshold": state["threshold"].detach().clone()}
+    out = {k: v.to(dtype).contiguous() for k, v in out.items()}
+    for k in _BUFFERS:
+        out[k] = state[k].detach().clone()
+    return out
+
+
+def _unit_rows(w: torch.Tensor) -> torch.Tensor:
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def _check_metric(metric: AIPMetric, d_in: int, kind: str) -> None:
@@ -165,7 +194,7 @@ def _check_metric(metric: AIPMetric, d_in: int, kind: str) -> None:
 
 
 # --------------------------------------------------------------------------- inference SAE
-class TSAEAIPSAE(JumpReLUSAE):
+class TSAEAIPSAE(LoadHintMixin, JumpReLUSAE):
     """Inference ``tsae_aip``: raw-space ``jumprelu`` forward; rows of ``W_dec`` are atoms of unit AIP norm."""
 
     cfg: TSAEAIPSAEConfig  # type: ignore[assignment]
@@ -183,6 +212,14 @@ class TSAEAIPSAE(JumpReLUSAE):
 
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_loading(state_dict)
+        if "aip_fitted" in state_dict:  # a training SAE's folder (save_model): weights in whitened space
+            if float(state_dict.pop("aip_fitted")) < 0.5:
+                raise ValueError("this tsae_aip training SAE was saved before its AIP metric was estimated; it has no "
+                                 "raw-space form. Load it with TrainingSAE.load_from_disk and fit the metric first.")
+            state_dict["W_dec"] = _unit_rows(state_dict["W_dec"])
+            folded = fold_to_raw(state_dict, self.cfg.apply_b_dec_to_input, self.dtype)
+            state_dict.clear()
+            state_dict.update(folded)
         check_state_dict_shapes(self, state_dict, "tsae_aip")
 
     def whiten(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,12 +260,13 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
         super().initialize_weights()
         for k, v in _metric_buffers(self.cfg.d_in, self.dtype, self.device).items():
             self.register_buffer(k, v)
-        self.register_buffer("aip_fitted", torch.zeros((), dtype=torch.bool, device=self.device))
+        # 1.0 once the metric is set; a float (not bool) buffer so SAELens's dtype moves and loaders handle it
+        self.register_buffer("aip_fitted", torch.zeros((), dtype=torch.float32, device=self.device))
 
     # ---- the metric
     @property
     def metric_fitted(self) -> bool:
-        return bool(self.aip_fitted)
+        return bool(self.aip_fitted > 0.5)
 
     @torch.no_grad()
     def set_metric(self, metric: AIPMetric) -> "TSAEAIPTrainingSAE":
@@ -239,7 +277,7 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
         self.aip_W_inv.copy_(metric.W_inv.to(dev, dt))
         mean = metric.mean if metric.mean is not None else torch.zeros(self.cfg.d_in)
         self.aip_mean.copy_(mean.to(dev, dt))
-        self.aip_fitted.fill_(True)
+        self.aip_fitted.fill_(1.0)
         self._moments = None
         return self
 
@@ -265,26 +303,37 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
     def _from_geometry_linear(self, v: torch.Tensor) -> torch.Tensor:
         return v @ self.aip_W_inv.T
 
+    def observe_metric_batch(self, x: torch.Tensor, step: int | None = None) -> bool:
+        """Add a batch to the metric estimate; True once ``n_batches_for_metric`` batches set the metric."""
+        check_batch(x, self.cfg.d_in, step)
+        if self._moments is None:
+            self._moments = AIPMoments(device=x.device)
+        self._moments.update(x.detach(), self.cfg.aip_outlier_factor)
+        self._n_metric_batches += 1
+        if self._n_metric_batches >= self.cfg.n_batches_for_metric:
+            opts = self.metric_options()
+            outlier_factor = opts.pop("outlier_factor")
+            self.set_metric(AIPMetric.from_moments(self._moments, **opts, outlier_factor=outlier_factor))
+        return self.metric_fitted
+
     def _prepare_step(self, step_input: TrainStepInput) -> torch.Tensor | None:
         if not self.metric_fitted:
-            x = step_input.sae_in
-            check_batch(x, self.cfg.d_in, step_input.n_training_steps)
-            if self._moments is None:
-                self._moments = AIPMoments(device=x.device)
-            self._moments.update(x.detach(), self.cfg.aip_outlier_factor)
-            self._n_metric_batches += 1
-            if self._n_metric_batches >= self.cfg.n_batches_for_metric:
-                opts = self.metric_options()
-                opts.pop("outlier_factor")
-                self.set_metric(AIPMetric.from_moments(self._moments, **opts,
-                                                       outlier_factor=self.cfg.aip_outlier_factor))
+            if self._n_metric_batches == 0:
+                warnings.warn("tsae_aip: this trainer feeds the metric-estimation batches as training steps, so its "
+                              "step count and recorded L0 include them; fit the metric first (sae.fit_metric) or "
+                              "train with sae_atoms.training.MetricFirstTrainer.", stacklevel=2)
+            self.observe_metric_batch(step_input.sae_in, step_input.n_training_steps)
             return None
         return super()._prepare_step(step_input)
 
-    def _reconstruction_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _geometry_losses(self, x: torch.Tensor, x_hat: torch.Tensor, y: torch.Tensor,
+                         y_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Raw ``mse_loss`` (what SAELens users read) and ``aip_mse_loss`` (``||m - m^||_S^2``)."""
+        raw = (x_hat - x).pow(2).sum(dim=-1).mean()
+        aip = (y_hat - y).pow(2).sum(dim=-1).mean()
         if self.cfg.aip_loss_space == "raw":
-            return ((y_hat - y) @ self.aip_W_inv.T).pow(2).sum(dim=-1).mean()
-        return super()._reconstruction_loss(y_hat, y)
+            return raw, {"mse_loss": raw, "aip_mse_loss": aip.detach()}
+        return aip, {"mse_loss": raw.detach(), "aip_mse_loss": aip}
 
     def _require_metric(self, what: str) -> None:
         if not self.metric_fitted:
@@ -301,30 +350,28 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
     def folded_raw_weights(self) -> dict[str, torch.Tensor]:
         """The inference weights in raw space (module docstring: the fold), plus the metric buffers."""
         self._require_metric("fold")
-        dt = torch.promote_types(self.W_enc.dtype, torch.float32)
-        Wt, Wit = self.aip_W.T.to(dt), self.aip_W_inv.T.to(dt)
-        mean = self.aip_mean.to(dt)
-        W_enc = Wt @ self.W_enc.to(dt)
-        c = self.b_dec.to(dt)
-        b_dec = c @ Wit + mean
-        b_enc = self.b_enc.to(dt).clone()
-        if not self.cfg.apply_b_dec_to_input:
-            b_enc = b_enc - mean @ W_enc
-        out = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": self.unit_W_dec().to(dt) @ Wit, "b_dec": b_dec,
-               "threshold": self.threshold.detach().clone()}
-        out = {k: v.to(self.dtype).contiguous() for k, v in out.items()}
-        out["threshold"] = self.threshold.detach().to(self.dtype).clone()
-        for k in _BUFFERS:
-            out[k] = getattr(self, k).detach().clone()
-        return out
+        state = {k: getattr(self, k).detach() for k in ("W_enc", "b_enc", "b_dec", "threshold", *_BUFFERS)}
+        return fold_to_raw({**state, "W_dec": self.unit_W_dec().detach()}, self.cfg.apply_b_dec_to_input, self.dtype)
 
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         folded = self.folded_raw_weights()
         state_dict.clear()
         state_dict.update(folded)
 
+    @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
-        raise NotImplementedError("tsae_aip does not use normalize_activations; the AIP whitening fixes the scale.")
+        """Fold an input scale ``s`` (trained on ``s m``) into the metric: same outputs on raw ``m``.
+
+        ``W <- s W``, ``W^-1 <- W^-1 / s``, ``mu <- mu / s``: the whitened input ``(m - mu/s) s W^T``
+        equals the scaled run's, and the raw output is the scaled one divided by ``s``. With the
+        metric estimated from the scaled batches (as the trainer does), the folded ``W`` is the
+        metric of the raw activations.
+        """
+        s = float(scaling_factor)
+        self.aip_W.mul_(s)
+        self.aip_W_inv.div_(s)
+        self.aip_mean.div_(s)
+        self.cfg.normalize_activations = "none"
 
     @torch.no_grad()
     def fold_W_dec_norm(self) -> None:
@@ -348,23 +395,39 @@ def to_inference(sae: SAE[Any]) -> SAE[Any]:
     return inf.to(device=sae.device, dtype=str_to_dtype(sae.cfg.dtype))
 
 
-def to_jumprelu(sae: SAE[Any]) -> JumpReLUSAE:
+_SAEBENCH_FIELDS = ("hook_name", "model_name", "context_size", "prepend_bos")
+
+
+def to_jumprelu(sae: SAE[Any], unit_norm: bool = False, **metadata: Any) -> JumpReLUSAE:
     """Fold a ``tsae_aip`` (or ``tsae``) SAE into a plain SAELens ``jumprelu`` SAE with the same outputs.
 
     The metric is folded into the weights (``TSAEAIPSAE``'s formula); the result loads in
     vanilla SAELens (``SAE.load_from_disk`` without ``sae_atoms``) and matches the source's
-    ``encode`` / ``forward`` to float32 round-off (about 1e-5 relative; a unit whose
-    pre-activation lies within round-off of its threshold could flip).
+    ``forward`` to float32 round-off (about 1e-5 relative; a unit whose pre-activation lies
+    within round-off of its threshold could flip).
+
+    ``unit_norm=True`` rescales every decoder row to unit Euclidean norm (what SAEBench's SCR /
+    TPP / absorption assume): row ``j`` of norm ``n_j`` becomes ``W_dec_j / n_j`` and its code
+    ``n_j delta_j`` (``W_enc``, ``b_enc``, ``threshold`` columns times ``n_j``), so ``forward`` is
+    unchanged and ``encode`` is rescaled. ``metadata`` (``hook_name``, ``model_name``,
+    ``context_size``, ``prepend_bos``, ...) is written into ``cfg.metadata``, over the source's.
     """
     inf = to_inference(sae)
     if not isinstance(inf, (TSAEAIPSAE, TSAESAE)):
         raise TypeError(f"to_jumprelu converts tsae / tsae_aip SAEs; got architecture {inf.cfg.architecture()!r}.")
+    meta = copy.deepcopy(inf.cfg.metadata)
+    for k, v in metadata.items():
+        meta[k] = v
     cfg = JumpReLUSAEConfig(d_in=inf.cfg.d_in, d_sae=inf.cfg.d_sae, dtype=inf.cfg.dtype, device=inf.cfg.device,
                             apply_b_dec_to_input=inf.cfg.apply_b_dec_to_input, normalize_activations="none",
-                            reshape_activations=inf.cfg.reshape_activations,
-                            metadata=copy.deepcopy(inf.cfg.metadata))
+                            reshape_activations=inf.cfg.reshape_activations, metadata=meta)
     out = JumpReLUSAE(cfg)
-    state = {k: v for k, v in inf.state_dict().items() if k not in _BUFFERS}
+    state = {k: v.detach().clone() for k, v in inf.state_dict().items() if k not in _BUFFERS}
+    if unit_norm:
+        n = state["W_dec"].norm(dim=1).clamp_min(1e-12)
+        state["W_dec"] = state["W_dec"] / n[:, None]
+        state["W_enc"], state["b_enc"] = state["W_enc"] * n, state["b_enc"] * n
+        state["threshold"] = state["threshold"] * n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out.load_state_dict(state)

@@ -1,0 +1,41 @@
+"""Thread count under load (issue 14, item 15): SAE_ATOMS_THREADS, CPU affinity, runnable processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sae_atoms import threads
+
+
+def test_env_wins_and_is_checked():
+    assert threads.choose_threads(env={"SAE_ATOMS_THREADS": "3"}, load=50) == 3
+    with pytest.raises(ValueError, match="positive integer"):
+        threads.choose_threads(env={"SAE_ATOMS_THREADS": "0"})
+
+
+def test_idle_uses_affinity_and_loaded_uses_one():
+    cores = len(os.sched_getaffinity(0))
+    assert threads.choose_threads(env={}, load=0.0) == min(cores, threads._TORCH_DEFAULT)
+    assert threads.choose_threads(env={}, load=float(cores + 2)) == 1
+
+
+def test_cli_threads_option_and_env_reach_torch():
+    code = ("import sys, torch; from sae_atoms import cli, bench\n"
+            "bench.run_cases = lambda names, quick=False: print('threads', torch.get_num_threads()) or {}\n"
+            "sys.exit(cli.main(sys.argv[1:]))")
+    run = lambda argv, env: subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                                           env={**os.environ, **env}, timeout=120)
+    assert "threads 1" in run(["--threads", "1", "bench"], {}).stdout
+    assert "threads 1" in run(["bench"], {"SAE_ATOMS_THREADS": "1"}).stdout
+
+
+def test_bench_has_under_load_case():
+    from sae_atoms.bench import CASES
+
+    assert "under_load" in CASES
+    torch.set_num_threads(torch.get_num_threads())
