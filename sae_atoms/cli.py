@@ -157,6 +157,8 @@ def _dispatch(parser: argparse.ArgumentParser, modules: dict[str, object], args:
     from sae_atoms.io import check_output_dir, output_lock
 
     check_output_dir(out, lambda p: True)  # writable, before any compute (replacing is the command's own check)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 holds the lock for the whole group
+        return int(modules[args.command].run_cli(args) or 0)
     with output_lock(out):  # a second writer of the same --out fails at once, naming this process
         return int(modules[args.command].run_cli(args) or 0)
 
