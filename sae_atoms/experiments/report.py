@@ -253,8 +253,7 @@ def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> No
     r.table(["unit", *keys], [[x["unit"], *[x.get(k) for k in keys]] for x in rows])
     p = frontier.plot_frontier(rows, plots / "frontier.png")
     r.img(str(p.relative_to(out)), "frontier")
-    paper = results.get("paper_regime") or {}
-    r.bullets(frontier.reading(rows, paper))
+    paper = results.get("paper_regime") or {}  # its reading is in the report's "Reading" section
     if paper:
         r.h("The paper's regime (width = n_train; memorisation)")
         r.table(["unit", *keys, "n_train", "d_sae"], [[x["unit"], *[x.get(k) for k in keys], x["n_train"], x["d_sae"]]

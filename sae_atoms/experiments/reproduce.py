@@ -307,16 +307,16 @@ def _frontier(job: _Job, prog: _Progress) -> dict:
                                     device=device, save_dir=folder / "saes")
         write_json(res, folder / "result.json")
 
-    def load(folder: Path) -> dict:
+    def load(folder: Path) -> tuple[dict, dict]:
         res = json.loads((folder / "result.json").read_text())
-        for unit in SAE_KINDS:  # fails (and the stage is recomputed) when an SAE is missing or truncated
-            SAE.load_from_disk(str(folder / "saes" / f"{unit}_l0_{int(s.headline_l0)}"), device="cpu")
-        return res
+        # the headline SAEs; a missing or truncated one fails here and the stage is recomputed
+        saes = {unit: SAE.load_from_disk(str(folder / "saes" / f"{unit}_l0_{int(s.headline_l0)}"), device=str(device))
+                for unit in SAE_KINDS}
+        return res, saes
 
-    res, reused = _stage(out, "frontier", key, s.force, compute, load)
+    (res, job.saes), reused = _stage(out, "frontier", key, s.force, compute, load)
     for unit in SAE_KINDS:  # the headline SAEs, in SAELens format beside the report
         src = out / "cache" / "frontier" / "saes" / f"{unit}_l0_{int(s.headline_l0)}"
-        job.saes[unit] = SAE.load_from_disk(str(src), device=str(device))
         shutil.copytree(src, out / "saes" / unit, dirs_exist_ok=True)
     prog.done(reused)
     return res
