@@ -14,6 +14,15 @@ The names below are what a notebook needs; everything else is in its module.
 
 __version__ = "0.1.0"
 
+import os as _os
+import sys as _sys
+
+# torch's OpenMP pool spins while it waits; under CPU load the spinning threads eat the share the
+# working ones need (sae_atoms.threads). Passive waiting must be chosen before torch loads libgomp;
+# a value the user set wins.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from sae_atoms.aip import AIPMetric  # noqa: E402
 from sae_atoms.models import load_model  # noqa: E402
 from sae_atoms.saes import (  # noqa: E402  (importing saes registers tsae / tsae_aip with SAELens)

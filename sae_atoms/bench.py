@@ -170,7 +170,7 @@ def bench_under_load(quick: bool = False) -> dict:
     x = torch.randn(batch, d)
     sae = TSAETrainingSAE(TSAETrainingSAEConfig(d_in=d, d_sae=width))
     trainer = SAETrainer(cfg=_trainer_config(batch, dev), sae=sae, data_provider=iter(()))
-    repeat = 5 if quick else 7
+    repeat = 5 if quick else 15
     before = torch.get_num_threads()
     try:
         idle_threads = choose_threads()

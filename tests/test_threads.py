@@ -24,6 +24,32 @@ def test_idle_uses_affinity_and_loaded_uses_one():
     assert threads.choose_threads(env={}, load=float(cores + 2)) == 1
 
 
+def test_passive_wait_keeps_all_cores_under_load():
+    cores = len(os.sched_getaffinity(0))
+    env = {"OMP_WAIT_POLICY": "passive"}
+    assert threads.passive_wait(env) and not threads.passive_wait({"OMP_WAIT_POLICY": "ACTIVE"})
+    assert threads.choose_threads(env=env, load=float(cores + 2)) == min(cores, threads._TORCH_DEFAULT)
+
+
+def test_import_sets_passive_wait_unless_user_chose_or_torch_came_first():
+    code = "import {first}, os; print('policy', os.environ.get('OMP_WAIT_POLICY'))"
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+    def policy(first: str, env: dict[str, str]) -> str:
+        out = subprocess.run([sys.executable, "-c", code.format(first=first)], capture_output=True, text=True,
+                             env={**base, **env}, timeout=120).stdout
+        return out.split("policy ")[1].strip()
+
+    assert policy("sae_atoms", {}) == "PASSIVE"
+    assert policy("sae_atoms", {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+    assert policy("torch, sae_atoms", {}) == "None"  # too late for libgomp: left alone
+
+
+def test_own_running_threads_are_not_counted_as_load():
+    assert threads._own_running_threads() >= 1  # the thread reading /proc is running
+    assert threads.other_runnable() >= 0.0
+
+
 def test_cli_threads_option_and_env_reach_torch():
     code = ("import sys, torch; from sae_atoms import cli, bench\n"
             "bench.run_cases = lambda names, quick=False: print('threads', torch.get_num_threads()) or {}\n"
