@@ -117,7 +117,8 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
                          epochs: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
                          seed: int = 0, progress: bool = True, device: str | torch.device | None = None,
                          metric: Any = None, lr_warm_up_frac: float = 0.05, lr_decay_frac: float = 0.2,
-                         return_training_sae: bool = False, target_l0: float | None = None) -> SAE[Any]:
+                         return_training_sae: bool = False, target_l0: float | None = None,
+                         match_on: Any = None) -> SAE[Any]:
     """Train an SAE of any registered architecture on a fixed activation set with ``SAETrainer``.
 
     Args:
@@ -134,6 +135,9 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
         return_training_sae: return the training SAE instead of the inference one.
         target_l0: the mean number of active units wanted (module docstring: how each kind is held
             to it); None trains with the config's own sparsity settings.
+        match_on: rows (tensor or ``ActivationSet``) on which the final ``match_l0`` sets the mean
+            L0 to ``target_l0`` (default: the training rows). Rows of entities not trained on
+            match L0 out of sample (``sae_atoms.experiments.frontier``).
 
     Returns:
         The trained inference SAE (``SAE.load_from_disk`` would give the same; for ``tsae_aip``
@@ -173,7 +177,8 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
         return trained
     inference = to_inference(trained)
     if target_l0 is not None and (hasattr(inference, "threshold") or cfg.architecture() == "standard"):
-        match_l0(inference, x, float(target_l0))
+        rows = x if match_on is None else _as_tensor(match_on).to(dev, x.dtype)
+        match_l0(inference, rows, float(target_l0))
     return inference
 
 

@@ -131,8 +131,9 @@ def headline_table(results: dict) -> str:
     g = results["geometry"]
     if results.get("units_l0") is not None:
         rows.append("")
-        rows.append(f"SAE units at matched L0 = {results['units_l0']:g} (in-sample; the frontier's SAEs), measured in "
-                    "the robust AIP of the train entities. Full frontier (L0 4–64) and the paper's regime: report.md.")
+        rows.append(f"SAE units at matched L0 = {results['units_l0']:g} (the frontier's SAEs, L0 matched on validation "
+                    "entities left out of training; the L0 column is in-sample), measured in the robust AIP of the "
+                    "train entities. Full frontier (L0 4–64) and the paper's regime: report.md.")
     rows.append("")
     rows.append(f"Model `{results['model']}`, hook `{results['hook_name']}`, {results['n_train']} train / "
                 f"{results['n_heldout']} held-out subject activations. Angular centroid: Euclid "
@@ -245,10 +246,12 @@ def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> No
         return
     r.h("Sparsity frontier (matched L0)")
     st = results.get("frontier_settings", {})
-    r.p(f"Every unit kind at each L0 target, width {st.get('d_sae')} ({st.get('expansion')}x d), {st.get('steps')} steps; "
-        f"atoms = tsae_aip with partial whitening alpha = {st.get('atoms_alpha')}. All numbers in one reference metric: "
-        f"the robust AIP fitted on the train entities ({results.get('metric', {}).get('reference', {})}). "
-        "`_heldout` = entities never trained on.")
+    r.p(f"Every unit kind at each L0 target, width {st.get('d_sae')} ({st.get('expansion')}x d), {st.get('steps')} steps "
+        f"of {st.get('batch_size')}; atoms = tsae_aip with partial whitening alpha = {st.get('atoms_alpha')}. Units are "
+        f"trained on {st.get('n_train')} rows of train entities; L0 is matched on {st.get('l0_matched_on', 'training rows')}"
+        f" ({st.get('n_val', 0)} rows, `l0_val`), `l0` is in-sample, `_heldout` = entities never trained on. All numbers "
+        f"in one reference metric: the robust AIP fitted on all train entities "
+        f"({results.get('metric', {}).get('reference', {})}).")
     keys = list(frontier.ROW_KEYS[1:])
     r.table(["unit", *keys], [[x["unit"], *[x.get(k) for k in keys]] for x in rows])
     p = frontier.plot_frontier(rows, plots / "frontier.png")

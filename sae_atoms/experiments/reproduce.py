@@ -88,10 +88,10 @@ class Settings:
         if self.relations is None:
             self.relations = ("city_country",) if self.quick else (
                 "city_country", "country_capital", "country_continent", "country_currency", "country_language")
-        if self.train_steps is None:  # per frontier SAE (batch 256)
-            self.train_steps = 150 if self.quick else 400
+        if self.train_steps is None:  # per frontier SAE (batch frontier.DEFAULT_BATCH_SIZE)
+            self.train_steps = 150 if self.quick else frontier.DEFAULT_STEPS
         if self.capacity_steps is None:
-            self.capacity_steps = max(1, self.train_steps // 2)
+            self.capacity_steps = 75 if self.quick else 200
         if self.frontier_targets is None:
             self.frontier_targets = (8.0, 16.0) if self.quick else tuple(float(t) for t in frontier.DEFAULT_TARGETS)
         if self.headline_l0 not in self.frontier_targets:
@@ -299,11 +299,12 @@ def _frontier(job: _Job, prog: _Progress) -> dict:
     prog("frontier")
     s, out, device, hook = job.s, job.s.out, job.device, job.hook
     key = job.acts_key | {"targets": s.frontier_targets, "units": s.frontier_units, "expansion": s.frontier_expansion,
-                          "steps": s.train_steps, "seed": s.seed, "version": 1}
+                          "steps": s.train_steps, "seed": s.seed, "alpha": frontier.ATOMS_ALPHA,
+                          "validation_frac": frontier.VALIDATION_FRAC, "version": 2}
 
     def compute(folder: Path) -> None:
         res = frontier.run_frontier(job.train, job.heldout, hook, targets=s.frontier_targets, units=s.frontier_units,
-                                    expansion=s.frontier_expansion, steps=s.train_steps, batch_size=256, seed=s.seed,
+                                    expansion=s.frontier_expansion, steps=s.train_steps, seed=s.seed,
                                     device=device, save_dir=folder / "saes")
         write_json(res, folder / "result.json")
 
@@ -337,10 +338,12 @@ def _paper_regime(job: _Job, prog: _Progress) -> dict:
 
 
 def _evaluate_units(job: _Job, prog: _Progress) -> dict:
-    """5. Neurons, features and atoms through the evaluators, in-sample and held-out."""
+    """5. Neurons, features and atoms through the evaluators, in-sample (the train entities the
+    frontier fitted on, its validation entities left out) and held-out."""
     prog("evaluate units")
-    saes, train, heldout, hook, device = job.saes, job.train, job.heldout, job.hook, job.device
-    metric = frontier.reference_metric(train, hook)  # one metric for every unit: the robust AIP
+    saes, heldout, hook, device = job.saes, job.heldout, job.hook, job.device
+    metric = frontier.reference_metric(job.train, hook)  # one metric for every unit: the robust AIP
+    train = frontier.validation_split(job.train, frontier.VALIDATION_FRAC, job.s.seed)[0]
     labels = ["country", "continent", "language", "currency"]
 
     def evaluate_all() -> dict:
@@ -355,7 +358,7 @@ def _evaluate_units(job: _Job, prog: _Progress) -> dict:
         return res
 
     unit_res, reused = _json_stage(job.s.out, "units", job.acts_key | {"saes": [str(_sae_key(saes[u])) for u in SAE_KINDS],
-                                                                      "version": 2}, job.s.force, evaluate_all)
+                                                                      "version": 3}, job.s.force, evaluate_all)
     prog.done(reused)
     return unit_res
 

@@ -1,0 +1,58 @@
+"""The frontier's out-of-sample L0 matching (issue 11): validation entities, ``match_on``, the goal check."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+
+from sae_atoms.activations import ActivationSet
+from sae_atoms.experiments import frontier
+from sae_atoms.synthetic import planted
+from sae_atoms.training import train_on_activations
+
+
+def _entity_set(n_entities: int = 50, per: int = 4, d: int = 8) -> ActivationSet:
+    subjects = [f"e{i}" for i in range(n_entities) for _ in range(per)]
+    rows = datasets.Dataset.from_dict({"subject": subjects, "split": ["train"] * len(subjects)})
+    return ActivationSet({"h": torch.randn(len(subjects), d)}, rows)
+
+
+def test_validation_split_keeps_every_entity_on_one_side():
+    acts = _entity_set()
+    fit, val = frontier.validation_split(acts, 0.2, seed=0)
+    f, v = set(fit.rows["subject"]), set(val.rows["subject"])
+    assert not f & v and len(v) == 10 and len(f) == 40 and len(fit) + len(val) == len(acts)
+    again = frontier.validation_split(acts, 0.2, seed=0)[1]
+    assert set(again.rows["subject"]) == v  # seeded
+    assert set(frontier.validation_split(acts, 0.2, seed=1)[1].rows["subject"]) != v
+    x_fit, x_val = frontier.validation_split(torch.randn(100, 4), 0.25)  # plain rows
+    assert (len(x_fit), len(x_val)) == (75, 25)
+    with pytest.raises(ValueError, match="validation_frac"):
+        frontier.validation_split(acts, 1.0)
+
+
+def test_match_on_sets_l0_on_the_given_rows_not_the_training_rows():
+    data = planted(d=16, n_atoms=48, k=4, coherence=0.4, n_samples=4000, seed=0).activations
+    x, other = data[:3000], data[3000:] * 0.5  # the other rows are weaker: fewer units fire on them
+    cfg = frontier.unit_config("features_jumprelu", 16, 64, 6.0)
+    sae = train_on_activations(x, cfg, steps=150, batch_size=256, seed=0, progress=False, target_l0=6.0, match_on=other)
+    l0 = lambda rows: float((sae.encode(rows) != 0).sum(1).float().mean())
+    assert l0(other) == pytest.approx(6.0, rel=0.02)
+    assert l0(x) > 6.0 * 1.05  # matched on the weaker rows, so in-sample it fires more (match tolerance 1%)
+
+
+def _row(unit, t, l0, l0_val, l0_held, r2h, aiph):
+    return {"unit": unit, "target_l0": t, "l0": l0, "l0_val": l0_val, "l0_heldout": l0_held, "r2_heldout": r2h,
+            "r2_aip_heldout": aiph}
+
+
+def test_goal_check_reads_the_validation_l0_and_the_heldout_l0():
+    rows = [_row("atoms", 16.0, 19.5, 16.0, 15.5, 0.48, 0.07), _row("features_jumprelu", 16.0, 16.1, 16.0, 15.9, 0.50, 0.02)]
+    (c,) = frontier.goal_check(rows)
+    assert c["matched"] and c["aip_ok"] and c["raw_ok"]  # in-sample 19.5 is not what was matched
+    rows[0]["l0_heldout"] = 10.0  # atoms firing far less on held-out entities: not a matched comparison
+    assert not frontier.goal_check(rows)[0]["matched"]
+    rows[0]["l0_heldout"], rows[0]["r2_heldout"] = 15.5, 0.40
+    assert not frontier.goal_check(rows)[0]["raw_ok"]  # 0.40 < 0.9 x 0.50
+    assert [r["unit"] for r in frontier.matched_rows(rows)] == ["atoms", "features_jumprelu"]
