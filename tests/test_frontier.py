@@ -56,3 +56,26 @@ def test_goal_check_reads_the_validation_l0_and_the_heldout_l0():
     rows[0]["l0_heldout"], rows[0]["r2_heldout"] = 15.5, 0.40
     assert not frontier.goal_check(rows)[0]["raw_ok"]  # 0.40 < 0.9 x 0.50
     assert [r["unit"] for r in frontier.matched_rows(rows)] == ["atoms", "features_jumprelu"]
+
+
+def test_theorem_construction_codes_every_sample_by_its_own_atom_even_when_near_parallel():
+    from sae_lens.registry import get_sae_training_class
+
+    from sae_atoms.aip import AIPMetric
+    from sae_atoms.saes import to_inference
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 64, generator=g)  # in general position: a tied encoder separates these
+    x[1] = 1.3 * x[0] + 0.4 * torch.randn(64, generator=g)  # longer and near-parallel: <y_1, e_0> > ||y_0||
+    cfg = frontier.unit_config("atoms", 64, 200, 1.0, atoms_alpha=1.0)
+    sae = get_sae_training_class("tsae_aip")[0](cfg).set_metric(AIPMetric.fit(x, kind="centered"))
+    untied = frontier.theorem_init(sae, x)
+    assert untied >= 1  # the tied encoder cannot separate sample 0 from sample 1
+    inf = to_inference(sae)
+    codes = inf.encode(x)
+    assert torch.equal((codes != 0).sum(1), torch.ones(200, dtype=torch.long))
+    assert torch.equal(codes.abs().argmax(1), torch.arange(200))  # each sample by its own atom
+    assert torch.allclose(inf.decode(codes), x, atol=1e-3)
+    tied = get_sae_training_class("tsae_aip")[0](cfg).set_metric(AIPMetric.fit(x, kind="centered"))
+    frontier.theorem_init(tied, x, margin=-1e9)  # no repair (every threshold kept): sample 0 is lost
+    assert int((to_inference(tied).encode(x[:1]) != 0).sum()) != 1

@@ -330,7 +330,7 @@ def _paper_regime(job: _Job, prog: _Progress) -> dict:
     if not s.paper_regime:
         prog.done(False)
         return {}
-    key = job.acts_key | {"steps": 0, "seed": s.seed, "version": 2}
+    key = job.acts_key | {"steps": 0, "seed": s.seed, "version": 3}
     res, reused = _json_stage(s.out, "paper_regime", key, s.force, lambda: frontier.paper_regime(
         job.train, job.heldout, job.hook, steps=key["steps"], seed=s.seed, device=job.device))
     prog.done(reused)
