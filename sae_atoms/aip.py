@@ -48,8 +48,9 @@ paper's plain uncentred metric). On SmolLM2-135M ``blocks.12.hook_resid_post`` s
 
 Partial whitening: ``alpha`` in [0, 1] uses ``S^alpha`` (eigenvalues ``lam^alpha``, rescaled so that
 ``E||W m||^2 = d`` is kept): alpha = 0 is Euclid (up to scale), alpha = 1 the AIP. Sparse atoms
-trained at alpha = 0.5 keep held-out raw faithfulness that alpha = 1 loses (numbers: README /
-``sae-atoms frontier``), while their held-out AIP R^2 stays above Euclidean features'.
+trained at alpha = 0.35 (the frontier's default) keep held-out raw faithfulness that alpha = 1
+loses, while their held-out AIP R^2 stays above Euclidean features' (numbers:
+``sae_atoms.experiments.frontier``'s docstring, README, ``sae-atoms frontier``).
 """
 
 from __future__ import annotations

@@ -27,11 +27,12 @@ that units are compared at matched L0:
   ``2/T (L0 - T)^2`` and ``jumprelu_ste_to_input=True`` so the loss reaches the pre-activations):
   each unit's threshold starts at the ``1 - T / d_sae`` quantile of its initial pre-activations
   (``calibrate_thresholds``: L0 = T from the first step), and after training one common factor on
-  all thresholds sets the in-sample mean L0 to T (``match_l0``, bisection). Without both, 1,000
+  all thresholds sets the mean L0 to T (``match_l0``, bisection) on the training rows or on the
+  rows given as ``match_on`` (the frontier matches on entities left out of training). Without both, 1,000
   steps left jumprelu at L0 365-539 for T = 16 on SmolLM2 (thresholds move ~lr per step while the
   encoder outruns them);
 - ``standard`` (ReLU + L1): the L1 coefficient is scaled every step by ``(L0 / T)^rate``
-  (``_control_l1``), then one common encoder-bias shift sets the in-sample L0 to T (``match_l0``;
+  (``_control_l1``), then one common encoder-bias shift sets the L0 to T (``match_l0``;
   the controller alone left L0 at 13.8 for T = 6 on a planted set: L1 shrinks amplitudes first);
 - ``topk`` / ``batchtopk``: ``k = T`` in the config.
 """
