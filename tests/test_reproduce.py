@@ -4,11 +4,12 @@ import json
 
 import pytest
 
+from sae_atoms.experiments import frontier
 from sae_atoms.experiments.report import README_END, README_START, Report, update_readme
 
 ISSUE_KEYS = {"model", "hook_name", "n_train", "n_heldout", "geometry", "units", "capacity", "steering", "metric",
               "frontier", "paper_regime", "units_l0"}
-FRONTIER_KEYS = {"unit", "target_l0", "l0", "l0_heldout", "r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "q_star_a",
+FRONTIER_KEYS = {"unit", "target_l0", "l0", "l0_val", "l0_heldout", "r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "q_star_a",
                  "q_star_b", "q_star_b_heldout", "dead_frac"}
 
 
@@ -53,15 +54,17 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path):
     for u in res["units"].values():
         assert {"r2", "r2_heldout", "l0", "mu", "q_star_a", "q_star_b", "monosemanticity"} <= set(u)
     assert res["units"]["neurons"]["r2"] == pytest.approx(1.0, abs=1e-5)
-    # the headline units are the frontier's SAEs at one matched L0 (threshold units matched to 1%)
-    for unit in ("atoms", "features_jumprelu"):
-        assert res["units"][unit]["l0"] == pytest.approx(res["units_l0"], rel=0.02)
+    # the headline units are the frontier's SAEs at one L0, matched on validation entities (to 1%)
     rows = res["frontier"]
+    head = {r["unit"]: r for r in rows if r["target_l0"] == res["units_l0"]}
+    for unit in ("atoms", "features_jumprelu"):
+        assert head[unit]["l0_val"] == pytest.approx(res["units_l0"], rel=0.02)
+        assert res["units"][unit]["l0"] == pytest.approx(head[unit]["l0"], rel=1e-4)  # same SAE, same fit rows
     assert {r["unit"] for r in rows} == {"neurons", "atoms", "tsae", "features_standard", "features_jumprelu",
                                          "features_topk", "features_batchtopk"}
     assert all(FRONTIER_KEYS <= set(r) for r in rows)
     assert {r["target_l0"] for r in rows if r["unit"] == "atoms"} == {8.0, 16.0}
-    assert res["metric"]["reference"]["kind"] == "centered" and res["metric"]["atoms"]["alpha"] == 0.5
+    assert res["metric"]["reference"]["kind"] == "centered" and res["metric"]["atoms"]["alpha"] == frontier.ATOMS_ALPHA
     for unit in ("atoms", "features_jumprelu"):
         assert FRONTIER_KEYS | {"n_train", "d_sae"} <= set(res["paper_regime"][unit])
         pr = res["paper_regime"][unit]  # width = the train rows the robust rule keeps
