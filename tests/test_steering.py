@@ -400,9 +400,11 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     res = steer_exp.run_steering(real_model, {"atoms": atoms, "features_jumprelu": features}, fact_data, real_acts,
                                  relation="city_country", quick=True, min_subjects=3, k=1, out_dir=tmp_path,
                                  progress=False, alphas=(2.0,), strengths=(1.0, 4.0), n_eval=4, n_unrelated=4,
-                                 n_ablation=6, n_random=1, n_seeds=2, n_targets=2, n_select=4, selection="activation")
+                                 n_ablation=6, n_random=1, n_seeds=2, n_targets=2, n_select=4, selection="activation",
+                                 scale="typical")
     assert set(res["methods"]) == {"diff_of_means", "random_direction", "atoms", "atoms_by_effect", "atoms_swap",
-                                   "features_jumprelu", "features_jumprelu_by_effect"}
+                                   "features_jumprelu"}
+    assert res["methods"]["atoms_by_effect"]["selection"] == "effect" and res["methods"]["atoms"]["selection"] == "activation"
     for m, r in res["methods"].items():
         grid = res["config"]["alphas"] if m in ("diff_of_means", "random_direction") else res["config"]["strengths"]
         assert all(a in grid for a in r["alpha_per_seed"]) and r["seeds"] == [0, 1] and r["n_targets"] == 2
@@ -420,7 +422,8 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     # the fast path (cached residual stream, later blocks only) equals the full hooked forward pass
     rows = [r for r in fact_data.to_list() if r["relation"] == "city_country" and r["split"] == "heldout"][:5]
     fast, slow = steer_exp._Prompts(real_model, rows, 4, REAL_HOOK), steer_exp._Prompts(real_model, rows, 4)
-    make = lambda pos, rows_: [st.EditAtoms(atoms, [0, 1], 3.0, positions=pos, span="from", hook_name=REAL_HOOK)]  # noqa: E731
+    make = lambda pos, rows_: [st.EditAtoms(atoms, [0, 1], 3.0, positions=pos, span="from", hook_name=REAL_HOOK),  # noqa: E731
+                               st.AddDirection(REAL_HOOK, x[0], 0.5, positions=pos)]
     torch.testing.assert_close(fast.run(real_model, make, 4), slow.run(real_model, make, 4), atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(fast.clean, slow.clean, atol=2e-3, rtol=1e-3)
     abl = res["ablation"]["atoms"]["logprob_drop"]
@@ -429,3 +432,14 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     import json
 
     assert json.loads((tmp_path / "results.json").read_text())["summary"] == res["summary"]
+
+
+def test_steer_config_rejects_bad_settings_by_name():
+    for bad, word in (({"selection": "gradient"}, "selection"), ({"scale": "huge"}, "scale"), ({"strengths": (0.0,)}, "strengths"),
+                      ({"n_seeds": 0}, "n_seeds"), ({"ceiling_q": 1.5}, "ceiling_q")):
+        with pytest.raises(ValueError, match=word):
+            steer_exp._resolve_config(None, "city_country", "country", False, bad)
+    with pytest.raises(TypeError, match="unknown steering setting"):
+        steer_exp._resolve_config(None, "city_country", "country", False, {"swap_family": 2})
+    cfg = steer_exp._resolve_config(None, "city_country", "country", True, {"n_eval": 5})
+    assert cfg.n_eval == 5 and cfg.n_seeds == 1  # explicit settings win over quick

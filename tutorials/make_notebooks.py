@@ -142,7 +142,8 @@ small `tsae_aip` on subject-token activations, pick atoms for a country by their
 answer (the gradient of the target's log-probability, on training prompts: `output_gradient` +
 `select_atoms_by_effect`, after Arad, Mueller & Belinkov, arXiv 2505.20063) and by activation
 (`select_atoms`), and clamp them on at the subject's last token of a prompt about a city elsewhere,
-in units of each atom's typical amplitude (`atom_amplitudes`, `atom_values`), against the
+in the atoms' own units (`atom_amplitudes`, `atom_values`: a multiple of each atom's mean code on
+the target's subjects, capped in distribution), against the
 difference-of-means vector (the strong baseline). `sae-atoms steer` runs the full, measured
 experiment (8 targets, 2 seeds, success at matched KL on unrelated prompts, strengths chosen on a
 validation split). Honest label: in our default run the difference of means steers held-out
@@ -181,15 +182,19 @@ rows = [r for r in facts.to_list() if r["split"] == "train" and r["country"] not
 ids = steering.prompt_token_ids(model, [r["prompt"] for r in rows])
 from sae_atoms.activations import subject_token_positions
 pos = subject_token_positions(model, [r["prompt"] for r in rows], [r["subject_start"] for r in rows], [r["subject_end"] for r in rows])
-grad = steering.output_gradient(model, HOOK, ids, pos, target_tok, first_token_ids(model, [r["country"] for r in rows]))
-typical, ceiling = steering.atom_amplitudes(steering.encode_batched(sae, train.x()))
+grad = steering.output_gradient(model, HOOK, ids, pos, target_tok, first_token_ids(model, [r["country"] for r in rows]), span="at")
+codes = steering.encode_batched(sae, train.x())
+typical, ceiling = steering.atom_amplitudes(codes)
 by_effect = [a.atom for a in steering.select_atoms_by_effect(sae, grad, typical, k=8)]
 print("atoms by effect:", by_effect)
+# strength in the atoms' own units: s x each atom's mean code on the target's subjects, capped at its
+# in-distribution ceiling (the 99th percentile of its non-zero codes); at the subject's last token only
+target_mean = codes[torch.tensor([y == TARGET for y in train.labels("country")])].mean(0).clamp(min=0)
 clean = report("clean", [])
-for name, chosen in (("atoms by effect", by_effect), ("atoms by activation", [a.atom for a in atoms])):
-    values = steering.atom_values(typical, chosen, 0.75, ceiling)  # 0.75 x each atom's typical amplitude, capped
-    report(name, steering.fwd_hooks(model, steering.clamp_atoms(sae, chosen, values, positions=subject_pos, span="from")))
-with_dom = report("diff of means", steering.fwd_hooks(model, steering.AddDirection(HOOK, dom, 1.5, positions=subject_pos, span="from")))
+for name, chosen in (("atoms by activation", [a.atom for a in atoms]), ("atoms by effect", by_effect)):
+    values = steering.atom_values(target_mean, chosen, 12.0, ceiling)
+    report(name, steering.fwd_hooks(model, steering.clamp_atoms(sae, chosen, values, positions=subject_pos)))
+with_dom = report("diff of means", steering.fwd_hooks(model, steering.AddDirection(HOOK, dom, 3.0, positions=subject_pos)))
 assert with_dom < clean  # the difference of means (the strong baseline) moves the target up
 # Whether atoms do as well depends on the SAE (its width, data and training): `sae-atoms steer`
 # measures it on many prompts, at matched side effect, with the strength chosen on a validation split.'''),

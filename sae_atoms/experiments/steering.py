@@ -66,19 +66,20 @@ class SteerConfig:
     label: str = "country"
     n_targets: int = 8
     min_subjects: int = 8          # train subjects with the target value (for selection / means)
-    k: int = 8                     # atoms / features per target
-    selection: str = "effect"      # headline selection of SAE units: "effect" or "activation" (the other is reported too)
-    alphas: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
-    strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5)
+    k: int = 16                    # atoms / features per target
+    selection: str = "activation"  # headline selection of SAE units: "activation" or "effect" (atoms: the other too)
+    alphas: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+    strengths: tuple[float, ...] = (4.0, 8.0, 12.0, 16.0)
+    scale: str = "target"          # SAE-unit strength 1 = "typical" on-support amplitude, or the "target" subjects' mean code
     ceiling_q: float = 0.99        # in-distribution cap of a clamped unit: this quantile of its non-zero codes
-    swap_family_k: int = 2         # atoms per value the swap ablates (top activation atoms of every value)
-    span: str = "from"             # intervene at the subject's last token ("at") or from it on ("from")
+    span: str = "at"               # intervene at the subject's last token ("at") or from it on ("from")
     kl_budget: float = 1.0         # nats: the matched side effect (validation KL on unrelated prompts)
     n_eval: int = 8                # held-out prompts per split (val, test) per target
     n_unrelated: int = 8           # unrelated prompts per split
     n_select: int = 16             # training prompts per target for selection by effect
-    n_val_strengths: int = 3       # validation success is measured at this many strongest in-budget strengths
+    n_val_strengths: int = 4       # validation success is measured at this many strongest in-budget strengths
     n_seeds: int = 2               # seeds seed, seed+1, ...: the split, prompts, selection prompts, random direction
+    methods: tuple[str, ...] = ()  # run only these methods (names as in the results); empty: all
     n_ablation: int = 24           # held-out prompts for the ablation check
     n_random: int = 2              # random atom draws in the ablation check
     batch_size: int = 32
@@ -86,7 +87,7 @@ class SteerConfig:
 
 
 QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 1, "n_ablation": 8, "n_random": 1,
-         "alphas": (1.0, 1.5), "strengths": (0.5, 1.0), "n_val_strengths": 2}
+         "alphas": (2.0, 4.0), "strengths": (8.0, 16.0), "n_val_strengths": 2}
 
 
 # =========================================================================== measuring
@@ -122,6 +123,7 @@ class _Prompts:
 
     def __init__(self, model, rows: list[dict], batch_size: int, hook: str | None = None):
         self.rows, self.hook = rows, hook
+        self.sources: list[str] = []
         prompts = [r["prompt"] for r in rows]
         self.ids = prompt_token_ids(model, prompts)
         self.pos = subject_token_positions(model, prompts, [r["subject_start"] for r in rows], [r["subject_end"] for r in rows])
@@ -194,9 +196,11 @@ def run_steering(model, saes: dict[str, Any], dataset, acts, relation: str = "ci
       the ``k`` units chosen by ``selection`` (``"effect"``: ``output_gradient`` +
       ``select_atoms_by_effect`` on training prompts, Arad et al. arXiv 2505.20063; ``"activation"``:
       ``select_atoms``) clamped through the SAE (error term kept) to ``min(s * a_j, ceiling_j)``,
-      ``a_j`` the unit's typical on-support amplitude; the other selection as ``NAME_by_<selection>``;
-    * ``atoms_swap``: the same clamp plus ablating the concept family (the top ``swap_family_k``
-      activation atoms of every value with enough subjects, the same set on every prompt).
+      ``a_j`` the unit's mean training code on the target's subjects (``scale="target"``) or its
+      typical on-support amplitude (``"typical"``), ``ceiling_j`` the ``ceiling_q`` quantile of its
+      non-zero training codes (in distribution); for atoms the other selection as ``atoms_by_<selection>``;
+    * ``atoms_swap`` (knowledge editing): ablate the ``k`` activation atoms of each prompt's
+      source value (the subject's own; on unrelated prompts the targets in turn), then the clamp.
 
     Per seed (``n_seeds``: the validation / test split of held-out subjects, the prompts, the
     selection prompts, the random direction), each method's strength is chosen on validation
@@ -270,7 +274,9 @@ def _run_seed(model, saes: dict[str, Any], data: _TrainData, amps: dict, tg: _Ta
     ev, unrel_p = _prompt_sets(model, tg.targets, val_rows, test_rows, u_val, u_test, scfg, rng, hook)
     selected = _select_units(model, saes, data, amps, tg, all_rows, scfg, hook, rng)
     run = _Run(model, scfg, tg.targets, tg.first_tok, ev, unrel_p)
-    methods = _methods(saes, data, amps, selected, tg, scfg, hook, seed)
+    methods = [m for m in _methods(saes, data, amps, selected, tg, scfg, hook, seed) if not cfg.methods or m.name in cfg.methods]
+    if not methods:
+        raise ValueError(f"methods={cfg.methods} names none of the methods of these SAEs; e.g. 'diff_of_means', 'atoms', 'atoms_swap'")
     return {"methods": _sweep(run, methods, progress), "selected_units": selected, "baseline_no_intervention": _baseline(run),
             "n_unrelated": {k: len(v) for k, v in unrel_p.items()}}
 
@@ -315,10 +321,12 @@ def _resolve_config(cfg: SteerConfig | None, relation: str, label: str, quick: b
             raise ValueError(f"{name} must be finite positive strengths, got {grid}")
     if cfg.span not in ("at", "from"):
         raise ValueError(f"span must be 'at' or 'from', got {cfg.span!r}")
+    if cfg.scale not in _SCALES:
+        raise ValueError(f"scale must be one of {sorted(_SCALES)}, got {cfg.scale!r}")
     if cfg.selection not in ("effect", "activation"):
         raise ValueError(f"selection must be 'effect' or 'activation', got {cfg.selection!r}")
     small = {k: getattr(cfg, k) for k in ("n_targets", "min_subjects", "k", "n_eval", "n_unrelated", "n_ablation", "n_select",
-                                          "n_val_strengths", "n_seeds", "swap_family_k", "batch_size") if getattr(cfg, k) < 1}
+                                          "n_val_strengths", "n_seeds", "batch_size") if getattr(cfg, k) < 1}
     if small:
         raise ValueError(f"these steering sizes must be >= 1: {small}")
     if not (cfg.kl_budget > 0 and math.isfinite(cfg.kl_budget)):
@@ -468,12 +476,13 @@ def _select_units(model, saes: dict[str, Any], data: _TrainData, amps: dict[str,
 
 @dataclass
 class _Method:
-    """One steering method: ``make(target, strength)`` gives the interventions of a batch."""
+    """One steering method: ``make(target, strength, prompts)`` gives the interventions of a batch
+    (``prompts.sources``: each row's source value, which a swap ablates)."""
 
     name: str
     unit: str                      # what a strength of 1 means
     grid: tuple[float, ...]
-    make: Callable[[str, float], Callable[[list[int], list[int]], list[Intervention]]]
+    make: Callable[[str, float, "_Prompts"], Callable[[list[int], list[int]], list[Intervention]]]
     info: dict
 
 
@@ -485,46 +494,65 @@ def _methods(saes: dict[str, Any], data: _TrainData, amps: dict[str, tuple[Tenso
     rnd = {v: (lambda r: r * (dom[v].norm() / r.norm()))(torch.randn(dom[v].shape[0], generator=g)) for v in tg.targets}
 
     def add(vecs: dict[str, Tensor]):
-        return lambda v, s: (lambda pos, rows: [AddDirection(hook, vecs[v], s, positions=pos, span=cfg.span)])
+        return lambda v, s, P: (lambda pos, rows: [AddDirection(hook, vecs[v], s, positions=pos, span=cfg.span)])
 
     unit = "norm of the target's difference of means"
     out = [_Method("diff_of_means", unit, cfg.alphas, add(dom), {"vector": "mean(x | y = target) - mean(x)"}),
            _Method("random_direction", unit, cfg.alphas, add(rnd), {"vector": "Gaussian, rescaled to the difference of means"})]
     other = {"effect": "activation", "activation": "effect"}[cfg.selection]
     for name, sae in saes.items():
-        typ, ceil = amps[name]
-        for how in (cfg.selection, other):
+        ceil = amps[name][1]
+        typ = _unit_scales(data, amps[name][0], name, tg.targets, cfg.scale)
+        for how in (cfg.selection, other) if name == "atoms" else (cfg.selection,):
             atoms = {v: [u["atom"] for u in selected[name][v][how]] for v in tg.targets}
 
-            def clamp(v: str, s: float, sae=sae, atoms=atoms, typ=typ, ceil=ceil):
-                vals = atom_values(typ, atoms[v], s, ceil)
+            def clamp(v: str, s: float, P: _Prompts, sae=sae, atoms=atoms, typ=typ, ceil=ceil):
+                vals = atom_values(typ[v], atoms[v], s, ceil)
                 return lambda pos, rows: [EditAtoms(sae, atoms[v], vals, positions=pos, span=cfg.span, hook_name=hook)]
 
             label = name if how == cfg.selection else f"{name}_by_{how}"
-            out.append(_Method(label, "typical on-support amplitude (median non-zero training code), capped at its "
-                               f"q{cfg.ceiling_q:g} quantile", cfg.strengths, clamp,
+            out.append(_Method(label, _SCALES[cfg.scale] + f", capped at the q{cfg.ceiling_q:g} quantile of its non-zero "
+                               "training codes", cfg.strengths, clamp,
                                {"sae": name, "selection": how, "k": cfg.k, "intervention": "clamp through the SAE (error term kept)"}))
         if name == "atoms":
-            atoms = {v: [u["atom"] for u in selected[name][v][cfg.selection]] for v in tg.targets}
-            family = _family_atoms(sae, data, tg, cfg, name)
-
-            def swap(v: str, s: float, sae=sae, atoms=atoms, typ=typ, ceil=ceil, family=family):
-                vals = atom_values(typ, atoms[v], s, ceil)
-                return lambda pos, rows: [swap_atoms(sae, family, atoms[v], vals, positions=pos, span=cfg.span, hook_name=hook)]
-
-            out.append(_Method("atoms_swap", out[-2].unit, cfg.strengths, swap,
-                               {"sae": name, "selection": cfg.selection, "k": cfg.k, "n_ablated": len(family),
-                                "intervention": f"ablate the top-{cfg.swap_family_k} activation atoms of every {cfg.label} "
-                                                "with enough training subjects (source-agnostic), clamp the target's atoms on"}))
+            out.append(_swap_method(sae, data, typ, ceil, selected, tg, cfg, hook, out[-2].unit))
     return out
 
 
-def _family_atoms(sae, data: _TrainData, tg: _Targets, cfg: SteerConfig, name: str) -> list[int]:
-    """The top ``swap_family_k`` activation-selected atoms of every value with >= ``min_subjects``
-    training subjects: the concept family a swap ablates (the same set on every prompt)."""
-    vals = [v for v, n in sorted(tg.n_subj.items()) if n >= cfg.min_subjects]
-    return sorted({a.atom for v in vals
-                   for a in select_atoms(sae, data.x, data.y, v, k=cfg.swap_family_k, codes=data.codes[name])})
+def _swap_method(sae, data: _TrainData, typ: dict[str, Tensor], ceil: Tensor, selected: dict, tg: _Targets,
+                 cfg: SteerConfig, hook: str, unit: str) -> _Method:
+    """``atoms_swap``: per prompt, ablate the ``k`` activation atoms of its source value (the
+    subject's own; on unrelated prompts a value cycled from those with enough subjects), then
+    clamp the target's atoms on (``swap_atoms`` as two edits, so a prompt's own atom list may vary)."""
+    atoms = {v: [u["atom"] for u in selected["atoms"][v][cfg.selection]] for v in tg.targets}
+    present = set(data.y)
+    src_atoms = {y: [a.atom for a in select_atoms(sae, data.x, data.y, y, k=cfg.k, codes=data.codes["atoms"])]
+                 for y in sorted(present) if present != {y}}
+
+    def swap(v: str, s: float, P: _Prompts):
+        vals = atom_values(typ[v], atoms[v], s, ceil)
+        pad = (atoms[v] * cfg.k)[:cfg.k]  # a source with no atoms: ablate the target's, then clamp them anyway
+        table = torch.tensor([src_atoms.get(y, pad)[:cfg.k] + pad[:cfg.k - len(src_atoms.get(y, pad)[:cfg.k])]
+                              for y in P.sources], dtype=torch.long)
+        return lambda pos, rows: [EditAtoms(sae, table[rows], 0.0, positions=pos, span=cfg.span, hook_name=hook),
+                                  EditAtoms(sae, atoms[v], vals, positions=pos, span=cfg.span, hook_name=hook)]
+
+    return _Method("atoms_swap", unit, cfg.strengths, swap,
+                   {"sae": "atoms", "selection": cfg.selection, "k": cfg.k,
+                    "intervention": f"ablate the k activation atoms of the prompt's source {cfg.label} (the subject's own; "
+                                    "on unrelated prompts one cycled over the values), then clamp the target's atoms on"})
+
+
+_SCALES = {"typical": "the unit's typical on-support amplitude (median non-zero training code)",
+           "target": "the unit's mean training code on the target's subjects"}
+
+
+def _unit_scales(data: _TrainData, typical: Tensor, name: str, targets: list[str], scale: str) -> dict[str, Tensor]:
+    """Per target, the amplitude a strength of 1 sets each unit to (``SteerConfig.scale``)."""
+    if scale == "typical":
+        return {v: typical for v in targets}
+    codes = data.codes[name]
+    return {v: codes[torch.tensor([y == v for y in data.y])].mean(0).clamp(min=0) for v in targets}
 
 
 def _prompt_sets(model, targets: list[str], val_rows: list[dict], test_rows: list[dict], u_val: list[dict],
@@ -534,7 +562,10 @@ def _prompt_sets(model, targets: list[str], val_rows: list[dict], test_rows: lis
     for split, pool in (("val", val_rows), ("test", test_rows)):
         for v in targets:
             ev[split][v] = _Prompts(model, _sample([r for r in pool if r[cfg.label] != v], cfg.n_eval, rng), cfg.batch_size, hook)
+            ev[split][v].sources = [r[cfg.label] for r in ev[split][v].rows]
     unrel_p = {"val": _Prompts(model, u_val, cfg.batch_size, hook), "test": _Prompts(model, u_test, cfg.batch_size, hook)}
+    for U in unrel_p.values():  # a source to ablate on each unrelated prompt: the targets in turn
+        U.sources = [targets[i % len(targets)] for i in range(len(U))]
     return ev, unrel_p
 
 
@@ -553,7 +584,7 @@ class _Run:
 def _kl_at(run: _Run, m: _Method, s: float, split: str) -> Tensor:
     """KL on the split's unrelated prompts, every target's intervention in turn (concatenated)."""
     U = run.unrel_p[split]
-    return torch.cat([_kl(U.clean, U.run(run.model, m.make(v, s), run.cfg.batch_size)) for v in run.targets])
+    return torch.cat([_kl(U.clean, U.run(run.model, m.make(v, s, U), run.cfg.batch_size)) for v in run.targets])
 
 
 def _success_at(run: _Run, m: _Method, s: float, split: str) -> dict:
@@ -562,7 +593,7 @@ def _success_at(run: _Run, m: _Method, s: float, split: str) -> dict:
     for v in run.targets:
         E = run.ev[split][v]
         if len(E):
-            per_target[v] = _target_stats(E.run(run.model, m.make(v, s), run.cfg.batch_size), E.clean, run.first_tok[v]) | {"n": len(E)}
+            per_target[v] = _target_stats(E.run(run.model, m.make(v, s, E), run.cfg.batch_size), E.clean, run.first_tok[v]) | {"n": len(E)}
     n = sum(p["n"] for p in per_target.values())
     agg = {k: sum(p[k] * p["n"] for p in per_target.values()) / n for k in ("success_rate", "mean_rank", "logprob_gain")}
     return {**agg, "n_prompts": n, "per_target": per_target}
@@ -796,6 +827,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help=f"SAE-unit strengths (multiples of each unit's typical on-support amplitude; {list(SteerConfig.strengths)})")
     p.add_argument("--selection", choices=("effect", "activation"), default=SteerConfig.selection,
                    help="headline selection of SAE units (the other is reported as NAME_by_<selection>)")
+    p.add_argument("--scale", choices=("target", "typical"), default=SteerConfig.scale,
+                   help="SAE-unit strength 1 = the target subjects' mean code of the unit, or its typical on-support amplitude")
     p.add_argument("--seeds", type=int, default=None, help=f"number of seeds ({SteerConfig.n_seeds})")
     p.add_argument("--span", choices=("at", "from"), default=SteerConfig.span,
                    help="intervene at the subject's last token, or from it to the end")
@@ -816,7 +849,7 @@ def steer_overrides(args: argparse.Namespace) -> dict[str, Any]:
              "n_ablation": args.n_ablation, "alphas": None if args.alphas is None else tuple(args.alphas),
              "strengths": None if args.strengths is None else tuple(args.strengths), "n_seeds": args.seeds}
     return {**{k: v for k, v in given.items() if v is not None}, "min_subjects": args.min_subjects, "k": args.k,
-            "span": args.span, "kl_budget": args.kl_budget, "selection": args.selection, "batch_size": args.batch_size, "seed": args.seed}
+            "span": args.span, "kl_budget": args.kl_budget, "selection": args.selection, "scale": args.scale, "batch_size": args.batch_size, "seed": args.seed}
 
 
 def run_cli(args: argparse.Namespace) -> int:
