@@ -233,6 +233,9 @@ def reading(results: dict) -> list[str]:
         out.append(f"Steering (matched side effect): success {a['success_rate']:.2f} for atoms vs {d['success_rate']:.2f} "
                    f"for the difference of means (KL on unrelated prompts {a['kl_unrelated']:.3f} vs "
                    f"{d['kl_unrelated']:.3f}): {verdict} the difference-of-means baseline.")
+        best = max(st, key=lambda m: st[m]["success_rate"])
+        out.append(f"Best steering method at the matched KL budget: {best} (success {st[best]['success_rate']:.2f}, "
+                   f"{st[best].get('n_targets')} targets, {st[best].get('n_prompts')} held-out prompts, seeds {st[best].get('seeds')}).")
     return out
 
 

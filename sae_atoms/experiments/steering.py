@@ -720,6 +720,10 @@ def _summary(res: dict) -> str:
                      f"log-prob gain {r['logprob_gain']:+.2f}  KL unrelated {r['kl_unrelated']:.3f}  "
                      f"({r['n_targets']} targets, {r['n_prompts']} held-out prompts, seeds {r['seeds']})"
                      + ("" if r["within_budget"] else "  (no strength within budget)"))
+    best = max(res["methods"], key=lambda m: (res["methods"][m]["success_rate"], -res["methods"][m]["kl_unrelated"]))
+    sae_best = max((m for m in res["methods"] if m not in ("diff_of_means", "random_direction")),
+                   key=lambda m: res["methods"][m]["success_rate"], default=None)
+    lines.append(f"  best at the matched KL budget: {best}" + (f"; best SAE method: {sae_best}" if sae_best else ""))
     for name, a in res["ablation"].items():
         if "error" in a:
             lines.append(f"  ablation {name}: {a['error']}")
