@@ -32,6 +32,20 @@ with a label value, scored by their mean contribution to it in raw space::
 
     score_j = (mean_{i: y_i = v} delta_ij - mean_{i: y_i != v} delta_ij) * ||W_dec[j]||_2
 
+Selection by effect (``output_gradient`` + ``select_atoms_by_effect``): score each atom by
+the first-order change it makes to the target's log-probability when added at its typical
+on-support amplitude ``a_j`` (attribution through the rest of the model to the unembedding;
+attribution patching, Nanda 2023 / Syed, Rager & Conmy arXiv 2310.10348; the output-centric
+selection of Arad, Mueller & Belinkov arXiv 2505.20063)::
+
+    g = mean_i sum_{p in P_i} d [log p_i(target) - log p_i(answer_i)] / d x_{i,p}
+    effect_j = a_j * <W_dec[j], g>
+
+Strengths in the atoms' own units (``atom_amplitudes``, ``atom_values``): atom ``j`` is set to
+``s * a_j`` (``a_j`` the median of its non-zero training codes), capped at its in-distribution
+ceiling (a high quantile of those codes); ``swap_atoms`` ablates a source concept's atoms and
+clamps the target's on (knowledge editing: "Tokyo is in the country of" -> France).
+
 Baselines: ``diff_of_means`` (``mean(x | y = v) - mean(x)``, the strong baseline of
 activation-steering work, e.g. Marks & Tegmark 2023, Rimsky et al. 2024) and
 ``concept_direction`` (the same restricted to selected atoms). ``next_token_logprobs``
@@ -51,7 +65,7 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import torch
 from torch import Tensor
 
-from sae_atoms.models import check_hook_name, next_token_logits, tokenize_prompts
+from sae_atoms.models import check_hook_name, next_token_logits, pad_batch, pad_id, tokenize_prompts
 
 Positions = Union[None, str, int, Sequence[int], Tensor]
 HookFn = Callable[[Tensor, Any], Tensor]
@@ -372,6 +386,108 @@ def diff_of_means(acts, labels: str | Sequence, value: Any, hook: str | None = N
     if not bool(inside.any()):
         raise ValueError(f"no activation has label {value!r}")
     return (x[inside].mean(0) - x.mean(0)).float()
+
+
+# =========================================================================== selection by effect
+def atom_amplitudes(codes: Tensor, ceiling_q: float = 0.99) -> tuple[Tensor, Tensor]:
+    """Per atom, ``(typical, ceiling)``: the median and the ``ceiling_q`` quantile of its non-zero
+    codes (``codes`` ``[n, d_sae]``, e.g. ``encode_batched`` of training activations). Atoms
+    never active get the median over active atoms of both (a neutral unit, flagged by nothing)."""
+    if codes.dim() != 2 or codes.shape[0] == 0:
+        raise ValueError(f"codes must be a non-empty [n, d_sae] table, got shape {tuple(codes.shape)}")
+    if not 0 < ceiling_q <= 1:
+        raise ValueError(f"ceiling_q must be in (0, 1], got {ceiling_q}")
+    c = codes.float().abs().masked_fill(codes == 0, float("nan"))
+    typical, ceiling = c.nanmedian(0).values, c.nanquantile(ceiling_q, dim=0)
+    dead = torch.isnan(typical)
+    if bool(dead.all()):
+        raise ValueError("no atom is ever active in codes; encode real activations")
+    typical[dead], ceiling[dead] = typical[~dead].median(), ceiling[~dead].median()
+    return typical, torch.maximum(ceiling, typical)
+
+
+def atom_values(typical: Tensor, atoms: Sequence[int], strength: float, ceiling: Tensor | None = None) -> Tensor:
+    """``min(strength * a_j, ceiling_j)`` for the atoms: clamp values in units of each atom's
+    typical on-support amplitude ``a_j``, capped in distribution when ``ceiling`` is given."""
+    if not math.isfinite(float(strength)) or strength < 0:
+        raise ValueError(f"strength must be a finite number >= 0 (in units of the typical amplitude), got {strength}")
+    idx = torch.as_tensor(list(atoms), dtype=torch.long)
+    v = strength * typical[idx]
+    return v if ceiling is None else torch.minimum(v, ceiling[idx])
+
+
+def _pad_rows(model, ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    pad = 0 if getattr(model, "tokenizer", None) is None else pad_id(model)
+    return pad_batch([list(x) for x in ids], pad)
+
+
+def output_gradient(model, hook_name: str, ids: Sequence[Sequence[int]], positions: Sequence[int],
+                    target: int, answers: Sequence[int] | None = None, span: str = "from",
+                    batch_size: int = 16) -> Tensor:
+    """``g = mean_i sum_{p in P_i} d [log p_i(target) - log p_i(answer_i)] / d x_{i,p}`` at ``hook_name``.
+
+    ``P_i``: the row's position ``positions[i]`` (``span="at"``) or it and every later one
+    (``"from"``); ``answers`` (one token per row, optional) make it the gradient of the margin
+    over each prompt's own answer, the quantity top-1 steering must flip. Right-padded batches;
+    only the last real position of each row is read. Returns ``[d]`` (float32, CPU).
+    """
+    if len(ids) == 0 or len(ids) != len(positions) or (answers is not None and len(answers) != len(ids)):
+        raise ValueError(f"need one position (and answer) per prompt: {len(ids)} prompts, {len(positions)} positions")
+    hook = _resolve_hook(model, hook_name)
+    g = None
+    for k in range(0, len(ids), batch_size):
+        rows = list(range(k, min(k + batch_size, len(ids))))
+        toks, mask = _pad_rows(model, [ids[i] for i in rows])
+        dev = next(model.parameters()).device
+        store: dict[str, Tensor] = {}
+
+        def grab(act: Tensor, hook: Any = None) -> Tensor:
+            store["x"] = act.detach().requires_grad_(True)
+            return store["x"]
+
+        with torch.enable_grad():
+            logits = model.run_with_hooks(toks.to(dev), attention_mask=mask.to(dev), fwd_hooks=[(hook, grab)])
+            ar, last = torch.arange(len(rows)), torch.tensor([len(ids[i]) - 1 for i in rows])
+            lp = logits[ar, last].float().log_softmax(-1)
+            obj = lp[:, int(target)].sum()
+            if answers is not None:
+                obj = obj - lp[ar, torch.tensor([int(answers[i]) for i in rows])].sum()
+            grad, = torch.autograd.grad(obj, store["x"])
+        pm = position_mask(len(rows), grad.shape[1], [int(positions[i]) for i in rows], span, grad.device)
+        part = (grad * pm.unsqueeze(-1).to(grad.dtype)).sum((0, 1)).float().cpu()
+        g = part if g is None else g + part
+    return g / len(ids)
+
+
+@dataclass
+class EffectScore:
+    """An atom's first-order effect on the target (see ``select_atoms_by_effect``)."""
+
+    atom: int
+    score: float
+    amplitude: float
+
+
+def select_atoms_by_effect(sae, grad: Tensor, typical: Tensor, k: int = 8) -> list[EffectScore]:
+    """The ``k`` atoms whose addition at their typical amplitude raises the target most, best first:
+    ``effect_j = a_j * <W_dec[j], g>`` with ``g`` from ``output_gradient`` (training prompts only)."""
+    W = sae.W_dec.detach().float().cpu()
+    if grad.shape != (W.shape[1],) or typical.shape != (W.shape[0],):
+        raise ValueError(f"grad must be [{W.shape[1]}] and typical [{W.shape[0]}], got {tuple(grad.shape)} / {tuple(typical.shape)}")
+    score = typical.float() * (W @ grad.float())
+    top = torch.topk(score, min(int(k), score.numel())).indices.tolist()
+    return [EffectScore(int(j), float(score[j]), float(typical[j])) for j in top]
+
+
+def swap_atoms(sae, source: Sequence[int], target: Sequence[int], values: float | Sequence[float] | Tensor,
+               positions: Positions = None, span: str = "at", hook_name: str | None = None) -> EditAtoms:
+    """Knowledge editing through the SAE: ablate the ``source`` concept's atoms and clamp the
+    ``target``'s atoms to ``values`` (error term kept; see ``EditAtoms``). Atoms in both lists are
+    clamped, not ablated."""
+    tgt = [int(a) for a in target]
+    src = [int(a) for a in source if int(a) not in set(tgt)]
+    v = torch.as_tensor(values, dtype=torch.float32).reshape(-1).expand(len(tgt)) if tgt else torch.zeros(0)
+    return EditAtoms(sae, tgt + src, torch.cat([v, torch.zeros(len(src))]), positions, span, hook_name)
 
 
 # =========================================================================== next-token log-probabilities

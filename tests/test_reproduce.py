@@ -73,7 +73,8 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path):
     assert "Sparsity frontier" in (tmp_path / "run" / "report.md").read_text()
     assert abs(res["geometry"]["aip_centroid_deg"] - 90) < 3 < 90 - res["geometry"]["euclid_centroid_deg"]
     assert [c["expansion"] for c in res["capacity"]] == [1, 2]
-    assert {"atoms", "features_jumprelu", "diff_of_means"} <= set(res["steering"])
+    assert {"atoms", "atoms_swap", "features_jumprelu", "diff_of_means"} <= set(res["steering"])
+    assert all({"success_rate", "kl_unrelated", "n_targets", "n_prompts", "seeds", "per_target"} <= set(v) for v in res["steering"].values())
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["n_train"] == res["n_train"]
     assert (tmp_path / "run" / "report.md").exists() and (tmp_path / "run" / "report.html").exists()

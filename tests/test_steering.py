@@ -288,6 +288,73 @@ def test_select_atoms_finds_planted_concept_atoms():
         st.select_atoms(sae, x, labels[:-1], "A")
 
 
+# --------------------------------------------------------------------------- selection by effect, amplitudes, swap
+def test_select_atoms_by_effect_finds_the_planted_output_atom(tiny_model):
+    """Known answer: atom 13 of a random SAE is the direction that raises token t's logit
+    (W_U[:, t], centred); selection by effect must rank it first, selection by activation cannot
+    see it (it never fires); an atom pointing the other way scores lowest."""
+    toks = tokens(n=6, seq=6)
+    t = int(tiny_model(toks)[:, -1].mean(0).argmin())
+    W = torch.randn(64, 32, generator=torch.Generator().manual_seed(3))
+    W[13] = planted_direction(tiny_model, t)
+    W[21] = -planted_direction(tiny_model, t)
+    sae = make_sae(hook=HOOK1, W_dec=W)
+    ids = toks.tolist()
+    grad = st.output_gradient(tiny_model, HOOK1, ids, [2] * len(ids), t, span="from")
+    typical = torch.ones(64)
+    top = st.select_atoms_by_effect(sae, grad, typical, k=3)
+    assert top[0].atom == 13 and top[0].score > top[1].score > 0
+    every = st.select_atoms_by_effect(sae, grad, typical, k=64)
+    assert every[-1].atom == 21 and every[-1].score < 0
+    # the score is first-order: adding the atom at a small strength changes log p(t) by about score
+    with st.add_atoms(sae, 13, 0.05, positions=[2] * len(ids), span="from").on(tiny_model):
+        lp = tiny_model(toks)[:, -1].log_softmax(-1)[:, t]
+    gain = float((lp - tiny_model(toks)[:, -1].log_softmax(-1)[:, t]).mean().detach())
+    assert gain == pytest.approx(0.05 * top[0].score, rel=0.1)
+    # with answers the objective is the margin over each row's own answer: still atom 13
+    ans = tiny_model(toks)[:, -1].argmax(-1).tolist()
+    assert st.select_atoms_by_effect(sae, st.output_gradient(tiny_model, HOOK1, ids, [2] * 6, t, ans), typical, k=1)[0].atom == 13
+    with pytest.raises(ValueError, match="one position"):
+        st.output_gradient(tiny_model, HOOK1, ids, [2], t)
+    with pytest.raises(ValueError, match="grad must be"):
+        st.select_atoms_by_effect(sae, grad[:5], typical)
+
+
+def test_atom_amplitudes_values_and_ceiling():
+    codes = torch.zeros(100, 4)
+    codes[:50, 0] = torch.linspace(1.0, 3.0, 50)   # median 2
+    codes[:10, 1] = 5.0
+    # atom 2 never fires; atom 3 fires once
+    codes[0, 3] = 0.5
+    typ, ceil = st.atom_amplitudes(codes, ceiling_q=0.99)
+    assert typ[0] == pytest.approx(2.0, abs=0.05) and typ[1] == 5.0 and typ[3] == 0.5
+    assert ceil[0] == pytest.approx(2.98, abs=0.02) and bool((ceil >= typ).all())
+    assert typ[2] == typ[[0, 1, 3]].median()  # a dead atom gets the median unit
+    v = st.atom_values(typ, [0, 1], 1.4, ceil)
+    assert v[0] == pytest.approx(2.0 * 1.4, abs=0.1) and v[1] == 5.0  # capped at its in-distribution ceiling
+    assert st.atom_values(typ, [1], 2.0)[0] == 10.0  # no ceiling: plain multiple
+    with pytest.raises(ValueError, match="strength"):
+        st.atom_values(typ, [0], float("nan"))
+    with pytest.raises(ValueError, match="ever active"):
+        st.atom_amplitudes(torch.zeros(5, 3))
+
+
+def test_swap_atoms_ablates_source_and_clamps_target(tiny_model):
+    sae = make_sae()
+    toks = tokens()
+    x = resid(tiny_model, toks, HOOK0)
+    codes = sae.encode(x)
+    src = [int(j) for j in codes[0, 3].topk(2).indices]
+    tgt = [j for j in range(64) if j not in src][:2]
+    x1 = resid(tiny_model, toks, HOOK0, st.swap_atoms(sae, src + [tgt[0]], tgt, 2.5, positions=3))
+    c = codes[:, 3].detach()
+    W = sae.W_dec.detach()
+    # exactly: targets set to 2.5 (also the one listed as a source), sources set to 0, error term kept
+    expect = (2.5 - c[:, tgt]) @ W[tgt] + (0.0 - c[:, src]) @ W[src]
+    torch.testing.assert_close(x1[:, 3] - x[:, 3], expect, rtol=1e-4, atol=1e-4)
+    assert (x1 - x)[:, [0, 1, 2, 4, 5, 6]].abs().max() == 0
+
+
 # --------------------------------------------------------------------------- real model
 @pytest.mark.real_model
 def test_real_model_alpha_zero_and_diff_of_means_steers(real_model, real_acts, fact_data):
@@ -332,23 +399,47 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     features = make_sae(d_in=x.shape[1], d_sae=256, hook=REAL_HOOK, seed=5)  # random directions
     res = steer_exp.run_steering(real_model, {"atoms": atoms, "features_jumprelu": features}, fact_data, real_acts,
                                  relation="city_country", quick=True, min_subjects=3, k=1, out_dir=tmp_path,
-                                 progress=False, alphas=(2.0,), n_eval=4, n_unrelated=4, n_ablation=6, n_random=1)
-    assert set(res["methods"]) == {"diff_of_means", "atoms", "features_jumprelu"}
+                                 progress=False, alphas=(2.0,), strengths=(1.0, 4.0), n_eval=4, n_unrelated=4,
+                                 n_ablation=6, n_random=1, n_seeds=2, n_targets=2, n_select=4, selection="activation",
+                                 scale="typical")
+    assert set(res["methods"]) == {"diff_of_means", "random_direction", "atoms", "atoms_by_effect", "atoms_swap",
+                                   "features_jumprelu"}
+    assert res["methods"]["atoms_by_effect"]["selection"] == "effect" and res["methods"]["atoms"]["selection"] == "activation"
     for m, r in res["methods"].items():
-        assert r["alpha"] in res["config"]["alphas"]
+        grid = res["config"]["alphas"] if m in ("diff_of_means", "random_direction") else res["config"]["strengths"]
+        assert all(a in grid for a in r["alpha_per_seed"]) and r["seeds"] == [0, 1] and r["n_targets"] == 2
         assert 0 <= r["success_rate"] <= 1 and r["mean_rank"] >= 1 and r["kl_unrelated"] >= 0
-        assert len(r["sweep"]) == len(res["config"]["alphas"])
+        assert r["n_prompts"] == sum(p["n"] for p in r["per_target"].values())
+        assert all(len(sd["sweep"]) == len(grid) for sd in r["per_seed"].values())
     targets = [t["value"] for t in res["targets"]]
     assert len(targets) == 2
-    for v in targets:  # the planted atom of each target is found, and it is the difference of means
+    for v in targets:  # the planted atom of each target is found by activation, and it is the difference of means
         if v in values:
-            sel = res["selected_units"]["atoms"][v][0]
+            sel = res["selected_units"][0]["atoms"][v]["activation"][0]
             assert sel["atom"] == values.index(v) and sel["cos_with_diff_of_means"] > 0.99
     assert res["methods"]["diff_of_means"]["logprob_gain"] > 0.5
     assert res["methods"]["atoms"]["logprob_gain"] > 0.5
+    # the fast path (cached residual stream, later blocks only) equals the full hooked forward pass
+    rows = [r for r in fact_data.to_list() if r["relation"] == "city_country" and r["split"] == "heldout"][:5]
+    fast, slow = steer_exp._Prompts(real_model, rows, 4, REAL_HOOK), steer_exp._Prompts(real_model, rows, 4)
+    make = lambda pos, rows_: [st.EditAtoms(atoms, [0, 1], 3.0, positions=pos, span="from", hook_name=REAL_HOOK),  # noqa: E731
+                               st.AddDirection(REAL_HOOK, x[0], 0.5, positions=pos)]
+    torch.testing.assert_close(fast.run(real_model, make, 4), slow.run(real_model, make, 4), atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(fast.clean, slow.clean, atol=2e-3, rtol=1e-3)
     abl = res["ablation"]["atoms"]["logprob_drop"]
     assert abl["selected"] > abl["random"]
     assert (tmp_path / "results.json").exists() and (tmp_path / "steering.png").stat().st_size > 1000
     import json
 
     assert json.loads((tmp_path / "results.json").read_text())["summary"] == res["summary"]
+
+
+def test_steer_config_rejects_bad_settings_by_name():
+    for bad, word in (({"selection": "gradient"}, "selection"), ({"scale": "huge"}, "scale"), ({"strengths": (0.0,)}, "strengths"),
+                      ({"n_seeds": 0}, "n_seeds"), ({"ceiling_q": 1.5}, "ceiling_q")):
+        with pytest.raises(ValueError, match=word):
+            steer_exp._resolve_config(None, "city_country", "country", False, bad)
+    with pytest.raises(TypeError, match="unknown steering setting"):
+        steer_exp._resolve_config(None, "city_country", "country", False, {"swap_family": 2})
+    cfg = steer_exp._resolve_config(None, "city_country", "country", True, {"n_eval": 5})
+    assert cfg.n_eval == 5 and cfg.n_seeds == 1  # explicit settings win over quick

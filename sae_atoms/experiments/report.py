@@ -234,6 +234,9 @@ def reading(results: dict) -> list[str]:
         out.append(f"Steering (matched side effect): success {a['success_rate']:.2f} for atoms vs {d['success_rate']:.2f} "
                    f"for the difference of means (KL on unrelated prompts {a['kl_unrelated']:.3f} vs "
                    f"{d['kl_unrelated']:.3f}): {verdict} the difference-of-means baseline.")
+        best = max(st, key=lambda m: st[m]["success_rate"])
+        out.append(f"Best steering method at the matched KL budget: {best} (success {st[best]['success_rate']:.2f}, "
+                   f"{st[best].get('n_targets')} targets, {st[best].get('n_prompts')} held-out prompts, seeds {st[best].get('seeds')}).")
     return out
 
 
@@ -324,10 +327,21 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
     st = results.get("steering") or {}
     if st:
         r.h("Causal steering")
-        r.table(["method", "strength α", "success rate", "mean rank", "log-prob gain", "KL unrelated"],
-                [[m, v.get("alpha"), v["success_rate"], v.get("mean_rank"), v.get("logprob_gain"), v["kl_unrelated"]]
-                 for m, v in st.items()])
         det = results.get("steering_details", {})
+        r.p("Held-out entities (subjects never used for selection or means), strength per method chosen on validation "
+            f"prompts under the same KL budget ({det.get('config', {}).get('kl_budget')} nats on unrelated prompts); "
+            "SAEs are the headline SAEs at the matched L0; success = the target is the top-1 next token.")
+        r.table(["method", "selection", "strength (per seed)", "success rate", "log-prob gain", "KL unrelated",
+                 "targets", "prompts", "seeds"],
+                [[m, v.get("selection", "-"), "/".join(f"{a:g}" for a in v.get("alpha_per_seed", [v.get("alpha", 0)])),
+                  v["success_rate"], v.get("logprob_gain"), v["kl_unrelated"], v.get("n_targets"), v.get("n_prompts"),
+                  v.get("seeds")] for m, v in st.items()])
+        table = det.get("per_target") or {}
+        if table:
+            names = list(table)
+            values = sorted({t for m in names for t in table[m]})
+            r.p("Success rate per target (test, pooled over seeds):")
+            r.table(["target", *names], [[t, *[table[m].get(t, {}).get("success_rate") for m in names]] for t in values])
         abl = det.get("ablation", {})
         if abl:
             r.p("Ablation check: ablating the k units selected for the subject's true value vs k random units "

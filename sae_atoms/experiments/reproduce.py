@@ -381,15 +381,25 @@ def _steering(job: _Job, prog: _Progress) -> dict:
     s, saes = job.s, job.saes
     steer: dict = {}
     if s.steer:
-        st_key = job.acts_key | {"saes": [str(_sae_key(saes[u])) for u in ("atoms", "features_jumprelu")],
-                                 "quick": s.quick, "version": 1}
+        kinds = ("atoms", "features_jumprelu", "features_topk")
+        use = {u: _steering_sae(job, u) for u in kinds}
+        use = {u: sae for u, sae in use.items() if sae is not None}
+        st_key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "version": 2}
         steer, reused = _json_stage(s.out, "steering", st_key, s.force, lambda: steering.run_steering(
-            job.model, {"atoms": saes["atoms"], "features_jumprelu": saes["features_jumprelu"]}, job.facts, job.fact_acts,
+            job.model, use, job.facts, job.fact_acts,
             relation="city_country", quick=s.quick, seed=s.seed, out_dir=s.out / "steering", progress=True))
     else:
         reused = False
     prog.done(reused)
     return steer
+
+
+def _steering_sae(job: _Job, unit: str) -> Any:
+    """The headline SAE of ``unit`` at ``headline_l0``: from ``job.saes``, else the frontier's saved one (topk)."""
+    if unit in job.saes:
+        return job.saes[unit]
+    folder = job.s.out / "cache" / "frontier" / "saes" / f"{unit}_l0_{int(job.s.headline_l0)}"
+    return SAE.load_from_disk(str(folder), device=str(job.device)) if (folder / "cfg.json").exists() else None
 
 
 def _report(job: _Job, prog: _Progress, geo: dict, unit_res: dict, cap: list, steer: dict, t_start: float,

@@ -31,17 +31,21 @@ from tqdm.auto import tqdm
 from sae_atoms.activations import ActivationSet, extract, subject_token_positions
 from sae_atoms.data import reasoning_prompts, split_of
 from sae_atoms.io import check_output_dir, output_lock, save_figure, write_json
-from sae_atoms.models import check_hook_name, first_token_ids, resolve_device
+from sae_atoms.models import check_hook_name, first_token_ids, pad_batch, pad_id, resolve_device
 from sae_atoms.steering import (
     AddDirection,
     EditAtoms,
     Intervention,
-    concept_direction,
+    atom_amplitudes,
+    atom_values,
     diff_of_means,
     encode_batched,
     next_token_logprobs,
+    output_gradient,
     prompt_token_ids,
     select_atoms,
+    select_atoms_by_effect,
+    swap_atoms,
 )
 from sae_atoms.training import train_on_activations, training_config
 
@@ -51,27 +55,39 @@ from sae_atoms.training import train_on_activations, training_config
 class SteerConfig:
     """Settings of ``run_steering`` (defaults sized for 2 CPU cores, see ``sae-atoms steer``).
 
-    Strengths ``alphas`` multiply a vector scaled to the norm of the target's difference-of-means
-    vector, so ``alpha = 1`` is "one difference of means" for every method.
+    Two strength units: ``alphas`` multiply a vector scaled to the norm of the target's
+    difference of means (``diff_of_means``, ``random_direction``); ``strengths`` multiply each
+    SAE unit's typical on-support amplitude (the SAE methods, capped at the ``ceiling_q``
+    quantile of the unit's non-zero training codes). Either way the strength of every method is
+    chosen on validation prompts under the same ``kl_budget``.
     """
 
     relation: str = "city_country"
     label: str = "country"
-    n_targets: int = 4
+    n_targets: int = 8
     min_subjects: int = 8          # train subjects with the target value (for selection / means)
-    k: int = 8                     # atoms / features per target
-    alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
-    span: str = "from"             # intervene at the subject's last token ("at") or from it on ("from")
+    k: int = 16                    # atoms / features per target
+    selection: str = "activation"  # headline selection of SAE units: "activation" or "effect" (atoms: the other too)
+    alphas: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+    strengths: tuple[float, ...] = (4.0, 8.0, 12.0, 16.0)
+    scale: str = "target"          # SAE-unit strength 1 = "typical" on-support amplitude, or the "target" subjects' mean code
+    ceiling_q: float = 0.99        # in-distribution cap of a clamped unit: this quantile of its non-zero codes
+    span: str = "at"               # intervene at the subject's last token ("at") or from it on ("from")
     kl_budget: float = 1.0         # nats: the matched side effect (validation KL on unrelated prompts)
-    n_eval: int = 16               # held-out prompts per split (val, test) per target
-    n_unrelated: int = 16          # unrelated prompts per split
-    n_ablation: int = 32           # held-out prompts for the ablation check
-    n_random: int = 3              # random atom draws in the ablation check
+    n_eval: int = 8                # held-out prompts per split (val, test) per target
+    n_unrelated: int = 8           # unrelated prompts per split
+    n_select: int = 16             # training prompts per target for selection by effect
+    n_val_strengths: int = 4       # validation success is measured at this many strongest in-budget strengths
+    n_seeds: int = 2               # seeds seed, seed+1, ...: the split, prompts, selection prompts, random direction
+    methods: tuple[str, ...] = ()  # run only these methods (names as in the results); empty: all
+    n_ablation: int = 24           # held-out prompts for the ablation check
+    n_random: int = 2              # random atom draws in the ablation check
     batch_size: int = 32
     seed: int = 0
 
 
-QUICK = {"n_targets": 2, "n_eval": 8, "n_unrelated": 8, "n_ablation": 12, "n_random": 2, "alphas": (1.0, 2.0)}
+QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 1, "n_ablation": 8, "n_random": 1,
+         "alphas": (2.0, 4.0), "strengths": (8.0, 16.0), "n_val_strengths": 2}
 
 
 # =========================================================================== measuring
@@ -87,21 +103,59 @@ def _target_stats(lp: Tensor, lp_clean: Tensor, tok: int) -> dict[str, float]:
             "median_rank": float(rank.float().median()), "logprob_gain": float((t - lp_clean[:, tok]).mean())}
 
 
-class _Prompts:
-    """Prompt rows with their token ids, subject positions and clean log-probabilities."""
+def _resid_layer(model, hook: str | None) -> int | None:
+    """``L`` when ``hook`` is ``blocks.L.hook_resid_post`` of ``model`` (the fast path), else None."""
+    parts = (hook or "").split(".")
+    if len(parts) == 3 and parts[0] == "blocks" and parts[2] == "hook_resid_post" and parts[1].isdigit():
+        return int(parts[1]) if int(parts[1]) < model.cfg.n_layers else None
+    return None
 
-    def __init__(self, model, rows: list[dict], batch_size: int):
-        self.rows = rows
+
+class _Prompts:
+    """Prompt rows with their token ids, subject positions and clean log-probabilities.
+
+    At a ``blocks.L.hook_resid_post`` hook the residual stream at ``L`` is computed once and
+    every steered run starts there (``start_at_layer``-style: blocks ``L+1..`` only), with the
+    interventions applied to the cached stream; elsewhere (or for interventions at other hooks)
+    the full forward pass with hooks. Right padding: causal attention keeps padding out of real
+    tokens, so both paths give the same log-probabilities.
+    """
+
+    def __init__(self, model, rows: list[dict], batch_size: int, hook: str | None = None):
+        self.rows, self.hook = rows, hook
+        self.sources: list[str] = []
         prompts = [r["prompt"] for r in rows]
         self.ids = prompt_token_ids(model, prompts)
         self.pos = subject_token_positions(model, prompts, [r["subject_start"] for r in rows], [r["subject_end"] for r in rows])
-        self.clean = next_token_logprobs(model, self.ids, self.pos, None, batch_size) if rows else torch.zeros(0)
+        self.layer = _resid_layer(model, hook)
+        self.cached: list[tuple[list[int], Tensor]] = []
+        if self.layer is not None and rows:
+            order = sorted(range(len(rows)), key=lambda i: len(self.ids[i]))
+            with torch.no_grad():
+                for k in range(0, len(order), batch_size):
+                    b = order[k:k + batch_size]
+                    toks, mask = pad_batch([self.ids[i] for i in b], pad_id(model))
+                    dev = next(model.parameters()).device
+                    self.cached.append((b, model(toks.to(dev), attention_mask=mask.to(dev), stop_at_layer=self.layer + 1)))
+        self.clean = self.run(model, None, batch_size) if rows else torch.zeros(0)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def run(self, model, make: Callable[[list[int], list[int]], Sequence[Intervention]], batch_size: int) -> Tensor:
-        return next_token_logprobs(model, self.ids, self.pos, make, batch_size)
+    def run(self, model, make: Callable[[list[int], list[int]], Sequence[Intervention]] | None, batch_size: int) -> Tensor:
+        if not self.cached or (make is not None and any(iv.hook_name != self.hook for iv in make([0], [0]))):
+            return next_token_logprobs(model, self.ids, self.pos, make, batch_size)
+        out = torch.empty(len(self.rows), model.cfg.d_vocab)
+        with torch.no_grad():
+            for b, x in self.cached:
+                for iv in (make([self.pos[i] for i in b], b) if make is not None else []):
+                    x = iv.hook_fn(x)
+                for block in model.blocks[self.layer + 1:]:
+                    x = block(x)
+                last = torch.tensor([len(self.ids[i]) - 1 for i in b], device=x.device)
+                x = model.ln_final(x[torch.arange(len(b), device=x.device), last].unsqueeze(1))
+                out[b] = model.unembed(x)[:, 0].float().log_softmax(-1).cpu()
+        return out
 
 
 def _split_rows(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
@@ -131,29 +185,39 @@ def run_steering(model, saes: dict[str, Any], dataset, acts, relation: str = "ci
                  **overrides: Any) -> dict:
     """Do atoms steer a model better than features or the difference of means?
 
-    For target values (e.g. countries) with at least ``min_subjects`` training subjects, the
-    model's best-known facts and a unique first answer token, the steering vector is added at
-    ``acts``' hook on held-out prompts about subjects with another value, at the subject's last
-    token (``span="at"``) or from it on (``"from"``):
+    For ``n_targets`` values (e.g. countries) with at least ``min_subjects`` training subjects,
+    the model's best-known facts and a unique first answer token, each method edits ``acts``'
+    hook on held-out prompts about subjects with another value, at the subject's last token
+    (``span="at"``) or from it on (``"from"``):
 
-    * ``diff_of_means``: ``mean(x | y = target) - mean(x)`` over the relation's training subjects;
-    * one method per SAE in ``saes`` (``atoms`` = ``tsae_aip``, ``features_jumprelu``):
-      ``sum_j (mean_in_j - mean_out_j) W_dec[j]`` over the ``k`` atoms ``select_atoms`` picks.
+    * ``diff_of_means``: ``x += alpha * (mean(x | y = target) - mean(x))`` (training subjects);
+    * ``random_direction``: a Gaussian direction of the same norm (control);
+    * per SAE in ``saes`` (``atoms`` = ``tsae_aip``, ``features_jumprelu``, ``features_topk``):
+      the ``k`` units chosen by ``selection`` (``"effect"``: ``output_gradient`` +
+      ``select_atoms_by_effect`` on training prompts, Arad et al. arXiv 2505.20063; ``"activation"``:
+      ``select_atoms``) clamped through the SAE (error term kept) to ``min(s * a_j, ceiling_j)``,
+      ``a_j`` the unit's mean training code on the target's subjects (``scale="target"``) or its
+      typical on-support amplitude (``"typical"``), ``ceiling_j`` the ``ceiling_q`` quantile of its
+      non-zero training codes (in distribution); for atoms the other selection as ``atoms_by_<selection>``;
+    * ``atoms_swap`` (knowledge editing): ablate the ``k`` activation atoms of each prompt's
+      source value (the subject's own; on unrelated prompts the targets in turn), then the clamp.
 
-    Every vector is rescaled to the norm of the target's difference of means; the strength
-    ``alpha`` is chosen per method on the validation prompts (highest success with validation
-    KL on unrelated prompts <= ``kl_budget``) and the test prompts are used only once, at that
-    strength. Success: the target's first token is the top-1 next token; also its rank (1 =
-    top) and log-probability gain. Side effect: ``KL(p_clean || p_steered)`` of the next token
-    on unrelated prompts (other relations, reasoning prompts) under the same intervention.
+    Per seed (``n_seeds``: the validation / test split of held-out subjects, the prompts, the
+    selection prompts, the random direction), each method's strength is chosen on validation
+    prompts under the same ``kl_budget`` (``_sweep``) and the test prompts are used once, at
+    that strength; results are pooled over seeds. Success: the target's first token is the
+    top-1 next token; also its rank (1 = top) and log-probability gain. Side effect:
+    ``KL(p_clean || p_steered)`` of the next token on unrelated prompts (other relations,
+    reasoning prompts) under the same intervention (AxBench, arXiv 2501.17148, compares
+    SAE steering with the difference of means the same way).
 
     Ablation check: on held-out prompts, ablating (through the SAE, error term kept) the ``k``
     atoms selected for the subject's true value vs ``k`` random atoms (uniform, and among the
     atoms active at that token), the drop in log-probability of the correct first token.
 
-    The steps, in order (one seeded ``random.Random`` runs through them): ``_resolve_config``,
-    ``_check_inputs``, ``_training_data``, ``_choose_targets``, ``_eval_rows``,
-    ``_steering_vectors``, ``_prompt_sets``, ``_sweep``, ``_ablation_check``, ``_finish``.
+    The steps: ``_resolve_config``, ``_check_inputs``, ``_training_data``, ``_choose_targets``,
+    then per seed ``_run_seed`` (``_eval_rows``, ``_prompt_sets``, ``_select_units``,
+    ``_methods``, ``_sweep``), ``_aggregate``, ``_ablation_check``, ``_finish``.
 
     Args:
         model: a ``HookedTransformer`` with a tokenizer.
@@ -173,30 +237,73 @@ def run_steering(model, saes: dict[str, Any], dataset, acts, relation: str = "ci
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("the experiment needs a model with a tokenizer (prompts are text)")
     t_start = time.perf_counter()
-    rng = random.Random(cfg.seed)
     hook = _check_inputs(model, saes, acts, label)
     data = _training_data(acts, saes, relation, label, hook)
     all_rows = dataset.to_list() if hasattr(dataset, "to_list") else list(dataset)
+    rng = random.Random(cfg.seed)
     tg = _choose_targets(model, all_rows, data, cfg, rng)
-    held, val_rows, test_rows, u_val, u_test = _eval_rows(all_rows, unrelated, cfg, rng)
-    vectors, selected = _steering_vectors(saes, data, tg.targets, cfg.k)
-    ev, unrel_p = _prompt_sets(model, tg.targets, val_rows, test_rows, u_val, u_test, cfg, rng)
-    run = _Run(model, hook, cfg, tg.targets, tg.first_tok, vectors, ev, unrel_p)
-    results: dict[str, Any] = {"methods": _sweep(run, progress)}
+    amps = {name: atom_amplitudes(data.codes[name], cfg.ceiling_q) for name in saes}
+    seeds = [cfg.seed + i for i in range(cfg.n_seeds)]
+    per_seed = {sd: _run_seed(model, saes, data, amps, tg, all_rows, unrelated, cfg, sd, hook, progress) for sd in seeds}
+    held = [r for r in _relation_rows(all_rows, cfg) if r["split"] == "heldout"]
+    results: dict[str, Any] = {"methods": _aggregate(per_seed, tg.targets)}
+    results["per_target"] = {m: r["per_target"] for m, r in results["methods"].items()}
     results["ablation"] = {name: _ablation_check(model, sae, name, hook, held, data.x, data.y, data.codes[name],
                                                  tg.n_subj, tg.first_tok, tg.tok_count, cfg, rng)
                            for name, sae in saes.items()}
     results.update({
-        "config": asdict(cfg), "hook": hook, "model": getattr(model.cfg, "model_name", None),
+        "config": asdict(cfg), "hook": hook, "model": getattr(model.cfg, "model_name", None), "seeds": seeds,
         "targets": [{"value": v, "first_token": model.tokenizer.decode([tg.first_tok[v]]),
                      "n_train_subjects": tg.n_subj[v], "clean_train_accuracy": tg.acc[v]} for v in tg.targets],
-        "baseline_no_intervention": _baseline(run),
-        "selected_units": selected,
-        "vector_norms": {m: {v: float(vectors[m][v].norm()) for v in tg.targets} for m in vectors},
-        "n_val_unrelated": len(unrel_p["val"]), "n_test_unrelated": len(unrel_p["test"]),
+        "baseline_no_intervention": {sd: r["baseline_no_intervention"] for sd, r in per_seed.items()},
+        "selected_units": {sd: r["selected_units"] for sd, r in per_seed.items()},
+        "amplitudes": {name: {"typical_median": float(t.median()), "ceiling_median": float(c.median())}
+                       for name, (t, c) in amps.items()},
+        "n_val_unrelated": per_seed[seeds[0]]["n_unrelated"]["val"], "n_test_unrelated": per_seed[seeds[0]]["n_unrelated"]["test"],
         "seconds": time.perf_counter() - t_start,
     })
     return _finish(results, out_dir)
+
+
+def _run_seed(model, saes: dict[str, Any], data: _TrainData, amps: dict, tg: _Targets, all_rows: list[dict], unrelated,
+              cfg: SteerConfig, seed: int, hook: str, progress: bool) -> dict:
+    """One seed: its validation / test split and prompts, its selection prompts, every method's sweep."""
+    scfg = SteerConfig(**{**asdict(cfg), "seed": seed})
+    rng = random.Random(seed)
+    _held, val_rows, test_rows, u_val, u_test = _eval_rows(all_rows, unrelated, scfg, rng)
+    ev, unrel_p = _prompt_sets(model, tg.targets, val_rows, test_rows, u_val, u_test, scfg, rng, hook)
+    selected = _select_units(model, saes, data, amps, tg, all_rows, scfg, hook, rng)
+    run = _Run(model, scfg, tg.targets, tg.first_tok, ev, unrel_p)
+    methods = [m for m in _methods(saes, data, amps, selected, tg, scfg, hook, seed) if not cfg.methods or m.name in cfg.methods]
+    if not methods:
+        raise ValueError(f"methods={cfg.methods} names none of the methods of these SAEs; e.g. 'diff_of_means', 'atoms', 'atoms_swap'")
+    return {"methods": _sweep(run, methods, progress), "selected_units": selected, "baseline_no_intervention": _baseline(run),
+            "n_unrelated": {k: len(v) for k, v in unrel_p.items()}}
+
+
+def _aggregate(per_seed: dict[int, dict], targets: list[str]) -> dict[str, dict]:
+    """Per method, the test results pooled over seeds (prompt-weighted success, rank and gain; KL
+    averaged over seeds), the per-target table and each seed's chosen strength and sweep."""
+    seeds = list(per_seed)
+    out = {}
+    for m in per_seed[seeds[0]]["methods"]:
+        rs = [per_seed[sd]["methods"][m] for sd in seeds]
+        tests = [r["test"] for r in rs]
+        n = sum(t["n_prompts"] for t in tests)
+        pooled = {k: sum(t[k] * t["n_prompts"] for t in tests) / n for k in ("success_rate", "mean_rank", "logprob_gain")}
+        per_target = {}
+        for v in targets:
+            pts = [t["per_target"][v] for t in tests if v in t["per_target"]]
+            nv = sum(p["n"] for p in pts)
+            if nv:
+                per_target[v] = {k: sum(p[k] * p["n"] for p in pts) / nv for k in ("success_rate", "logprob_gain")} | {"n": nv}
+        out[m] = {**pooled, "kl_unrelated": sum(t["kl_unrelated"] for t in tests) / len(tests),
+                  "alpha": rs[0]["alpha"], "alpha_per_seed": [r["alpha"] for r in rs],
+                  "n_targets": len(per_target), "n_prompts": n, "seeds": seeds,
+                  "within_budget": all(r["within_budget"] for r in rs),
+                  **{k: rs[0][k] for k in ("strength_unit", "sae", "selection", "k", "intervention", "vector", "n_ablated") if k in rs[0]},
+                  "per_target": per_target, "per_seed": {sd: r for sd, r in zip(seeds, rs)}}
+    return out
 
 
 def _resolve_config(cfg: SteerConfig | None, relation: str, label: str, quick: bool,
@@ -207,17 +314,25 @@ def _resolve_config(cfg: SteerConfig | None, relation: str, label: str, quick: b
     if unknown:
         raise TypeError(f"unknown steering setting(s) {sorted(unknown)}; SteerConfig has {sorted(SteerConfig.__dataclass_fields__)}")
     cfg = SteerConfig(**{**asdict(cfg), **(QUICK if quick else {}), **overrides, "relation": relation, "label": label})
-    cfg.alphas = tuple(float(a) for a in cfg.alphas)
-    if not cfg.alphas or any(a <= 0 for a in cfg.alphas):
-        raise ValueError(f"alphas must be positive strengths, got {cfg.alphas}")
+    cfg.alphas, cfg.strengths = tuple(float(a) for a in cfg.alphas), tuple(float(a) for a in cfg.strengths)
+    for name in ("alphas", "strengths"):
+        grid = getattr(cfg, name)
+        if not grid or any(not (a > 0 and math.isfinite(a)) for a in grid):
+            raise ValueError(f"{name} must be finite positive strengths, got {grid}")
     if cfg.span not in ("at", "from"):
         raise ValueError(f"span must be 'at' or 'from', got {cfg.span!r}")
-    small = {k: getattr(cfg, k) for k in ("n_targets", "min_subjects", "k", "n_eval", "n_unrelated", "n_ablation",
-                                          "batch_size") if getattr(cfg, k) < 1}
+    if cfg.scale not in _SCALES:
+        raise ValueError(f"scale must be one of {sorted(_SCALES)}, got {cfg.scale!r}")
+    if cfg.selection not in ("effect", "activation"):
+        raise ValueError(f"selection must be 'effect' or 'activation', got {cfg.selection!r}")
+    small = {k: getattr(cfg, k) for k in ("n_targets", "min_subjects", "k", "n_eval", "n_unrelated", "n_ablation", "n_select",
+                                          "n_val_strengths", "n_seeds", "batch_size") if getattr(cfg, k) < 1}
     if small:
         raise ValueError(f"these steering sizes must be >= 1: {small}")
-    if not cfg.kl_budget > 0 or not all(map(math.isfinite, (cfg.kl_budget, *cfg.alphas))):
-        raise ValueError(f"kl_budget={cfg.kl_budget} and alphas={cfg.alphas} must be finite and > 0")
+    if not (cfg.kl_budget > 0 and math.isfinite(cfg.kl_budget)):
+        raise ValueError(f"kl_budget={cfg.kl_budget} must be finite and > 0")
+    if not 0 < cfg.ceiling_q <= 1:
+        raise ValueError(f"ceiling_q={cfg.ceiling_q} must be in (0, 1]")
     return cfg
 
 
@@ -288,7 +403,7 @@ def _choose_targets(model, all_rows: list[dict], data: _TrainData, cfg: SteerCon
     n_subj: dict[str, int] = {}
     for _s, y in set(zip(data.subjects, data.y)):
         n_subj[y] = n_subj.get(y, 0) + 1
-    cands = [v for v in sorted(n_subj, key=lambda v: -n_subj[v]) if n_subj[v] >= cfg.min_subjects and v in first_tok and tok_count[first_tok[v]] == 1]
+    cands = [v for v in sorted(n_subj, key=lambda v: (-n_subj[v], v)) if n_subj[v] >= cfg.min_subjects and v in first_tok and tok_count[first_tok[v]] == 1]
     if not cands:
         raise ValueError(f"no {label} value has >= {cfg.min_subjects} training subjects and a unique first token; "
                          "use more prompts (e.g. more cities) or lower min_subjects")
@@ -335,34 +450,122 @@ def _eval_rows(all_rows: list[dict], unrelated, cfg: SteerConfig, rng: random.Ra
     return held, val_rows, test_rows, u_val, u_test
 
 
-def _steering_vectors(saes: dict[str, Any], data: _TrainData, targets: list[str],
-                      k: int) -> tuple[dict[str, dict[str, Tensor]], dict[str, dict[str, list[dict]]]]:
-    """Per method and target, the steering vector (rescaled to the difference of means' norm),
-    and per SAE and target the selected units (with their cosine to the difference of means)."""
-    vectors: dict[str, dict[str, Tensor]] = {"diff_of_means": {}}
-    selected: dict[str, dict[str, list[dict]]] = {name: {} for name in saes}
-    for name in saes:
-        vectors[name] = {}
-    for v in targets:
+def _select_units(model, saes: dict[str, Any], data: _TrainData, amps: dict[str, tuple[Tensor, Tensor]], tg: _Targets,
+                  all_rows: list[dict], cfg: SteerConfig, hook: str, rng: random.Random) -> dict[str, dict[str, dict]]:
+    """Per SAE and target, the ``k`` units chosen by activation (``select_atoms``) and by effect
+    (``output_gradient`` on ``n_select`` training prompts whose answer is another value, then
+    ``select_atoms_by_effect``). Training prompts only: held-out entities never enter selection."""
+    train_rows = [r for r in _relation_rows(all_rows, cfg) if r["split"] == "train" and r[cfg.label] in tg.first_tok]
+    out: dict[str, dict[str, dict]] = {name: {} for name in saes}
+    for v in tg.targets:
+        rows = _sample([r for r in train_rows if r[cfg.label] != v], cfg.n_select, rng)
+        ids = prompt_token_ids(model, [r["prompt"] for r in rows])
+        pos = subject_token_positions(model, [r["prompt"] for r in rows], [r["subject_start"] for r in rows],
+                                      [r["subject_end"] for r in rows])
+        grad = output_gradient(model, hook, ids, pos, tg.first_tok[v], [tg.first_tok[r[cfg.label]] for r in rows],
+                               span=cfg.span, batch_size=cfg.batch_size)
         dom = diff_of_means(data.x, data.y, v)
-        vectors["diff_of_means"][v] = dom
         for name, sae in saes.items():
-            assoc = select_atoms(sae, data.x, data.y, v, k=k, codes=data.codes[name])
-            vec = concept_direction(sae, assoc)
-            selected[name][v] = [asdict(a) | {"cos_with_diff_of_means": float(torch.nn.functional.cosine_similarity(vec, dom, dim=0))}
-                                 for a in assoc]
-            vectors[name][v] = vec * (dom.norm() / vec.norm().clamp(min=1e-12))
-    return vectors, selected
+            by_act = select_atoms(sae, data.x, data.y, v, k=cfg.k, codes=data.codes[name])
+            by_eff = select_atoms_by_effect(sae, grad, amps[name][0], k=cfg.k)
+            W = sae.W_dec.detach().float().cpu()
+            out[name][v] = {how: [asdict(u) | {"cos_with_diff_of_means": float(torch.nn.functional.cosine_similarity(
+                W[u.atom], dom, dim=0))} for u in units] for how, units in (("activation", by_act), ("effect", by_eff))}
+    return out
+
+
+@dataclass
+class _Method:
+    """One steering method: ``make(target, strength, prompts)`` gives the interventions of a batch
+    (``prompts.sources``: each row's source value, which a swap ablates)."""
+
+    name: str
+    unit: str                      # what a strength of 1 means
+    grid: tuple[float, ...]
+    make: Callable[[str, float, "_Prompts"], Callable[[list[int], list[int]], list[Intervention]]]
+    info: dict
+
+
+def _methods(saes: dict[str, Any], data: _TrainData, amps: dict[str, tuple[Tensor, Tensor]], selected: dict,
+             tg: _Targets, cfg: SteerConfig, hook: str, seed: int) -> list[_Method]:
+    """The compared methods (see ``run_steering``)."""
+    dom = {v: diff_of_means(data.x, data.y, v) for v in tg.targets}
+    g = torch.Generator().manual_seed(seed + 7)
+    rnd = {v: (lambda r: r * (dom[v].norm() / r.norm()))(torch.randn(dom[v].shape[0], generator=g)) for v in tg.targets}
+
+    def add(vecs: dict[str, Tensor]):
+        return lambda v, s, P: (lambda pos, rows: [AddDirection(hook, vecs[v], s, positions=pos, span=cfg.span)])
+
+    unit = "norm of the target's difference of means"
+    out = [_Method("diff_of_means", unit, cfg.alphas, add(dom), {"vector": "mean(x | y = target) - mean(x)"}),
+           _Method("random_direction", unit, cfg.alphas, add(rnd), {"vector": "Gaussian, rescaled to the difference of means"})]
+    other = {"effect": "activation", "activation": "effect"}[cfg.selection]
+    for name, sae in saes.items():
+        ceil = amps[name][1]
+        typ = _unit_scales(data, amps[name][0], name, tg.targets, cfg.scale)
+        for how in (cfg.selection, other) if name == "atoms" else (cfg.selection,):
+            atoms = {v: [u["atom"] for u in selected[name][v][how]] for v in tg.targets}
+
+            def clamp(v: str, s: float, P: _Prompts, sae=sae, atoms=atoms, typ=typ, ceil=ceil):
+                vals = atom_values(typ[v], atoms[v], s, ceil)
+                return lambda pos, rows: [EditAtoms(sae, atoms[v], vals, positions=pos, span=cfg.span, hook_name=hook)]
+
+            label = name if how == cfg.selection else f"{name}_by_{how}"
+            out.append(_Method(label, _SCALES[cfg.scale] + f", capped at the q{cfg.ceiling_q:g} quantile of its non-zero "
+                               "training codes", cfg.strengths, clamp,
+                               {"sae": name, "selection": how, "k": cfg.k, "intervention": "clamp through the SAE (error term kept)"}))
+        if name == "atoms":
+            out.append(_swap_method(sae, data, typ, ceil, selected, tg, cfg, hook, out[-2].unit))
+    return out
+
+
+def _swap_method(sae, data: _TrainData, typ: dict[str, Tensor], ceil: Tensor, selected: dict, tg: _Targets,
+                 cfg: SteerConfig, hook: str, unit: str) -> _Method:
+    """``atoms_swap``: per prompt, ablate the ``k`` activation atoms of its source value (the
+    subject's own; on unrelated prompts a value cycled from those with enough subjects), then
+    clamp the target's atoms on (``swap_atoms`` as two edits, so a prompt's own atom list may vary)."""
+    atoms = {v: [u["atom"] for u in selected["atoms"][v][cfg.selection]] for v in tg.targets}
+    present = set(data.y)
+    src_atoms = {y: [a.atom for a in select_atoms(sae, data.x, data.y, y, k=cfg.k, codes=data.codes["atoms"])]
+                 for y in sorted(present) if present != {y}}
+
+    def swap(v: str, s: float, P: _Prompts):
+        vals = atom_values(typ[v], atoms[v], s, ceil)
+        pad = (atoms[v] * cfg.k)[:cfg.k]  # a source with no atoms: ablate the target's, then clamp them anyway
+        table = torch.tensor([src_atoms.get(y, pad)[:cfg.k] + pad[:cfg.k - len(src_atoms.get(y, pad)[:cfg.k])]
+                              for y in P.sources], dtype=torch.long)
+        return lambda pos, rows: [EditAtoms(sae, table[rows], 0.0, positions=pos, span=cfg.span, hook_name=hook),
+                                  EditAtoms(sae, atoms[v], vals, positions=pos, span=cfg.span, hook_name=hook)]
+
+    return _Method("atoms_swap", unit, cfg.strengths, swap,
+                   {"sae": "atoms", "selection": cfg.selection, "k": cfg.k,
+                    "intervention": f"ablate the k activation atoms of the prompt's source {cfg.label} (the subject's own; "
+                                    "on unrelated prompts one cycled over the values), then clamp the target's atoms on"})
+
+
+_SCALES = {"typical": "the unit's typical on-support amplitude (median non-zero training code)",
+           "target": "the unit's mean training code on the target's subjects"}
+
+
+def _unit_scales(data: _TrainData, typical: Tensor, name: str, targets: list[str], scale: str) -> dict[str, Tensor]:
+    """Per target, the amplitude a strength of 1 sets each unit to (``SteerConfig.scale``)."""
+    if scale == "typical":
+        return {v: typical for v in targets}
+    codes = data.codes[name]
+    return {v: codes[torch.tensor([y == v for y in data.y])].mean(0).clamp(min=0) for v in targets}
 
 
 def _prompt_sets(model, targets: list[str], val_rows: list[dict], test_rows: list[dict], u_val: list[dict],
-                 u_test: list[dict], cfg: SteerConfig, rng: random.Random) -> tuple[dict, dict]:
+                 u_test: list[dict], cfg: SteerConfig, rng: random.Random, hook: str) -> tuple[dict, dict]:
     """Evaluation sets per split and target (subjects with another value) and the unrelated sets."""
     ev: dict[str, dict[str, _Prompts]] = {"val": {}, "test": {}}
     for split, pool in (("val", val_rows), ("test", test_rows)):
         for v in targets:
-            ev[split][v] = _Prompts(model, _sample([r for r in pool if r[cfg.label] != v], cfg.n_eval, rng), cfg.batch_size)
-    unrel_p = {"val": _Prompts(model, u_val, cfg.batch_size), "test": _Prompts(model, u_test, cfg.batch_size)}
+            ev[split][v] = _Prompts(model, _sample([r for r in pool if r[cfg.label] != v], cfg.n_eval, rng), cfg.batch_size, hook)
+            ev[split][v].sources = [r[cfg.label] for r in ev[split][v].rows]
+    unrel_p = {"val": _Prompts(model, u_val, cfg.batch_size, hook), "test": _Prompts(model, u_test, cfg.batch_size, hook)}
+    for U in unrel_p.values():  # a source to ablate on each unrelated prompt: the targets in turn
+        U.sources = [targets[i % len(targets)] for i in range(len(U))]
     return ev, unrel_p
 
 
@@ -371,35 +574,29 @@ class _Run:
     """What evaluating one method at one strength needs."""
 
     model: Any
-    hook: str
     cfg: SteerConfig
     targets: list[str]
     first_tok: dict[str, int]
-    vectors: dict[str, dict[str, Tensor]]
     ev: dict[str, dict[str, _Prompts]]
     unrel_p: dict[str, _Prompts]
 
 
-def _evaluate(run: _Run, method: str, alpha: float, split: str) -> dict:
-    """Success on the split's evaluation prompts and KL on its unrelated prompts, one method at ``alpha``."""
-    model, cfg = run.model, run.cfg
-    per_target, kls = [], []
+def _kl_at(run: _Run, m: _Method, s: float, split: str) -> Tensor:
+    """KL on the split's unrelated prompts, every target's intervention in turn (concatenated)."""
+    U = run.unrel_p[split]
+    return torch.cat([_kl(U.clean, U.run(run.model, m.make(v, s, U), run.cfg.batch_size)) for v in run.targets])
+
+
+def _success_at(run: _Run, m: _Method, s: float, split: str) -> dict:
+    """Success, rank and log-prob gain on the split's evaluation prompts, per target and pooled."""
+    per_target = {}
     for v in run.targets:
-        vec = run.vectors[method][v]
-
-        def make(pos: list[int], rows: list[int], vec=vec) -> list[Intervention]:
-            return [AddDirection(run.hook, vec, alpha, positions=pos, span=cfg.span)]
-
         E = run.ev[split][v]
         if len(E):
-            per_target.append(_target_stats(E.run(model, make, cfg.batch_size), E.clean, run.first_tok[v]) | {"n": len(E)})
-        U = run.unrel_p[split]
-        kls.append(_kl(U.clean, U.run(model, make, cfg.batch_size)))
-    n = sum(p["n"] for p in per_target)
-    agg = {k: sum(p[k] * p["n"] for p in per_target) / n for k in ("success_rate", "mean_rank", "logprob_gain")}
-    kl = torch.cat(kls)
-    return {"alpha": alpha, **agg, "kl_unrelated": float(kl.mean()), "kl_unrelated_median": float(kl.median()), "n_prompts": n,
-            "per_target": {v: p for v, p in zip(run.targets, per_target)}}
+            per_target[v] = _target_stats(E.run(run.model, m.make(v, s, E), run.cfg.batch_size), E.clean, run.first_tok[v]) | {"n": len(E)}
+    n = sum(p["n"] for p in per_target.values())
+    agg = {k: sum(p[k] * p["n"] for p in per_target.values()) / n for k in ("success_rate", "mean_rank", "logprob_gain")}
+    return {**agg, "n_prompts": n, "per_target": per_target}
 
 
 def _baseline(run: _Run) -> dict:
@@ -413,28 +610,27 @@ def _baseline(run: _Run) -> dict:
     return baseline
 
 
-def _sweep(run: _Run, progress: bool) -> dict[str, dict]:
-    """Per method: the validation sweep over ``alphas``, the chosen strength, and the test result at it."""
+def _sweep(run: _Run, methods: list[_Method], progress: bool) -> dict[str, dict]:
+    """Per method: validation KL at every strength of its grid; validation success at the (up to)
+    ``n_val_strengths`` strongest strengths within the KL budget (the weakest if none is); the
+    strength with the best validation success; the test result at it (test prompts used once)."""
     cfg = run.cfg
-    methods = list(run.vectors)
     out: dict[str, dict] = {}
-    jobs = [(m, a) for m in methods for a in cfg.alphas]
-    bar = tqdm(total=len(jobs) + len(methods), desc="steer sweep", disable=not progress)
+    bar = tqdm(total=len(methods), desc="steer sweep", disable=not progress)
     for m in methods:
-        sweep = []
-        for a in cfg.alphas:
-            sweep.append(_evaluate(run, m, a, "val"))
-            bar.update(1)
-        best = _choose_alpha(sweep, cfg.kl_budget)
-        test = _evaluate(run, m, best["alpha"], "test")
+        sweep = [{"alpha": s, "kl_unrelated": float(_kl_at(run, m, s, "val").mean())} for s in m.grid]
+        ok = [p for p in sweep if p["kl_unrelated"] <= cfg.kl_budget]
+        cand = sorted(ok, key=lambda p: p["alpha"])[-cfg.n_val_strengths:] or [min(sweep, key=lambda p: p["alpha"])]
+        for p in cand:
+            p.update({k: v for k, v in _success_at(run, m, p["alpha"], "val").items() if k != "per_target"})
+        best = _choose_alpha(cand, cfg.kl_budget)
+        kl = _kl_at(run, m, best["alpha"], "test")
+        test = _success_at(run, m, best["alpha"], "test") | {"kl_unrelated": float(kl.mean()), "kl_unrelated_median": float(kl.median())}
+        out[m.name] = {"alpha": best["alpha"], "strength_unit": m.unit, **m.info, "test": test,
+                       "within_budget": best["kl_unrelated"] <= cfg.kl_budget,
+                       "val_at_alpha": {k: best[k] for k in ("success_rate", "mean_rank", "logprob_gain", "kl_unrelated")},
+                       "sweep": sweep}
         bar.update(1)
-        out[m] = {
-            "alpha": best["alpha"], "success_rate": test["success_rate"], "mean_rank": test["mean_rank"],
-            "logprob_gain": test["logprob_gain"], "kl_unrelated": test["kl_unrelated"],
-            "within_budget": best["kl_unrelated"] <= cfg.kl_budget,
-            "test": test, "val_at_alpha": {k: best[k] for k in ("success_rate", "mean_rank", "logprob_gain", "kl_unrelated")},
-            "sweep": [{k: p[k] for k in ("alpha", "success_rate", "mean_rank", "logprob_gain", "kl_unrelated")} for p in sweep],
-        }
     bar.close()
     return out
 
@@ -462,7 +658,7 @@ def _ablation_check(model, sae, name: str, hook: str, held: list[dict], x_train:
     rows = _sample([r for r in held if r[label] in ok_vals], cfg.n_ablation, rng)
     if not rows:
         return {"error": f"no held-out prompts whose {label} has >= {cfg.min_subjects} training subjects"}
-    P = _Prompts(model, rows, cfg.batch_size)
+    P = _Prompts(model, rows, cfg.batch_size, hook)
     d_sae, k = int(sae.cfg.d_sae), int(cfg.k)
     sel_by_val = {v: [a.atom for a in select_atoms(sae, x_train, y_train, v, k=k, codes=codes)]
                   for v in sorted({r[label] for r in rows})}
@@ -517,12 +713,17 @@ def _summary(res: dict) -> str:
     cfg = res["config"]
     lines = [f"steering {cfg['relation']} at {res['hook']} (span={cfg['span']}), targets "
              f"{[t['value'] for t in res['targets']]}; strength chosen on validation with KL budget {cfg['kl_budget']} nats"]
-    b = res["baseline_no_intervention"]["test"]
-    lines.append(f"  no intervention: success {b['success_rate']:.1%}, mean rank {b['mean_rank']:.1f}")
+    b = res["baseline_no_intervention"][next(iter(res["baseline_no_intervention"]))]["test"]
+    lines.append(f"  no intervention (seed {res['seeds'][0]}): success {b['success_rate']:.1%}, mean rank {b['mean_rank']:.1f}")
     for m, r in res["methods"].items():
-        lines.append(f"  {m:<20} alpha {r['alpha']:<5g} success {r['success_rate']:.1%}  mean rank {r['mean_rank']:.1f}  "
-                     f"logprob gain {r['logprob_gain']:+.2f}  KL unrelated {r['kl_unrelated']:.3f}"
+        lines.append(f"  {m:<32} strength {'/'.join(f'{a:g}' for a in r['alpha_per_seed']):<9} success {r['success_rate']:.1%}  "
+                     f"log-prob gain {r['logprob_gain']:+.2f}  KL unrelated {r['kl_unrelated']:.3f}  "
+                     f"({r['n_targets']} targets, {r['n_prompts']} held-out prompts, seeds {r['seeds']})"
                      + ("" if r["within_budget"] else "  (no strength within budget)"))
+    best = max(res["methods"], key=lambda m: (res["methods"][m]["success_rate"], -res["methods"][m]["kl_unrelated"]))
+    sae_best = max((m for m in res["methods"] if m not in ("diff_of_means", "random_direction")),
+                   key=lambda m: res["methods"][m]["success_rate"], default=None)
+    lines.append(f"  best at the matched KL budget: {best}" + (f"; best SAE method: {sae_best}" if sae_best else ""))
     for name, a in res["ablation"].items():
         if "error" in a:
             lines.append(f"  ablation {name}: {a['error']}")
@@ -542,16 +743,14 @@ def _plot(res: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for m, r in res["methods"].items():
-        pts = sorted(r["sweep"], key=lambda p: p["alpha"])
-        line, = ax.plot([p["kl_unrelated"] for p in pts], [p["success_rate"] for p in pts], "o-", label=f"{m} (validation)")
-        for p in pts:
-            ax.annotate(f"{p['alpha']:g}", (p["kl_unrelated"], p["success_rate"]), fontsize=7, alpha=0.7)
-        ax.plot([r["kl_unrelated"]], [r["success_rate"]], "*", ms=12, color=line.get_color(), label=f"{m} test, alpha={r['alpha']:g}")
+        pts = [p for sd in r["per_seed"].values() for p in sd["sweep"] if "success_rate" in p]
+        line, = ax.plot([p["kl_unrelated"] for p in pts], [p["success_rate"] for p in pts], "o", ms=3, alpha=0.6)
+        ax.plot([r["kl_unrelated"]], [r["success_rate"]], "*", ms=12, color=line.get_color(), label=f"{m} (test)")
     ax.axvline(res["config"]["kl_budget"], color="grey", ls="--", lw=1, label="KL budget")
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlabel("KL(clean || steered) on unrelated prompts (nats)")
     ax.set_ylabel("success rate (target is top-1)")
-    ax.set_title(f"steering {res['config']['relation']} at {res['hook']}")
+    ax.set_title(f"steering {res['config']['relation']} at {res['hook']}: validation (dots), test (stars)", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
@@ -604,6 +803,9 @@ def load_or_train_saes(x_train: Tensor, hook: str, sae_dir: Path | None, out_dir
                     shutil.rmtree(dest)
                 os.replace(tmp, dest)
         saes[name] = sae.eval() if hasattr(sae, "eval") else sae
+    extra = sae_dir / "features_topk" if sae_dir is not None else None
+    if extra is not None and (extra / "cfg.json").exists():  # optional: compared when given, never trained here
+        saes["features_topk"] = SAE.load_from_disk(str(extra), device=str(resolve_device(device))).eval()
     return saes
 
 
@@ -614,8 +816,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder: results.json, steering.png, saes/")
     p.add_argument("--hook", default="blocks.12.hook_resid_post", help="where to intervene (and where the SAEs sit)")
     p.add_argument("--sae-dir", type=Path, default=None,
-                   help="folder with SAELens SAEs in atoms/ (tsae_aip) and features_jumprelu/ (jumprelu); "
-                        "missing ones are trained and saved under OUT/saes/")
+                   help="folder with SAELens SAEs in atoms/ (tsae_aip) and features_jumprelu/ (jumprelu), optionally "
+                        "features_topk/; missing atoms / jumprelu ones are trained and saved under OUT/saes/")
     p.add_argument("--acts", type=Path, default=None, help="a saved ActivationSet (sae-atoms extract) at --hook, subject_last")
     p.add_argument("--n-cities", type=int, default=600, help="most populous cities in the fact prompts")
     p.add_argument("--expansion", type=int, default=4, help="SAE width as a multiple of d_model (when training)")
@@ -625,6 +827,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=SteerConfig.k, help="atoms / features per target")
     p.add_argument("--alphas", type=float, nargs="+", default=None,
                    help=f"strengths (multiples of the target's difference-of-means norm; {list(SteerConfig.alphas)})")
+    p.add_argument("--strengths", type=float, nargs="+", default=None,
+                   help=f"SAE-unit strengths (multiples of each unit's typical on-support amplitude; {list(SteerConfig.strengths)})")
+    p.add_argument("--selection", choices=("effect", "activation"), default=SteerConfig.selection,
+                   help="headline selection of SAE units (the other is reported as NAME_by_<selection>)")
+    p.add_argument("--scale", choices=("target", "typical"), default=SteerConfig.scale,
+                   help="SAE-unit strength 1 = the target subjects' mean code of the unit, or its typical on-support amplitude")
+    p.add_argument("--seeds", type=int, default=None, help=f"number of seeds ({SteerConfig.n_seeds})")
     p.add_argument("--span", choices=("at", "from"), default=SteerConfig.span,
                    help="intervene at the subject's last token, or from it to the end")
     p.add_argument("--kl-budget", type=float, default=SteerConfig.kl_budget, help="matched side effect, nats")
@@ -641,9 +850,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def steer_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``SteerConfig`` settings the command line gives: explicit flags win over ``--quick``."""
     given = {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
-             "n_ablation": args.n_ablation, "alphas": None if args.alphas is None else tuple(args.alphas)}
+             "n_ablation": args.n_ablation, "alphas": None if args.alphas is None else tuple(args.alphas),
+             "strengths": None if args.strengths is None else tuple(args.strengths), "n_seeds": args.seeds}
     return {**{k: v for k, v in given.items() if v is not None}, "min_subjects": args.min_subjects, "k": args.k,
-            "span": args.span, "kl_budget": args.kl_budget, "batch_size": args.batch_size, "seed": args.seed}
+            "span": args.span, "kl_budget": args.kl_budget, "selection": args.selection, "scale": args.scale, "batch_size": args.batch_size, "seed": args.seed}
 
 
 def run_cli(args: argparse.Namespace) -> int:
