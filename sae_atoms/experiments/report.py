@@ -228,10 +228,12 @@ def reading(results: dict) -> list[str]:
                    f"widths {sorted({r['expansion'] for r in cap})}x (best at {best['expansion']}x).")
     st = results.get("steering") or {}
     if "atoms" in st and "diff_of_means" in st:
-        a, d = st["atoms"], st["diff_of_means"]
+        best_atoms = max((m for m in st if m.startswith("atoms")), key=lambda m: st[m]["success_rate"])
+        a, d = st[best_atoms], st["diff_of_means"]
         verdict = ("atoms steer better than" if a["success_rate"] > d["success_rate"] else
                    "atoms do not beat" if a["success_rate"] < d["success_rate"] else "atoms tie with")
-        out.append(f"Steering (matched side effect): success {a['success_rate']:.2f} for atoms vs {d['success_rate']:.2f} "
+        out.append(f"Steering (matched side effect): success {a['success_rate']:.2f} for the best atoms method "
+                   f"({best_atoms}) vs {d['success_rate']:.2f} "
                    f"for the difference of means (KL on unrelated prompts {a['kl_unrelated']:.3f} vs "
                    f"{d['kl_unrelated']:.3f}): {verdict} the difference-of-means baseline.")
         best = max(st, key=lambda m: st[m]["success_rate"])
