@@ -342,11 +342,11 @@ def _evaluate_units(job: _Job, prog: _Progress) -> dict:
     frontier fitted on, its validation entities left out) and held-out."""
     prog("evaluate units")
     saes, heldout, hook, device = job.saes, job.heldout, job.hook, job.device
-    metric = frontier.reference_metric(job.train, hook)  # one metric for every unit: the robust AIP
-    train = frontier.validation_split(job.train, frontier.VALIDATION_FRAC, job.s.seed)[0]
     labels = ["country", "continent", "language", "currency"]
 
-    def evaluate_all() -> dict:
+    def evaluate_all() -> dict:  # (only when the stage is not cached)
+        metric = frontier.reference_metric(job.train, hook)  # one metric for every unit: the robust AIP
+        train = frontier.validation_split(job.train, frontier.VALIDATION_FRAC, job.s.seed)[0]
         res = {}
         for unit in UNITS:
             u = evals.neurons(job.model.cfg.d_model) if unit == "neurons" else saes[unit]
