@@ -164,6 +164,28 @@ class AddDirection:
         return steering(model, self)
 
 
+def splice_codes(sae, act: Tensor, edit: Callable[[Tensor, Tensor], Tensor], positions: Positions = None,
+                 span: str = "at", hook_name: str = "the hook") -> Tensor:
+    """``x <- x + decode(edit(delta)) - decode(delta)``, ``delta = sae.encode(x)``, at the chosen positions.
+
+    The reconstruction error ``x - decode(delta)`` is kept, so only what ``edit`` changes in the
+    code changes in the activation (SAELens's error-term splice as one function).
+    ``edit(codes [m, d_sae], rows [m])`` gets the codes of the edited positions and each one's batch row.
+    """
+    _check_resid(act, hook_name)
+    if act.shape[-1] != int(sae.cfg.d_in):
+        raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but {hook_name} has d={act.shape[-1]}")
+    mask = position_mask(act.shape[0], act.shape[1], positions, span, act.device)
+    if not bool(mask.any()):
+        return act
+    with torch.no_grad():
+        codes = sae.encode(act[mask].to(sae.dtype))  # [m, d_sae] only the edited positions
+        delta = sae.decode(edit(codes, mask.nonzero()[:, 0])) - sae.decode(codes)
+    out = act.clone()
+    out[mask] = act[mask] + delta.to(act.dtype)
+    return out
+
+
 @dataclass
 class EditAtoms:
     """Clamp atoms of ``sae`` to ``values`` through the SAE, keeping the error term.
@@ -213,29 +235,89 @@ class EditAtoms:
         if self.span not in ("at", "from"):
             raise ValueError(f"span must be 'at' or 'from', got {self.span!r}")
 
+    def edit(self, codes: Tensor, rows: Tensor) -> Tensor:
+        """The edited codes: the atoms set to their values (``rows``: each code's batch row)."""
+        edited = codes.clone()
+        if self.atoms.dim() == 1:
+            edited[:, self.atoms.to(codes.device)] = self.values.to(codes.device, codes.dtype)
+        else:  # one atom list per prompt: the rows of the edited positions pick theirs
+            if self.atoms.shape[0] <= int(rows.max()):
+                raise ValueError(f"atoms has {self.atoms.shape[0]} rows (one per prompt) but the batch has more")
+            idx = self.atoms.to(codes.device)[rows]
+            edited.scatter_(1, idx, self.values.to(codes.device, codes.dtype).expand(idx.shape).contiguous())
+        return edited
+
     def hook_fn(self, act: Tensor, hook: Any = None) -> Tensor:
-        _check_resid(act, str(self.hook_name))
-        sae = self.sae
-        if act.shape[-1] != int(sae.cfg.d_in):
-            raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but {self.hook_name} has d={act.shape[-1]}")
         if self.atoms.dim() == 2 and self.atoms.shape[0] != act.shape[0]:
             raise ValueError(f"atoms has {self.atoms.shape[0]} rows (one per prompt) but the batch has {act.shape[0]}")
-        mask = position_mask(act.shape[0], act.shape[1], self.positions, self.span, act.device)
-        if not bool(mask.any()):
-            return act
-        with torch.no_grad():
-            x = act[mask].to(sae.dtype)  # [m, d] only the edited positions
-            codes = sae.encode(x)
-            edited = codes.clone()
-            if self.atoms.dim() == 1:
-                edited[:, self.atoms.to(codes.device)] = self.values.to(codes.device, codes.dtype)
-            else:  # one atom list per prompt: the rows of the edited positions pick theirs
-                idx = self.atoms.to(codes.device)[mask.nonzero()[:, 0]]
-                edited.scatter_(1, idx, self.values.to(codes.device, codes.dtype).expand(idx.shape).contiguous())
-            delta = sae.decode(edited) - sae.decode(codes)
-        out = act.clone()
-        out[mask] = act[mask] + delta.to(act.dtype)
+        return splice_codes(self.sae, act, self.edit, self.positions, self.span, str(self.hook_name))
+
+    def fwd_hooks(self, model) -> list[tuple[str, HookFn]]:
+        return [(_resolve_hook(model, str(self.hook_name)), self.hook_fn)]
+
+    def on(self, model):
+        """Context manager: the model with this intervention; removed on exit (also on error)."""
+        return steering(model, self)
+
+
+@dataclass
+class TransferAtoms:
+    """Move a concept's amplitude from whichever source atoms are active onto the target's atoms.
+
+    At each edited position, with ``delta = sae.encode(x)``, the source pool ``C`` (e.g. the
+    atoms of every country) less the target's atoms ``T``::
+
+        g = sum_{j in C - T} delta_j ||W_dec[j]|| / ref_mass      (the concept's amplitude here)
+        delta'_j = 0  (j in C - T),   delta'_j = max(delta_j, min(g * values_j, ceiling_j))  (j in T)
+
+    spliced with the error term kept (``splice_codes``). ``ref_mass`` is the source amplitude of a
+    typical training subject, so ``g ~ 1`` where the concept is present as usual and ``g ~ 0``
+    where it is absent: the edit is as large as the concept it replaces, and it leaves positions
+    without the concept alone. The source needs no label: the code says which atoms are active.
+    """
+
+    sae: Any
+    pool: Sequence[int] | Tensor
+    target: Sequence[int] | Tensor
+    values: Sequence[float] | Tensor
+    ref_mass: float
+    ceiling: Tensor | None = None
+    positions: Positions = None
+    span: str = "at"
+    hook_name: str | None = None
+
+    def __post_init__(self) -> None:
+        self.hook_name = self.hook_name or self.sae.cfg.metadata.hook_name
+        if not self.hook_name:
+            raise ValueError("the SAE has no cfg.metadata.hook_name; pass hook_name= explicitly")
+        d_sae = int(self.sae.cfg.d_sae)
+        self.target = torch.as_tensor(list(self.target), dtype=torch.long).reshape(-1)
+        tgt = set(self.target.tolist())
+        self.pool = torch.as_tensor([int(a) for a in self.pool if int(a) not in tgt], dtype=torch.long)
+        for name, idx in (("target", self.target), ("pool", self.pool)):
+            if bool(((idx < 0) | (idx >= d_sae)).any()):
+                raise IndexError(f"{name} atom indices out of range for an SAE with d_sae={d_sae}")
+        if self.target.numel() == 0:
+            raise ValueError("target is empty: name at least one atom index")
+        self.values = torch.as_tensor(self.values, dtype=torch.float32).reshape(-1).expand(self.target.numel()).clone()
+        if not (math.isfinite(float(self.ref_mass)) and self.ref_mass > 0):
+            raise ValueError(f"ref_mass must be finite and > 0, got {self.ref_mass}")
+        self.norms = self.sae.W_dec.detach().float().norm(dim=-1)[self.pool.to(self.sae.W_dec.device)].cpu()
+
+    def edit(self, codes: Tensor, rows: Tensor) -> Tensor:
+        dev, dt = codes.device, codes.dtype
+        pool, tgt = self.pool.to(dev), self.target.to(dev)
+        g = (codes[:, pool].float() * self.norms.to(dev)).sum(1, keepdim=True) / float(self.ref_mass)
+        v = g * self.values.to(dev)
+        if self.ceiling is not None:
+            v = torch.minimum(v, self.ceiling.to(dev).float()[self.target.to(dev)])
+        out = codes.clone()
+        out[:, pool] = 0
+        out[:, tgt] = torch.maximum(codes[:, tgt], v.to(dt))
         return out
+
+    def hook_fn(self, act: Tensor, hook: Any = None) -> Tensor:
+        return splice_codes(self.sae, act, self.edit, self.positions, self.span, str(self.hook_name))
 
     def fwd_hooks(self, model) -> list[tuple[str, HookFn]]:
         return [(_resolve_hook(model, str(self.hook_name)), self.hook_fn)]
@@ -278,7 +360,7 @@ def ablate_atoms(sae, atoms: Sequence[int] | int, positions: Positions = None, s
     return EditAtoms(sae, [atoms] if isinstance(atoms, int) else atoms, 0.0, positions, span, hook_name)
 
 
-Intervention = Union[AddDirection, EditAtoms]
+Intervention = Union[AddDirection, EditAtoms, TransferAtoms]
 
 
 def fwd_hooks(model, *interventions: Intervention) -> list[tuple[str, HookFn]]:
@@ -368,6 +450,30 @@ def select_atoms(sae, acts, labels: str | Sequence, value: Any, k: int = 8, hook
     top = torch.topk(score, k).indices.tolist()
     return [Association(int(j), float(score[j]), float(m_in[j]), float(m_out[j]), float(f_in[j]), float(f_out[j]))
             for j in top]
+
+
+def concept_pool(sae, acts, labels: str | Sequence, k: int = 16, hook: str | None = None, codes: Tensor | None = None,
+                 min_count: int = 2) -> tuple[list[int], float]:
+    """The atoms of a whole concept (e.g. *country*) and its typical amplitude, for ``TransferAtoms``.
+
+    ``pool = union_v select_atoms(..., v, k)`` over the label values ``v`` with at least
+    ``min_count`` activations; ``ref_mass = mean_i sum_{j in pool} delta_ij ||W_dec[j]||_2``, the
+    raw-space amplitude the pool carries on a typical labelled activation.
+    """
+    x, lab = _x_and_labels(acts, labels, hook)
+    c = encode_batched(sae, x) if codes is None else codes.float().cpu()
+    counts: dict[Any, int] = {}
+    for y in lab:
+        counts[y] = counts.get(y, 0) + 1
+    values = sorted((v for v, n in counts.items() if n >= min_count), key=str)
+    if len(values) < 2:
+        raise ValueError(f"a concept pool needs >= 2 label values with >= {min_count} activations each, got {values}")
+    pool = sorted({a.atom for v in values for a in select_atoms(sae, x, lab, v, k=k, codes=c)})
+    norms = sae.W_dec.detach().float().norm(dim=-1).cpu()
+    ref = float((c[:, pool] * norms[pool]).sum(1).mean())
+    if not ref > 0:
+        raise ValueError("the concept's atoms are never active on these activations; nothing to transfer")
+    return pool, ref
 
 
 def concept_direction(sae, assoc: Sequence[Association]) -> Tensor:

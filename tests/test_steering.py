@@ -355,6 +355,79 @@ def test_swap_atoms_ablates_source_and_clamps_target(tiny_model):
     assert (x1 - x)[:, [0, 1, 2, 4, 5, 6]].abs().max() == 0
 
 
+def test_transfer_atoms_moves_the_concept_amplitude_and_leaves_absent_concepts_alone(tiny_model):
+    sae = make_sae()
+    toks = tokens()
+    x = resid(tiny_model, toks, HOOK0)
+    c = sae.encode(x)[:, 3].detach()
+    W = sae.W_dec.detach()
+    pool = [int(j) for j in c[0].topk(4).indices]          # the "concept": row 0's strongest atoms
+    tgt = [j for j in range(64) if c[:, j].max() == 0][:2]   # target atoms inactive here
+    ref = float((c[0, pool] * W[pool].norm(dim=-1)).sum()) / 2  # row 0 carries twice the typical amplitude
+    iv = st.TransferAtoms(sae, pool + [tgt[0]], tgt, [1.5, 3.0], ref, positions=3, hook_name=HOOK0)
+    x1 = resid(tiny_model, toks, HOOK0, iv)
+    g = (c[:, pool] * W[pool].norm(dim=-1)).sum(-1) / ref    # [batch]; row 0: exactly 2
+    assert float(g[0]) == pytest.approx(2.0, rel=1e-5)
+    # exactly: the pool ablated, the targets set to g * values, the error term kept, position 3 only
+    expect = -c[:, pool] @ W[pool] + (g.unsqueeze(1) * torch.tensor([1.5, 3.0])) @ W[tgt]
+    torch.testing.assert_close(x1[:, 3] - x[:, 3], expect, rtol=1e-4, atol=1e-4)
+    assert (x1 - x)[:, [0, 1, 2, 4, 5, 6]].abs().max() == 0
+    # a ceiling caps the target's values
+    capped = resid(tiny_model, toks, HOOK0, st.TransferAtoms(sae, pool, tgt, [1.5, 3.0], ref, torch.full((64,), 0.5),
+                                                             positions=3, hook_name=HOOK0))
+    expect = -c[:, pool] @ W[pool] + torch.minimum(g.unsqueeze(1) * torch.tensor([1.5, 3.0]), torch.tensor(0.5)) @ W[tgt]
+    torch.testing.assert_close(capped[:, 3] - x[:, 3], expect, rtol=1e-4, atol=1e-4)
+    # where no pool atom is active, nothing changes (g = 0: no source to move)
+    idle = [j for j in range(64) if c[:, j].max() == 0 and j not in tgt][:3]
+    same = resid(tiny_model, toks, HOOK0, st.TransferAtoms(sae, idle, tgt, 5.0, ref, positions=3, hook_name=HOOK0))
+    torch.testing.assert_close(same, x, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="ref_mass"):
+        st.TransferAtoms(sae, pool, tgt, 1.0, 0.0, hook_name=HOOK0)
+    with pytest.raises(IndexError, match="d_sae=64"):
+        st.TransferAtoms(sae, pool, [64], 1.0, 1.0, hook_name=HOOK0)
+
+
+def test_concept_pool_finds_every_values_planted_atom():
+    g = torch.Generator().manual_seed(3)
+    d, n_val = 24, 4
+    W = torch.linalg.qr(torch.randn(d, d, generator=g))[0][:12]  # orthonormal: atoms 0..3 carry the values
+    sae = make_sae(d_in=d, d_sae=12, W_dec=W)
+    y = [i % n_val for i in range(200)]
+    amp = 2.0 + torch.rand(200, generator=g)
+    x = amp.unsqueeze(1) * W[torch.tensor(y)] + 0.3 * torch.rand(200, 8, generator=g) @ W[4:]
+    pool, ref = st.concept_pool(sae, x, y, k=1)
+    assert pool == [0, 1, 2, 3]
+    assert ref == pytest.approx(float(amp.mean()), rel=1e-4)  # each row carries its value's atom at its amplitude
+    with pytest.raises(ValueError, match=">= 2 label values"):
+        st.concept_pool(sae, x, [0] * 200, k=1)
+
+
+def test_validation_sweep_extends_past_the_grid_until_the_budget_binds_or_success_peaks(monkeypatch):
+    cfg = steer_exp._resolve_config(None, "city_country", "country", False, {"kl_budget": 1.0, "grid_growth": 2.0})
+    run = steer_exp._Run(None, cfg, ["A"], {"A": 0}, {}, {})
+    peak = {"at": 16.0}
+
+    def kl(run_, m, s, split):
+        return torch.tensor([s / 100.0])
+
+    def success(run_, m, s, split):  # rises to the peak, then falls (a model pushed out of distribution)
+        r = s / peak["at"] if s <= peak["at"] else max(0.0, 1 - (s - peak["at"]) / 64)
+        return {"success_rate": r, "mean_rank": 1.0, "logprob_gain": r, "n_prompts": 1, "per_target": {}}
+
+    monkeypatch.setattr(steer_exp, "_kl_at", kl)
+    monkeypatch.setattr(steer_exp, "_success_at", success)
+    m = steer_exp._Method("m", "u", (1.0, 2.0), lambda v, s, P: None, {})
+    sw = steer_exp._val_sweep(run, m)
+    assert [p["alpha"] for p in sw] == [1, 2, 4, 8, 16, 32, 64]  # two steps past the peak at 16, then stop
+    assert [bool(p.get("extended")) for p in sw] == [False, False] + [True] * 5
+    assert steer_exp._choose_alpha([p for p in sw if "success_rate" in p], 1.0)["alpha"] == 16
+    peak["at"] = 1000.0  # success never peaks: the budget (KL 1 at strength 100) stops the search
+    sw = steer_exp._val_sweep(run, m)
+    assert sw[-1]["alpha"] == 128 and "success_rate" not in sw[-1] and all("success_rate" in p for p in sw[:-1])
+    run.cfg.grid_extend = 0  # no extension: the grid only
+    assert [p["alpha"] for p in steer_exp._val_sweep(run, m)] == [1, 2]
+
+
 # --------------------------------------------------------------------------- real model
 @pytest.mark.real_model
 def test_real_model_alpha_zero_and_diff_of_means_steers(real_model, real_acts, fact_data):
@@ -403,14 +476,20 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
                                  n_ablation=6, n_random=1, n_seeds=2, n_targets=2, n_select=4, selection="activation",
                                  scale="typical")
     assert set(res["methods"]) == {"diff_of_means", "random_direction", "atoms", "atoms_by_effect", "atoms_swap",
-                                   "features_jumprelu"}
+                                   "atoms_transfer", "features_jumprelu", "features_jumprelu_transfer"}
     assert res["methods"]["atoms_by_effect"]["selection"] == "effect" and res["methods"]["atoms"]["selection"] == "activation"
+    tr = res["methods"]["atoms_transfer"]
+    assert set(tr["selection_per_seed"]) <= {"effect", "activation"} and 1 <= tr["pool_size"] <= atoms.cfg.d_sae
     for m, r in res["methods"].items():
         grid = res["config"]["alphas"] if m in ("diff_of_means", "random_direction") else res["config"]["strengths"]
-        assert all(a in grid for a in r["alpha_per_seed"]) and r["seeds"] == [0, 1] and r["n_targets"] == 2
+        assert r["seeds"] == [0, 1] and r["n_targets"] == 2
         assert 0 <= r["success_rate"] <= 1 and r["mean_rank"] >= 1 and r["kl_unrelated"] >= 0
         assert r["n_prompts"] == sum(p["n"] for p in r["per_target"].values())
-        assert all(len(sd["sweep"]) == len(grid) for sd in r["per_seed"].values())
+        for sd in r["per_seed"].values():  # the grid, then strengths grown past it; the chosen one is among them
+            a = [p["alpha"] for p in sd["sweep"]]
+            assert a[:len(grid)] == list(grid) and sd["alpha"] in a
+            assert all(y == pytest.approx(x * res["config"]["grid_growth"]) for x, y in zip(a[len(grid) - 1:], a[len(grid):]))
+            assert all(p["kl_unrelated"] <= res["config"]["kl_budget"] for p in sd["sweep"][:-1] if p.get("extended"))
     targets = [t["value"] for t in res["targets"]]
     assert len(targets) == 2
     for v in targets:  # the planted atom of each target is found by activation, and it is the difference of means

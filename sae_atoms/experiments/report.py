@@ -236,6 +236,11 @@ def reading(results: dict) -> list[str]:
                    f"({best_atoms}) vs {d['success_rate']:.2f} "
                    f"for the difference of means (KL on unrelated prompts {a['kl_unrelated']:.3f} vs "
                    f"{d['kl_unrelated']:.3f}): {verdict} the difference-of-means baseline.")
+        feats = [m for m in st if m.startswith("features")]
+        if feats:
+            f = max(feats, key=lambda m: st[m]["success_rate"])
+            out.append(f"Against SAE features: {best_atoms} {a['success_rate']:.2f} vs the best features method {f} "
+                       f"{st[f]['success_rate']:.2f} (KL {st[f]['kl_unrelated']:.3f}).")
         best = max(st, key=lambda m: st[m]["success_rate"])
         out.append(f"Best steering method at the matched KL budget: {best} (success {st[best]['success_rate']:.2f}, "
                    f"{st[best].get('n_targets')} targets, {st[best].get('n_prompts')} held-out prompts, seeds {st[best].get('seeds')}).")
@@ -335,7 +340,7 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
             "SAEs are the headline SAEs at the matched L0; success = the target is the top-1 next token.")
         r.table(["method", "selection", "strength (per seed)", "success rate", "log-prob gain", "KL unrelated",
                  "targets", "prompts", "seeds"],
-                [[m, v.get("selection", "-"), "/".join(f"{a:g}" for a in v.get("alpha_per_seed", [v.get("alpha", 0)])),
+                [[m, "/".join(v["selection_per_seed"]) if "selection_per_seed" in v else v.get("selection", "-"), "/".join(f"{a:g}" for a in v.get("alpha_per_seed", [v.get("alpha", 0)])),
                   v["success_rate"], v.get("logprob_gain"), v["kl_unrelated"], v.get("n_targets"), v.get("n_prompts"),
                   v.get("seeds")] for m, v in st.items()])
         table = det.get("per_target") or {}

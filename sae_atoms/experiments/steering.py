@@ -36,8 +36,10 @@ from sae_atoms.steering import (
     AddDirection,
     EditAtoms,
     Intervention,
+    TransferAtoms,
     atom_amplitudes,
     atom_values,
+    concept_pool,
     diff_of_means,
     encode_batched,
     next_token_logprobs,
@@ -77,7 +79,8 @@ class SteerConfig:
     n_eval: int = 8                # held-out prompts per split (val, test) per target
     n_unrelated: int = 8           # unrelated prompts per split
     n_select: int = 16             # training prompts per target for selection by effect
-    n_val_strengths: int = 4       # validation success is measured at this many strongest in-budget strengths
+    grid_growth: float = 1.25      # past the grid, strengths grow by this factor ...
+    grid_extend: int = 12          # ... at most this many times, while within kl_budget and success has not peaked
     n_seeds: int = 2               # seeds seed, seed+1, ...: the split, prompts, selection prompts, random direction
     methods: tuple[str, ...] = ()  # run only these methods (names as in the results); empty: all
     n_ablation: int = 24           # held-out prompts for the ablation check
@@ -87,7 +90,7 @@ class SteerConfig:
 
 
 QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 1, "n_ablation": 8, "n_random": 1,
-         "alphas": (2.0, 4.0), "strengths": (8.0, 16.0), "n_val_strengths": 2}
+         "alphas": (2.0, 4.0), "strengths": (8.0, 16.0)}
 
 
 # =========================================================================== measuring
@@ -301,6 +304,7 @@ def _aggregate(per_seed: dict[int, dict], targets: list[str]) -> dict[str, dict]
                   "alpha": rs[0]["alpha"], "alpha_per_seed": [r["alpha"] for r in rs],
                   "n_targets": len(per_target), "n_prompts": n, "seeds": seeds,
                   "within_budget": all(r["within_budget"] for r in rs),
+                  **({"selection_per_seed": [r["selection"] for r in rs]} if "val_success_by_choice" in rs[0] else {}),
                   **{k: rs[0][k] for k in ("strength_unit", "sae", "selection", "k", "intervention", "vector", "n_ablated") if k in rs[0]},
                   "per_target": per_target, "per_seed": {sd: r for sd, r in zip(seeds, rs)}}
     return out
@@ -326,11 +330,13 @@ def _resolve_config(cfg: SteerConfig | None, relation: str, label: str, quick: b
     if cfg.selection not in ("effect", "activation"):
         raise ValueError(f"selection must be 'effect' or 'activation', got {cfg.selection!r}")
     small = {k: getattr(cfg, k) for k in ("n_targets", "min_subjects", "k", "n_eval", "n_unrelated", "n_ablation", "n_select",
-                                          "n_val_strengths", "n_seeds", "batch_size") if getattr(cfg, k) < 1}
+                                          "n_seeds", "batch_size") if getattr(cfg, k) < 1}
     if small:
         raise ValueError(f"these steering sizes must be >= 1: {small}")
     if not (cfg.kl_budget > 0 and math.isfinite(cfg.kl_budget)):
         raise ValueError(f"kl_budget={cfg.kl_budget} must be finite and > 0")
+    if not (cfg.grid_growth > 1 and math.isfinite(cfg.grid_growth)) or cfg.grid_extend < 0:
+        raise ValueError(f"grid_growth={cfg.grid_growth} must be finite and > 1, grid_extend={cfg.grid_extend} >= 0")
     if not 0 < cfg.ceiling_q <= 1:
         raise ValueError(f"ceiling_q={cfg.ceiling_q} must be in (0, 1]")
     return cfg
@@ -484,6 +490,7 @@ class _Method:
     grid: tuple[float, ...]
     make: Callable[[str, float, "_Prompts"], Callable[[list[int], list[int]], list[Intervention]]]
     info: dict
+    choices: dict[str, Callable] | None = None  # alternative ``make``s (selections), chosen on validation
 
 
 def _methods(saes: dict[str, Any], data: _TrainData, amps: dict[str, tuple[Tensor, Tensor]], selected: dict,
@@ -516,7 +523,33 @@ def _methods(saes: dict[str, Any], data: _TrainData, amps: dict[str, tuple[Tenso
                                {"sae": name, "selection": how, "k": cfg.k, "intervention": "clamp through the SAE (error term kept)"}))
         if name == "atoms":
             out.append(_swap_method(sae, data, typ, ceil, selected, tg, cfg, hook, out[-2].unit))
+        out.append(_transfer_method(name, sae, data, typ, ceil, selected, tg, cfg, hook, out[-1].unit))
     return out
+
+
+def _transfer_method(name: str, sae, data: _TrainData, typ: dict[str, Tensor], ceil: Tensor, selected: dict,
+                     tg: _Targets, cfg: SteerConfig, hook: str, unit: str) -> _Method:
+    """``<name>_transfer``: per prompt, the amplitude of whichever country atoms are active moves onto
+    the target's ``k`` units (``TransferAtoms``; no source label needed). The pool is every
+    country's ``k`` activation units (``concept_pool``); the target's units are selected by
+    activation or by effect, whichever gives the better validation success."""
+    pool, ref = concept_pool(sae, data.x, data.y, k=cfg.k, codes=data.codes[name])
+
+    def make_for(how: str):
+        atoms = {v: [u["atom"] for u in selected[name][v][how]] for v in tg.targets}
+
+        def make(v: str, s: float, P: _Prompts):
+            vals = s * typ[v][atoms[v]]
+            return lambda pos, rows: [TransferAtoms(sae, pool, atoms[v], vals, ref, ceil, positions=pos, span=cfg.span,
+                                                    hook_name=hook)]
+        return make
+
+    choices = {how: make_for(how) for how in ("effect", "activation")}
+    return _Method(f"{name}_transfer", unit, cfg.strengths, choices["effect"],
+                   {"sae": name, "k": cfg.k, "pool_size": len(pool), "ref_mass": ref,
+                    "intervention": "ablate the active units of the country pool, set the target's units to "
+                                    "strength x (pool amplitude here / typical pool amplitude) x the unit scale, capped"},
+                   choices)
 
 
 def _swap_method(sae, data: _TrainData, typ: dict[str, Tensor], ceil: Tensor, selected: dict, tg: _Targets,
@@ -610,23 +643,65 @@ def _baseline(run: _Run) -> dict:
     return baseline
 
 
+def _val_sweep(run: _Run, m: _Method) -> list[dict]:
+    """Validation KL at every strength of ``m.grid`` and validation success at each one within the
+    KL budget; then strengths ``grid_growth`` times the last, at most ``grid_extend`` more, while
+    the last is within budget and no more than one step past the best success so far. So the
+    search stops where the budget binds or where success has peaked (a clamp capped in
+    distribution saturates; a vector pushed far out of distribution breaks the model), never at
+    the end of a fixed grid."""
+    cfg = run.cfg
+    sweep: list[dict] = []
+
+    def measure(s: float, extended: bool) -> dict:
+        p = {"alpha": s, "kl_unrelated": float(_kl_at(run, m, s, "val").mean())} | ({"extended": True} if extended else {})
+        if p["kl_unrelated"] <= cfg.kl_budget:
+            p.update({k: v for k, v in _success_at(run, m, s, "val").items() if k != "per_target"})
+        sweep.append(p)
+        return p
+
+    for s in m.grid:
+        measure(s, False)
+    for _ in range(cfg.grid_extend):
+        last = max(sweep, key=lambda p: p["alpha"])
+        ok = [p for p in sweep if "success_rate" in p]
+        if "success_rate" not in last:
+            break
+        best = max(ok, key=lambda p: (p["success_rate"], -p["alpha"]))
+        if sum(p["alpha"] > best["alpha"] for p in ok) >= 2:
+            break
+        measure(last["alpha"] * cfg.grid_growth, True)
+    return sweep
+
+
 def _sweep(run: _Run, methods: list[_Method], progress: bool) -> dict[str, dict]:
-    """Per method: validation KL at every strength of its grid; validation success at the (up to)
-    ``n_val_strengths`` strongest strengths within the KL budget (the weakest if none is); the
-    strength with the best validation success; the test result at it (test prompts used once)."""
+    """Per method: the validation sweep (``_val_sweep``); the strength with the best validation
+    success within the KL budget (the weakest if none is within it); the test result at it (test
+    prompts used once)."""
     cfg = run.cfg
     out: dict[str, dict] = {}
     bar = tqdm(total=len(methods), desc="steer sweep", disable=not progress)
     for m in methods:
-        sweep = [{"alpha": s, "kl_unrelated": float(_kl_at(run, m, s, "val").mean())} for s in m.grid]
-        ok = [p for p in sweep if p["kl_unrelated"] <= cfg.kl_budget]
-        cand = sorted(ok, key=lambda p: p["alpha"])[-cfg.n_val_strengths:] or [min(sweep, key=lambda p: p["alpha"])]
-        for p in cand:
-            p.update({k: v for k, v in _success_at(run, m, p["alpha"], "val").items() if k != "per_target"})
+        chosen = {}
+        if m.choices:  # e.g. the selection: each alternative swept on validation, the best kept
+            sweeps = {how: _val_sweep(run, _Method(m.name, m.unit, m.grid, make, m.info)) for how, make in m.choices.items()}
+            best_of = {how: max([p["success_rate"] for p in sw if "success_rate" in p] or [-1.0]) for how, sw in sweeps.items()}
+            how = max(sweeps, key=lambda h: best_of[h])
+            m = _Method(m.name, m.unit, m.grid, m.choices[how], m.info)
+            sweep = sweeps[how]
+            chosen = {"selection": how, "val_success_by_choice": best_of,
+                      "other_sweeps": {h: sw for h, sw in sweeps.items() if h != how}}
+        else:
+            sweep = _val_sweep(run, m)
+        cand = [p for p in sweep if "success_rate" in p]
+        if not cand:
+            weakest = min(sweep, key=lambda p: p["alpha"])
+            weakest.update({k: v for k, v in _success_at(run, m, weakest["alpha"], "val").items() if k != "per_target"})
+            cand = [weakest]
         best = _choose_alpha(cand, cfg.kl_budget)
         kl = _kl_at(run, m, best["alpha"], "test")
         test = _success_at(run, m, best["alpha"], "test") | {"kl_unrelated": float(kl.mean()), "kl_unrelated_median": float(kl.median())}
-        out[m.name] = {"alpha": best["alpha"], "strength_unit": m.unit, **m.info, "test": test,
+        out[m.name] = {"alpha": best["alpha"], "strength_unit": m.unit, **m.info, **chosen, "test": test,
                        "within_budget": best["kl_unrelated"] <= cfg.kl_budget,
                        "val_at_alpha": {k: best[k] for k in ("success_rate", "mean_rank", "logprob_gain", "kl_unrelated")},
                        "sweep": sweep}
