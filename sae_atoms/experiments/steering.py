@@ -305,7 +305,7 @@ def _aggregate(per_seed: dict[int, dict], targets: list[str]) -> dict[str, dict]
                   "n_targets": len(per_target), "n_prompts": n, "seeds": seeds,
                   "within_budget": all(r["within_budget"] for r in rs),
                   **({"selection_per_seed": [r["selection"] for r in rs]} if "val_success_by_choice" in rs[0] else {}),
-                  **{k: rs[0][k] for k in ("strength_unit", "sae", "selection", "k", "intervention", "vector", "n_ablated") if k in rs[0]},
+                  **{k: rs[0][k] for k in ("strength_unit", "sae", "selection", "k", "intervention", "vector", "n_ablated", "pool_size", "ref_mass") if k in rs[0]},
                   "per_target": per_target, "per_seed": {sd: r for sd, r in zip(seeds, rs)}}
     return out
 
