@@ -16,7 +16,16 @@ chosen token positions; each is a small dataclass):
 
   ``ablate_atoms`` is the same with ``value = 0``. This is SAELens's error-term splice
   (``HookedSAETransformer.add_sae(sae, use_error_term=True)`` with an edit of
-  ``hook_sae_acts_post``) written as a single hook that any ``HookedTransformer`` accepts.
+  ``hook_sae_acts_post``) written as a single hook that any ``HookedTransformer`` accepts;
+* ``TransferAtoms(sae, pool, target, values, ref_mass)``: ablate whichever atoms of a concept
+  pool (``concept_pool``: e.g. every country's atoms) are active and put their amplitude on the
+  target's atoms; no source label needed. ``fraction`` applies part of the edit.
+
+Every code edit takes ``error=`` (``splice_codes``): ``"keep"`` the error term ``x - decode(delta)``
+(the default, as above), ``"drop"`` it, or a basis ``U`` whose span is removed from it
+(``concept_subspace``: where the concept's values differ in the SAE's reconstruction). An SAE
+with held-out R^2 ~ 0.5 leaves half the activation in its error term, and with it much of the
+source concept, which a code edit alone cannot move.
 
 Each intervention gives ``fwd_hooks(model)`` (for ``model.run_with_hooks``) and ``on(model)``
 (a context manager); ``steering(model, *interventions)`` composes several. All hooks go
@@ -164,30 +173,102 @@ class AddDirection:
         return steering(model, self)
 
 
-def splice_codes(sae, act: Tensor, edit: Callable[[Tensor, Tensor], Tensor], positions: Positions = None,
-                 span: str = "at", hook_name: str = "the hook") -> Tensor:
-    """``x <- x + decode(edit(delta)) - decode(delta)``, ``delta = sae.encode(x)``, at the chosen positions.
+ErrorTerm = Union[str, Tensor]
 
-    The reconstruction error ``x - decode(delta)`` is kept, so only what ``edit`` changes in the
-    code changes in the activation (SAELens's error-term splice as one function).
+
+def _check_error(error: ErrorTerm, d_in: int) -> ErrorTerm:
+    """``error`` of a code edit: ``"keep"``, ``"drop"`` or an orthonormal basis ``[d_in, r]``."""
+    if isinstance(error, str):
+        if error not in ("keep", "drop"):
+            raise ValueError(f"error must be 'keep', 'drop' or a basis tensor [d_in, r], got {error!r}")
+        return error
+    U = torch.as_tensor(error).detach().float()
+    if U.dim() != 2 or U.shape[0] != d_in:
+        raise ValueError(f"an error basis must be shaped [d_in={d_in}, r], got {tuple(U.shape)} (see concept_subspace)")
+    if not bool(torch.isfinite(U).all()):
+        raise ValueError("the error basis has NaN/Inf entries")
+    return U
+
+
+def splice_codes(sae, act: Tensor, edit: Callable[[Tensor, Tensor], Tensor], positions: Positions = None,
+                 span: str = "at", hook_name: str = "the hook", error: ErrorTerm = "keep") -> Tensor:
+    """``x <- decode(edit(delta)) + e'``, ``delta = sae.encode(x)``, ``e = x - decode(delta)``, at the chosen positions.
+
+    What becomes of the reconstruction error ``e`` (``error``):
+
+    * ``"keep"``: ``e' = e``, so ``x <- x + decode(delta') - decode(delta)``: only what ``edit``
+      changes in the code changes in the activation (SAELens's error-term splice as one function);
+    * ``"drop"``: ``e' = 0``: the SAE's reconstruction of the edited code replaces the activation;
+    * a basis ``U`` ``[d, r]`` with orthonormal columns: ``e' = e - U U^T e``, the error term
+      without its part in ``span(U)`` (e.g. ``concept_subspace``: the part of the concept that
+      the SAE did not encode, which a code edit would otherwise leave in place).
+
     ``edit(codes [m, d_sae], rows [m])`` gets the codes of the edited positions and each one's batch row.
     """
     _check_resid(act, hook_name)
     if act.shape[-1] != int(sae.cfg.d_in):
         raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but {hook_name} has d={act.shape[-1]}")
+    error = _check_error(error, int(sae.cfg.d_in))
     mask = position_mask(act.shape[0], act.shape[1], positions, span, act.device)
     if not bool(mask.any()):
         return act
     with torch.no_grad():
-        codes = sae.encode(act[mask].to(sae.dtype))  # [m, d_sae] only the edited positions
-        delta = sae.decode(edit(codes, mask.nonzero()[:, 0])) - sae.decode(codes)
+        x = act[mask].to(sae.dtype)
+        codes = sae.encode(x)  # [m, d_sae] only the edited positions
+        recon = sae.decode(codes)
+        delta = sae.decode(edit(codes, mask.nonzero()[:, 0])) - recon
+        if isinstance(error, Tensor):  # e' = e - U U^T e
+            e = x - recon
+            U = error.to(e.device, e.dtype)
+            delta = delta - (e @ U) @ U.T
+        elif error == "drop":  # e' = 0
+            delta = delta - (x - recon)
     out = act.clone()
     out[mask] = act[mask] + delta.to(act.dtype)
     return out
 
 
+class _CodeEdit:
+    """What the code edits (``EditAtoms``, ``TransferAtoms``) share: the hook (the SAE's own by
+    default), the splice through ``splice_codes`` with the chosen ``error`` term, and the
+    ``fwd_hooks`` / ``on`` of every intervention. A subclass defines ``edit(codes, rows)``."""
+
+    sae: Any
+    positions: Positions
+    span: str
+    hook_name: str | None
+    error: ErrorTerm
+
+    def _check_common(self) -> None:
+        meta = getattr(getattr(self.sae, "cfg", None), "metadata", None)
+        if self.hook_name is None:
+            self.hook_name = getattr(meta, "hook_name", None)
+            if not self.hook_name:
+                raise ValueError("the SAE has no cfg.metadata.hook_name; pass hook_name= explicitly")
+        norm = getattr(self.sae.cfg, "normalize_activations", "none")
+        if norm in _RUNTIME_NORMS:
+            raise ValueError(f"SAEs with run-time normalize_activations={norm!r} cannot be edited through decode twice; "
+                             "fold the normalisation into the weights first or use AddDirection.")
+        if self.span not in ("at", "from"):
+            raise ValueError(f"span must be 'at' or 'from', got {self.span!r}")
+        self.error = _check_error(self.error, int(self.sae.cfg.d_in))
+
+    def edit(self, codes: Tensor, rows: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def hook_fn(self, act: Tensor, hook: Any = None) -> Tensor:
+        return splice_codes(self.sae, act, self.edit, self.positions, self.span, str(self.hook_name), self.error)
+
+    def fwd_hooks(self, model) -> list[tuple[str, HookFn]]:
+        return [(_resolve_hook(model, str(self.hook_name)), self.hook_fn)]
+
+    def on(self, model):
+        """Context manager: the model with this intervention; removed on exit (also on error)."""
+        return steering(model, self)
+
+
 @dataclass
-class EditAtoms:
+class EditAtoms(_CodeEdit):
     """Clamp atoms of ``sae`` to ``values`` through the SAE, keeping the error term.
 
     ``x <- x + decode(delta') - decode(delta)`` with ``delta = sae.encode(x)`` and
@@ -196,6 +277,7 @@ class EditAtoms:
     contribution changes, and clamping an atom to its current value is a no-op.
     ``values=0`` ablates. ``values`` is a scalar or one value per atom. ``atoms`` is a list of
     indices, or a ``[batch, k]`` table giving each prompt of the batch its own atoms.
+    ``error``: what becomes of the error term (``splice_codes``; default ``"keep"``).
     """
 
     sae: Any
@@ -204,18 +286,10 @@ class EditAtoms:
     positions: Positions = None
     span: str = "at"
     hook_name: str | None = None
+    error: ErrorTerm = "keep"
 
     def __post_init__(self) -> None:
-        hook = getattr(getattr(self.sae, "cfg", None), "metadata", None)
-        sae_hook = hook.hook_name if hook is not None else None
-        if self.hook_name is None:
-            if not sae_hook:
-                raise ValueError("the SAE has no cfg.metadata.hook_name; pass hook_name= explicitly")
-            self.hook_name = sae_hook
-        norm = getattr(self.sae.cfg, "normalize_activations", "none")
-        if norm in _RUNTIME_NORMS:
-            raise ValueError(f"SAEs with run-time normalize_activations={norm!r} cannot be edited through decode twice; "
-                             "fold the normalisation into the weights first or use AddDirection.")
+        self._check_common()
         a = torch.as_tensor(self.atoms, dtype=torch.long)
         if a.dim() > 2:
             raise ValueError(f"atoms must be a list of indices or a [batch, k] table (one row per prompt), got shape {tuple(a.shape)}")
@@ -232,8 +306,6 @@ class EditAtoms:
         if not bool(torch.isfinite(v).all()):
             raise ValueError(f"values must be finite, got {v.tolist()}")
         self.values = v.expand(k).clone()
-        if self.span not in ("at", "from"):
-            raise ValueError(f"span must be 'at' or 'from', got {self.span!r}")
 
     def edit(self, codes: Tensor, rows: Tensor) -> Tensor:
         """The edited codes: the atoms set to their values (``rows``: each code's batch row)."""
@@ -250,18 +322,11 @@ class EditAtoms:
     def hook_fn(self, act: Tensor, hook: Any = None) -> Tensor:
         if self.atoms.dim() == 2 and self.atoms.shape[0] != act.shape[0]:
             raise ValueError(f"atoms has {self.atoms.shape[0]} rows (one per prompt) but the batch has {act.shape[0]}")
-        return splice_codes(self.sae, act, self.edit, self.positions, self.span, str(self.hook_name))
-
-    def fwd_hooks(self, model) -> list[tuple[str, HookFn]]:
-        return [(_resolve_hook(model, str(self.hook_name)), self.hook_fn)]
-
-    def on(self, model):
-        """Context manager: the model with this intervention; removed on exit (also on error)."""
-        return steering(model, self)
+        return super().hook_fn(act, hook)
 
 
 @dataclass
-class TransferAtoms:
+class TransferAtoms(_CodeEdit):
     """Move a concept's amplitude from whichever source atoms are active onto the target's atoms.
 
     At each edited position, with ``delta = sae.encode(x)``, the source pool ``C`` (e.g. the
@@ -274,6 +339,15 @@ class TransferAtoms:
     typical training subject, so ``g ~ 1`` where the concept is present as usual and ``g ~ 0``
     where it is absent: the edit is as large as the concept it replaces, and it leaves positions
     without the concept alone. The source needs no label: the code says which atoms are active.
+
+    ``error`` (``splice_codes``): ``"keep"`` leaves the error term, which still carries what the
+    SAE did not encode of the source concept; ``concept_subspace(...)`` removes that part;
+    ``"drop"`` replaces the activation by the edited reconstruction.
+
+    ``fraction`` ``lam`` moves the activation part of the way: ``x <- x + lam (x_transferred - x)``
+    (``lam = 1`` the full transfer; ``0`` nothing; ``> 1`` past it). In code terms the pool keeps
+    ``1 - lam`` of its amplitude and the target's atoms go ``lam`` of the way to their new values,
+    so ``lam`` trades the edit's effect against its side effects at a fixed target amplitude.
     """
 
     sae: Any
@@ -285,11 +359,13 @@ class TransferAtoms:
     positions: Positions = None
     span: str = "at"
     hook_name: str | None = None
+    error: ErrorTerm = "keep"
+    fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        self.hook_name = self.hook_name or self.sae.cfg.metadata.hook_name
-        if not self.hook_name:
-            raise ValueError("the SAE has no cfg.metadata.hook_name; pass hook_name= explicitly")
+        self._check_common()
+        if not (math.isfinite(float(self.fraction)) and self.fraction >= 0):
+            raise ValueError(f"fraction must be finite and >= 0 (1 = the full transfer), got {self.fraction}")
         d_sae = int(self.sae.cfg.d_sae)
         self.target = torch.as_tensor(list(self.target), dtype=torch.long).reshape(-1)
         tgt = set(self.target.tolist())
@@ -317,14 +393,8 @@ class TransferAtoms:
         return out
 
     def hook_fn(self, act: Tensor, hook: Any = None) -> Tensor:
-        return splice_codes(self.sae, act, self.edit, self.positions, self.span, str(self.hook_name))
-
-    def fwd_hooks(self, model) -> list[tuple[str, HookFn]]:
-        return [(_resolve_hook(model, str(self.hook_name)), self.hook_fn)]
-
-    def on(self, model):
-        """Context manager: the model with this intervention; removed on exit (also on error)."""
-        return steering(model, self)
+        out = super().hook_fn(act, hook)
+        return out if self.fraction == 1 else act + float(self.fraction) * (out - act)
 
 
 def add_atoms(sae, atoms: Sequence[int] | int, alpha: float = 1.0, coeffs: Sequence[float] | Tensor | None = None,
@@ -474,6 +544,44 @@ def concept_pool(sae, acts, labels: str | Sequence, k: int = 16, hook: str | Non
     if not ref > 0:
         raise ValueError("the concept's atoms are never active on these activations; nothing to transfer")
     return pool, ref
+
+
+def concept_subspace(sae, acts, labels: str | Sequence, pool: Sequence[int], hook: str | None = None,
+                     codes: Tensor | None = None, min_count: int = 2, rtol: float = 1e-3) -> Tensor:
+    """An orthonormal basis ``U`` ``[d_in, r]`` of a concept as the SAE's ``pool`` atoms write it.
+
+    ``R_i = decode(delta_i|pool) - decode(0)`` is activation ``i``'s reconstruction from the pool's
+    atoms alone; ``m_v = mean_{y_i = v} R_i - mean_i R_i`` for every label value ``v`` with at
+    least ``min_count`` activations; ``U`` holds the right singular vectors of ``[m_v]`` whose
+    singular value exceeds ``rtol`` times the largest (so ``r <= #values - 1``).
+
+    The span of these class means is where the values of the concept differ in the SAE's
+    reconstruction. ``TransferAtoms(..., error=U)`` removes the error term's part in it: the
+    part of the source value the SAE did not encode, which a code edit would otherwise keep.
+    """
+    x, lab = _x_and_labels(acts, labels, hook)
+    idx = torch.as_tensor(list(pool), dtype=torch.long)
+    if idx.numel() == 0:
+        raise ValueError("the pool is empty: give the concept's atoms (e.g. from concept_pool)")
+    c = encode_batched(sae, x) if codes is None else codes.float().cpu()
+    keep = torch.zeros_like(c)
+    keep[:, idx] = c[:, idx]
+    with torch.no_grad():
+        zero = sae.decode(torch.zeros(1, c.shape[1], device=sae.device, dtype=sae.dtype)).float().cpu()
+        R = torch.cat([sae.decode(keep[i:i + 4096].to(sae.device, sae.dtype)).float().cpu() - zero
+                       for i in range(0, keep.shape[0], 4096)])
+    groups: dict[Any, list[int]] = {}
+    for i, y in enumerate(lab):
+        groups.setdefault(y, []).append(i)
+    means = [R[torch.tensor(ix)].mean(0) for v, ix in sorted(groups.items(), key=lambda kv: str(kv[0])) if len(ix) >= min_count]
+    if len(means) < 2:
+        raise ValueError(f"a concept subspace needs >= 2 label values with >= {min_count} activations each")
+    M = torch.stack(means) - R.mean(0)
+    _u, sv, vh = torch.linalg.svd(M, full_matrices=False)
+    r = int((sv > rtol * sv[0]).sum()) if float(sv[0]) > 0 else 0
+    if r == 0:
+        raise ValueError("the pool's reconstruction does not differ between label values; no concept subspace")
+    return vh[:r].T.contiguous()
 
 
 def concept_direction(sae, assoc: Sequence[Association]) -> Tensor:
