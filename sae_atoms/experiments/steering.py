@@ -40,6 +40,7 @@ from sae_atoms.steering import (
     atom_amplitudes,
     atom_values,
     concept_pool,
+    concept_subspace,
     diff_of_means,
     encode_batched,
     next_token_logprobs,
@@ -75,12 +76,16 @@ class SteerConfig:
     scale: str = "target"          # SAE-unit strength 1 = "typical" on-support amplitude, or the "target" subjects' mean code
     ceiling_q: float = 0.99        # in-distribution cap of a clamped unit: this quantile of its non-zero codes
     span: str = "at"               # intervene at the subject's last token ("at") or from it on ("from")
+    transfer_error: str = "subspace"  # the transfer's error term: "subspace" (concept part removed), "keep", "drop"
     kl_budget: float = 1.0         # nats: the matched side effect (validation KL on unrelated prompts)
     n_eval: int = 8                # held-out prompts per split (val, test) per target
-    n_unrelated: int = 8           # unrelated prompts per split
+    n_unrelated: int = 16          # unrelated prompts per split (half other relations, half reasoning)
     n_select: int = 16             # training prompts per target for selection by effect
     grid_growth: float = 1.25      # past the grid, strengths grow by this factor ...
     grid_extend: int = 12          # ... at most this many times, while within kl_budget and success has not peaked
+    n_bisect: int = 2              # bisections between the best in-budget strength and the next over-budget one
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # transfer methods: the fraction of the transfer applied
+    transfer_strength: float = 16.0  # transfer methods: the target's units at this strength (capped) when fully applied
     n_seeds: int = 2               # seeds seed, seed+1, ...: the split, prompts, selection prompts, random direction
     methods: tuple[str, ...] = ()  # run only these methods (names as in the results); empty: all
     n_ablation: int = 24           # held-out prompts for the ablation check
@@ -90,7 +95,7 @@ class SteerConfig:
 
 
 QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 1, "n_ablation": 8, "n_random": 1,
-         "alphas": (2.0, 4.0), "strengths": (8.0, 16.0)}
+         "alphas": (2.0, 4.0), "strengths": (8.0, 16.0), "fractions": (0.5, 1.0)}
 
 
 # =========================================================================== measuring
@@ -305,7 +310,8 @@ def _aggregate(per_seed: dict[int, dict], targets: list[str]) -> dict[str, dict]
                   "n_targets": len(per_target), "n_prompts": n, "seeds": seeds,
                   "within_budget": all(r["within_budget"] for r in rs),
                   **({"selection_per_seed": [r["selection"] for r in rs]} if "val_success_by_choice" in rs[0] else {}),
-                  **{k: rs[0][k] for k in ("strength_unit", "sae", "selection", "k", "intervention", "vector", "n_ablated", "pool_size", "ref_mass") if k in rs[0]},
+                  **{k: rs[0][k] for k in ("strength_unit", "sae", "selection", "k", "intervention", "vector", "n_ablated", "pool_size", "ref_mass",
+                                          "error_term", "subspace_rank") if k in rs[0]},
                   "per_target": per_target, "per_seed": {sd: r for sd, r in zip(seeds, rs)}}
     return out
 
@@ -319,7 +325,8 @@ def _resolve_config(cfg: SteerConfig | None, relation: str, label: str, quick: b
         raise TypeError(f"unknown steering setting(s) {sorted(unknown)}; SteerConfig has {sorted(SteerConfig.__dataclass_fields__)}")
     cfg = SteerConfig(**{**asdict(cfg), **(QUICK if quick else {}), **overrides, "relation": relation, "label": label})
     cfg.alphas, cfg.strengths = tuple(float(a) for a in cfg.alphas), tuple(float(a) for a in cfg.strengths)
-    for name in ("alphas", "strengths"):
+    cfg.fractions = tuple(float(a) for a in cfg.fractions)
+    for name in ("alphas", "strengths", "fractions"):
         grid = getattr(cfg, name)
         if not grid or any(not (a > 0 and math.isfinite(a)) for a in grid):
             raise ValueError(f"{name} must be finite positive strengths, got {grid}")
@@ -329,12 +336,18 @@ def _resolve_config(cfg: SteerConfig | None, relation: str, label: str, quick: b
         raise ValueError(f"scale must be one of {sorted(_SCALES)}, got {cfg.scale!r}")
     if cfg.selection not in ("effect", "activation"):
         raise ValueError(f"selection must be 'effect' or 'activation', got {cfg.selection!r}")
+    if cfg.transfer_error not in ("subspace", "keep", "drop"):
+        raise ValueError(f"transfer_error must be 'subspace', 'keep' or 'drop', got {cfg.transfer_error!r}")
     small = {k: getattr(cfg, k) for k in ("n_targets", "min_subjects", "k", "n_eval", "n_unrelated", "n_ablation", "n_select",
                                           "n_seeds", "batch_size") if getattr(cfg, k) < 1}
     if small:
         raise ValueError(f"these steering sizes must be >= 1: {small}")
     if not (cfg.kl_budget > 0 and math.isfinite(cfg.kl_budget)):
         raise ValueError(f"kl_budget={cfg.kl_budget} must be finite and > 0")
+    if cfg.n_bisect < 0:
+        raise ValueError(f"n_bisect={cfg.n_bisect} must be >= 0")
+    if not (cfg.transfer_strength > 0 and math.isfinite(cfg.transfer_strength)):
+        raise ValueError(f"transfer_strength={cfg.transfer_strength} must be finite and > 0")
     if not (cfg.grid_growth > 1 and math.isfinite(cfg.grid_growth)) or cfg.grid_extend < 0:
         raise ValueError(f"grid_growth={cfg.grid_growth} must be finite and > 1, grid_extend={cfg.grid_extend} >= 0")
     if not 0 < cfg.ceiling_q <= 1:
@@ -532,23 +545,39 @@ def _transfer_method(name: str, sae, data: _TrainData, typ: dict[str, Tensor], c
     """``<name>_transfer``: per prompt, the amplitude of whichever country atoms are active moves onto
     the target's ``k`` units (``TransferAtoms``; no source label needed). The pool is every
     country's ``k`` activation units (``concept_pool``); the target's units are selected by
-    activation or by effect, whichever gives the better validation success."""
+    activation or by effect, whichever gives the better validation success.
+
+    ``cfg.transfer_error`` says what becomes of the SAE's error term at the edited position:
+    ``"subspace"`` removes its part in the span of the countries' mean pool reconstructions
+    (``concept_subspace``), the part of the source country the SAE did not encode (held-out
+    R^2 is about 0.5 at L0 16, so the kept error term still says "Japan"); ``"keep"`` leaves it
+    (SAELens's splice); ``"drop"`` replaces the activation by the edited reconstruction."""
     pool, ref = concept_pool(sae, data.x, data.y, k=cfg.k, codes=data.codes[name])
+    error = (concept_subspace(sae, data.x, data.y, pool, codes=data.codes[name])
+             if cfg.transfer_error == "subspace" else cfg.transfer_error)
 
     def make_for(how: str):
         atoms = {v: [u["atom"] for u in selected[name][v][how]] for v in tg.targets}
 
-        def make(v: str, s: float, P: _Prompts):
-            vals = s * typ[v][atoms[v]]
-            return lambda pos, rows: [TransferAtoms(sae, pool, atoms[v], vals, ref, ceil, positions=pos, span=cfg.span,
-                                                    hook_name=hook)]
+        vals = {v: cfg.transfer_strength * typ[v][atoms[v]] for v in tg.targets}
+
+        def make(v: str, lam: float, P: _Prompts):
+            return lambda pos, rows: [TransferAtoms(sae, pool, atoms[v], vals[v], ref, ceil, positions=pos, span=cfg.span,
+                                                    hook_name=hook, error=error, fraction=lam)]
         return make
 
     choices = {how: make_for(how) for how in ("effect", "activation")}
-    return _Method(f"{name}_transfer", unit, cfg.strengths, choices["effect"],
-                   {"sae": name, "k": cfg.k, "pool_size": len(pool), "ref_mass": ref,
+    err = {"keep": "error term kept", "drop": "error term dropped (the edited reconstruction replaces the activation)",
+           "subspace": "error term without its part in the countries' subspace"}[cfg.transfer_error]
+    unit = (f"the fraction of the transfer applied (x <- x + lam (x_transferred - x)); the target's units at "
+            f"{cfg.transfer_strength:g} x {unit}")
+    return _Method(f"{name}_transfer", unit, cfg.fractions, choices["effect"],
+                   {"sae": name, "k": cfg.k, "pool_size": len(pool), "ref_mass": ref, "error_term": cfg.transfer_error,
+                    "subspace_rank": int(error.shape[1]) if isinstance(error, Tensor) else None,
+                    "transfer_strength": cfg.transfer_strength,
                     "intervention": "ablate the active units of the country pool, set the target's units to "
-                                    "strength x (pool amplitude here / typical pool amplitude) x the unit scale, capped"},
+                                    "transfer_strength x (pool amplitude here / typical pool amplitude) x the unit scale, "
+                                    f"capped; {err}; a fraction lam of this edit applied (the swept strength)"},
                    choices)
 
 
@@ -649,19 +678,22 @@ def _val_sweep(run: _Run, m: _Method) -> list[dict]:
     the last is within budget and no more than one step past the best success so far. So the
     search stops where the budget binds or where success has peaked (a clamp capped in
     distribution saturates; a vector pushed far out of distribution breaks the model), never at
-    the end of a fixed grid."""
+    the end of a fixed grid. Where the budget binds while success is still rising (the best
+    in-budget strength ``lo`` is next to an over-budget ``hi``), ``n_bisect`` geometric
+    bisections ``sqrt(lo hi)`` find the strongest strength within it, so no method is held to a
+    coarse grid below the budget that the others may use."""
     cfg = run.cfg
     sweep: list[dict] = []
 
-    def measure(s: float, extended: bool) -> dict:
-        p = {"alpha": s, "kl_unrelated": float(_kl_at(run, m, s, "val").mean())} | ({"extended": True} if extended else {})
+    def measure(s: float, **tag: bool) -> dict:
+        p = {"alpha": s, "kl_unrelated": float(_kl_at(run, m, s, "val").mean())} | tag
         if p["kl_unrelated"] <= cfg.kl_budget:
             p.update({k: v for k, v in _success_at(run, m, s, "val").items() if k != "per_target"})
         sweep.append(p)
         return p
 
     for s in m.grid:
-        measure(s, False)
+        measure(s)
     for _ in range(cfg.grid_extend):
         last = max(sweep, key=lambda p: p["alpha"])
         ok = [p for p in sweep if "success_rate" in p]
@@ -670,7 +702,17 @@ def _val_sweep(run: _Run, m: _Method) -> list[dict]:
         best = max(ok, key=lambda p: (p["success_rate"], -p["alpha"]))
         if sum(p["alpha"] > best["alpha"] for p in ok) >= 2:
             break
-        measure(last["alpha"] * cfg.grid_growth, True)
+        measure(last["alpha"] * cfg.grid_growth, extended=True)
+    for _ in range(cfg.n_bisect):
+        ok = [p for p in sweep if "success_rate" in p]
+        over = [p["alpha"] for p in sweep if "success_rate" not in p]
+        if not ok or not over:
+            break
+        best = max(ok, key=lambda p: (p["success_rate"], p["alpha"]))
+        hi = min((a for a in over if a > best["alpha"]), default=None)
+        if hi is None or any(best["alpha"] < p["alpha"] < hi for p in ok):
+            break  # the budget does not bind next to the best strength
+        measure(math.sqrt(best["alpha"] * hi), bisected=True)
     return sweep
 
 
@@ -904,6 +946,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help=f"strengths (multiples of the target's difference-of-means norm; {list(SteerConfig.alphas)})")
     p.add_argument("--strengths", type=float, nargs="+", default=None,
                    help=f"SAE-unit strengths (multiples of each unit's typical on-support amplitude; {list(SteerConfig.strengths)})")
+    p.add_argument("--fractions", type=float, nargs="+", default=None,
+                   help=f"transfer methods: fractions of the transfer applied ({list(SteerConfig.fractions)})")
+    p.add_argument("--transfer-error", choices=("subspace", "keep", "drop"), default=SteerConfig.transfer_error,
+                   help="transfer methods: the SAE error term at the edited position: its part in the concept's subspace "
+                        "removed, kept, or dropped")
     p.add_argument("--selection", choices=("effect", "activation"), default=SteerConfig.selection,
                    help="headline selection of SAE units (the other is reported as NAME_by_<selection>)")
     p.add_argument("--scale", choices=("target", "typical"), default=SteerConfig.scale,
@@ -926,9 +973,11 @@ def steer_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``SteerConfig`` settings the command line gives: explicit flags win over ``--quick``."""
     given = {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
              "n_ablation": args.n_ablation, "alphas": None if args.alphas is None else tuple(args.alphas),
-             "strengths": None if args.strengths is None else tuple(args.strengths), "n_seeds": args.seeds}
+             "strengths": None if args.strengths is None else tuple(args.strengths), "n_seeds": args.seeds,
+             "fractions": None if args.fractions is None else tuple(args.fractions)}
     return {**{k: v for k, v in given.items() if v is not None}, "min_subjects": args.min_subjects, "k": args.k,
-            "span": args.span, "kl_budget": args.kl_budget, "selection": args.selection, "scale": args.scale, "batch_size": args.batch_size, "seed": args.seed}
+            "span": args.span, "kl_budget": args.kl_budget, "selection": args.selection, "scale": args.scale, "batch_size": args.batch_size, "seed": args.seed,
+            "transfer_error": args.transfer_error}
 
 
 def run_cli(args: argparse.Namespace) -> int:
