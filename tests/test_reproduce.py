@@ -32,7 +32,14 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     update_readme(readme, results)
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
-    assert "| atoms (tsae_aip) | 0.900 | 0.800 | 5.0 |" in text and "AIP 90.1°" in text
+    assert "| atoms (tsae_aip) | 0.900 | 0.800 | 5.0 |" in text and "AIP 90.1°" in text and "Steering" not in text
+    results["steering"] = {m: {"success_rate": s_, "kl_unrelated": 0.5, "logprob_gain": 5.0, "n_targets": 8, "n_prompts": 128,
+                               "seeds": [0, 1]} for m, s_ in (("diff_of_means", 0.6), ("atoms_transfer", 0.7))}
+    results["steering_details"] = {"config": {"kl_budget": 1.0}}
+    update_readme(readme, results)
+    text = readme.read_text()
+    assert "KL budget of 1.0 nats" in text
+    assert text.index("| atoms_transfer | 0.700 | 0.500 | 5.00 | 8 | 128 | 0, 1 |") < text.index("| diff_of_means | 0.600 |")
     bad = tmp_path / "bad.md"
     bad.write_text("no markers here")
     with pytest.raises(ValueError, match="results"):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -190,14 +192,15 @@ def _steer_args(*argv: str):
 
 def test_steer_quick_keeps_explicit_flags_and_rejects_bad_values():
     args = _steer_args("--quick", "--alphas", "3", "5", "--targets", "3", "--n-eval", "5", "--n-unrelated", "6",
-                       "--n-ablation", "7")
+                       "--n-ablation", "7", "--fractions", "0.3", "0.9", "--transfer-error", "drop")
     cfg = steer_exp._resolve_config(None, "city_country", "country", True, steer_exp.steer_overrides(args))
     assert (cfg.alphas, cfg.n_targets, cfg.n_eval, cfg.n_unrelated, cfg.n_ablation) == ((3.0, 5.0), 3, 5, 6, 7)
+    assert (cfg.fractions, cfg.transfer_error) == ((0.3, 0.9), "drop")
     quick = steer_exp._resolve_config(None, "city_country", "country", True, steer_exp.steer_overrides(_steer_args("--quick")))
     assert quick.alphas == steer_exp.QUICK["alphas"] and quick.n_eval == steer_exp.QUICK["n_eval"]
     from sae_atoms.cli import main
 
-    for bad in (["--alphas", "0", "-1"], ["--n-eval", "0"], ["--kl-budget", "nan"]):
+    for bad in (["--alphas", "0", "-1"], ["--n-eval", "0"], ["--kl-budget", "nan"], ["--fractions", "-0.5"]):
         assert main(["steer", "--out", "/nonexistent/x", "--quick", *bad]) == 2
 
 
@@ -381,25 +384,84 @@ def test_transfer_atoms_moves_the_concept_amplitude_and_leaves_absent_concepts_a
     idle = [j for j in range(64) if c[:, j].max() == 0 and j not in tgt][:3]
     same = resid(tiny_model, toks, HOOK0, st.TransferAtoms(sae, idle, tgt, 5.0, ref, positions=3, hook_name=HOOK0))
     torch.testing.assert_close(same, x, rtol=0, atol=1e-6)
+    # a fraction moves the activation that part of the way (pool kept at 1 - lam, targets lam of the way)
+    for lam in (0.0, 0.5, 1.5):
+        part = resid(tiny_model, toks, HOOK0, st.TransferAtoms(sae, pool + [tgt[0]], tgt, [1.5, 3.0], ref, positions=3,
+                                                               hook_name=HOOK0, fraction=lam))
+        torch.testing.assert_close(part - x, lam * (x1 - x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="fraction"):
+        st.TransferAtoms(sae, pool, tgt, 1.0, 1.0, hook_name=HOOK0, fraction=-0.5)
     with pytest.raises(ValueError, match="ref_mass"):
         st.TransferAtoms(sae, pool, tgt, 1.0, 0.0, hook_name=HOOK0)
     with pytest.raises(IndexError, match="d_sae=64"):
         st.TransferAtoms(sae, pool, [64], 1.0, 1.0, hook_name=HOOK0)
 
 
-def test_concept_pool_finds_every_values_planted_atom():
-    g = torch.Generator().manual_seed(3)
-    d, n_val = 24, 4
-    W = torch.linalg.qr(torch.randn(d, d, generator=g))[0][:12]  # orthonormal: atoms 0..3 carry the values
+def planted_values(n: int, seed: int, d: int = 24, n_val: int = 4):
+    """Orthonormal atoms; atom ``y`` carries label value ``y`` (0..n_val-1) at a random amplitude in
+    [2, 3], plus small positive noise on the other 8 atoms. ``(sae, W, x, y, amp)``."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.linalg.qr(torch.randn(d, d, generator=g))[0][:12]
     sae = make_sae(d_in=d, d_sae=12, W_dec=W)
-    y = [i % n_val for i in range(200)]
-    amp = 2.0 + torch.rand(200, generator=g)
-    x = amp.unsqueeze(1) * W[torch.tensor(y)] + 0.3 * torch.rand(200, 8, generator=g) @ W[4:]
+    y = [i % n_val for i in range(n)]
+    amp = 2.0 + torch.rand(n, generator=g)
+    x = amp.unsqueeze(1) * W[torch.tensor(y)] + 0.3 * torch.rand(n, 8, generator=g) @ W[n_val:]
+    return sae, W, x, y, amp
+
+
+def test_concept_pool_finds_every_values_planted_atom():
+    sae, W, x, y, amp = planted_values(200, seed=3)
     pool, ref = st.concept_pool(sae, x, y, k=1)
     assert pool == [0, 1, 2, 3]
     assert ref == pytest.approx(float(amp.mean()), rel=1e-4)  # each row carries its value's atom at its amplitude
     with pytest.raises(ValueError, match=">= 2 label values"):
         st.concept_pool(sae, x, [0] * 200, k=1)
+
+
+def test_error_term_kept_dropped_or_projected_off_a_subspace(tiny_model):
+    sae = make_sae()
+    toks = tokens()
+    x = resid(tiny_model, toks, HOOK0)
+    c = sae.encode(x)[:, 3].detach()
+    recon = sae.decode(c).detach()
+    e = x[:, 3] - recon
+    j = int(c[0].argmax())
+    edited = c.clone()
+    edited[:, j] = 4.0
+    new = sae.decode(edited).detach()
+    kept = resid(tiny_model, toks, HOOK0, st.clamp_atoms(sae, j, 4.0, positions=3))
+    torch.testing.assert_close(kept[:, 3], new + e, rtol=1e-4, atol=1e-4)
+    # "drop": the edited reconstruction replaces the activation (the error term is gone)
+    dropped = resid(tiny_model, toks, HOOK0, st.EditAtoms(sae, [j], 4.0, positions=3, hook_name=HOOK0, error="drop"))
+    torch.testing.assert_close(dropped[:, 3], new, rtol=1e-4, atol=1e-4)
+    # a basis: only the error term's part in its span is removed
+    U = torch.linalg.qr(torch.randn(32, 5, generator=torch.Generator().manual_seed(4)))[0]
+    proj = resid(tiny_model, toks, HOOK0, st.EditAtoms(sae, [j], 4.0, positions=3, hook_name=HOOK0, error=U))
+    torch.testing.assert_close(proj[:, 3], new + e - (e @ U) @ U.T, rtol=1e-4, atol=1e-4)
+    assert float(((proj[:, 3] - new).detach() @ U).abs().max()) < 1e-4           # no error left in span(U)
+    for out in (dropped, proj):                                         # other positions untouched
+        assert (out - x)[:, [0, 1, 2, 4, 5, 6]].abs().max() == 0
+    with pytest.raises(ValueError, match="'keep', 'drop'"):
+        st.EditAtoms(sae, [j], 1.0, hook_name=HOOK0, error="zero")
+    with pytest.raises(ValueError, match=r"d_in=32"):
+        st.TransferAtoms(sae, [0], [1], 1.0, 1.0, hook_name=HOOK0, error=torch.zeros(16, 2))
+
+
+def test_concept_subspace_is_the_span_of_the_planted_value_directions():
+    d, n_val = 24, 4
+    sae, W, x, y, amp = planted_values(400, seed=5, d=d, n_val=n_val)
+    U = st.concept_subspace(sae, x, y, pool=[0, 1, 2, 3])
+    assert U.shape == (d, n_val - 1)                                   # 4 centred class means: rank 3
+    torch.testing.assert_close(U.T @ U, torch.eye(n_val - 1), rtol=0, atol=1e-5)
+    R = amp.unsqueeze(1) * W[torch.tensor(y)]                         # each row's planted value part
+    means = torch.stack([R[v::n_val].mean(0) for v in range(n_val)]) - R.mean(0)
+    torch.testing.assert_close(means @ U @ U.T, means, rtol=0, atol=1e-4)  # where the values differ: inside
+    torch.testing.assert_close(U - W[:4].T @ (W[:4] @ U), torch.zeros_like(U), rtol=0, atol=1e-5)  # and no more
+    assert float((W[4:] @ U).abs().max()) < 1e-4                      # the other atoms are outside it
+    with pytest.raises(ValueError, match="pool is empty"):
+        st.concept_subspace(sae, x, y, pool=[])
+    with pytest.raises(ValueError, match=">= 2 label values"):
+        st.concept_subspace(sae, x, [0] * 400, pool=[0, 1])
 
 
 def test_validation_sweep_extends_past_the_grid_until_the_budget_binds_or_success_peaks(monkeypatch):
@@ -423,9 +485,32 @@ def test_validation_sweep_extends_past_the_grid_until_the_budget_binds_or_succes
     assert steer_exp._choose_alpha([p for p in sw if "success_rate" in p], 1.0)["alpha"] == 16
     peak["at"] = 1000.0  # success never peaks: the budget (KL 1 at strength 100) stops the search
     sw = steer_exp._val_sweep(run, m)
-    assert sw[-1]["alpha"] == 128 and "success_rate" not in sw[-1] and all("success_rate" in p for p in sw[:-1])
+    grown = [p for p in sw if not p.get("bisected")]
+    assert grown[-1]["alpha"] == 128 and "success_rate" not in grown[-1] and all("success_rate" in p for p in grown[:-1])
+    assert [p["alpha"] for p in sw if p.get("bisected")] == pytest.approx([math.sqrt(64 * 128), math.sqrt(math.sqrt(64 * 128) * 128)])
+    run.cfg.n_bisect = 0
     run.cfg.grid_extend = 0  # no extension: the grid only
     assert [p["alpha"] for p in steer_exp._val_sweep(run, m)] == [1, 2]
+
+
+def test_validation_sweep_bisects_where_the_budget_binds_while_success_rises(monkeypatch):
+    cfg = steer_exp._resolve_config(None, "city_country", "country", False, {"kl_budget": 1.0, "n_bisect": 2})
+    run = steer_exp._Run(None, cfg, ["A"], {"A": 0}, {}, {})
+    monkeypatch.setattr(steer_exp, "_kl_at", lambda run_, m, s, split: torch.tensor([s / 10.0]))  # budget binds at 10
+    monkeypatch.setattr(steer_exp, "_success_at", lambda run_, m, s, split: {
+        "success_rate": s / 100, "mean_rank": 1.0, "logprob_gain": s, "n_prompts": 1, "per_target": {}})
+    m = steer_exp._Method("m", "u", (4.0, 8.0, 16.0), lambda v, s, P: None, {})
+    sw = steer_exp._val_sweep(run, m)
+    a = [p["alpha"] for p in sw]
+    assert a[:3] == [4, 8, 16] and len(a) == 5  # grid (16 over budget: no extension), then 2 bisections
+    assert a[3] == pytest.approx(math.sqrt(8 * 16)) and "success_rate" not in sw[3]  # 11.3: over the budget
+    assert a[4] == pytest.approx(math.sqrt(8 * a[3])) and "success_rate" in sw[4]    # 9.5: within, and better
+    assert all(p.get("bisected") for p in sw[3:])
+    assert steer_exp._choose_alpha([p for p in sw if "success_rate" in p], 1.0)["alpha"] == pytest.approx(a[4])
+    # success peaked below the budget: no bisection
+    monkeypatch.setattr(steer_exp, "_success_at", lambda run_, m, s, split: {
+        "success_rate": 1 - abs(s - 4) / 10, "mean_rank": 1.0, "logprob_gain": 0.0, "n_prompts": 1, "per_target": {}})
+    assert [p["alpha"] for p in steer_exp._val_sweep(run, m)] == [4, 8, 16]
 
 
 # --------------------------------------------------------------------------- real model
@@ -480,16 +565,19 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     assert res["methods"]["atoms_by_effect"]["selection"] == "effect" and res["methods"]["atoms"]["selection"] == "activation"
     tr = res["methods"]["atoms_transfer"]
     assert set(tr["selection_per_seed"]) <= {"effect", "activation"} and 1 <= tr["pool_size"] <= atoms.cfg.d_sae
+    assert tr["error_term"] == "subspace" and 1 <= tr["subspace_rank"] < x.shape[1]  # the countries' span, not all of it
     for m, r in res["methods"].items():
-        grid = res["config"]["alphas"] if m in ("diff_of_means", "random_direction") else res["config"]["strengths"]
+        grid = (res["config"]["alphas"] if m in ("diff_of_means", "random_direction") else
+                res["config"]["fractions"] if m.endswith("_transfer") else res["config"]["strengths"])
         assert r["seeds"] == [0, 1] and r["n_targets"] == 2
         assert 0 <= r["success_rate"] <= 1 and r["mean_rank"] >= 1 and r["kl_unrelated"] >= 0
         assert r["n_prompts"] == sum(p["n"] for p in r["per_target"].values())
         for sd in r["per_seed"].values():  # the grid, then strengths grown past it; the chosen one is among them
-            a = [p["alpha"] for p in sd["sweep"]]
-            assert a[:len(grid)] == list(grid) and sd["alpha"] in a
+            a = [p["alpha"] for p in sd["sweep"] if not p.get("bisected")]
+            assert a[:len(grid)] == list(grid) and sd["alpha"] in [p["alpha"] for p in sd["sweep"]]
             assert all(y == pytest.approx(x * res["config"]["grid_growth"]) for x, y in zip(a[len(grid) - 1:], a[len(grid):]))
-            assert all(p["kl_unrelated"] <= res["config"]["kl_budget"] for p in sd["sweep"][:-1] if p.get("extended"))
+            ext = [p for p in sd["sweep"] if p.get("extended")]
+            assert all(p["kl_unrelated"] <= res["config"]["kl_budget"] for p in ext[:-1])
     targets = [t["value"] for t in res["targets"]]
     assert len(targets) == 2
     for v in targets:  # the planted atom of each target is found by activation, and it is the difference of means
@@ -515,7 +603,9 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
 
 def test_steer_config_rejects_bad_settings_by_name():
     for bad, word in (({"selection": "gradient"}, "selection"), ({"scale": "huge"}, "scale"), ({"strengths": (0.0,)}, "strengths"),
-                      ({"n_seeds": 0}, "n_seeds"), ({"ceiling_q": 1.5}, "ceiling_q")):
+                      ({"n_seeds": 0}, "n_seeds"), ({"ceiling_q": 1.5}, "ceiling_q"), ({"fractions": (0.5, -1.0)}, "fractions"),
+                      ({"transfer_error": "zero"}, "transfer_error"), ({"transfer_strength": 0.0}, "transfer_strength"),
+                      ({"n_bisect": -1}, "n_bisect")):
         with pytest.raises(ValueError, match=word):
             steer_exp._resolve_config(None, "city_country", "country", False, bad)
     with pytest.raises(TypeError, match="unknown steering setting"):
