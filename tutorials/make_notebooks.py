@@ -197,9 +197,16 @@ for name, chosen in (("atoms by activation", [a.atom for a in atoms]), ("atoms b
 # transfer: ablate whichever country atoms are active at the subject (no source label needed) and put
 # their amplitude on the target's atoms (TransferAtoms; the pool is every country's top atoms)
 pool, ref_mass = steering.concept_pool(sae, train, "country", k=8, codes=codes)
-values = steering.atom_values(target_mean, by_effect, 12.0)
+values = steering.atom_values(target_mean, by_effect, 16.0)
 report("atoms transfer", steering.fwd_hooks(model, steering.TransferAtoms(sae, pool, by_effect, values, ref_mass, ceiling,
                                                                         positions=subject_pos)))
+# the SAE's error term still holds what it did not encode of the source country; remove its part in
+# the countries' subspace (the span of their mean reconstructions from the pool's atoms) as well
+countries = steering.concept_subspace(sae, train, "country", pool, codes=codes)
+print("country subspace:", tuple(countries.shape))
+report("atoms transfer, error term's country part removed",
+       steering.fwd_hooks(model, steering.TransferAtoms(sae, pool, by_effect, values, ref_mass, ceiling,
+                                                        positions=subject_pos, error=countries)))
 with_dom = report("diff of means", steering.fwd_hooks(model, steering.AddDirection(HOOK, dom, 3.0, positions=subject_pos)))
 assert with_dom < clean  # the difference of means (the strong baseline) moves the target up
 # Whether atoms do as well depends on the SAE (its width, data and training): `sae-atoms steer`

@@ -134,12 +134,30 @@ def headline_table(results: dict) -> str:
         rows.append(f"SAE units at matched L0 = {results['units_l0']:g} (the frontier's SAEs, L0 matched on validation "
                     "entities left out of training; the L0 column is in-sample), measured in the robust AIP of the "
                     "train entities. Full frontier (L0 4–64) and the paper's regime: report.md.")
+    rows += steering_table(results)
     rows.append("")
     rows.append(f"Model `{results['model']}`, hook `{results['hook_name']}`, {results['n_train']} train / "
                 f"{results['n_heldout']} held-out subject activations. Angular centroid: Euclid "
                 f"{fmt(g['euclid_centroid_deg'], 1)}°, AIP {fmt(g['aip_centroid_deg'], 1)}°, AIP held-out "
                 f"{fmt(g['aip_heldout_centroid_deg'], 1)}°.")
     return "\n".join(rows)
+
+
+def steering_table(results: dict) -> list[str]:
+    """The steering methods, best success first (Markdown lines; none without a steering stage)."""
+    st = results.get("steering") or {}
+    if not st:
+        return []
+    budget = (results.get("steering_details") or {}).get("config", {}).get("kl_budget")
+    rows = ["", f"Steering held-out cities to a target country (success = the target is the top-1 next token; each "
+                f"method's strength chosen on validation prompts within a KL budget of {fmt(budget, 1)} nats on unrelated "
+                "prompts; test KL below):", "",
+            "| method | success | KL unrelated | log-prob gain | targets | prompts | seeds |", "|---|---|---|---|---|---|---|"]
+    for m, v in sorted(st.items(), key=lambda kv: -kv[1]["success_rate"]):
+        rows.append("| " + " | ".join([m, fmt(v["success_rate"]), fmt(v["kl_unrelated"]), fmt(v.get("logprob_gain"), 2),
+                                       str(v.get("n_targets")), str(v.get("n_prompts")),
+                                       ", ".join(str(sd) for sd in v.get("seeds", []))]) + " |")
+    return rows
 
 
 def update_readme(readme: str | Path, results: dict) -> None:
@@ -339,10 +357,15 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
             f"prompts under the same KL budget ({det.get('config', {}).get('kl_budget')} nats on unrelated prompts); "
             "SAEs are the headline SAEs at the matched L0; success = the target is the top-1 next token.")
         r.table(["method", "selection", "strength (per seed)", "success rate", "log-prob gain", "KL unrelated",
-                 "targets", "prompts", "seeds"],
+                 "val KL within budget", "targets", "prompts", "seeds"],
                 [[m, "/".join(v["selection_per_seed"]) if "selection_per_seed" in v else v.get("selection", "-"), "/".join(f"{a:g}" for a in v.get("alpha_per_seed", [v.get("alpha", 0)])),
-                  v["success_rate"], v.get("logprob_gain"), v["kl_unrelated"], v.get("n_targets"), v.get("n_prompts"),
-                  v.get("seeds")] for m, v in st.items()])
+                  v["success_rate"], v.get("logprob_gain"), v["kl_unrelated"], v.get("within_budget"), v.get("n_targets"),
+                  v.get("n_prompts"), v.get("seeds")] for m, v in st.items()])
+        errs = {m: v["error_term"] for m, v in st.items() if v.get("error_term")}
+        if errs:
+            r.p("Error term of the transfer methods at the edited position: " + ", ".join(
+                f"{m}: {e}" + (f" (rank {st[m]['subspace_rank']})" if st[m].get("subspace_rank") else "") for m, e in errs.items())
+                + " (subspace: its part in the span of the countries' mean pool reconstructions is removed).")
         table = det.get("per_target") or {}
         if table:
             names = list(table)
