@@ -865,6 +865,7 @@ def _plot(res: dict, path: Path) -> None:
         ax.plot([r["kl_unrelated"]], [r["success_rate"]], "*", ms=12, color=line.get_color(), label=f"{m} (test)")
     ax.axvline(res["config"]["kl_budget"], color="grey", ls="--", lw=1, label="KL budget")
     ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(left=0)  # KL >= 0: no empty negative decade
     ax.set_xlabel("KL(clean || steered) on unrelated prompts (nats)")
     ax.set_ylabel("success rate (target is top-1)")
     ax.set_title(f"steering {res['config']['relation']} at {res['hook']}: validation (dots), test (stars)", fontsize=8)
