@@ -335,7 +335,7 @@ class TransferAtoms(_CodeEdit):
         g = sum_{j in C - T} delta_j ||W_dec[j]|| / ref_mass      (the concept's amplitude here)
         delta'_j = 0  (j in C - T),   delta'_j = max(delta_j, min(g * values_j, ceiling_j))  (j in T)
 
-    spliced with the error term kept (``splice_codes``). ``ref_mass`` is the source amplitude of a
+    spliced into the activation (``splice_codes``, ``error`` below). ``ref_mass`` is the source amplitude of a
     typical training subject, so ``g ~ 1`` where the concept is present as usual and ``g ~ 0``
     where it is absent: the edit is as large as the concept it replaces, and it leaves positions
     without the concept alone. The source needs no label: the code says which atoms are active.
@@ -522,6 +522,14 @@ def select_atoms(sae, acts, labels: str | Sequence, value: Any, k: int = 8, hook
             for j in top]
 
 
+def _value_rows(lab: Sequence, min_count: int) -> dict[Any, list[int]]:
+    """The rows of each label value with at least ``min_count`` rows, values in ``str`` order."""
+    rows: dict[Any, list[int]] = {}
+    for i, y in enumerate(lab):
+        rows.setdefault(y, []).append(i)
+    return {v: rows[v] for v in sorted(rows, key=str) if len(rows[v]) >= min_count}
+
+
 def concept_pool(sae, acts, labels: str | Sequence, k: int = 16, hook: str | None = None, codes: Tensor | None = None,
                  min_count: int = 2) -> tuple[list[int], float]:
     """The atoms of a whole concept (e.g. *country*) and its typical amplitude, for ``TransferAtoms``.
@@ -532,10 +540,7 @@ def concept_pool(sae, acts, labels: str | Sequence, k: int = 16, hook: str | Non
     """
     x, lab = _x_and_labels(acts, labels, hook)
     c = encode_batched(sae, x) if codes is None else codes.float().cpu()
-    counts: dict[Any, int] = {}
-    for y in lab:
-        counts[y] = counts.get(y, 0) + 1
-    values = sorted((v for v, n in counts.items() if n >= min_count), key=str)
+    values = list(_value_rows(lab, min_count))
     if len(values) < 2:
         raise ValueError(f"a concept pool needs >= 2 label values with >= {min_count} activations each, got {values}")
     pool = sorted({a.atom for v in values for a in select_atoms(sae, x, lab, v, k=k, codes=c)})
@@ -570,10 +575,7 @@ def concept_subspace(sae, acts, labels: str | Sequence, pool: Sequence[int], hoo
         zero = sae.decode(torch.zeros(1, c.shape[1], device=sae.device, dtype=sae.dtype)).float().cpu()
         R = torch.cat([sae.decode(keep[i:i + 4096].to(sae.device, sae.dtype)).float().cpu() - zero
                        for i in range(0, keep.shape[0], 4096)])
-    groups: dict[Any, list[int]] = {}
-    for i, y in enumerate(lab):
-        groups.setdefault(y, []).append(i)
-    means = [R[torch.tensor(ix)].mean(0) for v, ix in sorted(groups.items(), key=lambda kv: str(kv[0])) if len(ix) >= min_count]
+    means = [R[torch.tensor(ix)].mean(0) for ix in _value_rows(lab, min_count).values()]
     if len(means) < 2:
         raise ValueError(f"a concept subspace needs >= 2 label values with >= {min_count} activations each")
     M = torch.stack(means) - R.mean(0)

@@ -20,7 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -726,10 +726,10 @@ def _sweep(run: _Run, methods: list[_Method], progress: bool) -> dict[str, dict]
     for m in methods:
         chosen = {}
         if m.choices:  # e.g. the selection: each alternative swept on validation, the best kept
-            sweeps = {how: _val_sweep(run, _Method(m.name, m.unit, m.grid, make, m.info)) for how, make in m.choices.items()}
+            sweeps = {how: _val_sweep(run, replace(m, make=make, choices=None)) for how, make in m.choices.items()}
             best_of = {how: max([p["success_rate"] for p in sw if "success_rate" in p] or [-1.0]) for how, sw in sweeps.items()}
             how = max(sweeps, key=lambda h: best_of[h])
-            m = _Method(m.name, m.unit, m.grid, m.choices[how], m.info)
+            m = replace(m, make=m.choices[how], choices=None)
             sweep = sweeps[how]
             chosen = {"selection": how, "val_success_by_choice": best_of,
                       "other_sweeps": {h: sw for h, sw in sweeps.items() if h != how}}
