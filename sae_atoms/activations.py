@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from sae_atoms.io import check_output_dir, output_lock
+from sae_atoms.io import check_output_dir, output_lock, read_json, readable
 from sae_atoms.models import check_hook_name, hook_layer, pad_batch, pad_id, tokenize_prompts
 
 POSITIONS = ("subject_last", "last", "all")
@@ -115,8 +115,10 @@ class ActivationSet:
         if not (path / "activations.safetensors").exists() or not (path / "meta.json").exists():
             raise FileNotFoundError(f"{path} is not an activation set (expected activations.safetensors, rows/, meta.json); "
                                     "write one with `sae-atoms extract --out DIR`.")
-        acts = load_file(str(path / "activations.safetensors"))
-        meta = json.loads((path / "meta.json").read_text())
+        fix = "write the activation set again with `sae-atoms extract --out DIR` (or ActivationSet.save)."
+        with readable(path / "activations.safetensors", fix):
+            acts = load_file(str(path / "activations.safetensors"))
+        meta = read_json(path / "meta.json", fix)
         order = meta.get("hooks", list(acts))
         return cls({h: acts[h] for h in order}, datasets.load_from_disk(str(path / "rows")), meta)
 

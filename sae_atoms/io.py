@@ -56,6 +56,28 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
         plt.close(fig)
 
 
+# --------------------------------------------------------------------------- reading
+@contextmanager
+def readable(path: str | os.PathLike, fix: str) -> Iterator[None]:
+    """Turn a damaged file's decoder error (JSON, text, safetensors) into a ``ValueError`` naming ``path``.
+
+    ``fix`` says what to do (e.g. "write it again with save_model"); the decoder's own error
+    names neither the file nor a remedy.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError) as e:
+        raise ValueError(f"{path} is truncated or damaged ({' '.join(str(e).split())}); {fix}") from e
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """``json.loads`` of the file at ``path``; a garbled file is a ``ValueError`` naming it (see ``readable``)."""
+    with readable(path, fix):
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 # --------------------------------------------------------------------------- output folders
 class OutputError(ValueError):
     """An output folder cannot be used (not ours, not writable, or another writer holds it)."""
@@ -75,6 +97,22 @@ def check_output_dir(path: str | os.PathLike, is_ours: Callable[[Path], bool] | 
     if path.is_dir() and any(path.iterdir()) and not overwrite and not (is_ours is not None and is_ours(path)):
         raise OutputError(f"--out {path} is a non-empty folder this tool did not write; it would be replaced. "
                           "Choose a new folder, or pass --overwrite to replace it.")
+    _probe_writable(path, "--out")
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "the output file",
+                      fix: str = "choose a writable location") -> Path:
+    """Check, before any compute, that the file ``path`` can be written (an existing file is replaced)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file path (e.g. {path / 'results.json'})")
+    _probe_writable(path, what, fix)
+    return path
+
+
+def _probe_writable(path: Path, what: str, fix: str = "choose a writable location") -> None:
+    """Create and remove a file beside ``path`` (its folder is made if missing): the write will not fail there."""
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -82,8 +120,7 @@ def check_output_dir(path: str | os.PathLike, is_ours: Callable[[Path], bool] | 
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"--out {path} cannot be written: {e.strerror or e} ({parent})") from None
-    return path
+        raise OutputError(f"{what} {path} cannot be written: {e.strerror or e} ({parent}); {fix}") from None
 
 
 _HELD: dict[Path, Any] = {}  # lock path -> open file, for the locks this process holds
