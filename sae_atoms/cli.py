@@ -126,8 +126,32 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SAE_ATOMS_DEBUG"):
             raise
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"sae-atoms {args.command}: error: {' '.join(msg.split()) or type(e).__name__}", file=sys.stderr)
-        return 2
+        return _fail(args.command, msg or type(e).__name__)
+    except KeyboardInterrupt:
+        if os.environ.get("SAE_ATOMS_DEBUG"):
+            raise
+        print(f"sae-atoms {args.command}: interrupted; finished results are kept, nothing half-written", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("SAE_ATOMS_DEBUG") or not _disk_full(e):
+            raise
+        return _fail(args.command, f"no space left on the device ({' '.join(str(e).split())}); the results written "
+                                   "before are kept and nothing is half-written: free some space and run again")
+
+
+def _fail(command: str, msg: str) -> int:
+    """Print one line ``sae-atoms COMMAND: error: MSG`` on stderr; exit status 2."""
+    print(f"sae-atoms {command}: error: {' '.join(msg.split())}", file=sys.stderr)
+    return 2
+
+
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, raised as ``OSError`` or as safetensors' error (which only says it in words)."""
+    import errno
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return type(e).__name__ == "SafetensorError" and ("No space left" in str(e) or "quota exceeded" in str(e).lower())
 
 
 def _dispatch(parser: argparse.ArgumentParser, modules: dict[str, object], args: argparse.Namespace,
@@ -273,26 +297,20 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="folder for results.json (default: SAE_DIR, or ./evaluate-neurons)")
 
 
-def _load_sae(path: str, device: Any):
-    from sae_lens import SAE
-
-    from sae_atoms.models import resolve_device
-
-    p = Path(path)
-    if not (p / "cfg.json").exists():
-        raise SystemExit(f"{p} is not an SAE folder (no cfg.json); pass a folder written by sae.save_model or 'neurons'")
-    return SAE.load_from_disk(str(p), device=str(resolve_device(device)))
-
-
 def _run_evaluate(args: argparse.Namespace) -> int:
     from sae_atoms.activations import ActivationSet
     from sae_atoms.evals import evaluate_units, find_metric, format_table, jsonable
-    from sae_atoms.io import write_json
+    from sae_atoms.io import check_output_file, write_json
+    from sae_atoms.models import resolve_device
+    from sae_atoms.saes import load_sae
 
+    neurons = args.sae_dir.lower() == "neurons"
     acts = ActivationSet.load(args.activations)
     units: Any = "neurons"
-    if args.sae_dir.lower() != "neurons":
-        units = _load_sae(args.sae_dir, args.device)
+    if not neurons:
+        units = load_sae(args.sae_dir, device=str(resolve_device(args.device)))
+    out = check_output_file((args.out or (Path(args.sae_dir) if not neurons else Path("evaluate-neurons"))) / "results.json",
+                            "the results file", "pass --out to write it elsewhere")  # before any compute
     hook = args.hook
     if hook is None:
         if units != "neurons" and getattr(units.cfg.metadata, "hook_name", None) in acts.hook_names:
@@ -327,9 +345,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         results[sp or "all"] = evaluate_units(units, one, metric, top_k=args.top_k, device=args.device,
                                               model=model if units != "neurons" else None, progress=True)
     print(format_table(results))
-    out = args.out or (Path(args.sae_dir) if units != "neurons" else Path("evaluate-neurons"))
     path = write_json(jsonable({"units": args.sae_dir, "activations": str(args.activations), "hook": hook,
-                                "splits": results}), out / "results.json")
+                                "splits": results}), out)
     print(f"wrote {path}")
     return 0
 
