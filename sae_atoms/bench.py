@@ -11,14 +11,14 @@ here.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from sae_atoms.io import check_output_file, write_json
 
 def best_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     """Minimum wall time of ``fn()`` over ``repeat`` runs (after ``warmup``), CUDA-synchronised."""
@@ -308,6 +308,8 @@ def run_cli(args: argparse.Namespace) -> int:
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         raise SystemExit(f"unknown bench case(s) {unknown}; available: {list(CASES)}")
+    if args.json:
+        check_output_file(args.json, "--json")  # before the bench, not after it
     results = run_cases(args.cases or None, quick=args.quick)
     print()
     print(f"{'case':<18} {'ratio':>8} {'target':>10} {'result':>8}")
@@ -318,8 +320,5 @@ def run_cli(args: argparse.Namespace) -> int:
         op = "<=" if res["better"] == "lower" else ">="
         print(f"{name:<18} {res['ratio']:>8.3f} {op + str(res['target']):>10} {'ok' if res['passed'] else 'MISSED':>8}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, args.json)
+        write_json(results, args.json)
     return 0
