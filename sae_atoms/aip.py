@@ -554,21 +554,25 @@ class AIPMetric:
         """Load a metric saved by ``save``; ``d`` / ``kind`` (when given) must match the file."""
         from safetensors.torch import load_file
 
+        from sae_atoms.io import read_json, readable
+
         path = Path(path)
         jf, tf = path / _FILE_JSON, path / _FILE_TENSORS
         if not jf.exists() or not tf.exists():
             raise FileNotFoundError(f"{path} is not a saved AIP metric (expected {_FILE_JSON} and {_FILE_TENSORS} in it); "
                                     "write one with AIPMetric.save(path).")
-        meta = json.loads(jf.read_text())
-        if meta.get("format") != "sae_atoms.aip":
-            raise ValueError(f"{jf} is not an sae_atoms AIP metric file (format={meta.get('format')!r}).")
+        fix = "save the metric again (AIPMetric.save) or fit a new one."
+        meta = read_json(jf, fix)
+        if not isinstance(meta, dict) or meta.get("format") != "sae_atoms.aip":
+            raise ValueError(f"{jf} is not an sae_atoms AIP metric file (format={meta.get('format') if isinstance(meta, dict) else None!r}).")
         if d is not None and int(meta["d"]) != int(d):
             raise ValueError(f"the AIP metric in {path} is for d={meta['d']} but d={d} was expected: it was fitted on "
                              "another hook or model. Fit a new metric for this hook.")
         if kind is not None and meta["kind"] != _check_kind(kind):
             raise ValueError(f"the AIP metric in {path} is {meta['kind']!r} but {kind!r} was expected; "
                              f"fit a {kind} metric or load without kind=.")
-        t = load_file(str(tf))
+        with readable(tf, fix):
+            t = load_file(str(tf))
         if t["W"].shape != (meta["d"], meta["d"]):
             raise ValueError(f"{tf} holds W of shape {tuple(t['W'].shape)} but its json says d={meta['d']}: the files "
                              "do not belong together; save the metric again.")

@@ -78,6 +78,18 @@ def test_garbled_json_names_the_file(folders, capsys, which):
     _one_line_error(capsys, _evaluate(sae, acts), str(f), "truncated or damaged")
 
 
+@pytest.mark.parametrize("which", ["aip_metric.json", "aip_metric.safetensors"])
+def test_garbled_metric_names_the_file(folders, capsys, which):
+    from sae_atoms.aip import AIPMetric
+
+    sae, acts = folders
+    AIPMetric.fit(torch.randn(64, 8, generator=torch.Generator().manual_seed(1))).save(sae.parent / "metric")
+    f = sae.parent / "metric" / which
+    f.write_bytes(f.read_bytes()[:30])
+    rc = main(["evaluate", str(sae), "--activations", str(acts), "--device", "cpu", "--metric", str(sae.parent / "metric")])
+    _one_line_error(capsys, rc, str(f), "truncated or damaged", "AIPMetric.save")
+
+
 def test_unknown_architecture_lists_the_known_ones(folders, capsys):
     sae, acts = folders
     cfg = json.loads((sae / "cfg.json").read_text())
