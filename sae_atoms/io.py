@@ -2,7 +2,9 @@
 
 Each writer writes to a temporary file in the destination's folder and renames it into place
 (``os.replace`` is atomic on one file system), so an interrupted run leaves either the old file
-or the new one.
+or the new one. Output paths are checked before any compute (``check_output_dir`` /
+``check_output_file``); a damaged file is read as a ``ValueError`` naming it (``read_json`` /
+``readable``), not a decoder error that names no file.
 """
 
 from __future__ import annotations
