@@ -122,3 +122,18 @@ def test_damaged_stage_is_recomputed_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="files changed"):
         assert _stage(tmp_path, "sae", {"a": 1}, False, compute, load)[1] is False
     assert len(calls) == 3
+
+
+def test_reproduce_help_quotes_the_sizes_the_code_uses():
+    import argparse
+
+    from sae_atoms.experiments import reproduce
+
+    p = argparse.ArgumentParser()
+    reproduce.configure_parser(p)
+    helps = {a.dest: " ".join(a.help.split()) for a in p._actions if a.help}
+    s, q = reproduce.Settings(), reproduce.Settings(quick=True)
+    assert f"default {s.train_steps}; quick {q.train_steps}" in helps["steps"]
+    assert f"{s.capacity_steps} (quick {q.capacity_steps})" in helps["steps"]
+    assert f"default {s.n_cities}; quick {q.n_cities}" in helps["n_cities"]
+    assert f"{q.n_cities} cities" in helps["quick"] and "minutes" not in helps["quick"]
