@@ -39,7 +39,8 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     update_readme(readme, results)
     text = readme.read_text()
     assert "KL budget of 1.0 nats" in text
-    assert text.index("| atoms_transfer | 0.700 | 0.500 | 5.00 | 8 | 128 | 0, 1 |") < text.index("| diff_of_means | 0.600 |")
+    se = (0.7 * 0.3 / 128) ** 0.5  # the binomial standard error of 0.7 on 128 prompts
+    assert text.index(f"| atoms_transfer | 0.700 ± {se:.3f} | 0.500 | 5.00 | 8 | 128 | 0, 1 |") < text.index("| diff_of_means | 0.600 ±")
     bad = tmp_path / "bad.md"
     bad.write_text("no markers here")
     with pytest.raises(ValueError, match="results"):
