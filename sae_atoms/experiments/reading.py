@@ -73,7 +73,7 @@ def steering_reading(st: dict) -> list[str]:
     best = max(st, key=lambda m: st[m]["success_rate"])
     tied = [m for m in st if m != best and not compare_rates(st[best], st[m])["significant"]]
     out.append(f"Highest steering success at the matched KL budget: {best} ({rate_text(st[best])}, "
-               f"{st[best].get('n_targets')} targets, seeds {st[best].get('seeds')}); "
+               f"{st[best].get('n_targets')} targets, seeds {', '.join(str(x) for x in st[best].get('seeds', []))}); "
                + (f"within noise of it: {', '.join(tied)}." if tied else "every other method is significantly below it."))
     return out
 
