@@ -108,11 +108,11 @@ def negative_r2_reading(results: dict) -> list[str]:
     cols = ("r2", "r2_heldout", "r2_aip", "r2_aip_heldout")
     found = [f"{unit} {k} {v:.2f}" for unit, r in (results.get("units") or {}).items() for k in cols
              if isinstance(v := r.get(k), (int, float)) and v < 0]
-    found += [f"{r['unit']} at L0 {r['target_l0']:g} {k} {v:.2f}" for r in results.get("frontier") or []
-              if r.get("target_l0") is not None for k in cols if isinstance(v := r.get(k), (int, float)) and v < 0]
-    if not found:
+    n_front = sum(isinstance(v := r.get(k), (int, float)) and v < 0 for r in results.get("frontier") or [] for k in cols)
+    if not found and not n_front:
         return []
-    return [f"Negative R² ({'; '.join(found)}): R² = 1 − ‖x − x̂‖² / ‖x − mean x‖², so below 0 the reconstruction is "
+    where = "; ".join(found) + (f"{'; and ' if found else ''}{n_front} cells of the frontier table" if n_front else "")
+    return [f"Negative R² ({where}): R² = 1 − ‖x − x̂‖² / ‖x − mean x‖², so below 0 the reconstruction is "
             "further from the activations than their mean is; such a unit set does not reconstruct those activations "
             "(too few training steps, or features fitted to the train entities that do not carry over)."]
 
