@@ -12,7 +12,7 @@ Geometry. "AIP" numbers use the atomic inner product ``<u, v>_S = u^T S v`` with
 ``S = W^T W`` (``sae_atoms.aip.AIPMetric``); they equal the Euclidean numbers of whitened
 vectors ``u W^T`` (Atom Theory, section "atomic inner product"). "raw" numbers are Euclidean.
 
-Definitions (``../shared/ATOM_THEORY.md``; sources per function):
+Definitions (Atom Theory, arXiv 2509.20784; sources per function):
 
 * faithfulness ``R^2 = 1 - sum_i ||m_i - m^_i||^2 / sum_i ||m_i - mean(m)||^2`` (pooled over
   dimensions; ``||.||_S`` for the AIP version);
@@ -470,7 +470,7 @@ def q_star_a(coh: Coherence, l0_per_sample: Tensor, grid: int = Q_GRID) -> float
 
     ``mu_q`` = q-quantile of pairwise ``|cos|`` over unit pairs (from ``coh``), ``K_q`` =
     q-quantile of per-sample L0. Both grow with q, so the condition holds on ``[0, q*]``;
-    searched on ``q = 0, 1/(grid-1), ..., 1`` (resolution 1e-4). Source: ATOM_THEORY.md, reading (a).
+    searched on ``q = 0, 1/(grid-1), ..., 1`` (resolution 1e-4). Source: the stability q* of Atom Theory (arXiv 2509.20784), read as quantiles (reading (a)).
     """
     if l0_per_sample.numel() == 0:
         raise ValueError("q* needs at least one sample")
@@ -512,7 +512,7 @@ def q_star_b(codes: Tensor, directions_unit: Tensor, device: Any = None) -> tupl
     """q* reading (b): the fraction of samples with ``mu_i < 1/(2 K_i - 1)``.
 
     ``mu_i`` from :func:`per_sample_coherence`, ``K_i = ||delta_i||_0``. Returns
-    ``(q*, mu_i)``. Source: ATOM_THEORY.md, reading (b).
+    ``(q*, mu_i)``. Source: the stability q* of Atom Theory (arXiv 2509.20784), read per sample (reading (b)).
     """
     mu_i = per_sample_coherence(codes, directions_unit, device)
     k = l0(codes)

@@ -79,3 +79,17 @@ def test_theorem_construction_codes_every_sample_by_its_own_atom_even_when_near_
     tied = get_sae_training_class("tsae_aip")[0](cfg).set_metric(AIPMetric.fit(x, kind="centered"))
     frontier.theorem_init(tied, x, margin=-1e9)  # no repair (every threshold kept): sample 0 is lost
     assert int((to_inference(tied).encode(x[:1]) != 0).sum()) != 1
+
+
+def test_frontier_plot_labels_every_axis_and_keeps_coinciding_series_visible(tmp_path, monkeypatch):
+    figs = []
+    save = frontier.save_figure
+    monkeypatch.setattr(frontier, "save_figure", lambda fig, path: figs.append(fig) or save(fig, path))
+    # tsae and jumprelu at identical values: both must stay distinguishable
+    rows = [{"unit": u, "target_l0": t, "l0": t, "l0_val": t, "r2_heldout": 0.1 * t, "r2_aip_heldout": 0.01 * t,
+             "q_star_b": 0.0} for u in ("atoms", "tsae", "features_jumprelu") for t in (4.0, 8.0)]
+    assert frontier.plot_frontier(rows, tmp_path / "f.png").exists()
+    for ax in figs[0].axes:
+        assert ax.get_ylabel(), ax.get_title()
+        styles = {(ln.get_marker(), str(ln.get_linestyle()), ln.get_markersize()) for ln in ax.get_lines()}
+        assert len(styles) == 3, styles  # one distinct marker / line style / size per unit kind

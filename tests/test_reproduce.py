@@ -39,7 +39,8 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     update_readme(readme, results)
     text = readme.read_text()
     assert "KL budget of 1.0 nats" in text
-    assert text.index("| atoms_transfer | 0.700 | 0.500 | 5.00 | 8 | 128 | 0, 1 |") < text.index("| diff_of_means | 0.600 |")
+    se = (0.7 * 0.3 / 128) ** 0.5  # the binomial standard error of 0.7 on 128 prompts
+    assert text.index(f"| atoms_transfer | 0.700 ± {se:.3f} | 0.500 | 5.00 | 8 | 128 | 0, 1 |") < text.index("| diff_of_means | 0.600 ±")
     bad = tmp_path / "bad.md"
     bad.write_text("no markers here")
     with pytest.raises(ValueError, match="results"):
@@ -122,3 +123,18 @@ def test_damaged_stage_is_recomputed_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="files changed"):
         assert _stage(tmp_path, "sae", {"a": 1}, False, compute, load)[1] is False
     assert len(calls) == 3
+
+
+def test_reproduce_help_quotes_the_sizes_the_code_uses():
+    import argparse
+
+    from sae_atoms.experiments import reproduce
+
+    p = argparse.ArgumentParser()
+    reproduce.configure_parser(p)
+    helps = {a.dest: " ".join(a.help.split()) for a in p._actions if a.help}
+    s, q = reproduce.Settings(), reproduce.Settings(quick=True)
+    assert f"default {s.train_steps}; quick {q.train_steps}" in helps["steps"]
+    assert f"{s.capacity_steps} (quick {q.capacity_steps})" in helps["steps"]
+    assert f"default {s.n_cities}; quick {q.n_cities}" in helps["n_cities"]
+    assert f"{q.n_cities} cities" in helps["quick"] and "minutes" not in helps["quick"]

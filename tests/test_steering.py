@@ -612,3 +612,17 @@ def test_steer_config_rejects_bad_settings_by_name():
         steer_exp._resolve_config(None, "city_country", "country", False, {"swap_family": 2})
     cfg = steer_exp._resolve_config(None, "city_country", "country", True, {"n_eval": 5})
     assert cfg.n_eval == 5 and cfg.n_seeds == 1  # explicit settings win over quick
+
+
+def test_steering_plot_legend_sits_outside_the_axes(tmp_path, monkeypatch):
+    figs = []
+    save = steer_exp.save_figure
+    monkeypatch.setattr(steer_exp, "save_figure", lambda fig, path: figs.append(fig) or save(fig, path))
+    sweep = [{"kl_unrelated": k, "success_rate": k / 2} for k in (0.1, 0.5, 0.9)]
+    methods = {m: {"per_seed": {0: {"sweep": sweep}}, "kl_unrelated": 0.9, "success_rate": 0.45} for m in ("atoms", "diff_of_means")}
+    steer_exp._plot({"methods": methods, "config": {"kl_budget": 1.0, "relation": "r"}, "hook": "h"}, tmp_path / "s.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= frame.x1  # right of the plotting area: it covers no data

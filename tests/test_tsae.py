@@ -383,3 +383,15 @@ def test_load_without_sae_atoms_names_load_sae(tmp_path):
     assert res.returncode != 0
     assert "sae_atoms.load_sae" in (tmp_path / "inf" / "cfg.json").read_text()
     assert isinstance(sae_atoms.load_sae(tmp_path / "inf"), TSAEAIPSAE)
+
+
+def test_docs_of_the_saved_folder_and_the_module_match_behaviour():
+    from sae_atoms.saes import tsae_aip
+    from sae_atoms.saes.tsae import LOAD_HINT
+
+    # sae_atoms is not on PyPI: the hint written into every cfg.json says how it is installed
+    assert "pip install sae_atoms" not in LOAD_HINT and "repository" in LOAD_HINT
+    # the module docstring names the config's default metric kind as the default
+    default = TSAEAIPTrainingSAEConfig.__dataclass_fields__["aip_kind"].default
+    said = tsae_aip.__doc__.split("by default", 1)[1].split(")", 1)[0]
+    assert f'aip_kind="{default}"' in said, said

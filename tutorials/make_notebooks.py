@@ -8,10 +8,14 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).parent
 
 INSTALL = '''# Install (Colab or a fresh environment). Skipped when sae_atoms is already importable.
-# SAE_ATOMS_SOURCE may name a git URL or a local checkout of sae_atoms.
+# sae_atoms is not on PyPI: set SAE_ATOMS_SOURCE to a git URL ("git+https://...") or a local checkout of
+# its repository.
 import importlib.util, os, subprocess, sys
 if importlib.util.find_spec("sae_atoms") is None:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", os.environ.get("SAE_ATOMS_SOURCE", "sae-atoms")])'''
+    if not os.environ.get("SAE_ATOMS_SOURCE"):
+        raise RuntimeError("sae_atoms is not installed and not on PyPI: set SAE_ATOMS_SOURCE to a git URL or a local "
+                           "checkout of its repository (or run `pip install -e .` in a checkout), then rerun this cell.")
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", os.environ["SAE_ATOMS_SOURCE"]])'''
 
 SETTINGS = '''import os
 import torch
@@ -120,7 +124,14 @@ prompt = "The city of Tokyo is located in the country of"
 clean = model(prompt)
 logits, cache = model.run_with_cache_with_saes(prompt, saes=[loaded], use_error_term=True)
 print("unedited run with the error term equals the clean model:", torch.allclose(clean, logits, atol=1e-4))
-print("active atoms at the last token:", int((cache[HOOK + ".hook_sae_acts_post"][0, -1] > 0).sum()))'''),
+n_active = int((cache[HOOK + ".hook_sae_acts_post"][0, -1] > 0).sum())
+print(f"active atoms at the last token: {n_active} of {loaded.cfg.d_sae} ({n_active / loaded.cfg.d_sae:.1%})")'''),
+    new_markdown_cell("""How many atoms fire is the SAE's L0. This run trains with a fixed `l0_coefficient` (SAELens's
+setting, no L0 target) on a few thousand tokens, so nothing holds it to a chosen sparsity: a large
+fraction of active atoms means the penalty has not yet made it sparse, and its R^2 and q* below are
+those of a dense code. To compare units at a chosen sparsity, train with a target L0:
+`train_on_activations(x, cfg, target_l0=16)` (as `sae-atoms frontier` and `sae-atoms reproduce` do);
+the L0 column below is the mean over held-out activations."""),
     new_markdown_cell("Evaluate the atoms against neurons on subject-token activations of held-out entities: faithfulness R^2, L0, coherence mu in the AIP, and the two readings of the stability q*."),
     new_code_cell('''from sae_atoms.activations import extract
 from sae_atoms import evals
@@ -146,8 +157,9 @@ in the atoms' own units (`atom_amplitudes`, `atom_values`: a multiple of each at
 the target's subjects, capped in distribution), against the
 difference-of-means vector (the strong baseline). `sae-atoms steer` runs the full, measured
 experiment (8 targets, 2 seeds, success at matched KL on unrelated prompts, strengths chosen on a
-validation split). Honest label: in our default run the difference of means steers held-out
-prompts more often than atoms at the same KL budget (see the report's steering table).""", [
+validation split); its result on the default run is the README's steering table, with standard
+errors. One prompt, as here, illustrates the interventions; it cannot tell which method steers
+more often, so each result below is printed beside the clean rank, whichever way it moved.""", [
     new_code_cell('''from sae_atoms.models import load_model, last_token_logits, first_token_ids
 from sae_atoms.data import fact_prompts
 from sae_atoms.activations import extract
@@ -171,10 +183,15 @@ subject_pos = model.to_tokens(prompt).shape[1] - 1 - len(model.to_str_tokens(" i
 dom = steering.diff_of_means(train, "country", TARGET)
 target_tok = first_token_ids(model, [TARGET])[0]
 
+moved = {}  # intervention -> rank of the target with it (`clean`: the rank without)
+
 def report(name, hooks):
     logits = last_token_logits(model, [prompt], fwd_hooks=hooks)[0]
     rank = int((logits > logits[target_tok]).sum()) + 1
-    print(f"{name:>18}: top-1 {model.tokenizer.decode(logits.argmax())!r:>12}, rank of {TARGET!r}: {rank}")
+    versus = f" (clean {clean}: {'better' if rank < clean else 'worse' if rank > clean else 'unchanged'})" if hooks else ""
+    print(f"{name:>18}: top-1 {model.tokenizer.decode(logits.argmax())!r:>12}, rank of {TARGET!r}: {rank}{versus}")
+    if hooks:
+        moved[name] = rank
     return rank
 
 # selection by effect, on training prompts about cities in other countries (never the test prompt)
@@ -191,8 +208,11 @@ print("atoms by effect:", by_effect)
 # in-distribution ceiling (the 99th percentile of its non-zero codes); at the subject's last token only
 target_mean = codes[torch.tensor([y == TARGET for y in train.labels("country")])].mean(0).clamp(min=0)
 clean = report("clean", [])
-for name, chosen in (("atoms by activation", [a.atom for a in atoms]), ("atoms by effect", by_effect)):
-    values = steering.atom_values(target_mean, chosen, 12.0, ceiling)
+# atoms by activation: in units of their mean code on the target's subjects; atoms by effect were scored
+# for adding each at its typical amplitude (select_atoms_by_effect), so they are clamped in those units
+# (an atom that rarely fires on the target's subjects would otherwise be clamped near 0, i.e. ablated)
+for name, chosen, unit in (("atoms by activation", [a.atom for a in atoms], target_mean), ("atoms by effect", by_effect, typical)):
+    values = steering.atom_values(unit, chosen, 12.0, ceiling)
     report(name, steering.fwd_hooks(model, steering.clamp_atoms(sae, chosen, values, positions=subject_pos)))
 # transfer: ablate whichever country atoms are active at the subject (no source label needed) and put
 # their amplitude on the target's atoms (TransferAtoms; the pool is every country's top atoms)
@@ -208,9 +228,12 @@ report("atoms transfer, error term's country part removed",
        steering.fwd_hooks(model, steering.TransferAtoms(sae, pool, by_effect, values, ref_mass, ceiling,
                                                         positions=subject_pos, error=countries)))
 with_dom = report("diff of means", steering.fwd_hooks(model, steering.AddDirection(HOOK, dom, 3.0, positions=subject_pos)))
+print(f"moved {TARGET!r} up on this prompt: {[n for n, r in moved.items() if r < clean]}; "
+      f"did not: {[n for n, r in moved.items() if r >= clean]}")
 assert with_dom < clean  # the difference of means (the strong baseline) moves the target up
-# Whether atoms do as well depends on the SAE (its width, data and training): `sae-atoms steer`
-# measures it on many prompts, at matched side effect, with the strength chosen on a validation split.'''),
+# One prompt is an illustration, not a measurement: whether atoms steer as often depends on the SAE (its
+# width, data and training); `sae-atoms steer` measures it on many prompts, at matched side effect, with
+# the strength chosen on a validation split.'''),
     new_markdown_cell("Interventions are context managers too, and compose; they are removed on exit, even after an exception. Ablating the atoms of the subject's true country lowers the model's probability of it."),
     new_code_cell('''prompt2 = "The city of Shanghai is located in the country of"
 pos2 = model.to_tokens(prompt2).shape[1] - 1 - len(model.to_str_tokens(" is located in the country of", prepend_bos=False))

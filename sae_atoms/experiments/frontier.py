@@ -352,23 +352,34 @@ def reading(rows: Sequence[dict], paper: dict | None = None) -> list[str]:
     return out
 
 
+# one style per unit kind: hollow markers of decreasing size and distinct line styles, so series
+# that coincide (e.g. tsae and jumprelu at the same R^2) stay visible on top of each other
+_STYLES = [(m, ls) for m, ls in zip("osD^vP*X", ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 2)), "-", "--"))]
+
+
 def plot_frontier(rows: Sequence[dict], path: Path) -> Path:
     """Held-out raw R^2, held-out AIP R^2 and q* (b) against L0, one line per unit kind."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     units = [u for u in dict.fromkeys(r["unit"] for r in rows) if u != "neurons"]
-    for ax, key, title in zip(axes, ("r2_heldout", "r2_aip_heldout", "q_star_b"),
-                              ("held-out R² (raw)", "held-out R² (AIP)", "q* (b), in-sample")):
-        for u in units:
-            pts = sorted((matched_l0(r), r[key]) for r in rows if r["unit"] == u and r[key] is not None)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=u)
+    panels = (("r2_heldout", "held-out R² (raw)", "R² on held-out entities (raw)"),
+              ("r2_aip_heldout", "held-out R² (AIP)", "R² on held-out entities (AIP)"),
+              ("q_star_b", "q* (b), in-sample", "stability q* (reading b)"))
+    for ax, (key, title, ylabel) in zip(axes, panels):
+        for i, u in enumerate(units):
+            marker, ls = _STYLES[i % len(_STYLES)]
+            pts = sorted((matched_l0(r), r[key]) for r in rows if r["unit"] == u and r.get(key) is not None)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls=ls, ms=max(11 - 1.5 * i, 4),
+                    mfc="none", mew=1.5, label=u)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("L0 (matched, validation entities)")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(units), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save_figure(fig, path)
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from sae_atoms.experiments.reading import reading, success_se
+
 
 def fmt(v: Any, digits: int = 3) -> str:
     """Numbers to short strings (None -> "–")."""
@@ -119,21 +121,40 @@ UNIT_LABELS = {"neurons": "neurons", "features_standard": "features (standard SA
 PAPER_ROW = {"neurons": "neurons", "features_standard": "features", "features_jumprelu": "features", "atoms": "atoms"}
 
 
-def headline_table(results: dict) -> str:
-    """The units side by side (Markdown), beside the paper's R^2 and q*."""
-    rows = ["| units | R² | R² held-out | L0 | μ (AIP) | q* (a) | q* (b) | monosemanticity | paper R² | paper q* |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+def units_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """The units side by side, beside the paper's R^2 and q*: ``(header, rows)`` of formatted cells."""
+    header = ["units", "R²", "R² held-out", "L0", "μ (AIP)", "q* (a)", "q* (b)", "monosemanticity", "paper R²", "paper q*"]
+    rows = []
     for unit, r in results["units"].items():
         paper = results.get("paper", {}).get(PAPER_ROW.get(unit, unit), {})
-        rows.append("| " + " | ".join([UNIT_LABELS.get(unit, unit), fmt(r["r2"]), fmt(r["r2_heldout"]), fmt(r["l0"], 1),
-                                       fmt(r["mu"]), fmt(r["q_star_a"]), fmt(r["q_star_b"]), fmt(r["monosemanticity"]),
-                                       fmt(paper.get("r2")), fmt(paper.get("q_star"))]) + " |")
+        rows.append([UNIT_LABELS.get(unit, unit), fmt(r["r2"]), fmt(r["r2_heldout"]), fmt(r["l0"], 1), fmt(r["mu"]),
+                     fmt(r["q_star_a"]), fmt(r["q_star_b"]), fmt(r["monosemanticity"]), fmt(paper.get("r2")),
+                     fmt(paper.get("q_star"))])
+    return header, rows
+
+
+def units_note(results: dict) -> str:
+    """What the SAE rows of ``units_table`` are ("" without a matched L0)."""
+    if results.get("units_l0") is None:
+        return ""
+    targets = [r["target_l0"] for r in results.get("frontier") or [] if r.get("target_l0") is not None]
+    span = f" (L0 {min(targets):g}–{max(targets):g})" if targets else ""
+    return (f"SAE units at matched L0 = {results['units_l0']:g} (the frontier's SAEs, L0 matched on validation "
+            "entities left out of training; the L0 column is in-sample), measured in the robust AIP of the "
+            f"train entities. Full frontier{span} and the paper's regime: report.md.")
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *["| " + " | ".join(r) + " |" for r in rows]]
+
+
+def headline_table(results: dict) -> str:
+    """The units side by side (Markdown), beside the paper's R^2 and q*, then the steering table."""
+    rows = _markdown_table(*units_table(results))
     g = results["geometry"]
-    if results.get("units_l0") is not None:
-        rows.append("")
-        rows.append(f"SAE units at matched L0 = {results['units_l0']:g} (the frontier's SAEs, L0 matched on validation "
-                    "entities left out of training; the L0 column is in-sample), measured in the robust AIP of the "
-                    "train entities. Full frontier (L0 4–64) and the paper's regime: report.md.")
+    if units_note(results):
+        rows += ["", units_note(results)]
     rows += steering_table(results)
     rows.append("")
     rows.append(f"Model `{results['model']}`, hook `{results['hook_name']}`, {results['n_train']} train / "
@@ -151,13 +172,12 @@ def steering_table(results: dict) -> list[str]:
     budget = (results.get("steering_details") or {}).get("config", {}).get("kl_budget")
     rows = ["", f"Steering held-out cities to a target country (success = the target is the top-1 next token; each "
                 f"method's strength chosen on validation prompts within a KL budget of {fmt(budget, 1)} nats on unrelated "
-                "prompts; test KL below):", "",
-            "| method | success | KL unrelated | log-prob gain | targets | prompts | seeds |", "|---|---|---|---|---|---|---|"]
-    for m, v in sorted(st.items(), key=lambda kv: -kv[1]["success_rate"]):
-        rows.append("| " + " | ".join([m, fmt(v["success_rate"]), fmt(v["kl_unrelated"]), fmt(v.get("logprob_gain"), 2),
-                                       str(v.get("n_targets")), str(v.get("n_prompts")),
-                                       ", ".join(str(sd) for sd in v.get("seeds", []))]) + " |")
-    return rows
+                "prompts; test KL below; ± the binomial standard error from the prompt count: two rates closer than "
+                "about twice their combined SE are not told apart by these prompts):", ""]
+    cells = [[m, f"{fmt(v['success_rate'])} ± {fmt(success_se(v['success_rate'], v['n_prompts']))}", fmt(v["kl_unrelated"]),
+              fmt(v.get("logprob_gain"), 2), str(v.get("n_targets")), str(v.get("n_prompts")),
+              ", ".join(str(sd) for sd in v.get("seeds", []))] for m, v in sorted(st.items(), key=lambda kv: -kv[1]["success_rate"])]
+    return rows + _markdown_table(["method", "success ± SE", "KL unrelated", "log-prob gain", "targets", "prompts", "seeds"], cells)
 
 
 def update_readme(readme: str | Path, results: dict) -> None:
@@ -202,67 +222,10 @@ def _plot_q_star(results: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def reading(results: dict) -> list[str]:
-    """A short reading of what reproduced and what did not, computed from the numbers."""
-    out = []
-    g = results["geometry"]
-    layers = g.get("by_layer", {})
-    if layers:
-        ins = [abs(v["aip"]["mean"] - 90) <= 1 for v in layers.values()]
-        ho = [abs(v["aip_heldout"]["mean"] - 90) <= 1 for v in layers.values() if "aip_heldout" in v]
-        eu = [v["euclid"]["mean"] for v in layers.values()]
-        out.append(f"Representation shift: Euclidean centroids lie at {min(eu):.1f}–{max(eu):.1f}° across "
-                   f"{len(layers)} layers; under the AIP the centroid is within 90 ± 1° at {sum(ins)}/{len(ins)} layers "
-                   f"in-sample and {sum(ho)}/{len(ho)} held-out "
-                   + ("(reproduced)." if all(ins) and all(ho) else "(not everywhere: see the table)."))
-    u = results["units"]
-    if all(k in u for k in ("neurons", "features_jumprelu", "atoms")):
-        qa = {k: u[k]["q_star_a"] for k in u}
-        qb = {k: u[k]["q_star_b"] for k in u}
-        feat = max(qb.get("features_standard", 0), qb["features_jumprelu"])
-        order_b = qb["neurons"] < feat < qb["atoms"]
-        out.append(f"Stability ordering neurons < features < atoms (q* reading b: {qb['neurons']:.3f} / {feat:.3f} / "
-                   f"{qb['atoms']:.3f}): {'reproduced' if order_b else 'not reproduced'}. Reading (a): "
-                   f"{qa['neurons']:.3f} / {max(qa.get('features_standard', 0), qa['features_jumprelu']):.3f} / {qa['atoms']:.3f}.")
-        a = u["atoms"]
-        if a["r2"] < 0.99:
-            verdict = ("Not near-perfect here: the paper's figures come from data sets where the width is close to "
-                       "the number of activations; see the capacity sweep.")
-        elif a["r2_heldout"] < 0.9:
-            verdict = ("Near-perfect in-sample, as the paper reports, but not on held-out entities: the code fits the "
-                       "training activations rather than generalising (width vs data size; see the capacity sweep).")
-        else:
-            verdict = "Near-perfect, in-sample and held-out."
-        out.append(f"Atoms' faithfulness: R² {a['r2']:.3f} in-sample and {a['r2_heldout']:.3f} on held-out entities "
-                   f"(paper: 0.999 in-sample). {verdict}")
-    if results.get("frontier"):
-        from sae_atoms.experiments import frontier
-
-        out.extend(frontier.reading(results["frontier"], results.get("paper_regime")))
-    cap = results.get("capacity") or []
-    if cap:
-        best = max(cap, key=lambda r: r["r2_heldout"])
-        out.append(f"Capacity: held-out R² ranges {min(r['r2_heldout'] for r in cap):.3f}–{best['r2_heldout']:.3f} over "
-                   f"widths {sorted({r['expansion'] for r in cap})}x (best at {best['expansion']}x).")
-    st = results.get("steering") or {}
-    if "atoms" in st and "diff_of_means" in st:
-        best_atoms = max((m for m in st if m.startswith("atoms")), key=lambda m: st[m]["success_rate"])
-        a, d = st[best_atoms], st["diff_of_means"]
-        verdict = ("atoms steer better than" if a["success_rate"] > d["success_rate"] else
-                   "atoms do not beat" if a["success_rate"] < d["success_rate"] else "atoms tie with")
-        out.append(f"Steering (matched side effect): success {a['success_rate']:.2f} for the best atoms method "
-                   f"({best_atoms}) vs {d['success_rate']:.2f} "
-                   f"for the difference of means (KL on unrelated prompts {a['kl_unrelated']:.3f} vs "
-                   f"{d['kl_unrelated']:.3f}): {verdict} the difference-of-means baseline.")
-        feats = [m for m in st if m.startswith("features")]
-        if feats:
-            f = max(feats, key=lambda m: st[m]["success_rate"])
-            out.append(f"Against SAE features: {best_atoms} {a['success_rate']:.2f} vs the best features method {f} "
-                       f"{st[f]['success_rate']:.2f} (KL {st[f]['kl_unrelated']:.3f}).")
-        best = max(st, key=lambda m: st[m]["success_rate"])
-        out.append(f"Best steering method at the matched KL budget: {best} (success {st[best]['success_rate']:.2f}, "
-                   f"{st[best].get('n_targets')} targets, {st[best].get('n_prompts')} held-out prompts, seeds {st[best].get('seeds')}).")
-    return out
+def _settings_text(d: dict) -> str:
+    """`` (kind centered, shrinkage 0.01)`` from a settings dict ("" when empty)."""
+    parts = [f"{k.replace('_', ' ')} {fmt(v)}" for k, v in d.items()]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> None:
@@ -278,8 +241,8 @@ def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> No
         f"of {st.get('batch_size')}; atoms = tsae_aip with partial whitening alpha = {st.get('atoms_alpha')}. Units are "
         f"trained on {st.get('n_train')} rows of train entities; L0 is matched on {st.get('l0_matched_on', 'training rows')}"
         f" ({st.get('n_val', 0)} rows, `l0_val`), `l0` is in-sample, `_heldout` = entities never trained on. All numbers "
-        f"in one reference metric: the robust AIP fitted on all train entities "
-        f"({results.get('metric', {}).get('reference', {})}).")
+        f"in one reference metric: the robust AIP fitted on all train entities"
+        + _settings_text(results.get("metric", {}).get("reference", {})) + ".")
     keys = list(frontier.ROW_KEYS[1:])
     r.table(["unit", *keys], [[x["unit"], *[x.get(k) for k in keys]] for x in rows])
     p = frontier.plot_frontier(rows, plots / "frontier.png")
@@ -327,13 +290,14 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
 
     _frontier_sections(r, results, plots, out)
     r.h("Neurons vs features vs atoms")
-    header, *rest = headline_table(results).split("\n")
-    r.blocks.append(("table", ([c.strip() for c in header.strip("|").split("|")],
-                               [[c.strip() for c in line.strip("|").split("|")] for line in rest[1:] if line.startswith("|")])))
-    r.p("R² is pooled over dimensions, in-sample (train entities) and held-out; L0 is the mean number of active "
+    r.table(*units_table(results))
+    if units_note(results):
+        r.p(units_note(results))
+    r.p("R² is pooled over dimensions, in-sample (train entities) and held-out (1 − residual / total variance: "
+        "below 0 the reconstruction is further from the activations than their mean); L0 is the mean number of active "
         "units; μ the maximum |cos| between unit directions in the AIP; q* (a) the quantile reading and q* (b) "
-        "the per-sample reading of the uniqueness bound μ < 1/(2K−1) (ATOM_THEORY.md); monosemanticity the mean "
-        "label purity of live units' top-activating samples over the ground-truth attributes.")
+        "the per-sample reading of the uniqueness bound μ < 1/(2K−1) (Atom Theory, arXiv 2509.20784); "
+        "monosemanticity the mean label purity of live units' top-activating samples over the ground-truth attributes.")
     r.img(str(_plot_q_star(results, plots / "q_star.png").relative_to(out)), "q* by unit kind")
 
     cap = results.get("capacity") or []
@@ -355,11 +319,12 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
         det = results.get("steering_details", {})
         r.p("Held-out entities (subjects never used for selection or means), strength per method chosen on validation "
             f"prompts under the same KL budget ({det.get('config', {}).get('kl_budget')} nats on unrelated prompts); "
-            "SAEs are the headline SAEs at the matched L0; success = the target is the top-1 next token.")
-        r.table(["method", "selection", "strength (per seed)", "success rate", "log-prob gain", "KL unrelated",
+            "SAEs are the headline SAEs at the matched L0; success = the target is the top-1 next token; ± = the "
+            "binomial standard error from the prompt count (the Reading compares methods with it).")
+        r.table(["method", "selection", "strength (per seed)", "success rate ± SE", "log-prob gain", "KL unrelated",
                  "val KL within budget", "targets", "prompts", "seeds"],
                 [[m, "/".join(v["selection_per_seed"]) if "selection_per_seed" in v else v.get("selection", "-"), "/".join(f"{a:g}" for a in v.get("alpha_per_seed", [v.get("alpha", 0)])),
-                  v["success_rate"], v.get("logprob_gain"), v["kl_unrelated"], v.get("within_budget"), v.get("n_targets"),
+                  f"{fmt(v['success_rate'])} ± {fmt(success_se(v['success_rate'], v['n_prompts']))}", v.get("logprob_gain"), v["kl_unrelated"], v.get("within_budget"), v.get("n_targets"),
                   v.get("n_prompts"), v.get("seeds")] for m, v in st.items()])
         errs = {m: v["error_term"] for m, v in st.items() if v.get("error_term")}
         if errs:

@@ -46,12 +46,17 @@ from sae_atoms.experiments.report import headline_table, update_readme, write_re
 from sae_atoms.io import write_json
 from sae_atoms.models import fact_accuracy, load_model, resolve_device
 
-# Paper's numbers (Atom Theory, arXiv 2509.20784; ../shared/ATOM_THEORY.md), for the report only.
+# Paper's numbers (Atom Theory, arXiv 2509.20784), for the report only.
 PAPER = {
     "neurons": {"r2": 1.000, "q_star": 0.005},
     "features": {"r2": 0.488, "q_star": 0.682},
     "atoms": {"r2": 0.999, "q_star": 0.998},
 }
+# sizes of a full run and of ``--quick`` (Settings fills its None fields from these; the CLI help quotes them)
+N_CITIES, QUICK_N_CITIES = 1500, 300
+QUICK_STEPS = 150                            # per frontier SAE (full: frontier.DEFAULT_STEPS)
+CAPACITY_STEPS, QUICK_CAPACITY_STEPS = 200, 75
+QUICK_TARGETS = (8.0, 16.0)                  # L0 targets (full: frontier.DEFAULT_TARGETS)
 UNITS = ("neurons", "features_standard", "features_jumprelu", "atoms")
 SAE_KINDS = {"features_standard": "standard", "features_jumprelu": "jumprelu", "atoms": "tsae_aip"}
 
@@ -84,16 +89,16 @@ class Settings:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.n_cities is None:
-            self.n_cities = 300 if self.quick else 1500
+            self.n_cities = QUICK_N_CITIES if self.quick else N_CITIES
         if self.relations is None:
             self.relations = ("city_country",) if self.quick else (
                 "city_country", "country_capital", "country_continent", "country_currency", "country_language")
         if self.train_steps is None:  # per frontier SAE (batch frontier.DEFAULT_BATCH_SIZE)
-            self.train_steps = 150 if self.quick else frontier.DEFAULT_STEPS
+            self.train_steps = QUICK_STEPS if self.quick else frontier.DEFAULT_STEPS
         if self.capacity_steps is None:
-            self.capacity_steps = 75 if self.quick else 200
+            self.capacity_steps = QUICK_CAPACITY_STEPS if self.quick else CAPACITY_STEPS
         if self.frontier_targets is None:
-            self.frontier_targets = (8.0, 16.0) if self.quick else tuple(float(t) for t in frontier.DEFAULT_TARGETS)
+            self.frontier_targets = QUICK_TARGETS if self.quick else tuple(float(t) for t in frontier.DEFAULT_TARGETS)
         if self.headline_l0 not in self.frontier_targets:
             raise ValueError(f"headline_l0={self.headline_l0} must be one of the frontier targets {self.frontier_targets}")
 
@@ -471,12 +476,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local HF folder or TransformerLens name")
     p.add_argument("--layer", type=int, default=None, help="layer of blocks.L.hook_resid_post (default: 2/5 of depth)")
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
-    p.add_argument("--quick", action="store_true", help="small sizes: a few minutes on 2 CPU cores")
+    p.add_argument("--quick", action="store_true", help=(
+        f"a smoke run, not results to quote: {QUICK_N_CITIES} cities, one relation, L0 targets "
+        f"{'/'.join(f'{t:g}' for t in QUICK_TARGETS)}, {QUICK_STEPS} steps per SAE, steering with "
+        f"{steering.QUICK['n_targets']} targets x {steering.QUICK['n_eval']} prompts and {steering.QUICK['n_seeds']} seed"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--force", action="store_true", help="recompute every stage (ignore the cache in --out)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-cities", type=int, default=None, help="cities for the fact prompts (default 1500; quick 300)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per frontier SAE (default 400; quick 150; the capacity sweep uses half)")
+    p.add_argument("--n-cities", type=int, default=None,
+                   help=f"cities for the fact prompts (default {N_CITIES}; quick {QUICK_N_CITIES})")
+    p.add_argument("--steps", type=int, default=None, help=(
+        f"training steps per frontier SAE (default {frontier.DEFAULT_STEPS}; quick {QUICK_STEPS}); the capacity sweep "
+        f"keeps its own {CAPACITY_STEPS} (quick {QUICK_CAPACITY_STEPS})"))
     p.add_argument("--no-steer", action="store_true", help="skip the steering stage")
     p.add_argument("--readme", type=Path, default=None,
                    help="also write the headline table into this README between the results markers")

@@ -858,7 +858,7 @@ def _plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     for m, r in res["methods"].items():
         pts = [p for sd in r["per_seed"].values() for p in sd["sweep"] if "success_rate" in p]
         line, = ax.plot([p["kl_unrelated"] for p in pts], [p["success_rate"] for p in pts], "o", ms=3, alpha=0.6)
@@ -869,7 +869,7 @@ def _plot(res: dict, path: Path) -> None:
     ax.set_xlabel("KL(clean || steered) on unrelated prompts (nats)")
     ax.set_ylabel("success rate (target is top-1)")
     ax.set_title(f"steering {res['config']['relation']} at {res['hook']}: validation (dots), test (stars)", fontsize=8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside: it never covers data
     fig.tight_layout()
     save_figure(fig, path)
 

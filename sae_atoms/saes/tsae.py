@@ -67,7 +67,8 @@ __all__ = [
 ]
 
 # written into every saved folder's cfg.json (SAELens ignores keys that are not config fields)
-LOAD_HINT = ("this SAE is a sae_atoms architecture: `pip install sae_atoms`, then `import sae_atoms; "
+LOAD_HINT = ("this SAE is a sae_atoms architecture: install sae_atoms from its repository (it is not on PyPI: "
+             "`pip install -e .` in a checkout, or `pip install git+<repository URL>`), then `import sae_atoms; "
              "sae_atoms.load_sae(path)` (or `import sae_atoms` before `SAE.load_from_disk(path)`)")
 
 _RAW_NORMALIZATIONS = ("none", "expected_average_only_in")

@@ -1,10 +1,11 @@
 """``tsae_aip``: the TSAE trained in the AIP geometry, reconstructing raw activations.
 
-The atomic inner product (``sae_atoms.aip``, Atom Theory arXiv 2509.20784) is the metric
-``S ~ (E[m m^T])^-1`` (uncentred, default) or the inverse covariance (centred), with the ZCA
-whitening ``W = S^{1/2}`` (``W^T W = S``) and mean ``mu`` (zero when uncentred). The SAE keeps
-``W``, ``W^-1`` and ``mu`` as buffers (``aip_W``, ``aip_W_inv``, ``aip_mean``) saved in its
-safetensors file.
+The atomic inner product (``sae_atoms.aip``, Atom Theory arXiv 2509.20784) is a metric ``S``:
+by default the robust centred one (the inverse covariance, shrunk, outlier rows left out:
+``aip_kind="centered"``, ``sae_atoms.aip.ROBUST``), or the paper's uncentred
+``S ~ (E[m m^T])^-1`` (``aip_kind="uncentered"``); with the ZCA whitening ``W = S^{1/2}``
+(``W^T W = S``) and mean ``mu`` (zero when uncentred). The SAE keeps ``W``, ``W^-1`` and ``mu``
+as buffers (``aip_W``, ``aip_W_inv``, ``aip_mean``) saved in its safetensors file.
 
 Training SAE (``TSAEAIPTrainingSAE``), parameters live in whitened space (rows as vectors):
 

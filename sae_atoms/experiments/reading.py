@@ -1,0 +1,156 @@
+"""The report's reading: what the main job's numbers support, in plain words, with their uncertainty.
+
+Every sentence is computed from ``results.json`` (``sae_atoms.experiments.reproduce``). A
+comparison of two success rates states its standard error and says "not significant" when the
+difference lies within ``Z`` standard errors. The standard errors come from the counts: a success
+rate ``p`` measured on ``n`` prompts has the binomial SE ``sqrt(p (1 - p) / n)``; the difference of
+two has ``sqrt(SE_a^2 + SE_b^2)`` (unpaired). The steering methods are measured on the same
+prompts, whose outcomes are positively correlated, so the unpaired SE over-states the noise of
+the difference: a difference it calls significant is one, and one it calls "not significant" may
+still be real but is not shown by these counts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+Z = 1.96  # two-sided 95 % under the normal approximation
+AT_90 = 1.0  # degrees: an angular centroid "at 90°" lies within 90 ± AT_90
+
+
+def success_se(rate: float, n: int) -> float:
+    """Binomial standard error ``sqrt(p (1 - p) / n)`` of a success rate measured on ``n`` prompts."""
+    if n <= 0:
+        raise ValueError(f"a success rate needs n >= 1 prompts, got n={n}")
+    return math.sqrt(max(rate * (1 - rate), 0.0) / n)
+
+
+def compare_rates(a: dict, b: dict) -> dict[str, Any]:
+    """``a`` minus ``b`` (dicts with ``success_rate`` and ``n_prompts``): the difference, its SE, z
+    and whether ``|z| > Z``. With both rates 0 or 1 (SE 0) a difference of 0 is not significant."""
+    diff = a["success_rate"] - b["success_rate"]
+    se = math.hypot(success_se(a["success_rate"], a["n_prompts"]), success_se(b["success_rate"], b["n_prompts"]))
+    z = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
+    return {"diff": diff, "se": se, "z": z, "significant": abs(z) > Z}
+
+
+def rate_text(m: dict) -> str:
+    """``0.667 ± 0.136 (8/12)``: a success rate, its SE and its counts."""
+    n = m["n_prompts"]
+    return f"{m['success_rate']:.3f} ± {success_se(m['success_rate'], n):.3f} ({round(m['success_rate'] * n)}/{n})"
+
+
+def difference_text(c: dict) -> str:
+    """``difference +0.083 ± 0.196: not significant`` (at ``Z`` SE)."""
+    return (f"difference {c['diff']:+.3f} ± {c['se']:.3f} (SE), "
+            + ("significant" if c["significant"] else "not significant") + f" at {Z:g} SE")
+
+
+def steering_reading(st: dict) -> list[str]:
+    """Best atoms method vs the difference of means, vs the best features method, and the overall best."""
+    atoms = [m for m in st if m.startswith("atoms")]
+    if not atoms or "diff_of_means" not in st:
+        return []
+    best_atoms = max(atoms, key=lambda m: st[m]["success_rate"])
+    a, d = st[best_atoms], st["diff_of_means"]
+    c = compare_rates(a, d)
+    if not c["significant"]:
+        verdict = "these counts do not tell atoms and the difference of means apart"
+    else:
+        verdict = "atoms steer more often than" if c["diff"] > 0 else "atoms steer less often than"
+        verdict += " the difference-of-means baseline"
+    picked = (f" (the best of {len(atoms)} atoms methods on these test prompts, which favours atoms)"
+              if len(atoms) > 1 else "")
+    out = [f"Steering (matched side effect): success {rate_text(a)} for {best_atoms}{picked} vs {rate_text(d)} for the "
+           f"difference of means (KL on unrelated prompts {a['kl_unrelated']:.3f} vs {d['kl_unrelated']:.3f}); "
+           f"{difference_text(c)}: {verdict}."]
+    feats = [m for m in st if m.startswith("features")]
+    if feats:
+        f = max(feats, key=lambda m: st[m]["success_rate"])
+        out.append(f"Against SAE features: {best_atoms} {rate_text(a)} vs the best features method {f} {rate_text(st[f])} "
+                   f"(KL {st[f]['kl_unrelated']:.3f}); {difference_text(compare_rates(a, st[f]))}.")
+    best = max(st, key=lambda m: st[m]["success_rate"])
+    tied = [m for m in st if m != best and not compare_rates(st[best], st[m])["significant"]]
+    out.append(f"Highest steering success at the matched KL budget: {best} ({rate_text(st[best])}, "
+               f"{st[best].get('n_targets')} targets, seeds {', '.join(str(x) for x in st[best].get('seeds', []))}); "
+               + (f"within noise of it: {', '.join(tied)}." if tied else "every other method is significantly below it."))
+    return out
+
+
+def geometry_reading(layers: dict) -> list[str]:
+    """The representation shift across layers: Euclid, and the AIP in-sample, held-out and on another family."""
+    if not layers:
+        return []
+
+    def at_90(view: str) -> tuple[int, int, list[float]]:
+        means = [v[view]["mean"] for v in layers.values() if view in v]
+        return sum(abs(m - 90) <= AT_90 for m in means), len(means), means
+
+    eu = [v["euclid"]["mean"] for v in layers.values()]
+    (ki, ni, _), (kh, nh, _), (ko, no, other) = at_90("aip"), at_90("aip_heldout"), at_90("aip_other_family")
+    same_family = ki == ni and kh == nh
+    text = (f"Representation shift: Euclidean centroids lie at {min(eu):.1f}–{max(eu):.1f}° across {len(layers)} "
+            f"layers; under the AIP fitted on the train entities the centroid is within 90 ± {AT_90:g}° at {ki}/{ni} "
+            f"layers in-sample and {kh}/{nh} on held-out entities")
+    if no:
+        text += (f", and at {ko}/{no} on another prompt family (reasoning prompts, {min(other):.1f}–{max(other):.1f}°)")
+    if same_family and (not no or ko == no):
+        return [text + ": reproduced."]
+    if same_family:
+        return [text + ": reproduced for the entities of the family the metric was fitted on, not for another family "
+                       "(the metric is specific to the prompts it was fitted on)."]
+    return [text + ": not reproduced at every layer (see the table)."]
+
+
+def negative_r2_reading(results: dict) -> list[str]:
+    """Name every R² below 0 (the units and the frontier) and say what it means."""
+    cols = ("r2", "r2_heldout", "r2_aip", "r2_aip_heldout")
+    found = [f"{unit} {k} {v:.2f}" for unit, r in (results.get("units") or {}).items() for k in cols
+             if isinstance(v := r.get(k), (int, float)) and v < 0]
+    n_front = sum(isinstance(v := r.get(k), (int, float)) and v < 0 for r in results.get("frontier") or [] for k in cols)
+    if not found and not n_front:
+        return []
+    where = "; ".join(found) + (f"{'; and ' if found else ''}{n_front} cells of the frontier table" if n_front else "")
+    return [f"Negative R² ({where}): R² = 1 − ‖x − x̂‖² / ‖x − mean x‖², so below 0 the reconstruction is "
+            "further from the activations than their mean is; such a unit set does not reconstruct those activations "
+            "(too few training steps, or features fitted to the train entities that do not carry over)."]
+
+
+def reading(results: dict) -> list[str]:
+    """A short reading of what reproduced and what did not, computed from the numbers."""
+    out = geometry_reading(results["geometry"].get("by_layer", {}))
+    u = results["units"]
+    if all(k in u for k in ("neurons", "features_jumprelu", "atoms")):
+        qa = {k: u[k]["q_star_a"] for k in u}
+        qb = {k: u[k]["q_star_b"] for k in u}
+        feat = max(qb.get("features_standard", 0), qb["features_jumprelu"])
+        order_b = qb["neurons"] < feat < qb["atoms"]
+        out.append(f"Stability ordering neurons < features < atoms (q* reading b: {qb['neurons']:.3f} / {feat:.3f} / "
+                   f"{qb['atoms']:.3f}): {'reproduced' if order_b else 'not reproduced'}. Reading (a): "
+                   f"{qa['neurons']:.3f} / {max(qa.get('features_standard', 0), qa['features_jumprelu']):.3f} / {qa['atoms']:.3f}.")
+        a = u["atoms"]
+        if a["r2"] < 0.99:
+            verdict = ("Not near-perfect here: the paper's figures come from data sets where the width is close to "
+                       "the number of activations; see the capacity sweep.")
+        elif a["r2_heldout"] < 0.9:
+            verdict = ("Near-perfect in-sample, as the paper reports, but not on held-out entities: the code fits the "
+                       "training activations rather than generalising (width vs data size; see the capacity sweep).")
+        else:
+            verdict = "Near-perfect, in-sample and held-out."
+        out.append(f"Atoms' faithfulness: R² {a['r2']:.3f} in-sample and {a['r2_heldout']:.3f} on held-out entities "
+                   f"(paper: 0.999 in-sample). {verdict}")
+    out += negative_r2_reading(results)
+    if results.get("frontier"):
+        from sae_atoms.experiments import frontier
+
+        out.extend(frontier.reading(results["frontier"], results.get("paper_regime")))
+    cap = results.get("capacity") or []
+    if cap:
+        best = max(cap, key=lambda r: r["r2_heldout"])
+        out.append(f"Capacity: held-out R² ranges {min(r['r2_heldout'] for r in cap):.3f}–{best['r2_heldout']:.3f} over "
+                   f"widths {sorted({r['expansion'] for r in cap})}x (best at {best['expansion']}x).")
+    out += steering_reading(results.get("steering") or {})
+    if results.get("quick"):
+        out.append("This is a `--quick` run (small sizes, one seed): a check that the job runs; its numbers are noisy.")
+    return out
