@@ -58,7 +58,7 @@ import torch
 
 from sae_atoms.aip import AIPMetric
 from sae_atoms.evals import as_units, encode_all, evaluate_units, l0, neurons
-from sae_atoms.io import save_figure, write_json
+from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, match_l0, train_on_activations, training_config
 
 UNITS = ("atoms", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
@@ -184,7 +184,8 @@ def run_frontier(train: Any, heldout: Any, hook: str, *, targets: Sequence[float
         row = evaluate_row(u, sae, t, fit, heldout, hook, ref, device, val) | {"seconds": round(time.time() - t0, 1)}
         rows.append(row)
         if save_dir is not None:
-            sae.save_model(str(Path(save_dir) / f"{u}_l0_{int(t)}"))
+            with atomic_dir(Path(save_dir) / f"{u}_l0_{int(t)}") as tmp:
+                sae.save_model(str(tmp))
     settings = {"targets": list(targets), "units": list(units), "expansion": expansion, "d_sae": int(round(expansion * x.shape[1])),
                 "steps": steps, "batch_size": batch_size, "seed": seed, "atoms_alpha": atoms_alpha, "n_train": int(x.shape[0]),
                 "n_val": 0 if x_val is None else int(x_val.shape[0]), "validation_frac": validation_frac,

@@ -43,7 +43,7 @@ from sae_atoms.data import fact_prompts, reasoning_prompts
 from sae_atoms.experiments import capacity, frontier, geometry, steering
 from sae_atoms.experiments.geometry import dedupe_subject_prefix
 from sae_atoms.experiments.report import headline_table, update_readme, write_report
-from sae_atoms.io import write_json
+from sae_atoms.io import atomic_dir, follow_umask, sha256_file, write_json
 from sae_atoms.models import fact_accuracy, load_model, resolve_device
 
 # Paper's numbers (Atom Theory, arXiv 2509.20784; ../shared/ATOM_THEORY.md), for the report only.
@@ -116,13 +116,11 @@ def _stage(out: Path, name: str, key: Any, force: bool, compute: Callable[[Path]
         cached = _load_verified(folder, k, load)
         if cached is not None:
             return cached[0], True
-    tmp = folder.parent / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    result = compute(tmp)
-    (tmp / "key.json").write_text(json.dumps({"key": k, "inputs": key, "files": _manifest(tmp)}, default=str, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    for stale in folder.parent.glob(f".{name}.*"):  # left by a killed run (--out is locked: no other writer)
+        shutil.rmtree(stale, ignore_errors=True)
+    with atomic_dir(folder) as tmp:
+        result = compute(tmp)
+        (tmp / "key.json").write_text(json.dumps({"key": k, "inputs": key, "files": _manifest(tmp)}, default=str, indent=1))
     return (load(folder) if result is None else result), False
 
 
@@ -131,7 +129,7 @@ def _manifest(folder: Path) -> dict[str, list]:
     out = {}
     for f in sorted(folder.rglob("*")):
         if f.is_file() and f.name != "key.json":
-            out[str(f.relative_to(folder))] = [f.stat().st_size, hashlib.sha256(f.read_bytes()).hexdigest()]
+            out[str(f.relative_to(folder))] = [f.stat().st_size, sha256_file(f)]
     return out
 
 
@@ -318,7 +316,7 @@ def _frontier(job: _Job, prog: _Progress) -> dict:
     (res, job.saes), reused = _stage(out, "frontier", key, s.force, compute, load)
     for unit in SAE_KINDS:  # the headline SAEs, in SAELens format beside the report
         src = out / "cache" / "frontier" / "saes" / f"{unit}_l0_{int(s.headline_l0)}"
-        shutil.copytree(src, out / "saes" / unit, dirs_exist_ok=True)
+        follow_umask(shutil.copytree(src, out / "saes" / unit, dirs_exist_ok=True))
     prog.done(reused)
     return res
 
