@@ -422,8 +422,13 @@ def _default_geometry_layers(n_layers: int, layer: int, quick: bool) -> list[int
 
 
 def _sae_key(sae: Any) -> str:
-    w = sae.W_dec.detach().float().cpu()
-    return _key([list(w.shape), float(w.sum()), float((w * w).sum())])
+    """sha256 of the SAE's tensors' exact bytes (with names, dtypes, shapes). A float sum of the
+    weights would depend on torch's thread count (the order of the reduction), not on the SAE."""
+    h = hashlib.sha256()
+    for name, t in sorted(sae.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def collect_results(s: Settings, model, hook, train, heldout, acc, geo, unit_res, cap, steer) -> dict:
