@@ -42,7 +42,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     An existing ``path`` is moved aside before the rename and deleted after it, so a kill at any
     point leaves the old folder or the new one (at worst beside a ``.NAME.old-*`` folder).
     """
-    path = Path(path)
+    path = Path(path).resolve()  # through a symlink: replace the folder it points at
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
@@ -58,6 +58,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale(path: str | os.PathLike) -> None:
+    """Remove the temporary folders a killed ``atomic_dir(path)`` left beside ``path``. Call it only
+    while holding ``output_lock(path)``: another writer's folders look the same."""
+    path = Path(path).resolve()
+    for stale in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def umask() -> int:

@@ -43,7 +43,7 @@ from sae_atoms.data import fact_prompts, reasoning_prompts
 from sae_atoms.experiments import capacity, frontier, geometry, steering
 from sae_atoms.experiments.geometry import dedupe_subject_prefix
 from sae_atoms.experiments.report import headline_table, update_readme, write_report
-from sae_atoms.io import atomic_dir, follow_umask, sha256_file, write_json
+from sae_atoms.io import atomic_dir, follow_umask, remove_stale, sha256_file, write_json
 from sae_atoms.models import fact_accuracy, load_model, resolve_device
 
 # Paper's numbers (Atom Theory, arXiv 2509.20784; ../shared/ATOM_THEORY.md), for the report only.
@@ -116,8 +116,7 @@ def _stage(out: Path, name: str, key: Any, force: bool, compute: Callable[[Path]
         cached = _load_verified(folder, k, load)
         if cached is not None:
             return cached[0], True
-    for stale in folder.parent.glob(f".{name}.*"):  # left by a killed run (--out is locked: no other writer)
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(folder)
     with atomic_dir(folder) as tmp:
         result = compute(tmp)
         (tmp / "key.json").write_text(json.dumps({"key": k, "inputs": key, "files": _manifest(tmp)}, default=str, indent=1))
@@ -309,13 +308,13 @@ def _frontier(job: _Job, prog: _Progress) -> dict:
     def load(folder: Path) -> tuple[dict, dict]:
         res = json.loads((folder / "result.json").read_text())
         # the headline SAEs; a missing or truncated one fails here and the stage is recomputed
-        saes = {unit: SAE.load_from_disk(str(folder / "saes" / f"{unit}_l0_{int(s.headline_l0)}"), device=str(device))
+        saes = {unit: SAE.load_from_disk(str(folder / "saes" / frontier.sae_name(unit, s.headline_l0)), device=str(device))
                 for unit in SAE_KINDS}
         return res, saes
 
     (res, job.saes), reused = _stage(out, "frontier", key, s.force, compute, load)
     for unit in SAE_KINDS:  # the headline SAEs, in SAELens format beside the report
-        src = out / "cache" / "frontier" / "saes" / f"{unit}_l0_{int(s.headline_l0)}"
+        src = out / "cache" / "frontier" / "saes" / frontier.sae_name(unit, s.headline_l0)
         follow_umask(shutil.copytree(src, out / "saes" / unit, dirs_exist_ok=True))
     prog.done(reused)
     return res
@@ -396,7 +395,7 @@ def _steering_sae(job: _Job, unit: str) -> Any:
     """The headline SAE of ``unit`` at ``headline_l0``: from ``job.saes``, else the frontier's saved one (topk)."""
     if unit in job.saes:
         return job.saes[unit]
-    folder = job.s.out / "cache" / "frontier" / "saes" / f"{unit}_l0_{int(job.s.headline_l0)}"
+    folder = job.s.out / "cache" / "frontier" / "saes" / frontier.sae_name(unit, job.s.headline_l0)
     return SAE.load_from_disk(str(folder), device=str(job.device)) if (folder / "cfg.json").exists() else None
 
 
