@@ -21,9 +21,6 @@ temporary folder and renamed into place.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from sae_atoms.io import check_output_dir, output_lock, read_json, readable
+from sae_atoms.io import atomic_dir, check_output_dir, output_lock, read_json, readable
 from sae_atoms.models import check_hook_name, hook_layer, pad_batch, pad_id, tokenize_prompts
 
 POSITIONS = ("subject_last", "last", "all")
@@ -95,18 +92,10 @@ class ActivationSet:
         """
         path = Path(path)
         check_output_dir(path, is_activation_set, overwrite)
-        with output_lock(path):
-            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-            try:
-                save_file({h: a.contiguous() for h, a in self.acts.items()}, str(tmp / "activations.safetensors"))
-                self.rows.save_to_disk(str(tmp / "rows"))
-                (tmp / "meta.json").write_text(json.dumps(self.meta | {"n": len(self), "hooks": self.hook_names}, indent=2))
-                if path.exists():
-                    shutil.rmtree(path)
-                os.replace(tmp, path)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+        with output_lock(path), atomic_dir(path) as tmp:
+            save_file({h: a.contiguous() for h, a in self.acts.items()}, str(tmp / "activations.safetensors"))
+            self.rows.save_to_disk(str(tmp / "rows"))
+            (tmp / "meta.json").write_text(json.dumps(self.meta | {"n": len(self), "hooks": self.hook_names}, indent=2))
         return path
 
     @classmethod

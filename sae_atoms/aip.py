@@ -58,7 +58,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +65,8 @@ from typing import Any, Iterable, Iterator, Literal
 
 import torch
 from torch import Tensor
+
+from sae_atoms.io import atomic_write, write_json
 
 Kind = Literal["uncentered", "centered"]
 KINDS: tuple[str, ...] = ("uncentered", "centered")
@@ -113,13 +114,6 @@ def _as_2d(x: Any, d: int | None = None, what: str = "x") -> Tensor:
         raise ValueError(f"{what} has last dimension {x.shape[-1]} but the metric is for d={d}; "
                          "use activations from the hook the metric was fitted on.")
     return x
-
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 # --------------------------------------------------------------------------- partial sums
@@ -535,17 +529,8 @@ class AIPMetric:
                    for k in ("eigvals", "eigvecs", "mean", "W", "W_inv", "S")}
         meta = {"format": "sae_atoms.aip", "version": _FORMAT_VERSION, "d": self.d, "ridge": self.ridge,
                 **self.provenance()}
-        for name, write in ((_FILE_TENSORS, lambda p: save_file(tensors, str(p))),
-                            (_FILE_JSON, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))):
-            fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                write(tmp)
-                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-                os.replace(tmp, path / name)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        atomic_write(path / _FILE_TENSORS, lambda p: save_file(tensors, str(p)))
+        write_json(meta, path / _FILE_JSON)
         return path
 
     @classmethod
@@ -599,11 +584,7 @@ class AIPMetric:
         jf = path / _FILE_JSON
         meta = json.loads(jf.read_text())
         meta["metadata"] = metadata
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{_FILE_JSON}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(meta, indent=2, default=str))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, jf)
+        write_json(meta, jf)
         return path
 
     @staticmethod

@@ -17,18 +17,17 @@ from the activations it is then tested on. This module gives the two halves of t
   so a row's activations do not depend on how rows were grouped. Positions holding BOS (row
   starts and document separators) are excluded by default and counted. The state (sums and rows
   done) is checkpointed with ``save_checkpoint`` and resumed with ``load_checkpoint``: the resumed
-  sums equal an uninterrupted run's.
+  sums equal an uninterrupted run's. A checkpoint is a safetensors file (tensors, and its counters as
+  json in the header): no pickle, so a planted file cannot run code.
 
 Memory is constant in the number of tokens: documents are read lazily, the sums are ``d x d``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor
 
 from sae_atoms.aip import AIPMoments
+from sae_atoms.io import atomic_write, sha256_file
 
 DEFAULT_CORPUS = "markov-draftjs"
 _PACKAGE_CORPORA = {"markov-draftjs": ("markov_draftjs", "markov_draftjs", "content.json")}
@@ -50,14 +50,6 @@ class Corpus:
     name: str
     documents: Callable[[], Iterator[str]]
     provenance: dict[str, Any] = field(default_factory=dict)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _package_corpus(name: str) -> Corpus:
@@ -78,7 +70,7 @@ def _package_corpus(name: str) -> Corpus:
                 yield text
 
     prov = {"corpus": name, "package": dist, "version": importlib.metadata.version(dist), "file": f"{module}/{fname}",
-            "sha256": _sha256(path), "description": "English prose from Markov chains over Project Gutenberg novels"}
+            "sha256": sha256_file(path), "description": "English prose from Markov chains over Project Gutenberg novels"}
     return Corpus(name, docs, prov)
 
 
@@ -95,7 +87,7 @@ def _text_file_corpus(path: Path) -> Corpus:
         if buf:
             yield "\n".join(buf)
 
-    return Corpus(str(path), docs, {"corpus": str(path), "file": str(path.resolve()), "sha256": _sha256(path)})
+    return Corpus(str(path), docs, {"corpus": str(path), "file": str(path.resolve()), "sha256": sha256_file(path)})
 
 
 def _datasets_corpus(spec: str, text_column: str = "text") -> Corpus:
@@ -111,7 +103,7 @@ def _datasets_corpus(spec: str, text_column: str = "text") -> Corpus:
         prov["file"] = str(path.resolve())
     elif fmt is not None and path.is_file():
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train", streaming=True)
-        prov.update(file=str(path.resolve()), sha256=_sha256(path))
+        prov.update(file=str(path.resolve()), sha256=sha256_file(path))
     else:
         ds = datasets.load_dataset(spec, split="train", streaming=True)  # the hub (needs network or its cache)
         prov["source"] = "datasets hub (streamed)"
@@ -300,35 +292,50 @@ class MomentStream:
                 "outlier_factor": self.outlier_factor, "bos_id": self.bos_id}
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Write the sums and counters to ``path`` (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"fingerprint": self.fingerprint(), "rows_done": self.rows_done, "n_positions": self.n_positions,
-                 "n_bos_excluded": self.n_bos_excluded,
-                 "moments": {h: {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in m.state_dict().items()}
-                             for h, m in self.moments.items()}}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        """Write the sums (tensors) and counters (json in the header) to the safetensors file ``path``
+        atomically. No pickle: loading a checkpoint runs no code, whoever wrote the file."""
+        from safetensors.torch import save_file
+
+        state = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint(), "rows_done": self.rows_done,
+                 "n_positions": self.n_positions, "n_bos_excluded": self.n_bos_excluded,
+                 "moments": {h: {"n": m.n, "n_excluded": m.n_excluded} for h, m in self.moments.items()}}
+        tensors = {f"{i}.{k}": getattr(m, k).detach().cpu().contiguous()
+                   for i, m in enumerate(self.moments.values()) for k in ("s1", "s2") if getattr(m, k) is not None}
+        return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"state": json.dumps(state)}))
 
     def load_checkpoint(self, path: str | os.PathLike) -> bool:
-        """Resume from ``path`` if it exists (False if not); raises if it was written by other settings."""
+        """Resume from ``path`` if it exists (False if not); raises if it was written by other settings
+        or is not a checkpoint ``save_checkpoint`` wrote."""
         path = Path(path)
         if not path.exists():
             return False
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state, tensors = _read_checkpoint(path)
         if state["fingerprint"] != self.fingerprint():
             diff = {k: (v, self.fingerprint().get(k)) for k, v in state["fingerprint"].items() if self.fingerprint().get(k) != v}
             raise ValueError(f"checkpoint {path} was written with other settings {diff} (saved, now); "
                              "delete it or rerun with the same settings.")
         self.rows_done, self.n_positions = int(state["rows_done"]), int(state["n_positions"])
         self.n_bos_excluded = int(state["n_bos_excluded"])
-        for h, sd in state["moments"].items():
+        for i, h in enumerate(self.hooks):
+            sd = dict(state["moments"][h]) | {k: tensors.get(f"{i}.{k}") for k in ("s1", "s2")}
             self.moments[h] = AIPMoments.from_state_dict(sd, device=self.device)
         return True
+
+
+CHECKPOINT_FORMAT = "sae_atoms.moment_stream/1"
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(state, tensors)`` of a checkpoint file; a clear error for anything else (no pickle is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state = json.loads((f.metadata() or {})["state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {state.get('format')!r}")
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"checkpoint {path} is not a fit-metric checkpoint this version wrote ({type(e).__name__}: "
+                         f"{str(e)[:120]}); delete it to start afresh (or rerun with --no-resume).") from None
+    return state, tensors

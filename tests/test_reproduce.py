@@ -138,3 +138,25 @@ def test_reproduce_help_quotes_the_sizes_the_code_uses():
     assert f"{s.capacity_steps} (quick {q.capacity_steps})" in helps["steps"]
     assert f"default {s.n_cities}; quick {q.n_cities}" in helps["n_cities"]
     assert f"{q.n_cities} cities" in helps["quick"] and "minutes" not in helps["quick"]
+
+
+def test_the_cache_key_of_an_sae_is_its_exact_bytes_whatever_the_thread_count():
+    import torch
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+
+    from sae_atoms.experiments.reproduce import _sae_key
+
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=576, d_sae=2304))
+    sae.W_dec.data = torch.randn(2304, 576) * torch.logspace(-3, 3, 576)  # sums that depend on the reduction order
+    threads = torch.get_num_threads()
+    try:
+        keys = []
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            keys.append(_sae_key(sae))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(set(keys)) == 1
+    sae.W_dec.data[7, 3] = torch.nextafter(sae.W_dec.data[7, 3], torch.tensor(float("inf")))  # one ulp of one element
+    assert _sae_key(sae) != keys[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +25,7 @@ import torch
 
 from sae_atoms.aip import PAPER, ROBUST, AIPMetric, AIPMoments
 from sae_atoms.corpus import DEFAULT_CORPUS, MomentStream, load_corpus
-from sae_atoms.io import write_json
+from sae_atoms.io import atomic_write, write_json
 
 MOMENTS_FILE = "aip_moments.pt"
 
@@ -66,8 +67,8 @@ def save_metrics(moments: dict[str, AIPMoments], out: Path, settings: dict[str, 
         meta = metadata | {"hook": h, "n_tokens_in_moments": m.n, "n_outliers_excluded": m.n_excluded}
         metric.save_with_metadata(out / h, **meta)
         if save_moments:
-            torch.save({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in m.state_dict().items()},
-                       out / h / MOMENTS_FILE)
+            state = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in m.state_dict().items()}
+            atomic_write(out / h / MOMENTS_FILE, lambda p: torch.save(state, p))
         written[h] = metric.provenance()
     return written
 
@@ -94,7 +95,7 @@ def run_fit_metric(model, hooks: Sequence[str], out: str | os.PathLike, n_tokens
     corp = load_corpus(corpus)
     stream = MomentStream(model, hooks, corp.documents, n_tokens, context_size=context_size, batch_size=batch_size,
                           rank=rank, world=world, exclude_bos=exclude_bos, outlier_factor=settings["outlier_factor"])
-    ckpt = out / ".fit_checkpoint" / f"rank{rank}-of-{world}.pt"
+    ckpt = checkpoint_path(out, rank, world)
     resumed = stream.load_checkpoint(ckpt) if resume else False
     done = stream.run(max_batches=max_batches, progress=progress and rank == 0, checkpoint=ckpt,
                       checkpoint_seconds=checkpoint_seconds)
@@ -126,6 +127,16 @@ def run_fit_metric(model, hooks: Sequence[str], out: str | os.PathLike, n_tokens
         if joined:
             dist.destroy_process_group()
     return summary
+
+
+def checkpoint_path(out: Path, rank: int, world: int) -> Path:
+    """Where rank ``rank`` of ``world`` checkpoints its sums (safetensors). A pickled ``.pt`` checkpoint
+    of an older version is never loaded (a planted pickle could run code): it is named in a warning."""
+    ckpt = out / ".fit_checkpoint" / f"rank{rank}-of-{world}.safetensors"
+    if ckpt.with_suffix(".pt").exists():
+        warnings.warn(f"{ckpt.with_suffix('.pt')} (an old pickled checkpoint) is not loaded: pickles can run code; "
+                      "the run starts afresh. Delete that file.", stacklevel=2)
+    return ckpt
 
 
 def parse_hooks(hooks: Sequence[str], n_layers: int) -> list[str]:

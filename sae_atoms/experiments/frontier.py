@@ -49,6 +49,7 @@ L0 beside them, trained.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -58,7 +59,7 @@ import torch
 
 from sae_atoms.aip import AIPMetric
 from sae_atoms.evals import as_units, encode_all, evaluate_units, l0, neurons
-from sae_atoms.io import save_figure, write_json
+from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, match_l0, train_on_activations, training_config
 
 UNITS = ("atoms", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
@@ -151,6 +152,33 @@ def validation_split(train: Any, frac: float = VALIDATION_FRAC, seed: int = 0) -
     return pick(~is_val), pick(is_val)
 
 
+def sae_name(unit: str, target: float) -> str:
+    """The folder of ``unit``'s SAE at L0 ``target``: ``atoms_l0_16``, ``atoms_l0_4.6``."""
+    return f"{unit}_l0_{float(target):g}"
+
+
+def check_targets(targets: Sequence[float]) -> None:
+    """L0 targets must be finite, positive and name distinct SAE folders (``sae_name``)."""
+    bad = [t for t in targets if not (math.isfinite(float(t)) and float(t) > 0)]
+    if bad or not len(targets):
+        raise ValueError(f"--targets must be finite L0 targets > 0; got {list(targets)}.")
+    names: dict[str, float] = {}
+    for t in targets:
+        if sae_name("u", t) in names:
+            raise ValueError(f"--targets {names[sae_name('u', t)]:g} and {t:g} would share the SAE folder "
+                             f"{sae_name('<unit>', t)}; give distinct targets.")
+        names[sae_name("u", t)] = t
+
+
+def is_frontier_output(path: str | Path) -> bool:
+    """True if ``path`` holds a frontier run (its results.json): a folder ``sae-atoms frontier`` replaces."""
+    try:
+        res = json.loads((Path(path) / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(res, dict) and {"rows", "metric", "settings"} <= set(res)
+
+
 def reference_metric(train: Any, hook: str) -> AIPMetric:
     """The metric every unit is measured in: the robust AIP (alpha = 1) of the train entities."""
     return AIPMetric.robust(_x(train, hook))
@@ -164,10 +192,11 @@ def run_frontier(train: Any, heldout: Any, hook: str, *, targets: Sequence[float
 
     Units are trained on the train entities less a ``validation_frac`` share (``validation_split``)
     and their L0 is matched on that share (None: trained on all train entities, matched in-sample).
-    With ``save_dir`` each SAE is saved (SAELens format) to ``save_dir/<unit>_l0_<T>``.
+    With ``save_dir`` each SAE is saved (SAELens format) to ``save_dir/<unit>_l0_<T>`` (``sae_name``).
     """
     from tqdm.auto import tqdm
 
+    check_targets(targets)
     bad = sorted(set(units) - set(UNITS))
     if bad:
         raise ValueError(f"unknown frontier units {bad}; choose from {UNITS}.")
@@ -184,7 +213,8 @@ def run_frontier(train: Any, heldout: Any, hook: str, *, targets: Sequence[float
         row = evaluate_row(u, sae, t, fit, heldout, hook, ref, device, val) | {"seconds": round(time.time() - t0, 1)}
         rows.append(row)
         if save_dir is not None:
-            sae.save_model(str(Path(save_dir) / f"{u}_l0_{int(t)}"))
+            with atomic_dir(Path(save_dir) / sae_name(u, t)) as tmp:
+                sae.save_model(str(tmp))
     settings = {"targets": list(targets), "units": list(units), "expansion": expansion, "d_sae": int(round(expansion * x.shape[1])),
                 "steps": steps, "batch_size": batch_size, "seed": seed, "atoms_alpha": atoms_alpha, "n_train": int(x.shape[0]),
                 "n_val": 0 if x_val is None else int(x_val.shape[0]), "validation_frac": validation_frac,
@@ -395,26 +425,36 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper-regime", action="store_true", help="also run the paper's regime (width = n_train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", required=True, help="output folder (results.json, frontier.png, saes/)")
+    p.add_argument("--out", required=True, help="output folder (results.json, frontier.png, saes/); a run replaces "
+                                                "a frontier run's folder whole, at its end")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it is a non-empty folder that is "
+                                                            "not a frontier run")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Writes the whole run into a temporary folder that replaces ``--out`` at the end: a killed run
+    leaves the previous run's results.json and SAEs together, never a mix of two runs."""
     from sae_atoms.activations import ActivationSet
+    from sae_atoms.io import check_output_dir, remove_stale
 
-    if any(t <= 0 for t in args.targets) or args.steps < 1 or args.expansion <= 0:
-        raise SystemExit("sae-atoms frontier: --targets, --steps and --expansion must be positive.")
+    check_targets(args.targets)
+    if args.steps < 1 or args.expansion <= 0:
+        raise SystemExit("--steps and --expansion must be positive.")
+    out = Path(args.out)
+    check_output_dir(out, is_frontier_output, args.overwrite)
     acts = ActivationSet.load(args.activations)
     hook = args.hook or acts.hook_names[0]
     train, held = acts.select(split="train"), acts.select(split="heldout")
     if len(train) == 0 or len(held) == 0:
-        raise SystemExit(f"sae-atoms frontier: {args.activations} needs both train and heldout rows.")
-    out = Path(args.out)
-    res = run_frontier(train, held, hook, targets=args.targets, units=args.units, expansion=args.expansion,
-                       steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device, atoms_alpha=args.atoms_alpha,
-                       save_dir=out / "saes")
-    if args.paper_regime:
-        res["paper_regime"] = paper_regime(train, held, hook, seed=args.seed, device=args.device)
-    write_json(res, out / "results.json")
-    plot_frontier(res["rows"], out / "frontier.png")
+        raise SystemExit(f"{args.activations} needs both train and heldout rows (a split column); extract it with sae-atoms extract.")
+    remove_stale(out)
+    with atomic_dir(out) as tmp:
+        res = run_frontier(train, held, hook, targets=args.targets, units=args.units, expansion=args.expansion,
+                           steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                           atoms_alpha=args.atoms_alpha, save_dir=tmp / "saes")
+        if args.paper_regime:
+            res["paper_regime"] = paper_regime(train, held, hook, seed=args.seed, device=args.device)
+        write_json(res, tmp / "results.json")
+        plot_frontier(res["rows"], tmp / "frontier.png")
     print(format_table(res["rows"]))
     return 0

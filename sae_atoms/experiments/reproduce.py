@@ -43,7 +43,7 @@ from sae_atoms.data import fact_prompts, reasoning_prompts
 from sae_atoms.experiments import capacity, frontier, geometry, steering
 from sae_atoms.experiments.geometry import dedupe_subject_prefix
 from sae_atoms.experiments.report import headline_table, update_readme, write_report
-from sae_atoms.io import write_json
+from sae_atoms.io import atomic_dir, follow_umask, remove_stale, sha256_file, write_json
 from sae_atoms.models import fact_accuracy, load_model, resolve_device
 
 # Paper's numbers (Atom Theory, arXiv 2509.20784), for the report only.
@@ -121,13 +121,10 @@ def _stage(out: Path, name: str, key: Any, force: bool, compute: Callable[[Path]
         cached = _load_verified(folder, k, load)
         if cached is not None:
             return cached[0], True
-    tmp = folder.parent / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    result = compute(tmp)
-    (tmp / "key.json").write_text(json.dumps({"key": k, "inputs": key, "files": _manifest(tmp)}, default=str, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    remove_stale(folder)
+    with atomic_dir(folder) as tmp:
+        result = compute(tmp)
+        (tmp / "key.json").write_text(json.dumps({"key": k, "inputs": key, "files": _manifest(tmp)}, default=str, indent=1))
     return (load(folder) if result is None else result), False
 
 
@@ -136,7 +133,7 @@ def _manifest(folder: Path) -> dict[str, list]:
     out = {}
     for f in sorted(folder.rglob("*")):
         if f.is_file() and f.name != "key.json":
-            out[str(f.relative_to(folder))] = [f.stat().st_size, hashlib.sha256(f.read_bytes()).hexdigest()]
+            out[str(f.relative_to(folder))] = [f.stat().st_size, sha256_file(f)]
     return out
 
 
@@ -316,14 +313,14 @@ def _frontier(job: _Job, prog: _Progress) -> dict:
     def load(folder: Path) -> tuple[dict, dict]:
         res = json.loads((folder / "result.json").read_text())
         # the headline SAEs; a missing or truncated one fails here and the stage is recomputed
-        saes = {unit: SAE.load_from_disk(str(folder / "saes" / f"{unit}_l0_{int(s.headline_l0)}"), device=str(device))
+        saes = {unit: SAE.load_from_disk(str(folder / "saes" / frontier.sae_name(unit, s.headline_l0)), device=str(device))
                 for unit in SAE_KINDS}
         return res, saes
 
     (res, job.saes), reused = _stage(out, "frontier", key, s.force, compute, load)
     for unit in SAE_KINDS:  # the headline SAEs, in SAELens format beside the report
-        src = out / "cache" / "frontier" / "saes" / f"{unit}_l0_{int(s.headline_l0)}"
-        shutil.copytree(src, out / "saes" / unit, dirs_exist_ok=True)
+        src = out / "cache" / "frontier" / "saes" / frontier.sae_name(unit, s.headline_l0)
+        follow_umask(shutil.copytree(src, out / "saes" / unit, dirs_exist_ok=True))
     prog.done(reused)
     return res
 
@@ -403,7 +400,7 @@ def _steering_sae(job: _Job, unit: str) -> Any:
     """The headline SAE of ``unit`` at ``headline_l0``: from ``job.saes``, else the frontier's saved one (topk)."""
     if unit in job.saes:
         return job.saes[unit]
-    folder = job.s.out / "cache" / "frontier" / "saes" / f"{unit}_l0_{int(job.s.headline_l0)}"
+    folder = job.s.out / "cache" / "frontier" / "saes" / frontier.sae_name(unit, job.s.headline_l0)
     return SAE.load_from_disk(str(folder), device=str(job.device)) if (folder / "cfg.json").exists() else None
 
 
@@ -429,8 +426,13 @@ def _default_geometry_layers(n_layers: int, layer: int, quick: bool) -> list[int
 
 
 def _sae_key(sae: Any) -> str:
-    w = sae.W_dec.detach().float().cpu()
-    return _key([list(w.shape), float(w.sum()), float((w * w).sum())])
+    """sha256 of the SAE's tensors' exact bytes (with names, dtypes, shapes). A float sum of the
+    weights would depend on torch's thread count (the order of the reduction), not on the SAE."""
+    h = hashlib.sha256()
+    for name, t in sorted(sae.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def collect_results(s: Settings, model, hook, train, heldout, acc, geo, unit_res, cap, steer) -> dict:

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sae_atoms.activations import ActivationSet, extract, subject_token_positions
 from sae_atoms.data import reasoning_prompts, split_of
-from sae_atoms.io import check_output_dir, output_lock, save_figure, write_json
+from sae_atoms.io import atomic_dir, check_output_dir, output_lock, save_figure, write_json
 from sae_atoms.models import check_hook_name, first_token_ids, pad_batch, pad_id, resolve_device
 from sae_atoms.steering import (
     AddDirection,
@@ -913,13 +910,8 @@ def load_or_train_saes(x_train: Tensor, hook: str, sae_dir: Path | None, out_dir
             cfg = _training_config(arch, x_train.shape[1], expansion * x_train.shape[1], hook)
             sae = train_on_activations(x_train, cfg, steps=steps, seed=seed, progress=progress, device=device)
             if out_dir is not None:
-                dest = out_dir / "saes" / name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}.tmp-"))
-                sae.save_model(str(tmp))
-                if dest.exists():
-                    shutil.rmtree(dest)
-                os.replace(tmp, dest)
+                with atomic_dir(out_dir / "saes" / name) as tmp:
+                    sae.save_model(str(tmp))
         saes[name] = sae.eval() if hasattr(sae, "eval") else sae
     extra = sae_dir / "features_topk" if sae_dir is not None else None
     if extra is not None and (extra / "cfg.json").exists():  # optional: compared when given, never trained here

@@ -54,6 +54,8 @@ from sae_lens.saes.jumprelu_sae import (
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from torch import nn
 
+from sae_atoms.io import follow_umask
+
 __all__ = [
     "TSAESAEConfig",
     "TSAESAE",
@@ -155,12 +157,12 @@ class LoadHintMixin:
     def save_model(self, path: str | Path) -> tuple[Path, Path]:
         out = super().save_model(path)  # type: ignore[misc]
         add_load_hint(path)
-        return out
+        return follow_umask(out[0]), out[1]  # safetensors writes 0600 files
 
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
         out = super().save_inference_model(path)  # type: ignore[misc]
         add_load_hint(path)
-        return out
+        return follow_umask(out[0]), out[1]
 
 
 # --------------------------------------------------------------------------- configs
