@@ -21,7 +21,9 @@ SAELens's ``jumprelu``:
 * tied initialisation ``W_enc = D^T`` (the encoder of the TSAE theorem, ``W_enc = D^T S`` with
   ``S = I`` here), unit-norm rows;
 * checks that stop training with a clear message: activation width vs ``d_in`` and
-  NaN/Inf in a batch (the step and the count), checkpoints of another architecture or width.
+  NaN/Inf in a batch (the step and the count), checkpoints of another architecture or width,
+  the config's finiteness and ranges (``check_training_config``, which ``sae_atoms.training``
+  also applies to SAELens's own architectures), the input width of ``encode``.
 
 Two architectures are registered on ``import sae_atoms`` (idempotently, by
 ``sae_atoms.saes.register``):
