@@ -18,7 +18,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 # subcommand -> (where it lives, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -56,8 +56,15 @@ def _load(target: str) -> Any:
     return getattr(mod, attr) if attr else mod
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``sae-atoms CMD: error: ...``, exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sae-atoms",
         description="Atoms of language models (Atom Theory, arXiv 2509.20784) with SAELens and TransformerLens.",
     )
@@ -80,15 +87,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     return parser, modules
 
 
-def positive_int(value: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return n
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low``."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return n
+
+    return parse
+
+
+positive_int = int_at_least(1)  # argparse type: an integer >= 1
 
 
 def _threads_arg(value: str) -> int:
@@ -114,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     parser, modules = build_parser()
-    args, extra = parser.parse_known_args()
+    try:
+        args, extra = parser.parse_known_args()
+    except SystemExit as e:  # --help (0) or a bad argument (2, its line printed): return the status like any error
+        return e.code if isinstance(e.code, int) else 0
     try:
         return _dispatch(parser, modules, args, extra)
     except SystemExit as e:

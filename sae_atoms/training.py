@@ -53,7 +53,7 @@ from sae_lens.saes.sae import SAE, TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_atoms.models import resolve_device
-from sae_atoms.saes.tsae import check_batch
+from sae_atoms.saes.tsae import check_batch, check_number, check_training_config, check_width
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
 __all__ = ["train_on_activations", "fit_sae", "training_config", "calibrate_thresholds", "match_l0", "input_scale",
@@ -103,14 +103,14 @@ class MetricFirstTrainer(SAETrainer):
         return super().step(batch)
 
 
-def _as_tensor(activations: Any) -> torch.Tensor:
+def _as_tensor(activations: Any, what: str = "activations", min_rows: int = 2) -> torch.Tensor:
     if hasattr(activations, "x") and callable(activations.x) and not isinstance(activations, torch.Tensor):
         activations = activations.x()
     x = torch.as_tensor(activations)
     if x.dim() != 2:
-        raise ValueError(f"activations must be a [n, d] tensor (or an ActivationSet with one hook); got shape {tuple(x.shape)}.")
-    if x.shape[0] < 2:
-        raise ValueError(f"need at least 2 activations to train on; got {x.shape[0]}.")
+        raise ValueError(f"{what} must be a [n, d] tensor (or an ActivationSet with one hook); got shape {tuple(x.shape)}.")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{what} needs at least {min_rows} rows; got {x.shape[0]}.")
     return x.float() if not x.is_floating_point() else x
 
 
@@ -144,22 +144,16 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
         The trained inference SAE (``SAE.load_from_disk`` would give the same; for ``tsae_aip``
         its weights are folded into raw space, ``W_dec`` rows are the atoms).
     """
-    if not isinstance(cfg, TrainingSAEConfig):
-        raise TypeError(f"cfg must be an SAELens TrainingSAEConfig (e.g. TSAEAIPTrainingSAEConfig); got {type(cfg).__name__}.")
     x = _as_tensor(activations)
-    check_batch(x, cfg.d_in, None, what="activation set")
-    if steps is not None and epochs is not None:
-        raise ValueError("give steps or epochs, not both.")
-    if batch_size < 1 or lr <= 0:
-        raise ValueError(f"batch_size={batch_size} must be >= 1 and lr={lr} > 0.")
+    steps = _check_training_args(cfg, x, steps, epochs, batch_size, lr, lr_warm_up_frac, lr_decay_frac, target_l0)
+    match_rows = None if match_on is None else _as_tensor(match_on, "match_on", min_rows=1)
+    if match_rows is not None:
+        if target_l0 is None:
+            raise ValueError("match_on sets the rows on which L0 is matched to target_l0; give target_l0 too.")
+        check_width(match_rows, cfg.d_in, "match_on set", "give rows of the hook the activations come from.")
+        check_batch(match_rows, cfg.d_in, None, what="match_on set")
     dev = resolve_device(device)
     bs = min(batch_size, x.shape[0])
-    if steps is None:
-        steps = DEFAULT_STEPS if epochs is None else max(1, math.ceil(epochs * x.shape[0] / bs))
-    if steps < 1:
-        raise ValueError(f"steps={steps} must be >= 1.")
-    if target_l0 is not None and not (math.isfinite(target_l0) and 0 < target_l0 <= cfg.d_sae):
-        raise ValueError(f"target_l0={target_l0} must be in (0, d_sae={cfg.d_sae}].")
     cfg = TrainingSAEConfig.from_dict({**cfg.to_dict(), "device": str(dev)})
     torch.manual_seed(seed)
     sae_cls = get_sae_training_class(cfg.architecture())[0]
@@ -178,9 +172,33 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
         return trained
     inference = to_inference(trained)
     if target_l0 is not None and (hasattr(inference, "threshold") or cfg.architecture() == "standard"):
-        rows = x if match_on is None else _as_tensor(match_on).to(dev, x.dtype)
+        rows = x if match_rows is None else match_rows.to(dev, x.dtype)
         match_l0(inference, rows, float(target_l0))
     return inference
+
+
+def _check_training_args(cfg: Any, x: torch.Tensor, steps: int | None, epochs: float | None, batch_size: int,
+                         lr: float, lr_warm_up_frac: float, lr_decay_frac: float, target_l0: float | None) -> int:
+    """Check ``train_on_activations``'s arguments before anything trains; returns the number of steps."""
+    if not isinstance(cfg, TrainingSAEConfig):
+        raise TypeError(f"cfg must be an SAELens TrainingSAEConfig (e.g. TSAEAIPTrainingSAEConfig); got {type(cfg).__name__}.")
+    check_training_config(cfg)
+    check_batch(x, cfg.d_in, None, what="activation set")
+    if steps is not None and epochs is not None:
+        raise ValueError("give steps or epochs, not both.")
+    check_number("batch_size", batch_size, 1, integer=True)
+    check_number("lr", lr, 0, open_low=True)
+    check_number("lr_warm_up_frac", lr_warm_up_frac, 0, 1)
+    check_number("lr_decay_frac", lr_decay_frac, 0, 1)
+    if target_l0 is not None:
+        check_number("target_l0", target_l0, 0, cfg.d_sae, open_low=True)
+    if epochs is not None:
+        check_number("epochs", epochs, 0, open_low=True)
+        return max(1, math.ceil(epochs * x.shape[0] / min(batch_size, x.shape[0])))
+    if steps is None:
+        return DEFAULT_STEPS
+    check_number("steps", steps, 1, integer=True)
+    return int(steps)
 
 
 def fit_sae(sae: TrainingSAE, x: torch.Tensor, *, steps: int, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -275,14 +293,17 @@ def _control_l1(sae: Any, target_l0: float, rate: float = 0.02) -> None:
 
 def training_config(architecture: str, d_in: int, d_sae: int, **overrides: Any) -> TrainingSAEConfig:
     """A SAELens training config of a registered ``architecture`` (``tsae`` / ``tsae_aip`` once
-    ``sae_atoms`` is imported); ``overrides`` that are None keep the config's defaults."""
+    ``sae_atoms`` is imported); ``overrides`` that are None keep the config's defaults. Every
+    architecture gets the finiteness and range checks of ``tsae`` (``check_training_config``)."""
     try:
         cfg_cls = get_sae_training_class(architecture)[1]
     except (KeyError, ValueError) as e:
         from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
         raise ValueError(f"unknown SAE architecture {architecture!r}; registered: {sorted(SAE_TRAINING_CLASS_REGISTRY)}") from e
-    return cfg_cls(d_in=d_in, d_sae=d_sae, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = cfg_cls(d_in=d_in, d_sae=d_sae, **{k: v for k, v in overrides.items() if v is not None})
+    check_training_config(cfg)
+    return cfg
 
 
 def _load_local_dataset(path: str):
@@ -351,6 +372,7 @@ def build_runner(cfg, model=None, dataset=None):
     from sae_atoms.models import load_model
 
     cfg.logger.log_to_wandb = False
+    check_training_config(cfg.sae)
     if model is None:
         model = load_model(cfg.model_name, device=cfg.llm_device or cfg.device)
     width = _hook_width(model, cfg.hook_name)

@@ -222,3 +222,34 @@ def test_bench_aip_stream_quick_reports_a_throughput_ratio():
     res = bench_aip_stream(quick=True)
     assert "aip_stream" in CASES and res["better"] == "higher" and res["target"] == 0.9
     assert 0 < res["ratio"] < 2 and res["tokens"] == 256
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--tokens", "-100"], "--tokens"),
+    (["--context-size", "0"], "--context-size"),
+    (["--context-size", "1"], "--context-size"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--alpha", "nan"], "alpha"),
+    (["--shrinkage", "lots"], "--shrinkage"),
+])
+def test_cli_bad_sizes_fail_in_one_line_before_the_model_loads(argv, needle, tmp_path, monkeypatch, capsys):
+    import sae_atoms.models
+    from sae_atoms.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(sae_atoms.models, "load_model", no_model)
+    args = {"--tokens": "1000", **dict(zip(argv[::2], argv[1::2]))}
+    rc = main(["fit-metric", "--hooks", "blocks.0.hook_resid_post", "--out", str(tmp_path / "o"),
+               *(a for kv in args.items() for a in kv)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert err.startswith("sae-atoms fit-metric: error:")
+
+
+def test_run_fit_metric_checks_sizes_before_streaming(tmp_path):
+    with pytest.raises(ValueError, match="n_tokens=-100 must be an integer >= 1"):
+        run_fit_metric(None, HOOKS, tmp_path / "o", -100)
+    with pytest.raises(ValueError, match="context_size=0 must be an integer >= 2"):
+        run_fit_metric(None, HOOKS, tmp_path / "o", 1000, context_size=0)

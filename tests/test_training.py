@@ -86,6 +86,56 @@ def test_train_on_activations_is_seeded_and_checks_input():
         train_on_activations(x, cfg, steps=2, epochs=1, progress=False)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("arch,overrides,kwargs,needle", [
+    ("standard", {"d_sae": 0}, {}, r"d_sae=0 must be an integer >= 1"),
+    ("standard", {"l1_coefficient": NAN}, {}, r"l1_coefficient=nan is not finite; give a finite number >= 0"),
+    ("standard", {"l1_coefficient": -0.1}, {}, r"l1_coefficient=-0.1 must be a finite number >= 0"),
+    ("jumprelu", {"jumprelu_bandwidth": 0.0}, {}, r"jumprelu_bandwidth=0.0 must be a finite number > 0"),
+    ("topk", {"k": 65}, {}, r"k=65 must be a finite number in \(0, 64\]"),
+    ("tsae_aip", {}, {"lr": INF}, r"lr=inf is not finite; give a finite number > 0"),
+    ("standard", {}, {"steps": None, "epochs": -1}, r"epochs=-1 must be a finite number > 0"),
+    ("standard", {}, {"steps": None, "epochs": NAN}, r"epochs=nan is not finite"),
+    ("jumprelu", {}, {"steps": 2.5}, r"steps=2.5 must be an integer >= 1"),
+    ("standard", {}, {"lr_decay_frac": NAN}, r"lr_decay_frac=nan is not finite; give a finite number in \[0, 1\]"),
+])
+def test_every_architecture_gets_finiteness_and_range_checks(arch, overrides, kwargs, needle, monkeypatch):
+    from sae_atoms import training
+    from sae_atoms.training import training_config
+
+    monkeypatch.setattr(training, "fit_sae", _must_not_train)
+    overrides = dict(overrides)
+    with pytest.raises(ValueError, match=needle):
+        cfg = training_config(arch, 32, overrides.pop("d_sae", 64), **overrides)
+        train_on_activations(torch.randn(64, 32), cfg, **{"steps": 1, **kwargs}, progress=False)
+
+
+def _must_not_train(*args, **kwargs):
+    raise AssertionError("training started although an argument was out of range")
+
+
+def test_saelens_config_built_by_hand_is_checked_at_train(monkeypatch):
+    from sae_atoms import training
+
+    monkeypatch.setattr(training, "fit_sae", _must_not_train)
+    cfg = StandardTrainingSAEConfig(d_in=32, d_sae=64, l1_coefficient=NAN)
+    with pytest.raises(ValueError, match="l1_coefficient=nan"):
+        train_on_activations(torch.randn(64, 32), cfg, steps=1, progress=False)
+
+
+def test_match_on_width_is_checked_before_training(monkeypatch):
+    from sae_atoms import training
+
+    monkeypatch.setattr(training, "fit_sae", _must_not_train)
+    cfg = JumpReLUTrainingSAEConfig(d_in=32, d_sae=64)
+    with pytest.raises(ValueError, match=r"match_on set has width 16 .* d_in=32"):
+        train_on_activations(torch.randn(64, 32), cfg, steps=1, progress=False, target_l0=4, match_on=torch.randn(10, 16))
+    with pytest.raises(ValueError, match="give target_l0"):
+        train_on_activations(torch.randn(64, 32), cfg, steps=1, progress=False, match_on=torch.randn(10, 32))
+
+
 def test_bench_case_quick_reports_ratio_and_metric_cost():
     res = bench_tsae_aip_step(quick=True)
     assert {"ratio", "target", "better", "metric_fit_s"} <= set(res)

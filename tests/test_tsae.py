@@ -337,11 +337,47 @@ def test_non_finite_hyperparameters_rejected(cfg_cls, field, value):
 
 
 def test_config_fields_honoured_or_rejected():
-    with pytest.raises(ValueError, match="decoder_init_norm"):
-        TSAETrainingSAEConfig(d_in=8, d_sae=16, decoder_init_norm=0.1)
+    with pytest.raises(ValueError, match="decoder_init_norm=0.5.*cannot be honoured"):
+        TSAETrainingSAEConfig(d_in=8, d_sae=16, decoder_init_norm=0.5)
     with pytest.raises(ValueError, match="covariance_whitening"):
         TSAETrainingSAEConfig(d_in=8, d_sae=16, normalize_activations="covariance_whitening")
     TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16, normalize_activations="expected_average_only_in")
+
+
+@pytest.mark.parametrize("cfg_cls", [TSAETrainingSAEConfig, TSAEAIPTrainingSAEConfig])
+def test_jumprelu_config_with_the_architecture_switched_constructs(cfg_cls):
+    import dataclasses
+    import warnings
+
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAEConfig
+
+    jr = JumpReLUTrainingSAEConfig(d_in=8, d_sae=16)
+    own = {f.name for f in dataclasses.fields(cfg_cls)}
+    fields = {f.name: getattr(jr, f.name) for f in dataclasses.fields(jr) if f.name in own}
+    assert fields["decoder_init_norm"] not in (None, 1.0)  # SAELens's default, refused before
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = cfg_cls(**fields)
+        cfg_cls.from_dict(cfg.to_dict())  # a copy (as train_on_activations makes) says nothing again
+    said = [w for w in caught if "decoder_init_norm" in str(w.message)]
+    assert len(said) == 1 and "moot" in str(said[0].message)
+    assert cfg.decoder_init_norm == 1.0
+    with pytest.raises(ValueError, match="decoder_init_norm=0.5"):
+        cfg_cls(**{**fields, "decoder_init_norm": 0.5})
+
+
+@pytest.mark.parametrize("cfg_cls", [TSAETrainingSAEConfig, TSAEAIPTrainingSAEConfig])
+def test_encode_of_the_wrong_width_is_a_clear_error(cfg_cls, tmp_path):
+    from sae_atoms.saes import load_sae
+    from sae_atoms.training import train_on_activations
+
+    training = train_on_activations(_skewed(256, 32), cfg_cls(d_in=32, d_sae=64), steps=2, progress=False,
+                                    return_training_sae=True)
+    to_inference(training).save_model(tmp_path / "sae")
+    for sae in (load_sae(tmp_path / "sae"), training):
+        for call in (sae.encode, sae):
+            with pytest.raises(ValueError, match=r"input has width 16 .* d_in=32; pass activations of"):
+                call(torch.randn(4, 16))
 
 
 def test_tsae_aip_trains_with_expected_average_norm_and_folds_to_raw_space():

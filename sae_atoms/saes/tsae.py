@@ -21,7 +21,9 @@ SAELens's ``jumprelu``:
 * tied initialisation ``W_enc = D^T`` (the encoder of the TSAE theorem, ``W_enc = D^T S`` with
   ``S = I`` here), unit-norm rows;
 * checks that stop training with a clear message: activation width vs ``d_in`` and
-  NaN/Inf in a batch (the step and the count), checkpoints of another architecture or width.
+  NaN/Inf in a batch (the step and the count), checkpoints of another architecture or width,
+  the config's finiteness and ranges (``check_training_config``, which ``sae_atoms.training``
+  also applies to SAELens's own architectures), the input width of ``encode``.
 
 Two architectures are registered on ``import sae_atoms`` (idempotently, by
 ``sae_atoms.saes.register``):
@@ -38,6 +40,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -51,7 +55,7 @@ from sae_lens.saes.jumprelu_sae import (
     JumpReLUTrainingSAE,
     JumpReLUTrainingSAEConfig,
 )
-from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from sae_lens.saes.sae import TrainingSAEConfig, TrainStepInput, TrainStepOutput
 from torch import nn
 
 from sae_atoms.io import follow_umask
@@ -65,6 +69,9 @@ __all__ = [
     "check_state_dict_shapes",
     "check_checkpoint_config",
     "check_finite_fields",
+    "check_number",
+    "check_training_config",
+    "check_width",
     "LOAD_HINT",
 ]
 
@@ -74,18 +81,24 @@ LOAD_HINT = ("this SAE is a sae_atoms architecture: install sae_atoms from its r
              "sae_atoms.load_sae(path)` (or `import sae_atoms` before `SAE.load_from_disk(path)`)")
 
 _RAW_NORMALIZATIONS = ("none", "expected_average_only_in")
+# the decoder_init_norm of SAELens's training configs (what a config made from a jumprelu one carries)
+_SAELENS_DECODER_INIT_NORM = next(f.default for f in fields(TrainingSAEConfig) if f.name == "decoder_init_norm")
 
 
 # --------------------------------------------------------------------------- shared checks
+def check_width(x: torch.Tensor, d_in: int, what: str = "input", hint: str = "") -> None:
+    """Raise a clear error if the last dimension of ``x`` is not ``d_in`` (shapes only: cheap on every call)."""
+    if x.shape[-1] != d_in:
+        raise ValueError(f"the {what} has width {x.shape[-1]} (shape {tuple(x.shape)}) but the SAE has d_in={d_in}; "
+                         + (hint or f"pass activations of the hook the SAE was trained on (width {d_in})."))
+
+
 def check_batch(x: torch.Tensor, d_in: int, step: int | None, what: str = "activation batch") -> None:
     """Raise a clear error if ``x`` is not ``[..., d_in]`` or holds NaN/Inf (the step and the count)."""
     where = f"training step {step}: " if step is not None else ""
-    if x.shape[-1] != d_in:
-        raise ValueError(
-            f"{where}the {what} has width {x.shape[-1]} (shape {tuple(x.shape)}) but the SAE config says "
-            f"d_in={d_in}. Set d_in to the width of the hook's activations ({x.shape[-1]}) or train on the hook "
-            "the config was made for."
-        )
+    check_width(x, d_in, f"{what} at training step {step}" if step is not None else what,
+                f"set d_in to the width of the hook's activations ({x.shape[-1]}) or train on the hook the config "
+                "was made for.")
     n_bad = int((~torch.isfinite(x)).sum())
     if n_bad:
         raise FloatingPointError(
@@ -141,6 +154,50 @@ def check_finite_fields(cfg: Any) -> None:
             raise ValueError(f"{f.name}={v} is not finite; give a finite number.")
 
 
+def check_number(name: str, value: Any, low: float, high: float = math.inf, *, open_low: bool = False,
+                 integer: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` and the allowed range unless ``value`` is a finite number
+    (an integer if ``integer``) in ``[low, high]`` (``(low, high]`` if ``open_low``)."""
+    bound = f"> {low:g}" if open_low else f">= {low:g}"
+    if high < math.inf:
+        bound = f"in {'(' if open_low else '['}{low:g}, {high:g}]"
+    kind = "an integer" if integer else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r} is not a number; give {kind} {bound}.")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} is not finite; give {kind} {bound}.")
+    if (integer and not float(value).is_integer()) or not (value > low if open_low else value >= low) or value > high:
+        raise ValueError(f"{name}={value!r} must be {kind} {bound}.")
+
+
+# training-config field -> (lowest value, lowest excluded, integer, at most d_sae); a None value is the field's "off".
+# The fields of every SAELens architecture (and ours) that a wrong sign or zero silently breaks (d_sae first:
+# the caps read it).
+_CONFIG_RANGES: dict[str, tuple[float, bool, bool, bool]] = {
+    "d_in": (1, False, True, False), "d_sae": (1, False, True, False),
+    "l1_coefficient": (0, False, False, False), "l0_coefficient": (0, False, False, False),
+    "aux_loss_coefficient": (0, False, False, False), "pre_act_loss_coefficient": (0, False, False, False),
+    "l1_warm_up_steps": (0, False, True, False), "l0_warm_up_steps": (0, False, True, False),
+    "lp_norm": (0, True, False, False), "decoder_init_norm": (0, True, False, False),
+    "jumprelu_init_threshold": (0, False, False, False), "jumprelu_bandwidth": (0, True, False, False),
+    "jumprelu_tanh_scale": (0, True, False, False), "topk_threshold_lr": (0, False, False, False),
+    "k": (0, True, False, True), "target_l0": (0, True, False, True),
+    "residual_threshold": (0, False, False, False), "max_iterations": (1, False, True, False),
+}
+
+
+def check_training_config(cfg: Any) -> None:
+    """The finiteness and range checks of every training config (SAELens's architectures and ours):
+    no NaN / inf, positive sizes, non-negative coefficients and warm-ups, positive widths and norms,
+    ``k`` / ``target_l0`` in ``(0, d_sae]``. One ``ValueError`` naming the field and its range."""
+    names = {f.name for f in fields(cfg)}
+    for name, (low, open_low, integer, capped) in _CONFIG_RANGES.items():
+        value = getattr(cfg, name, None) if name in names else None
+        if value is not None:
+            check_number(name, value, low, cfg.d_sae if capped else math.inf, open_low=open_low, integer=integer)
+    check_finite_fields(cfg)  # the fields without a range
+
+
 def add_load_hint(path: str | Path) -> None:
     """Add ``load_with`` (how to load this architecture) to the folder's ``cfg.json``."""
     from sae_atoms.io import write_json
@@ -163,6 +220,20 @@ class LoadHintMixin:
         out = super().save_inference_model(path)  # type: ignore[misc]
         add_load_hint(path)
         return follow_umask(out[0]), out[1]
+
+
+class InputWidthMixin:
+    """``encode`` / ``forward`` check the input's width first: a clear error instead of a matmul's."""
+
+    def process_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
+        check_width(sae_in, self.cfg.d_in, "input", _width_hint(self.cfg))  # type: ignore[attr-defined]
+        return super().process_sae_in(sae_in)  # type: ignore[misc]
+
+
+def _width_hint(cfg: Any) -> str:
+    hook = getattr(getattr(cfg, "metadata", None), "hook_name", None)
+    where = f"{hook!r}, the hook" if hook else "the hook"
+    return f"pass activations of {where} this SAE was trained on (width {cfg.d_in})."
 
 
 # --------------------------------------------------------------------------- configs
@@ -197,20 +268,10 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._validate()
+        self._unit_decoder_init()
 
     def _validate(self) -> None:
-        check_finite_fields(self)
-        if self.decoder_init_norm not in (None, 1.0):
-            raise ValueError(f"decoder_init_norm={self.decoder_init_norm}: the TSAE's atoms have unit norm by construction "
-                             "(the forward pass normalises the decoder rows); use 1.0 or None.")
-        if self.d_in <= 0 or self.d_sae <= 0:
-            raise ValueError(f"d_in={self.d_in} and d_sae={self.d_sae} must be positive.")
-        if self.jumprelu_bandwidth <= 0:
-            raise ValueError(f"jumprelu_bandwidth={self.jumprelu_bandwidth} must be > 0.")
-        if self.jumprelu_init_threshold < 0:
-            raise ValueError(f"jumprelu_init_threshold={self.jumprelu_init_threshold} must be >= 0.")
-        if self.l0_coefficient < 0:
-            raise ValueError(f"l0_coefficient={self.l0_coefficient} must be >= 0.")
+        check_training_config(self)
         if self.normalize_activations not in _RAW_NORMALIZATIONS:
             raise ValueError(
                 f"normalize_activations={self.normalize_activations!r} is not supported by {self.architecture()!r}: "
@@ -221,13 +282,29 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
         if self.reshape_activations != "none":
             raise ValueError(f"reshape_activations={self.reshape_activations!r} is not supported by the TSAE; use 'none'.")
 
+    def _unit_decoder_init(self) -> None:
+        """``decoder_init_norm``: the atoms are unit rows by construction (``initialize_weights`` and the
+        forward pass normalise them), so 1.0 and None are what happens. SAELens's default (a config made
+        from another architecture's fields) is moot: it becomes 1.0 with a warning. We cannot tell that
+        default from the same value typed by hand, so both warn; any other value cannot be honoured."""
+        if self.decoder_init_norm in (None, 1.0):
+            return
+        if self.decoder_init_norm == _SAELENS_DECODER_INIT_NORM:
+            warnings.warn(f"decoder_init_norm={self.decoder_init_norm} (SAELens's default) is moot for "
+                          f"{self.architecture()!r}: its atoms have unit norm by construction; using 1.0.", stacklevel=4)
+            self.decoder_init_norm = 1.0
+            return
+        raise ValueError(f"decoder_init_norm={self.decoder_init_norm}: the {self.architecture()!r} atoms have unit norm by "
+                         "construction (the forward pass normalises the decoder rows), so it cannot be honoured; "
+                         "use 1.0 or None.")
+
     @classmethod
     def architecture(cls) -> str:
         return "tsae"
 
 
 # --------------------------------------------------------------------------- inference SAE
-class TSAESAE(LoadHintMixin, JumpReLUSAE):
+class TSAESAE(InputWidthMixin, LoadHintMixin, JumpReLUSAE):
     """Inference TSAE in raw space: ``JumpReLUSAE``'s forward with unit-norm decoder rows."""
 
     cfg: TSAESAEConfig  # type: ignore[assignment]
@@ -289,6 +366,7 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
 
     # ---- SAELens interface (raw activations in and out)
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_width(x, self.cfg.d_in, "input", _width_hint(self.cfg))
         x = self.reshape_fn_in(x.to(self.dtype))
         x = self.run_time_activation_norm_fn_in(self.hook_sae_input(x))
         return self._encode_geometry(self._to_geometry(x))

@@ -58,6 +58,7 @@ from torch import nn
 from sae_atoms.aip import AIPMetric, AIPMoments
 from sae_atoms.saes.tsae import (
     TSAESAE,
+    InputWidthMixin,
     LoadHintMixin,
     TSAETrainingSAE,
     TSAETrainingSAEConfig,
@@ -195,7 +196,7 @@ def _check_metric(metric: AIPMetric, d_in: int, kind: str) -> None:
 
 
 # --------------------------------------------------------------------------- inference SAE
-class TSAEAIPSAE(LoadHintMixin, JumpReLUSAE):
+class TSAEAIPSAE(InputWidthMixin, LoadHintMixin, JumpReLUSAE):
     """Inference ``tsae_aip``: raw-space ``jumprelu`` forward; rows of ``W_dec`` are atoms of unit AIP norm."""
 
     cfg: TSAEAIPSAEConfig  # type: ignore[assignment]
