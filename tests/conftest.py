@@ -6,16 +6,22 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# As `import sae_atoms` does (sae_atoms.threads), but torch is imported here first: spinning OpenMP
+# threads starve a loaded machine, and with the active policy in-process `sae-atoms` calls pick 1 thread.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 import torch
 
 REAL_HOOK = "blocks.12.hook_resid_post"
+THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    """Every test starts at THREADS torch threads: an in-process `sae-atoms` call (cli.main ->
+    set_threads, chosen from the load) would otherwise set the count for the tests after it."""
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture

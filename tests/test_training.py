@@ -193,16 +193,23 @@ def test_cli_train_d_in_mismatch_is_clear(tmp_path, real_model):
 
 
 # ---------------------------------------------------------------- issue 11: coherent dictionary, L0 control
-def test_tsae_aip_recovers_a_union_of_orthonormal_bases_behind_a_shift():
+@pytest.mark.parametrize(("n_threads", "data_seed"), [(1, 0), (2, 1)])
+def test_tsae_aip_recovers_a_union_of_orthonormal_bases_behind_a_shift(n_threads, data_seed):
     """Two random orthonormal bases of R^64 (intrinsic mu ~0.42; ~0.65 in Euclid after a distortion of
     condition 10), K = 3 active: the default (robust, centred) metric undoes the shift and the TSAE
-    recovers >= 99% of the 128 atoms (|cos| > 0.99)."""
-    data = planted(d=64, n_atoms=128, k=3, coherence=0.0, n_samples=16000, seed=0, distortion=10.0, n_bases=2)
+    recovers >= 99% of the 128 atoms (|cos| > 0.99), on either thread count the machine gives.
+
+    4,000 steps: at 2,000 training has not settled, and an atom can still be left to a unit that
+    straddles it and an atom of the other basis (data seed 1), or to a dead unit only (data seed 0 in
+    some runs); 99% of 128 atoms allows one miss, so that knife-edge flipped with the numerics."""
+    torch.set_num_threads(n_threads)
+    data = planted(d=64, n_atoms=128, k=3, coherence=0.0, n_samples=16000, seed=data_seed, distortion=10.0,
+                   n_bases=2)
     assert data.coherence > 0.3 and data.coherence_observed > 0.5  # coherent, and more so in Euclid
     cfg = TSAEAIPTrainingSAEConfig(d_in=64, d_sae=256, l0_coefficient=2.0, jumprelu_init_threshold=1.5,
                                    jumprelu_bandwidth=0.1)
     assert cfg.aip_kind == "centered" and cfg.aip_outlier_factor == 10.0  # the defaults under test
-    sae = train_on_activations(data.activations, cfg, steps=2000, batch_size=256, lr=3e-3, seed=0, progress=False)
+    sae = train_on_activations(data.activations, cfg, steps=4000, batch_size=256, lr=3e-3, seed=0, progress=False)
     r = evaluate(sae, data, sae_lens_metrics=False)
     assert r["atoms_recovered"] >= 0.99, r
 
