@@ -48,8 +48,9 @@ _CACHE_VERSION = 1  # the marker also records each file's sha256 (checked on eve
 EMBEDDED = {"smollm2-135m", "smollm2", "smollm2-135m-instruct"}
 
 
-# TransformerLens's weight processing that load_model applies (``from_pretrained``'s defaults); the
-# model carries it as ``model.from_pretrained_kwargs``, and SAELens's runner configs record it.
+# TransformerLens's weight processing that load_model asks for (``from_pretrained``'s defaults; it skips
+# the centring for RMSNorm models such as SmolLM2); the model carries it as
+# ``model.from_pretrained_kwargs``, and build_runner records it in the runner config (cfg.json).
 PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
 
 
