@@ -56,6 +56,12 @@ _CACHE_VERSION = 1  # the marker also records each file's sha256 (checked on eve
 EMBEDDED = {"smollm2-135m", "smollm2", "smollm2-135m-instruct"}
 
 
+# TransformerLens's weight processing that load_model asks for (``from_pretrained``'s defaults; it skips
+# the centring for RMSNorm models such as SmolLM2); the model carries it as
+# ``model.from_pretrained_kwargs``, and build_runner records it in the runner config (cfg.json).
+PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
 
@@ -276,8 +282,8 @@ def _load_local(folder: Path, device: torch.device, dtype: torch.dtype, **kwargs
     cfg.model_name = folder.name
     state = loading.get_pretrained_state_dict(path, cfg, hf_model=hf, dtype=dtype)
     model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True,
-                                      center_unembed=True, fold_value_biases=True)
+    model.load_and_process_state_dict(state, **PROCESSING)
+    model.from_pretrained_kwargs = dict(PROCESSING)
     del hf
     return model.to(device).eval()
 
@@ -291,6 +297,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device | N
             TransformerLens official model name (needs the hub or its cache).
         device: "auto"/None (cuda if available), "cpu", "cuda", ...
         dtype: the dtype the model runs in.
+        kwargs: passed to TransformerLens's ``from_pretrained`` (hub models only).
+
+    The model's ``from_pretrained_kwargs`` records the weight processing applied (``PROCESSING``).
     """
     dev = resolve_device(device)
     _check_dtype(dtype, dev)
@@ -314,12 +323,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device | N
         )
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        return HookedSAETransformer.from_pretrained(name, device=dev, dtype=dtype, **kwargs).eval()
+        model = HookedSAETransformer.from_pretrained(name, device=dev, dtype=dtype, **kwargs).eval()
     except Exception as e:
         hint = (" HF_HUB_OFFLINE is set and the model is not in the Hugging Face cache: unset it where the hub is "
                 "reachable, or use the embedded model 'smollm2-135m' or a local folder.") if offline else (
             " TransformerLens official names need the Hugging Face hub (or its local cache).")
         raise ModelLoadError(f"could not load {name!r} from the hub: {type(e).__name__}: {e}.{hint}") from e
+    model.from_pretrained_kwargs = PROCESSING | kwargs
+    return model
 
 
 def check_hook_name(model, hook_name: str) -> None:

@@ -11,14 +11,18 @@ Defaults: ``DEFAULT_STEPS=1500`` steps of ``batch_size=512`` at ``lr=1e-3`` (5% 
 linear decay to ``lr/10`` over the last 20%). Not yet measured against the target (4x width on
 ~5,000 x 576 activations in about a minute on 2 cores); lower ``steps`` if it runs long.
 
-``build_runner(cfg)`` is SAELens's ``LanguageModelSAETrainingRunner`` with the ``tsae`` /
-``tsae_aip`` architectures registered, the model loaded by ``sae_atoms.models`` (the embedded
-SmolLM2-135M works offline), a local ``dataset_path`` (a ``datasets`` folder or a json / jsonl
-/ parquet / txt file) passed as ``override_dataset``, and wandb off; ``sae-atoms train
-[SAELens runner arguments]`` (``sae_atoms.cli``) runs it.
+``build_runner(cfg)`` is SAELens's ``LanguageModelSAETrainingRunner`` (or, for a
+``MultiSAETrainingRunnerConfig``, its ``MultiSAETrainingRunner``: several SAEs from one forward
+pass) with the ``tsae`` / ``tsae_aip`` architectures registered, the model loaded by
+``sae_atoms.models`` (the embedded SmolLM2-135M works offline) as ``override_model``, a local
+``dataset_path`` (a ``datasets`` folder or a json / jsonl / parquet / txt file) as
+``override_dataset``, wandb off, and ``model_from_pretrained_kwargs`` set to the processing the
+model was loaded with (SAELens's default ``center_writing_weights=False`` would misdescribe it);
+``sae-atoms train [SAELens runner arguments]`` (``sae_atoms.cli``) runs it.
 
-``training_config(architecture, d_in, d_sae)`` is the training config of any registered
-architecture with its defaults.
+``training_config(architecture, d_in, d_sae, hook_name=...)`` is the training config of any
+registered architecture with its defaults; ``train_on_activations`` takes the hook name from a
+one-hook ``ActivationSet`` when the config has none.
 
 Sparsity control (``train_on_activations(..., target_l0=T)``), the same for every unit kind so
 that units are compared at matched L0:
@@ -52,12 +56,12 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import SAE, TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
-from sae_atoms.models import resolve_device
+from sae_atoms.models import load_model, resolve_device
 from sae_atoms.saes.tsae import check_batch, check_number, check_training_config, check_width
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
 __all__ = ["train_on_activations", "fit_sae", "training_config", "calibrate_thresholds", "match_l0", "input_scale",
-           "build_runner", "MetricFirstTrainer", "DEFAULT_STEPS"]
+           "build_runner", "check_runner_buffer", "MetricFirstTrainer", "DEFAULT_STEPS"]
 DEFAULT_STEPS = 1500
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_LR = 1e-3
@@ -114,6 +118,18 @@ def _as_tensor(activations: Any, what: str = "activations", min_rows: int = 2) -
     return x.float() if not x.is_floating_point() else x
 
 
+def _hook_of(activations: Any, hook_name: str | None) -> str | None:
+    """The hook an SAE trained on ``activations`` reads: that of a one-hook ``ActivationSet`` (which must
+    agree with a ``hook_name`` already in the config), else ``hook_name``."""
+    hooks = getattr(activations, "hook_names", None)
+    if not isinstance(hooks, list) or len(hooks) != 1:
+        return hook_name
+    if hook_name is not None and hook_name != hooks[0]:
+        raise ValueError(f"the config says hook_name={hook_name!r} but the activations come from {hooks[0]!r}; "
+                         f"set training_config(..., hook_name={hooks[0]!r}) or leave it unset.")
+    return hooks[0]
+
+
 def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int | None = None,
                          epochs: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
                          seed: int = 0, progress: bool = True, device: str | torch.device | None = None,
@@ -123,7 +139,8 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
     """Train an SAE of any registered architecture on a fixed activation set with ``SAETrainer``.
 
     Args:
-        activations: ``[n, d_in]`` tensor, or an ``ActivationSet`` (``.x()``) with one hook.
+        activations: ``[n, d_in]`` tensor, or an ``ActivationSet`` (``.x()``) with one hook (it becomes
+            ``cfg.metadata.hook_name`` of the SAE when the config names none).
         cfg: any SAELens ``TrainingSAEConfig`` (``StandardTrainingSAEConfig``,
             ``JumpReLUTrainingSAEConfig``, ``TSAETrainingSAEConfig``, ``TSAEAIPTrainingSAEConfig``).
         steps / epochs: training length (at most one; default ``DEFAULT_STEPS`` steps).
@@ -155,6 +172,7 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
     dev = resolve_device(device)
     bs = min(batch_size, x.shape[0])
     cfg = TrainingSAEConfig.from_dict({**cfg.to_dict(), "device": str(dev)})
+    cfg.metadata.hook_name = _hook_of(activations, cfg.metadata.hook_name)
     torch.manual_seed(seed)
     sae_cls = get_sae_training_class(cfg.architecture())[0]
     sae = sae_cls(cfg).to(dev)
@@ -291,10 +309,13 @@ def _control_l1(sae: Any, target_l0: float, rate: float = 0.02) -> None:
     sae.training_forward_pass = controlled
 
 
-def training_config(architecture: str, d_in: int, d_sae: int, **overrides: Any) -> TrainingSAEConfig:
+def training_config(architecture: str, d_in: int, d_sae: int, *, hook_name: str | None = None,
+                    **overrides: Any) -> TrainingSAEConfig:
     """A SAELens training config of a registered ``architecture`` (``tsae`` / ``tsae_aip`` once
-    ``sae_atoms`` is imported); ``overrides`` that are None keep the config's defaults. Every
-    architecture gets the finiteness and range checks of ``tsae`` (``check_training_config``)."""
+    ``sae_atoms`` is imported); ``overrides`` that are None keep the config's defaults. ``hook_name``
+    goes to ``cfg.metadata.hook_name`` (where SAELens's runner puts it: steering and ``model.add_sae``
+    read it there). Every architecture gets the finiteness and range checks of ``tsae``
+    (``check_training_config``)."""
     try:
         cfg_cls = get_sae_training_class(architecture)[1]
     except (KeyError, ValueError) as e:
@@ -303,6 +324,8 @@ def training_config(architecture: str, d_in: int, d_sae: int, **overrides: Any) 
         raise ValueError(f"unknown SAE architecture {architecture!r}; registered: {sorted(SAE_TRAINING_CLASS_REGISTRY)}") from e
     cfg = cfg_cls(d_in=d_in, d_sae=d_sae, **{k: v for k, v in overrides.items() if v is not None})
     check_training_config(cfg)
+    if hook_name is not None:
+        cfg.metadata.hook_name = hook_name
     return cfg
 
 
@@ -338,52 +361,105 @@ def _hook_width(model, hook_name: str) -> int:
     return int(cache[hook_name].shape[-1])
 
 
-def _runner_class() -> type:
-    """SAELens's ``LanguageModelSAETrainingRunner`` whose saved files follow the umask (safetensors
-    writes 0600 files): the final SAE's files and each checkpoint folder."""
-    from sae_lens.constants import SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
-    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
-
+def _runner_class(base: type) -> type:
+    """SAELens's runner ``base`` (single or multi) whose saved weights follow the umask: safetensors
+    writes 0600 files, so every ``.safetensors`` under the output and checkpoint folders gets the
+    modes a plain ``open`` would, when ``run`` ends."""
     from sae_atoms.io import follow_umask
 
-    class Runner(LanguageModelSAETrainingRunner):
-        def save_final_sae(self, sae: Any, output_path: str, log_feature_sparsity: Any = None) -> None:
-            super().save_final_sae(sae, output_path, log_feature_sparsity)
-            for name in (SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME):
-                if (Path(output_path) / name).exists():
-                    follow_umask(Path(output_path) / name)
+    class Runner(base):  # type: ignore[misc, valid-type]
+        def run(self) -> Any:
+            try:
+                return super().run()
+            finally:
+                for root in (self.cfg.output_path, getattr(self.cfg, "checkpoint_path", None)):
+                    for f in (Path(root).rglob("*.safetensors") if root and Path(root).is_dir() else ()):
+                        follow_umask(f)
 
-        def save_checkpoint(self, checkpoint_path: Path | None) -> None:
-            super().save_checkpoint(checkpoint_path)
-            if checkpoint_path is not None:
-                follow_umask(checkpoint_path)
-
+    Runner.__name__ = Runner.__qualname__ = base.__name__
     return Runner
 
 
-def build_runner(cfg, model=None, dataset=None):
-    """A ``LanguageModelSAETrainingRunner`` for ``cfg`` with sae_atoms's model loading and checks.
+def _runner_saes(cfg: Any) -> tuple[dict[str, TrainingSAEConfig], dict[str, str]]:
+    """``(sae configs, hook names)`` by name: one (name "") for a single runner config, all for a multi one."""
+    if hasattr(cfg, "saes"):
+        return dict(cfg.saes), dict(cfg.hook_names_per_sae)
+    return {"": cfg.sae}, {"": cfg.hook_name}
 
-    The model (``cfg.model_name`` through ``sae_atoms.models.load_model`` unless given) must have
-    ``cfg.hook_name`` with width ``cfg.sae.d_in``; a local ``cfg.dataset_path`` is loaded with
-    ``datasets``. Wandb is forced off. For ``tsae_aip`` the metric is fitted from the first
-    ``n_batches_for_metric`` batches of the runner's activation store before training.
-    """
-    from sae_atoms.models import load_model
 
+def check_runner_buffer(cfg: Any) -> None:
+    """SAELens's mixing buffer holds ``n_batches_in_buffer * context_size`` tokens (positions kept by
+    ``seqpos_slice``) and must hold one training batch; say so before a model is loaded."""
+    if getattr(cfg, "use_cached_activations", False):
+        return
+    ctx = len(range(cfg.context_size)[slice(*cfg.seqpos_slice)])
+    if cfg.n_batches_in_buffer * ctx < cfg.train_batch_size_tokens:
+        raise ValueError(
+            f"the runner's buffer n_batches_in_buffer * context_size = {cfg.n_batches_in_buffer} * {ctx} = "
+            f"{cfg.n_batches_in_buffer * ctx} tokens is smaller than one batch, train_batch_size_tokens="
+            f"{cfg.train_batch_size_tokens}; raise n_batches_in_buffer or context_size, or lower train_batch_size_tokens.")
+
+
+def _runner_overrides(cfg: Any, model: Any, dataset: Any) -> tuple[Any, Any]:
+    """The ``override_model`` / ``override_dataset`` of a runner for ``cfg``: ``cfg.model_name`` loaded
+    by ``sae_atoms.models.load_model`` (unless ``model`` is given), every SAE's hook checked against its
+    ``d_in``, a local ``cfg.dataset_path`` read with ``datasets``. ``cfg.model_from_pretrained_kwargs``
+    becomes what the model was loaded with (SAELens records it in each SAE's cfg.json)."""
+    check_runner_buffer(cfg)
+    saes, hooks = _runner_saes(cfg)
+    for sae_cfg in saes.values():
+        check_training_config(sae_cfg)
     cfg.logger.log_to_wandb = False
-    check_training_config(cfg.sae)
     if model is None:
         model = load_model(cfg.model_name, device=cfg.llm_device or cfg.device)
-    width = _hook_width(model, cfg.hook_name)
-    if width != cfg.sae.d_in:
-        raise ValueError(f"the SAE config has d_in={cfg.sae.d_in} but {cfg.hook_name!r} of {cfg.model_name!r} has width "
-                         f"{width}; set --d_in {width}.")
+    if getattr(model, "from_pretrained_kwargs", None) is not None:
+        cfg.model_from_pretrained_kwargs = dict(model.from_pretrained_kwargs)
+    for name, sae_cfg in saes.items():
+        width = _hook_width(model, hooks[name])
+        if width != sae_cfg.d_in:
+            which = f"the SAE config {name!r}" if name else "the SAE config"
+            raise ValueError(f"{which} has d_in={sae_cfg.d_in} but {hooks[name]!r} of {cfg.model_name!r} has width "
+                             f"{width}; set --d_in {width}.")
     if dataset is None and cfg.dataset_path and Path(cfg.dataset_path).expanduser().exists():
         dataset = _load_local_dataset(cfg.dataset_path)
-    runner = _runner_class()(cfg, override_dataset=dataset, override_model=model)
-    sae = runner.sae
-    if isinstance(sae, TSAEAIPTrainingSAE) and not sae.metric_fitted and cfg.resume_from_checkpoint is None:
-        store = runner.activations_store
-        sae.fit_metric([next(store).to(sae.device) for _ in range(sae.cfg.n_batches_for_metric)])
+    return model, dataset
+
+
+def _fit_metrics_first(runner: Any, cfg: Any) -> None:
+    """Fit the metric of every ``tsae_aip`` SAE without one from the store's first batches (its hook's)."""
+    saes = runner.saes if hasattr(runner, "saes") else {"": runner.sae}
+    hooks = _runner_saes(cfg)[1]
+    todo = {n: s for n, s in saes.items() if isinstance(s, TSAEAIPTrainingSAE) and not s.metric_fitted}
+    if not todo or cfg.resume_from_checkpoint is not None:
+        return
+    store = runner.activations_store
+    batches = store.get_multi_hook_data_loader() if hasattr(runner, "saes") else iter(lambda: {hooks[""]: next(store)}, None)
+    for _ in range(max(s.cfg.n_batches_for_metric for s in todo.values())):
+        batch = next(batches)
+        for name, sae in todo.items():
+            if not sae.metric_fitted:
+                sae.observe_metric_batch(batch[hooks[name]].to(sae.device))
+
+
+def build_runner(cfg: Any, model: Any = None, dataset: Any = None) -> Any:
+    """SAELens's runner for ``cfg`` with sae_atoms's model loading and checks: a
+    ``LanguageModelSAETrainingRunner`` for a ``LanguageModelSAERunnerConfig``, a
+    ``MultiSAETrainingRunner`` for a ``MultiSAETrainingRunnerConfig`` (several SAEs, one forward pass).
+
+    The model (``cfg.model_name`` through ``sae_atoms.models.load_model`` unless given) must have
+    each SAE's hook with width ``d_in``; a local ``cfg.dataset_path`` is loaded with ``datasets``;
+    the buffer must hold a batch (``check_runner_buffer``). Wandb is forced off. A ``tsae_aip`` SAE's
+    metric is fitted from the first ``n_batches_for_metric`` batches of the runner's activation store
+    before training.
+    """
+    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
+
+    model, dataset = _runner_overrides(cfg, model, dataset)
+    if hasattr(cfg, "saes"):
+        from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
+
+        runner = _runner_class(MultiSAETrainingRunner)(cfg, override_dataset=dataset, override_model=model)
+    else:
+        runner = _runner_class(LanguageModelSAETrainingRunner)(cfg, override_dataset=dataset, override_model=model)
+    _fit_metrics_first(runner, cfg)
     return runner

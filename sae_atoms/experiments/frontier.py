@@ -90,10 +90,7 @@ def unit_config(unit: str, d_in: int, d_sae: int, target_l0: float, atoms_alpha:
         "features_topk": {"k": int(round(target_l0)), "normalize_activations": _NORMALISED},
         "features_batchtopk": {"k": float(target_l0), "normalize_activations": _NORMALISED},
     }[unit]
-    cfg = training_config(ARCHITECTURES[unit], d_in, d_sae, **over)
-    if hook is not None:
-        cfg.metadata.hook_name = hook
-    return cfg
+    return training_config(ARCHITECTURES[unit], d_in, d_sae, hook_name=hook, **over)
 
 
 def _x(acts: Any, hook: str) -> torch.Tensor:

@@ -1,0 +1,132 @@
+"""SAELens's runners through ``sae_atoms.training.build_runner`` (single and multi), the hook name of
+SAEs trained on activation sets, and the model kwargs a saved SAE records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from sae_lens import SAE, LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAEConfig
+
+from sae_atoms import training as T
+from sae_atoms.activations import ActivationSet
+from sae_atoms.saes import TSAEAIPSAE, TSAEAIPTrainingSAEConfig
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+def _acts(hook: str = HOOK, n: int = 64, d: int = 8) -> ActivationSet:
+    import datasets
+
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    return ActivationSet({hook: x}, datasets.Dataset.from_dict({"i": list(range(n))}))
+
+
+def test_training_config_sets_the_hook_name():
+    assert T.training_config("jumprelu", 8, 16, hook_name=HOOK).metadata.hook_name == HOOK
+    assert T.training_config("jumprelu", 8, 16).metadata.hook_name is None
+
+
+def test_train_on_activations_records_the_activation_sets_hook():
+    sae = T.train_on_activations(_acts(), T.training_config("tsae_aip", 8, 16), steps=2, batch_size=16, progress=False)
+    assert sae.cfg.metadata.hook_name == HOOK
+    with pytest.raises(ValueError, match="hook_name='blocks.0.hook_resid_post'.*blocks.1.hook_resid_post"):
+        T.train_on_activations(_acts(), T.training_config("jumprelu", 8, 16, hook_name="blocks.0.hook_resid_post"),
+                               steps=2, batch_size=16, progress=False)
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded before the runner config was checked")
+
+
+def test_build_runner_refuses_a_buffer_smaller_than_the_batch_before_loading_the_model(monkeypatch, tmp_path):
+    monkeypatch.setattr(T, "load_model", _no_model)
+    cfg = LanguageModelSAERunnerConfig(sae=TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16), model_name="smollm2-135m",
+                                       hook_name=HOOK, context_size=32, n_batches_in_buffer=4,
+                                       train_batch_size_tokens=512, logger=LoggingConfig(log_to_wandb=False),
+                                       checkpoint_path=None, output_path=None, verbose=False)
+    with pytest.raises(ValueError, match=r"n_batches_in_buffer \* context_size = 4 \* 32 = 128 .* train_batch_size_tokens=512"):
+        T.build_runner(cfg)
+
+
+@pytest.fixture
+def token_folder(tmp_path):
+    import datasets
+
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "tokens"
+    datasets.Dataset.from_dict({"tokens": torch.randint(1, 50, (64, 16), generator=g).tolist()}).save_to_disk(str(path))
+    return path
+
+
+def _tiny_loader(tiny_model, asked: list):
+    def load(name, device=None, **kwargs):
+        asked.append(name)
+        tiny_model.from_pretrained_kwargs = {"fold_ln": False, "center_writing_weights": True}
+        return tiny_model
+    return load
+
+
+def test_build_runner_multi_trains_tsae_aip_and_jumprelu_and_they_reload(monkeypatch, tmp_path, tiny_model, token_folder):
+    """The multi runner gets the same overrides as the single one: our model loader for ``model_name``,
+    the local ``dataset_path`` read with ``datasets``; the tsae_aip metric is fitted before training."""
+    from sae_lens import MultiSAETrainingRunnerConfig
+
+    asked: list[str] = []
+    monkeypatch.setattr(T, "load_model", _tiny_loader(tiny_model, asked))
+    out = tmp_path / "out"
+    cfg = MultiSAETrainingRunnerConfig(
+        saes={"atoms": TSAEAIPTrainingSAEConfig(d_in=32, d_sae=64, n_batches_for_metric=3),
+              "features": JumpReLUTrainingSAEConfig(d_in=32, d_sae=64)},
+        hook_names=HOOK, model_name="my-model", dataset_path=str(token_folder), streaming=False, context_size=16,
+        training_tokens=16 * 24, train_batch_size_tokens=32, store_batch_size_prompts=4, n_batches_in_buffer=4,
+        prepend_bos=False, device="cpu", checkpoint_path=None, output_path=str(out), n_eval_batches=1,
+        logger=LoggingConfig(log_to_wandb=False))
+    runner = T.build_runner(cfg)
+    assert asked == ["my-model"] and runner.saes["atoms"].metric_fitted
+    saes = runner.run()
+    assert set(saes) == {"atoms", "features"}
+    atoms, features = SAE.load_from_disk(out / "atoms"), SAE.load_from_disk(out / "features")
+    assert isinstance(atoms, TSAEAIPSAE) and not torch.equal(atoms.aip_W, torch.eye(32))
+    assert features.cfg.architecture() == "jumprelu" and features.cfg.metadata.hook_name == HOOK
+    saved = json.loads((out / "atoms" / "cfg.json").read_text())
+    assert saved["metadata"]["model_from_pretrained_kwargs"] == tiny_model.from_pretrained_kwargs
+
+
+def test_build_runner_single_records_the_models_kwargs(monkeypatch, tmp_path, tiny_model, token_folder):
+    asked: list[str] = []
+    monkeypatch.setattr(T, "load_model", _tiny_loader(tiny_model, asked))
+    cfg = LanguageModelSAERunnerConfig(sae=JumpReLUTrainingSAEConfig(d_in=32, d_sae=64), model_name="my-model",
+                                       hook_name=HOOK, dataset_path=str(token_folder), streaming=False,
+                                       context_size=16, training_tokens=16 * 8, train_batch_size_tokens=32,
+                                       store_batch_size_prompts=4, n_batches_in_buffer=4, prepend_bos=False,
+                                       device="cpu", checkpoint_path=None, output_path=str(tmp_path / "out"),
+                                       n_eval_batches=1, logger=LoggingConfig(log_to_wandb=False), verbose=False)
+    assert cfg.model_from_pretrained_kwargs == {"center_writing_weights": False}  # SAELens's default, not our load
+    T.build_runner(cfg).run()
+    saved = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    assert asked == ["my-model"] and saved["metadata"]["model_from_pretrained_kwargs"] == tiny_model.from_pretrained_kwargs
+
+
+@pytest.mark.real_model
+def test_load_model_records_the_processing_it_applied(monkeypatch):
+    """``model.from_pretrained_kwargs`` (what build_runner writes to cfg.json) is what load_model passed to
+    TransformerLens's weight processing (for SmolLM2's RMSNorm TransformerLens then skips the centring,
+    as its ``from_pretrained`` would with the same kwargs)."""
+    from sae_lens import HookedSAETransformer
+
+    from sae_atoms.models import load_model
+
+    seen: list[dict] = []
+    process = HookedSAETransformer.load_and_process_state_dict
+
+    def spy(self, state, **kwargs):
+        seen.append(kwargs)
+        return process(self, state, **kwargs)
+
+    monkeypatch.setattr(HookedSAETransformer, "load_and_process_state_dict", spy)
+    model = load_model("smollm2-135m", device="cpu")
+    assert len(seen) == 1 and model.from_pretrained_kwargs == seen[0]
+    assert seen[0]["center_writing_weights"] is True  # SAELens's default record said False
