@@ -97,6 +97,18 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def sha256_tensors(tensors: dict[str, Any]) -> str:
+    """The hex sha256 of named tensors' exact bytes, with their names, dtypes and shapes (a float
+    sum would not do: its value depends on the reduction order, hence on torch's thread count)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(tensors.items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 

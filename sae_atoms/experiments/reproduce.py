@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import time
 import warnings
@@ -34,7 +33,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import datasets
-import torch
 from sae_lens import SAE
 
 from sae_atoms import evals
@@ -43,7 +41,7 @@ from sae_atoms.data import fact_prompts, reasoning_prompts
 from sae_atoms.experiments import capacity, frontier, geometry, steering
 from sae_atoms.experiments.geometry import dedupe_subject_prefix
 from sae_atoms.experiments.report import headline_table, update_readme, write_report
-from sae_atoms.io import atomic_dir, follow_umask, remove_stale, sha256_file, write_json
+from sae_atoms.io import atomic_dir, follow_umask, remove_stale, sha256_file, sha256_tensors, write_json
 from sae_atoms.models import fact_accuracy, load_model, resolve_device
 
 # Paper's numbers (Atom Theory, arXiv 2509.20784), for the report only.
@@ -53,8 +51,7 @@ PAPER = {
     "atoms": {"r2": 0.999, "q_star": 0.998},
 }
 # sizes of a full run and of ``--quick`` (Settings fills its None fields from these; the CLI help quotes them)
-N_CITIES, QUICK_N_CITIES = 1500, 300
-QUICK_STEPS = 150                            # per frontier SAE (full: frontier.DEFAULT_STEPS)
+N_CITIES, QUICK_N_CITIES, QUICK_STEPS = 1500, 300, 150  # steps per frontier SAE (full: frontier.DEFAULT_STEPS)
 CAPACITY_STEPS, QUICK_CAPACITY_STEPS = 200, 75
 QUICK_TARGETS = (8.0, 16.0)                  # L0 targets (full: frontier.DEFAULT_TARGETS)
 UNITS = ("neurons", "features_standard", "features_jumprelu", "atoms")
@@ -380,7 +377,7 @@ def _capacity(job: _Job, prog: _Progress) -> list:
 def _steering(job: _Job, prog: _Progress) -> dict:
     """7. Atoms vs jumprelu features vs the difference of means (skipped with ``steer=False``)."""
     prog("steering")
-    s, saes = job.s, job.saes
+    s = job.s
     steer: dict = {}
     if s.steer:
         kinds = ("atoms", "features_jumprelu", "features_topk")
@@ -426,13 +423,8 @@ def _default_geometry_layers(n_layers: int, layer: int, quick: bool) -> list[int
 
 
 def _sae_key(sae: Any) -> str:
-    """sha256 of the SAE's tensors' exact bytes (with names, dtypes, shapes). A float sum of the
-    weights would depend on torch's thread count (the order of the reduction), not on the SAE."""
-    h = hashlib.sha256()
-    for name, t in sorted(sae.state_dict().items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    """The SAE's exact bytes: a float sum of the weights would depend on torch's thread count."""
+    return sha256_tensors(sae.state_dict())[:16]
 
 
 def collect_results(s: Settings, model, hook, train, heldout, acc, geo, unit_res, cap, steer) -> dict:
