@@ -187,7 +187,8 @@ def test_cli_train_d_in_mismatch_is_clear(tmp_path, real_model):
 
     cfg = LanguageModelSAERunnerConfig(sae=TSAEAIPTrainingSAEConfig(d_in=512, d_sae=1024), model_name="smollm2-135m",
                                        hook_name="blocks.3.hook_resid_post", logger=LoggingConfig(log_to_wandb=False),
-                                       verbose=False, checkpoint_path=None, output_path=None)
+                                       verbose=False, checkpoint_path=None, output_path=None,
+                                       n_batches_in_buffer=32)  # a buffer that holds a batch: only d_in is wrong
     with pytest.raises(ValueError, match="--d_in 576"):
         build_runner(cfg, model=real_model)
 
