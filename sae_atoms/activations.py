@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import datasets
 import torch
@@ -31,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from sae_atoms.io import atomic_dir, check_output_dir, output_lock, read_json, readable
-from sae_atoms.models import check_hook_name, hook_layer, pad_batch, pad_id, tokenize_prompts
+from sae_atoms.forward import batches, n_batches, stop_layer
+from sae_atoms.models import check_hook_name, tokenize_prompts
 
 POSITIONS = ("subject_last", "last", "all")
 
@@ -112,6 +113,30 @@ class ActivationSet:
         return cls({h: acts[h] for h in order}, datasets.load_from_disk(str(path / "rows")), meta)
 
 
+def as_matrix(x: Any, hook: str | None = None, *, what: str = "activations", min_rows: int = 1) -> torch.Tensor:
+    """``x`` as a floating ``[n, d]`` tensor: an ``ActivationSet``'s activations at ``hook`` (which
+    may be omitted when the set has one hook), or a tensor / array of shape ``[..., d]``.
+
+    Integer inputs become float32; floating inputs keep their dtype. ``min_rows``: the fewest
+    rows the caller can work with.
+    """
+    if not isinstance(x, torch.Tensor) and callable(getattr(x, "x", None)):
+        x = x.x(hook)
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except Exception as e:  # noqa: BLE001 - reported with the type
+            raise TypeError(f"{what} must be a tensor of activations [n, d]; got {type(x).__name__}.") from e
+    if x.dim() == 0:
+        raise ValueError(f"{what} is a scalar; pass activations with shape [n, d] (or [..., d]).")
+    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{what} has dtype {x.dtype}; pass floating-point activations.")
+    x = x.reshape(-1, x.shape[-1])
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{what} needs at least {min_rows} rows of shape [n, d]; got {x.shape[0]}.")
+    return x if x.is_floating_point() else x.float()
+
+
 def is_activation_set(path: str | Path) -> bool:
     """True if ``path`` holds an activation set this package wrote (meta.json + activations.safetensors)."""
     path = Path(path)
@@ -136,12 +161,27 @@ def subject_token_positions(model, prompts: Sequence[str], starts: Sequence[int]
     return out
 
 
-def _stop_layer(model, hooks: list[str]) -> int | None:
-    layers = [hook_layer(h) for h in hooks]
-    if any(h.startswith(("ln_final", "unembed")) for h in hooks):
-        return None
-    deepest = max((l for l in layers if l is not None), default=-1)
-    return deepest + 1  # n_layers still skips ln_final and the unembedding
+def _tokens_and_positions(model, dataset, position: str) -> tuple[datasets.Dataset, list[list[int]], list[int]]:
+    """The dataset (as a ``Dataset``), its prompts' token ids and the position to read in each."""
+    if not isinstance(dataset, datasets.Dataset):
+        dataset = datasets.Dataset.from_list(list(dataset))
+    if len(dataset) == 0:
+        raise ValueError("the prompt dataset is empty: nothing to extract")
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"the dataset needs a 'prompt' column; it has {dataset.column_names}")
+    prompts = list(dataset["prompt"])
+    ids, _ = tokenize_prompts(model, prompts)
+    if position == "subject_last":
+        for c in ("subject_start", "subject_end"):
+            if c not in dataset.column_names:
+                raise ValueError(f"position='subject_last' needs column {c!r} (a subject span); use position='last' otherwise")
+        pos = subject_token_positions(model, prompts, list(dataset["subject_start"]), list(dataset["subject_end"]))
+    else:
+        pos = [len(x) - 1 for x in ids]
+    n_ctx = model.cfg.n_ctx
+    if max(len(x) for x in ids) > n_ctx:
+        raise ValueError(f"a prompt is longer than the model's context ({n_ctx} tokens)")
+    return dataset, ids, pos
 
 
 @torch.no_grad()
@@ -161,52 +201,27 @@ def extract(model, dataset: datasets.Dataset | Sequence[dict], hook_names: str |
         raise ValueError("no hook names given")
     for h in hooks:
         check_hook_name(model, h)
-    if not isinstance(dataset, datasets.Dataset):
-        dataset = datasets.Dataset.from_list(list(dataset))
-    if len(dataset) == 0:
-        raise ValueError("the prompt dataset is empty: nothing to extract")
-    if "prompt" not in dataset.column_names:
-        raise ValueError(f"the dataset needs a 'prompt' column; it has {dataset.column_names}")
-    prompts = list(dataset["prompt"])
-    ids, _ = tokenize_prompts(model, prompts)
-    if position == "subject_last":
-        for c in ("subject_start", "subject_end"):
-            if c not in dataset.column_names:
-                raise ValueError(f"position='subject_last' needs column {c!r} (a subject span); use position='last' otherwise")
-        pos = subject_token_positions(model, prompts, list(dataset["subject_start"]), list(dataset["subject_end"]))
-    else:
-        pos = [len(x) - 1 for x in ids]
-    n_ctx = model.cfg.n_ctx
-    if max(len(x) for x in ids) > n_ctx:
-        raise ValueError(f"a prompt is longer than the model's context ({n_ctx} tokens)")
-    dev = next(model.parameters()).device if device is None else torch.device(device)
-    stop = _stop_layer(model, hooks)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    dataset, ids, pos = _tokens_and_positions(model, dataset, position)
     collected: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     row_index: list[int] = []
     token_pos: list[int] = []
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=f"extract {position}", disable=not progress, unit="batch"):
-        toks, mask = pad_batch([ids[i] for i in batch], pad_id(model))
-        toks, mask = toks.to(dev), mask.to(dev)
+    first = 1 if model.cfg.default_prepend_bos else 0
+    for b in tqdm(batches(model, ids, batch_size, device=device), total=n_batches(len(ids), batch_size),
+                  desc=f"extract {position}", disable=not progress, unit="batch"):
         if position == "all":
-            first = 1 if model.cfg.default_prepend_bos else 0
-            sel_b = torch.cat([torch.full((len(ids[i]) - first,), j) for j, i in enumerate(batch)])
-            sel_p = torch.cat([torch.arange(first, len(ids[i])) for i in batch])
-            row_index += [i for i in batch for _ in range(first, len(ids[i]))]
-            token_pos += sel_p.tolist()
+            sel_b = torch.cat([torch.full((len(ids[i]) - first,), j) for j, i in enumerate(b.rows)])
+            sel_p = torch.cat([torch.arange(first, len(ids[i])) for i in b.rows])
+            row_index += [i for i in b.rows for _ in range(first, len(ids[i]))]
         else:
-            sel_b = torch.arange(len(batch))
-            sel_p = torch.tensor([pos[i] for i in batch])
-            row_index += batch
-            token_pos += sel_p.tolist()
-        sel_b, sel_p = sel_b.to(dev), sel_p.to(dev)
+            sel_b, sel_p = torch.arange(len(b.rows)), torch.tensor([pos[i] for i in b.rows])
+            row_index += b.rows
+        token_pos += sel_p.tolist()
+        sel_b, sel_p = sel_b.to(b.tokens.device), sel_p.to(b.tokens.device)
 
         def grab(act: torch.Tensor, hook) -> None:
             collected[hook.name].append(act[sel_b, sel_p].to("cpu", dtype))
 
-        model.run_with_hooks(toks, attention_mask=mask, fwd_hooks=[(h, grab) for h in hooks],
-                             stop_at_layer=stop, return_type=None)
+        b.run(model, [(h, grab) for h in hooks], stop_at_layer=stop_layer(hooks), return_type=None)
     acts = {h: torch.cat(v) for h, v in collected.items()}
     # restore dataset order (rows were processed sorted by length)
     if position == "all":

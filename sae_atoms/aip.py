@@ -66,6 +66,7 @@ from typing import Any, Iterable, Iterator, Literal
 import torch
 from torch import Tensor
 
+from sae_atoms.activations import as_matrix
 from sae_atoms.io import atomic_write, write_json
 
 Kind = Literal["uncentered", "centered"]
@@ -97,19 +98,8 @@ def _check_alpha(alpha: float) -> float:
 
 
 def _as_2d(x: Any, d: int | None = None, what: str = "x") -> Tensor:
-    """A ``[n, d]`` float tensor view of ``x`` (``[..., d]`` tensors and numpy arrays accepted)."""
-    if not isinstance(x, Tensor):
-        try:
-            x = torch.as_tensor(x)
-        except Exception as e:  # noqa: BLE001 - reported with the type
-            raise TypeError(f"{what} must be a tensor of activations [n, d]; got {type(x).__name__}.") from e
-    if x.dim() == 0:
-        raise ValueError(f"{what} is a scalar; pass activations with shape [n, d] (or [..., d]).")
-    if x.dim() == 1:
-        x = x.unsqueeze(0)
-    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{what} has dtype {x.dtype}; pass floating-point activations.")
-    x = x.reshape(-1, x.shape[-1])
+    """``as_matrix(x)``, checked to have the metric's width ``d``."""
+    x = as_matrix(x, what=what)
     if d is not None and x.shape[-1] != d:
         raise ValueError(f"{what} has last dimension {x.shape[-1]} but the metric is for d={d}; "
                          "use activations from the hook the metric was fitted on.")

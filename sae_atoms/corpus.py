@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from sae_atoms.aip import AIPMoments
+from sae_atoms.forward import stop_layer
 from sae_atoms.io import atomic_write, sha256_file
 
 DEFAULT_CORPUS = "markov-draftjs"
@@ -154,16 +155,6 @@ def model_tokenizer(model) -> tuple[Callable[[str], list[int]], int]:
     if bos is None:
         raise ValueError("the tokenizer has neither a BOS nor an EOS token to start rows and separate documents.")
     return (lambda text: tok(text, add_special_tokens=False)["input_ids"]), int(bos)
-
-
-def stop_layer(hooks: Sequence[str]) -> int | None:
-    """``stop_at_layer`` that still runs every hook (None: run the whole model)."""
-    from sae_atoms.models import hook_layer
-
-    layers = [hook_layer(h) for h in hooks]
-    if any(l is None for l in layers) or any(not h.startswith("blocks.") for h in hooks):
-        return None
-    return max(layers) + 1  # type: ignore[type-var]
 
 
 def hook_dim(model, hook: str) -> int | None:

@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from sae_atoms.activations import as_matrix
 from sae_atoms.models import resolve_device
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -722,19 +723,8 @@ def model_evals(sae: Any, model: Any, prompts: Sequence[str], hook_name: str | N
 
 # --------------------------------------------------------------------------- entry point
 def _activation_tensor(activations: Any, hook: str | None) -> tuple[Tensor, Any]:
-    if isinstance(activations, Tensor):
-        x = activations
-        rows = None
-    elif hasattr(activations, "x") and callable(activations.x):
-        x = activations.x(hook)
-        rows = getattr(activations, "rows", None)
-    else:
-        x = torch.as_tensor(activations)
-        rows = None
-    if x.dim() != 2:
-        raise ValueError(f"activations must be [n, d]; got shape {tuple(x.shape)}")
-    if x.shape[0] < 2:
-        raise ValueError(f"need at least 2 activation samples, got {x.shape[0]}")
+    x = as_matrix(activations, hook, min_rows=2)
+    rows = None if isinstance(activations, Tensor) else getattr(activations, "rows", None)
     if not torch.isfinite(x).all():
         raise ValueError("the activations contain NaN or inf; check the extraction")
     return x.float(), rows

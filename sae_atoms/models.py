@@ -33,6 +33,7 @@ from typing import Iterator
 
 import torch
 
+from sae_atoms.forward import batches, hook_layer, n_batches, pad_batch, pad_id  # noqa: F401 - re-exported
 from sae_atoms.io import follow_umask, sha256_file
 
 log = logging.getLogger(__name__)
@@ -343,15 +344,6 @@ def check_hook_name(model, hook_name: str) -> None:
             f"It has {model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1}); see model.hook_dict for all {len(names)}."
         )
 
-
-def hook_layer(hook_name: str) -> int | None:
-    """The block index in a hook name like ``blocks.12.hook_resid_post`` (None for embed hooks)."""
-    parts = hook_name.split(".")
-    if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
-        return int(parts[1])
-    return None
-
-
 # --------------------------------------------------------------------------- behaviour
 def tokenize_prompts(model, prompts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
     """Token ids (BOS prepended when the model does) and character offsets of each prompt (fast tokenizer)."""
@@ -366,24 +358,6 @@ def tokenize_prompts(model, prompts: list[str]) -> tuple[list[list[int]], list[l
         ids = [[tok.bos_token_id] + x for x in ids]
         offs = [[(0, 0)] + o for o in offs]
     return ids, offs
-
-
-def pad_batch(ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists into ``(tokens, attention_mask)`` of shape ``[batch, longest]``."""
-    width = max(len(x) for x in ids)
-    toks = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for j, x in enumerate(ids):
-        toks[j, :len(x)] = torch.tensor(x)
-        mask[j, :len(x)] = 1
-    return toks, mask
-
-
-def pad_id(model) -> int:
-    """The tokenizer's pad token (0 when it has none; padded positions are masked anyway)."""
-    return model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-
-
 def first_token_ids(model, targets: list[str]) -> list[int]:
     """The first token of ``" " + target`` for each target (how it follows a prompt)."""
     return [model.tokenizer(" " + t, add_special_tokens=False)["input_ids"][0] for t in targets]
@@ -400,28 +374,21 @@ def next_token_logits(model, ids: list[list[int]], make_hooks=None, batch_size: 
     """
     from tqdm.auto import tqdm
 
-    dev = next(model.parameters()).device
     out = torch.empty(len(ids), model.cfg.d_vocab)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     grab_hook = "ln_final.hook_normalized" if "ln_final.hook_normalized" in model.hook_dict else None
-    for k in tqdm(range(0, len(order), batch_size), disable=not progress, desc="logits"):
-        b = order[k:k + batch_size]
-        toks, mask = pad_batch([list(ids[i]) for i in b], pad_id(model))
-        rows = torch.arange(len(b), device=dev)
-        last = torch.tensor([len(ids[i]) - 1 for i in b], device=dev)
-        hooks = list(make_hooks(list(b))) if make_hooks else []
+    for b in tqdm(batches(model, ids, batch_size), total=n_batches(len(ids), batch_size), disable=not progress, desc="logits"):
+        hooks = list(make_hooks(list(b.rows))) if make_hooks else []
         if grab_hook is not None:  # unembed only the last real position of each row
             store: dict[str, torch.Tensor] = {}
 
             def grab(act: torch.Tensor, hook) -> None:
-                store["x"] = act[rows, last]
+                store["x"] = act[b.arange(), b.last]
 
-            model.run_with_hooks(toks.to(dev), attention_mask=mask.to(dev), fwd_hooks=hooks + [(grab_hook, grab)],
-                                 return_type=None)
+            b.run(model, hooks + [(grab_hook, grab)], return_type=None)
             logits = model.unembed(store["x"].unsqueeze(1))[:, 0]
         else:
-            logits = model.run_with_hooks(toks.to(dev), attention_mask=mask.to(dev), fwd_hooks=hooks)[rows, last]
-        out[b] = logits.float().cpu()
+            logits = b.run(model, hooks)[b.arange(), b.last]
+        out[b.rows] = logits.float().cpu()
     return out
 
 

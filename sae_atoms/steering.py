@@ -74,6 +74,7 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import torch
 from torch import Tensor
 
+from sae_atoms.activations import as_matrix
 from sae_atoms.models import check_hook_name, next_token_logits, pad_batch, pad_id, tokenize_prompts
 
 Positions = Union[None, str, int, Sequence[int], Tensor]
@@ -478,14 +479,12 @@ def encode_batched(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
 
 
 def _x_and_labels(acts, labels, hook: str | None) -> tuple[Tensor, list]:
-    if isinstance(acts, Tensor):
-        x = acts
-        if labels is None or isinstance(labels, str):
-            raise ValueError("with a plain tensor of activations, pass labels as a list (one per row)")
-        lab = list(labels)
-    else:
-        x = acts.x(hook)
-        lab = acts.labels(labels) if isinstance(labels, str) else list(labels)
+    if isinstance(labels, str) and not hasattr(acts, "labels"):
+        raise ValueError("with a plain tensor of activations, pass labels as a list (one per row)")
+    if labels is None:
+        raise ValueError("pass labels: a label column of the ActivationSet, or a list (one per row)")
+    x = as_matrix(acts, hook)
+    lab = acts.labels(labels) if isinstance(labels, str) else list(labels)
     if len(lab) != x.shape[0]:
         raise ValueError(f"{len(lab)} labels for {x.shape[0]} activations")
     return x.float(), lab

@@ -56,6 +56,7 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import SAE, TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
+from sae_atoms.activations import as_matrix
 from sae_atoms.models import load_model, resolve_device
 from sae_atoms.saes.tsae import check_batch, check_number, check_training_config, check_width
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
@@ -107,17 +108,6 @@ class MetricFirstTrainer(SAETrainer):
         return super().step(batch)
 
 
-def _as_tensor(activations: Any, what: str = "activations", min_rows: int = 2) -> torch.Tensor:
-    if hasattr(activations, "x") and callable(activations.x) and not isinstance(activations, torch.Tensor):
-        activations = activations.x()
-    x = torch.as_tensor(activations)
-    if x.dim() != 2:
-        raise ValueError(f"{what} must be a [n, d] tensor (or an ActivationSet with one hook); got shape {tuple(x.shape)}.")
-    if x.shape[0] < min_rows:
-        raise ValueError(f"{what} needs at least {min_rows} rows; got {x.shape[0]}.")
-    return x.float() if not x.is_floating_point() else x
-
-
 def _hook_of(activations: Any, hook_name: str | None) -> str | None:
     """The hook an SAE trained on ``activations`` reads: that of a one-hook ``ActivationSet`` (which must
     agree with a ``hook_name`` already in the config), else ``hook_name``."""
@@ -161,9 +151,9 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
         The trained inference SAE (``SAE.load_from_disk`` would give the same; for ``tsae_aip``
         its weights are folded into raw space, ``W_dec`` rows are the atoms).
     """
-    x = _as_tensor(activations)
+    x = as_matrix(activations, min_rows=2)
     steps = _check_training_args(cfg, x, steps, epochs, batch_size, lr, lr_warm_up_frac, lr_decay_frac, target_l0)
-    match_rows = None if match_on is None else _as_tensor(match_on, "match_on", min_rows=1)
+    match_rows = None if match_on is None else as_matrix(match_on, what="match_on")
     if match_rows is not None:
         if target_l0 is None:
             raise ValueError("match_on sets the rows on which L0 is matched to target_l0; give target_l0 too.")

@@ -37,7 +37,7 @@ def test_validation_split_keeps_every_entity_on_one_side():
 def test_match_on_sets_l0_on_the_given_rows_not_the_training_rows():
     data = planted(d=16, n_atoms=48, k=4, coherence=0.4, n_samples=4000, seed=0).activations
     x, other = data[:3000], data[3000:] * 0.5  # the other rows are weaker: fewer units fire on them
-    cfg = frontier.unit_config("features_jumprelu", 16, 64, 6.0)
+    cfg = frontier.frontier_config("features_jumprelu", 16, 64, 6.0)
     sae = train_on_activations(x, cfg, steps=150, batch_size=256, seed=0, progress=False, target_l0=6.0, match_on=other)
     l0 = lambda rows: float((sae.encode(rows) != 0).sum(1).float().mean())
     assert l0(other) == pytest.approx(6.0, rel=0.02)
@@ -69,7 +69,7 @@ def test_theorem_construction_codes_every_sample_by_its_own_atom_even_when_near_
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 64, generator=g)  # in general position: a tied encoder separates these
     x[1] = 1.3 * x[0] + 0.4 * torch.randn(64, generator=g)  # longer and near-parallel: <y_1, e_0> > ||y_0||
-    cfg = frontier.unit_config("atoms", 64, 200, 1.0, atoms_alpha=1.0)
+    cfg = frontier.frontier_config("atoms", 64, 200, 1.0, atoms_alpha=1.0)
     sae = get_sae_training_class("tsae_aip")[0](cfg).set_metric(AIPMetric.fit(x, kind="centered"))
     untied = frontier.theorem_init(sae, x)
     assert untied >= 1  # the tied encoder cannot separate sample 0 from sample 1

@@ -217,9 +217,9 @@ def test_tsae_aip_recovers_a_union_of_orthonormal_bases_behind_a_shift(n_threads
 
 @pytest.mark.parametrize("arch", ["jumprelu", "tsae", "tsae_aip", "standard"])
 def test_target_l0_holds_every_unit_kind_to_the_target(arch):
-    from sae_atoms.experiments.frontier import ARCHITECTURES, unit_config
+    from sae_atoms.units import UNIT_KINDS, unit_config
 
-    unit = {v: k for k, v in ARCHITECTURES.items()}[arch]
+    unit = {k.architecture: n for n, k in UNIT_KINDS.items()}[arch]
     x = planted(d=16, n_atoms=48, k=4, coherence=0.4, n_samples=3000, seed=0).activations
     cfg = unit_config(unit, 16, 64, 6.0)
     sae = train_on_activations(x, cfg, steps=300, batch_size=256, seed=0, progress=False, target_l0=6.0)

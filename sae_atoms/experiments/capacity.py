@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from sae_atoms.activations import as_matrix
 from sae_atoms.evals import as_units, encode_all, evaluate_units, format_table, jsonable, r2
 from sae_atoms.io import save_figure, write_json
 from sae_atoms.training import train_on_activations, training_config
@@ -43,18 +44,6 @@ DEFAULT_BATCH_SIZE = 256
 DEFAULT_LR = 1e-3
 DEFAULT_ARCH = "tsae_aip"
 COMPARE_ARCHS = ("standard", "jumprelu", "tsae_aip")
-
-
-def _x(acts: Any) -> Tensor:
-    if isinstance(acts, Tensor):
-        x = acts
-    elif hasattr(acts, "x") and callable(acts.x):
-        x = acts.x()
-    else:
-        x = torch.as_tensor(acts)
-    if x.dim() != 2 or x.shape[0] < 2:
-        raise ValueError(f"activations must be [n, d] with n >= 2; got shape {tuple(x.shape)}")
-    return x.float()
 
 
 def _quick_eval(sae: Any, x: Tensor, metric: Any) -> dict[str, float]:
@@ -96,7 +85,7 @@ def capacity_sweep(train_acts: Any, heldout_acts: Any, expansions: Sequence[floa
     """
     from sae_atoms.aip import AIPMetric
 
-    xtr, xho = _x(train_acts), _x(heldout_acts)
+    xtr, xho = as_matrix(train_acts, min_rows=2).float(), as_matrix(heldout_acts, min_rows=2).float()
     d = xtr.shape[1]
     if xho.shape[1] != d:
         raise ValueError(f"train activations have d={d} but held-out ones d={xho.shape[1]}")
@@ -249,7 +238,7 @@ def compare_units(train_acts: Any, heldout_acts: Any, expansion: float = 4, arch
     """
     from sae_atoms.aip import AIPMetric
 
-    xtr = _x(train_acts)
+    xtr = as_matrix(train_acts, min_rows=2).float()
     d = xtr.shape[1]
     metric = metric if metric is not None else AIPMetric.robust(xtr)
     units: dict[str, Any] = {"neurons": "neurons"}

@@ -57,19 +57,18 @@ from typing import Any, Sequence
 
 import torch
 
+from sae_atoms.activations import as_matrix
 from sae_atoms.aip import AIPMetric
 from sae_atoms.evals import as_units, encode_all, evaluate_units, l0, neurons
 from sae_atoms.io import atomic_dir, save_figure, write_json
-from sae_atoms.training import fit_sae, match_l0, train_on_activations, training_config
+from sae_atoms.training import fit_sae, train_on_activations
+from sae_atoms.units import ATOMS_ALPHA, SAE_UNITS, unit_config
 
-UNITS = ("atoms", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
-ARCHITECTURES = {"atoms": "tsae_aip", "tsae": "tsae", "features_standard": "standard", "features_jumprelu": "jumprelu",
-                 "features_topk": "topk", "features_batchtopk": "batchtopk"}
+UNITS = SAE_UNITS
 DEFAULT_TARGETS = (4, 8, 16, 32, 64)
 DEFAULT_EXPANSION = 1
 DEFAULT_STEPS = 800
 DEFAULT_BATCH_SIZE = 256
-ATOMS_ALPHA = 0.35
 VALIDATION_FRAC = 0.2
 LABELS = ("country", "continent", "language", "currency")
 ROW_KEYS = ("unit", "target_l0", "l0", "l0_val", "l0_heldout", "r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "q_star_a",
@@ -77,24 +76,10 @@ ROW_KEYS = ("unit", "target_l0", "l0", "l0_val", "l0_heldout", "r2", "r2_heldout
 _NORMALISED = "expected_average_only_in"
 
 
-def unit_config(unit: str, d_in: int, d_sae: int, target_l0: float, atoms_alpha: float = ATOMS_ALPHA,
-                hook: str | None = None) -> Any:
-    """The SAELens training config of one frontier ``unit`` held to ``target_l0``."""
-    threshold_unit = {"jumprelu_sparsity_loss_mode": "quadratic", "target_l0": float(target_l0),
-                      "jumprelu_ste_to_input": True, "l0_coefficient": 1.0}
-    over: dict[str, Any] = {
-        "atoms": threshold_unit | {"aip_alpha": atoms_alpha},
-        "tsae": threshold_unit | {"normalize_activations": _NORMALISED},
-        "features_jumprelu": threshold_unit | {"normalize_activations": _NORMALISED},
-        "features_standard": {"normalize_activations": _NORMALISED},
-        "features_topk": {"k": int(round(target_l0)), "normalize_activations": _NORMALISED},
-        "features_batchtopk": {"k": float(target_l0), "normalize_activations": _NORMALISED},
-    }[unit]
-    return training_config(ARCHITECTURES[unit], d_in, d_sae, hook_name=hook, **over)
-
-
-def _x(acts: Any, hook: str) -> torch.Tensor:
-    return acts.x(hook).float() if hasattr(acts, "x") else torch.as_tensor(acts).float()
+def frontier_config(unit: str, d_in: int, d_sae: int, target_l0: float, atoms_alpha: float = ATOMS_ALPHA,
+                    hook: str | None = None) -> Any:
+    """``units.unit_config``, with the atoms' partial whitening ``atoms_alpha``."""
+    return unit_config(unit, d_in, d_sae, target_l0, hook, **({"aip_alpha": atoms_alpha} if unit == "atoms" else {}))
 
 
 def _labels(acts: Any) -> dict[str, list] | None:
@@ -109,7 +94,7 @@ def evaluate_row(unit: str, units: Any, target: float | None, train: Any, heldou
     (and the mean L0 on the validation entities ``val``, when given)."""
     ins = evaluate_units(units, train, metric=ref, labels=_labels(train), hook=hook, device=device)
     held = evaluate_units(units, heldout, metric=ref, labels=_labels(heldout), hook=hook, device=device)
-    l0_val = None if val is None else float(l0(encode_all(as_units(units), _x(val, hook))[0]).float().mean())
+    l0_val = None if val is None else float(l0(encode_all(as_units(units), as_matrix(val, hook).float())[0]).float().mean())
     return {"unit": unit, "target_l0": target, "l0": ins["l0_mean"], "l0_val": l0_val, "l0_heldout": held["l0_mean"],
             "r2": ins["r2"], "r2_heldout": held["r2"], "r2_aip": ins["r2_aip"], "r2_aip_heldout": held["r2_aip"],
             "q_star_a": ins["q_star_a"], "q_star_b": ins["q_star_b"], "q_star_b_heldout": held["q_star_b"],
@@ -122,7 +107,7 @@ def train_unit(unit: str, x: torch.Tensor, target_l0: float, *, expansion: float
                progress: bool = False, match_on: torch.Tensor | None = None) -> Any:
     """Train one frontier unit kind on ``x`` held to ``target_l0`` (the inference SAE); with
     ``match_on`` the final L0 is set on those rows (``train_on_activations``)."""
-    cfg = unit_config(unit, x.shape[1], int(round(expansion * x.shape[1])), target_l0, atoms_alpha, hook)
+    cfg = frontier_config(unit, x.shape[1], int(round(expansion * x.shape[1])), target_l0, atoms_alpha, hook)
     return train_on_activations(x, cfg, steps=steps, batch_size=batch_size, seed=seed, device=device, metric=metric,
                                 progress=progress, target_l0=target_l0, match_on=match_on)
 
@@ -178,7 +163,7 @@ def is_frontier_output(path: str | Path) -> bool:
 
 def reference_metric(train: Any, hook: str) -> AIPMetric:
     """The metric every unit is measured in: the robust AIP (alpha = 1) of the train entities."""
-    return AIPMetric.robust(_x(train, hook))
+    return AIPMetric.robust(as_matrix(train, hook).float())
 
 
 def run_frontier(train: Any, heldout: Any, hook: str, *, targets: Sequence[float] = DEFAULT_TARGETS,
@@ -199,7 +184,7 @@ def run_frontier(train: Any, heldout: Any, hook: str, *, targets: Sequence[float
         raise ValueError(f"unknown frontier units {bad}; choose from {UNITS}.")
     ref = reference_metric(train, hook)
     fit, val = validation_split(train, validation_frac, seed) if validation_frac else (train, None)
-    x, x_val = _x(fit, hook), (None if val is None else _x(val, hook))
+    x, x_val = as_matrix(fit, hook).float(), (None if val is None else as_matrix(val, hook).float())
     rows = [evaluate_row("neurons", neurons(x.shape[1]), None, fit, heldout, hook, ref, device, val)]
     atoms_metric = AIPMetric.robust(x, alpha=atoms_alpha)
     jobs = [(t, u) for t in targets for u in units]
@@ -216,7 +201,7 @@ def run_frontier(train: Any, heldout: Any, hook: str, *, targets: Sequence[float
                 "steps": steps, "batch_size": batch_size, "seed": seed, "atoms_alpha": atoms_alpha, "n_train": int(x.shape[0]),
                 "n_val": 0 if x_val is None else int(x_val.shape[0]), "validation_frac": validation_frac,
                 "l0_matched_on": "validation entities" if x_val is not None else "training rows",
-                "n_heldout": int(_x(heldout, hook).shape[0]), "hook": hook}
+                "n_heldout": int(as_matrix(heldout, hook).float().shape[0]), "hook": hook}
     return {"rows": rows, "metric": {"reference": ref.provenance(), "atoms": atoms_metric.provenance()},
             "settings": settings}
 
@@ -291,14 +276,14 @@ def paper_regime(train: Any, heldout: Any, hook: str, *, steps: int = 0, seed: i
     features at width n_train, on the train rows the robust rule keeps (norm <= ``outlier_factor`` x
     the median; one SmolLM2 row of norm 8,640 against a median of 160 would otherwise fire hundreds
     of atoms in the AIP and take in-sample R^2 to -19)."""
-    x = _x(train, hook)
+    x = as_matrix(train, hook).float()
     norms = x.norm(dim=1)
     keep = torch.nonzero(norms <= outlier_factor * norms.median()).squeeze(1)
     if len(keep) < len(x) and hasattr(train, "select"):
         train, x = train.select(indices=keep), x[keep]
     ref = ref if ref is not None else reference_metric(train, hook)
     n = x.shape[0]
-    cfg = unit_config("atoms", x.shape[1], n, 1.0, atoms_alpha=1.0, hook=hook)
+    cfg = frontier_config("atoms", x.shape[1], n, 1.0, atoms_alpha=1.0, hook=hook)
     from sae_lens.registry import get_sae_training_class
 
     from sae_atoms.saes import to_inference

@@ -1,0 +1,70 @@
+"""Unit kinds: the one vocabulary for what the studies compare.
+
+A *unit* is a direction family a model's activations are read in: ``neurons`` (the standard
+basis, no SAE), *features* (an SAE trained in raw space with its usual normalisation) and
+*atoms* (a ``tsae_aip`` trained in the AIP geometry). Each kind names its SAELens architecture,
+the config fields that hold it to a target L0, and a short label for tables and plots. Every
+study (frontier, capacity, steering, the main job) and the tests read kinds from ``UNIT_KINDS``.
+
+Held to a target L0 (``unit_config``):
+- threshold units (``atoms``, ``tsae``, ``features_jumprelu``): SAELens's quadratic L0 loss
+  toward ``target_l0`` with a straight-through estimate to the input;
+- ``features_topk`` / ``features_batchtopk``: ``k = target_l0``;
+- ``features_standard``: an L1 SAE, matched to the target afterwards (``training.match_l0``).
+Raw-space features use SAELens's ``expected_average_only_in`` input normalisation, the usual
+setting for them; atoms keep AIP geometry (their metric is their normalisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sae_atoms.training import training_config
+
+ATOMS_ALPHA = 0.35  # partial whitening S^alpha of the frontier's atoms (alpha=1: the full AIP)
+_NORMALISED = "expected_average_only_in"
+
+
+def _threshold(t: float) -> dict[str, Any]:
+    return {"jumprelu_sparsity_loss_mode": "quadratic", "target_l0": float(t), "jumprelu_ste_to_input": True,
+            "l0_coefficient": 1.0}
+
+
+@dataclass(frozen=True)
+class UnitKind:
+    """One kind of unit: its SAELens ``architecture`` (None for neurons) and L0 control."""
+
+    name: str
+    architecture: str | None
+    label: str
+    overrides: Callable[[float], dict[str, Any]] = lambda t: {}
+
+
+UNIT_KINDS: dict[str, UnitKind] = {u.name: u for u in (
+    UnitKind("neurons", None, "neurons"),
+    UnitKind("atoms", "tsae_aip", "atoms (tsae_aip)", lambda t: _threshold(t) | {"aip_alpha": ATOMS_ALPHA}),
+    UnitKind("tsae", "tsae", "tsae (raw space)", lambda t: _threshold(t) | {"normalize_activations": _NORMALISED}),
+    UnitKind("features_standard", "standard", "features (standard)", lambda t: {"normalize_activations": _NORMALISED}),
+    UnitKind("features_jumprelu", "jumprelu", "features (jumprelu)",
+             lambda t: _threshold(t) | {"normalize_activations": _NORMALISED}),
+    UnitKind("features_topk", "topk", "features (topk)",
+             lambda t: {"k": int(round(t)), "normalize_activations": _NORMALISED}),
+    UnitKind("features_batchtopk", "batchtopk", "features (batchtopk)",
+             lambda t: {"k": float(t), "normalize_activations": _NORMALISED}),
+)}
+SAE_UNITS = tuple(n for n, u in UNIT_KINDS.items() if u.architecture is not None)
+
+
+def unit_kind(name: str) -> UnitKind:
+    if name not in UNIT_KINDS:
+        raise ValueError(f"unknown unit kind {name!r}; choose from {list(UNIT_KINDS)}.")
+    return UNIT_KINDS[name]
+
+
+def unit_config(unit: str, d_in: int, d_sae: int, target_l0: float, hook: str | None = None, **fields: Any) -> Any:
+    """The SAELens training config of an SAE ``unit`` held to ``target_l0`` (``fields`` override)."""
+    kind = unit_kind(unit)
+    if kind.architecture is None:
+        raise ValueError(f"{unit!r} units have no SAE to train; choose from {list(SAE_UNITS)}.")
+    return training_config(kind.architecture, d_in, d_sae, hook_name=hook, **(kind.overrides(target_l0) | fields))
