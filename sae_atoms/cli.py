@@ -316,6 +316,7 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from sae_atoms.activations import ActivationSet
+    from sae_atoms.aip import AIPMetric
     from sae_atoms.evals import evaluate_units, find_metric, format_table, jsonable
     from sae_atoms.io import check_output_file, write_json
     from sae_atoms.models import resolve_device
@@ -338,14 +339,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             raise SystemExit(f"the activation set has hooks {acts.hook_names}; choose one with --hook")
     splits_present = sorted(set(acts.labels("split"))) if "split" in acts.rows.column_names else [None]
     splits = args.splits or splits_present
-    metric = None
-    if args.metric is not None:
-        from sae_atoms.aip import AIPMetric
-
-        metric = AIPMetric.load(args.metric)
-    elif units == "neurons" or find_metric(units) is None:
-        from sae_atoms.aip import AIPMetric
-
+    # the metric: --metric, else the one the SAE carries, else the robust AIP of the train split
+    metric = AIPMetric.load(args.metric) if args.metric is not None else (None if neurons else find_metric(units))
+    if metric is None:
         fit_on = acts.select(split="train") if "train" in splits_present else acts
         print(f"sae-atoms evaluate: fitting the robust AIP metric (AIPMetric.robust) on {len(fit_on)} "
               f"{'train-split ' if 'train' in splits_present else ''}activations", file=sys.stderr)

@@ -18,9 +18,9 @@ The rooms (definitions and sources in each):
   carries), :func:`encode_all`, the whitening;
 * ``reconstruction``: faithfulness ``R^2``, MSE, cosine, sparsity ``K_i = ||delta_i||_0``,
   firing, the noise floor / amplitude gap of a threshold SAE;
-* ``coherence``: coherence ``mu``, the uniqueness bound ``mu < 1 / (2K - 1)``, the stability
+* ``geometry``: coherence ``mu``, the uniqueness bound ``mu < 1 / (2K - 1)``, the stability
   ``q*`` (readings (a) and (b)), and :func:`dictionary_geometry`, what the decoder alone fixes;
-* ``monosemanticity``: label purity and mutual information of each live unit's top samples;
+* ``monosemantic``: label purity and mutual information of each live unit's top samples;
 * ``evaluate``: :func:`evaluate_units`, :func:`model_evals`, :func:`jsonable`;
 * ``table``: :func:`format_table`.
 
@@ -29,12 +29,12 @@ held-out activations, with the :func:`dictionary_geometry` of the first call pas
 ``sae-atoms evaluate SAE_DIR --activations DIR`` (``sae_atoms.cli``) is the CLI.
 """
 
-from sae_atoms.evals.coherence import (COHERENCE_MEMORY, HIST_BINS, HIST_FLUSH, HIST_PAIRS_CPU, Q_GRID, Coherence,
+from sae_atoms.evals.evaluate import EvalOptions, evaluate_units, jsonable, model_evals
+from sae_atoms.evals.geometry import (COHERENCE_MEMORY, HIST_BINS, HIST_FLUSH, HIST_PAIRS_CPU, Q_GRID, Coherence,
                                        Geometry, coherence, coherence_block_size, coherence_memory_bytes,
                                        dictionary_geometry, max_unique_k, per_sample_coherence, q_star_a, q_star_b,
                                        uniqueness_bound)
-from sae_atoms.evals.evaluate import EvalOptions, evaluate_units, jsonable, model_evals
-from sae_atoms.evals.monosemanticity import monosemanticity, top_activating
+from sae_atoms.evals.monosemantic import monosemanticity, top_activating
 from sae_atoms.evals.reconstruction import (QUANTILES, cosine, firing_stats, l0, mse, noise_floor_gap, quantile_stats,
                                             r2)
 from sae_atoms.evals.table import TABLE_KEYS, format_table

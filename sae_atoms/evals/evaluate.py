@@ -16,8 +16,8 @@ from torch import Tensor
 
 from sae_atoms.activations import as_matrix
 from sae_atoms.aip import AIPMetric
-from sae_atoms.evals.coherence import Geometry, dictionary_geometry, max_unique_k, q_star_a, q_star_b, uniqueness_bound
-from sae_atoms.evals.monosemanticity import monosemanticity
+from sae_atoms.evals.geometry import Geometry, dictionary_geometry, max_unique_k, q_star_a, q_star_b, uniqueness_bound
+from sae_atoms.evals.monosemantic import monosemanticity
 from sae_atoms.evals.reconstruction import QUANTILES, cosine, firing_stats, l0, mse, noise_floor_gap, quantile_stats, r2
 from sae_atoms.evals.units import Units, as_units, encode_all, whitening_matrix
 from sae_atoms.models import resolve_device
@@ -89,7 +89,7 @@ class EvalOptions:
 
     ``groups``: per-sample group ids for monosemanticity, or a row column name (default
     ``"subject"`` when present), or None. ``top_k`` / ``judge``: as in
-    :func:`~sae_atoms.evals.monosemanticity`. ``dense_frac``: a unit firing on more than this
+    :func:`~sae_atoms.evals.monosemantic`. ``dense_frac``: a unit firing on more than this
     fraction of samples is dense. ``model``, ``prompts``: when given (and the units are an SAE),
     SAELens's CE-loss-recovered and KL figures for the spliced SAE (:func:`model_evals`).
     """

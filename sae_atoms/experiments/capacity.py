@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 from sae_atoms.activations import as_matrix
-from sae_atoms.evals import as_units, encode_all, evaluate_units, format_table, jsonable, r2
+from sae_atoms.aip import AIPMetric
+from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_units, format_table, jsonable, neurons, r2
 from sae_atoms.io import save_figure, write_json
 from sae_atoms.training import train_on_activations, training_config
 
@@ -46,7 +47,7 @@ DEFAULT_ARCH = "tsae_aip"
 COMPARE_ARCHS = ("standard", "jumprelu", "tsae_aip")
 
 
-def _quick_eval(sae: Any, x: Tensor, metric: Any) -> dict[str, float]:
+def _quick_eval(sae: Any, x: Tensor, metric: AIPMetric | None) -> dict[str, float]:
     """R^2 (raw and AIP), mean L0 and dead fraction: what a sweep needs, without coherence."""
     u = as_units(sae)
     codes, recon, _ = encode_all(u, x)
@@ -225,32 +226,32 @@ def plot_capacity(results: Sequence[dict], path: str | os.PathLike, cliffs: Sequ
 
 
 def compare_units(train_acts: Any, heldout_acts: Any, expansion: float = 4, architectures: Sequence[str] = COMPARE_ARCHS,
-                  *, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
-                  metric: Any = None, seed: int = 0, device: Any = None, top_k: int = 20, progress: bool = True,
-                  cfg_overrides: dict[str, dict] | None = None) -> dict[str, dict]:
+                  *, metric: AIPMetric | None = None, top_k: int = 20, cfg_overrides: dict[str, dict] | None = None,
+                  **train: Any) -> dict[str, dict]:
     """Neurons vs features vs atoms at one width, in-sample and held-out (Atom Theory's table).
 
-    Trains each of ``architectures`` at ``d_sae = expansion * d`` on ``train_acts``, then runs
+    Trains each of ``architectures`` at ``d_sae = expansion * d`` on ``train_acts``
+    (``train``: keywords of ``train_on_activations``; this study's defaults ``steps``,
+    ``batch_size``, ``lr``, ``progress=True``; ``device`` also places the evaluation), then runs
     :func:`sae_atoms.evals.evaluate_units` for neurons and every SAE on both splits with one
-    AIP metric (fitted on ``train_acts``). Returns ``{name: train-split result plus
-    ``r2_heldout``, ``r2_aip_heldout``, ``l0_heldout``, ``q_star_a_heldout``,
-    ``q_star_b_heldout``, ``monosemanticity_heldout``}``.
+    AIP metric (fitted on ``train_acts``), each unit's coherence computed once. Returns
+    ``{name: train-split result plus ``r2_heldout``, ``r2_aip_heldout``, ``l0_heldout``,
+    ``q_star_a_heldout``, ``q_star_b_heldout``, ``monosemanticity_heldout``}``.
     """
-    from sae_atoms.aip import AIPMetric
-
+    train = {"steps": DEFAULT_STEPS, "batch_size": DEFAULT_BATCH_SIZE, "lr": DEFAULT_LR, "progress": True} | train
+    device = train.get("device")
     xtr = as_matrix(train_acts, min_rows=2).float()
     d = xtr.shape[1]
     metric = metric if metric is not None else AIPMetric.robust(xtr)
-    units: dict[str, Any] = {"neurons": "neurons"}
+    units: dict[str, Any] = {"neurons": neurons(d)}
     for arch in architectures:
         cfg = training_config(arch, d, int(round(expansion * d)), **((cfg_overrides or {}).get(arch, {})))
-        units[arch] = train_on_activations(xtr, cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                                           progress=progress, device=device,
-                                           metric=metric if arch == "tsae_aip" else None)
+        units[arch] = train_on_activations(xtr, cfg, **train, metric=metric if arch == "tsae_aip" else None)
     table: dict[str, dict] = {}
     for name, u in units.items():
-        res = evaluate_units(u, train_acts, metric, top_k=top_k, device=device)
-        ho = evaluate_units(u, heldout_acts, metric, top_k=top_k, device=device)
+        geo = dictionary_geometry(u, metric, device=device)
+        res = evaluate_units(u, train_acts, metric, geometry=geo, top_k=top_k, device=device)
+        ho = evaluate_units(u, heldout_acts, metric, geometry=geo, top_k=top_k, device=device)
         for k in ("r2", "r2_aip", "l0_mean", "q_star_a", "q_star_b", "monosemanticity"):
             res[f"{k}_heldout"] = ho.get(k)
         res["heldout"] = ho

@@ -53,13 +53,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
 from sae_atoms.activations import as_matrix
 from sae_atoms.aip import AIPMetric
-from sae_atoms.evals import as_units, encode_all, evaluate_units, l0, neurons
+from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_units, l0, neurons, table
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, train_on_activations
 from sae_atoms.units import ATOMS_ALPHA, SAE_UNITS, unit_config
@@ -88,12 +88,24 @@ def _labels(acts: Any) -> dict[str, list] | None:
     return {c: acts.labels(c) for c in LABELS if c in acts.rows.column_names} or None
 
 
-def evaluate_row(unit: str, units: Any, target: float | None, train: Any, heldout: Any, hook: str,
-                 ref: AIPMetric, device: Any = None, val: Any = None) -> dict[str, Any]:
+class Splits(NamedTuple):
+    """The activations a frontier row is measured on, at ``hook``: the train entities (in-sample),
+    the held-out entities, and the validation entities its L0 is matched on (optional)."""
+
+    train: Any
+    heldout: Any
+    hook: str
+    val: Any = None
+
+
+def evaluate_row(unit: str, units: Any, target: float | None, splits: Splits, ref: AIPMetric,
+                 device: Any = None) -> dict[str, Any]:
     """One frontier row: ``units`` evaluated in-sample and on held-out entities with the metric ``ref``
-    (and the mean L0 on the validation entities ``val``, when given)."""
-    ins = evaluate_units(units, train, metric=ref, labels=_labels(train), hook=hook, device=device)
-    held = evaluate_units(units, heldout, metric=ref, labels=_labels(heldout), hook=hook, device=device)
+    (and the mean L0 on the validation entities, when given); the coherence is computed once."""
+    train, heldout, hook, val = splits
+    geo = dictionary_geometry(units, ref, device=device)
+    ins = evaluate_units(units, train, ref, _labels(train), hook=hook, geometry=geo, device=device)
+    held = evaluate_units(units, heldout, ref, _labels(heldout), hook=hook, geometry=geo, device=device)
     l0_val = None if val is None else float(l0(encode_all(as_units(units), as_matrix(val, hook).float())[0]).float().mean())
     return {"unit": unit, "target_l0": target, "l0": ins["l0_mean"], "l0_val": l0_val, "l0_heldout": held["l0_mean"],
             "r2": ins["r2"], "r2_heldout": held["r2"], "r2_aip": ins["r2_aip"], "r2_aip_heldout": held["r2_aip"],
@@ -185,14 +197,15 @@ def run_frontier(train: Any, heldout: Any, hook: str, *, targets: Sequence[float
     ref = reference_metric(train, hook)
     fit, val = validation_split(train, validation_frac, seed) if validation_frac else (train, None)
     x, x_val = as_matrix(fit, hook).float(), (None if val is None else as_matrix(val, hook).float())
-    rows = [evaluate_row("neurons", neurons(x.shape[1]), None, fit, heldout, hook, ref, device, val)]
+    splits = Splits(fit, heldout, hook, val)
+    rows = [evaluate_row("neurons", neurons(x.shape[1]), None, splits, ref, device)]
     atoms_metric = AIPMetric.robust(x, alpha=atoms_alpha)
     jobs = [(t, u) for t in targets for u in units]
     for t, u in tqdm(jobs, desc="frontier", unit="SAE", disable=not progress):
         t0 = time.time()
         sae = train_unit(u, x, t, expansion=expansion, steps=steps, batch_size=batch_size, seed=seed, device=device, hook=hook,
                          atoms_alpha=atoms_alpha, metric=atoms_metric if u == "atoms" else None, match_on=x_val)
-        row = evaluate_row(u, sae, t, fit, heldout, hook, ref, device, val) | {"seconds": round(time.time() - t0, 1)}
+        row = evaluate_row(u, sae, t, splits, ref, device) | {"seconds": round(time.time() - t0, 1)}
         rows.append(row)
         if save_dir is not None:
             with atomic_dir(Path(save_dir) / sae_name(u, t)) as tmp:
@@ -292,11 +305,12 @@ def paper_regime(train: Any, heldout: Any, hook: str, *, steps: int = 0, seed: i
     sae = get_sae_training_class("tsae_aip")[0](cfg).set_metric(ref)
     untied = theorem_init(sae, x)
     atoms = to_inference(fit_sae(sae, x, steps=steps, lr=1e-4, seed=seed, progress=False) if steps else sae)
-    out = {"atoms": evaluate_row("atoms", atoms, 1.0, train, heldout, hook, ref, device)}
+    out = {"atoms": evaluate_row("atoms", atoms, 1.0, Splits(train, heldout, hook), ref, device)}
     atoms_l0 = out["atoms"]["l0"]
     jr = train_unit("features_jumprelu", x, max(atoms_l0, 1.0), expansion=n / x.shape[1], steps=max(steps, 200), seed=seed,
                     device=device, hook=hook)
-    out["features_jumprelu"] = evaluate_row("features_jumprelu", jr, max(atoms_l0, 1.0), train, heldout, hook, ref, device)
+    out["features_jumprelu"] = evaluate_row("features_jumprelu", jr, max(atoms_l0, 1.0), Splits(train, heldout, hook), ref,
+                                            device)
     for r in out.values():
         r.update({"n_train": int(n), "d_sae": int(n)})
     out["atoms"]["untied_encoders"] = untied
@@ -315,13 +329,8 @@ def matched_rows(rows: Sequence[dict], tolerance: float = 0.15) -> list[dict]:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    keys = ROW_KEYS[1:]
-    head = "| unit | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 1) + "\n"
-
-    def cell(v: Any) -> str:
-        return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-
-    return head + "\n".join("| " + r["unit"] + " | " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows)
+    """The frontier's rows as a Markdown table (``ROW_KEYS``)."""
+    return table.format_table([(r["unit"], r) for r in rows], ROW_KEYS[1:], label="unit", digits=3, missing="–", markdown=True)
 
 
 def goal_check(rows: Sequence[dict], max_l0: float = 32.0, raw_ratio: float = 0.9) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Coherence of a dictionary, the uniqueness bound and the stability q* (Atom Theory, arXiv 2509.20784).
+"""The geometry of a dictionary: coherence, the uniqueness bound and the stability q* (Atom Theory, arXiv 2509.20784).
 
 * coherence ``mu = max_{i != j} |cos(d_i, d_j)|`` (Donoho & Elad 2003), computed blocked;
 * uniqueness bound ``mu < 1 / (2K - 1)`` (Donoho & Elad 2003; Gribonval & Nielsen 2003;
