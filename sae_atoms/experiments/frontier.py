@@ -330,7 +330,8 @@ def matched_rows(rows: Sequence[dict], tolerance: float = 0.15) -> list[dict]:
 
 def format_table(rows: Sequence[dict]) -> str:
     """The frontier's rows as a Markdown table (``ROW_KEYS``)."""
-    return table.format_table([(r["unit"], r) for r in rows], ROW_KEYS[1:], label="unit", digits=3, missing="–", markdown=True)
+    return table.format_table([(r["unit"], r) for r in rows], ROW_KEYS[1:], label="unit", digits=3, missing="–",
+                              markdown=True)
 
 
 def goal_check(rows: Sequence[dict], max_l0: float = 32.0, raw_ratio: float = 0.9) -> list[dict]:
