@@ -47,8 +47,9 @@ def pad_batch(ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
 
 
 def pad_id(model) -> int:
-    """The tokenizer's pad token (0 when it has none; padded positions are masked anyway)."""
-    return model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    """The tokenizer's pad token (0 without a tokenizer or pad token; padded positions are masked anyway)."""
+    tok = getattr(model, "tokenizer", None)
+    return tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
 
 
 def model_device(model) -> torch.device:

@@ -259,6 +259,34 @@ def test_hook_works_with_hooked_sae_transformer():
     assert f"{HOOK}.hook_aip" not in model.hook_dict
 
 
+def test_hook_is_found_and_removed_without_lens_handle_user_hook(tiny_model, monkeypatch):
+    """TransformerLens before 3.3 has no ``LensHandle.user_hook``: attach and remove must not need it,
+    and must leave another permanent hook on the same point in place."""
+    from dataclasses import dataclass
+
+    from transformer_lens import hook_points
+
+    @dataclass
+    class OldLensHandle:  # the fields of TransformerLens 3.0
+        hook: object
+        is_permanent: bool = False
+        context_level: int | None = None
+
+    monkeypatch.setattr(hook_points, "LensHandle",
+                        lambda hook, is_permanent=False, context_level=None, **_: OldLensHandle(hook, is_permanent, context_level))
+    tokens = torch.randint(0, 50, (4, 10), generator=torch.Generator().manual_seed(2))
+    metric = _tiny_metric(tiny_model, tokens)
+    hp = tiny_model.mod_dict[HOOK]
+    hp.add_hook(lambda x, hook: None, dir="fwd", is_permanent=True)  # someone else's permanent hook
+    with aip_hook(tiny_model, HOOK, metric) as h:
+        assert len(hp.fwd_hooks) == 2 and not any(hasattr(x, "user_hook") for x in hp.fwd_hooks)
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=[HOOK, h.name])
+        assert torch.equal(cache[h.name], metric.whiten(cache[HOOK]))
+    assert len(hp.fwd_hooks) == 1 and len(hp._forward_hooks) == 1  # ours gone, the other kept
+    assert h.name not in tiny_model.hook_dict
+    hp.remove_hooks(including_permanent=True)
+
+
 @pytest.fixture(scope="module")
 def small_real_acts(real_model, fact_data):
     """~200 real subject-token activations at blocks.12 (a fast subset of the fact prompts)."""

@@ -113,6 +113,23 @@ def test_composition_adds_up(tiny_model):
     torch.testing.assert_close(nested, both, rtol=0, atol=1e-6)
 
 
+def test_any_object_with_hook_name_and_hook_fn_is_an_intervention(tiny_model):
+    """The ``Intervention`` protocol: a class of one's own (no base class) composes with the library's."""
+    class Scale:
+        hook_name = HOOK0
+
+        def hook_fn(self, act, hook=None):
+            return 2.0 * act
+
+    toks = tokens()
+    x0 = resid(tiny_model, toks, HOOK0)
+    a = torch.randn(32)
+    assert isinstance(Scale(), st.Intervention) and isinstance(st.AddDirection(HOOK0, a), st.Intervention)
+    assert not isinstance(object(), st.Intervention)
+    both = resid(tiny_model, toks, HOOK0, Scale(), st.AddDirection(HOOK0, a, 1.0))  # in order: 2 x + a
+    torch.testing.assert_close(both, 2.0 * x0 + a, rtol=0, atol=1e-5)
+    assert [h for h, _ in st.fwd_hooks(tiny_model, Scale())] == [HOOK0]
+
 # --------------------------------------------------------------------------- clamp / ablate
 def test_clamp_to_own_value_is_noop_and_clamp_changes_only_that_atom(tiny_model):
     toks = tokens()
