@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from sae_atoms.aip import AIPMetric
+from sae_atoms.aip import AIPMetric, Estimate
 
 MAX_DENSE_CODES = 2 << 30  # codes [n, N] kept in memory; beyond this evaluate_units refuses
 
@@ -72,7 +72,7 @@ def metric_from_whitening(W: Tensor, mean: Tensor | None = None, kind: str = "un
 
     ``W = V diag(w) V^T`` (``torch.linalg.eigh``) is the ZCA whitening of the moment with
     eigenvalues ``w^-2``: the metric is built from those, with no ridge and ``alpha = 1`` (a
-    partial whitening is already in ``W``). Its ``W`` equals the given one to float64 round-off.
+    partial whitening is already in ``W``). Its ``W`` is the given one, bit for bit.
     """
     if W.dim() != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"the whitening matrix must be square [d, d]; got {tuple(W.shape)}")
@@ -81,7 +81,8 @@ def metric_from_whitening(W: Tensor, mean: Tensor | None = None, kind: str = "un
     if not bool((w > 0).all()):
         raise ValueError("the whitening matrix is not positive definite; it is not the whitening of an AIP metric")
     mean = torch.zeros(W.shape[0], dtype=torch.float64, device=W.device) if mean is None else mean.detach()
-    return AIPMetric(kind, w.pow(-2), vec, mean.double(), 0.0, 0, 0.0)
+    whitening = (Wd, torch.linalg.inv(Wd), Wd.T @ Wd)  # the SAE's own W, not rebuilt from the eigenpairs
+    return AIPMetric(kind, w.pow(-2), vec, mean.double(), 0.0, Estimate(n_samples=0, shrinkage=0.0), whitening=whitening)
 
 
 def find_metric(sae: Any) -> AIPMetric | None:
