@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from sae_atoms.argtypes import int_at_least, positive_int  # noqa: F401  (re-exported: sae_atoms.cli.int_at_least)
+
 # subcommand -> (where it lives, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("sae_atoms.experiments.reproduce", "run Atom Theory end to end on a real model and write a report"),
@@ -85,24 +87,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
             mod.configure_parser(p)
             modules[name] = mod
     return parser, modules
-
-
-def int_at_least(low: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``low``."""
-
-    def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-        if n < low:
-            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
-        return n
-
-    return parse
-
-
-positive_int = int_at_least(1)  # argparse type: an integer >= 1
 
 
 def _threads_arg(value: str) -> int:

@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -169,6 +169,19 @@ def hook_dim(model, hook: str) -> int | None:
 
 
 # --------------------------------------------------------------------------- streaming moments
+@dataclass(frozen=True)
+class StreamRows:
+    """How a ``MomentStream`` cuts documents into rows and forward passes (``MomentStream``'s Args)."""
+
+    context_size: int = 256
+    batch_size: int = 8
+    rank: int = 0
+    world: int = 1
+    exclude_bos: bool = True
+    tokenize: Callable[[str], list[int]] | None = None
+    bos_id: int | None = None
+
+
 class MomentStream:
     """Float64 moments of every (non-BOS) token at each hook, streamed over a corpus (module docstring).
 
@@ -182,15 +195,18 @@ class MomentStream:
         exclude_bos: drop positions holding BOS (row starts, document separators).
         outlier_factor: passed to ``AIPMoments.update`` (per batch; None keeps every row).
         tokenize, bos_id: override the model's tokenizer (default ``model_tokenizer(model)``).
+        The row settings (``context_size`` ... ``bos_id``) come as ``rows`` (a ``StreamRows``) and/or
+        by field name.
     """
 
     def __init__(self, model, hooks: Sequence[str], documents: Callable[[], Iterable[str]], n_tokens: int,
-                 context_size: int = 256, batch_size: int = 8, rank: int = 0, world: int = 1,
-                 exclude_bos: bool = True, outlier_factor: float | None = None,
-                 tokenize: Callable[[str], list[int]] | None = None, bos_id: int | None = None,
-                 device: str | torch.device | None = None):
+                 rows: StreamRows | None = None, *, outlier_factor: float | None = None,
+                 device: str | torch.device | None = None, **fields: Any):
         from sae_atoms.models import check_hook_name
 
+        r = replace(rows or StreamRows(), **fields)
+        context_size, batch_size, rank, world = r.context_size, r.batch_size, r.rank, r.world
+        exclude_bos, tokenize, bos_id = r.exclude_bos, r.tokenize, r.bos_id
         for h in hooks:
             check_hook_name(model, h)
         if not 0 <= rank < world:

@@ -7,9 +7,10 @@ reshuffles the fixed set every epoch. This is the paper's setting (subject-token
 and the one the capacity sweep uses. For ``tsae_aip`` the metric is fitted on the whole set
 up front (no training step is spent on it) unless one is given.
 
-Defaults: ``DEFAULT_STEPS=1500`` steps of ``batch_size=512`` at ``lr=1e-3`` (5% linear warm-up,
-linear decay to ``lr/10`` over the last 20%). Not yet measured against the target (4x width on
-~5,000 x 576 activations in about a minute on 2 cores); lower ``steps`` if it runs long.
+Defaults: ``DEFAULT_STEPS`` steps of ``batch_size=512`` at ``lr=1e-3`` (5% linear warm-up,
+linear decay to ``lr/10`` over the last 20%); the rarer settings are ``TrainOptions``. This is the
+library's one default length; each study names its own length in its config
+(``FrontierConfig.steps``, ``CapacityConfig.steps``, the main job's ``Settings``).
 
 ``build_runner(cfg)`` is SAELens's ``LanguageModelSAETrainingRunner`` (or, for a
 ``MultiSAETrainingRunnerConfig``, its ``MultiSAETrainingRunner``: several SAEs from one forward
@@ -32,12 +33,12 @@ that units are compared at matched L0:
   each unit's threshold starts at the ``1 - T / d_sae`` quantile of its initial pre-activations
   (``calibrate_thresholds``: L0 = T from the first step), and after training one common factor on
   all thresholds sets the mean L0 to T (``match_l0``, bisection) on the training rows or on the
-  rows given as ``match_on`` (the frontier matches on entities left out of training). Without both, 1,000
-  steps left jumprelu at L0 365-539 for T = 16 on SmolLM2 (thresholds move ~lr per step while the
-  encoder outruns them);
+  rows given as ``match_on`` (the frontier matches on entities left out of training). Both are
+  needed: thresholds move by about ``lr`` per step while the encoder outruns them, so a long run
+  without them ends far above T;
 - ``standard`` (ReLU + L1): the L1 coefficient is scaled every step by ``(L0 / T)^rate``
   (``_control_l1``), then one common encoder-bias shift sets the L0 to T (``match_l0``;
-  the controller alone left L0 at 13.8 for T = 6 on a planted set: L1 shrinks amplitudes first);
+  the controller alone stays above T because L1 shrinks amplitudes before it silences units);
 - ``topk`` / ``batchtopk``: ``k = T`` in the config.
 """
 
@@ -61,9 +62,9 @@ from sae_atoms.models import load_model, resolve_device
 from sae_atoms.saes.tsae import check_batch, check_number, check_training_config, check_width
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
-__all__ = ["train_on_activations", "fit_sae", "training_config", "calibrate_thresholds", "match_l0", "input_scale",
+__all__ = ["train_on_activations", "fit_sae", "TrainOptions", "training_config", "calibrate_thresholds", "match_l0", "input_scale",
            "build_runner", "check_runner_buffer", "MetricFirstTrainer", "DEFAULT_STEPS"]
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 1500  # the library default; studies set their own (FrontierConfig.steps, ...)
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_LR = 1e-3
 
@@ -120,12 +121,38 @@ def _hook_of(activations: Any, hook_name: str | None) -> str | None:
     return hooks[0]
 
 
-def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int | None = None,
-                         epochs: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
-                         seed: int = 0, progress: bool = True, device: str | torch.device | None = None,
-                         metric: Any = None, lr_warm_up_frac: float = 0.05, lr_decay_frac: float = 0.2,
-                         return_training_sae: bool = False, target_l0: float | None = None,
-                         match_on: Any = None) -> SAE[Any]:
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """The rarer settings of ``train_on_activations`` / ``fit_sae`` (every field keeps its default
+    unless given: ``train_on_activations(x, cfg, steps=..., batch_size=256)`` sets them by keyword).
+
+    epochs: training length in passes over the rows instead of ``steps`` (at most one of the two).
+    batch_size, lr: Adam minibatch and peak learning rate (linear warm-up over ``lr_warm_up_frac``
+        of the steps, linear decay to ``lr/10`` over the last ``lr_decay_frac``).
+    progress: tqdm bar (SAELens's). device: where to train (default: cuda if available).
+    metric: an ``AIPMetric`` for ``tsae_aip`` (default: fitted on the activations).
+    return_training_sae: return the training SAE instead of the inference one.
+    """
+
+    epochs: float | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float = DEFAULT_LR
+    progress: bool = True
+    device: str | torch.device | None = None
+    metric: Any = None
+    lr_warm_up_frac: float = 0.05
+    lr_decay_frac: float = 0.2
+    return_training_sae: bool = False
+
+
+def _options(options: TrainOptions | None, fields: dict[str, Any]) -> TrainOptions:
+    """``options`` (default ``TrainOptions()``) with ``fields`` replaced; an unknown field is a TypeError."""
+    return dataclasses.replace(options or TrainOptions(), **fields)
+
+
+def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int | None = None, seed: int = 0,
+                         target_l0: float | None = None, match_on: Any = None, options: TrainOptions | None = None,
+                         **fields: Any) -> SAE[Any]:
     """Train an SAE of any registered architecture on a fixed activation set with ``SAETrainer``.
 
     Args:
@@ -133,50 +160,38 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
             ``cfg.metadata.hook_name`` of the SAE when the config names none).
         cfg: any SAELens ``TrainingSAEConfig`` (``StandardTrainingSAEConfig``,
             ``JumpReLUTrainingSAEConfig``, ``TSAETrainingSAEConfig``, ``TSAEAIPTrainingSAEConfig``).
-        steps / epochs: training length (at most one; default ``DEFAULT_STEPS`` steps).
-        batch_size, lr: Adam minibatch and peak learning rate (linear warm-up over
-            ``lr_warm_up_frac`` of the steps, linear decay to ``lr/10`` over the last ``lr_decay_frac``).
+        steps: training length (default ``DEFAULT_STEPS``; or ``epochs`` in the options).
         seed: initialisation and batch order.
-        progress: tqdm bar (SAELens's).
-        device: where to train (default: cuda if available).
-        metric: an ``AIPMetric`` for ``tsae_aip`` (default: fitted on ``activations``).
-        return_training_sae: return the training SAE instead of the inference one.
         target_l0: the mean number of active units wanted (module docstring: how each kind is held
             to it); None trains with the config's own sparsity settings.
         match_on: rows (tensor or ``ActivationSet``) on which the final ``match_l0`` sets the mean
             L0 to ``target_l0`` (default: the training rows). Rows of entities not trained on
             match L0 out of sample (``sae_atoms.experiments.frontier``).
+        options, fields: the rarer settings (``TrainOptions``), as an object and/or by field name.
 
     Returns:
         The trained inference SAE (``SAE.load_from_disk`` would give the same; for ``tsae_aip``
         its weights are folded into raw space, ``W_dec`` rows are the atoms).
     """
+    opt = _options(options, fields)
     x = as_matrix(activations, min_rows=2)
-    steps = _check_training_args(cfg, x, steps, epochs, batch_size, lr, lr_warm_up_frac, lr_decay_frac, target_l0)
-    match_rows = None if match_on is None else as_matrix(match_on, what="match_on")
-    if match_rows is not None:
-        if target_l0 is None:
-            raise ValueError("match_on sets the rows on which L0 is matched to target_l0; give target_l0 too.")
-        check_width(match_rows, cfg.d_in, "match_on set", "give rows of the hook the activations come from.")
-        check_batch(match_rows, cfg.d_in, None, what="match_on set")
-    dev = resolve_device(device)
-    bs = min(batch_size, x.shape[0])
+    steps = _check_training_args(cfg, x, steps, opt, target_l0)
+    match_rows = _match_rows(match_on, cfg, target_l0)
+    dev = resolve_device(opt.device)
     cfg = TrainingSAEConfig.from_dict({**cfg.to_dict(), "device": str(dev)})
     cfg.metadata.hook_name = _hook_of(activations, cfg.metadata.hook_name)
     torch.manual_seed(seed)
-    sae_cls = get_sae_training_class(cfg.architecture())[0]
-    sae = sae_cls(cfg).to(dev)
+    sae = get_sae_training_class(cfg.architecture())[0](cfg).to(dev)
     x = x.to(dev, sae.dtype)
     if isinstance(sae, TSAEAIPTrainingSAE):
-        if metric is not None:
-            sae.set_metric(metric)
+        if opt.metric is not None:
+            sae.set_metric(opt.metric)
         elif not sae.metric_fitted and cfg.normalize_activations == "none":
             sae.fit_metric(x)  # else the trainer estimates it from its first (scaled) batches
     if target_l0 is not None:
         _hold_to_l0(sae, x, float(target_l0))
-    trained = fit_sae(sae, x, steps=steps, batch_size=bs, lr=lr, seed=seed, progress=progress,
-                      lr_warm_up_frac=lr_warm_up_frac, lr_decay_frac=lr_decay_frac)
-    if return_training_sae:
+    trained = fit_sae(sae, x, steps=steps, seed=seed, options=opt)
+    if opt.return_training_sae:
         return trained
     inference = to_inference(trained)
     if target_l0 is not None and (hasattr(inference, "threshold") or cfg.architecture() == "standard"):
@@ -185,46 +200,60 @@ def train_on_activations(activations: Any, cfg: TrainingSAEConfig, *, steps: int
     return inference
 
 
-def _check_training_args(cfg: Any, x: torch.Tensor, steps: int | None, epochs: float | None, batch_size: int,
-                         lr: float, lr_warm_up_frac: float, lr_decay_frac: float, target_l0: float | None) -> int:
+def _match_rows(match_on: Any, cfg: Any, target_l0: float | None) -> torch.Tensor | None:
+    """The ``match_on`` rows as a checked ``[m, d_in]`` matrix (None when not given)."""
+    if match_on is None:
+        return None
+    rows = as_matrix(match_on, what="match_on")
+    if target_l0 is None:
+        raise ValueError("match_on sets the rows on which L0 is matched to target_l0; give target_l0 too.")
+    check_width(rows, cfg.d_in, "match_on set", "give rows of the hook the activations come from.")
+    check_batch(rows, cfg.d_in, None, what="match_on set")
+    return rows
+
+
+def _check_training_args(cfg: Any, x: torch.Tensor, steps: int | None, opt: TrainOptions,
+                         target_l0: float | None) -> int:
     """Check ``train_on_activations``'s arguments before anything trains; returns the number of steps."""
     if not isinstance(cfg, TrainingSAEConfig):
         raise TypeError(f"cfg must be an SAELens TrainingSAEConfig (e.g. TSAEAIPTrainingSAEConfig); got {type(cfg).__name__}.")
     check_training_config(cfg)
     check_batch(x, cfg.d_in, None, what="activation set")
-    if steps is not None and epochs is not None:
+    if steps is not None and opt.epochs is not None:
         raise ValueError("give steps or epochs, not both.")
-    check_number("batch_size", batch_size, 1, integer=True)
-    check_number("lr", lr, 0, open_low=True)
-    check_number("lr_warm_up_frac", lr_warm_up_frac, 0, 1)
-    check_number("lr_decay_frac", lr_decay_frac, 0, 1)
+    check_number("batch_size", opt.batch_size, 1, integer=True)
+    check_number("lr", opt.lr, 0, open_low=True)
+    check_number("lr_warm_up_frac", opt.lr_warm_up_frac, 0, 1)
+    check_number("lr_decay_frac", opt.lr_decay_frac, 0, 1)
     if target_l0 is not None:
         check_number("target_l0", target_l0, 0, cfg.d_sae, open_low=True)
-    if epochs is not None:
-        check_number("epochs", epochs, 0, open_low=True)
-        return max(1, math.ceil(epochs * x.shape[0] / min(batch_size, x.shape[0])))
+    if opt.epochs is not None:
+        check_number("epochs", opt.epochs, 0, open_low=True)
+        return max(1, math.ceil(opt.epochs * x.shape[0] / min(opt.batch_size, x.shape[0])))
     if steps is None:
         return DEFAULT_STEPS
     check_number("steps", steps, 1, integer=True)
     return int(steps)
 
 
-def fit_sae(sae: TrainingSAE, x: torch.Tensor, *, steps: int, batch_size: int = DEFAULT_BATCH_SIZE,
-            lr: float = DEFAULT_LR, seed: int = 0, progress: bool = True, lr_warm_up_frac: float = 0.05,
-            lr_decay_frac: float = 0.2) -> TrainingSAE:
+def fit_sae(sae: TrainingSAE, x: torch.Tensor, *, steps: int, seed: int = 0, options: TrainOptions | None = None,
+            **fields: Any) -> TrainingSAE:
     """Train an already built (and possibly hand-initialised) training SAE on ``x`` ``[n, d_in]`` with
-    SAELens's ``SAETrainer``; returns the trained training SAE (schedule: ``train_on_activations``)."""
-    bs = min(batch_size, x.shape[0])
+    SAELens's ``SAETrainer``; returns the trained training SAE (schedule and ``options`` / ``fields``:
+    ``TrainOptions``; ``device``, ``metric`` and ``epochs`` are not used here)."""
+    opt = _options(options, fields)
+    bs = min(opt.batch_size, x.shape[0])
     dev = sae.W_dec.device
     tcfg = SAETrainerConfig(
-        total_training_samples=steps * bs, train_batch_size_samples=bs, lr=lr, lr_end=lr / 10,
-        lr_warm_up_steps=int(lr_warm_up_frac * steps), lr_decay_steps=int(lr_decay_frac * steps), device=str(dev),
-        dead_feature_window=max(1, min(1000, steps // 4)), feature_sampling_window=max(1, min(2000, steps)),
-        n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
-        logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=max(1, min(100, x.shape[0] // bs)),
+        total_training_samples=steps * bs, train_batch_size_samples=bs, lr=opt.lr, lr_end=opt.lr / 10,
+        lr_warm_up_steps=int(opt.lr_warm_up_frac * steps), lr_decay_steps=int(opt.lr_decay_frac * steps),
+        device=str(dev), dead_feature_window=max(1, min(1000, steps // 4)),
+        feature_sampling_window=max(1, min(2000, steps)), n_checkpoints=0, checkpoint_path=None,
+        save_final_checkpoint=False, logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=max(1, min(100, x.shape[0] // bs)),
     )
     trainer = MetricFirstTrainer(cfg=tcfg, sae=sae, data_provider=_shuffled_batches(x.to(dev, sae.dtype), bs, seed))
-    with _tqdm_disabled(not progress):
+    with _tqdm_disabled(not opt.progress):
         return trainer.fit()
 
 

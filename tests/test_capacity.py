@@ -57,6 +57,7 @@ def test_width_rule_slope():
     assert none["loglog_slope"] is None and "no cliff" in none["statement"]
 
 
+@pytest.mark.slow
 def test_sweep_on_planted_dictionary(one_thread, tmp_path):
     """64 atoms in d = 16, one atom per sample: a width of 1x d cannot hold them, 4x (= 64) can."""
     tr, _ = _planted(1024, seed=0)
@@ -66,7 +67,7 @@ def test_sweep_on_planted_dictionary(one_thread, tmp_path):
     ho = (1 + torch.rand(256, generator=g))[:, None] * ho[j]  # ... new samples
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = C.capacity_sweep(tr, ho, [1, 4], data_sizes=[512, 1024], architecture="tsae_aip", steps=250,
+        res = C.capacity_sweep(tr, ho, expansions=[1, 4], data_sizes=[512, 1024], architecture="tsae_aip", steps=250,
                                batch_size=128, progress=False)
     assert len(res) == 4 and {r["n_train"] for r in res} == {512, 1024} and {r["d_sae"] for r in res} == {16, 64}
     for n in (512, 1024):
@@ -83,15 +84,16 @@ def test_sweep_on_planted_dictionary(one_thread, tmp_path):
 def test_sweep_bad_input():
     x = torch.randn(50, 8)
     with pytest.raises(ValueError, match="outside"):
-        C.capacity_sweep(x, x, [1], data_sizes=[500], progress=False)
+        C.capacity_sweep(x, x, expansions=[1], data_sizes=[500], progress=False)
     with pytest.raises(ValueError, match="expansions"):
-        C.capacity_sweep(x, x, [0], progress=False)
+        C.capacity_sweep(x, x, expansions=[0], progress=False)
     with pytest.raises(ValueError, match="d=8"):
-        C.capacity_sweep(x, torch.randn(10, 4), [1], progress=False)
+        C.capacity_sweep(x, torch.randn(10, 4), expansions=[1], progress=False)
     with pytest.raises(ValueError, match="unknown SAE architecture"):
         training_config("nope", 8, 16)
 
 
+@pytest.mark.slow
 def test_cli_capacity_from_saved_activations(one_thread, tmp_path):
     import datasets
 
@@ -118,7 +120,7 @@ def test_real_sweep_and_comparison(real_acts):
     tr, ho = real_acts.select(split="train"), real_acts.select(split="heldout")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = C.capacity_sweep(tr, ho, [1, 4], architecture="tsae_aip", steps=80, batch_size=256, progress=False)
+        res = C.capacity_sweep(tr, ho, expansions=[1, 4], architecture="tsae_aip", steps=80, batch_size=256, progress=False)
     d = tr.x().shape[1]
     assert [r["d_sae"] for r in res] == [d, 4 * d]
     for r in res:

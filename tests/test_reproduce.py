@@ -47,6 +47,7 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
         update_readme(bad, results)
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_reproduce_end_to_end_tiny_then_cached(tmp_path):
     from sae_lens import SAE

@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,13 +39,30 @@ from sae_atoms.aip import AIPMetric
 from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_units, format_table, jsonable, neurons, r2
 from sae_atoms.io import save_figure, write_json
 from sae_atoms.training import train_on_activations, training_config
+from sae_atoms.units import UNIT_KINDS
 
 DEFAULT_EXPANSIONS = (1, 2, 4, 8)
-DEFAULT_STEPS = 400
-DEFAULT_BATCH_SIZE = 256
-DEFAULT_LR = 1e-3
-DEFAULT_ARCH = "tsae_aip"
-COMPARE_ARCHS = ("standard", "jumprelu", "tsae_aip")
+DEFAULT_ARCH = UNIT_KINDS["atoms"].architecture
+# the units table: features (standard, jumprelu) and atoms, by their SAELens architectures
+COMPARE_ARCHS = tuple(UNIT_KINDS[u].architecture for u in ("features_standard", "features_jumprelu", "atoms"))
+
+
+@dataclass(frozen=True)
+class CapacityConfig:
+    """Settings of ``capacity_sweep`` and ``run_capacity`` (the study's own training length: ``steps``
+    of ``batch_size`` per run, not the library's ``training.DEFAULT_STEPS``)."""
+
+    expansions: tuple[float, ...] = DEFAULT_EXPANSIONS  # widths as multiples of d
+    data_sizes: tuple[int, ...] | None = None  # training-set sizes (seeded subsets); None: all train rows
+    architecture: str = DEFAULT_ARCH
+    steps: int = 400
+    batch_size: int = 256
+    lr: float = 1e-3
+    l0_coefficient: float | None = None   # None: the architecture's default
+    seed: int = 0
+    min_jump: float = 0.05                # smallest rise of held-out R^2 that counts as a cliff
+    compare: bool = False                 # also the neurons / features / atoms table ...
+    compare_expansion: float = 4.0        # ... at this width
 
 
 def _quick_eval(sae: Any, x: Tensor, metric: AIPMetric | None) -> dict[str, float]:
@@ -61,24 +79,21 @@ def _n_distinct(x: Tensor) -> int:
     return int(torch.unique(x, dim=0).shape[0])
 
 
-def capacity_sweep(train_acts: Any, heldout_acts: Any, expansions: Sequence[float] = DEFAULT_EXPANSIONS,
-                   data_sizes: Sequence[int] | None = None, *, architecture: str = DEFAULT_ARCH,
-                   steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
-                   l0_coefficient: float | None = None, metric: Any = None, seed: int = 0, device: Any = None,
-                   progress: bool = True, cfg_overrides: dict | None = None) -> list[dict]:
+def capacity_sweep(train_acts: Any, heldout_acts: Any, cfg: CapacityConfig | None = None, *, metric: Any = None,
+                   device: Any = None, progress: bool = True, cfg_overrides: dict | None = None,
+                   **overrides: Any) -> list[dict]:
     """Train one SAE per (data size, width) and measure in-sample and held-out faithfulness.
 
     Args:
         train_acts, heldout_acts: ``[n, d]`` tensors or ``ActivationSet``s (held-out =
             activations of entities never trained on).
-        expansions: widths as multiples of ``d`` (``d_sae = round(e * d)``).
-        data_sizes: training-set sizes; each is a seeded random subset of ``train_acts``
-            (default: all of it).
-        architecture: any registered training architecture (``tsae_aip``, ``tsae``, ``jumprelu``,
-            ``standard``, ...).
-        steps, batch_size, lr, l0_coefficient, cfg_overrides: training (``train_on_activations``).
-        metric: the ``AIPMetric`` for AIP R^2 and for ``tsae_aip`` training (default: fitted
-            once, uncentred, on all of ``train_acts``; the held-out set never enters it).
+        cfg: ``CapacityConfig`` (``overrides`` replace its fields): ``expansions`` (``d_sae = round(e * d)``),
+            ``data_sizes`` (each a seeded random subset of ``train_acts``; default all of it),
+            ``architecture`` (any registered training architecture), ``steps``, ``batch_size``, ``lr``,
+            ``l0_coefficient``, ``seed``.
+        metric: the ``AIPMetric`` for AIP R^2 and for ``tsae_aip`` training (default: the robust
+            AIP of all of ``train_acts``; the held-out set never enters it).
+        cfg_overrides: extra fields of every SAE's training config.
 
     Returns one dict per run: ``n_train``, ``n_distinct``, ``expansion``, ``d_sae``,
     ``r2_train``, ``r2_heldout``, ``r2_aip_train``, ``r2_aip_heldout``, ``l0_train``,
@@ -86,45 +101,53 @@ def capacity_sweep(train_acts: Any, heldout_acts: Any, expansions: Sequence[floa
     """
     from sae_atoms.aip import AIPMetric
 
-    xtr, xho = as_matrix(train_acts, min_rows=2).float(), as_matrix(heldout_acts, min_rows=2).float()
+    c = replace(cfg or CapacityConfig(), **overrides)
+    xtr, xho, sizes = _sweep_inputs(train_acts, heldout_acts, c)
     d = xtr.shape[1]
-    if xho.shape[1] != d:
-        raise ValueError(f"train activations have d={d} but held-out ones d={xho.shape[1]}")
-    if not expansions or any(e <= 0 for e in expansions):
-        raise ValueError(f"expansions must be positive numbers; got {list(expansions)}")
-    sizes = list(data_sizes) if data_sizes else [xtr.shape[0]]
-    too_big = [n for n in sizes if n > xtr.shape[0] or n < 2]
-    if too_big:
-        raise ValueError(f"data sizes {too_big} are outside 2..{xtr.shape[0]} (the number of training activations); "
-                         "extract more activations or choose smaller sizes")
     if metric is None:
         metric = AIPMetric.robust(xtr)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(c.seed)
     perm = torch.randperm(xtr.shape[0], generator=gen)
-    runs = [(n, e) for n in sorted(sizes) for e in sorted(expansions)]
+    runs = [(n, e) for n in sorted(sizes) for e in sorted(c.expansions)]
     it: Any = runs
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(runs, desc=f"capacity sweep ({architecture})", unit="run")
+        it = tqdm(runs, desc=f"capacity sweep ({c.architecture})", unit="run")
     results = []
     for n, e in it:
         xs = xtr[perm[:n]]
         d_sae = max(1, int(round(e * d)))
-        cfg = training_config(architecture, d, d_sae, l0_coefficient=l0_coefficient, **(cfg_overrides or {}))
+        sae_cfg = training_config(c.architecture, d, d_sae, l0_coefficient=c.l0_coefficient, **(cfg_overrides or {}))
         t0 = time.perf_counter()
-        sae = train_on_activations(xs, cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False,
-                                   device=device, metric=metric if architecture == "tsae_aip" else None)
+        sae = train_on_activations(xs, sae_cfg, steps=c.steps, seed=c.seed, batch_size=c.batch_size, lr=c.lr,
+                                   progress=False, device=device, metric=metric if c.architecture == "tsae_aip" else None)
         secs = time.perf_counter() - t0
         ev_tr, ev_ho = _quick_eval(sae, xs, metric), _quick_eval(sae, xho, metric)
         results.append({
-            "architecture": architecture, "n_train": n, "n_distinct": _n_distinct(xs), "n_heldout": int(xho.shape[0]),
-            "d": d, "expansion": float(e), "d_sae": d_sae, "steps": steps,
+            "architecture": c.architecture, "n_train": n, "n_distinct": _n_distinct(xs), "n_heldout": int(xho.shape[0]),
+            "d": d, "expansion": float(e), "d_sae": d_sae, "steps": c.steps,
             "r2_train": ev_tr["r2"], "r2_heldout": ev_ho["r2"], "r2_aip_train": ev_tr["r2_aip"],
             "r2_aip_heldout": ev_ho["r2_aip"], "l0_train": ev_tr["l0_mean"], "l0_heldout": ev_ho["l0_mean"],
             "dead_frac": ev_tr["dead_frac"], "seconds": secs,
         })
     return results
+
+
+def _sweep_inputs(train_acts: Any, heldout_acts: Any, c: CapacityConfig) -> tuple[Tensor, Tensor, list[int]]:
+    """``(train rows, held-out rows, data sizes)`` of a sweep, checked before anything trains."""
+    xtr, xho = as_matrix(train_acts, min_rows=2).float(), as_matrix(heldout_acts, min_rows=2).float()
+    d = xtr.shape[1]
+    if xho.shape[1] != d:
+        raise ValueError(f"train activations have d={d} but held-out ones d={xho.shape[1]}")
+    if not c.expansions or any(e <= 0 for e in c.expansions):
+        raise ValueError(f"expansions must be positive numbers; got {list(c.expansions)}")
+    sizes = list(c.data_sizes) if c.data_sizes else [xtr.shape[0]]
+    too_big = [n for n in sizes if n > xtr.shape[0] or n < 2]
+    if too_big:
+        raise ValueError(f"data sizes {too_big} are outside 2..{xtr.shape[0]} (the number of training activations); "
+                         "extract more activations or choose smaller sizes")
+    return xtr, xho, sizes
 
 
 def find_cliff(results: Sequence[dict], key: str = "r2_heldout", min_jump: float = 0.05) -> list[dict]:
@@ -238,7 +261,8 @@ def compare_units(train_acts: Any, heldout_acts: Any, expansion: float = 4, arch
     ``{name: train-split result plus ``r2_heldout``, ``r2_aip_heldout``, ``l0_heldout``,
     ``q_star_a_heldout``, ``q_star_b_heldout``, ``monosemanticity_heldout``}``.
     """
-    train = {"steps": DEFAULT_STEPS, "batch_size": DEFAULT_BATCH_SIZE, "lr": DEFAULT_LR, "progress": True} | train
+    train = {"steps": CapacityConfig.steps, "batch_size": CapacityConfig.batch_size, "lr": CapacityConfig.lr,
+             "progress": True} | train
     device = train.get("device")
     xtr = as_matrix(train_acts, min_rows=2).float()
     d = xtr.shape[1]
@@ -273,14 +297,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expansions", type=float, nargs="+", default=list(DEFAULT_EXPANSIONS), help="widths as multiples of d")
     p.add_argument("--data-sizes", type=int, nargs="*", default=None, help="training-set sizes (default: all train rows)")
     p.add_argument("--architecture", default=DEFAULT_ARCH, help="SAE architecture to sweep (default tsae_aip)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps per run")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--lr", type=float, default=DEFAULT_LR)
+    p.add_argument("--steps", type=int, default=CapacityConfig.steps, help="training steps per run")
+    p.add_argument("--batch-size", type=int, default=CapacityConfig.batch_size)
+    p.add_argument("--lr", type=float, default=CapacityConfig.lr)
     p.add_argument("--l0-coefficient", type=float, default=None, help="sparsity coefficient (default: the architecture's)")
-    p.add_argument("--min-jump", type=float, default=0.05, help="smallest rise of held-out R^2 that counts as a cliff")
+    p.add_argument("--min-jump", type=float, default=CapacityConfig.min_jump, help="smallest rise of held-out R^2 that counts as a cliff")
     p.add_argument("--compare", action="store_true",
                    help="also build the neurons / standard / jumprelu / tsae_aip table at --compare-expansion")
-    p.add_argument("--compare-expansion", type=float, default=4.0)
+    p.add_argument("--compare-expansion", type=float, default=CapacityConfig.compare_expansion)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=Path("capacity-out"), help="output folder (results.json, capacity.png)")
@@ -306,36 +330,33 @@ def _load_acts(args: argparse.Namespace):
     return acts.select(split="train"), acts.select(split="heldout"), hook
 
 
-def run_capacity(train: Any, heldout: Any, hook: str, out_dir: str | os.PathLike | None = None, *,
-                 expansions: Sequence[float] = DEFAULT_EXPANSIONS, data_sizes: Sequence[int] | None = None,
-                 architecture: str = DEFAULT_ARCH, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
-                 lr: float = DEFAULT_LR, l0_coefficient: float | None = None, min_jump: float = 0.05,
-                 compare: bool = False, compare_expansion: float = 4.0, seed: int = 0, device: Any = None,
-                 source: str | None = None) -> dict[str, Any]:
+def run_capacity(train: Any, heldout: Any, hook: str, out_dir: str | os.PathLike | None = None,
+                 cfg: CapacityConfig | None = None, *, device: Any = None, source: str | None = None,
+                 **overrides: Any) -> dict[str, Any]:
     """The capacity experiment: the sweep, its cliffs and width rule, optionally the units table
     at ``compare_expansion``; printed, and written to ``out_dir`` (``results.json``,
-    ``capacity.png``) when given. ``source`` names where the activations came from."""
-    results = capacity_sweep(train, heldout, expansions, data_sizes, architecture=architecture,
-                             steps=steps, batch_size=batch_size, lr=lr,
-                             l0_coefficient=l0_coefficient, seed=seed, device=device)
-    cliffs = find_cliff(results, min_jump=min_jump)
+    ``capacity.png``) when given. ``cfg`` (``overrides`` replace its fields) holds the settings;
+    ``source`` names where the activations came from."""
+    c = replace(cfg or CapacityConfig(), **overrides)
+    results = capacity_sweep(train, heldout, c, device=device)
+    cliffs = find_cliff(results, min_jump=c.min_jump)
     rule = width_rule(cliffs)
     out: dict[str, Any] = {"hook": hook, "model": source,
-                           "architecture": architecture, "results": results, "cliffs": cliffs, "width_rule": rule}
+                           "architecture": c.architecture, "results": results, "cliffs": cliffs, "width_rule": rule}
     print(f"{'n_train':>8} {'d_sae':>6} {'R2 train':>9} {'R2 heldout':>10} {'L0':>7}")
     for r in results:
         print(f"{r['n_train']:>8} {r['d_sae']:>6} {r['r2_train']:>9.4f} {r['r2_heldout']:>10.4f} {r['l0_train']:>7.1f}")
     print("width rule:", rule["statement"])
-    if compare:
-        table = compare_units(train, heldout, compare_expansion, steps=steps, batch_size=batch_size,
-                              lr=lr, seed=seed, device=device)
+    if c.compare:
+        table = compare_units(train, heldout, c.compare_expansion, steps=c.steps, batch_size=c.batch_size,
+                              lr=c.lr, seed=c.seed, device=device)
         print(format_table(table, COMPARE_KEYS))
         out["compare"] = {k: {kk: vv for kk, vv in v.items() if kk != "heldout"} | {"heldout": v["heldout"]}
                           for k, v in table.items()}
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_json(jsonable(out), out_dir / "results.json")
-        plot_capacity(results, out_dir / "capacity.png", cliffs, title=f"capacity at {hook} ({architecture})")
+        plot_capacity(results, out_dir / "capacity.png", cliffs, title=f"capacity at {hook} ({c.architecture})")
         print(f"wrote {out_dir / 'results.json'} and {out_dir / 'capacity.png'}")
     return out
 
@@ -343,9 +364,10 @@ def run_capacity(train: Any, heldout: Any, hook: str, out_dir: str | os.PathLike
 def run_cli(args: argparse.Namespace) -> int:
     tr, ho, hook = _load_acts(args)
     print(f"capacity: {len(tr)} train / {len(ho)} held-out activations at {hook}, d={tr.x().shape[1]}", file=sys.stderr)
-    run_capacity(tr, ho, hook, args.out, expansions=args.expansions, data_sizes=args.data_sizes,
-                 architecture=args.architecture, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                 l0_coefficient=args.l0_coefficient, min_jump=args.min_jump, compare=args.compare,
-                 compare_expansion=args.compare_expansion, seed=args.seed, device=args.device,
+    cfg = CapacityConfig(expansions=tuple(args.expansions), data_sizes=args.data_sizes and tuple(args.data_sizes),
+                         architecture=args.architecture, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         l0_coefficient=args.l0_coefficient, seed=args.seed, min_jump=args.min_jump,
+                         compare=args.compare, compare_expansion=args.compare_expansion)
+    run_capacity(tr, ho, hook, args.out, cfg, device=args.device,
                  source=args.model if args.activations is None else str(args.activations))
     return 0

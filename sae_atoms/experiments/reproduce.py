@@ -12,7 +12,7 @@
       -> capacity sweep (1x, 2x, 4x, 8x)           sae_atoms.experiments.capacity
       -> steering (atoms vs jumprelu features vs difference of means)
                                                    sae_atoms.experiments.steering
-      -> results.json, report.md / report.html, plots, SAEs in SAELens format
+      -> results.json, report.md / report.html, FINDINGS.md, plots, SAEs in SAELens format
 
 Every stage's result is cached under ``OUT/cache/<stage>`` with a key of its inputs, so a
 second run reuses what did not change; ``--force`` starts afresh. A cached stage is checked on
@@ -37,12 +37,14 @@ from sae_lens import SAE
 
 from sae_atoms import evals
 from sae_atoms.activations import ActivationSet, extract
-from sae_atoms.data import fact_prompts, reasoning_prompts
+from sae_atoms.data import FACT_RELATIONS, LABEL_COLUMNS, fact_prompts, reasoning_prompts
 from sae_atoms.experiments import capacity, frontier, geometry, steering
-from sae_atoms.experiments.geometry import dedupe_subject_prefix
+from sae_atoms.experiments.geometry import GeometryConfig, dedupe_subject_prefix
+from sae_atoms.experiments.findings import write_findings
 from sae_atoms.experiments.report import headline_table, update_readme, write_report
 from sae_atoms.io import atomic_dir, follow_umask, remove_stale, sha256_file, sha256_tensors, write_json
 from sae_atoms.models import fact_accuracy, load_model, resolve_device
+from sae_atoms.units import UNIT_KINDS, unit_kind
 
 # Paper's numbers (Atom Theory, arXiv 2509.20784), for the report only.
 PAPER = {
@@ -50,12 +52,13 @@ PAPER = {
     "features": {"r2": 0.488, "q_star": 0.682},
     "atoms": {"r2": 0.999, "q_star": 0.998},
 }
-# sizes of a full run and of ``--quick`` (Settings fills its None fields from these; the CLI help quotes them)
-N_CITIES, QUICK_N_CITIES, QUICK_STEPS = 1500, 300, 150  # steps per frontier SAE (full: frontier.DEFAULT_STEPS)
-CAPACITY_STEPS, QUICK_CAPACITY_STEPS = 200, 75
-QUICK_TARGETS = (8.0, 16.0)                  # L0 targets (full: frontier.DEFAULT_TARGETS)
-UNITS = ("neurons", "features_standard", "features_jumprelu", "atoms")
-SAE_KINDS = {"features_standard": "standard", "features_jumprelu": "jumprelu", "atoms": "tsae_aip"}
+# sizes of a full run and of ``--quick`` (Settings fills its None fields from these; the CLI help quotes
+# them): train_steps per frontier SAE, capacity_steps per capacity-sweep SAE, frontier_targets the L0s
+FULL = {"n_cities": 1500, "train_steps": frontier.FrontierConfig.steps, "capacity_steps": 200,
+        "frontier_targets": tuple(float(t) for t in frontier.DEFAULT_TARGETS)}
+QUICK = {"n_cities": 300, "train_steps": 150, "capacity_steps": 75, "frontier_targets": (8.0, 16.0)}
+UNITS = tuple(unit_kind(u).name for u in ("neurons", "features_standard", "features_jumprelu", "atoms"))  # headline
+SAE_KINDS = {u: UNIT_KINDS[u].architecture for u in UNITS if UNIT_KINDS[u].architecture is not None}
 
 
 @dataclass
@@ -78,24 +81,18 @@ class Settings:
     steer: bool = True
     frontier_targets: tuple[float, ...] | None = None
     frontier_units: tuple[str, ...] = frontier.UNITS
-    frontier_expansion: float = frontier.DEFAULT_EXPANSION
+    frontier_expansion: float = frontier.FrontierConfig.expansion
     headline_l0: float = 16.0
     paper_regime: bool = True
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        if self.n_cities is None:
-            self.n_cities = QUICK_N_CITIES if self.quick else N_CITIES
+        for k, v in (QUICK if self.quick else FULL).items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
         if self.relations is None:
-            self.relations = ("city_country",) if self.quick else (
-                "city_country", "country_capital", "country_continent", "country_currency", "country_language")
-        if self.train_steps is None:  # per frontier SAE (batch frontier.DEFAULT_BATCH_SIZE)
-            self.train_steps = QUICK_STEPS if self.quick else frontier.DEFAULT_STEPS
-        if self.capacity_steps is None:
-            self.capacity_steps = QUICK_CAPACITY_STEPS if self.quick else CAPACITY_STEPS
-        if self.frontier_targets is None:
-            self.frontier_targets = QUICK_TARGETS if self.quick else tuple(float(t) for t in frontier.DEFAULT_TARGETS)
+            self.relations = ("city_country",) if self.quick else FACT_RELATIONS
         if self.headline_l0 not in self.frontier_targets:
             raise ValueError(f"headline_l0={self.headline_l0} must be one of the frontier targets {self.frontier_targets}")
 
@@ -176,7 +173,7 @@ class _Progress:
         self.names, self.i, self.t0 = names, 0, time.time()
         self.times: dict[str, float] = {}
 
-    def __call__(self, name: str) -> None:
+    def __call__(self, name: str) -> None:  # a stage starts
         self.i += 1
         print(f"\n[{self.i}/{len(self.names)}] {name}  (elapsed {time.time() - self.t0:.0f} s)", flush=True)
         self._cur, self._start = name, time.time()
@@ -201,12 +198,8 @@ def run_reproduce(settings: Settings) -> dict:
     t_start = time.time()
     job = _model_and_prompts(s, device, prog)
     _activations(job, prog)
-    geo = _geometry(job, prog)
-    front = _frontier(job, prog)
-    paper = _paper_regime(job, prog)
-    unit_res = _evaluate_units(job, prog)
-    cap = _capacity(job, prog)
-    steer = _steering(job, prog)
+    geo, front, paper = _geometry(job, prog), _frontier(job, prog), _paper_regime(job, prog)
+    unit_res, cap, steer = _evaluate_units(job, prog), _capacity(job, prog), _steering(job, prog)
     return _report(job, prog, geo, unit_res, cap, steer, t_start, front, paper)
 
 
@@ -285,9 +278,8 @@ def _geometry(job: _Job, prog: _Progress) -> dict:
     geo_layers = s.geometry_layers or _default_geometry_layers(model.cfg.n_layers, job.layer, s.quick)
     n_geo = 800 if s.quick else 1600
     geo, reused = _json_stage(s.out, "geometry", job.data_key | {"layers": geo_layers, "n_facts": n_geo, "version": 1},
-                              s.force, lambda: geometry.run_geometry(model, layers=geo_layers, n_facts=n_geo,
-                                                                     n_reasoning=150 if s.quick else 300, seed=s.seed,
-                                                                     progress=True))
+                              s.force, lambda: geometry.run_geometry(model, GeometryConfig(
+                                  layers=geo_layers, n_facts=n_geo, n_reasoning=150 if s.quick else 300, seed=s.seed)))
     prog.done(reused)
     return geo
 
@@ -302,9 +294,9 @@ def _frontier(job: _Job, prog: _Progress) -> dict:
                           "validation_frac": frontier.VALIDATION_FRAC, "version": 2}
 
     def compute(folder: Path) -> None:
-        res = frontier.run_frontier(job.train, job.heldout, hook, targets=s.frontier_targets, units=s.frontier_units,
-                                    expansion=s.frontier_expansion, steps=s.train_steps, seed=s.seed,
-                                    device=device, save_dir=folder / "saes")
+        cfg = frontier.FrontierConfig(targets=s.frontier_targets, units=s.frontier_units, expansion=s.frontier_expansion,
+                                      steps=s.train_steps, seed=s.seed)
+        res = frontier.run_frontier(job.train, job.heldout, hook, cfg, device=device, save_dir=folder / "saes")
         write_json(res, folder / "result.json")
 
     def load(folder: Path) -> tuple[dict, dict]:
@@ -341,7 +333,7 @@ def _evaluate_units(job: _Job, prog: _Progress) -> dict:
     frontier fitted on, its validation entities left out) and held-out."""
     prog("evaluate units")
     saes, heldout, hook, device = job.saes, job.heldout, job.hook, job.device
-    labels = ["country", "continent", "language", "currency"]
+    labels = LABEL_COLUMNS
 
     def evaluate_all() -> dict:  # (only when the stage is not cached)
         metric = frontier.reference_metric(job.train, hook)  # one metric for every unit: the robust AIP
@@ -349,10 +341,11 @@ def _evaluate_units(job: _Job, prog: _Progress) -> dict:
         res = {}
         for unit in UNITS:
             u = evals.neurons(job.model.cfg.d_model) if unit == "neurons" else saes[unit]
-            ins = evals.evaluate_units(u, train, metric=metric, labels={c: train.labels(c) for c in labels}, hook=hook,
+            geo = evals.dictionary_geometry(u, metric, device=device)  # the decoder's coherence, once per unit
+            ins = evals.evaluate_units(u, train, metric, {c: train.labels(c) for c in labels}, hook=hook, geometry=geo,
                                        device=device)
-            held = evals.evaluate_units(u, heldout, metric=metric, labels={c: heldout.labels(c) for c in labels},
-                                        hook=hook, device=device)
+            held = evals.evaluate_units(u, heldout, metric, {c: heldout.labels(c) for c in labels}, hook=hook,
+                                        geometry=geo, device=device)
             res[unit] = {"in_sample": ins, "heldout": held}
         return res
 
@@ -367,9 +360,9 @@ def _capacity(job: _Job, prog: _Progress) -> list:
     prog("capacity sweep")
     s, hook = job.s, job.hook
     cap_key = job.acts_key | {"expansions": s.capacity_expansions, "steps": s.capacity_steps, "seed": s.seed, "version": 1}
+    cfg = capacity.CapacityConfig(expansions=s.capacity_expansions, steps=s.capacity_steps, seed=s.seed)
     cap, reused = _json_stage(s.out, "capacity", cap_key, s.force, lambda: capacity.capacity_sweep(
-        job.train.x(hook), job.heldout.x(hook), expansions=s.capacity_expansions, steps=s.capacity_steps, seed=s.seed,
-        device=job.device, progress=True))
+        job.train.x(hook), job.heldout.x(hook), cfg, device=job.device))
     prog.done(reused)
     return cap
 
@@ -403,15 +396,16 @@ def _steering_sae(job: _Job, unit: str) -> Any:
 
 def _report(job: _Job, prog: _Progress, geo: dict, unit_res: dict, cap: list, steer: dict, t_start: float,
             front: dict, paper: dict) -> dict:
-    """``results.json`` and the report."""
+    """``results.json``, the report and ``FINDINGS.md``."""
     prog("report")
     out = job.s.out
-    results = collect_results(job.s, job.model, job.hook, job.train, job.heldout, job.acc, geo, unit_res, cap, steer)
+    results = collect_results(job, geo, unit_res, cap, steer)
     results |= {"metric": front["metric"], "frontier": front["rows"], "frontier_settings": front["settings"],
                 "paper_regime": paper, "units_l0": job.s.headline_l0}
     results["timing_s"] = prog.times | {"total": round(time.time() - t_start, 1)}
     write_json(results, out / "results.json")
     write_report(results, out)
+    write_findings(results, out / "FINDINGS.md")
     prog.done(False)
     print(f"\nresults: {out / 'results.json'}\nreport:  {out / 'report.md'} (and report.html)")
     return results
@@ -427,8 +421,9 @@ def _sae_key(sae: Any) -> str:
     return sha256_tensors(sae.state_dict())[:16]
 
 
-def collect_results(s: Settings, model, hook, train, heldout, acc, geo, unit_res, cap, steer) -> dict:
-    """The results dict: the keys the issue names first, everything measured beside them."""
+def collect_results(job: _Job, geo: dict, unit_res: dict, cap: list, steer: dict) -> dict:
+    """The results dict of the stages' results: the headline keys first, everything measured beside them."""
+    s, hook, train, heldout, acc = job.s, job.hook, job.train, job.heldout, job.acc
     main_geo = geo["layers"][str(int(hook.split(".")[1]))] if "layers" in geo else geo
     units = {}
     for unit, r in unit_res.items():
@@ -471,20 +466,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", type=int, default=None, help="layer of blocks.L.hook_resid_post (default: 2/5 of depth)")
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
     p.add_argument("--quick", action="store_true", help=(
-        f"a smoke run, not results to quote: {QUICK_N_CITIES} cities, one relation, L0 targets "
-        f"{'/'.join(f'{t:g}' for t in QUICK_TARGETS)}, {QUICK_STEPS} steps per SAE, steering with "
+        f"a smoke run, not results to quote: {QUICK['n_cities']} cities, one relation, L0 targets "
+        f"{'/'.join(f'{t:g}' for t in QUICK['frontier_targets'])}, {QUICK['train_steps']} steps per SAE, steering with "
         f"{steering.QUICK['n_targets']} targets x {steering.QUICK['n_eval']} prompts and {steering.QUICK['n_seeds']} seed"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--force", action="store_true", help="recompute every stage (ignore the cache in --out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-cities", type=int, default=None,
-                   help=f"cities for the fact prompts (default {N_CITIES}; quick {QUICK_N_CITIES})")
+                   help=f"cities for the fact prompts (default {FULL['n_cities']}; quick {QUICK['n_cities']})")
     p.add_argument("--steps", type=int, default=None, help=(
-        f"training steps per frontier SAE (default {frontier.DEFAULT_STEPS}; quick {QUICK_STEPS}); the capacity sweep "
-        f"keeps its own {CAPACITY_STEPS} (quick {QUICK_CAPACITY_STEPS})"))
+        f"training steps per frontier SAE (default {FULL['train_steps']}; quick {QUICK['train_steps']}); the capacity "
+        f"sweep keeps its own {FULL['capacity_steps']} (quick {QUICK['capacity_steps']})"))
     p.add_argument("--no-steer", action="store_true", help="skip the steering stage")
     p.add_argument("--readme", type=Path, default=None,
                    help="also write the headline table into this README between the results markers")
+    p.add_argument("--findings", type=Path, default=None,
+                   help="also write the measured findings (OUT/FINDINGS.md) to this file, e.g. docs/FINDINGS.md")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -496,4 +493,6 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.readme:
         update_readme(args.readme, results)
         print(f"updated the results table in {args.readme}")
+    if args.findings:
+        print(f"wrote the findings to {write_findings(results, args.findings)}")
     return 0

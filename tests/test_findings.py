@@ -1,0 +1,37 @@
+"""FINDINGS.md is generated from a results dict: every number comes from the results, a changed result changes the file."""
+
+import copy
+
+from sae_atoms.experiments.findings import write_findings
+from tests.test_report import _frontier_rows, _method, _results
+
+
+def _full() -> dict:
+    res = _results({"atoms": _method(0.625, 16), "diff_of_means": _method(0.4375, 16)})
+    res["frontier"] = _frontier_rows()
+    res["frontier_settings"] = {"d_sae": 8, "expansion": 1, "steps": 3, "batch_size": 16, "atoms_alpha": 0.35,
+                                "l0_matched_on": "validation entities"}
+    res["capacity"] = [{"expansion": 1.0, "d_sae": 8, "n_train": 100, "r2": 0.71, "r2_heldout": 0.64, "l0_train": 3.0,
+                        "architecture": "tsae_aip", "steps": 75}]
+    return res
+
+
+def test_findings_are_written_from_the_results(tmp_path):
+    res = _full()
+    text = write_findings(res, tmp_path / "docs" / "FINDINGS.md").read_text()
+    assert text.startswith("# Findings") and "do not edit by hand" in text
+    for heading in ("Units", "Sparsity frontier", "Geometry", "Capacity", "Steering", "Reading"):
+        assert f"## {heading}" in text, heading
+    assert "0.625" in text and "0.438" in text and "0.640" in text  # steering success, capacity R² held-out
+    assert "matched L0 = 16" in text and "`--quick` run" in text
+
+    changed = copy.deepcopy(res)
+    changed["units"]["atoms"]["r2_heldout"] = 0.123
+    other = write_findings(changed, tmp_path / "other.md").read_text()
+    assert other != text and "0.123" in other and "0.123" not in text
+
+
+def test_findings_of_a_run_without_optional_stages(tmp_path):
+    res = _results({})
+    text = write_findings(res, tmp_path / "F.md").read_text()
+    assert "## Units" in text and "## Steering" not in text and "## Capacity" not in text
