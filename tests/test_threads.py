@@ -1,4 +1,4 @@
-"""Thread count under load (issue 14, item 15): SAE_ATOMS_THREADS, CPU affinity, runnable processes."""
+"""Thread count under load: SAE_ATOMS_THREADS, CPU affinity, runnable processes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from sae_atoms import threads
 
@@ -58,10 +57,3 @@ def test_cli_threads_option_and_env_reach_torch():
                                            env={**os.environ, **env}, timeout=120)
     assert "threads 1" in run(["--threads", "1", "bench"], {}).stdout
     assert "threads 1" in run(["bench"], {"SAE_ATOMS_THREADS": "1"}).stdout
-
-
-def test_bench_has_under_load_case():
-    from sae_atoms.bench import CASES
-
-    assert "under_load" in CASES
-    torch.set_num_threads(torch.get_num_threads())
