@@ -57,6 +57,7 @@ def test_width_rule_slope():
     assert none["loglog_slope"] is None and "no cliff" in none["statement"]
 
 
+@pytest.mark.slow
 def test_sweep_on_planted_dictionary(one_thread, tmp_path):
     """64 atoms in d = 16, one atom per sample: a width of 1x d cannot hold them, 4x (= 64) can."""
     tr, _ = _planted(1024, seed=0)
@@ -92,6 +93,7 @@ def test_sweep_bad_input():
         training_config("nope", 8, 16)
 
 
+@pytest.mark.slow
 def test_cli_capacity_from_saved_activations(one_thread, tmp_path):
     import datasets
 

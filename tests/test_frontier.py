@@ -34,6 +34,7 @@ def test_validation_split_keeps_every_entity_on_one_side():
         frontier.validation_split(acts, 1.0)
 
 
+@pytest.mark.slow
 def test_match_on_sets_l0_on_the_given_rows_not_the_training_rows():
     data = planted(d=16, n_atoms=48, k=4, coherence=0.4, n_samples=4000, seed=0).activations
     x, other = data[:3000], data[3000:] * 0.5  # the other rows are weaker: fewer units fire on them
@@ -113,6 +114,7 @@ def _frontier(acts: str, out, *extra: str) -> int:
                  "--batch-size", "16", *extra])
 
 
+@pytest.mark.slow
 def test_targets_that_round_alike_get_their_own_sae_folders(tmp_path, capsys):
     acts = _acts_on_disk(tmp_path / "acts")
     assert _frontier(acts, tmp_path / "o", "--targets", "4", "4.6") == 0
@@ -128,6 +130,7 @@ def test_targets_that_round_alike_get_their_own_sae_folders(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow
 def test_frontier_refuses_a_folder_it_did_not_write_and_replaces_its_own_whole(tmp_path, capsys, monkeypatch):
     acts = _acts_on_disk(tmp_path / "acts")
     mine = tmp_path / "mine"

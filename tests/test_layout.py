@@ -308,6 +308,7 @@ def test_public_api_at_the_top_level():
     assert sae_atoms.to_jumprelu is to_jumprelu and sae_atoms.train_on_activations is train_on_activations
 
 
+@pytest.mark.slow
 def test_import_registers_the_architectures_with_saelens():
     code = ("from sae_lens.registry import SAE_CLASS_REGISTRY as I, SAE_TRAINING_CLASS_REGISTRY as T\n"
             "assert 'tsae_aip' not in T and 'tsae' not in T\n"

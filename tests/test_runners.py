@@ -69,6 +69,7 @@ def _tiny_loader(tiny_model, asked: list):
     return load
 
 
+@pytest.mark.slow
 def test_build_runner_multi_trains_tsae_aip_and_jumprelu_and_they_reload(monkeypatch, tmp_path, tiny_model, token_folder):
     """The multi runner gets the same overrides as the single one: our model loader for ``model_name``,
     the local ``dataset_path`` read with ``datasets``; the tsae_aip metric is fitted before training."""
@@ -95,6 +96,7 @@ def test_build_runner_multi_trains_tsae_aip_and_jumprelu_and_they_reload(monkeyp
     assert saved["metadata"]["model_from_pretrained_kwargs"] == tiny_model.from_pretrained_kwargs
 
 
+@pytest.mark.slow
 def test_build_runner_single_records_the_models_kwargs(monkeypatch, tmp_path, tiny_model, token_folder):
     asked: list[str] = []
     monkeypatch.setattr(T, "load_model", _tiny_loader(tiny_model, asked))

@@ -30,6 +30,7 @@ def test_passive_wait_keeps_all_cores_under_load():
     assert threads.choose_threads(env=env, load=float(cores + 2)) == min(cores, threads._TORCH_DEFAULT)
 
 
+@pytest.mark.slow
 def test_import_sets_passive_wait_unless_user_chose_or_torch_came_first():
     code = "import {first}, os; print('policy', os.environ.get('OMP_WAIT_POLICY'))"
     base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
@@ -49,6 +50,7 @@ def test_own_running_threads_are_not_counted_as_load():
     assert threads.other_runnable() >= 0.0
 
 
+@pytest.mark.slow
 def test_cli_threads_option_and_env_reach_torch():
     code = ("import sys, torch; from sae_atoms import cli, bench\n"
             "bench.run_cases = lambda names, quick=False: print('threads', torch.get_num_threads()) or {}\n"

@@ -50,6 +50,7 @@ def recovery():
     return out
 
 
+@pytest.mark.slow
 def test_tsae_aip_recovers_planted_atoms_and_supports(recovery):
     r = recovery["tsae_aip"][1]
     assert r["atoms_recovered"] >= 0.99, r
@@ -57,6 +58,7 @@ def test_tsae_aip_recovers_planted_atoms_and_supports(recovery):
     assert abs(r["l0"] - r["true_l0"]) < 0.1, r
 
 
+@pytest.mark.slow
 def test_same_function_trains_standard_jumprelu_and_tsae_aip(recovery):
     for name, cls in [("standard", StandardSAE), ("jumprelu", JumpReLUSAE), ("tsae_aip", TSAEAIPSAE)]:
         sae, r = recovery[name]
@@ -69,6 +71,7 @@ def test_same_function_trains_standard_jumprelu_and_tsae_aip(recovery):
     assert recovery["tsae_aip"][1]["support_recovered"] >= best_raw
 
 
+@pytest.mark.slow
 def test_train_on_activations_is_seeded_and_checks_input():
     x = planted(d=16, n_atoms=24, k=2, coherence=0.3, n_samples=1000, seed=0).activations
     cfg = TSAEAIPTrainingSAEConfig(d_in=16, d_sae=24)
@@ -187,6 +190,7 @@ def test_cli_train_d_in_mismatch_is_clear(tmp_path, real_model):
 
 
 # ---------------------------------------------------------------- issue 11: coherent dictionary, L0 control
+@pytest.mark.slow
 @pytest.mark.parametrize(("n_threads", "data_seed"), [(1, 0), (2, 1)])
 def test_tsae_aip_recovers_a_union_of_orthonormal_bases_behind_a_shift(n_threads, data_seed):
     """Two random orthonormal bases of R^64 (intrinsic mu ~0.42; ~0.65 in Euclid after a distortion of
@@ -208,6 +212,7 @@ def test_tsae_aip_recovers_a_union_of_orthonormal_bases_behind_a_shift(n_threads
     assert r["atoms_recovered"] >= 0.99, r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["jumprelu", "tsae", "tsae_aip", "standard"])
 def test_target_l0_holds_every_unit_kind_to_the_target(arch):
     from sae_atoms.units import UNIT_KINDS, unit_config
@@ -223,6 +228,7 @@ def test_target_l0_holds_every_unit_kind_to_the_target(arch):
         train_on_activations(x, cfg, steps=1, progress=False, target_l0=0.0)
 
 
+@pytest.mark.slow
 def test_match_l0_moves_only_thresholds():
     from sae_atoms.training import match_l0
 
