@@ -1,11 +1,11 @@
 """``sae-atoms bench``: speed targets measured as ratios against a baseline in the same process.
 
 Each case is a function ``bench_<case>(quick: bool) -> dict`` defined here and registered in
-``CASES``; it imports the capability it measures when it runs. It returns at least
-``{"ratio": r, "target": t, "better": "lower" | "higher"}`` plus whatever it measured (seconds,
-sizes). ``ratio`` compares our code against a baseline doing the same essential work in the
-same process, so the figure does not depend on the machine's speed. ``passed`` is filled in
-here.
+``CASES``; it imports the capability it measures when it runs. It times our code and a baseline
+doing the same essential work in the same process, so the figure does not depend on the
+machine's speed, and returns :func:`measured`'s dict: ``{"ratio", "target", "better",
+"seconds", "baseline_seconds"}`` plus whatever else it measured (sizes, threads). ``passed`` is
+filled in here.
 """
 
 from __future__ import annotations
@@ -35,6 +35,22 @@ def best_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> flo
     return min(times)
 
 
+def ratio_of(seconds: float, baseline_seconds: float, better: str) -> float:
+    """``seconds / baseline_seconds`` when lower is better (a time ratio), the inverse when higher
+    is better (a throughput ratio: the same work per second, ours over the baseline's)."""
+    if better == "lower":
+        return seconds / baseline_seconds
+    if better == "higher":
+        return baseline_seconds / seconds
+    raise ValueError(f"better must be 'lower' or 'higher', not {better!r}")
+
+
+def measured(seconds: float, baseline_seconds: float, target: float, better: str, **extra: object) -> dict:
+    """A case's result: our time, the baseline's time, their :func:`ratio_of` and its target."""
+    return {"ratio": ratio_of(seconds, baseline_seconds, better), "target": target, "better": better,
+            "seconds": seconds, "baseline_seconds": baseline_seconds, **extra}
+
+
 # --------------------------------------------------------------------------- cases
 def bench_extract_subject(quick: bool = False) -> dict:
     """Subject-position extraction throughput / bare ``model(tokens, stop_at_layer)`` throughput.
@@ -62,9 +78,8 @@ def bench_extract_subject(quick: bool = False) -> dict:
 
     repeat = 2 if quick else 3
     t_base, t_ours = best_time(baseline, repeat=repeat), best_time(ours, repeat=repeat)
-    return {"ratio": t_base / t_ours, "target": 0.9, "better": "higher", "n_prompts": len(ds),
-            "seconds_ours": t_ours, "seconds_baseline": t_base, "hook": hook,
-            "note": "throughput ratio (baseline time / extraction time), same tokens and batches"}
+    return measured(t_ours, t_base, 0.9, "higher", n_prompts=len(ds), hook=hook,
+                    note="throughput ratio (baseline time / extraction time), same tokens and batches")
 
 
 def bench_aip_fit(quick: bool = False) -> dict:
@@ -83,8 +98,7 @@ def bench_aip_fit(quick: bool = False) -> dict:
     repeat = 2 if quick else 3
     t_base = best_time(lambda: x64.T @ x64, repeat=repeat)
     t_fit = best_time(lambda: AIPMetric.fit(x), repeat=repeat)
-    return {"ratio": t_fit / t_base, "target": 1.5, "better": "lower", "n": n, "d": d,
-            "seconds_fit": t_fit, "seconds_xtx_float64": t_base, "threads": torch.get_num_threads()}
+    return measured(t_fit, t_base, 1.5, "lower", n=n, d=d, threads=torch.get_num_threads())
 
 
 def bench_tsae_aip_step(quick: bool = False) -> dict:
@@ -123,9 +137,8 @@ def bench_tsae_aip_step(quick: bool = False) -> dict:
     for r in range(rounds):
         t_jr = min(t_jr, best_time(lambda: tr_jr._train_step(jr, x), repeat=repeat, warmup=1 if r == 0 else 0))
         t_ta = min(t_ta, best_time(lambda: tr_ta._train_step(ta, x), repeat=repeat, warmup=1 if r == 0 else 0))
-    return {"ratio": t_ta / t_jr, "target": 1.10, "better": "lower", "tsae_aip_step_s": t_ta, "jumprelu_step_s": t_jr,
-            "metric_fit_s": fit_s, "metric_fit_rows": int(data.shape[0]),
-            "metric_fit_in_steps": fit_s / t_jr, "d_in": d, "d_sae": width, "batch": batch, "device": str(dev)}
+    return measured(t_ta, t_jr, 1.10, "lower", metric_fit_s=fit_s, metric_fit_rows=int(data.shape[0]),
+                    metric_fit_in_steps=fit_s / t_jr, d_in=d, d_sae=width, batch=batch, device=str(dev))
 
 
 def _trainer_config(batch: int, dev: torch.device):
@@ -188,9 +201,8 @@ def bench_under_load(quick: bool = False) -> dict:
                 p.wait()
     finally:
         torch.set_num_threads(before)
-    return {"ratio": t_loaded / t_idle, "target": 2.5, "better": "lower", "idle_step_s": t_idle,
-            "loaded_step_s": t_loaded, "idle_threads": idle_threads, "loaded_threads": loaded_threads,
-            "competitors": 2, "d_in": d, "d_sae": width, "batch": batch}
+    return measured(t_loaded, t_idle, 2.5, "lower", idle_threads=idle_threads, loaded_threads=loaded_threads,
+                    competitors=2, d_in=d, d_sae=width, batch=batch)
 
 
 def bench_coherence(quick: bool = False) -> dict:
@@ -222,11 +234,8 @@ def bench_coherence(quick: bool = False) -> dict:
 
     t_base = best_time(baseline, repeat=2 if quick else 3)
     t_ours = best_time(ours, repeat=2 if quick else 3)
-    return {"ratio": t_ours / t_base, "target": 1.3, "better": "lower", "seconds": t_ours, "baseline_seconds": t_base,
-            "N": N, "d": d, "block": B, "device": str(dev)}
+    return measured(t_ours, t_base, 1.3, "lower", N=N, d=d, block=B, device=str(dev))
 
-
-# case name -> function
 
 def bench_aip_stream(quick: bool = False) -> dict:
     """``fit-metric``'s streaming (``MomentStream.run``: corpus, tokenising, packing, forward with
@@ -261,10 +270,12 @@ def bench_aip_stream(quick: bool = False) -> dict:
     for _ in range(rounds):  # alternating rounds: load drifts hit both alike
         t_base = min(t_base, best_time(baseline, repeat=1, warmup=0))
         t_ours = min(t_ours, best_time(ours, repeat=1, warmup=0))
-    return {"ratio": t_base / t_ours, "target": 0.9, "better": "higher", "tokens": n_rows * ctx, "hooks": hooks,
-            "tokens_per_s_ours": n_rows * ctx / t_ours, "tokens_per_s_baseline": n_rows * ctx / t_base,
-            "seconds_ours": t_ours, "seconds_baseline": t_base, "threads": torch.get_num_threads()}
+    return measured(t_ours, t_base, 0.9, "higher", tokens=n_rows * ctx, hooks=hooks,
+                    tokens_per_s_ours=n_rows * ctx / t_ours, tokens_per_s_baseline=n_rows * ctx / t_base,
+                    threads=torch.get_num_threads())
 
+
+# case name -> function
 CASES: dict[str, Callable[..., dict]] = {
     "extract_subject": bench_extract_subject,
     "aip_fit": bench_aip_fit,

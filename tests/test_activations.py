@@ -97,6 +97,7 @@ def _cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sae_atoms.cli", *argv], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_extract_refuses_a_folder_it_did_not_write(tmp_path):
     out = tmp_path / "mine"
     (out / "sub").mkdir(parents=True)
@@ -125,6 +126,7 @@ def _held_by_another_process(out):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_second_writer_fails_fast_naming_the_holder(tmp_path):
     from sae_atoms.io import output_lock
 
@@ -139,6 +141,7 @@ def test_second_writer_fails_fast_naming_the_holder(tmp_path):
     assert ActivationSet.load(out).x("h").shape == (4, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,needle", [
     (["extract", "--hook", "h", "--out", "{tmp}/o", "--batch-size", "0"], "--batch-size"),
     (["extract", "--hook", "h", "--out", "{tmp}/o", "--n-cities", "-3"], "--n-cities"),
@@ -154,6 +157,7 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, argv, needle):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["geometry", "capacity", "reproduce", "steer"])
 def test_every_out_is_locked_and_checked_before_compute(tmp_path, command, capsys):
     from sae_atoms.cli import main

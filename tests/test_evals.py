@@ -308,13 +308,6 @@ def test_format_table():
     assert len(lines) == 3 and "neurons" in lines[1] and lines[2].rstrip().endswith("-")
 
 
-def test_bench_coherence_quick_runs():
-    from sae_atoms.bench import bench_coherence
-
-    res = bench_coherence(quick=True)
-    assert {"ratio", "target", "better"} <= set(res) and res["ratio"] > 0 and res["N"] == 4096
-
-
 # --------------------------------------------------------------------------- real model
 @pytest.mark.real_model
 def test_real_neurons_in_aip_geometry(real_acts):

@@ -41,6 +41,7 @@ def umask(request):
         os.umask(old)
 
 
+@pytest.mark.slow
 def test_saved_saes_activation_sets_and_metrics_follow_the_umask(tmp_path, umask):
     torch.manual_seed(0)
     train, held = _entities(), _entities(8, split="heldout")
@@ -71,6 +72,7 @@ def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary folder left
 
 
+@pytest.mark.slow
 def test_a_symlink_to_a_locked_folder_is_locked(tmp_path):
     real, link = tmp_path / "real", tmp_path / "link"
     real.mkdir()

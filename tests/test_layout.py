@@ -1,10 +1,13 @@
 """The rules the package tree keeps (docs/ARCHITECTURE.md), checked on the source with ``ast``.
 
 * no import cycle inside ``sae_atoms`` (imports inside functions count);
-* the library never imports ``sae_atoms.experiments``; only ``cli`` and ``bench`` (the top layer)
-  and the experiments themselves do;
+* nothing outside ``sae_atoms/experiments/`` imports ``sae_atoms.experiments`` with an import
+  statement (``cli`` reaches the subcommands by module name, through ``importlib``);
 * ``sae_atoms.saes`` uses nothing of the package but ``aip`` and ``io``;
-* no function or method is longer than 100 lines;
+* no module is longer than 500 lines, no function or method longer than 60 (decorators and
+  docstring included);
+* no public function or method (``__init__`` and the other dunders included) takes more than 8
+  parameters, ``self`` / ``cls`` not counted, ``*args`` / ``**kwargs`` counted;
 * ``duplicates`` (when installed) finds no repeated code inside ``sae_atoms/``;
 * the public API a notebook uses is at the top level, and ``import sae_atoms`` registers the
   architectures with SAELens.
@@ -26,8 +29,9 @@ import pytest
 PKG = "sae_atoms"
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / PKG
-MAX_FUNCTION_LINES = 100
-TOP_LAYER = {f"{PKG}.cli", f"{PKG}.bench"}
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 60
+MAX_PARAMETERS = 8
 SAES_MAY_USE = {f"{PKG}.aip", f"{PKG}.io"}
 
 
@@ -117,6 +121,58 @@ def long_functions(src: Path = SRC, limit: int = MAX_FUNCTION_LINES) -> list[tup
     return out
 
 
+def long_modules(src: Path = SRC, limit: int = MAX_MODULE_LINES) -> list[tuple[str, int]]:
+    """``(path, lines)`` of every module longer than ``limit`` lines."""
+    out = []
+    for p in sorted(src.rglob("*.py")):
+        n = len(p.read_text().splitlines())
+        if n > limit:
+            out.append((str(p.relative_to(src.parent)), n))
+    return out
+
+
+def _is_public(name: str) -> bool:
+    return not name.startswith("_") or (name.startswith("__") and name.endswith("__"))
+
+
+def _n_parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef, method: bool) -> int:
+    a = fn.args
+    n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + (a.vararg is not None) + (a.kwarg is not None)
+    static = any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in fn.decorator_list)
+    return n - 1 if method and not static and (a.posonlyargs or a.args) else n
+
+
+def _public_functions(body: list[ast.stmt], prefix: str, method: bool):
+    """``(qualified name, node, is_method)`` of the public functions and methods in ``body``:
+    module-level functions, methods of public classes (nested public classes too); not the
+    functions defined inside functions."""
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _is_public(node.name):
+            yield f"{prefix}{node.name}", node, method
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            yield from _public_functions(node.body, f"{prefix}{node.name}.", True)
+
+
+def wide_functions(src: Path = SRC, limit: int = MAX_PARAMETERS) -> list[tuple[str, int]]:
+    """``(path:line name, parameters)`` of every public function or method with more than ``limit``
+    parameters (``self`` / ``cls`` not counted)."""
+    out = []
+    for p in sorted(src.rglob("*.py")):
+        for name, node, method in _public_functions(ast.parse(p.read_text(), str(p)).body, "", False):
+            n = _n_parameters(node, method)
+            if n > limit:
+                out.append((f"{p.relative_to(src.parent)}:{node.lineno} {name}", n))
+    return out
+
+
+def library_imports_of_experiments(graph: dict[str, set[str]], pkg: str = PKG) -> dict[str, list[str]]:
+    """``{module: [experiments it imports]}`` for the modules outside ``pkg.experiments``."""
+    exp = f"{pkg}.experiments"
+    inside = lambda m: m == exp or m.startswith(exp + ".")
+    bad = {m: sorted(d for d in deps if inside(d)) for m, deps in graph.items() if not inside(m)}
+    return {m: d for m, d in bad.items() if d}
+
+
 # --------------------------------------------------------------------------- the checkers can fail
 def test_cycle_finder_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
@@ -138,6 +194,39 @@ def test_graph_reads_function_level_and_relative_imports(tmp_path):
     assert g["pk.sub.b"] == {"pk.a", "pk.sub.c"}
     assert g["pk.sub.c"] == {"pk.sub.b"}
     assert find_cycle(g) in (["pk.a", "pk.sub.b", "pk.a"], ["pk.sub.b", "pk.sub.c", "pk.sub.b"])
+
+
+def test_library_rule_flags_any_module_outside_experiments():
+    g = {"pk": set(), "pk.cli": {"pk.experiments.run"}, "pk.lib": {"pk.experiments"}, "pk.experiments": set(),
+         "pk.experiments.run": {"pk.lib", "pk.experiments"}, "pk.experimentsx": set(), "pk.other": {"pk.experimentsx"}}
+    assert library_imports_of_experiments(g, "pk") == {"pk.cli": ["pk.experiments.run"], "pk.lib": ["pk.experiments"]}
+
+
+def test_long_module_finder_counts_lines(tmp_path):
+    (tmp_path / "ok.py").write_text("x = 1\n" * MAX_MODULE_LINES)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "big.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    assert long_modules(tmp_path) == [(f"{tmp_path.name}/sub/big.py", MAX_MODULE_LINES + 1)]
+
+
+def test_wide_function_finder_counts_public_parameters_only(tmp_path):
+    eight = ", ".join(f"a{i}" for i in range(MAX_PARAMETERS))
+    (tmp_path / "m.py").write_text(
+        f"def ok({eight}): pass\n"
+        f"def wide({eight}, *, k=1): pass\n"
+        f"def splat({eight}, **kw): pass\n"
+        f"def _private({eight}, b): pass\n"
+        f"def outer():\n    def inner({eight}, b): pass\n"
+        f"class C:\n"
+        f"    def __init__(self, {eight}): pass\n"
+        f"    def method(self, {eight}, b): pass\n"
+        f"    @classmethod\n    def make(cls, {eight}): pass\n"
+        f"    @staticmethod\n    def static({eight}, b): pass\n"
+        f"    def _hidden(self, {eight}, b): pass\n"
+        f"    class Inner:\n        def __call__(self, {eight}, b): pass\n"
+        f"class _Private:\n    def method(self, {eight}, b): pass\n")
+    found = {where.split(" ", 1)[1]: n for where, n in wide_functions(tmp_path)}
+    assert found == {"wide": 9, "splat": 9, "C.method": 9, "C.static": 9, "C.Inner.__call__": 9}
 
 
 def test_long_function_finder_reports_name_and_length(tmp_path):
@@ -163,10 +252,7 @@ def test_no_import_cycles():
 
 
 def test_library_does_not_import_experiments():
-    exp = f"{PKG}.experiments"
-    bad = {m: sorted(d for d in deps if d == exp or d.startswith(exp + "."))
-           for m, deps in GRAPH.items() if not (m == exp or m.startswith(exp + ".") or m in TOP_LAYER)}
-    bad = {m: d for m, d in bad.items() if d}
+    bad = library_imports_of_experiments(GRAPH)
     assert not bad, f"library modules importing experiments: {bad}"
 
 
@@ -178,9 +264,19 @@ def test_saes_use_only_aip_and_io():
     assert not bad, f"sae_atoms.saes may import only {sorted(SAES_MAY_USE)}: {bad}"
 
 
+def test_no_module_longer_than_the_limit():
+    too_long = long_modules()
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"
+
+
 def test_no_function_longer_than_the_limit():
     too_long = long_functions()
     assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines: {too_long}"
+
+
+def test_no_public_function_with_more_than_the_limit_of_parameters():
+    wide = wide_functions()
+    assert not wide, f"public functions with over {MAX_PARAMETERS} parameters: {wide}"
 
 
 @pytest.mark.skipif(shutil.which("duplicates") is None, reason="the `duplicates` command is not installed")
@@ -212,6 +308,7 @@ def test_public_api_at_the_top_level():
     assert sae_atoms.to_jumprelu is to_jumprelu and sae_atoms.train_on_activations is train_on_activations
 
 
+@pytest.mark.slow
 def test_import_registers_the_architectures_with_saelens():
     code = ("from sae_lens.registry import SAE_CLASS_REGISTRY as I, SAE_TRAINING_CLASS_REGISTRY as T\n"
             "assert 'tsae_aip' not in T and 'tsae' not in T\n"

@@ -1,4 +1,4 @@
-"""Thread count under load (issue 14, item 15): SAE_ATOMS_THREADS, CPU affinity, runnable processes."""
+"""Thread count under load: SAE_ATOMS_THREADS, CPU affinity, runnable processes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from sae_atoms import threads
 
@@ -31,6 +30,7 @@ def test_passive_wait_keeps_all_cores_under_load():
     assert threads.choose_threads(env=env, load=float(cores + 2)) == min(cores, threads._TORCH_DEFAULT)
 
 
+@pytest.mark.slow
 def test_import_sets_passive_wait_unless_user_chose_or_torch_came_first():
     code = "import {first}, os; print('policy', os.environ.get('OMP_WAIT_POLICY'))"
     base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
@@ -50,6 +50,7 @@ def test_own_running_threads_are_not_counted_as_load():
     assert threads.other_runnable() >= 0.0
 
 
+@pytest.mark.slow
 def test_cli_threads_option_and_env_reach_torch():
     code = ("import sys, torch; from sae_atoms import cli, bench\n"
             "bench.run_cases = lambda names, quick=False: print('threads', torch.get_num_threads()) or {}\n"
@@ -58,10 +59,3 @@ def test_cli_threads_option_and_env_reach_torch():
                                            env={**os.environ, **env}, timeout=120)
     assert "threads 1" in run(["--threads", "1", "bench"], {}).stdout
     assert "threads 1" in run(["bench"], {"SAE_ATOMS_THREADS": "1"}).stdout
-
-
-def test_bench_has_under_load_case():
-    from sae_atoms.bench import CASES
-
-    assert "under_load" in CASES
-    torch.set_num_threads(torch.get_num_threads())

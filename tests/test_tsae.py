@@ -185,6 +185,7 @@ def token_dataset():
     return datasets.Dataset.from_dict({"tokens": torch.randint(1, 50, (200, 16), generator=g).tolist()})
 
 
+@pytest.mark.slow
 def test_runner_trains_tsae_aip_on_tiny_model_with_checkpoints_and_resume(tmp_path, tiny_model, token_dataset):
     sae_cfg = TSAEAIPTrainingSAEConfig(d_in=32, d_sae=64, n_batches_for_metric=4)
     cfg = _tiny_runner_cfg(tmp_path, sae_cfg, n_checkpoints=2)
@@ -205,6 +206,7 @@ def test_runner_trains_tsae_aip_on_tiny_model_with_checkpoints_and_resume(tmp_pa
     torch.testing.assert_close(resumed.aip_W, first.aip_W)
 
 
+@pytest.mark.slow
 def test_runner_from_dict_config_raw_tsae(tmp_path, tiny_model, token_dataset):
     cfg = _tiny_runner_cfg(tmp_path, TSAETrainingSAEConfig(d_in=32, d_sae=64))
     d = cfg.to_dict()
@@ -408,6 +410,7 @@ def test_to_jumprelu_unit_norm_keeps_outputs_and_carries_saebench_fields():
         assert jr.cfg.metadata[k] == v
 
 
+@pytest.mark.slow
 def test_load_without_sae_atoms_names_load_sae(tmp_path):
     import subprocess
     import sys

@@ -1,0 +1,81 @@
+"""``sae-atoms bench``: every ratio is our time against a baseline's time, both measured here.
+
+A spy on bench's timers (``best_time``, ``_median_time``) records every time a case measures in
+this process; a case passes when its ``seconds`` and ``baseline_seconds`` are two of those
+times, taken of different functions, and its ``ratio`` is :func:`bench.ratio_of` of them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sae_atoms import bench
+
+# the quick cases, with the marks their cost needs and what else each must report
+CASES = {
+    "aip_fit": ((), {"better": "lower", "target": 1.5, "n": 20_000, "d": 256}),
+    "coherence": ((pytest.mark.slow,), {"better": "lower", "target": 1.3, "N": 4096, "d": 576}),
+    "tsae_aip_step": ((pytest.mark.slow,), {"better": "lower", "target": 1.10, "d_in": 64, "d_sae": 256}),
+    "under_load": ((pytest.mark.slow,), {"better": "lower", "target": 2.5, "competitors": 2}),
+    "extract_subject": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9}),
+    "aip_stream": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9, "tokens": 256}),
+}
+
+
+@pytest.fixture
+def timings(monkeypatch) -> list[tuple[object, float]]:
+    """``(timed function, seconds)`` of every measurement bench's timers make during the test."""
+    seen: list[tuple[object, float]] = []
+    for name in ("best_time", "_median_time"):
+        timer = getattr(bench, name)
+
+        def spy(fn, *args, _timer=timer, **kwargs):
+            t = _timer(fn, *args, **kwargs)
+            seen.append((fn, t))
+            return t
+
+        monkeypatch.setattr(bench, name, spy)
+    return seen
+
+
+def test_every_case_is_tested():
+    assert set(CASES) == set(bench.CASES)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=m) for c, (m, _) in CASES.items()])
+def test_each_ratio_is_measured_against_an_in_process_baseline(case, timings):
+    res = bench.CASES[case](quick=True)
+    ours, base = res["seconds"], res["baseline_seconds"]
+    assert ours > 0 and base > 0
+    want = ours / base if res["better"] == "lower" else base / ours
+    assert res["ratio"] == pytest.approx(want, rel=1e-12)
+    timed_ours = {id(fn) for fn, t in timings if t == ours}
+    timed_base = {id(fn) for fn, t in timings if t == base}
+    assert timed_ours and timed_base, "both times come from bench's timers in this process"
+    assert not timed_ours & timed_base, "the baseline is a different function from ours"
+    expected = CASES[case][1]
+    assert {k: res[k] for k in expected} == expected
+    if case == "tsae_aip_step":  # the metric's one-off cost is reported beside the step ratio
+        assert res["metric_fit_s"] > 0 and res["metric_fit_in_steps"] == pytest.approx(res["metric_fit_s"] / base)
+
+
+def test_ratio_direction_follows_better():
+    assert bench.ratio_of(3.0, 2.0, "lower") == 1.5  # time ratio: ours / baseline
+    assert bench.ratio_of(3.0, 2.0, "higher") == 2.0 / 3.0  # throughput ratio: baseline / ours
+    with pytest.raises(ValueError, match="better"):
+        bench.ratio_of(1.0, 1.0, "faster")
+    res = bench.measured(3.0, 2.0, 1.2, "lower", n=5)
+    assert res == {"ratio": 1.5, "target": 1.2, "better": "lower", "seconds": 3.0, "baseline_seconds": 2.0, "n": 5}
+
+
+def test_run_cases_judges_each_ratio_against_its_target_in_its_direction(monkeypatch, capsys):
+    fake = {"slow_lower": lambda quick: bench.measured(3.0, 2.0, 1.2, "lower"),
+            "fast_lower": lambda quick: bench.measured(1.0, 2.0, 1.2, "lower"),
+            "slow_higher": lambda quick: bench.measured(3.0, 2.0, 0.9, "higher"),
+            "fast_higher": lambda quick: bench.measured(2.0, 2.0, 0.9, "higher")}
+    monkeypatch.setattr(bench, "CASES", fake)
+    res = bench.run_cases(["slow_lower", "fast_lower", "slow_higher", "fast_higher"], quick=True)
+    assert {n: r["passed"] for n, r in res.items()} == {"slow_lower": False, "fast_lower": True,
+                                                        "slow_higher": False, "fast_higher": True}
+    assert "MISSED" in capsys.readouterr().out
+    assert list(bench.run_cases(["fast_lower"])) == ["fast_lower"]
