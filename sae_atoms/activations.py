@@ -184,6 +184,14 @@ def _tokens_and_positions(model, dataset, position: str) -> tuple[datasets.Datas
     return dataset, ids, pos
 
 
+def _check_finite(model, acts: dict[str, torch.Tensor]) -> None:
+    for h, a in acts.items():
+        bad = (~torch.isfinite(a)).sum().item()
+        if bad:
+            raise FloatingPointError(f"{bad} non-finite values in the activations at {h}; check the model's dtype "
+                                     f"({next(model.parameters()).dtype}) and weights")
+
+
 @torch.no_grad()
 def extract(model, dataset: datasets.Dataset | Sequence[dict], hook_names: str | Sequence[str],
             position: str = "subject_last", batch_size: int = 32, device=None,
@@ -232,11 +240,7 @@ def extract(model, dataset: datasets.Dataset | Sequence[dict], hook_names: str |
     acts = {h: a[perm_t] for h, a in acts.items()}
     row_index = [row_index[k] for k in perm]
     token_pos = [token_pos[k] for k in perm]
-    for h, a in acts.items():
-        bad = (~torch.isfinite(a)).sum().item()
-        if bad:
-            raise FloatingPointError(f"{bad} non-finite values in the activations at {h}; check the model's dtype "
-                                     f"({next(model.parameters()).dtype}) and weights")
+    _check_finite(model, acts)
     rows = dataset.select(row_index) if position == "all" else dataset
     tok_strs = [model.tokenizer.decode([ids[r][p]]) for r, p in zip(row_index, token_pos)]
     rows = rows.add_column("token_pos", token_pos).add_column("token_str", tok_strs)

@@ -18,7 +18,7 @@ uniqueness and classification metrics); this module adds what it lacks:
   the classic coherent dictionary of compressed sensing (Donoho & Huo 2001; Elad & Bruckstein
   2002), mutual coherence ~ sqrt(2 log d / d) between bases, exactly 0 within one;
 * codes with ``k`` active atoms on average (Bernoulli firing, probability ``k / N``, as in
-  ``ActivationGenerator``) and magnitudes uniform in ``magnitude`` (bounded away from zero, so
+  ``ActivationGenerator``) and magnitudes uniform in ``MAGNITUDE`` (bounded away from zero, so
   supports are identifiable);
 * ``evaluate(sae, data)``: the fraction of atoms recovered (best-match ``|cos| > 0.99``) and of
   samples whose support is recovered exactly, beside SAELens's synthetic metrics.
@@ -39,6 +39,9 @@ from sae_lens.synthetic import (
 )
 
 __all__ = ["PlantedData", "planted", "evaluate", "welch_bound"]
+
+
+MAGNITUDE = (0.5, 1.5)  # active coefficients are uniform in [lo, hi]: bounded away from zero
 
 
 def welch_bound(d: int, n_atoms: int) -> float:
@@ -146,8 +149,7 @@ def _bases_initializer(n_bases: int, seed: int):
 
 
 def planted(d: int, n_atoms: int, k: float, coherence: float, n_samples: int, seed: int = 0,
-            distortion: float = 10.0, magnitude: tuple[float, float] = (0.5, 1.5),
-            n_bases: int | None = None) -> PlantedData:
+            distortion: float = 10.0, n_bases: int | None = None) -> PlantedData:
     """Activations from ``n_atoms`` planted atoms in R^d (see the module docstring).
 
     Args:
@@ -158,7 +160,6 @@ def planted(d: int, n_atoms: int, k: float, coherence: float, n_samples: int, se
         n_samples: number of activations.
         seed: everything (atoms, distortion, codes) is a function of the seed.
         distortion: condition number of the linear distortion ``A`` (1 = none).
-        magnitude: active coefficients are uniform in this range (``0 < lo <= hi``).
         n_bases: when given, the intrinsic atoms are ``n_bases`` random orthonormal bases of R^d
             (``n_atoms`` must equal ``n_bases * d``; ``coherence`` is then not a target, the
             achieved value is reported).
@@ -171,9 +172,7 @@ def planted(d: int, n_atoms: int, k: float, coherence: float, n_samples: int, se
         raise ValueError(f"coherence={coherence} must be in [0, 1).")
     if distortion < 1:
         raise ValueError(f"distortion={distortion} is a condition number; use a value >= 1 (1 = no distortion).")
-    lo, hi = magnitude
-    if not 0 < lo <= hi:
-        raise ValueError(f"magnitude={magnitude} must satisfy 0 < lo <= hi.")
+    lo, hi = MAGNITUDE
     if n_bases is not None and n_atoms != n_bases * d:
         raise ValueError(f"n_bases={n_bases} orthonormal bases of R^{d} give {n_bases * d} atoms, not n_atoms={n_atoms}.")
     gen = torch.Generator().manual_seed(seed)
