@@ -45,12 +45,12 @@ UNIT_KINDS: dict[str, UnitKind] = {u.name: u for u in (
     UnitKind("neurons", None, "neurons"),
     UnitKind("atoms", "tsae_aip", "atoms (tsae_aip)", lambda t: _threshold(t) | {"aip_alpha": ATOMS_ALPHA}),
     UnitKind("tsae", "tsae", "tsae (raw space)", lambda t: _threshold(t) | {"normalize_activations": _NORMALISED}),
-    UnitKind("features_standard", "standard", "features (standard)", lambda t: {"normalize_activations": _NORMALISED}),
-    UnitKind("features_jumprelu", "jumprelu", "features (jumprelu)",
+    UnitKind("features_standard", "standard", "features (standard SAE)", lambda t: {"normalize_activations": _NORMALISED}),
+    UnitKind("features_jumprelu", "jumprelu", "features (jumprelu SAE)",
              lambda t: _threshold(t) | {"normalize_activations": _NORMALISED}),
-    UnitKind("features_topk", "topk", "features (topk)",
+    UnitKind("features_topk", "topk", "features (topk SAE)",
              lambda t: {"k": int(round(t)), "normalize_activations": _NORMALISED}),
-    UnitKind("features_batchtopk", "batchtopk", "features (batchtopk)",
+    UnitKind("features_batchtopk", "batchtopk", "features (batchtopk SAE)",
              lambda t: {"k": float(t), "normalize_activations": _NORMALISED}),
 )}
 SAE_UNITS = tuple(n for n, u in UNIT_KINDS.items() if u.architecture is not None)
@@ -60,6 +60,11 @@ def unit_kind(name: str) -> UnitKind:
     if name not in UNIT_KINDS:
         raise ValueError(f"unknown unit kind {name!r}; choose from {list(UNIT_KINDS)}.")
     return UNIT_KINDS[name]
+
+
+def label(name: str) -> str:
+    """The table label of a unit kind (the name itself for names outside the registry)."""
+    return UNIT_KINDS[name].label if name in UNIT_KINDS else name
 
 
 def unit_config(unit: str, d_in: int, d_sae: int, target_l0: float, hook: str | None = None, **fields: Any) -> Any:

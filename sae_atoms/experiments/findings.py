@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from sae_atoms.experiments.reading import reading, success_se
-from sae_atoms.experiments.report import UNIT_LABELS, Report, fmt
+from sae_atoms.experiments.report import Report, fmt
 from sae_atoms.io import write_text
+from sae_atoms.units import label
 
 UNIT_KEYS = ("r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "l0", "l0_heldout", "mu", "q_star_a", "q_star_b",
              "q_star_b_heldout")
@@ -39,7 +40,7 @@ def _units(r: Report, results: dict) -> None:
         "(L0 matched there), measured in the robust AIP of the train entities; `_heldout` = held-out entities; "
         "μ = the largest |cos| between unit directions in the AIP; q* (a) / (b) the two readings of the "
         "uniqueness bound μ < 1/(2K−1).")
-    r.table(["unit", *UNIT_KEYS], [[UNIT_LABELS.get(u, u), *[v.get(k) for k in UNIT_KEYS]] for u, v in units.items()])
+    r.table(["unit", *UNIT_KEYS], [[label(u), *[v.get(k) for k in UNIT_KEYS]] for u, v in units.items()])
 
 
 def _frontier(r: Report, results: dict) -> None:

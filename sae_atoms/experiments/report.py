@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sae_atoms.experiments.reading import reading, success_se
+from sae_atoms.units import label
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -116,8 +117,6 @@ def _inline(text: str) -> str:
 
 # --------------------------------------------------------------------------- the main job's report
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
-UNIT_LABELS = {"neurons": "neurons", "features_standard": "features (standard SAE)",
-               "features_jumprelu": "features (jumprelu SAE)", "atoms": "atoms (tsae_aip)"}
 PAPER_ROW = {"neurons": "neurons", "features_standard": "features", "features_jumprelu": "features", "atoms": "atoms"}
 
 
@@ -127,7 +126,7 @@ def units_table(results: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for unit, r in results["units"].items():
         paper = results.get("paper", {}).get(PAPER_ROW.get(unit, unit), {})
-        rows.append([UNIT_LABELS.get(unit, unit), fmt(r["r2"]), fmt(r["r2_heldout"]), fmt(r["l0"], 1), fmt(r["mu"]),
+        rows.append([label(unit), fmt(r["r2"]), fmt(r["r2_heldout"]), fmt(r["l0"], 1), fmt(r["mu"]),
                      fmt(r["q_star_a"]), fmt(r["q_star_b"]), fmt(r["monosemanticity"]), fmt(paper.get("r2")),
                      fmt(paper.get("q_star"))])
     return header, rows
@@ -205,13 +204,13 @@ def _plot_q_star(results: dict, path: Path) -> Path:
     units = list(results["units"])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     w = 0.38
-    for i, (key, label) in enumerate((("q_star_a", "q* (a): quantile reading"), ("q_star_b", "q* (b): per-sample reading"))):
-        ax.bar([j + (i - 0.5) * w for j in range(len(units))], [results["units"][u][key] or 0 for u in units], w, label=label)
+    for i, (key, name) in enumerate((("q_star_a", "q* (a): quantile reading"), ("q_star_b", "q* (b): per-sample reading"))):
+        ax.bar([j + (i - 0.5) * w for j in range(len(units))], [results["units"][u][key] or 0 for u in units], w, label=name)
     for j, u in enumerate(units):
         paper = results.get("paper", {}).get(PAPER_ROW.get(u, u), {}).get("q_star")
         if paper is not None:
             ax.plot([j - 0.45, j + 0.45], [paper, paper], "k--", lw=1)
-    ax.set_xticks(range(len(units)), [UNIT_LABELS.get(u, u) for u in units], fontsize=8)
+    ax.set_xticks(range(len(units)), [label(u) for u in units], fontsize=8)
     ax.set_ylabel("stability q*")
     ax.set_ylim(0, 1.05)
     ax.set_title("Stability by unit kind (dashed: the paper's q*)")
