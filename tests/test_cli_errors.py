@@ -229,4 +229,4 @@ def test_steer_sae_dir_loads_with_the_clear_loader(folders):
     w = sae.parent / "given" / "atoms" / "sae_weights.safetensors"
     w.write_bytes(w.read_bytes()[:40])
     with pytest.raises(ValueError, match=f"{w} is truncated or damaged"):
-        load_or_train_saes(torch.randn(16, 8), HOOK, sae.parent / "given", None, device="cpu", progress=False)
+        load_or_train_saes(torch.randn(16, 8), HOOK, sae.parent / "given", None, device="cpu")

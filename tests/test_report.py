@@ -8,7 +8,7 @@ from sae_atoms.experiments.report import write_report
 
 def _method(rate: float, n: int, kl: float = 0.5) -> dict:
     return {"success_rate": rate, "n_prompts": n, "kl_unrelated": kl, "logprob_gain": 1.0, "n_targets": 3,
-            "seeds": [0], "alpha_per_seed": [2.0], "within_budget": True}
+            "seeds": [0], "strength_per_seed": [2.0], "within_budget": True}
 
 
 def _layer(aip: float, heldout: float, other: float) -> dict:

@@ -334,7 +334,7 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
             "binomial standard error from the prompt count (the Reading compares methods with it).")
         r.table(["method", "selection", "strength (per seed)", "success rate ± SE", "log-prob gain", "KL unrelated",
                  "val KL within budget", "targets", "prompts", "seeds"],
-                [[m, "/".join(v["selection_per_seed"]) if "selection_per_seed" in v else v.get("selection", "-"), "/".join(f"{a:g}" for a in v.get("alpha_per_seed", [v.get("alpha", 0)])),
+                [[m, "/".join(v["selection_per_seed"]) if "selection_per_seed" in v else v.get("selection", "-"), "/".join(f"{a:g}" for a in v.get("strength_per_seed", [v.get("strength", 0)])),
                   f"{fmt(v['success_rate'])} ± {fmt(success_se(v['success_rate'], v['n_prompts']))}", v.get("logprob_gain"), v["kl_unrelated"], v.get("within_budget"), v.get("n_targets"),
                   v.get("n_prompts"), v.get("seeds")] for m, v in st.items()])
         errs = {m: v["error_term"] for m, v in st.items() if v.get("error_term")}

@@ -376,10 +376,10 @@ def _steering(job: _Job, prog: _Progress) -> dict:
         kinds = ("atoms", "features_jumprelu", "features_topk")
         use = {u: _steering_sae(job, u) for u in kinds}
         use = {u: sae for u, sae in use.items() if sae is not None}
-        st_key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "version": 4}
+        st_key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "version": 5}
+        cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed)
         steer, reused = _json_stage(s.out, "steering", st_key, s.force, lambda: steering.run_steering(
-            job.model, use, job.facts, job.fact_acts,
-            relation="city_country", quick=s.quick, seed=s.seed, out_dir=s.out / "steering", progress=True))
+            job.model, use, job.facts, job.fact_acts, cfg, out_dir=s.out / "steering", progress=True))
     else:
         reused = False
     prog.done(reused)

@@ -1,0 +1,99 @@
+"""Settings of the steering experiment: ``SteerConfig``, the quick sizes, and their checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class SteerConfig:
+    """Settings of ``run_steering`` (defaults sized for 2 CPU cores, see ``sae-atoms steer``).
+
+    Two strength units: ``vector_strengths`` multiply a vector scaled to the norm of the target's
+    difference of means (``diff_of_means``, ``random_direction``); ``strengths`` multiply each
+    SAE unit's typical on-support amplitude (the SAE methods, capped at the ``ceiling_q``
+    quantile of the unit's non-zero training codes). Either way the strength of every method is
+    chosen on validation prompts under the same ``kl_budget``.
+    """
+
+    relation: str = "city_country"
+    label: str = "country"
+    n_targets: int = 8
+    min_subjects: int = 8          # train subjects with the target value (for selection / means)
+    k: int = 16                    # atoms / features per target
+    selection: str = "activation"  # headline selection of SAE units: "activation" or "effect" (atoms: the other too)
+    vector_strengths: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+    strengths: tuple[float, ...] = (4.0, 8.0, 12.0, 16.0)
+    scale: str = "target"          # SAE-unit strength 1 = "typical" on-support amplitude, or the "target" subjects' mean code
+    ceiling_q: float = 0.99        # in-distribution cap of a clamped unit: this quantile of its non-zero codes
+    span: str = "at"               # intervene at the subject's last token ("at") or from it on ("from")
+    transfer_error: str = "subspace"  # the transfer's error term: "subspace" (concept part removed), "keep", "drop"
+    kl_budget: float = 1.0         # nats: the matched side effect (validation KL on unrelated prompts)
+    n_eval: int = 8                # held-out prompts per split (val, test) per target
+    n_unrelated: int = 16          # unrelated prompts per split (half other relations, half reasoning)
+    n_select: int = 16             # training prompts per target for selection by effect
+    grid_growth: float = 1.25      # past the grid, strengths grow by this factor ...
+    grid_extend: int = 12          # ... at most this many times, while within kl_budget and success has not peaked
+    n_bisect: int = 2              # bisections between the best in-budget strength and the next over-budget one
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # transfer methods: the fraction of the transfer applied
+    transfer_strength: float = 16.0  # transfer methods: the target's units at this strength (capped) when fully applied
+    n_seeds: int = 2               # seeds seed, seed+1, ...: the split, prompts, selection prompts, random direction
+    methods: tuple[str, ...] = ()  # run only these methods (names as in the results); empty: all
+    n_ablation: int = 24           # held-out prompts for the ablation check
+    n_random: int = 2              # random atom draws in the ablation check
+    batch_size: int = 32
+    seed: int = 0
+
+
+QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 1, "n_ablation": 8, "n_random": 1,
+         "vector_strengths": (2.0, 4.0), "strengths": (8.0, 16.0), "fractions": (0.5, 1.0)}
+
+# relation -> the label column whose values are its answers
+RELATION_LABEL = {"city_country": "country", "country_continent": "continent", "country_language": "language",
+                  "country_currency": "currency"}
+
+# what an SAE unit's strength of 1 is (SteerConfig.scale)
+SCALES = {"typical": "the unit's typical on-support amplitude (median non-zero training code)",
+          "target": "the unit's mean training code on the target's subjects"}
+GRIDS = ("vector_strengths", "strengths", "fractions")
+
+
+def steer_config(base: SteerConfig | None = None, quick: bool = False, **settings: Any) -> SteerConfig:
+    """``base`` (default ``SteerConfig()``) with ``QUICK`` (if ``quick``) and ``settings`` applied, checked."""
+    unknown = set(settings) - set(SteerConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown steering setting(s) {sorted(unknown)}; SteerConfig has {sorted(SteerConfig.__dataclass_fields__)}")
+    cfg = SteerConfig(**{**asdict(base or SteerConfig()), **(QUICK if quick else {}), **settings})
+    for name in GRIDS:
+        setattr(cfg, name, tuple(float(a) for a in getattr(cfg, name)))
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: SteerConfig) -> None:
+    """Raise ``ValueError`` naming the first setting of ``cfg`` out of its range."""
+    for name in GRIDS:
+        grid = getattr(cfg, name)
+        if not grid or any(not (a > 0 and math.isfinite(a)) for a in grid):
+            raise ValueError(f"{name} must be finite positive strengths, got {grid}")
+    choices = {"span": ("at", "from"), "scale": tuple(SCALES), "selection": ("effect", "activation"),
+               "transfer_error": ("subspace", "keep", "drop")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(cfg, name)!r}")
+    small = {k: getattr(cfg, k) for k in ("n_targets", "min_subjects", "k", "n_eval", "n_unrelated", "n_ablation", "n_select",
+                                          "n_seeds", "batch_size") if getattr(cfg, k) < 1}
+    if small:
+        raise ValueError(f"these steering sizes must be >= 1: {small}")
+    if not (cfg.kl_budget > 0 and math.isfinite(cfg.kl_budget)):
+        raise ValueError(f"kl_budget={cfg.kl_budget} must be finite and > 0")
+    if cfg.n_bisect < 0:
+        raise ValueError(f"n_bisect={cfg.n_bisect} must be >= 0")
+    if not (cfg.transfer_strength > 0 and math.isfinite(cfg.transfer_strength)):
+        raise ValueError(f"transfer_strength={cfg.transfer_strength} must be finite and > 0")
+    if not (cfg.grid_growth > 1 and math.isfinite(cfg.grid_growth)) or cfg.grid_extend < 0:
+        raise ValueError(f"grid_growth={cfg.grid_growth} must be finite and > 1, grid_extend={cfg.grid_extend} >= 0")
+    if not 0 < cfg.ceiling_q <= 1:
+        raise ValueError(f"ceiling_q={cfg.ceiling_q} must be in (0, 1]")

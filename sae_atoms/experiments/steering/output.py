@@ -1,0 +1,67 @@
+"""The experiment's outputs: the text summary, the plot, and ``results.json`` + ``steering.png``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sae_atoms.io import save_figure, write_json
+
+VECTOR_METHODS = ("diff_of_means", "random_direction")
+
+
+def summary(res: dict) -> str:
+    """A few lines: the setting, the no-intervention baseline, each method at its chosen strength, the ablation check."""
+    cfg = res["config"]
+    lines = [f"steering {cfg['relation']} at {res['hook']} (span={cfg['span']}), targets "
+             f"{[t['value'] for t in res['targets']]}; strength chosen on validation with KL budget {cfg['kl_budget']} nats"]
+    b = res["baseline_no_intervention"][next(iter(res["baseline_no_intervention"]))]["test"]
+    lines.append(f"  no intervention (seed {res['seeds'][0]}): success {b['success_rate']:.1%}, mean rank {b['mean_rank']:.1f}")
+    for m, r in res["methods"].items():
+        lines.append(f"  {m:<32} strength {'/'.join(f'{a:g}' for a in r['strength_per_seed']):<9} success {r['success_rate']:.1%}  "
+                     f"log-prob gain {r['logprob_gain']:+.2f}  KL unrelated {r['kl_unrelated']:.3f}  "
+                     f"({r['n_targets']} targets, {r['n_prompts']} held-out prompts, seeds {r['seeds']})"
+                     + ("" if r["within_budget"] else "  (no strength within budget)"))
+    best = max(res["methods"], key=lambda m: (res["methods"][m]["success_rate"], -res["methods"][m]["kl_unrelated"]))
+    sae_best = max((m for m in res["methods"] if m not in VECTOR_METHODS),
+                   key=lambda m: res["methods"][m]["success_rate"], default=None)
+    lines.append(f"  best at the matched KL budget: {best}" + (f"; best SAE method: {sae_best}" if sae_best else ""))
+    for name, a in res["ablation"].items():
+        if "error" in a:
+            lines.append(f"  ablation {name}: {a['error']}")
+            continue
+        d = a["logprob_drop"]
+        fmt = lambda x: "n/a" if x is None else f"{x:+.3f}"  # noqa: E731
+        lines.append(f"  ablation {name} (k={a['k']}, {a['n_prompts']} prompts): logprob drop selected {fmt(d['selected'])}, "
+                     f"random {fmt(d['random'])}, random active {fmt(d['random_active'])}")
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    """Validation sweeps (dots) and test results (stars): success vs KL on unrelated prompts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for m, r in res["methods"].items():
+        pts = [p for sd in r["per_seed"].values() for p in sd["sweep"] if "success_rate" in p]
+        line, = ax.plot([p["kl_unrelated"] for p in pts], [p["success_rate"] for p in pts], "o", ms=3, alpha=0.6)
+        ax.plot([r["kl_unrelated"]], [r["success_rate"]], "*", ms=12, color=line.get_color(), label=f"{m} (test)")
+    ax.axvline(res["config"]["kl_budget"], color="grey", ls="--", lw=1, label="KL budget")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(left=0)  # KL >= 0: no empty negative decade
+    ax.set_xlabel("KL(clean || steered) on unrelated prompts (nats)")
+    ax.set_ylabel("success rate (target is top-1)")
+    ax.set_title(f"steering {res['config']['relation']} at {res['hook']}: validation (dots), test (stars)", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside: it never covers data
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def write_results(res: dict, out_dir: str | Path) -> None:
+    """``results.json`` and ``steering.png`` in ``out_dir`` (each written atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(res, out / "results.json", default=float)
+    plot(res, out / "steering.png")

@@ -1,0 +1,202 @@
+"""Tests of the steering experiment (sae_atoms.experiments.steering)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sae_atoms import steering as st
+from sae_atoms.experiments import steering as steer_exp
+from sae_atoms.experiments.steering import output, search
+from sae_atoms.experiments.steering.methods import Method
+from tests.conftest import REAL_HOOK
+from tests.test_steering import make_sae
+
+def _steer_args(*argv: str):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    steer_exp.configure_parser(p)
+    return p.parse_args(["--out", "x", *argv])
+
+
+def test_steer_quick_keeps_explicit_flags_and_rejects_bad_values():
+    args = _steer_args("--quick", "--alphas", "3", "5", "--targets", "3", "--n-eval", "5", "--n-unrelated", "6",
+                       "--n-ablation", "7", "--fractions", "0.3", "0.9", "--transfer-error", "drop")
+    cfg = steer_exp.steer_config(quick=True, **steer_exp.steer_overrides(args))
+    assert (cfg.vector_strengths, cfg.n_targets, cfg.n_eval, cfg.n_unrelated, cfg.n_ablation) == ((3.0, 5.0), 3, 5, 6, 7)
+    assert (cfg.fractions, cfg.transfer_error) == ((0.3, 0.9), "drop")
+    quick = steer_exp.steer_config(quick=True, **steer_exp.steer_overrides(_steer_args("--quick")))
+    assert quick.vector_strengths == steer_exp.QUICK["vector_strengths"] and quick.n_eval == steer_exp.QUICK["n_eval"]
+    assert steer_exp.steer_overrides(_steer_args("--vector-strengths", "1.5"))["vector_strengths"] == (1.5,)  # --alphas' new name
+    from sae_atoms.cli import main
+
+    for bad in (["--alphas", "0", "-1"], ["--n-eval", "0"], ["--kl-budget", "nan"], ["--fractions", "-0.5"]):
+        assert main(["steer", "--out", "/nonexistent/x", "--quick", *bad]) == 2
+
+
+def test_validation_sweep_extends_past_the_grid_until_the_budget_binds_or_success_peaks(monkeypatch):
+    cfg = steer_exp.steer_config(kl_budget=1.0, grid_growth=2.0)
+    run = search.Run(None, cfg, ["A"], {"A": 0}, {}, {})
+    peak = {"at": 16.0}
+
+    def kl(run_, m, split):
+        return torch.tensor([m.strength / 100.0])
+
+    def success(run_, m, split):  # rises to the peak, then falls (a model pushed out of distribution)
+        s = m.strength
+        r = s / peak["at"] if s <= peak["at"] else max(0.0, 1 - (s - peak["at"]) / 64)
+        return {"success_rate": r, "mean_rank": 1.0, "logprob_gain": r, "n_prompts": 1, "per_target": {}}
+
+    monkeypatch.setattr(search, "kl_at", kl)
+    monkeypatch.setattr(search, "success_at", success)
+    m = Method(name="m", unit="u", grid=(1.0, 2.0))
+    sw = search.val_sweep(run, m)
+    assert [p["strength"] for p in sw] == [1, 2, 4, 8, 16, 32, 64]  # two steps past the peak at 16, then stop
+    assert [bool(p.get("extended")) for p in sw] == [False, False] + [True] * 5
+    assert search.choose_strength([p for p in sw if "success_rate" in p], 1.0)["strength"] == 16
+    peak["at"] = 1000.0  # success never peaks: the budget (KL 1 at strength 100) stops the search
+    sw = search.val_sweep(run, m)
+    grown = [p for p in sw if not p.get("bisected")]
+    assert grown[-1]["strength"] == 128 and "success_rate" not in grown[-1] and all("success_rate" in p for p in grown[:-1])
+    assert [p["strength"] for p in sw if p.get("bisected")] == pytest.approx([math.sqrt(64 * 128), math.sqrt(math.sqrt(64 * 128) * 128)])
+    run.cfg.n_bisect = 0
+    run.cfg.grid_extend = 0  # no extension: the grid only
+    assert [p["strength"] for p in search.val_sweep(run, m)] == [1, 2]
+
+
+def test_validation_sweep_bisects_where_the_budget_binds_while_success_rises(monkeypatch):
+    cfg = steer_exp.steer_config(kl_budget=1.0, n_bisect=2)
+    run = search.Run(None, cfg, ["A"], {"A": 0}, {}, {})
+    monkeypatch.setattr(search, "kl_at", lambda run_, m, split: torch.tensor([m.strength / 10.0]))  # budget binds at 10
+    monkeypatch.setattr(search, "success_at", lambda run_, m, split: {
+        "success_rate": m.strength / 100, "mean_rank": 1.0, "logprob_gain": m.strength, "n_prompts": 1, "per_target": {}})
+    m = Method(name="m", unit="u", grid=(4.0, 8.0, 16.0))
+    sw = search.val_sweep(run, m)
+    a = [p["strength"] for p in sw]
+    assert a[:3] == [4, 8, 16] and len(a) == 5  # grid (16 over budget: no extension), then 2 bisections
+    assert a[3] == pytest.approx(math.sqrt(8 * 16)) and "success_rate" not in sw[3]  # 11.3: over the budget
+    assert a[4] == pytest.approx(math.sqrt(8 * a[3])) and "success_rate" in sw[4]    # 9.5: within, and better
+    assert all(p.get("bisected") for p in sw[3:])
+    assert search.choose_strength([p for p in sw if "success_rate" in p], 1.0)["strength"] == pytest.approx(a[4])
+    # success peaked below the budget: no bisection
+    monkeypatch.setattr(search, "success_at", lambda run_, m, split: {
+        "success_rate": 1 - abs(m.strength - 4) / 10, "mean_rank": 1.0, "logprob_gain": 0.0, "n_prompts": 1, "per_target": {}})
+    assert [p["strength"] for p in search.val_sweep(run, m)] == [4, 8, 16]
+
+
+@pytest.mark.real_model
+def test_real_model_strength_zero_and_diff_of_means_steers(real_model, real_acts, fact_data):
+    from sae_atoms.models import first_token_ids
+
+    train = real_acts.select(split="train")
+    rel = [i for i, r in enumerate(train.labels("relation")) if r == "city_country"]
+    dom = st.diff_of_means(train.x(REAL_HOOK)[rel], [train.labels("country")[i] for i in rel], "China")
+    rows = [r for r in fact_data.to_list() if r["relation"] == "city_country" and r["split"] == "heldout"
+            and r["country"] not in ("China", "")][:8]
+    P = steer_exp.Prompts(real_model, rows, 8)
+    # strength 0: the same distribution, bit for bit
+    same = P.run(lambda pos, rows: [st.AddDirection(REAL_HOOK, dom, 0.0, positions=pos, span="from")])
+    assert torch.equal(same, P.clean)
+    tok = first_token_ids(real_model, ["China"])[0]
+    lp = P.run(lambda pos, rows: [st.AddDirection(REAL_HOOK, dom, 2.0, positions=pos, span="from")])
+    assert (lp[:, tok] - P.clean[:, tok]).mean() > 1.0  # steering toward China raises its log-probability
+    assert all(len(hp.fwd_hooks) == 0 for hp in real_model.hook_dict.values())
+
+
+def planted_sae(x: torch.Tensor, labels: list, values: list, hook: str, n_random: int = 40, seed: int = 0):
+    """An SAE whose first atoms are the unit difference-of-means directions of ``values``
+    (known answer: selection must find them), the rest random; encoder = pseudo-inverse."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = [st.diff_of_means(x, labels, v) for v in values]
+    W = torch.cat([torch.stack(dirs), torch.randn(n_random, x.shape[1], generator=g) * x.std()])
+    W = W / W.norm(dim=-1, keepdim=True)
+    sae = make_sae(d_in=x.shape[1], d_sae=W.shape[0], hook=hook, W_dec=W)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.linalg.pinv(W))
+        sae.b_dec.copy_(x.mean(0))
+    return sae
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp_path):
+    train = real_acts.select(split="train")
+    rel = [i for i, r in enumerate(train.labels("relation")) if r == "city_country"]
+    x, y = train.x(REAL_HOOK)[rel], [train.labels("country")[i] for i in rel]
+    values = sorted({v for v in y if y.count(v) >= 12})
+    atoms = planted_sae(x, y, values, REAL_HOOK)
+    features = make_sae(d_in=x.shape[1], d_sae=256, hook=REAL_HOOK, seed=5)  # random directions
+    cfg = steer_exp.steer_config(quick=True, relation="city_country", min_subjects=3, k=1, vector_strengths=(2.0,),
+                                 strengths=(1.0, 4.0), n_eval=4, n_unrelated=4, n_ablation=6, n_random=1, n_seeds=2,
+                                 n_targets=2, n_select=4, selection="activation", scale="typical")
+    res = steer_exp.run_steering(real_model, {"atoms": atoms, "features_jumprelu": features}, fact_data, real_acts, cfg,
+                                 out_dir=tmp_path, progress=False)
+    assert set(res["methods"]) == {"diff_of_means", "random_direction", "atoms", "atoms_by_effect", "atoms_swap",
+                                   "atoms_transfer", "features_jumprelu", "features_jumprelu_transfer"}
+    assert res["methods"]["atoms_by_effect"]["selection"] == "effect" and res["methods"]["atoms"]["selection"] == "activation"
+    tr = res["methods"]["atoms_transfer"]
+    assert set(tr["selection_per_seed"]) <= {"effect", "activation"} and 1 <= tr["pool_size"] <= atoms.cfg.d_sae
+    assert tr["error_term"] == "subspace" and 1 <= tr["subspace_rank"] < x.shape[1]  # the countries' span, not all of it
+    for m, r in res["methods"].items():
+        grid = (res["config"]["vector_strengths"] if m in ("diff_of_means", "random_direction") else
+                res["config"]["fractions"] if m.endswith("_transfer") else res["config"]["strengths"])
+        assert r["seeds"] == [0, 1] and r["n_targets"] == 2
+        assert 0 <= r["success_rate"] <= 1 and r["mean_rank"] >= 1 and r["kl_unrelated"] >= 0
+        assert r["n_prompts"] == sum(p["n"] for p in r["per_target"].values())
+        for sd in r["per_seed"].values():  # the grid, then strengths grown past it; the chosen one is among them
+            a = [p["strength"] for p in sd["sweep"] if not p.get("bisected")]
+            assert a[:len(grid)] == list(grid) and sd["strength"] in [p["strength"] for p in sd["sweep"]]
+            assert all(y == pytest.approx(x * res["config"]["grid_growth"]) for x, y in zip(a[len(grid) - 1:], a[len(grid):]))
+            ext = [p for p in sd["sweep"] if p.get("extended")]
+            assert all(p["kl_unrelated"] <= res["config"]["kl_budget"] for p in ext[:-1])
+    targets = [t["value"] for t in res["targets"]]
+    assert len(targets) == 2
+    for v in targets:  # the planted atom of each target is found by activation, and it is the difference of means
+        if v in values:
+            sel = res["selected_units"][0]["atoms"][v]["activation"][0]
+            assert sel["atom"] == values.index(v) and sel["cos_with_diff_of_means"] > 0.99
+    assert res["methods"]["diff_of_means"]["logprob_gain"] > 0.5
+    assert res["methods"]["atoms"]["logprob_gain"] > 0.5
+    # the fast path (cached residual stream, later blocks only) equals the full hooked forward pass
+    rows = [r for r in fact_data.to_list() if r["relation"] == "city_country" and r["split"] == "heldout"][:5]
+    fast, slow = steer_exp.Prompts(real_model, rows, 4, REAL_HOOK), steer_exp.Prompts(real_model, rows, 4)
+    make = lambda pos, rows_: [st.EditAtoms(atoms, [0, 1], 3.0, positions=pos, span="from", hook_name=REAL_HOOK),  # noqa: E731
+                               st.AddDirection(REAL_HOOK, x[0], 0.5, positions=pos)]
+    torch.testing.assert_close(fast.run(make), slow.run(make), atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(fast.clean, slow.clean, atol=2e-3, rtol=1e-3)
+    abl = res["ablation"]["atoms"]["logprob_drop"]
+    assert abl["selected"] > abl["random"]
+    assert (tmp_path / "results.json").exists() and (tmp_path / "steering.png").stat().st_size > 1000
+    import json
+
+    assert json.loads((tmp_path / "results.json").read_text())["summary"] == res["summary"]
+
+
+def test_steer_config_rejects_bad_settings_by_name():
+    for bad, word in (({"selection": "gradient"}, "selection"), ({"scale": "huge"}, "scale"), ({"strengths": (0.0,)}, "strengths"),
+                      ({"n_seeds": 0}, "n_seeds"), ({"ceiling_q": 1.5}, "ceiling_q"), ({"fractions": (0.5, -1.0)}, "fractions"),
+                      ({"transfer_error": "zero"}, "transfer_error"), ({"transfer_strength": 0.0}, "transfer_strength"),
+                      ({"n_bisect": -1}, "n_bisect")):
+        with pytest.raises(ValueError, match=word):
+            steer_exp.steer_config(**bad)
+    with pytest.raises(TypeError, match="unknown steering setting"):
+        steer_exp.steer_config(swap_family=2)
+    cfg = steer_exp.steer_config(quick=True, n_eval=5)
+    assert cfg.n_eval == 5 and cfg.n_seeds == 1  # explicit settings win over quick
+
+
+def test_steering_plot_legend_sits_outside_the_axes(tmp_path, monkeypatch):
+    figs = []
+    save = output.save_figure
+    monkeypatch.setattr(output, "save_figure", lambda fig, path: figs.append(fig) or save(fig, path))
+    sweep = [{"kl_unrelated": k, "success_rate": k / 2} for k in (0.1, 0.5, 0.9)]
+    methods = {m: {"per_seed": {0: {"sweep": sweep}}, "kl_unrelated": 0.9, "success_rate": 0.45} for m in ("atoms", "diff_of_means")}
+    output.plot({"methods": methods, "config": {"kl_budget": 1.0, "relation": "r"}, "hook": "h"}, tmp_path / "s.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= frame.x1  # right of the plotting area: it covers no data
