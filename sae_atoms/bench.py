@@ -59,7 +59,8 @@ def bench_extract_subject(quick: bool = False) -> dict:
     """
     from sae_atoms.activations import extract
     from sae_atoms.data import fact_prompts
-    from sae_atoms.models import load_model, pad_batch, pad_id, tokenize_prompts
+    from sae_atoms.forward import pad_batch, pad_id
+    from sae_atoms.models import load_model, tokenize_prompts
 
     model = load_model("smollm2-135m")
     ds = fact_prompts(n_cities=100 if quick else 400, relations=["city_country"])

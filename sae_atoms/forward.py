@@ -18,6 +18,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+LAST_POSITION_HOOK = "ln_final.hook_normalized"  # the final norm's output, before its weights
+
 
 def hook_layer(hook_name: str) -> int | None:
     """The block index in a hook name like ``blocks.12.hook_resid_post`` (None for embed hooks)."""
@@ -71,6 +73,24 @@ class Batch:
 
     def arange(self) -> torch.Tensor:
         return torch.arange(len(self.rows), device=self.tokens.device)
+
+    def last_logits(self, model, hooks: Sequence = (), resid: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Next-token logits ``[b, vocab]`` at each row's last real token.
+
+        ``resid``: start from this residual stream instead of the tokens (with ``start_at_layer``
+        in ``kwargs``). The final norm acts per position, so a hook at its normalised output keeps
+        only the last positions and TransformerLens's own norm weights and unembedding run on
+        those alone (``b`` positions instead of ``b * T``).
+        """
+        x = self.tokens if resid is None else resid
+        if LAST_POSITION_HOOK not in model.hook_dict:
+            return model.run_with_hooks(x, attention_mask=self.mask, fwd_hooks=list(hooks), **kwargs)[self.arange(), self.last]
+
+        def last_only(act: torch.Tensor, hook) -> torch.Tensor:
+            return act[self.arange(), self.last].unsqueeze(1)
+
+        hooks = [*hooks, (LAST_POSITION_HOOK, last_only)]
+        return model.run_with_hooks(x, attention_mask=self.mask, fwd_hooks=hooks, **kwargs)[:, 0]
 
 
 def batches(model, ids: Sequence[Sequence[int]], batch_size: int, *, sort: bool = True,

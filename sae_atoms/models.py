@@ -33,7 +33,7 @@ from typing import Iterator
 
 import torch
 
-from sae_atoms.forward import batches, hook_layer, n_batches, pad_batch, pad_id  # noqa: F401 - re-exported
+from sae_atoms.forward import batches, n_batches
 from sae_atoms.io import follow_umask, sha256_file
 
 log = logging.getLogger(__name__)
@@ -370,24 +370,14 @@ def next_token_logits(model, ids: list[list[int]], make_hooks=None, batch_size: 
 
     ``make_hooks(batch_rows)`` gives the ``fwd_hooks`` of one batch (``batch_rows`` are indices
     into ``ids``, in batch order), or None for clean runs. Batches are sorted by length and
-    right-padded with an attention mask; only each row's last real position is unembedded.
+    right-padded with an attention mask; only each row's last real position is unembedded
+    (``forward.Batch.last_logits``).
     """
     from tqdm.auto import tqdm
 
     out = torch.empty(len(ids), model.cfg.d_vocab)
-    grab_hook = "ln_final.hook_normalized" if "ln_final.hook_normalized" in model.hook_dict else None
     for b in tqdm(batches(model, ids, batch_size), total=n_batches(len(ids), batch_size), disable=not progress, desc="logits"):
-        hooks = list(make_hooks(list(b.rows))) if make_hooks else []
-        if grab_hook is not None:  # unembed only the last real position of each row
-            store: dict[str, torch.Tensor] = {}
-
-            def grab(act: torch.Tensor, hook) -> None:
-                store["x"] = act[b.arange(), b.last]
-
-            b.run(model, hooks + [(grab_hook, grab)], return_type=None)
-            logits = model.unembed(store["x"].unsqueeze(1))[:, 0]
-        else:
-            logits = b.run(model, hooks)[b.arange(), b.last]
+        logits = b.last_logits(model, list(make_hooks(list(b.rows))) if make_hooks else [])
         out[b.rows] = logits.float().cpu()
     return out
 

@@ -369,7 +369,8 @@ def _load_local_dataset(path: str):
 
 
 def _hook_width(model, hook_name: str) -> int:
-    from sae_atoms.models import check_hook_name, hook_layer
+    from sae_atoms.forward import hook_layer
+    from sae_atoms.models import check_hook_name
 
     check_hook_name(model, hook_name)
     layer = hook_layer(hook_name)

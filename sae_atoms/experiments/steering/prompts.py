@@ -85,21 +85,9 @@ class Prompts:
                 return None
             for iv in ivs:
                 x = iv.hook_fn(x)
-            out[b.rows] = self._logits_from(b, x).float().log_softmax(-1).cpu()
+            logits = b.last_logits(self.model, resid=x, start_at_layer=self.layer + 1)  # blocks layer+1.. only
+            out[b.rows] = logits.float().log_softmax(-1).cpu()
         return out
-
-    def _logits_from(self, b: Batch, x: Tensor) -> Tensor:
-        """Next-token logits ``[b, vocab]`` from the residual stream after block ``layer``."""
-        model, start = self.model, self.layer + 1
-        if "ln_final.hook_normalized" not in model.hook_dict:
-            return model(x, start_at_layer=start, attention_mask=b.mask)[b.arange(), b.last]
-
-        def last_only(act: Tensor, hook) -> Tensor:  # the final norm is per position: unembed each row's last real one
-            return act[b.arange(), b.last].unsqueeze(1)
-
-        logits = model.run_with_hooks(x, start_at_layer=start, attention_mask=b.mask,
-                                      fwd_hooks=[("ln_final.hook_normalized", last_only)])
-        return logits[:, 0]
 
 
 # --------------------------------------------------------------------------- rows
