@@ -12,7 +12,7 @@ from sae_atoms.experiments import steering as steer_exp
 from sae_atoms.experiments.steering import output, search
 from sae_atoms.experiments.steering.methods import Method
 from tests.conftest import REAL_HOOK
-from tests.test_steering import make_sae
+from tests.steering.test_steering import make_sae
 
 def _steer_args(*argv: str):
     import argparse

@@ -16,7 +16,7 @@ from sae_atoms.aip import AIPMetric, AIPMoments
 from sae_atoms.corpus import DEFAULT_CORPUS, MomentStream, load_corpus, packed_rows
 from sae_atoms.experiments.fit_metric import MOMENTS_FILE, parse_hooks, run_fit_metric
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOOKS = ["blocks.1.hook_resid_post", "blocks.1.mlp.hook_post"]
 DIST_HOOKS = ["blocks.0.hook_resid_post", "blocks.0.mlp.hook_post"]  # one block: the processes' startup dominates
 

@@ -3,7 +3,7 @@
 import copy
 
 from sae_atoms.experiments.findings import write_findings
-from tests.test_report import _frontier_rows, _method, _results
+from tests.experiments.test_report import _frontier_rows, _method, _results
 
 
 def _full() -> dict:
