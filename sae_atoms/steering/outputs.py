@@ -37,7 +37,7 @@ def output_gradient(model, hook_name: str, ids: Sequence[Sequence[int]], positio
 
         with torch.enable_grad():
             ar = b.arange()
-            lp = b.run(model, [(hook, grab)])[ar, b.last].float().log_softmax(-1)
+            lp = b.last_logits(model, [(hook, grab)]).float().log_softmax(-1)  # only the last positions unembedded
             obj = lp[:, int(target)].sum()
             if answers is not None:
                 obj = obj - lp[ar, torch.tensor([int(answers[i]) for i in b.rows], device=ar.device)].sum()
