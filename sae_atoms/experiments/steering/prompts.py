@@ -7,22 +7,33 @@ blocks ``0..L`` run once per prompt set. Elsewhere (or for interventions at anot
 run is a full forward pass with hooks (``sae_atoms.steering.next_token_logprobs``). Right
 padding with the attention mask: padding never reaches a real token, so both paths give the
 same log-probabilities.
+
+``run_jobs`` resumes many runs together: each job (a prompt set under one method, strength and
+target) edits its kept batches, and the edited streams of all jobs are stacked along the batch
+dimension (sorted by length, right-padded, at most ``max_rows`` rows a pass) and resumed in one
+pass. The blocks after the hook act on each row alone (attention is causal and masked), so a row's
+log-probabilities do not depend on which rows share its pass, up to the last bits of float32
+matrix products whose blocking changes with the batch shape; ``max_rows=0`` resumes each kept
+batch alone, exactly as ``Prompts.run`` does.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from sae_atoms.activations import subject_token_positions
 from sae_atoms.data import reasoning_prompts, split_of
-from sae_atoms.forward import Batch, batches, hook_layer
+from sae_atoms.forward import Batch, batches, hook_layer, pad_id
 from sae_atoms.steering import Intervention, next_token_logprobs, prompt_token_ids
 
 MakeInterventions = Callable[[list[int], list[int]], Sequence[Intervention]]
+RowsOf = Callable[[Tensor, list[int]], Tensor]
+RESUME_ROWS = 512  # rows of one stacked resume (memory: its activations and [rows, vocab] logits)
 
 
 def resid_layer(model, hook: str | None) -> int | None:
@@ -75,19 +86,112 @@ class Prompts:
             out[b.rows] = x[b.arange(), torch.tensor([self.pos[i] for i in b.rows], device=x.device)].to("cpu", torch.float32)
         return out
 
+    def edits(self, make: MakeInterventions | None) -> list[list[Intervention]] | None:
+        """Each kept batch's interventions; None when one sits at another hook than the kept stream."""
+        ivs = [list(make([self.pos[i] for i in b.rows], b.rows)) if make is not None else [] for b, _ in self.cached]
+        return None if any(iv.hook_name != self.hook for batch in ivs for iv in batch) else ivs
+
     @torch.no_grad()
     def _resume(self, make: MakeInterventions | None) -> Tensor | None:
         """The fast path; None when an intervention sits at another hook than the kept stream."""
+        ivs = self.edits(make)
+        if ivs is None:
+            return None
         out = torch.empty(len(self.rows), self.model.cfg.d_vocab)
-        for b, x in self.cached:
-            ivs = list(make([self.pos[i] for i in b.rows], b.rows)) if make is not None else []
-            if any(iv.hook_name != self.hook for iv in ivs):
-                return None
-            for iv in ivs:
-                x = iv.hook_fn(x)
-            logits = b.last_logits(self.model, resid=x, start_at_layer=self.layer + 1)  # blocks layer+1.. only
-            out[b.rows] = logits.float().log_softmax(-1).cpu()
+        for (b, x), edits in zip(self.cached, ivs):
+            out[b.rows] = self.resume(b, edited(x, edits))
         return out
+
+    def resume(self, b: Batch, x: Tensor) -> Tensor:
+        """Log-probabilities ``[b, vocab]`` (CPU, float32) at each row's last token, blocks ``layer+1..`` only."""
+        return b.last_logits(self.model, resid=x, start_at_layer=self.layer + 1).float().log_softmax(-1).cpu()
+
+
+def edited(x: Tensor, ivs: Sequence[Intervention]) -> Tensor:
+    """The kept stream ``x`` through ``ivs`` in turn."""
+    for iv in ivs:
+        x = iv.hook_fn(x)
+    return x
+
+
+# --------------------------------------------------------------------------- many runs, stacked
+@dataclass
+class Job:
+    """One run to measure: ``prompts`` under ``make``'s interventions (None: clean); ``rows_of(lp,
+    rows)`` reduces the log-probabilities ``[b, vocab]`` of the rows ``rows`` (indices into
+    ``prompts``) to a small per-row tensor ``[b, ...]``, so no ``[n, vocab]`` output is kept."""
+
+    prompts: Prompts
+    make: MakeInterventions | None
+    rows_of: RowsOf
+
+
+@torch.no_grad()
+def run_jobs(jobs: Sequence[Job], max_rows: int = RESUME_ROWS) -> list[Tensor]:
+    """``rows_of`` of every row of every job, ``[n, ...]`` per job in its prompts' row order.
+
+    Jobs on the fast path are resumed together: their kept batches (edited) are sorted by length
+    and stacked, right-padded, into passes of at most ``max_rows`` rows (``max_rows=0``: one kept
+    batch a pass, as ``Prompts.run``). Other jobs run alone (``Prompts.run``)."""
+    out: list[Any] = [None] * len(jobs)
+    pieces = []  # (job, batch index, interventions)
+    for j, job in enumerate(jobs):
+        P = job.prompts
+        ivs = P.edits(job.make) if P.cached else None
+        if ivs is None:
+            out[j] = job.rows_of(P.run(job.make), list(range(len(P))))
+        else:
+            pieces += [(j, k, e) for k, e in enumerate(ivs)]
+    pieces.sort(key=lambda p: jobs[p[0]].prompts.cached[p[1]][1].shape[1])
+    parts: dict[int, list[tuple[list[int], Tensor]]] = {}
+    for group in _passes(pieces, jobs, max_rows):
+        batch_of = [jobs[j].prompts.cached[k][0] for j, k, _ in group]
+        P = jobs[group[0][0]].prompts
+        lp = P.resume(stacked(P.model, batch_of), _stack_resid([edited(jobs[j].prompts.cached[k][1], e) for j, k, e in group]))
+        start = 0
+        for (j, k, _), b in zip(group, batch_of):
+            parts.setdefault(j, []).append((b.rows, jobs[j].rows_of(lp[start:start + len(b.rows)], b.rows)))
+            start += len(b.rows)
+    for j, got in parts.items():
+        res = torch.cat([r for _, r in got])
+        order = torch.tensor([i for rows, _ in got for i in rows])
+        out[j] = torch.empty_like(res).index_copy_(0, order, res)
+    return out
+
+
+def _passes(pieces: list, jobs: Sequence[Job], max_rows: int) -> list[list]:
+    """Consecutive pieces grouped into passes of at most ``max_rows`` rows (one piece at least);
+    only pieces that resume the same model from the same layer share a pass."""
+    groups: list[list] = []
+    n = 0
+    for p in pieces:
+        rows = len(jobs[p[0]].prompts.cached[p[1]][0].rows)
+        P, last = jobs[p[0]].prompts, (jobs[groups[-1][0][0]].prompts if groups else None)
+        if not groups or n + rows > max_rows or last.model is not P.model or last.layer != P.layer:
+            groups.append([])
+            n = 0
+        groups[-1].append(p)
+        n += rows
+    return groups
+
+
+def _stack_resid(xs: list[Tensor]) -> Tensor:
+    """``[b_i, T_i, d]`` streams right-padded with zeros to the longest and stacked (one alone: itself)."""
+    if len(xs) == 1:
+        return xs[0]
+    T = max(x.shape[1] for x in xs)
+    return torch.cat([torch.nn.functional.pad(x, (0, 0, 0, T - x.shape[1])) for x in xs])
+
+
+def stacked(model, parts: Sequence[Batch]) -> Batch:
+    """One ``Batch`` of the rows of ``parts`` in turn: tokens and mask right-padded (mask 0) to the
+    longest, each row's last real position kept; ``rows`` number the stacked rows."""
+    if len(parts) == 1:
+        return parts[0]
+    T = max(b.tokens.shape[1] for b in parts)
+    pad = lambda t, v: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=v)  # noqa: E731
+    tokens = torch.cat([pad(b.tokens, pad_id(model)) for b in parts])
+    return Batch(list(range(len(tokens))), tokens, torch.cat([pad(b.mask, 0) for b in parts]), torch.cat([b.last for b in parts]))
 
 
 # --------------------------------------------------------------------------- rows

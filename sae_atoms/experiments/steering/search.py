@@ -5,6 +5,13 @@ validation success within the KL budget (``choose_strength``), the test prompts 
 (``sweep_methods``); the seeds pooled (``aggregate``). Success: the target's first token is the
 top-1 next token; also its rank (1 = top) and log-probability gain. Side effect:
 ``KL(p_clean || p_steered)`` of the next token on unrelated prompts under the same intervention.
+
+The search runs as steps: each method's sweep is a generator that yields what it needs measured
+next (``Ask``: KL or success, a method at a strength, a split) and gets the answers back; the
+methods' steps run side by side (``together``), and each round's asks, every target's prompts
+of every strength and method, are measured in stacked passes (``answer`` -> ``prompts.run_jobs``).
+The decisions (extend, bisect, choose) are the same as one measurement at a time; only the
+passes are shared.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Generator, Sequence
 
 import torch
 from torch import Tensor
@@ -20,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sae_atoms.experiments.steering.config import SteerConfig
 from sae_atoms.experiments.steering.methods import Method, build_methods
-from sae_atoms.experiments.steering.prompts import Prompts, eval_rows, prompt_sets
+from sae_atoms.experiments.steering.prompts import RESUME_ROWS, Job, Prompts, eval_rows, prompt_sets, run_jobs
 from sae_atoms.experiments.steering.targets import Setup, select_units
 
 STATS = ("success_rate", "mean_rank", "logprob_gain")
@@ -31,17 +38,27 @@ def kl(lp_clean: Tensor, lp: Tensor) -> Tensor:
     return (lp_clean.exp() * (lp_clean - lp)).sum(-1).clamp(min=0)
 
 
+def target_rows(lp: Tensor, lp_clean: Tensor, tok: int) -> Tensor:
+    """Per row ``[n, 2]``: the target token's rank (1 = top) and its log-probability gain over clean."""
+    t = lp[:, tok]
+    return torch.stack([((lp > t.unsqueeze(1)).sum(-1) + 1).float(), t - lp_clean[:, tok]], 1)
+
+
 def target_stats(lp: Tensor, lp_clean: Tensor, tok: int) -> dict[str, float]:
     """Success (the target token ``tok`` is top-1), its rank (1 = top) and log-probability gain."""
-    t = lp[:, tok]
-    rank = (lp > t.unsqueeze(1)).sum(-1) + 1
-    return {"success_rate": float((rank == 1).float().mean()), "mean_rank": float(rank.float().mean()),
-            "median_rank": float(rank.float().median()), "logprob_gain": float((t - lp_clean[:, tok]).mean())}
+    return stats_of(target_rows(lp, lp_clean, tok))
+
+
+def stats_of(per_row: Tensor) -> dict[str, float]:
+    """``target_stats`` from ``target_rows``."""
+    rank, gain = per_row[:, 0], per_row[:, 1]
+    return {"success_rate": float((rank == 1).float().mean()), "mean_rank": float(rank.mean()),
+            "median_rank": float(rank.median()), "logprob_gain": float(gain.mean())}
 
 
 @dataclass
 class Run:
-    """What evaluating one method at one strength needs."""
+    """What evaluating one method at one strength needs (``max_rows``: rows of one stacked pass)."""
 
     model: Any
     cfg: SteerConfig
@@ -49,24 +66,85 @@ class Run:
     first_tok: dict[str, int]
     ev: dict[str, dict[str, Prompts]]
     unrel_p: dict[str, Prompts]
+    max_rows: int = RESUME_ROWS
 
 
-def kl_at(run: Run, m: Method, split: str) -> Tensor:
-    """KL on the split's unrelated prompts, every target's intervention in turn (concatenated)."""
-    U = run.unrel_p[split]
-    return torch.cat([kl(U.clean, U.run(m.batches(v, U))) for v in run.targets])
+@dataclass(frozen=True)
+class Ask:
+    """A measurement a sweep needs: ``what`` (``"kl"``: KL per unrelated prompt, every target's
+    intervention in turn, concatenated; ``"success"``: ``success_at``'s dict) of ``m`` on ``split``."""
+
+    what: str
+    m: Method
+    split: str
 
 
-def success_at(run: Run, m: Method, split: str) -> dict:
-    """Success, rank and log-prob gain on the split's evaluation prompts, per target and pooled."""
-    per_target = {}
-    for v in run.targets:
-        E = run.ev[split][v]
-        if len(E):
-            per_target[v] = target_stats(E.run(m.batches(v, E)), E.clean, run.first_tok[v]) | {"n": len(E)}
+Steps = Generator[list[Ask], list, Any]
+
+
+def answer(run: Run, asks: Sequence[Ask]) -> list:
+    """Each ask's answer, every target's prompts of every ask measured in shared passes."""
+    jobs, spans = [], []
+    for a in asks:
+        start = len(jobs)
+        if a.what == "kl":
+            U = run.unrel_p[a.split]
+            jobs += [Job(U, a.m.batches(v, U), lambda lp, rows, U=U: kl(U.clean[rows], lp)) for v in run.targets]
+        else:
+            sets = [(v, run.ev[a.split][v]) for v in run.targets if len(run.ev[a.split][v])]
+            jobs += [Job(E, a.m.batches(v, E), lambda lp, rows, E=E, t=run.first_tok[v]: target_rows(lp, E.clean[rows], t))
+                     for v, E in sets]
+        spans.append((start, len(jobs)))
+    got = run_jobs(jobs, run.max_rows)
+    out = []
+    for a, (i, j) in zip(asks, spans):
+        if a.what == "kl":
+            out.append(torch.cat(got[i:j]))
+        else:
+            sets = [v for v in run.targets if len(run.ev[a.split][v])]
+            out.append(_pooled({v: stats_of(r) | {"n": len(r)} for v, r in zip(sets, got[i:j])}))
+    return out
+
+
+def _pooled(per_target: dict[str, dict]) -> dict:
     n = sum(p["n"] for p in per_target.values())
     agg = {k: sum(p[k] * p["n"] for p in per_target.values()) / n for k in STATS}
     return {**agg, "n_prompts": n, "per_target": per_target}
+
+
+def together(steps: Sequence[Steps]) -> Steps:
+    """Several step generators as one: each round yields all their asks at once and hands each
+    its own answers back; returns their results in order."""
+    out: list = [None] * len(steps)
+    asks: dict[int, list[Ask]] = {}
+
+    def advance(i: int, answers: list | None) -> None:
+        try:
+            asks[i] = steps[i].send(answers)
+        except StopIteration as stop:
+            out[i] = stop.value
+            asks.pop(i, None)
+
+    for i in range(len(steps)):
+        advance(i, None)
+    while asks:
+        round_ = list(asks.items())
+        answers = yield [a for _, mine in round_ for a in mine]
+        k = 0
+        for i, mine in round_:
+            advance(i, answers[k:k + len(mine)])
+            k += len(mine)
+    return out
+
+
+def run_steps(run: Run, steps: Steps) -> Any:
+    """Drive ``steps`` to its result, answering each round's asks with ``answer``."""
+    try:
+        asks = next(steps)
+        while True:
+            asks = steps.send(answer(run, asks))
+    except StopIteration as stop:
+        return stop.value
 
 
 def baseline(run: Run) -> dict:
@@ -80,7 +158,7 @@ def baseline(run: Run) -> dict:
     return out
 
 
-def val_sweep(run: Run, m: Method) -> list[dict]:
+def sweep_steps(run: Run, m: Method) -> Steps:
     """Validation KL at every strength of ``m.grid`` and validation success at each one within the
     KL budget; then strengths ``grid_growth`` times the last, at most ``grid_extend`` more, while
     the last is within budget and no more than one step past the best success so far. So the
@@ -89,18 +167,22 @@ def val_sweep(run: Run, m: Method) -> list[dict]:
     the end of a fixed grid. Where the budget binds while success is still rising (the best
     in-budget strength ``lo`` is next to an over-budget ``hi``), ``n_bisect`` geometric
     bisections ``sqrt(lo hi)`` find the strongest strength within it, so no method is held to a
-    coarse grid below the budget that the others may use."""
+    coarse grid below the budget that the others may use. Steps (``Ask`` rounds): the grid's KL
+    in one round, its in-budget successes in the next; then each grown or bisected strength's.
+    Returns the sweep."""
     cfg = run.cfg
     sweep: list[dict] = []
 
-    def measure(s: float, **tag: bool) -> None:
-        p = {"strength": s, "kl_unrelated": float(kl_at(run, m.at(s), "val").mean())} | tag
-        if p["kl_unrelated"] <= cfg.kl_budget:
-            p.update({k: v for k, v in success_at(run, m.at(s), "val").items() if k != "per_target"})
-        sweep.append(p)
+    def measure(strengths: Sequence[float], **tag: bool) -> Steps:
+        kls = yield [Ask("kl", m.at(s), "val") for s in strengths]
+        points = [{"strength": s, "kl_unrelated": float(k.mean())} | tag for s, k in zip(strengths, kls)]
+        ok = [p for p in points if p["kl_unrelated"] <= cfg.kl_budget]
+        if ok:
+            for p, r in zip(ok, (yield [Ask("success", m.at(p["strength"]), "val") for p in ok])):
+                p.update({k: v for k, v in r.items() if k != "per_target"})
+        sweep.extend(points)
 
-    for s in m.grid:
-        measure(s)
+    yield from measure(m.grid)
     for _ in range(cfg.grid_extend):
         last = max(sweep, key=lambda p: p["strength"])
         ok = [p for p in sweep if "success_rate" in p]
@@ -109,7 +191,7 @@ def val_sweep(run: Run, m: Method) -> list[dict]:
         best = max(ok, key=lambda p: (p["success_rate"], -p["strength"]))
         if sum(p["strength"] > best["strength"] for p in ok) >= 2:
             break
-        measure(last["strength"] * cfg.grid_growth, extended=True)
+        yield from measure([last["strength"] * cfg.grid_growth], extended=True)
     for _ in range(cfg.n_bisect):
         ok = [p for p in sweep if "success_rate" in p]
         over = [p["strength"] for p in sweep if "success_rate" not in p]
@@ -119,8 +201,13 @@ def val_sweep(run: Run, m: Method) -> list[dict]:
         hi = min((a for a in over if a > best["strength"]), default=None)
         if hi is None or any(best["strength"] < p["strength"] < hi for p in ok):
             break  # the budget does not bind next to the best strength
-        measure(math.sqrt(best["strength"] * hi), bisected=True)
+        yield from measure([math.sqrt(best["strength"] * hi)], bisected=True)
     return sweep
+
+
+def val_sweep(run: Run, m: Method) -> list[dict]:
+    """``sweep_steps`` of ``m`` alone, to its sweep."""
+    return run_steps(run, sweep_steps(run, m))
 
 
 def choose_strength(sweep: list[dict], budget: float) -> dict:
@@ -132,9 +219,11 @@ def choose_strength(sweep: list[dict], budget: float) -> dict:
     return max(ok, key=lambda p: (p["success_rate"], p["logprob_gain"], -p["kl_unrelated"]))
 
 
-def _pick_alternative(run: Run, m: Method) -> tuple[Method, list[dict], dict]:
-    """Each of ``m.alternatives`` swept on validation; the one with the best validation success."""
-    sweeps = {how: val_sweep(run, alt) for how, alt in m.alternatives.items()}
+def _pick_alternative(run: Run, m: Method) -> Steps:
+    """Each of ``m.alternatives`` swept on validation (side by side); the one with the best
+    validation success, its sweep and what was chosen."""
+    hows = list(m.alternatives)
+    sweeps = dict(zip(hows, (yield from together([sweep_steps(run, m.alternatives[h]) for h in hows]))))
     best_of = {how: max([p["success_rate"] for p in sw if "success_rate" in p] or [-1.0]) for how, sw in sweeps.items()}
     how = max(sweeps, key=lambda h: best_of[h])
     chosen = {"selection": how, "val_success_by_choice": best_of,
@@ -142,31 +231,38 @@ def _pick_alternative(run: Run, m: Method) -> tuple[Method, list[dict], dict]:
     return replace(m.alternatives[how], alternatives={}), sweeps[how], chosen
 
 
-def measure_method(run: Run, m: Method) -> dict:
+def method_steps(run: Run, m: Method) -> Steps:
     """One method: the validation sweep, the strength with the best validation success within the
     KL budget (the weakest if none is within it), the test result at it (test prompts used once)."""
     cfg, chosen = run.cfg, {}
     if m.alternatives:
-        m, sweep, chosen = _pick_alternative(run, m)
+        m, sweep, chosen = yield from _pick_alternative(run, m)
     else:
-        sweep = val_sweep(run, m)
+        sweep = yield from sweep_steps(run, m)
     cand = [p for p in sweep if "success_rate" in p]
     if not cand:
         weakest = min(sweep, key=lambda p: p["strength"])
-        weakest.update({k: v for k, v in success_at(run, m.at(weakest["strength"]), "val").items() if k != "per_target"})
+        r, = yield [Ask("success", m.at(weakest["strength"]), "val")]
+        weakest.update({k: v for k, v in r.items() if k != "per_target"})
         cand = [weakest]
     best = choose_strength(cand, cfg.kl_budget)
     m = m.at(best["strength"])
-    kl_test = kl_at(run, m, "test")
-    test = success_at(run, m, "test") | {"kl_unrelated": float(kl_test.mean()), "kl_unrelated_median": float(kl_test.median())}
+    kl_test, test = yield [Ask("kl", m, "test"), Ask("success", m, "test")]
+    test = test | {"kl_unrelated": float(kl_test.mean()), "kl_unrelated_median": float(kl_test.median())}
     return {"strength": best["strength"], "strength_unit": m.unit, **m.info, **chosen, "test": test,
             "within_budget": best["kl_unrelated"] <= cfg.kl_budget,
             "val_at_strength": {k: best[k] for k in (*STATS, "kl_unrelated")}, "sweep": sweep}
 
 
+def _counted(steps: Steps, bar) -> Steps:
+    result = yield from steps
+    bar.update()
+    return result
+
+
 def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool) -> dict:
     """One seed (``cfg.seed``): its validation / test split and prompts, its selection prompts,
-    every method's sweep and test result."""
+    every method's sweep and test result (the methods' steps side by side)."""
     rng = random.Random(cfg.seed)
     ev, unrel_p = prompt_sets(setup.model, setup.tg.targets, eval_rows(setup.rows, unrelated, cfg, rng), cfg, rng, setup.hook)
     selected = select_units(setup, cfg, rng)
@@ -174,9 +270,10 @@ def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool) -> dict:
     methods = [m for m in build_methods(setup, selected, cfg) if not cfg.methods or m.name in cfg.methods]
     if not methods:
         raise ValueError(f"methods={cfg.methods} names none of the methods of these SAEs; e.g. 'diff_of_means', 'atoms', 'atoms_swap'")
-    results = {m.name: measure_method(run, m) for m in tqdm(methods, desc="steer sweep", disable=not progress)}
-    return {"methods": results, "selected_units": selected, "baseline_no_intervention": baseline(run),
-            "n_unrelated": {k: len(v) for k, v in unrel_p.items()}}
+    with tqdm(total=len(methods), desc="steer sweep", disable=not progress) as bar:
+        done = run_steps(run, together([_counted(method_steps(run, m), bar) for m in methods]))
+    return {"methods": {m.name: r for m, r in zip(methods, done)}, "selected_units": selected,
+            "baseline_no_intervention": baseline(run), "n_unrelated": {k: len(v) for k, v in unrel_p.items()}}
 
 
 def run_seeds(setup: Setup, unrelated, cfg: SteerConfig, progress: bool) -> dict[int, dict]:

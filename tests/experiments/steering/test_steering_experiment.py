@@ -37,6 +37,11 @@ def test_steer_quick_keeps_explicit_flags_and_rejects_bad_values():
         assert main(["steer", "--out", "/nonexistent/x", "--quick", *bad]) == 2
 
 
+def fake_answers(monkeypatch, kl, success) -> None:
+    """``search.answer`` from one function per kind of ask: ``kl(run, m, split)``, ``success(run, m, split)``."""
+    monkeypatch.setattr(search, "answer", lambda run, asks: [(kl if a.what == "kl" else success)(run, a.m, a.split) for a in asks])
+
+
 def test_validation_sweep_extends_past_the_grid_until_the_budget_binds_or_success_peaks(monkeypatch):
     cfg = steer_exp.steer_config(kl_budget=1.0, grid_growth=2.0)
     run = search.Run(None, cfg, ["A"], {"A": 0}, {}, {})
@@ -50,8 +55,7 @@ def test_validation_sweep_extends_past_the_grid_until_the_budget_binds_or_succes
         r = s / peak["at"] if s <= peak["at"] else max(0.0, 1 - (s - peak["at"]) / 64)
         return {"success_rate": r, "mean_rank": 1.0, "logprob_gain": r, "n_prompts": 1, "per_target": {}}
 
-    monkeypatch.setattr(search, "kl_at", kl)
-    monkeypatch.setattr(search, "success_at", success)
+    fake_answers(monkeypatch, kl, success)
     m = Method(name="m", unit="u", grid=(1.0, 2.0))
     sw = search.val_sweep(run, m)
     assert [p["strength"] for p in sw] == [1, 2, 4, 8, 16, 32, 64]  # two steps past the peak at 16, then stop
@@ -70,8 +74,8 @@ def test_validation_sweep_extends_past_the_grid_until_the_budget_binds_or_succes
 def test_validation_sweep_bisects_where_the_budget_binds_while_success_rises(monkeypatch):
     cfg = steer_exp.steer_config(kl_budget=1.0, n_bisect=2)
     run = search.Run(None, cfg, ["A"], {"A": 0}, {}, {})
-    monkeypatch.setattr(search, "kl_at", lambda run_, m, split: torch.tensor([m.strength / 10.0]))  # budget binds at 10
-    monkeypatch.setattr(search, "success_at", lambda run_, m, split: {
+    kl = lambda run_, m, split: torch.tensor([m.strength / 10.0])  # noqa: E731  (budget binds at 10)
+    fake_answers(monkeypatch, kl, lambda run_, m, split: {
         "success_rate": m.strength / 100, "mean_rank": 1.0, "logprob_gain": m.strength, "n_prompts": 1, "per_target": {}})
     m = Method(name="m", unit="u", grid=(4.0, 8.0, 16.0))
     sw = search.val_sweep(run, m)
@@ -82,7 +86,7 @@ def test_validation_sweep_bisects_where_the_budget_binds_while_success_rises(mon
     assert all(p.get("bisected") for p in sw[3:])
     assert search.choose_strength([p for p in sw if "success_rate" in p], 1.0)["strength"] == pytest.approx(a[4])
     # success peaked below the budget: no bisection
-    monkeypatch.setattr(search, "success_at", lambda run_, m, split: {
+    fake_answers(monkeypatch, kl, lambda run_, m, split: {
         "success_rate": 1 - abs(m.strength - 4) / 10, "mean_rank": 1.0, "logprob_gain": 0.0, "n_prompts": 1, "per_target": {}})
     assert [p["strength"] for p in search.val_sweep(run, m)] == [4, 8, 16]
 
