@@ -276,6 +276,46 @@ def bench_aip_stream(quick: bool = False) -> dict:
                     threads=torch.get_num_threads())
 
 
+def bench_steer_batched(quick: bool = False) -> dict:
+    """The steering sweep's resumes stacked (``experiments.steering.prompts.run_jobs``) vs one
+    kept batch a pass (``max_rows=0``: ``Prompts.run`` per target, today's path before stacking).
+
+    SmolLM2-135M from ``blocks.12.hook_resid_post``: per target an evaluation set (8 prompts) and
+    the unrelated set (16), a direction added at 4 strengths, 8 targets (``quick``: 3 targets,
+    4 + 8 prompts, 2 strengths); each run reduced to its per-prompt KL as the search does.
+    Ratio: throughput (baseline time / ours), target >= 3. The study's module is loaded by
+    name, as the CLI loads it (the library never imports ``experiments``).
+    """
+    import importlib
+
+    from sae_atoms.data import fact_prompts, reasoning_prompts
+    from sae_atoms.models import load_model
+    from sae_atoms.steering import AddDirection
+
+    pr = importlib.import_module("sae_atoms.experiments.steering.prompts")
+    search = importlib.import_module("sae_atoms.experiments.steering.search")
+    model = load_model("smollm2-135m")
+    hook = "blocks.12.hook_resid_post"
+    n_targets, n_eval, n_unrel, strengths = (3, 4, 8, (1.0, 2.0)) if quick else (8, 8, 16, (1.0, 2.0, 3.0, 4.0))
+    rows = [r for r in fact_prompts(n_cities=150, relations=["city_country"]).to_list() if r["split"] == "heldout"]
+    unrel = [r for r in reasoning_prompts(200, seed=0).to_list() if r["split"] == "heldout"][:n_unrel]
+    evals = [pr.Prompts(model, rows[i * n_eval:(i + 1) * n_eval], 32, hook) for i in range(n_targets)]
+    U = pr.Prompts(model, unrel, 32, hook)
+    g = torch.Generator().manual_seed(0)
+    dirs = [torch.randn(model.cfg.d_model, generator=g) * 3 for _ in range(n_targets)]
+
+    def job(P, v: int, s: float):
+        make = lambda pos, rows: [AddDirection(hook, dirs[v], s, positions=pos)]  # noqa: E731
+        return pr.Job(P, make, lambda lp, rows: search.kl(P.clean[rows], lp))
+
+    jobs = [job(P, v, s) for s in strengths for v in range(n_targets) for P in (evals[v], U)]
+    repeat = 1 if quick else 2
+    t_base = best_time(lambda: pr.run_jobs(jobs, max_rows=0), repeat=repeat)
+    t_ours = best_time(lambda: pr.run_jobs(jobs), repeat=repeat)
+    return measured(t_ours, t_base, 3.0, "higher", jobs=len(jobs), rows=sum(len(j.prompts) for j in jobs),
+                    max_rows=pr.RESUME_ROWS, threads=torch.get_num_threads())
+
+
 # case name -> function
 CASES: dict[str, Callable[..., dict]] = {
     "extract_subject": bench_extract_subject,
@@ -284,6 +324,7 @@ CASES: dict[str, Callable[..., dict]] = {
     "coherence": bench_coherence,
     "aip_stream": bench_aip_stream,
     "under_load": bench_under_load,
+    "steer_batched": bench_steer_batched,
 }
 
 

@@ -19,6 +19,7 @@ CASES = {
     "under_load": ((pytest.mark.slow,), {"better": "lower", "target": 2.5, "competitors": 2}),
     "extract_subject": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9}),
     "aip_stream": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9, "tokens": 256}),
+    "steer_batched": ((pytest.mark.real_model,), {"better": "higher", "target": 3.0, "jobs": 12, "rows": 72}),
 }
 
 
