@@ -9,12 +9,22 @@ padding with the attention mask: padding never reaches a real token, so both pat
 same log-probabilities.
 
 ``run_jobs`` resumes many runs together: each job (a prompt set under one method, strength and
-target) edits its kept batches, and the edited streams of all jobs are stacked along the batch
-dimension (sorted by length, right-padded, at most ``max_rows`` rows a pass) and resumed in one
-pass. The blocks after the hook act on each row alone (attention is causal and masked), so a row's
-log-probabilities do not depend on which rows share its pass, up to the last bits of float32
-matrix products whose blocking changes with the batch shape; ``max_rows=0`` resumes each kept
-batch alone, exactly as ``Prompts.run`` does.
+target) edits its kept batches, and the edited rows of all jobs are stacked along the batch
+dimension (at most ``max_rows`` rows a pass) and resumed together. The blocks after the hook act
+on each row alone (attention is causal and masked), so a row's log-probabilities do not depend on
+which rows share its pass, up to the last bits of float32 matrix products whose blocking changes
+with the batch shape; ``max_rows=0`` resumes each kept batch alone, exactly as ``Prompts.run``
+does.
+
+Prefix reuse: an edit at position ``p`` (the subject's last token for ``span="at"``) leaves every
+position before ``p`` as in the clean run, in every later block too (attention is causal). The
+clean resume keeps each later block's attention keys and values (``hook_k``, ``hook_v``, before
+the rotary embedding, as TransformerLens's key-value cache holds them), and a steered row runs
+only its positions from the first one its edit changed (found by comparing the edited stream
+with the kept one, so no assumption about the intervention is made), attending to the kept keys
+and values of the positions before it through a frozen ``TransformerLensKeyValueCache``. Rows are
+grouped into passes by that first position, so a pass computes ``rows x (longest - first)``
+positions instead of ``rows x longest``.
 """
 
 from __future__ import annotations
@@ -26,9 +36,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
 from sae_atoms.activations import subject_token_positions
 from sae_atoms.data import reasoning_prompts, split_of
-from sae_atoms.forward import Batch, batches, hook_layer, pad_id
+from sae_atoms.forward import Batch, batches, hook_layer
 from sae_atoms.steering import Intervention, next_token_logprobs, prompt_token_ids
 
 MakeInterventions = Callable[[list[int], list[int]], Sequence[Intervention]]
@@ -61,11 +74,12 @@ class Prompts:
         self.pos = subject_token_positions(model, prompts, [r["subject_start"] for r in rows], [r["subject_end"] for r in rows])
         self.layer = resid_layer(model, hook)
         self.cached: list[tuple[Batch, Tensor]] = []
+        self.kv: list[list[tuple[Tensor, Tensor]]] = []  # per kept batch, per block after the hook: clean keys, values
         if self.layer is not None and rows:
             with torch.no_grad():
                 self.cached = [(b, model(b.tokens, attention_mask=b.mask, stop_at_layer=self.layer + 1))
                                for b in batches(model, self.ids, batch_size)]
-        self.clean = self.run(None) if rows else torch.zeros(0)
+        self.clean = (self._clean_keeping_kv() if self.cached else self.run(None)) if rows else torch.zeros(0)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -102,9 +116,21 @@ class Prompts:
             out[b.rows] = self.resume(b, edited(x, edits))
         return out
 
-    def resume(self, b: Batch, x: Tensor) -> Tensor:
+    def resume(self, b: Batch, x: Tensor, hooks: Sequence = (), **kwargs: Any) -> Tensor:
         """Log-probabilities ``[b, vocab]`` (CPU, float32) at each row's last token, blocks ``layer+1..`` only."""
-        return b.last_logits(self.model, resid=x, start_at_layer=self.layer + 1).float().log_softmax(-1).cpu()
+        return b.last_logits(self.model, hooks, resid=x, start_at_layer=self.layer + 1, **kwargs).float().log_softmax(-1).cpu()
+
+    @torch.no_grad()
+    def _clean_keeping_kv(self) -> Tensor:
+        """The clean log-probabilities; keeps every later block's keys and values of each kept batch."""
+        names = [(f"blocks.{l}.attn.hook_k", f"blocks.{l}.attn.hook_v") for l in range(self.layer + 1, self.model.cfg.n_layers)]
+        out = torch.empty(len(self.rows), self.model.cfg.d_vocab)
+        for b, x in self.cached:
+            got: dict[str, Tensor] = {}
+            keep = lambda act, hook: got.__setitem__(hook.name, act)  # noqa: E731
+            out[b.rows] = self.resume(b, x, [(n, keep) for pair in names for n in pair])
+            self.kv.append([(got[k], got[v]) for k, v in names])
+        return out
 
 
 def edited(x: Tensor, ivs: Sequence[Intervention]) -> Tensor:
@@ -126,72 +152,92 @@ class Job:
     rows_of: RowsOf
 
 
+@dataclass
+class _Row:
+    """One row of a job on the fast path: its edited stream and its clean keys and values."""
+
+    job: int
+    row: int  # index into the job's prompts
+    first: int  # the first position the edit changed (the last position when it changed none)
+    x: Tensor  # [length, d_model] the edited stream, real positions only
+    kv: list[tuple[Tensor, Tensor]]  # per block after the hook: clean keys, values [length, heads, d_head]
+    prompts: Prompts
+
+
 @torch.no_grad()
 def run_jobs(jobs: Sequence[Job], max_rows: int = RESUME_ROWS) -> list[Tensor]:
     """``rows_of`` of every row of every job, ``[n, ...]`` per job in its prompts' row order.
 
-    Jobs on the fast path are resumed together: their kept batches (edited) are sorted by length
-    and stacked, right-padded, into passes of at most ``max_rows`` rows (``max_rows=0``: one kept
-    batch a pass, as ``Prompts.run``). Other jobs run alone (``Prompts.run``)."""
+    Jobs on the fast path are resumed together: their edited rows are grouped by the first
+    position their edit changed and stacked into passes of at most ``max_rows`` rows, each row
+    run from that position on (module docstring: prefix reuse). ``max_rows=0``: every kept batch
+    alone and whole, as ``Prompts.run``. Other jobs run alone (``Prompts.run``)."""
     out: list[Any] = [None] * len(jobs)
-    pieces = []  # (job, batch index, interventions)
+    rows: list[_Row] = []
     for j, job in enumerate(jobs):
         P = job.prompts
         ivs = P.edits(job.make) if P.cached else None
-        if ivs is None:
+        if ivs is None or max_rows == 0:
             out[j] = job.rows_of(P.run(job.make), list(range(len(P))))
         else:
-            pieces += [(j, k, e) for k, e in enumerate(ivs)]
-    pieces.sort(key=lambda p: jobs[p[0]].prompts.cached[p[1]][1].shape[1])
+            rows += _edited_rows(j, P, ivs)
+    rows.sort(key=lambda r: (id(r.prompts.model), r.prompts.layer, r.first, len(r.x)))
     parts: dict[int, list[tuple[list[int], Tensor]]] = {}
-    for group in _passes(pieces, jobs, max_rows):
-        batch_of = [jobs[j].prompts.cached[k][0] for j, k, _ in group]
-        P = jobs[group[0][0]].prompts
-        lp = P.resume(stacked(P.model, batch_of), _stack_resid([edited(jobs[j].prompts.cached[k][1], e) for j, k, e in group]))
-        start = 0
-        for (j, k, _), b in zip(group, batch_of):
-            parts.setdefault(j, []).append((b.rows, jobs[j].rows_of(lp[start:start + len(b.rows)], b.rows)))
-            start += len(b.rows)
+    for group in _passes(rows, max_rows):
+        lp = _resume_rows(group)
+        for j in dict.fromkeys(r.job for r in group):
+            idx = [i for i, r in enumerate(group) if r.job == j]
+            mine = [group[i].row for i in idx]
+            parts.setdefault(j, []).append((mine, jobs[j].rows_of(lp[idx], mine)))
     for j, got in parts.items():
         res = torch.cat([r for _, r in got])
-        order = torch.tensor([i for rows, _ in got for i in rows])
+        order = torch.tensor([i for rows_, _ in got for i in rows_])
         out[j] = torch.empty_like(res).index_copy_(0, order, res)
     return out
 
 
-def _passes(pieces: list, jobs: Sequence[Job], max_rows: int) -> list[list]:
-    """Consecutive pieces grouped into passes of at most ``max_rows`` rows (one piece at least);
-    only pieces that resume the same model from the same layer share a pass."""
-    groups: list[list] = []
-    n = 0
-    for p in pieces:
-        rows = len(jobs[p[0]].prompts.cached[p[1]][0].rows)
-        P, last = jobs[p[0]].prompts, (jobs[groups[-1][0][0]].prompts if groups else None)
-        if not groups or n + rows > max_rows or last.model is not P.model or last.layer != P.layer:
+def _edited_rows(j: int, P: Prompts, ivs: list[list[Intervention]]) -> list[_Row]:
+    """Job ``j``'s rows: each kept batch through its interventions, the first changed position per row."""
+    out = []
+    for (b, x), kv, edits in zip(P.cached, P.kv, ivs):
+        y = edited(x, edits)
+        changed = (y != x).any(-1)
+        for i, r in enumerate(b.rows):
+            n = int(b.last[i]) + 1
+            hit = changed[i, :n].nonzero()
+            out.append(_Row(j, r, int(hit[0, 0]) if len(hit) else n - 1, y[i, :n], [(k[i, :n], v[i, :n]) for k, v in kv], P))
+    return out
+
+
+def _passes(rows: list[_Row], max_rows: int) -> list[list[_Row]]:
+    """Consecutive rows grouped into passes of at most ``max_rows`` rows; only rows with the same
+    first changed position, model and layer share a pass."""
+    groups: list[list[_Row]] = []
+    for r in rows:
+        g = groups[-1] if groups else None
+        if (g is None or len(g) >= max_rows or r.first != g[0].first or r.prompts.model is not g[0].prompts.model
+                or r.prompts.layer != g[0].prompts.layer):
             groups.append([])
-            n = 0
-        groups[-1].append(p)
-        n += rows
+        groups[-1].append(r)
     return groups
 
 
-def _stack_resid(xs: list[Tensor]) -> Tensor:
-    """``[b_i, T_i, d]`` streams right-padded with zeros to the longest and stacked (one alone: itself)."""
-    if len(xs) == 1:
-        return xs[0]
-    T = max(x.shape[1] for x in xs)
-    return torch.cat([torch.nn.functional.pad(x, (0, 0, 0, T - x.shape[1])) for x in xs])
-
-
-def stacked(model, parts: Sequence[Batch]) -> Batch:
-    """One ``Batch`` of the rows of ``parts`` in turn: tokens and mask right-padded (mask 0) to the
-    longest, each row's last real position kept; ``rows`` number the stacked rows."""
-    if len(parts) == 1:
-        return parts[0]
-    T = max(b.tokens.shape[1] for b in parts)
-    pad = lambda t, v: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=v)  # noqa: E731
-    tokens = torch.cat([pad(b.tokens, pad_id(model)) for b in parts])
-    return Batch(list(range(len(tokens))), tokens, torch.cat([pad(b.mask, 0) for b in parts]), torch.cat([b.last for b in parts]))
+def _resume_rows(group: list[_Row]) -> Tensor:
+    """Log-probabilities ``[rows, vocab]`` of a pass: positions ``first..`` of each row (right-padded)
+    from the hook on, attending to the clean keys and values of the positions before ``first``."""
+    P, first = group[0].prompts, group[0].first
+    T = max(len(r.x) for r in group)
+    dev = group[0].x.device
+    resid = torch.stack([torch.nn.functional.pad(r.x[first:], (0, 0, 0, T - len(r.x))) for r in group])
+    mask = torch.zeros(len(group), T, dtype=torch.long, device=dev)
+    for i, r in enumerate(group):
+        mask[i, :len(r.x)] = 1
+    past = [TransformerLensKeyValueCacheEntry(torch.stack([r.kv[l][0][:first] for r in group]),
+                                              torch.stack([r.kv[l][1][:first] for r in group]), frozen=True)
+            for l in range(len(group[0].kv))]
+    cache = TransformerLensKeyValueCache([None] * (P.layer + 1) + past, mask[:, :first], frozen=True)  # type: ignore[list-item]
+    last = torch.tensor([len(r.x) - 1 - first for r in group], device=dev)
+    return P.resume(Batch(list(range(len(group))), mask, mask, last), resid, past_kv_cache=cache)
 
 
 # --------------------------------------------------------------------------- rows
