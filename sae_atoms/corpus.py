@@ -129,7 +129,7 @@ def _human_en_corpus(split: str | None) -> Corpus:
         for _, text in human_en.split_documents(human_en.documents(), split):
             yield text
 
-    return Corpus(human_en.NAME if split is None else f"{human_en.NAME}:{split}", docs, prov)
+    return Corpus(prov["corpus"], docs, prov)
 
 
 def load_corpus(spec: str | os.PathLike | None = None, text_column: str = "text", split: str | None = None) -> Corpus:

@@ -288,8 +288,10 @@ def _split_counts(src: Source, heldout_fraction: float, sha256: str) -> dict[str
 
 def provenance(split: str | None = None, heldout_fraction: float = HELDOUT_FRACTION,
                sources: Iterable[Source] | None = None) -> dict[str, Any]:
+    if split not in (None, *SPLITS):
+        raise ValueError(f"split={split!r}: choose one of {SPLITS} or None (every document).")
     per_source = [source_provenance(s, heldout_fraction) for s in (SOURCES if sources is None else sources)]
-    return {"corpus": NAME, "split": split or "all", "heldout_fraction": heldout_fraction, "split_rule": SPLIT_RULE,
+    return {"corpus": NAME if split is None else f"{NAME}:{split}", "split": split or "all", "heldout_fraction": heldout_fraction, "split_rule": SPLIT_RULE,
             "install": install_hint(), "sources": per_source,
             "documents": {s: sum(p["documents"][s] for p in per_source) for s in SPLITS},
             "characters": {s: sum(p["characters"][s] for p in per_source) for s in SPLITS}}

@@ -63,7 +63,7 @@ def test_load_corpus_splits_and_provenance(docs):
     full = load_corpus("human-en")
     assert list(itertools.islice(full.documents(), 3)) == [t for _, t in docs[:3]]
     held = load_corpus("human-en:heldout")
-    assert held.name == "human-en:heldout" and held.provenance["split"] == "heldout"
+    assert held.name == held.provenance["corpus"] == "human-en:heldout" and held.provenance["split"] == "heldout"
     held_docs = list(held.documents())
     assert held_docs == list(load_corpus("human-en", split="heldout").documents())
     assert held_docs == [t for _, t in split_documents(docs, "heldout")]
@@ -82,6 +82,8 @@ def test_load_corpus_splits_and_provenance(docs):
         load_corpus("markov-draftjs", split="train")
     with pytest.raises(ValueError, match="choose one"):
         load_corpus("human-en:train", split="heldout")
+    with pytest.raises(ValueError, match="split='test'"):
+        load_corpus("human-en", split="test")
 
 
 def test_missing_or_other_version_of_a_source_package_is_a_clear_error(monkeypatch):
