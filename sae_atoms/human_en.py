@@ -196,8 +196,10 @@ def _factbook(files: list[Path]) -> Iterator[tuple[str, str]]:
         data = json.loads(path.read_text(encoding="utf-8"))
         paras = []
         for keys, value in _leaves(data):
-            text = " ".join(html.unescape(_TAG.sub(" ", value)).split()) if isinstance(value, str) else ""
-            if len(text.split()) < 25 or english_share(text) < 0.15 or text in seen:
+            if not isinstance(value, str) or len(value) < 49:  # 25 words take 49 characters; cleaning only shortens
+                continue
+            text = " ".join(html.unescape(_TAG.sub(" ", value)).split())
+            if text.count(" ") < 24 or text in seen or english_share(text) < 0.15:
                 continue
             seen.add(text)
             paras.append(text if keys[0] == "Introduction" else f"{keys[1]}: {text}")

@@ -19,6 +19,7 @@ CASES = {
     "under_load": ((pytest.mark.slow,), {"better": "lower", "target": 2.5, "competitors": 2}),
     "extract_subject": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9}),
     "aip_stream": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9, "tokens": 256}),
+    "corpus_read": ((pytest.mark.real_model,), {"better": "lower", "target": 0.25}),
 }
 
 
