@@ -86,6 +86,25 @@ def test_load_corpus_splits_and_provenance(docs):
         load_corpus("human-en", split="test")
 
 
+# the corpus as defined: the installed files (sha256) and what the readers make of them. A change here
+# changes every number measured on human-en: make it on purpose, and say so in the CHANGELOG.
+PINNED = {
+    "kjv": ("51a4d6ed5592001b9386e2f292d3953132a2662240eb8ad08533d625f1259717",
+            {"train": 1078, "heldout": 111}, {"train": 3771934, "heldout": 378498}),
+    "shakespeare": ("42367b545e866a3e4a7d81207fce7959361fab99afa3c65b6c31e1b64f435ae8",
+                    {"train": 698, "heldout": 80}, {"train": 4505449, "heldout": 466549}),
+    "licences": ("b071ff133bb7d19312d6f2b99995aac79d924c65bc718311a92b25c5a91feed0",
+                 {"train": 282, "heldout": 29}, {"train": 2293995, "heldout": 192290}),
+    "factbook": ("5f5341dcc501bf142d756dbdd813516e749535d39b2ead412c9a46473cca8e0a",
+                 {"train": 226, "heldout": 30}, {"train": 1751847, "heldout": 203929}),
+}
+
+
+def test_the_corpus_is_the_pinned_one():
+    got = {s["source"]: (s["sha256"], s["documents"], s["characters"]) for s in human_en.provenance()["sources"]}
+    assert got == PINNED
+
+
 def test_missing_or_other_version_of_a_source_package_is_a_clear_error(monkeypatch):
     real = importlib.metadata.distribution
 
