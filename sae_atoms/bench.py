@@ -277,8 +277,9 @@ def bench_aip_stream(quick: bool = False) -> dict:
 
 
 def bench_steer_batched(quick: bool = False) -> dict:
-    """The steering sweep's resumes stacked (``experiments.steering.prompts.run_jobs``) vs one
-    kept batch a pass (``max_rows=0``: ``Prompts.run`` per target, today's path before stacking).
+    """The steering sweep's resumes stacked, each row run from the first position its edit changed
+    (``experiments.steering.prompts.run_jobs``: prefix reuse) vs one kept batch a pass, whole
+    (``max_rows=0``: ``Prompts.run`` per target, the path before stacking).
 
     SmolLM2-135M from ``blocks.12.hook_resid_post``: per target an evaluation set (8 prompts) and
     the unrelated set (16), a direction added at 4 strengths, 8 targets (``quick``: 3 targets,
@@ -314,6 +315,8 @@ def bench_steer_batched(quick: bool = False) -> dict:
     t_ours = best_time(lambda: pr.run_jobs(jobs), repeat=repeat)
     return measured(t_ours, t_base, 3.0, "higher", jobs=len(jobs), rows=sum(len(j.prompts) for j in jobs),
                     max_rows=pr.RESUME_ROWS, threads=torch.get_num_threads())
+
+
 def bench_corpus_read(quick: bool = False) -> dict:
     """Reading ``human-en``'s documents from the installed packages (parsing, cutting, splitting) vs
     tokenising the same texts with SmolLM2's tokenizer: the reading must stay a small part of the
