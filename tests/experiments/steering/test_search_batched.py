@@ -1,7 +1,8 @@
 """The steering search in stacked passes (search.together / answer, prompts.run_jobs) gives the
 numbers of one measurement at a time.
 
-Tolerance: a stacked pass changes only the shapes of float32 matrix products, so log-probabilities
+Tolerance: a stacked pass (rows run from the first position their edit changed, attending to the
+clean keys and values before it) changes only the shapes of float32 matrix products, so log-probabilities
 agree to 1e-4 (nats; measured differences are far smaller) and the decisions (chosen strengths,
 success rates, ranks) are identical; ``max_rows=0`` (one kept batch a pass) equals
 ``Prompts.run`` bit for bit.
@@ -94,7 +95,9 @@ def test_stacked_resume_equals_one_batch_at_a_time(real_model, fact_data):
     dirs = [torch.randn(real_model.cfg.d_model, generator=g) for _ in range(2)]
     make = lambda v, s: lambda pos, rows: [st.AddDirection(REAL_HOOK, dirs[v], s, positions=pos)]  # noqa: E731
     keep = lambda lp, rows: lp  # noqa: E731
+    everywhere = lambda pos, rows: [st.AddDirection(REAL_HOOK, dirs[1], 2.0)]  # noqa: E731  (every position: no prefix)
     jobs = [prompts.Job(P, make(v, s), keep) for P in sets for v, s in ((0, 0.0), (0, 3.0), (1, 3.0))]
+    jobs += [prompts.Job(P, everywhere, keep) for P in sets]
     jobs.append(prompts.Job(sets[0], None, keep))  # the clean run
     one = prompts.run_jobs(jobs, max_rows=0)
     for job, lp in zip(jobs, one):  # one kept batch a pass: Prompts.run, bit for bit
@@ -104,6 +107,11 @@ def test_stacked_resume_equals_one_batch_at_a_time(real_model, fact_data):
         stacked = prompts.run_jobs(jobs, max_rows=max_rows)
         for a, b in zip(one, stacked):
             torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+    # prefix reuse: an edit at the subject starts there, an edit everywhere at 0, no edit at the last position
+    rows = prompts._edited_rows(0, sets[0], sets[0].edits(make(0, 3.0)))
+    assert [r.first for r in rows] == [sets[0].pos[r.row] for r in rows] and max(r.first for r in rows) > 0
+    assert {r.first for r in prompts._edited_rows(0, sets[0], sets[0].edits(everywhere))} == {0}
+    assert [r.first for r in prompts._edited_rows(0, sets[0], sets[0].edits(make(0, 0.0)))] == [len(r.x) - 1 for r in rows]
     # a job reduced per row comes back in its prompts' row order
     firsts = prompts.run_jobs([prompts.Job(P, make(0, 2.0), lambda lp, rows: torch.tensor(rows)) for P in sets])
     assert [f.tolist() for f in firsts] == [list(range(len(P))) for P in sets]
