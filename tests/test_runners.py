@@ -132,3 +132,43 @@ def test_load_model_records_the_processing_it_applied(monkeypatch):
     model = load_model("smollm2-135m", device="cpu")
     assert len(seen) == 1 and model.from_pretrained_kwargs == seen[0]
     assert seen[0]["center_writing_weights"] is True  # SAELens's default record said False
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_multi_runner_trains_tsae_aip_beside_jumprelu_and_topk_on_the_real_model(real_model, tmp_path):
+    """One ``MultiSAETrainingRunner`` pass over human-written text trains ``tsae_aip`` (its metric from
+    the runner's own first batches) beside SAELens's ``jumprelu`` and ``topk``; each saves, reloads
+    with ``SAE.load_from_disk`` and gives the trained SAE's outputs on the model's activations."""
+    import itertools
+
+    import datasets
+    from sae_lens import MultiSAETrainingRunnerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
+
+    from sae_atoms.corpus import load_corpus
+    from sae_atoms.saes.tsae_aip import to_inference
+    from tests.conftest import REAL_HOOK
+
+    docs = list(itertools.islice(load_corpus("human-en:train").documents(), 40))
+    datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "text"))
+    d, width, out = real_model.cfg.d_model, 2 * real_model.cfg.d_model, tmp_path / "out"
+    cfg = MultiSAETrainingRunnerConfig(
+        saes={"atoms": TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width, n_batches_for_metric=2),
+              "jumprelu": JumpReLUTrainingSAEConfig(d_in=d, d_sae=width),
+              "topk": TopKTrainingSAEConfig(d_in=d, d_sae=width, k=32)},
+        hook_names=REAL_HOOK, model_name="smollm2-135m", dataset_path=str(tmp_path / "text"), streaming=False,
+        context_size=64, training_tokens=256 * 6, train_batch_size_tokens=256, store_batch_size_prompts=4,
+        n_batches_in_buffer=4, device="cpu", checkpoint_path=None, output_path=str(out), n_eval_batches=1,
+        logger=LoggingConfig(log_to_wandb=False))
+    runner = T.build_runner(cfg, model=real_model)
+    assert runner.saes["atoms"].metric_fitted  # before the first step, from the store's batches
+    trained = runner.run()
+    _, cache = real_model.run_with_cache("The King James Bible was printed in 1611.", names_filter=REAL_HOOK)
+    x = cache[REAL_HOOK][0]
+    for name, arch in (("atoms", "tsae_aip"), ("jumprelu", "jumprelu"), ("topk", "topk")):
+        loaded = SAE.load_from_disk(out / name)
+        assert loaded.cfg.architecture() == arch and loaded.cfg.metadata.hook_name == REAL_HOOK
+        torch.testing.assert_close(loaded(x), to_inference(trained[name])(x), atol=1e-4, rtol=1e-4)
+    atoms = SAE.load_from_disk(out / "atoms")
+    assert isinstance(atoms, TSAEAIPSAE) and not torch.allclose(atoms.aip_W, torch.eye(d))
