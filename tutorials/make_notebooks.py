@@ -7,15 +7,23 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).parent
 
-INSTALL = '''# Install (Colab or a fresh environment). Skipped when sae_atoms is already importable.
-# sae_atoms is not on PyPI: set SAE_ATOMS_SOURCE to a git URL ("git+https://...") or a local checkout of
-# its repository.
-import importlib.util, os, subprocess, sys
+INSTALL = '''# Install (Colab or a fresh environment); skipped when sae_atoms is already importable. sae_atoms is not on
+# PyPI: set SAE_ATOMS_SOURCE to its wheel (sae_atoms-<version>-py3-none-any.whl, from `python -m build` in
+# a clone), its git URL ("sae-atoms @ git+https://<your-host>/<path>.git") or a checkout; see the README,
+# "Install without a clone". An installed torch (Colab's) is kept: pip is asked for that same version.
+import importlib, importlib.metadata, importlib.util, os, subprocess, sys
 if importlib.util.find_spec("sae_atoms") is None:
-    if not os.environ.get("SAE_ATOMS_SOURCE"):
-        raise RuntimeError("sae_atoms is not installed and not on PyPI: set SAE_ATOMS_SOURCE to a git URL or a local "
-                           "checkout of its repository (or run `pip install -e .` in a checkout), then rerun this cell.")
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", os.environ["SAE_ATOMS_SOURCE"]])'''
+    source = os.environ.get("SAE_ATOMS_SOURCE", "")
+    todo = ("set SAE_ATOMS_SOURCE to a sae_atoms wheel, its git URL (\\"sae-atoms @ git+https://<your-host>/<path>.git\\") "
+            "or a checkout of its repository, then rerun this cell")
+    if not source:
+        raise SystemExit(f"sae_atoms is not installed and is not on PyPI: {todo}.")
+    keep = [f"torch=={importlib.metadata.version('torch')}"] if importlib.util.find_spec("torch") else []
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", source, *keep], capture_output=True, text=True)
+    if pip.returncode != 0:
+        said = ([l for l in pip.stderr.splitlines() if l.startswith("ERROR")] or ["no error line"])[-1][:200]
+        raise SystemExit(f"pip could not install sae_atoms from SAE_ATOMS_SOURCE={source!r} ({said}): {todo}.")
+    importlib.invalidate_caches()'''
 
 SETTINGS = '''import os
 import torch

@@ -76,9 +76,10 @@ __all__ = [
 ]
 
 # written into every saved folder's cfg.json (SAELens ignores keys that are not config fields)
-LOAD_HINT = ("this SAE is a sae_atoms architecture: install sae_atoms from its repository (it is not on PyPI: "
-             "`pip install -e .` in a checkout, or `pip install git+<repository URL>`), then `import sae_atoms; "
-             "sae_atoms.load_sae(path)` (or `import sae_atoms` before `SAE.load_from_disk(path)`)")
+LOAD_HINT = ("this SAE is a sae_atoms architecture: install sae_atoms (it is not on PyPI; README, \"Install without a "
+             "clone\"): `pip install \"sae-atoms @ git+https://<your-host>/<path>.git\"` from its repository, "
+             "`pip install ./sae_atoms-<version>-py3-none-any.whl` from its wheel or `pip install -e .` in a checkout, "
+             "then `import sae_atoms; sae_atoms.load_sae(path)` (or `import sae_atoms` before `SAE.load_from_disk(path)`)")
 
 _RAW_NORMALIZATIONS = ("none", "expected_average_only_in")
 # the decoder_init_norm of SAELens's training configs (what a config made from a jumprelu one carries)
