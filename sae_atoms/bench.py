@@ -233,8 +233,8 @@ def bench_coherence(quick: bool = False) -> dict:
     def ours() -> None:
         coherence(D, device=dev, block=B)
 
-    t_base = best_time(baseline, repeat=2 if quick else 1, warmup=1 if quick else 0)
-    t_ours = best_time(ours, repeat=3 if quick else 2)
+    t_base = best_time(baseline, repeat=2 if quick else 3)
+    t_ours = best_time(ours, repeat=2 if quick else 3)
     return measured(t_ours, t_base, 1.3, "lower", N=N, d=d, block=B, device=str(dev))
 
 
