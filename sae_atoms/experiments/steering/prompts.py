@@ -176,8 +176,8 @@ def run_jobs(jobs: Sequence[Job], max_rows: int = RESUME_ROWS) -> list[Tensor]:
     rows: list[_Row] = []
     for j, job in enumerate(jobs):
         P = job.prompts
-        ivs = P.edits(job.make) if P.cached else None
-        if ivs is None or max_rows == 0:
+        ivs = P.edits(job.make) if P.cached and max_rows else None
+        if ivs is None:
             out[j] = job.rows_of(P.run(job.make), list(range(len(P))))
         else:
             rows += _edited_rows(j, P, ivs)

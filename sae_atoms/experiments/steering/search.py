@@ -72,7 +72,8 @@ class Run:
 @dataclass(frozen=True)
 class Ask:
     """A measurement a sweep needs: ``what`` (``"kl"``: KL per unrelated prompt, every target's
-    intervention in turn, concatenated; ``"success"``: ``success_at``'s dict) of ``m`` on ``split``."""
+    intervention in turn, concatenated; ``"success"``: success, rank and log-prob gain per target
+    and pooled) of ``m`` on ``split``."""
 
     what: str
     m: Method
@@ -90,20 +91,15 @@ def answer(run: Run, asks: Sequence[Ask]) -> list:
         if a.what == "kl":
             U = run.unrel_p[a.split]
             jobs += [Job(U, a.m.batches(v, U), lambda lp, rows, U=U: kl(U.clean[rows], lp)) for v in run.targets]
-        else:
-            sets = [(v, run.ev[a.split][v]) for v in run.targets if len(run.ev[a.split][v])]
-            jobs += [Job(E, a.m.batches(v, E), lambda lp, rows, E=E, t=run.first_tok[v]: target_rows(lp, E.clean[rows], t))
-                     for v, E in sets]
-        spans.append((start, len(jobs)))
-    got = run_jobs(jobs, run.max_rows)
-    out = []
-    for a, (i, j) in zip(asks, spans):
-        if a.what == "kl":
-            out.append(torch.cat(got[i:j]))
+            spans.append((start, len(jobs), None))
         else:
             sets = [v for v in run.targets if len(run.ev[a.split][v])]
-            out.append(_pooled({v: stats_of(r) | {"n": len(r)} for v, r in zip(sets, got[i:j])}))
-    return out
+            jobs += [Job(E, a.m.batches(v, E), lambda lp, rows, E=E, t=run.first_tok[v]: target_rows(lp, E.clean[rows], t))
+                     for v, E in ((v, run.ev[a.split][v]) for v in sets)]
+            spans.append((start, len(jobs), sets))
+    got = run_jobs(jobs, run.max_rows)
+    return [torch.cat(got[i:j]) if sets is None else _pooled({v: stats_of(r) | {"n": len(r)} for v, r in zip(sets, got[i:j])})
+            for i, j, sets in spans]
 
 
 def _pooled(per_target: dict[str, dict]) -> dict:
