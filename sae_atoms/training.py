@@ -63,7 +63,7 @@ from sae_atoms.saes.tsae import check_batch, check_number, check_training_config
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
 __all__ = ["train_on_activations", "fit_sae", "TrainOptions", "training_config", "calibrate_thresholds", "match_l0", "input_scale",
-           "build_runner", "check_runner_buffer", "MetricFirstTrainer", "DEFAULT_STEPS"]
+           "build_runner", "check_runner_buffer", "MetricFirstTrainer", "DEFAULT_STEPS", "calibrate_at_first_step"]
 DEFAULT_STEPS = 1500  # the library default; studies set their own (FrontierConfig.steps, ...)
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_LR = 1e-3
@@ -303,6 +303,20 @@ def match_l0(sae: Any, x: torch.Tensor, target_l0: float, rel_tol: float = 0.01,
         lo, hi = (mid, hi) if l0 > target_l0 else (lo, mid)
     l0_at(mid)
     return math.exp(mid) if hasattr(sae, "threshold") else mid
+
+
+def calibrate_at_first_step(sae: Any, target_l0: float) -> None:
+    """``calibrate_thresholds`` on the input of the SAE's first training step, as its trainer normalised
+    it (scaled or whitened): for runners, whose trainers estimate the normalisation inside ``fit``.
+    Later steps run the SAE's own ``training_forward_pass`` untouched."""
+    forward = sae.training_forward_pass
+
+    def first(step_input: Any) -> Any:
+        del sae.training_forward_pass  # the class's method again from the next step on
+        calibrate_thresholds(sae, step_input.sae_in.detach(), target_l0)
+        return forward(step_input)
+
+    sae.training_forward_pass = first
 
 
 def _hold_to_l0(sae: Any, x: torch.Tensor, target_l0: float) -> None:

@@ -9,10 +9,14 @@ study (frontier, capacity, steering, the main job) and the tests read kinds from
 Held to a target L0 (``unit_config``):
 - threshold units (``atoms``, ``tsae``, ``features_jumprelu``): SAELens's quadratic L0 loss
   toward ``target_l0`` with a straight-through estimate to the input;
-- ``features_topk`` / ``features_batchtopk``: ``k = target_l0``;
+- ``features_topk`` / ``features_batchtopk`` / ``features_matryoshka``: ``k = target_l0``;
 - ``features_standard``: an L1 SAE, matched to the target afterwards (``training.match_l0``).
 Raw-space features use SAELens's ``expected_average_only_in`` input normalisation, the usual
 setting for them; atoms keep AIP geometry (their metric is their normalisation).
+``features_jumprelu_whitened`` is jumprelu with SAELens's own ``covariance_whitening`` (centred PCA
+whitening folded into the SAE after training), the ecosystem's nearest thing to the AIP.
+``features_matryoshka`` is SAELens's ``matryoshka_batchtopk`` with nested prefixes of width
+``d_sae / 16``, ``d_sae / 4`` and ``d_sae`` (``MATRYOSHKA_LEVELS``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sae_atoms.training import training_config
 
 ATOMS_ALPHA = 0.35  # partial whitening S^alpha of the frontier's atoms (alpha=1: the full AIP)
 _NORMALISED = "expected_average_only_in"
+MATRYOSHKA_LEVELS = (16, 4, 1)  # nested prefix widths d_sae / m of features_matryoshka, the last the whole SAE
 
 
 def _threshold(t: float) -> dict[str, Any]:
@@ -52,6 +57,10 @@ UNIT_KINDS: dict[str, UnitKind] = {u.name: u for u in (
              lambda t: {"k": int(round(t)), "normalize_activations": _NORMALISED}),
     UnitKind("features_batchtopk", "batchtopk", "features (batchtopk SAE)",
              lambda t: {"k": float(t), "normalize_activations": _NORMALISED}),
+    UnitKind("features_jumprelu_whitened", "jumprelu", "features (jumprelu + covariance whitening)",
+             lambda t: _threshold(t) | {"normalize_activations": "covariance_whitening"}),
+    UnitKind("features_matryoshka", "matryoshka_batchtopk", "features (matryoshka batchtopk SAE)",
+             lambda t: {"k": float(t), "normalize_activations": _NORMALISED}),
 )}
 SAE_UNITS = tuple(n for n, u in UNIT_KINDS.items() if u.architecture is not None)
 
@@ -72,4 +81,5 @@ def unit_config(unit: str, d_in: int, d_sae: int, target_l0: float, hook: str | 
     kind = unit_kind(unit)
     if kind.architecture is None:
         raise ValueError(f"{unit!r} units have no SAE to train; choose from {list(SAE_UNITS)}.")
-    return training_config(kind.architecture, d_in, d_sae, hook_name=hook, **(kind.overrides(target_l0) | fields))
+    extra = {"matryoshka_widths": [d_sae // m for m in MATRYOSHKA_LEVELS]} if kind.architecture == "matryoshka_batchtopk" else {}
+    return training_config(kind.architecture, d_in, d_sae, hook_name=hook, **(kind.overrides(target_l0) | extra | fields))

@@ -56,9 +56,9 @@ from sae_atoms.data import LABEL_COLUMNS
 from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_units, l0, neurons, table
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, train_on_activations
-from sae_atoms.units import ATOMS_ALPHA, SAE_UNITS, unit_config
+from sae_atoms.units import ATOMS_ALPHA, unit_config
 
-UNITS = SAE_UNITS
+UNITS = ("atoms", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
 DEFAULT_TARGETS = (4, 8, 16, 32, 64)
 DEFAULT_EXPANSION = 1
 VALIDATION_FRAC = 0.2
