@@ -1,0 +1,114 @@
+"""SAELens's downstream figures for many SAEs at one hook, in shared passes.
+
+``run_evals`` (``sae_lens.evals.get_recons_loss``) runs three whole forward passes per SAE and
+batch: clean, the SAE spliced in, the hook zero-ablated. For N SAEs at one hook the clean and
+ablated passes are the same N times, and the spliced pass equals the clean one up to the hook's
+block. ``downstream_scores`` runs the clean and ablated passes once per batch, keeps the residual
+stream entering the hook's block, and runs each SAE's pass from that block on
+(TransformerLens's ``start_at_layer``). The formulas and masks are ``get_recons_loss``'s:
+
+    ce_loss_score = (CE_ablation - CE_sae) / (CE_ablation - CE_clean)    (CE per next token)
+    kl_div_score  = (KL_ablation - KL_sae) / KL_ablation                  (KL(clean || spliced), per token)
+
+with special tokens neither replaced by the SAE nor counted, means over every counted token of
+every batch. ``tests/test_downstream.py`` checks them against ``run_evals`` on the real model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from sae_atoms.forward import hook_layer
+
+KEYS = ("ce_loss_with_sae", "kl_div_with_sae")
+BASE_KEYS = ("ce_loss_without_sae", "ce_loss_with_ablation", "kl_div_with_ablation")
+
+
+def _kl(clean_logp: Tensor, logits: Tensor) -> Tensor:
+    """KL(clean || new) per position, as ``sae_lens.evals._kl`` computes it."""
+    return torch.nn.functional.kl_div(logits.log_softmax(-1), clean_logp.exp(), reduction="none").sum(-1)
+
+
+def special_ids(model: Any) -> list[int]:
+    """The tokenizer's special token ids (``run_evals``'s ``exclude_special_tokens=True``)."""
+    from sae_lens.evals import get_special_token_ids
+
+    return sorted(get_special_token_ids(model.tokenizer)) if model.tokenizer is not None else []
+
+
+@torch.no_grad()
+def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterable[int]], hook: str,
+                      batch_prompts: int = 8, progress: bool = False) -> dict[str, dict[str, float]]:
+    """``{name: {ce_loss_score, kl_div_score, ce_loss_with_sae, ce_loss_without_sae,
+    ce_loss_with_ablation, kl_div_with_sae, kl_div_with_ablation, ce_loss_score_se}}`` for every SAE
+    at ``hook`` on ``rows`` (equal-length token rows, e.g. packed ``context_size`` rows).
+    ``ce_loss_score_se``: the standard error of the mean CE with the SAE over the counted tokens,
+    divided by ``CE_ablation - CE_clean`` (unpaired: two SAEs' scores on the same tokens differ with
+    less noise than this)."""
+    from transformer_lens.utils import lm_cross_entropy_loss
+
+    layer = hook_layer(hook)
+    if layer is None:
+        raise ValueError(f"{hook!r} is not inside a block; downstream_scores resumes from the hook's block.")
+    dev = next(model.parameters()).device
+    rows = torch.as_tensor(list(map(list, rows)), dtype=torch.long)
+    ignore = torch.tensor(special_ids(model), dtype=torch.long)
+    vals: dict[str, list[Tensor]] = {k: [] for k in BASE_KEYS} | {f"{n}/{k}": [] for n in saes for k in KEYS}
+    from tqdm.auto import tqdm
+
+    for s in tqdm(range(0, len(rows), batch_prompts), desc=f"run_evals figures, {len(saes)} SAEs", unit="batch",
+                  disable=not progress):
+        t = rows[s:s + batch_prompts].to(dev)
+        keep = ~torch.isin(t, ignore.to(dev))
+        got: dict[str, Tensor] = {}
+        save = lambda act, hook: got.__setitem__(hook.name, act)  # noqa: E731
+        entry = f"blocks.{layer}.hook_resid_pre"
+        logits, ce = model.run_with_hooks(t, return_type="both", loss_per_token=True,
+                                          fwd_hooks=[(entry, save), (hook, save)])
+        clean_logp = logits.log_softmax(-1)
+        del logits
+        abl, abl_ce = model.run_with_hooks(t, return_type="both", loss_per_token=True,
+                                           fwd_hooks=[(hook, lambda act, hook: torch.zeros_like(act))])
+        vals["ce_loss_without_sae"].append(ce[keep[:, :-1]].double().cpu())
+        vals["ce_loss_with_ablation"].append(abl_ce[keep[:, :-1]].double().cpu())
+        vals["kl_div_with_ablation"].append(_kl(clean_logp, abl)[keep].double().cpu())
+        del abl
+        x = got[hook]
+        for name, sae in saes.items():
+            x_hat = sae.decode(sae.encode(x.to(sae.W_dec.device))).to(x.device, x.dtype)
+            x_hat = torch.where(keep[..., None], x_hat, x)
+            out = model.run_with_hooks(got[entry], start_at_layer=layer, return_type="logits",
+                                       fwd_hooks=[(hook, lambda act, hook, v=x_hat: v)])
+            vals[f"{name}/ce_loss_with_sae"].append(lm_cross_entropy_loss(out, t, per_token=True)[keep[:, :-1]].double().cpu())
+            vals[f"{name}/kl_div_with_sae"].append(_kl(clean_logp, out)[keep].double().cpu())
+    cat = {k: torch.cat(v) for k, v in vals.items()}
+    mean = {k: float(v.mean()) for k, v in cat.items()}
+    base = {k: mean[k] for k in BASE_KEYS}
+    result = {}
+    for name in saes:
+        r = base | {k: mean[f"{name}/{k}"] for k in KEYS}
+        r["ce_loss_score"] = (r["ce_loss_with_ablation"] - r["ce_loss_with_sae"]) / (r["ce_loss_with_ablation"] - r["ce_loss_without_sae"])
+        r["kl_div_score"] = (r["kl_div_with_ablation"] - r["kl_div_with_sae"]) / r["kl_div_with_ablation"]
+        ce = cat[f"{name}/ce_loss_with_sae"]  # the score's standard error from the per-token spread of CE_sae
+        r["ce_loss_score_se"] = float(ce.std() / len(ce) ** 0.5) / (r["ce_loss_with_ablation"] - r["ce_loss_without_sae"])
+        result[name] = r
+    return result
+
+
+@torch.no_grad()
+def sparsity_and_variance(sae: Any, x: Tensor, batch_size: int = 4096) -> dict[str, float]:
+    """``run_evals``'s ``l0`` (mean number of nonzero codes) and ``explained_variance`` (SAELens's
+    ``ExplainedVarianceCalculator``: 1 - E||x - x_hat||^2 / total variance) on activations ``x``
+    ``[n, d]`` already stripped of special tokens, with no model pass."""
+    from sae_lens.evals import ExplainedVarianceCalculator
+
+    ev, l0 = ExplainedVarianceCalculator(), 0.0
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s:s + batch_size].to(sae.W_dec.device, sae.dtype)
+        codes = sae.encode(xb)
+        ev.add_batch(sae.decode(codes).to(xb.dtype), xb)
+        l0 += float((codes != 0).sum())
+    return {"l0": l0 / x.shape[0], "explained_variance": ev.compute()}
