@@ -1,0 +1,417 @@
+"""The token benchmark: every unit kind trained on a token stream by SAELens's multi-SAE runner and
+judged by SAELens's ``run_evals`` on held-out documents, at matched L0.
+
+This is where SAELens users train SAEs (a stream of text tokens, not the ~5,000 subject tokens of
+the paper's setting). One ``MultiSAETrainingRunner`` pass (``sae_atoms.training.build_runner``:
+one forward pass of the model feeds every SAE) trains, at one hook and width ``expansion x d``,
+each unit kind of ``TOKEN_UNITS`` at each target L0:
+
+    atoms                        tsae_aip (metric fitted from the runner's first batches)
+    tsae                         the same TSAE in raw space
+    features_jumprelu            SAELens jumprelu (expected_average_only_in)
+    features_jumprelu_whitened   SAELens jumprelu + its covariance_whitening
+    features_topk / _batchtopk   SAELens topk / batchtopk, k = target
+    features_matryoshka          SAELens matryoshka_batchtopk, k = target
+
+Sparsity: threshold units train with SAELens's quadratic L0 loss toward the target, their
+thresholds calibrated on the input of their first step as the trainer normalises it
+(``training.calibrate_at_first_step``); after training every SAE with thresholds (batchtopk kinds
+are saved as jumprelu) gets one common threshold factor that sets its mean L0 to the target on
+*validation* documents (``training.match_l0``), held-out documents disjoint from those it is
+evaluated on. Top-k holds ``k`` exactly.
+
+Data (``token_data``): the corpus's documents (``human-en`` by default: its ``train`` split to train,
+its ``heldout`` split to validate and evaluate; another corpus is split by a hash of each document)
+are shuffled with the seed, so every source is in every slice, and packed into rows of
+``context_size`` tokens (BOS first, documents separated by BOS, as SAELens's text pipeline does).
+The held-out documents alternate between the validation and the evaluation set.
+
+Evaluation, on the evaluation documents: SAELens's ``run_evals`` (CE-loss score with zero
+ablation, KL score, explained variance, L0; special tokens excluded), and the project's own on the
+same tokens' activations (BOS excluded): R^2 in the AIP, coherence mu raw and in the AIP, q* (a)
+and (b), dead fraction. The AIP here is one reference metric for every unit (``AIPMetric.robust``,
+alpha = 1, fitted on training-stream tokens).
+
+``sae-atoms token-frontier`` runs it; ``--tokens`` scales it (``--device cuda`` on a GPU: the model,
+the activation store and the SAEs go there). Memory is the runner's buffer plus the evaluation
+activations, not ``--tokens``. A killed run resumes from the runner's last checkpoint (``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from sae_atoms.aip import AIPMetric
+from sae_atoms.io import atomic_dir, save_figure, write_json
+from sae_atoms.units import UNIT_KINDS, unit_config
+
+TOKEN_UNITS = ("atoms", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
+               "features_batchtopk", "features_matryoshka")
+DEFAULT_TARGETS = (16, 32, 64, 128)
+DEFAULT_HOOK = "blocks.12.hook_resid_post"
+ROW_KEYS = ("unit", "target_l0", "l0", "ce_loss_score", "ce_loss_score_se", "kl_div_score", "explained_variance", "r2_aip", "mu", "mu_raw",
+            "q_star_a", "q_star_b", "dead_frac")
+CE_MARGIN = 0.005  # the goal: atoms' CE-loss score >= the best other unit's - CE_MARGIN at every matched L0
+
+
+@dataclass(frozen=True)
+class TokenFrontierConfig:
+    """Settings of ``run_token_frontier``. Token counts are rounded up to whole rows of ``context_size``."""
+
+    hook: str = DEFAULT_HOOK
+    units: tuple[str, ...] = TOKEN_UNITS
+    targets: tuple[float, ...] = DEFAULT_TARGETS
+    expansion: float = 4.0            # width as a multiple of the hook's width, every unit alike
+    corpus: str = "human-en"
+    tokens: int = 90_000              # training tokens (the runner's training_tokens): the CPU default
+
+    context_size: int = 128
+    batch_tokens: int = 512           # the runner's train_batch_size_tokens
+    lr: float = 1e-3
+    val_tokens: int = 4096            # held-out validation tokens the final L0 is matched on
+    eval_tokens: int = 2048           # held-out evaluation tokens (run_evals's figures and ours)
+    heldout_doc_tokens: int = 64      # tokens per held-out document at most (a random window of each)
+    ref_tokens: int = 8192            # training-stream tokens the reference AIP is fitted on
+    eval_batch_prompts: int = 8
+    norm_batches: int = 20            # first batches the input normalisations (and atoms' metric) are estimated on
+    n_checkpoints: int = 2
+    seed: int = 0
+
+
+def sae_name(unit: str, target: float) -> str:
+    return f"{unit}_l0_{target:g}"
+
+
+# --------------------------------------------------------------------------- data
+def _documents(corpus: str, split: str) -> list[str]:
+    """The documents of ``split`` (``train`` / ``heldout``): the corpus's own split for ``human-en``,
+    else a hash of each document's text (``human_en.document_split``)."""
+    from sae_atoms.corpus import load_corpus
+    from sae_atoms.human_en import document_split
+
+    if corpus.split(":")[0] == "human-en":
+        return list(load_corpus("human-en", split=split).documents())
+    return [d for d in load_corpus(corpus).documents() if document_split(d) == split]
+
+
+def _rows(docs: Iterable[str], model: Any, context_size: int, n_tokens: int, what: str,
+          window: tuple[int, random.Random] | None = None) -> list[list[int]]:
+    """``n_tokens`` (rounded up to whole rows) of ``packed_rows``; with ``window = (w, rng)`` each
+    document gives one random window of at most ``w`` tokens, so that a few long documents do not
+    make up a held-out set."""
+    from sae_atoms.corpus import model_tokenizer, packed_rows
+
+    tokenize, bos = model_tokenizer(model)
+    if window is not None:
+        w, rng = window
+        whole = tokenize
+
+        def tokenize(text: str) -> list[int]:
+            ids = whole(text)
+            start = rng.randrange(max(1, len(ids) - w + 1))
+            return ids[start:start + w]
+
+    n = math.ceil(n_tokens / context_size)
+    rows = list(islice(packed_rows(docs, tokenize, context_size, bos), n))
+    if len(rows) < n:
+        raise ValueError(f"the corpus has {len(rows) * context_size} tokens of {what}, fewer than the {n * context_size} "
+                         f"asked for; lower the token count or use a larger --corpus.")
+    return rows
+
+
+def token_data(model: Any, c: TokenFrontierConfig) -> dict[str, Any]:
+    """``{"train", "val", "eval", "ref"}``: ``datasets.Dataset``s with a ``tokens`` column (rows of
+    ``context_size``), from seeded shuffles of the train and held-out documents; the held-out
+    documents alternate between ``val`` and ``eval``, each giving one random window of at most
+    ``heldout_doc_tokens`` tokens; ``ref`` is the head of ``train``."""
+    import datasets
+
+    rng = random.Random(c.seed)
+    train, held = _documents(c.corpus, "train"), _documents(c.corpus, "heldout")
+    rng.shuffle(train)
+    rng.shuffle(held)
+    window = (c.heldout_doc_tokens, random.Random(c.seed + 1))
+    rows = {"train": _rows(train, model, c.context_size, max(c.tokens, c.ref_tokens), "training documents"),
+            "val": _rows(held[0::2], model, c.context_size, c.val_tokens, "validation documents", window),
+            "eval": _rows(held[1::2], model, c.context_size, c.eval_tokens, "evaluation documents", window)}
+    rows["ref"] = rows["train"][:math.ceil(c.ref_tokens / c.context_size)]
+    return {k: datasets.Dataset.from_dict({"tokens": v}) for k, v in rows.items()}
+
+
+@torch.no_grad()
+def hook_activations(model: Any, tokens: Any, hook: str, batch_prompts: int = 16) -> torch.Tensor:
+    """``[n, d]`` float32 activations at ``hook`` of every token of ``tokens`` (rows of ids) that is
+    not a special token (BOS / EOS / pad, as ``run_evals`` excludes them)."""
+    from sae_atoms.evals.downstream import special_ids
+    from sae_atoms.forward import stop_layer
+
+    special = torch.tensor(special_ids(model), dtype=torch.long)
+    out = []
+    for s in range(0, len(tokens), batch_prompts):
+        t = torch.tensor(tokens[s:s + batch_prompts], dtype=torch.long, device=model.cfg.device)
+        _, cache = model.run_with_cache(t, names_filter=[hook], stop_at_layer=stop_layer([hook]))
+        keep = ~torch.isin(t.cpu(), special)
+        out.append(cache[hook].float().cpu()[keep])
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- training
+def runner_config(c: TokenFrontierConfig, model: Any, out: Path, device: str, resume: str | None = None) -> Any:
+    """The ``MultiSAETrainingRunnerConfig`` of one pass training every unit at every target."""
+    from sae_lens import LoggingConfig, MultiSAETrainingRunnerConfig
+
+    d = int(model.cfg.d_mlp) if c.hook.endswith(("mlp.hook_post", "mlp.hook_pre")) else int(model.cfg.d_model)
+    width = int(round(c.expansion * d))
+    saes = {sae_name(u, t): unit_config(u, d, width, t, c.hook, **({"n_batches_for_metric": c.norm_batches} if u == "atoms" else {}))
+            for t in c.targets for u in c.units}
+    rows_per_batch, steps = max(1, c.batch_tokens // c.context_size), c.tokens // c.batch_tokens
+    return MultiSAETrainingRunnerConfig(
+        saes=saes, hook_names=c.hook, model_name=model.cfg.model_name, dataset_path="", streaming=False,
+        exclude_special_tokens=True, context_size=c.context_size, prepend_bos=True,
+        training_tokens=c.tokens, train_batch_size_tokens=c.batch_tokens, store_batch_size_prompts=rows_per_batch,
+        n_batches_in_buffer=8, n_batches_for_norm_estimate=c.norm_batches, lr=c.lr,
+        lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5, device=device, seed=c.seed,
+        n_checkpoints=c.n_checkpoints, checkpoint_path=str(out / "checkpoints"), resume_from_checkpoint=resume,
+        output_path=str(out / "trained"), n_eval_batches=0, logger=LoggingConfig(log_to_wandb=False))
+
+
+def latest_checkpoint(out: Path) -> str | None:
+    """The runner checkpoint with the most training samples under ``out/checkpoints`` (None if none)."""
+    found = [p for p in (out / "checkpoints").glob("*/*") if p.is_dir() and p.name.isdigit()]
+    return str(max(found, key=lambda p: int(p.name))) if found else None
+
+
+def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, device: str,
+                resume: bool = False) -> dict[str, Any]:
+    """Train every unit at every target in one multi-SAE runner pass; returns the inference SAEs by name."""
+    from sae_lens import SAE
+
+    from sae_atoms.training import build_runner, calibrate_at_first_step
+
+    cfg = runner_config(c, model, out, device, latest_checkpoint(out) if resume else None)
+    runner = build_runner(cfg, model=model, dataset=train)
+    if cfg.resume_from_checkpoint is None:
+        for t in c.targets:
+            for u in c.units:
+                if UNIT_KINDS[u].overrides(t).get("jumprelu_sparsity_loss_mode") == "quadratic":
+                    calibrate_at_first_step(runner.saes[sae_name(u, t)], t)
+    runner.run()
+    return {name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes}
+
+
+def _remove_training_files(out: Path) -> None:
+    """The runner's own outputs and checkpoints, once the matched SAEs are saved (they only serve a resume)."""
+    import shutil
+
+    for name in ("trained", "checkpoints"):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_saes(saes: dict[str, Any], model: Any, eval_rows: Any, x_eval: torch.Tensor, ref: AIPMetric,
+                 c: TokenFrontierConfig, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """``run_evals``'s figures (CE-loss and KL scores in shared passes, L0 and explained variance on
+    the cached activations: ``sae_atoms.evals.downstream``) and ``evaluate_units`` in the reference AIP."""
+    from sae_atoms.evals import evaluate_units
+    from sae_atoms.evals.downstream import downstream_scores, sparsity_and_variance
+
+    down = downstream_scores(saes, model, eval_rows, c.hook, c.eval_batch_prompts, progress=progress)
+    out = {}
+    for name, sae in saes.items():
+        ours = evaluate_units(sae, x_eval, ref, hook=c.hook)
+        out[name] = sparsity_and_variance(sae, x_eval) | {
+            "ce_loss_score": down[name]["ce_loss_score"], "kl_div_score": down[name]["kl_div_score"],
+            "r2_aip": ours["r2_aip"], "mu": ours["mu_aip"], "mu_raw": ours["mu_raw"], "q_star_a": ours["q_star_a"],
+            "q_star_b": ours["q_star_b"], "dead_frac": ours["dead_frac"]} | {
+            k: down[name][k] for k in ("ce_loss_score_se", "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation")}
+    return out
+
+
+def match_to_target(sae: Any, x_val: torch.Tensor, target: float) -> float | None:
+    """The SAE's mean L0 on ``x_val`` set to ``target`` by one common threshold factor (SAEs with
+    thresholds: jumprelu, tsae, tsae_aip, and batchtopk kinds saved as jumprelu); returns the
+    factor, None for SAEs without thresholds (top-k holds k itself)."""
+    from sae_atoms.training import match_l0
+
+    if not hasattr(sae, "threshold"):
+        return None
+    return match_l0(sae, x_val.to(sae.W_dec.device), float(target))
+
+
+# --------------------------------------------------------------------------- the run
+def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, out: Path, device: str = "cpu",
+                       resume: bool = False, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Train (one runner pass), match L0 on validation documents, evaluate on evaluation documents;
+    returns ``{"settings", "rows", "seconds"}`` (rows: ``ROW_KEYS`` and a few more) and saves the
+    matched SAEs to ``out/saes/<unit>_l0_<T>`` (SAELens format)."""
+    from tqdm.auto import tqdm
+
+    c = replace(cfg or TokenFrontierConfig(), **overrides)
+    check_config(c)
+    t0 = time.time()
+    data = token_data(model, c)
+    x_val, x_eval = (hook_activations(model, data[k]["tokens"], c.hook) for k in ("val", "eval"))
+    ref = AIPMetric.robust(hook_activations(model, data["ref"]["tokens"], c.hook))
+    seconds = {"data": time.time() - t0}
+    t0 = time.time()
+    saes = train_units(c, model, data["train"], out, device, resume)
+    seconds["train"] = time.time() - t0
+    t0 = time.time()
+    factors = {}
+    for t, u in tqdm([(t, u) for t in c.targets for u in c.units], desc="token frontier: match L0", unit="SAE",
+                     disable=not progress):
+        sae = saes[sae_name(u, t)]
+        factors[sae_name(u, t)] = match_to_target(sae, x_val, t)
+        with atomic_dir(out / "saes" / sae_name(u, t)) as tmp:
+            sae.save_model(str(tmp))
+    _remove_training_files(out)
+    scores = evaluate_saes(saes, model, data["eval"]["tokens"], x_eval, ref, c, progress)
+    rows = [{"unit": u, "target_l0": t} | scores[sae_name(u, t)] | {"threshold_factor": factors[sae_name(u, t)]}
+            for t in c.targets for u in c.units]
+    seconds["eval"] = time.time() - t0
+    return {"settings": _settings(c, data, x_val, x_eval, model), "rows": rows, "metric": ref.provenance(),
+            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+def check_config(c: TokenFrontierConfig) -> None:
+    bad = sorted(set(c.units) - set(TOKEN_UNITS))
+    if bad:
+        raise ValueError(f"unknown token-frontier units {bad}; choose from {list(TOKEN_UNITS)}.")
+    if not c.targets or any(t <= 0 for t in c.targets):
+        raise ValueError(f"targets {list(c.targets)} must be positive L0 values.")
+    for name in ("tokens", "context_size", "batch_tokens", "val_tokens", "eval_tokens", "ref_tokens", "eval_batch_prompts",
+                 "heldout_doc_tokens", "norm_batches"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"{name}={getattr(c, name)} must be >= 1.")
+    if c.batch_tokens > c.tokens:
+        raise ValueError(f"batch_tokens={c.batch_tokens} exceeds tokens={c.tokens}: the runner would take no step.")
+
+
+def _settings(c: TokenFrontierConfig, data: dict[str, Any], x_val: torch.Tensor, x_eval: torch.Tensor,
+              model: Any) -> dict[str, Any]:
+    return asdict(c) | {"units": list(c.units), "targets": list(c.targets), "model": model.cfg.model_name,
+                        "width": int(round(c.expansion * x_eval.shape[1])), "steps": c.tokens // c.batch_tokens,
+                        "val_activations": int(x_val.shape[0]), "eval_activations": int(x_eval.shape[0]),
+                        "eval_norms": _norms(x_eval),
+                        "l0_matched_on": "validation documents (held out, disjoint from the evaluation documents)"}
+
+
+def _norms(x: torch.Tensor) -> dict[str, float]:
+    """Median, 99th percentile and largest activation norm: one outlier token can make up most of the
+    explained variance's denominator."""
+    n = x.norm(dim=1)
+    return {"p50": float(n.median()), "p99": float(n.quantile(0.99)), "max": float(n.max())}
+
+
+# --------------------------------------------------------------------------- reading, table, plot, CLI
+def goal_check(rows: Sequence[dict], tolerance: float = 0.15) -> list[dict]:
+    """At each target: whether every row's L0 is within ``tolerance`` of it, atoms' CE-loss score
+    >= the best other unit's - ``CE_MARGIN``, and atoms' q* (b) the highest of all units (and above
+    zero: a tie at zero is no unit being stable, not atoms leading)."""
+    out = []
+    for t in sorted({r["target_l0"] for r in rows}):
+        at = [r for r in rows if r["target_l0"] == t]
+        atoms = next((r for r in at if r["unit"] == "atoms"), None)
+        others = [r for r in at if r["unit"] != "atoms"]
+        if atoms is None or not others:
+            continue
+        best_ce = max(others, key=lambda r: r["ce_loss_score"])
+        best_q = max(others, key=lambda r: r["q_star_b"])
+        out.append({"target_l0": t, "matched": all(abs(r["l0"] - t) <= tolerance * t for r in at),
+                    "ce_ok": atoms["ce_loss_score"] >= best_ce["ce_loss_score"] - CE_MARGIN,
+                    "q_ok": atoms["q_star_b"] >= best_q["q_star_b"] and atoms["q_star_b"] > 0,
+                    "atoms_ce": atoms["ce_loss_score"],
+                    "best_ce": (best_ce["unit"], best_ce["ce_loss_score"]), "atoms_q": atoms["q_star_b"],
+                    "best_q": (best_q["unit"], best_q["q_star_b"])})
+    return out
+
+
+def reading(rows: Sequence[dict]) -> list[str]:
+    """The goal check in plain words, computed from the rows."""
+    checks = goal_check(rows)
+    if not checks:
+        return []
+    parts = [f"L0 {g['target_l0']:g}: atoms CE-loss score {g['atoms_ce']:.4f} vs best other {g['best_ce'][1]:.4f} "
+             f"({g['best_ce'][0]}), q* (b) {g['atoms_q']:.3f} vs {g['best_q'][1]:.3f} ({g['best_q'][0]})"
+             f"{'' if g['matched'] else ', L0 not matched within 15%'}" for g in checks]
+    n_ce, n_q = sum(g["ce_ok"] for g in checks), sum(g["q_ok"] for g in checks)
+    return [f"Token stream, held-out documents (goal: atoms' CE-loss score >= the best other unit's - {CE_MARGIN} and "
+            f"atoms' q* (b) the highest): CE part met at {n_ce}/{len(checks)} targets, q* part at {n_q}/{len(checks)}. "
+            + "; ".join(parts) + "."]
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    from sae_atoms.evals import table
+
+    return table.format_table([(r["unit"], r) for r in rows], ROW_KEYS[1:], label="unit", digits=4, missing="–",
+                              markdown=True)
+
+
+def plot_token_frontier(rows: Sequence[dict], path: Path) -> Path:
+    """CE-loss score, explained variance and q* (b) against held-out L0, one line per unit (SAEBench style)."""
+    import matplotlib.pyplot as plt
+
+    from sae_atoms.experiments.frontier import _STYLES
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    units = list(dict.fromkeys(r["unit"] for r in rows))
+    for ax, (key, title) in zip(axes, (("ce_loss_score", "CE-loss score"), ("explained_variance", "explained variance"),
+                                       ("q_star_b", "q* (b), AIP"))):
+        for i, u in enumerate(units):
+            marker, ls = _STYLES[i % len(_STYLES)]
+            pts = sorted((r["l0"], r[key]) for r in rows if r["unit"] == u and r.get(key) is not None)
+            ax.plot(*zip(*pts), marker=marker, ls=ls, ms=max(11 - 1.2 * i, 4), mfc="none", mew=1.5, label=u)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="L0 (held-out documents)", ylabel=title, title=title)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(units), 4), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return save_figure(fig, path)
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    d = TokenFrontierConfig()
+    p.add_argument("--model", default="smollm2-135m", help="a TransformerLens model (default: the embedded SmolLM2-135M)")
+    p.add_argument("--hook", default=d.hook, help="the hook (e.g. blocks.12.hook_resid_post, blocks.12.mlp.hook_post)")
+    p.add_argument("--corpus", default=d.corpus, help="text corpus (default human-en: its train / heldout splits)")
+    p.add_argument("--tokens", type=int, default=d.tokens, help="training tokens")
+    p.add_argument("--targets", type=float, nargs="+", default=list(d.targets), help="target L0s")
+    p.add_argument("--units", nargs="+", default=list(d.units), choices=TOKEN_UNITS)
+    p.add_argument("--expansion", type=float, default=d.expansion, help="width as a multiple of the hook's width")
+    p.add_argument("--context-size", type=int, default=d.context_size)
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per training step")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--val-tokens", type=int, default=d.val_tokens, help="held-out tokens the L0 is matched on")
+    p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens evaluated on")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: the model, the activation store and the SAEs")
+    p.add_argument("--resume", action="store_true", help="resume training from the last checkpoint under --out")
+    p.add_argument("--out", required=True, help="output folder: results.json, token_frontier.png, saes/, checkpoints/")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from sae_atoms.models import load_model
+
+    c = TokenFrontierConfig(hook=args.hook, units=tuple(args.units), targets=tuple(args.targets), expansion=args.expansion,
+                            corpus=args.corpus, tokens=args.tokens, context_size=args.context_size,
+                            batch_tokens=args.batch_tokens, lr=args.lr, val_tokens=args.val_tokens,
+                            eval_tokens=args.eval_tokens, seed=args.seed)
+    check_config(c)
+    out = Path(args.out)
+    model = load_model(args.model, device=args.device)
+    res = run_token_frontier(model, c, out=out, device=args.device, resume=args.resume)
+    write_json({"token_frontier": res}, out / "results.json")
+    plot_token_frontier(res["rows"], out / "token_frontier.png")
+    print(format_table(res["rows"]))
+    print("\n".join(reading(res["rows"])))
+    return 0

@@ -1,0 +1,113 @@
+"""The token benchmark (``sae_atoms.experiments.token_frontier``): goal check, config checks, the
+first-step threshold calibration, and one small run on the real model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sae_atoms.experiments import token_frontier as TF
+
+
+def _row(unit: str, t: float, l0: float, ce: float, q: float) -> dict:
+    return {"unit": unit, "target_l0": t, "l0": l0, "ce_loss_score": ce, "q_star_b": q}
+
+
+def test_goal_check_reads_the_ce_margin_and_the_highest_q_star():
+    rows = [_row("atoms", 16, 16.5, 0.900, 0.30), _row("features_topk", 16, 16.0, 0.904, 0.20),
+            _row("atoms", 32, 40.0, 0.890, 0.10), _row("features_topk", 32, 32.0, 0.900, 0.20),
+            _row("atoms", 64, 64.0, 0.950, 0.00), _row("features_topk", 64, 64.0, 0.950, 0.00)]
+    g16, g32, g64 = TF.goal_check(rows)
+    assert g64["ce_ok"] and not g64["q_ok"]  # a tie at zero: no unit is stable
+    assert (g16["ce_ok"], g16["q_ok"], g16["matched"]) == (True, True, True)  # 0.900 >= 0.904 - 0.005
+    assert (g32["ce_ok"], g32["q_ok"], g32["matched"]) == (False, False, False)  # 40 is 25% above 32
+    assert g32["best_ce"] == ("features_topk", 0.900)
+    text = TF.reading(rows)[0]
+    assert "CE part met at 2/3" in text and "q* part at 1/3" in text and "L0 not matched" in text
+
+
+@pytest.mark.parametrize("field, value, match", [("units", ("atoms", "neurons"), "unknown token-frontier units"),
+                                                 ("targets", (16, 0), "positive"), ("eval_tokens", 0, "eval_tokens"),
+                                                 ("batch_tokens", 10**9, "exceeds tokens")])
+def test_check_config_names_what_is_wrong(field, value, match):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=match):
+        TF.check_config(replace(TF.TokenFrontierConfig(), **{field: value}))
+
+
+def test_latest_checkpoint_is_the_one_with_most_samples(tmp_path):
+    assert TF.latest_checkpoint(tmp_path) is None
+    for n in ("2048", "10240", "final_x"):
+        (tmp_path / "checkpoints" / "abc" / n).mkdir(parents=True)
+    assert TF.latest_checkpoint(tmp_path).endswith("abc/10240")
+
+
+def test_calibrate_at_first_step_sets_l0_to_the_target_on_that_steps_input():
+    """Thresholds calibrated on the first step's (normalised) input fire the target number of units
+    on it; the SAE's own forward pass runs from the second step on."""
+    from sae_lens.registry import get_sae_training_class
+    from sae_lens.saes.sae import TrainStepInput
+
+    from sae_atoms.training import calibrate_at_first_step
+    from sae_atoms.units import unit_config
+
+    torch.manual_seed(0)
+    cfg = unit_config("features_jumprelu", 16, 64, 8.0)
+    sae = get_sae_training_class("jumprelu")[0](cfg)
+    x = 5.0 * torch.randn(512, 16)
+    calibrate_at_first_step(sae, 8.0)
+    step = TrainStepInput(sae_in=x, coefficients={"l0": 1.0, "pre_act": 0.0}, dead_neuron_mask=None,
+                          n_training_steps=0, is_logging_step=False)
+    before = sae.threshold.detach().clone()
+    out = sae.training_forward_pass(step)
+    assert not torch.equal(before, sae.threshold.detach())
+    assert float((out.feature_acts != 0).sum(-1).float().mean()) == pytest.approx(8.0, rel=0.05)
+    assert "training_forward_pass" not in vars(sae)  # the class's method again
+    thr = sae.threshold.detach().clone()
+    sae.training_forward_pass(step)
+    assert torch.equal(thr, sae.threshold.detach())
+
+
+def test_runner_config_trains_every_unit_at_every_target_from_one_pass(tiny_model, tmp_path):
+    c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms", "features_jumprelu_whitened", "features_matryoshka"),
+                               targets=(4, 8), tokens=4096, batch_tokens=256, context_size=16, norm_batches=3)
+    cfg = TF.runner_config(c, tiny_model, tmp_path, "cpu")
+    assert set(cfg.saes) == {TF.sae_name(u, t) for u in c.units for t in c.targets}
+    assert cfg.n_batches_for_norm_estimate == 3 and cfg.saes["atoms_l0_4"].n_batches_for_metric == 3
+    assert cfg.saes["features_jumprelu_whitened_l0_8"].normalize_activations == "covariance_whitening"
+    assert cfg.saes["features_matryoshka_l0_8"].matryoshka_widths == [8, 32, 128]
+    assert cfg.saes["atoms_l0_8"].d_sae == 4 * 32 and cfg.training_tokens == 4096
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
+    """One runner pass trains atoms, jumprelu and topk at one target on human-written text; every row
+    carries the run_evals figures and the project's, the threshold units' L0 is matched on the
+    validation documents, and the matched SAEs reload."""
+    from sae_lens import SAE
+
+    from sae_atoms.evals.downstream import sparsity_and_variance
+    from sae_atoms.io import write_json
+
+    c = TF.TokenFrontierConfig(units=("atoms", "features_jumprelu", "features_topk"), targets=(16,), tokens=4096,
+                               context_size=64, batch_tokens=512, val_tokens=1024, eval_tokens=512, ref_tokens=1024,
+                               norm_batches=2, n_checkpoints=0)
+    res = TF.run_token_frontier(real_model, c, out=tmp_path, progress=False)
+    write_json(res, tmp_path / "r.json")
+    rows = {r["unit"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    assert set(rows) == set(c.units)
+    for unit, r in rows.items():
+        assert set(TF.ROW_KEYS) <= set(r)
+        assert -1.0 < r["ce_loss_score"] <= 1.0 and r["ce_loss_with_ablation"] > r["ce_loss_without_sae"]
+        assert 0.0 <= r["dead_frac"] <= 1.0 and 0.0 <= r["q_star_b"] <= 1.0
+    assert rows["features_topk"]["l0"] == pytest.approx(16.0, abs=0.5) and rows["features_topk"]["threshold_factor"] is None
+    data = TF.token_data(real_model, c)
+    x_val = TF.hook_activations(real_model, data["val"]["tokens"], c.hook)
+    for unit in ("atoms", "features_jumprelu"):
+        sae = SAE.load_from_disk(str(tmp_path / "saes" / TF.sae_name(unit, 16)))
+        assert sparsity_and_variance(sae, x_val)["l0"] == pytest.approx(16.0, rel=0.02)  # matched on validation docs
+    assert res["settings"]["val_activations"] == x_val.shape[0]
