@@ -253,6 +253,30 @@ def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> No
                                                       for x in paper.values()])
 
 
+def _token_frontier_section(r: "Report", results: dict, plots: Path, out: Path) -> None:
+    """The token benchmark (small in the main job): table, plot, reading."""
+    from sae_atoms.experiments import token_frontier
+
+    tf = results.get("token_frontier") or {}
+    if not tf.get("rows"):
+        return
+    st = tf["settings"]
+    r.h("Token stream: SAELens's multi-SAE runner, run_evals's figures")
+    r.p(f"One `MultiSAETrainingRunner` pass at `{st['hook']}`, width {st['width']} ({st['expansion']:g}x d), "
+        f"{st['tokens']} training tokens of `{st['corpus']}` (training documents; batches of {st['batch_tokens']}, "
+        f"{st['steps']} steps, special tokens excluded). L0 matched on {st['val_activations']} tokens of validation "
+        f"documents; every figure on {st['eval_activations']} tokens of other held-out documents: CE-loss score (zero "
+        f"ablation), KL score, explained variance, L0 as `run_evals` defines them; R² AIP, μ (AIP and raw), q* in one "
+        f"reference AIP fitted on {st['ref_tokens']} training tokens. Activation norms of the evaluation tokens: median "
+        f"{fmt(st['eval_norms']['p50'])}, p99 {fmt(st['eval_norms']['p99'])}, max {fmt(st['eval_norms']['max'])}. A small "
+        f"version of `sae-atoms token-frontier`: a CPU budget, few steps; not converged SAEs.")
+    keys = list(token_frontier.ROW_KEYS[1:])
+    r.table(["unit", *keys], [[x["unit"], *[x.get(k) for k in keys]] for x in tf["rows"]])
+    r.bullets(token_frontier.reading(tf["rows"]))
+    p = token_frontier.plot_token_frontier(tf["rows"], plots / "token_frontier.png")
+    r.img(str(p.relative_to(out)), "token frontier")
+
+
 def _intro_sections(r: Report, results: dict) -> None:
     """The run in one paragraph, the model's fact accuracy and the reading."""
     r.p(f"Model `{results['model']}`, hook `{results['hook_name']}` (subject's last token), {results['n_train']} "
@@ -324,6 +348,7 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
     _geometry_section(r, results, plots, out)
     _frontier_sections(r, results, plots, out)
     _units_and_capacity_sections(r, results, plots, out)
+    _token_frontier_section(r, results, plots, out)
     st = results.get("steering") or {}
     if st:
         r.h("Causal steering")

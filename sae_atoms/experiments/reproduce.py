@@ -10,6 +10,8 @@
                                                    sae_atoms.training
       -> evaluators, in-sample and held-out        sae_atoms.evals
       -> capacity sweep (1x, 2x, 4x, 8x)           sae_atoms.experiments.capacity
+      -> the token benchmark, small (atoms vs jumprelu / topk / batchtopk on a token stream,
+         SAELens's multi-SAE runner, run_evals's figures)  sae_atoms.experiments.token_frontier
       -> steering (atoms vs jumprelu features vs difference of means)
                                                    sae_atoms.experiments.steering
       -> results.json, report.md / report.html, FINDINGS.md, plots, SAEs in SAELens format
@@ -23,11 +25,10 @@ damaged one is recomputed with a warning.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import dataclasses
 import json
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,11 +39,12 @@ from sae_lens import SAE
 from sae_atoms import evals
 from sae_atoms.activations import ActivationSet, extract
 from sae_atoms.data import FACT_RELATIONS, LABEL_COLUMNS, fact_prompts, reasoning_prompts
-from sae_atoms.experiments import capacity, frontier, geometry, steering
+from sae_atoms.experiments import capacity, frontier, geometry, steering, token_frontier
 from sae_atoms.experiments.geometry import GeometryConfig, dedupe_subject_prefix
 from sae_atoms.experiments.findings import write_findings
+from sae_atoms.experiments.stage_cache import json_stage, stage
 from sae_atoms.experiments.report import headline_table, update_readme, write_report
-from sae_atoms.io import atomic_dir, follow_umask, remove_stale, sha256_file, sha256_tensors, write_json
+from sae_atoms.io import follow_umask, sha256_tensors, write_json
 from sae_atoms.models import fact_accuracy, load_model, resolve_device
 from sae_atoms.units import UNIT_KINDS, unit_kind
 
@@ -57,6 +59,12 @@ PAPER = {
 FULL = {"n_cities": 1500, "train_steps": frontier.FrontierConfig.steps, "capacity_steps": 200,
         "frontier_targets": tuple(float(t) for t in frontier.DEFAULT_TARGETS)}
 QUICK = {"n_cities": 300, "train_steps": 150, "capacity_steps": 75, "frontier_targets": (8.0, 16.0)}
+# the main job's token benchmark: a small version of ``sae-atoms token-frontier`` (its full default
+# trains 7 unit kinds x 4 L0s); ``--quick`` shrinks its tokens further
+TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "features_batchtopk"), "targets": (32.0,),
+                  "tokens": 40_960, "eval_tokens": 2048, "val_tokens": 4096, "ref_tokens": 8192, "n_checkpoints": 0}
+TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"tokens": 8192, "eval_tokens": 1024, "val_tokens": 2048, "ref_tokens": 4096,
+                                         "norm_batches": 4}
 UNITS = tuple(unit_kind(u).name for u in ("neurons", "features_standard", "features_jumprelu", "atoms"))  # headline
 SAE_KINDS = {u: UNIT_KINDS[u].architecture for u in UNITS if UNIT_KINDS[u].architecture is not None}
 
@@ -79,6 +87,7 @@ class Settings:
     capacity_steps: int | None = None
     geometry_layers: tuple[int, ...] | None = None
     steer: bool = True
+    token_frontier: bool = True
     frontier_targets: tuple[float, ...] | None = None
     frontier_units: tuple[str, ...] = frontier.UNITS
     frontier_expansion: float = frontier.FrontierConfig.expansion
@@ -95,75 +104,6 @@ class Settings:
             self.relations = ("city_country",) if self.quick else FACT_RELATIONS
         if self.headline_l0 not in self.frontier_targets:
             raise ValueError(f"headline_l0={self.headline_l0} must be one of the frontier targets {self.frontier_targets}")
-
-
-def _key(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _stage(out: Path, name: str, key: Any, force: bool, compute: Callable[[Path], Any],
-           load: Callable[[Path], Any]) -> tuple[Any, bool]:
-    """Return the stage's result, from ``OUT/cache/name`` when its key matches, else computed.
-
-    ``compute(folder)`` writes into a temporary folder that is renamed into place once done,
-    so an interrupted run never leaves a half-written stage. Returns ``(result, reused)``.
-    """
-    folder = out / "cache" / name
-    keyfile = folder / "key.json"
-    k = _key(key)
-    if not force and keyfile.exists():
-        cached = _load_verified(folder, k, load)
-        if cached is not None:
-            return cached[0], True
-    remove_stale(folder)
-    with atomic_dir(folder) as tmp:
-        result = compute(tmp)
-        (tmp / "key.json").write_text(json.dumps({"key": k, "inputs": key, "files": _manifest(tmp)}, default=str, indent=1))
-    return (load(folder) if result is None else result), False
-
-
-def _manifest(folder: Path) -> dict[str, list]:
-    """``{relative path: [size, sha256]}`` of the files under ``folder`` (key.json aside)."""
-    out = {}
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.name != "key.json":
-            out[str(f.relative_to(folder))] = [f.stat().st_size, sha256_file(f)]
-    return out
-
-
-def _load_verified(folder: Path, k: str, load: Callable[[Path], Any]) -> tuple[Any] | None:
-    """``(result,)`` of a cached stage whose key is ``k`` and whose files are intact; None to recompute.
-
-    A stage whose files differ from the manifest written with it, or that fails to load, is
-    recomputed with a warning (an older stage without a manifest is only loaded).
-    """
-    try:
-        info = json.loads((folder / "key.json").read_text())
-    except (json.JSONDecodeError, OSError):
-        info = {}
-    if info.get("key") != k:
-        return None
-    try:
-        files = info.get("files")
-        if files is not None:
-            now = _manifest(folder)
-            bad = sorted(f for f in set(files) | set(now) if files.get(f) != now.get(f))
-            if bad:
-                raise ValueError(f"files changed since it was written: {bad[:5]}")
-        return (load(folder),)
-    except Exception as e:  # a damaged stage is recomputed, never fatal
-        warnings.warn(f"reproduce: the cached stage {folder.name!r} is damaged ({type(e).__name__}: "
-                      f"{str(e)[:300]}); recomputing it.", stacklevel=3)
-        return None
-
-
-def _json_stage(out: Path, name: str, key: Any, force: bool, fn: Callable[[], Any]) -> tuple[Any, bool]:
-    def compute(folder: Path) -> Any:
-        res = fn()
-        (folder / "result.json").write_text(json.dumps(res, default=str))
-        return res
-
-    return _stage(out, name, key, force, compute, lambda f: json.loads((f / "result.json").read_text()))
 
 
 class _Progress:
@@ -199,12 +139,13 @@ def run_reproduce(settings: Settings) -> dict:
     job = _model_and_prompts(s, device, prog)
     _activations(job, prog)
     geo, front, paper = _geometry(job, prog), _frontier(job, prog), _paper_regime(job, prog)
-    unit_res, cap, steer = _evaluate_units(job, prog), _capacity(job, prog), _steering(job, prog)
-    return _report(job, prog, geo, unit_res, cap, steer, t_start, front, paper)
+    unit_res, cap, tokens = _evaluate_units(job, prog), _capacity(job, prog), _token_frontier(job, prog)
+    steer = _steering(job, prog)
+    return _report(job, prog, geo, unit_res, cap, steer, t_start, front, paper, tokens)
 
 
 STAGES = ["model and prompts", "activations", "geometry", "frontier", "paper regime", "evaluate units",
-          "capacity sweep", "steering", "report"]
+          "capacity sweep", "token frontier", "steering", "report"]
 
 
 @dataclass
@@ -248,7 +189,7 @@ def _model_and_prompts(s: Settings, device: Any, prog: _Progress) -> _Job:
     city = facts.filter(lambda r: r["relation"] == "city_country")
     n_acc = min(len(city), 200 if s.quick else 1000)  # a seeded sample: full forward passes are the costly part
     city = city.shuffle(seed=s.seed).select(range(n_acc))
-    acc, reused = _json_stage(out, "accuracy", data_key | {"n_acc": n_acc}, s.force,
+    acc, reused = json_stage(out, "accuracy", data_key | {"n_acc": n_acc}, s.force,
                               lambda: fact_accuracy(model, city, progress=True))
     prog.done(reused)
     return _Job(s, device, model, hook, layer, facts, reasoning, data_key, acc)
@@ -263,7 +204,7 @@ def _activations(job: _Job, prog: _Progress) -> None:
         extract(model, job.facts, hook, position="subject_last", batch_size=64).save(folder / "facts")
         extract(model, job.reasoning, hook, position="subject_last", batch_size=64).save(folder / "reasoning")
 
-    (fact_acts, _reasoning_acts), reused = _stage(
+    (fact_acts, _reasoning_acts), reused = stage(
         s.out, "activations", job.acts_key, s.force, extract_both,
         lambda f: (ActivationSet.load(f / "facts"), ActivationSet.load(f / "reasoning")))
     job.fact_acts = fact_acts
@@ -277,7 +218,7 @@ def _geometry(job: _Job, prog: _Progress) -> dict:
     s, model = job.s, job.model
     geo_layers = s.geometry_layers or _default_geometry_layers(model.cfg.n_layers, job.layer, s.quick)
     n_geo = 800 if s.quick else 1600
-    geo, reused = _json_stage(s.out, "geometry", job.data_key | {"layers": geo_layers, "n_facts": n_geo, "version": 1},
+    geo, reused = json_stage(s.out, "geometry", job.data_key | {"layers": geo_layers, "n_facts": n_geo, "version": 1},
                               s.force, lambda: geometry.run_geometry(model, GeometryConfig(
                                   layers=geo_layers, n_facts=n_geo, n_reasoning=150 if s.quick else 300, seed=s.seed)))
     prog.done(reused)
@@ -306,7 +247,7 @@ def _frontier(job: _Job, prog: _Progress) -> dict:
                 for unit in SAE_KINDS}
         return res, saes
 
-    (res, job.saes), reused = _stage(out, "frontier", key, s.force, compute, load)
+    (res, job.saes), reused = stage(out, "frontier", key, s.force, compute, load)
     for unit in SAE_KINDS:  # the headline SAEs, in SAELens format beside the report
         src = out / "cache" / "frontier" / "saes" / frontier.sae_name(unit, s.headline_l0)
         follow_umask(shutil.copytree(src, out / "saes" / unit, dirs_exist_ok=True))
@@ -322,7 +263,7 @@ def _paper_regime(job: _Job, prog: _Progress) -> dict:
         prog.done(False)
         return {}
     key = job.acts_key | {"steps": 0, "seed": s.seed, "version": 3}
-    res, reused = _json_stage(s.out, "paper_regime", key, s.force, lambda: frontier.paper_regime(
+    res, reused = json_stage(s.out, "paper_regime", key, s.force, lambda: frontier.paper_regime(
         job.train, job.heldout, job.hook, steps=key["steps"], seed=s.seed, device=job.device))
     prog.done(reused)
     return res
@@ -349,7 +290,7 @@ def _evaluate_units(job: _Job, prog: _Progress) -> dict:
             res[unit] = {"in_sample": ins, "heldout": held}
         return res
 
-    unit_res, reused = _json_stage(job.s.out, "units", job.acts_key | {"saes": [str(_sae_key(saes[u])) for u in SAE_KINDS],
+    unit_res, reused = json_stage(job.s.out, "units", job.acts_key | {"saes": [str(_sae_key(saes[u])) for u in SAE_KINDS],
                                                                       "version": 3}, job.s.force, evaluate_all)
     prog.done(reused)
     return unit_res
@@ -361,29 +302,50 @@ def _capacity(job: _Job, prog: _Progress) -> list:
     s, hook = job.s, job.hook
     cap_key = job.acts_key | {"expansions": s.capacity_expansions, "steps": s.capacity_steps, "seed": s.seed, "version": 1}
     cfg = capacity.CapacityConfig(expansions=s.capacity_expansions, steps=s.capacity_steps, seed=s.seed)
-    cap, reused = _json_stage(s.out, "capacity", cap_key, s.force, lambda: capacity.capacity_sweep(
+    cap, reused = json_stage(s.out, "capacity", cap_key, s.force, lambda: capacity.capacity_sweep(
         job.train.x(hook), job.heldout.x(hook), cfg, device=job.device))
     prog.done(reused)
     return cap
 
 
-def _steering(job: _Job, prog: _Progress) -> dict:
-    """7. Atoms vs jumprelu features vs the difference of means (skipped with ``steer=False``)."""
-    prog("steering")
-    s = job.s
-    steer: dict = {}
-    if s.steer:
-        kinds = ("atoms", "features_jumprelu", "features_topk")
-        use = {u: _steering_sae(job, u) for u in kinds}
-        use = {u: sae for u, sae in use.items() if sae is not None}
-        st_key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "version": 5}
-        cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed)
-        steer, reused = _json_stage(s.out, "steering", st_key, s.force, lambda: steering.run_steering(
-            job.model, use, job.facts, job.fact_acts, cfg, out_dir=s.out / "steering", progress=True))
-    else:
-        reused = False
+def _optional(job: _Job, prog: _Progress, label: str, enabled: bool,
+              plan: Callable[[], tuple[str, dict, Callable[[], Any]]]) -> dict:
+    """A JSON stage that can be switched off ({} then): ``plan()`` gives its cache name, key and work."""
+    prog(label)
+    res, reused = {}, False
+    if enabled:
+        name, key, work = plan()
+        res, reused = json_stage(job.s.out, name, key, job.s.force, work)
     prog.done(reused)
-    return steer
+    return res
+
+
+def _token_frontier(job: _Job, prog: _Progress) -> dict:
+    """7. The token benchmark, small (``TOKEN_FRONTIER``; skipped with ``token_frontier=False``)."""
+    s = job.s
+
+    def plan() -> tuple[str, dict, Callable[[], Any]]:
+        cfg = token_frontier.TokenFrontierConfig(hook=job.hook, seed=s.seed,
+                                                 **(TOKEN_FRONTIER_QUICK if s.quick else TOKEN_FRONTIER))
+        return "token_frontier", {"model": s.model, "config": dataclasses.asdict(cfg), "version": 1}, \
+            lambda: token_frontier.run_token_frontier(job.model, cfg, out=s.out / "token_frontier", device=str(job.device))
+
+    return _optional(job, prog, "token frontier", s.token_frontier, plan)
+
+
+def _steering(job: _Job, prog: _Progress) -> dict:
+    """8. Atoms vs jumprelu features vs the difference of means (skipped with ``steer=False``)."""
+    s = job.s
+
+    def plan() -> tuple[str, dict, Callable[[], Any]]:
+        use = {u: _steering_sae(job, u) for u in ("atoms", "features_jumprelu", "features_topk")}
+        use = {u: sae for u, sae in use.items() if sae is not None}
+        cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed)
+        key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "version": 5}
+        return "steering", key, lambda: steering.run_steering(job.model, use, job.facts, job.fact_acts, cfg,
+                                                              out_dir=s.out / "steering", progress=True)
+
+    return _optional(job, prog, "steering", s.steer, plan)
 
 
 def _steering_sae(job: _Job, unit: str) -> Any:
@@ -395,13 +357,13 @@ def _steering_sae(job: _Job, unit: str) -> Any:
 
 
 def _report(job: _Job, prog: _Progress, geo: dict, unit_res: dict, cap: list, steer: dict, t_start: float,
-            front: dict, paper: dict) -> dict:
+            front: dict, paper: dict, tokens: dict) -> dict:
     """``results.json``, the report and ``FINDINGS.md``."""
     prog("report")
     out = job.s.out
     results = collect_results(job, geo, unit_res, cap, steer)
     results |= {"metric": front["metric"], "frontier": front["rows"], "frontier_settings": front["settings"],
-                "paper_regime": paper, "units_l0": job.s.headline_l0}
+                "paper_regime": paper, "units_l0": job.s.headline_l0, "token_frontier": tokens}
     results["timing_s"] = prog.times | {"total": round(time.time() - t_start, 1)}
     write_json(results, out / "results.json")
     write_report(results, out)
@@ -478,6 +440,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         f"training steps per frontier SAE (default {FULL['train_steps']}; quick {QUICK['train_steps']}); the capacity "
         f"sweep keeps its own {FULL['capacity_steps']} (quick {QUICK['capacity_steps']})"))
     p.add_argument("--no-steer", action="store_true", help="skip the steering stage")
+    p.add_argument("--no-token-frontier", action="store_true", help=(
+        f"skip the small token benchmark ({', '.join(TOKEN_FRONTIER['units'])} at L0 "
+        f"{'/'.join(f'{t:g}' for t in TOKEN_FRONTIER['targets'])}, {TOKEN_FRONTIER['tokens']} tokens; quick "
+        f"{TOKEN_FRONTIER_QUICK['tokens']})"))
     p.add_argument("--readme", type=Path, default=None,
                    help="also write the headline table into this README between the results markers")
     p.add_argument("--findings", type=Path, default=None,
@@ -487,7 +453,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     s = Settings(model=args.model, layer=args.layer, out=args.out, quick=args.quick, device=args.device,
                  force=args.force, seed=args.seed, n_cities=args.n_cities, train_steps=args.steps,
-                 steer=not args.no_steer)
+                 steer=not args.no_steer, token_frontier=not args.no_token_frontier)
     results = run_reproduce(s)
     print("\n" + headline_table(results))
     if args.readme:

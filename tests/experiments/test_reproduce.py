@@ -53,7 +53,7 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path, capsys):
     from sae_lens import SAE
 
     import sae_atoms  # noqa: F401
-    from sae_atoms.experiments.reproduce import STAGES, Settings, run_reproduce
+    from sae_atoms.experiments.reproduce import STAGES, TOKEN_FRONTIER, Settings, run_reproduce
 
     s = Settings(out=tmp_path / "run", quick=True, n_cities=60, relations=("city_country", "country_capital"),
                  train_steps=40, capacity_expansions=(1, 2), geometry_layers=(2, 12), device="cpu")
@@ -88,6 +88,10 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path, capsys):
     assert on_disk["n_train"] == res["n_train"]
     assert (tmp_path / "run" / "report.md").exists() and (tmp_path / "run" / "report.html").exists()
     assert "Neurons vs features vs atoms" in (tmp_path / "run" / "report.md").read_text()
+    tokens = res["token_frontier"]  # the small token benchmark: the runner's SAEs judged on held-out documents
+    assert [(r["unit"], r["target_l0"]) for r in tokens["rows"]] == [(u, 32.0) for u in TOKEN_FRONTIER["units"]]
+    assert all(r["l0"] == pytest.approx(32.0, rel=0.15) for r in tokens["rows"])
+    assert "Token stream" in (tmp_path / "run" / "report.md").read_text()
     sae = SAE.load_from_disk(str(tmp_path / "run" / "saes" / "atoms"))
     assert sae.cfg.architecture() == "tsae_aip"
     # a second run reuses every stage (the report aside): each says so and no cached file is rewritten
@@ -104,7 +108,7 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- issue 14: damaged stage caches
 def test_damaged_stage_is_recomputed_with_a_warning(tmp_path):
-    from sae_atoms.experiments.reproduce import _stage
+    from sae_atoms.experiments.stage_cache import stage as _stage
 
     calls = []
 
