@@ -27,9 +27,15 @@ KEYS = ("ce_loss_with_sae", "kl_div_with_sae")
 BASE_KEYS = ("ce_loss_without_sae", "ce_loss_with_ablation", "kl_div_with_ablation")
 
 
-def _kl(clean_logp: Tensor, logits: Tensor) -> Tensor:
-    """KL(clean || new) per position, as ``sae_lens.evals._kl`` computes it."""
-    return torch.nn.functional.kl_div(logits.log_softmax(-1), clean_logp.exp(), reduction="none").sum(-1)
+def _kl(clean_p: Tensor, logp: Tensor) -> Tensor:
+    """KL(clean || new) per position from the clean probabilities and the new log-probabilities, as
+    ``sae_lens.evals._kl`` computes it."""
+    return torch.nn.functional.kl_div(logp, clean_p, reduction="none").sum(-1)
+
+
+def _ce(logp: Tensor, tokens: Tensor) -> Tensor:
+    """CE per next token ``[b, T-1]`` from log-probabilities (TransformerLens's ``lm_cross_entropy_loss``)."""
+    return -logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
 
 
 def special_ids(model: Any) -> list[int]:
@@ -48,42 +54,40 @@ def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterab
     ``ce_loss_score_se``: the standard error of the mean CE with the SAE over the counted tokens,
     divided by ``CE_ablation - CE_clean`` (unpaired: two SAEs' scores on the same tokens differ with
     less noise than this)."""
-    from transformer_lens.utils import lm_cross_entropy_loss
+    from tqdm.auto import tqdm
 
     layer = hook_layer(hook)
     if layer is None:
         raise ValueError(f"{hook!r} is not inside a block; downstream_scores resumes from the hook's block.")
     dev = next(model.parameters()).device
     rows = torch.as_tensor(list(map(list, rows)), dtype=torch.long)
-    ignore = torch.tensor(special_ids(model), dtype=torch.long)
+    ignore = torch.tensor(special_ids(model), dtype=torch.long, device=dev)
     vals: dict[str, list[Tensor]] = {k: [] for k in BASE_KEYS} | {f"{n}/{k}": [] for n in saes for k in KEYS}
-    from tqdm.auto import tqdm
-
+    entry = f"blocks.{layer}.hook_resid_pre"
+    got: dict[str, Tensor] = {}  # the clean pass's activations at the block's entry and at the hook
+    save = lambda act, hook: got.__setitem__(hook.name, act)  # noqa: E731
     for s in tqdm(range(0, len(rows), batch_prompts), desc=f"run_evals figures, {len(saes)} SAEs", unit="batch",
                   disable=not progress):
         t = rows[s:s + batch_prompts].to(dev)
-        keep = ~torch.isin(t, ignore.to(dev))
-        got: dict[str, Tensor] = {}
-        save = lambda act, hook: got.__setitem__(hook.name, act)  # noqa: E731
-        entry = f"blocks.{layer}.hook_resid_pre"
+        keep = ~torch.isin(t, ignore)
         logits, ce = model.run_with_hooks(t, return_type="both", loss_per_token=True,
                                           fwd_hooks=[(entry, save), (hook, save)])
-        clean_logp = logits.log_softmax(-1)
+        clean_p = logits.softmax(-1)  # once per batch: every SAE's KL is against it
         del logits
         abl, abl_ce = model.run_with_hooks(t, return_type="both", loss_per_token=True,
                                            fwd_hooks=[(hook, lambda act, hook: torch.zeros_like(act))])
         vals["ce_loss_without_sae"].append(ce[keep[:, :-1]].double().cpu())
         vals["ce_loss_with_ablation"].append(abl_ce[keep[:, :-1]].double().cpu())
-        vals["kl_div_with_ablation"].append(_kl(clean_logp, abl)[keep].double().cpu())
+        vals["kl_div_with_ablation"].append(_kl(clean_p, abl.log_softmax(-1))[keep].double().cpu())
         del abl
         x = got[hook]
         for name, sae in saes.items():
             x_hat = sae.decode(sae.encode(x.to(sae.W_dec.device))).to(x.device, x.dtype)
             x_hat = torch.where(keep[..., None], x_hat, x)
-            out = model.run_with_hooks(got[entry], start_at_layer=layer, return_type="logits",
-                                       fwd_hooks=[(hook, lambda act, hook, v=x_hat: v)])
-            vals[f"{name}/ce_loss_with_sae"].append(lm_cross_entropy_loss(out, t, per_token=True)[keep[:, :-1]].double().cpu())
-            vals[f"{name}/kl_div_with_sae"].append(_kl(clean_logp, out)[keep].double().cpu())
+            logp = model.run_with_hooks(got[entry], start_at_layer=layer, return_type="logits",
+                                        fwd_hooks=[(hook, lambda act, hook, v=x_hat: v)]).log_softmax(-1)
+            vals[f"{name}/ce_loss_with_sae"].append(_ce(logp, t)[keep[:, :-1]].double().cpu())  # CE and KL: one softmax
+            vals[f"{name}/kl_div_with_sae"].append(_kl(clean_p, logp)[keep].double().cpu())
     cat = {k: torch.cat(v) for k, v in vals.items()}
     mean = {k: float(v.mean()) for k, v in cat.items()}
     base = {k: mean[k] for k in BASE_KEYS}
