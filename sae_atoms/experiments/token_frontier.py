@@ -52,7 +52,7 @@ import torch
 
 from sae_atoms.aip import AIPMetric
 from sae_atoms.io import atomic_dir, save_figure, write_json
-from sae_atoms.units import UNIT_KINDS, unit_config
+from sae_atoms.units import unit_config
 
 TOKEN_UNITS = ("atoms", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
                "features_batchtopk", "features_matryoshka")
@@ -169,7 +169,9 @@ def runner_config(c: TokenFrontierConfig, model: Any, out: Path, device: str, re
     """The ``MultiSAETrainingRunnerConfig`` of one pass training every unit at every target."""
     from sae_lens import LoggingConfig, MultiSAETrainingRunnerConfig
 
-    d = int(model.cfg.d_mlp) if c.hook.endswith(("mlp.hook_post", "mlp.hook_pre")) else int(model.cfg.d_model)
+    from sae_atoms.corpus import hook_dim
+
+    d = hook_dim(model, c.hook) or int(model.cfg.d_model)
     width = int(round(c.expansion * d))
     saes = {sae_name(u, t): unit_config(u, d, width, t, c.hook, **({"n_batches_for_metric": c.norm_batches} if u == "atoms" else {}))
             for t in c.targets for u in c.units}
@@ -199,11 +201,10 @@ def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, devic
 
     cfg = runner_config(c, model, out, device, latest_checkpoint(out) if resume else None)
     runner = build_runner(cfg, model=model, dataset=train)
-    if cfg.resume_from_checkpoint is None:
-        for t in c.targets:
-            for u in c.units:
-                if UNIT_KINDS[u].overrides(t).get("jumprelu_sparsity_loss_mode") == "quadratic":
-                    calibrate_at_first_step(runner.saes[sae_name(u, t)], t)
+    if cfg.resume_from_checkpoint is None:  # threshold units held to their target by the quadratic L0 loss
+        for sae in runner.saes.values():
+            if getattr(sae.cfg, "jumprelu_sparsity_loss_mode", None) == "quadratic":
+                calibrate_at_first_step(sae, sae.cfg.target_l0)
     runner.run()
     return {name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes}
 
