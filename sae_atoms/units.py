@@ -38,29 +38,31 @@ def _threshold(t: float) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class UnitKind:
-    """One kind of unit: its SAELens ``architecture`` (None for neurons) and L0 control."""
+    """One kind of unit: its SAELens ``architecture`` (None for neurons) and its config fields,
+    ``overrides(target_l0, d_sae)`` (the L0 control, and whatever depends on the width)."""
 
     name: str
     architecture: str | None
     label: str
-    overrides: Callable[[float], dict[str, Any]] = lambda t: {}
+    overrides: Callable[[float, int], dict[str, Any]] = lambda t, w: {}
 
 
 UNIT_KINDS: dict[str, UnitKind] = {u.name: u for u in (
     UnitKind("neurons", None, "neurons"),
-    UnitKind("atoms", "tsae_aip", "atoms (tsae_aip)", lambda t: _threshold(t) | {"aip_alpha": ATOMS_ALPHA}),
-    UnitKind("tsae", "tsae", "tsae (raw space)", lambda t: _threshold(t) | {"normalize_activations": _NORMALISED}),
-    UnitKind("features_standard", "standard", "features (standard SAE)", lambda t: {"normalize_activations": _NORMALISED}),
+    UnitKind("atoms", "tsae_aip", "atoms (tsae_aip)", lambda t, w: _threshold(t) | {"aip_alpha": ATOMS_ALPHA}),
+    UnitKind("tsae", "tsae", "tsae (raw space)", lambda t, w: _threshold(t) | {"normalize_activations": _NORMALISED}),
+    UnitKind("features_standard", "standard", "features (standard SAE)", lambda t, w: {"normalize_activations": _NORMALISED}),
     UnitKind("features_jumprelu", "jumprelu", "features (jumprelu SAE)",
-             lambda t: _threshold(t) | {"normalize_activations": _NORMALISED}),
+             lambda t, w: _threshold(t) | {"normalize_activations": _NORMALISED}),
     UnitKind("features_topk", "topk", "features (topk SAE)",
-             lambda t: {"k": int(round(t)), "normalize_activations": _NORMALISED}),
+             lambda t, w: {"k": int(round(t)), "normalize_activations": _NORMALISED}),
     UnitKind("features_batchtopk", "batchtopk", "features (batchtopk SAE)",
-             lambda t: {"k": float(t), "normalize_activations": _NORMALISED}),
+             lambda t, w: {"k": float(t), "normalize_activations": _NORMALISED}),
     UnitKind("features_jumprelu_whitened", "jumprelu", "features (jumprelu + covariance whitening)",
-             lambda t: _threshold(t) | {"normalize_activations": "covariance_whitening"}),
+             lambda t, w: _threshold(t) | {"normalize_activations": "covariance_whitening"}),
     UnitKind("features_matryoshka", "matryoshka_batchtopk", "features (matryoshka batchtopk SAE)",
-             lambda t: {"k": float(t), "normalize_activations": _NORMALISED}),
+             lambda t, w: {"k": float(t), "normalize_activations": _NORMALISED,
+                           "matryoshka_widths": [w // m for m in MATRYOSHKA_LEVELS]}),
 )}
 SAE_UNITS = tuple(n for n, u in UNIT_KINDS.items() if u.architecture is not None)
 
@@ -81,5 +83,4 @@ def unit_config(unit: str, d_in: int, d_sae: int, target_l0: float, hook: str | 
     kind = unit_kind(unit)
     if kind.architecture is None:
         raise ValueError(f"{unit!r} units have no SAE to train; choose from {list(SAE_UNITS)}.")
-    extra = {"matryoshka_widths": [d_sae // m for m in MATRYOSHKA_LEVELS]} if kind.architecture == "matryoshka_batchtopk" else {}
-    return training_config(kind.architecture, d_in, d_sae, hook_name=hook, **(kind.overrides(target_l0) | extra | fields))
+    return training_config(kind.architecture, d_in, d_sae, hook_name=hook, **(kind.overrides(target_l0, d_sae) | fields))
