@@ -323,6 +323,38 @@ class TSAESAE(InputWidthMixin, LoadHintMixin, JumpReLUSAE):
 
 
 # --------------------------------------------------------------------------- training SAE
+class RawOnRead(TrainStepOutput):
+    """A ``TrainStepOutput`` whose raw reconstruction ``sae_out`` is computed on first read.
+
+    A geometry SAE trained on its own loss does not need the raw reconstruction (one
+    ``[batch, d] x [d, d]`` product a step); SAELens reads ``sae_out`` only to log (explained
+    variance, ``mse_loss``), so it is made when read, once, without a gradient. Set ``sae_out``
+    to give it up front.
+    """
+
+    def __init__(self, make_sae_out: Any, sae_in: torch.Tensor, feature_acts: torch.Tensor,
+                 hidden_pre: torch.Tensor) -> None:
+        self._make_sae_out, self._sae_out = make_sae_out, None
+        super().__init__(sae_in=sae_in, sae_out=None, feature_acts=feature_acts, hidden_pre=hidden_pre,  # type: ignore[arg-type]
+                         loss=None, losses={})  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def sae_out(self) -> torch.Tensor:
+        if self._sae_out is None:
+            with torch.no_grad():
+                self._sae_out = self._make_sae_out()
+        return self._sae_out
+
+    @sae_out.setter
+    def sae_out(self, value: torch.Tensor | None) -> None:
+        self._sae_out = value
+
+    @property
+    def raw_ready(self) -> bool:
+        """Whether ``sae_out`` has been made."""
+        return self._sae_out is not None
+
+
 class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
     """Training TSAE in raw space (see the module docstring for the forward pass and loss).
 
@@ -387,10 +419,11 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         """Squared error in the SAE's geometry + the JumpReLU sparsity loss.
 
-        Every hook fires (``hook_sae_input``, ``hook_sae_acts_pre``, ``hook_sae_acts_post``,
-        ``hook_sae_recons``). ``sae_in`` / ``sae_out`` of the output are raw activations, so what
-        SAELens logs (explained variance, ``mse_loss``) is in raw space; a geometry's own figures
-        come from ``_geometry_losses`` under their own names.
+        ``sae_in`` / ``sae_out`` of the output are raw activations, so what SAELens logs
+        (explained variance, ``mse_loss``) is in raw space; a geometry's own figures come from
+        ``_geometry_losses`` under their own names. Where the raw reconstruction is not part of the
+        loss (``_raw_needed``), it is computed when first read (``RawOnRead``): SAELens reads it
+        only on logging steps, and ``hook_sae_recons`` fires then.
         """
         with torch.no_grad():
             self.threshold.data.clamp_(min=0.0)
@@ -400,18 +433,29 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         y = self._to_geometry(x)
         feature_acts, hidden_pre = self._encode_geometry(y)
         y_hat = self._decode_geometry(feature_acts)
-        x_hat = self.hook_sae_recons(self._from_geometry(y_hat))
+        out = RawOnRead(lambda: self._raw_out(y_hat.detach()), sae_in=x, feature_acts=feature_acts,
+                        hidden_pre=hidden_pre)
+        if self._raw_needed(step_input):
+            out.sae_out = self._raw_out(y_hat)
         aux = self.calculate_aux_loss(step_input=step_input, feature_acts=feature_acts,
                                       hidden_pre=hidden_pre, sae_out=y_hat)
-        optimised, logged = self._geometry_losses(x, x_hat, y, y_hat)
-        losses = {**logged, **aux}
-        return TrainStepOutput(sae_in=x, sae_out=x_hat, feature_acts=feature_acts, hidden_pre=hidden_pre,
-                               loss=optimised + sum(aux.values()), losses=losses)  # type: ignore[arg-type]
+        optimised, logged = self._geometry_losses(out, y, y_hat)
+        out.loss, out.losses = optimised + sum(aux.values()), {**logged, **aux}
+        return out
 
-    def _geometry_losses(self, x: torch.Tensor, x_hat: torch.Tensor, y: torch.Tensor,
-                         y_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _raw_out(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """The raw reconstruction of ``y_hat`` (through ``hook_sae_recons``)."""
+        return self.hook_sae_recons(self._from_geometry(y_hat))
+
+    def _raw_needed(self, step_input: TrainStepInput) -> bool:
+        """Whether this step computes the raw reconstruction up front: always in raw space (it is free
+        and optimised)."""
+        return True
+
+    def _geometry_losses(self, out: "RawOnRead", y: torch.Tensor,
+                         y_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """(the reconstruction loss optimised, the losses to log by name); raw space here."""
-        mse = self._reconstruction_loss(x_hat, x)
+        mse = self._reconstruction_loss(out.sae_out, out.sae_in)
         return mse, {"mse_loss": mse}
 
     def _reconstruction_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -328,14 +328,22 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
             return None
         return super()._prepare_step(step_input)
 
-    def _geometry_losses(self, x: torch.Tensor, x_hat: torch.Tensor, y: torch.Tensor,
-                         y_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Raw ``mse_loss`` (what SAELens users read) and ``aip_mse_loss`` (``||m - m^||_S^2``)."""
-        raw = (x_hat - x).pow(2).sum(dim=-1).mean()
+    def _raw_needed(self, step_input: TrainStepInput) -> bool:
+        """The raw reconstruction up front only where it is optimised (``aip_loss_space="raw"``),
+        logged (a logging step) or hooked (``hook_sae_recons``); else on first read."""
+        return (self.cfg.aip_loss_space == "raw" or step_input.is_logging_step
+                or bool(self.hook_sae_recons.fwd_hooks))
+
+    def _geometry_losses(self, out: Any, y: torch.Tensor,
+                         y_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Raw ``mse_loss`` (what SAELens users read) and ``aip_mse_loss`` (``||m - m^||_S^2``);
+        the raw one is a callable (SAELens unwraps it) until ``out.sae_out`` is made."""
         aip = (y_hat - y).pow(2).sum(dim=-1).mean()
         if self.cfg.aip_loss_space == "raw":
+            raw = self._reconstruction_loss(out.sae_out, out.sae_in)
             return raw, {"mse_loss": raw, "aip_mse_loss": aip.detach()}
-        return aip, {"mse_loss": raw.detach(), "aip_mse_loss": aip}
+        raw_mse = lambda: self._reconstruction_loss(out.sae_out, out.sae_in).detach()  # noqa: E731
+        return aip, {"mse_loss": raw_mse() if out.raw_ready else raw_mse, "aip_mse_loss": aip}
 
     def _require_metric(self, what: str) -> None:
         if not self.metric_fitted:

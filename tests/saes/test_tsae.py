@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -287,8 +288,12 @@ def test_tsae_aip_logs_raw_mse_and_explained_variance_and_aip_under_its_own_name
     sae, x = _fitted_aip()
     out = sae.training_forward_pass(_step_input(x[:64]))
     assert torch.equal(out.sae_in, x[:64])  # raw, as SAELens's explained variance reads it
+    assert not out.raw_ready and callable(out.losses["mse_loss"])  # not a logging step: made when read
     raw = (out.sae_out - x[:64]).pow(2).sum(-1).mean()
-    assert torch.allclose(out.losses["mse_loss"], raw, rtol=1e-4)
+    assert out.raw_ready and torch.allclose(out.losses["mse_loss"](), raw, rtol=1e-4)
+    assert torch.allclose(out.sae_out, sae.decode(sae.encode(x[:64])), atol=1e-4)  # the raw reconstruction
+    logged = sae.training_forward_pass(replace(_step_input(x[:64]), is_logging_step=True))
+    assert logged.raw_ready and torch.allclose(logged.losses["mse_loss"], raw, rtol=1e-4)
     y, y_hat = sae._to_geometry(x[:64]), sae._to_geometry(out.sae_out.detach())
     assert torch.allclose(out.losses["aip_mse_loss"], (y - y_hat).pow(2).sum(-1).mean(), rtol=1e-3)
     assert torch.allclose(out.loss, out.losses["aip_mse_loss"] + out.losses["l0_loss"])  # the paper's loss is optimised
