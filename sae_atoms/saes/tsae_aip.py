@@ -53,7 +53,6 @@ import torch
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAE, TrainStepInput
 from sae_lens.util import str_to_dtype
-from torch import nn
 
 from sae_atoms.aip import AIPMetric, AIPMoments
 from sae_atoms.saes.tsae import (
