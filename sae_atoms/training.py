@@ -59,7 +59,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_atoms.activations import as_matrix
 from sae_atoms.models import load_model, resolve_device
-from sae_atoms.saes.tsae import check_batch, check_number, check_training_config, check_width
+from sae_atoms.saes.checks import check_batch, check_number, check_training_config, check_width
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
 __all__ = ["train_on_activations", "fit_sae", "TrainOptions", "training_config", "calibrate_thresholds", "match_l0", "input_scale",

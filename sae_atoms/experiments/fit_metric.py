@@ -28,7 +28,7 @@ from sae_atoms.aip import PAPER, ROBUST, AIPMetric, AIPMoments
 from sae_atoms.argtypes import int_at_least, positive_int
 from sae_atoms.corpus import DEFAULT_CORPUS, MomentStream, load_corpus
 from sae_atoms.io import atomic_write, write_json
-from sae_atoms.saes.tsae import check_number
+from sae_atoms.saes.checks import check_number
 
 MOMENTS_FILE = "aip_moments.pt"
 

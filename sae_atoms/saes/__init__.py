@@ -134,7 +134,7 @@ def _tensor_mismatch(cls, cfg_dict: dict, state: dict) -> str | None:
     """What does not fit the config, in ``check_state_dict_shapes``'s words (as tsae / tsae_aip say on load)."""
     from sae_lens.saes.sae import handle_config_defaulting
 
-    from sae_atoms.saes.tsae import check_state_dict_shapes
+    from sae_atoms.saes.checks import check_state_dict_shapes
 
     cfg_dict = handle_config_defaulting(dict(cfg_dict))
     sae_cfg = cls.get_sae_config_class_for_architecture(cfg_dict["architecture"]).from_dict(cfg_dict)

@@ -55,15 +55,8 @@ from sae_lens.saes.sae import SAE, TrainStepInput
 from sae_lens.util import str_to_dtype
 
 from sae_atoms.aip import AIPMetric, AIPMoments
-from sae_atoms.saes.tsae import (
-    TSAESAE,
-    InputWidthMixin,
-    LoadHintMixin,
-    TSAETrainingSAE,
-    TSAETrainingSAEConfig,
-    check_batch,
-    check_state_dict_shapes,
-)
+from sae_atoms.saes.checks import check_batch, check_state_dict_shapes
+from sae_atoms.saes.tsae import TSAESAE, InputWidthMixin, LoadHintMixin, TSAETrainingSAE, TSAETrainingSAEConfig
 
 _KINDS = ("uncentered", "centered")
 _BUFFERS = ("aip_W", "aip_W_inv", "aip_mean")
