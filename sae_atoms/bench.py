@@ -14,7 +14,7 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -112,7 +112,6 @@ def bench_tsae_aip_step(quick: bool = False) -> dict:
     reported separately (``metric_fit_s`` on ``metric_fit_rows`` rows).
     """
     from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
-    from sae_lens.training.sae_trainer import SAETrainer
 
     from sae_atoms.models import resolve_device
     from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, TSAEAIPTrainingSAEConfig
@@ -131,15 +130,46 @@ def bench_tsae_aip_step(quick: bool = False) -> dict:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     fit_s = time.perf_counter() - t0
-    tr_jr = SAETrainer(cfg=tcfg, sae=jr, data_provider=iter(()))
-    tr_ta = SAETrainer(cfg=tcfg, sae=ta, data_provider=iter(()))
-    t_jr = t_ta = float("inf")
+    t_ta, t_jr = _step_times(ta, jr, x, tcfg, quick)
+    return measured(t_ta, t_jr, 1.05, "lower", metric_fit_s=fit_s, metric_fit_rows=int(data.shape[0]),
+                    metric_fit_in_steps=fit_s / t_jr, d_in=d, d_sae=width, batch=batch, device=str(dev))
+
+
+def _step_times(ours: Any, base: Any, x: torch.Tensor, tcfg: Any, quick: bool) -> tuple[float, float]:
+    """Best times of one ``SAETrainer._train_step`` of ``ours`` and of ``base`` on the batch ``x``,
+    in alternating rounds (so load drifts hit both alike)."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    tr_o, tr_b = SAETrainer(cfg=tcfg, sae=ours, data_provider=iter(())), SAETrainer(cfg=tcfg, sae=base, data_provider=iter(()))
+    t_o = t_b = float("inf")
     rounds, repeat = (2, 2) if quick else (4, 3)
     for r in range(rounds):
-        t_jr = min(t_jr, best_time(lambda: tr_jr._train_step(jr, x), repeat=repeat, warmup=1 if r == 0 else 0))
-        t_ta = min(t_ta, best_time(lambda: tr_ta._train_step(ta, x), repeat=repeat, warmup=1 if r == 0 else 0))
-    return measured(t_ta, t_jr, 1.10, "lower", metric_fit_s=fit_s, metric_fit_rows=int(data.shape[0]),
-                    metric_fit_in_steps=fit_s / t_jr, d_in=d, d_sae=width, batch=batch, device=str(dev))
+        t_b = min(t_b, best_time(lambda: tr_b._train_step(base, x), repeat=repeat, warmup=1 if r == 0 else 0))
+        t_o = min(t_o, best_time(lambda: tr_o._train_step(ours, x), repeat=repeat, warmup=1 if r == 0 else 0))
+    return t_o, t_b
+
+
+def bench_stability_step(quick: bool = False) -> dict:
+    """One ``tsae_aip`` step with the stability objective (``coactive``, default rows) vs without.
+
+    The frontier's size: ``d_in=576``, 1x width, batch 256, L0 about 16 (thresholds set on the
+    batch); ``quick``: 64 / 64 / 256. Target ratio <= 1.2 (issue: the objective's budget).
+    """
+    from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, TSAEAIPTrainingSAEConfig
+    from sae_atoms.training import calibrate_thresholds
+
+    d, width, batch = (64, 64, 256) if quick else (576, 576, 256)
+    dev = torch.device("cpu")
+    torch.manual_seed(0)
+    data = torch.randn(4 * batch, d) @ (torch.eye(d) + torch.randn(d, d) / math.sqrt(d) * 0.5)
+    saes = []
+    for coef in (1.0, 0.0):
+        sae = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width, stability_coefficient=coef))
+        sae.fit_metric(data)
+        calibrate_thresholds(sae, data, min(16.0, width / 4))
+        saes.append(sae)
+    t_on, t_off = _step_times(saes[0], saes[1], data[:batch], _trainer_config(batch, dev), quick)
+    return measured(t_on, t_off, 1.2, "lower", d_in=d, d_sae=width, batch=batch, design="coactive")
 
 
 def _trainer_config(batch: int, dev: torch.device):
@@ -356,6 +386,7 @@ CASES: dict[str, Callable[..., dict]] = {
     "extract_subject": bench_extract_subject,
     "aip_fit": bench_aip_fit,
     "tsae_aip_step": bench_tsae_aip_step,
+    "stability_step": bench_stability_step,
     "coherence": bench_coherence,
     "aip_stream": bench_aip_stream,
     "under_load": bench_under_load,

@@ -39,8 +39,6 @@ Use them like any SAELens architecture: ``LanguageModelSAERunnerConfig(sae=TSAET
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -56,22 +54,16 @@ from sae_lens.saes.jumprelu_sae import (
     JumpReLUTrainingSAEConfig,
 )
 from sae_lens.saes.sae import TrainingSAEConfig, TrainStepInput, TrainStepOutput
-from torch import nn
 
 from sae_atoms.io import follow_umask
+from sae_atoms.saes.checks import check_batch, check_checkpoint_config, check_state_dict_shapes, check_training_config, check_width
+from sae_atoms.saes.stability import DESIGNS, stability_penalty
 
 __all__ = [
     "TSAESAEConfig",
     "TSAESAE",
     "TSAETrainingSAEConfig",
     "TSAETrainingSAE",
-    "check_batch",
-    "check_state_dict_shapes",
-    "check_checkpoint_config",
-    "check_finite_fields",
-    "check_number",
-    "check_training_config",
-    "check_width",
     "LOAD_HINT",
 ]
 
@@ -84,119 +76,6 @@ LOAD_HINT = ("this SAE is a sae_atoms architecture: install sae_atoms (it is not
 _RAW_NORMALIZATIONS = ("none", "expected_average_only_in")
 # the decoder_init_norm of SAELens's training configs (what a config made from a jumprelu one carries)
 _SAELENS_DECODER_INIT_NORM = next(f.default for f in fields(TrainingSAEConfig) if f.name == "decoder_init_norm")
-
-
-# --------------------------------------------------------------------------- shared checks
-def check_width(x: torch.Tensor, d_in: int, what: str = "input", hint: str = "") -> None:
-    """Raise a clear error if the last dimension of ``x`` is not ``d_in`` (shapes only: cheap on every call)."""
-    if x.shape[-1] != d_in:
-        raise ValueError(f"the {what} has width {x.shape[-1]} (shape {tuple(x.shape)}) but the SAE has d_in={d_in}; "
-                         + (hint or f"pass activations of the hook the SAE was trained on (width {d_in})."))
-
-
-def check_batch(x: torch.Tensor, d_in: int, step: int | None, what: str = "activation batch") -> None:
-    """Raise a clear error if ``x`` is not ``[..., d_in]`` or holds NaN/Inf (the step and the count)."""
-    where = f"training step {step}: " if step is not None else ""
-    check_width(x, d_in, f"{what} at training step {step}" if step is not None else what,
-                f"set d_in to the width of the hook's activations ({x.shape[-1]}) or train on the hook the config "
-                "was made for.")
-    n_bad = int((~torch.isfinite(x)).sum())
-    if n_bad:
-        raise FloatingPointError(
-            f"{where}the {what} of shape {tuple(x.shape)} contains {n_bad} non-finite values (NaN/Inf); "
-            "training stopped. Check the model's dtype (float16 overflow), the hook, and the data; drop the bad "
-            "rows or run the model in float32."
-        )
-
-
-def check_state_dict_shapes(sae: nn.Module, state_dict: dict[str, Any], arch: str) -> None:
-    """Compare a state dict's tensors with the SAE's (names and shapes) and say what differs."""
-    own = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    wrong = [(k, tuple(state_dict[k].shape), own[k]) for k in own if k in state_dict and tuple(state_dict[k].shape) != own[k]]
-    if missing or unexpected or wrong:
-        cfg = sae.cfg  # type: ignore[attr-defined]
-        parts = []
-        if wrong:
-            parts.append("shape mismatch: " + ", ".join(f"{k} is {a} in the file but {b} here" for k, a, b in wrong))
-        if missing:
-            parts.append(f"missing tensors {missing}")
-        if unexpected:
-            parts.append(f"unexpected tensors {unexpected}")
-        raise ValueError(
-            f"these weights do not belong to a {arch!r} SAE with d_in={cfg.d_in}, d_sae={cfg.d_sae}: "
-            + "; ".join(parts)
-            + ". They come from another architecture or width: load them with the config they were saved with "
-            "(SAE.load_from_disk(path) reads it from cfg.json)."
-        )
-
-
-def check_checkpoint_config(path: str | Path, arch: str, d_in: int, d_sae: int) -> None:
-    """Read ``cfg.json`` beside a checkpoint and require the same architecture and sizes."""
-    cfg_path = Path(path) / SAE_CFG_FILENAME
-    if not cfg_path.exists():
-        return
-    cfg = json.loads(cfg_path.read_text())
-    got = (cfg.get("architecture"), cfg.get("d_in"), cfg.get("d_sae"))
-    if got != (arch, d_in, d_sae):
-        raise ValueError(
-            f"the checkpoint at {path} is architecture={got[0]!r}, d_in={got[1]}, d_sae={got[2]} but this run is "
-            f"architecture={arch!r}, d_in={d_in}, d_sae={d_sae}. Resume with the config the checkpoint was trained "
-            "with, or start a new run."
-        )
-
-
-def check_finite_fields(cfg: Any) -> None:
-    """Reject NaN / inf in a config's numeric fields (a non-finite hyperparameter trains an all-NaN SAE)."""
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{f.name}={v} is not finite; give a finite number.")
-
-
-def check_number(name: str, value: Any, low: float, high: float = math.inf, *, open_low: bool = False,
-                 integer: bool = False) -> None:
-    """Raise ``ValueError`` naming ``name`` and the allowed range unless ``value`` is a finite number
-    (an integer if ``integer``) in ``[low, high]`` (``(low, high]`` if ``open_low``)."""
-    bound = f"> {low:g}" if open_low else f">= {low:g}"
-    if high < math.inf:
-        bound = f"in {'(' if open_low else '['}{low:g}, {high:g}]"
-    kind = "an integer" if integer else "a finite number"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name}={value!r} is not a number; give {kind} {bound}.")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} is not finite; give {kind} {bound}.")
-    if (integer and not float(value).is_integer()) or not (value > low if open_low else value >= low) or value > high:
-        raise ValueError(f"{name}={value!r} must be {kind} {bound}.")
-
-
-# training-config field -> (lowest value, lowest excluded, integer, at most d_sae); a None value is the field's "off".
-# The fields of every SAELens architecture (and ours) that a wrong sign or zero silently breaks (d_sae first:
-# the caps read it).
-_CONFIG_RANGES: dict[str, tuple[float, bool, bool, bool]] = {
-    "d_in": (1, False, True, False), "d_sae": (1, False, True, False),
-    "l1_coefficient": (0, False, False, False), "l0_coefficient": (0, False, False, False),
-    "aux_loss_coefficient": (0, False, False, False), "pre_act_loss_coefficient": (0, False, False, False),
-    "l1_warm_up_steps": (0, False, True, False), "l0_warm_up_steps": (0, False, True, False),
-    "lp_norm": (0, True, False, False), "decoder_init_norm": (0, True, False, False),
-    "jumprelu_init_threshold": (0, False, False, False), "jumprelu_bandwidth": (0, True, False, False),
-    "jumprelu_tanh_scale": (0, True, False, False), "topk_threshold_lr": (0, False, False, False),
-    "k": (0, True, False, True), "target_l0": (0, True, False, True),
-    "residual_threshold": (0, False, False, False), "max_iterations": (1, False, True, False),
-}
-
-
-def check_training_config(cfg: Any) -> None:
-    """The finiteness and range checks of every training config (SAELens's architectures and ours):
-    no NaN / inf, positive sizes, non-negative coefficients and warm-ups, positive widths and norms,
-    ``k`` / ``target_l0`` in ``(0, d_sae]``. One ``ValueError`` naming the field and its range."""
-    names = {f.name for f in fields(cfg)}
-    for name, (low, open_low, integer, capped) in _CONFIG_RANGES.items():
-        value = getattr(cfg, name, None) if name in names else None
-        if value is not None:
-            check_number(name, value, low, cfg.d_sae if capped else math.inf, open_low=open_low, integer=integer)
-    check_finite_fields(cfg)  # the fields without a range
 
 
 def add_load_hint(path: str | Path) -> None:
@@ -258,6 +137,13 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
             ``normalize_activations="expected_average_only_in"``).
         l0_coefficient, l0_warm_up_steps: the sparsity coefficient lambda and its linear warm-up.
         check_finite: stop with the step and the count when a batch holds NaN/Inf.
+        stability_coefficient: weight of the stability objective (``sae_atoms.saes.stability``:
+            co-active atoms kept inside the uniqueness bound); 0 (default) turns it off.
+        stability_design: "coactive" (pairs that fire on the same sample) or "all" (all pairs of
+            random atoms, the global baseline).
+        stability_margin: the hinge's margin on |cos|; None: half the bound at the batch's mean L0.
+        stability_rows, stability_k_max: samples (or atoms, for "all") a step, and the strongest
+            active atoms per sample, the penalty reads.
     """
 
     jumprelu_init_threshold: float = 0.1
@@ -265,6 +151,11 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     l0_coefficient: float = 0.05
     decoder_init_norm: float | None = 1.0
     check_finite: bool = True
+    stability_coefficient: float = 0.0
+    stability_design: str = "coactive"
+    stability_margin: float | None = None
+    stability_rows: int = 64
+    stability_k_max: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -282,6 +173,8 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
             )
         if self.reshape_activations != "none":
             raise ValueError(f"reshape_activations={self.reshape_activations!r} is not supported by the TSAE; use 'none'.")
+        if self.stability_design not in DESIGNS:
+            raise ValueError(f"stability_design={self.stability_design!r}: use one of {DESIGNS}.")
 
     def _unit_decoder_init(self) -> None:
         """``decoder_init_norm``: the atoms are unit rows by construction (``initialize_weights`` and the
@@ -442,6 +335,17 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         optimised, logged = self._geometry_losses(out, y, y_hat)
         out.loss, out.losses = optimised + sum(aux.values()), {**logged, **aux}
         return out
+
+    def calculate_aux_loss(self, step_input: TrainStepInput, feature_acts: torch.Tensor, hidden_pre: torch.Tensor,
+                           sae_out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """SAELens's JumpReLU terms, plus ``stability_loss`` when ``stability_coefficient > 0``."""
+        aux = super().calculate_aux_loss(step_input=step_input, feature_acts=feature_acts, hidden_pre=hidden_pre,
+                                         sae_out=sae_out)
+        c = self.cfg
+        if c.stability_coefficient > 0:
+            aux["stability_loss"] = c.stability_coefficient * stability_penalty(
+                c.stability_design, feature_acts, self.unit_W_dec(), c.stability_margin, c.stability_rows, c.stability_k_max)
+        return aux
 
     def _raw_out(self, y_hat: torch.Tensor) -> torch.Tensor:
         """The raw reconstruction of ``y_hat`` (through ``hook_sae_recons``)."""

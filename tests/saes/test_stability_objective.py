@@ -1,0 +1,64 @@
+"""The TSAE's stability objective: which pairs it penalises, and that training with it keeps
+co-active atoms less coherent (planted data, same seed with and without)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_atoms.evals.geometry import per_sample_coherence
+from sae_atoms.saes import TSAETrainingSAEConfig
+from sae_atoms.saes.stability import coactive_penalty, default_margin, global_penalty, stability_penalty
+from sae_atoms.synthetic import planted
+from sae_atoms.training import train_on_activations
+
+
+def _rows() -> torch.Tensor:
+    """Units 0, 1 orthogonal; unit 2 at cos 0.8 to unit 0."""
+    return torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.8, 0.6, 0.0]])
+
+
+def test_coactive_penalty_counts_only_pairs_that_fire_together():
+    rows = _rows()
+    orth = torch.tensor([[1.0, 2.0, 0.0]] * 4)       # units 0 and 1 together: orthogonal
+    coh = torch.tensor([[1.0, 0.0, 2.0]] * 4)        # units 0 and 2 together: |cos| 0.8
+    apart = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]] * 2)  # 0 and 2 never together
+    assert float(coactive_penalty(orth, rows, 0.1, 4, 8)) == 0.0
+    assert float(coactive_penalty(coh, rows, 0.1, 4, 8)) == pytest.approx((0.8 - 0.1) ** 2)
+    assert float(coactive_penalty(apart, rows, 0.1, 4, 8)) == 0.0
+    assert float(global_penalty(rows, 0.1, 3)) == pytest.approx((0.8 - 0.1) ** 2 / 3 + (0.6 - 0.1) ** 2 / 3)
+
+
+def test_default_margin_is_half_the_bound_at_the_mean_l0_and_bad_designs_fail_by_name():
+    codes = torch.zeros(2, 10)
+    codes[:, :4] = 1.0
+    assert default_margin(codes) == pytest.approx(0.5 / 7)
+    with pytest.raises(ValueError, match="stability_design"):
+        stability_penalty("pairs", codes, torch.eye(10), None, 2, 4)
+    with pytest.raises(ValueError, match="stability_design"):
+        TSAETrainingSAEConfig(d_in=8, d_sae=16, stability_design="pairs")
+    with pytest.raises(ValueError, match="stability_coefficient"):
+        TSAETrainingSAEConfig(d_in=8, d_sae=16, stability_coefficient=-1.0)
+
+
+def test_the_penalty_moves_only_decoder_rows():
+    rows = _rows().requires_grad_(True)
+    codes = torch.tensor([[1.0, 0.0, 2.0]] * 4).requires_grad_(True)
+    coactive_penalty(codes, rows, 0.1, 4, 8).backward()
+    assert codes.grad is None and rows.grad is not None and rows.grad[[0, 2]].abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_training_with_the_objective_lowers_coactive_coherence_on_planted_data():
+    data = planted(d=24, n_atoms=48, k=4, coherence=0.3, n_samples=4000, seed=0, distortion=1.0)
+    x = data.activations
+
+    def mean_coactive_mu(coef: float) -> float:
+        cfg = TSAETrainingSAEConfig(d_in=24, d_sae=48, stability_coefficient=coef, stability_rows=128)
+        sae = train_on_activations(x, cfg, steps=600, seed=0, target_l0=4, batch_size=128, progress=False)
+        rows = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
+        mu_i = per_sample_coherence(sae.encode(x[:1000]).detach(), rows)
+        return float(mu_i[mu_i > 0].mean())
+
+    plain, stable = mean_coactive_mu(0.0), mean_coactive_mu(30.0)
+    assert stable < 0.8 * plain, (plain, stable)
