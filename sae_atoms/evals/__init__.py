@@ -20,6 +20,7 @@ The rooms (definitions and sources in each):
   firing, the noise floor / amplitude gap of a threshold SAE;
 * ``geometry``: coherence ``mu``, the uniqueness bound ``mu < 1 / (2K - 1)``, the stability
   ``q*`` (readings (a) and (b)), and :func:`dictionary_geometry`, what the decoder alone fixes;
+* ``stability``: seed and width consistency, two dictionaries matched one to one on ``|cos|``;
 * ``monosemantic``: label purity and mutual information of each live unit's top samples;
 * ``evaluate``: :func:`evaluate_units`, :func:`model_evals`, :func:`jsonable`;
 * ``table``: :func:`format_table`.
@@ -37,13 +38,15 @@ from sae_atoms.evals.geometry import (COHERENCE_MEMORY, HIST_BINS, HIST_FLUSH, H
 from sae_atoms.evals.monosemantic import monosemanticity, top_activating
 from sae_atoms.evals.reconstruction import (QUANTILES, cosine, firing_stats, l0, mse, noise_floor_gap, quantile_stats,
                                             r2)
+from sae_atoms.evals.stability import MATCH_THRESHOLD, consistency, dictionary_consistency, matched_cosines
 from sae_atoms.evals.table import TABLE_KEYS, format_table
 from sae_atoms.evals.units import (MAX_DENSE_CODES, Units, as_units, basis, encode_all, find_metric,
                                    metric_from_whitening, neurons, unit_directions, whiten_vectors, whitening_matrix)
 
-__all__ = ["COHERENCE_MEMORY", "HIST_BINS", "HIST_FLUSH", "HIST_PAIRS_CPU", "MAX_DENSE_CODES", "QUANTILES", "Q_GRID",
-           "TABLE_KEYS", "Coherence", "EvalOptions", "Geometry", "Units", "as_units", "basis", "coherence",
-           "coherence_block_size", "coherence_memory_bytes", "cosine", "dictionary_geometry", "encode_all",
+__all__ = ["COHERENCE_MEMORY", "HIST_BINS", "HIST_FLUSH", "HIST_PAIRS_CPU", "MATCH_THRESHOLD", "MAX_DENSE_CODES", "QUANTILES",
+           "Q_GRID", "TABLE_KEYS", "Coherence", "EvalOptions", "Geometry", "Units", "as_units", "basis", "coherence",
+           "coherence_block_size", "coherence_memory_bytes", "consistency", "cosine", "dictionary_consistency",
+           "dictionary_geometry", "encode_all", "matched_cosines",
            "evaluate_units", "find_metric", "firing_stats", "format_table", "jsonable", "l0", "max_unique_k",
            "metric_from_whitening", "model_evals", "monosemanticity", "mse", "neurons", "noise_floor_gap",
            "per_sample_coherence", "q_star_a", "q_star_b", "quantile_stats", "r2", "top_activating",
