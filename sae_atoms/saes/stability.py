@@ -15,8 +15,8 @@ defaults to half the bound at the batch's mean L0, ``0.5 / (2 K - 1)``, so the h
 until co-active pairs sit well inside the bound. Gradients reach the decoder rows only (which
 atoms fire is taken as given).
 
-Cost: ``coactive`` uses ``rows`` samples a step, each with its ``k_max`` strongest active atoms
-(``[rows, k, k]`` Gram blocks); ``all`` a ``[rows, rows]`` Gram of ``rows`` random atoms; both
+Cost: ``coactive`` uses the batch's first ``rows`` samples, each with its ``k_max`` strongest
+active atoms (``[rows, k, k]`` Gram blocks); ``all`` a ``[rows, rows]`` Gram of ``rows`` random atoms; both
 small against the step's ``[batch, d] x [d, d_sae]`` products.
 """
 
@@ -29,46 +29,46 @@ DESIGNS = ("coactive", "all")
 
 
 def default_margin(codes: Tensor) -> float:
-    """Half the uniqueness bound at the batch's mean L0: ``0.5 / (2 K - 1)``."""
+    """Half the uniqueness bound at the mean L0 of ``codes``: ``0.5 / (2 K - 1)``."""
     k = float((codes != 0).float().sum(-1).mean().clamp_min(1.0))
     return 0.5 / (2 * k - 1) if k > 1 else 0.5
 
 
 def _hinge(cos: Tensor, margin: float) -> Tensor:
-    return torch.relu(cos.abs() - margin).pow(2)
+    return torch.relu(cos.abs() - margin).square()
 
 
-def coactive_penalty(codes: Tensor, rows_unit: Tensor, margin: float, rows: int, k_max: int,
-                     generator: torch.Generator | None = None) -> Tensor:
-    """The ``coactive`` design on ``rows`` random samples of ``codes`` ``[batch, N]`` with unit
-    decoder rows ``rows_unit`` ``[N, d]``: each sample's ``k_max`` strongest active units."""
-    pick = torch.randperm(codes.shape[0], generator=generator, device="cpu")[:rows].to(codes.device)
-    c = codes.detach()[pick]
-    k = int(min(k_max, c.shape[1], int((c != 0).sum(-1).max())))
+def coactive_penalty(codes: Tensor, rows_unit: Tensor, margin: float | None, rows: int, k_max: int) -> Tensor:
+    """The ``coactive`` design on the first ``rows`` samples of ``codes`` ``[batch, N]`` (batches
+    come shuffled) with unit decoder rows ``rows_unit`` ``[N, d]``: each sample's ``k_max``
+    strongest active units; ``margin`` None: ``default_margin`` of those samples."""
+    c = codes.detach()[:rows]
+    k = min(k_max, int((c != 0).sum(-1).max()))
     if k < 2:
         return rows_unit.sum() * 0.0
+    m = default_margin(c) if margin is None else margin
     val, idx = c.abs().topk(k, dim=-1)
-    on = (val > 0).to(rows_unit.dtype)                                  # [r, k]
-    E = rows_unit[idx]                                                  # [r, k, d]
-    G = E @ E.transpose(1, 2)                                           # [r, k, k] cosines
-    pair = on.unsqueeze(2) * on.unsqueeze(1) * torch.triu(torch.ones(k, k, device=E.device), 1)
-    return (_hinge(G, margin) * pair).sum() / pair.sum().clamp_min(1.0)
+    on = (val > 0).to(rows_unit.dtype)                                        # [r, k]
+    E = rows_unit.index_select(0, idx.flatten()).view(*idx.shape, -1)         # [r, k, d] (index_select: a fast backward)
+    G = E @ E.transpose(1, 2)                                                 # [r, k, k] cosines
+    pair = (on.unsqueeze(2) * on.unsqueeze(1)).triu_(1)                       # co-active pairs i < j
+    return (_hinge(G, m) * pair).sum() / pair.sum().clamp_min(1.0)
 
 
-def global_penalty(rows_unit: Tensor, margin: float, rows: int, generator: torch.Generator | None = None) -> Tensor:
-    """The ``all`` design on ``rows`` random atoms of ``rows_unit`` ``[N, d]``."""
-    pick = torch.randperm(rows_unit.shape[0], generator=generator, device="cpu")[:rows].to(rows_unit.device)
-    E = rows_unit[pick]
-    G = E @ E.T
-    return _hinge(torch.triu(G, 1), margin).sum() / max(len(pick) * (len(pick) - 1) / 2, 1.0)
+def global_penalty(codes: Tensor, rows_unit: Tensor, margin: float | None, rows: int) -> Tensor:
+    """The ``all`` design on ``rows`` random atoms of ``rows_unit`` ``[N, d]``; ``margin`` None:
+    ``default_margin(codes)``."""
+    m = default_margin(codes) if margin is None else margin
+    E = rows_unit.index_select(0, torch.randperm(rows_unit.shape[0])[:rows].to(rows_unit.device))
+    G = (E @ E.T).triu(1)
+    return _hinge(G, m).sum() / max(E.shape[0] * (E.shape[0] - 1) / 2, 1.0)
 
 
 def stability_penalty(design: str, codes: Tensor, rows_unit: Tensor, margin: float | None, rows: int,
                       k_max: int) -> Tensor:
-    """``P`` of ``design`` (module docstring); ``margin`` None: ``default_margin(codes)``."""
-    m = default_margin(codes) if margin is None else margin
+    """``P`` of ``design`` (module docstring)."""
     if design == "coactive":
-        return coactive_penalty(codes, rows_unit, m, rows, k_max)
+        return coactive_penalty(codes, rows_unit, margin, rows, k_max)
     if design == "all":
-        return global_penalty(rows_unit, m, rows)
+        return global_penalty(codes, rows_unit, margin, rows)
     raise ValueError(f"stability_design={design!r}: use one of {DESIGNS}.")

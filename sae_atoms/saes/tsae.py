@@ -154,8 +154,8 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     stability_coefficient: float = 0.0
     stability_design: str = "coactive"
     stability_margin: float | None = None
-    stability_rows: int = 64
-    stability_k_max: int = 64
+    stability_rows: int = 32
+    stability_k_max: int = 32
 
     def __post_init__(self) -> None:
         super().__post_init__()

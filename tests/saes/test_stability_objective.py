@@ -26,7 +26,7 @@ def test_coactive_penalty_counts_only_pairs_that_fire_together():
     assert float(coactive_penalty(orth, rows, 0.1, 4, 8)) == 0.0
     assert float(coactive_penalty(coh, rows, 0.1, 4, 8)) == pytest.approx((0.8 - 0.1) ** 2)
     assert float(coactive_penalty(apart, rows, 0.1, 4, 8)) == 0.0
-    assert float(global_penalty(rows, 0.1, 3)) == pytest.approx((0.8 - 0.1) ** 2 / 3 + (0.6 - 0.1) ** 2 / 3)
+    assert float(global_penalty(coh, rows, 0.1, 3)) == pytest.approx((0.8 - 0.1) ** 2 / 3 + (0.6 - 0.1) ** 2 / 3)
 
 
 def test_default_margin_is_half_the_bound_at_the_mean_l0_and_bad_designs_fail_by_name():
