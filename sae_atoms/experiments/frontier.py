@@ -45,25 +45,34 @@ import json
 import math
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
 from sae_atoms.activations import as_matrix
 from sae_atoms.aip import AIPMetric
 from sae_atoms.data import LABEL_COLUMNS
-from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_units, l0, neurons, table
+from sae_atoms.evals import (as_units, dictionary_consistency, dictionary_geometry, encode_all, evaluate_units, l0, neurons,
+                             table)
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, train_on_activations
-from sae_atoms.units import ATOMS_ALPHA, unit_config
+from sae_atoms.units import ATOMS_ALPHA, unit_config, unit_kind
 
 UNITS = ("atoms", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
+MORE_UNITS = ("atoms_stable",)  # by name only (--units)
 DEFAULT_TARGETS = (4, 8, 16, 32, 64)
 DEFAULT_EXPANSION = 1
 VALIDATION_FRAC = 0.2
 ROW_KEYS = ("unit", "target_l0", "l0", "l0_val", "l0_heldout", "r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "q_star_a",
             "q_star_b", "q_star_b_heldout", "dead_frac", "monosemanticity")
+STABILITY_KEYS = ("seed_consistency", "seed_mean_cos", "width_consistency", "width_mean_cos")
+
+
+def row_keys(rows: Sequence[dict]) -> tuple[str, ...]:
+    """``ROW_KEYS``, and ``STABILITY_KEYS`` when a row has them (``FrontierConfig.stability_targets``)."""
+    return ROW_KEYS + (STABILITY_KEYS if any("seed_consistency" in r for r in rows) else ())
 
 
 @dataclass(frozen=True)
@@ -79,12 +88,18 @@ class FrontierConfig:
     seed: int = 0
     atoms_alpha: float = ATOMS_ALPHA       # partial whitening S^alpha of the atoms
     validation_frac: float | None = VALIDATION_FRAC  # None: train on all train entities, match L0 in-sample
+    stability_targets: tuple[float, ...] = ()  # at these L0s also seed and width consistency (2 more SAEs each)
 
 
 def frontier_config(unit: str, d_in: int, d_sae: int, target_l0: float, atoms_alpha: float = ATOMS_ALPHA,
                     hook: str | None = None) -> Any:
     """``units.unit_config``, with the atoms' partial whitening ``atoms_alpha``."""
-    return unit_config(unit, d_in, d_sae, target_l0, hook, **({"aip_alpha": atoms_alpha} if unit == "atoms" else {}))
+    return unit_config(unit, d_in, d_sae, target_l0, hook, **({"aip_alpha": atoms_alpha} if _is_atoms(unit) else {}))
+
+
+def _is_atoms(unit: str) -> bool:
+    """Whether ``unit`` is a ``tsae_aip`` kind (its partial whitening and metric are the atoms')."""
+    return unit_kind(unit).architecture == "tsae_aip"
 
 
 def _labels(acts: Any) -> dict[str, list] | None:
@@ -128,6 +143,17 @@ def train_unit(unit: str, x: torch.Tensor, target_l0: float, cfg: FrontierConfig
     sae_cfg = frontier_config(unit, x.shape[1], int(round(c.expansion * x.shape[1])), target_l0, c.atoms_alpha, hook)
     return train_on_activations(x, sae_cfg, steps=c.steps, seed=c.seed, target_l0=target_l0, match_on=match_on,
                                 batch_size=c.batch_size, device=device, metric=metric, progress=False)
+
+
+def stability_columns(sae: Any, train: Callable[[FrontierConfig], Any], c: FrontierConfig, x: torch.Tensor,
+                      ref: AIPMetric) -> dict[str, float]:
+    """Seed consistency (the same config at seed ``c.seed + 1``) and width consistency (twice the
+    width, seed ``c.seed + 2``: another seed, so no initial row is shared) of ``sae``: the live rows
+    matched one to one on |cos| in the reference AIP (``evals.stability``)."""
+    seed = dictionary_consistency(sae, train(replace(c, seed=c.seed + 1)), x, ref)
+    width = dictionary_consistency(sae, train(replace(c, seed=c.seed + 2, expansion=2 * c.expansion)), x, ref)
+    return {"seed_consistency": seed["frac_matched"], "seed_mean_cos": seed["mean_matched_cos"],
+            "width_consistency": width["frac_matched"], "width_mean_cos": width["mean_matched_cos"]}
 
 
 def validation_split(train: Any, frac: float = VALIDATION_FRAC, seed: int = 0) -> tuple[Any, Any]:
@@ -197,9 +223,9 @@ def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None
 
     c = replace(cfg or FrontierConfig(), **overrides)
     check_targets(c.targets)
-    bad = sorted(set(c.units) - set(UNITS))
+    bad = sorted(set(c.units) - set(UNITS + MORE_UNITS))
     if bad:
-        raise ValueError(f"unknown frontier units {bad}; choose from {UNITS}.")
+        raise ValueError(f"unknown frontier units {bad}; choose from {UNITS + MORE_UNITS}.")
     ref = reference_metric(train, hook)
     fit, val = validation_split(train, c.validation_frac, c.seed) if c.validation_frac else (train, None)
     x, x_val = as_matrix(fit, hook).float(), (None if val is None else as_matrix(val, hook).float())
@@ -209,9 +235,11 @@ def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None
     jobs = [(t, u) for t in c.targets for u in c.units]
     for t, u in tqdm(jobs, desc="frontier", unit="SAE", disable=not progress):
         t0 = time.time()
-        sae = train_unit(u, x, t, c, device=device, hook=hook, metric=atoms_metric if u == "atoms" else None,
-                         match_on=x_val)
-        row = evaluate_row(u, sae, t, splits, ref, device) | {"seconds": round(time.time() - t0, 1)}
+        train = partial(train_unit, u, x, t, device=device, hook=hook, metric=atoms_metric if _is_atoms(u) else None,
+                        match_on=x_val)
+        sae = train(c)
+        row = evaluate_row(u, sae, t, splits, ref, device) | (stability_columns(sae, train, c, x, ref) if t in c.stability_targets
+                                                              else {}) | {"seconds": round(time.time() - t0, 1)}
         rows.append(row)
         if save_dir is not None:
             with atomic_dir(Path(save_dir) / sae_name(u, t)) as tmp:
@@ -228,7 +256,7 @@ def _settings(c: FrontierConfig, hook: str, x: torch.Tensor, x_val: torch.Tensor
             "seed": c.seed, "atoms_alpha": c.atoms_alpha, "n_train": int(x.shape[0]),
             "n_val": 0 if x_val is None else int(x_val.shape[0]), "validation_frac": c.validation_frac,
             "l0_matched_on": "validation entities" if x_val is not None else "training rows",
-            "n_heldout": int(heldout.float().shape[0]), "hook": hook}
+            "n_heldout": int(heldout.float().shape[0]), "hook": hook, "stability_targets": list(c.stability_targets)}
 
 
 # --------------------------------------------------------------------------- the paper's regime
@@ -341,8 +369,8 @@ def matched_rows(rows: Sequence[dict], tolerance: float = 0.15) -> list[dict]:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """The frontier's rows as a Markdown table (``ROW_KEYS``)."""
-    return table.format_table([(r["unit"], r) for r in rows], ROW_KEYS[1:], label="unit", digits=3, missing="–",
+    """The frontier's rows as a Markdown table (``row_keys``)."""
+    return table.format_table([(r["unit"], r) for r in rows], row_keys(rows)[1:], label="unit", digits=3, missing="–",
                               markdown=True)
 
 
@@ -421,7 +449,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activations", required=True, help="an activation set (sae-atoms extract) with train/heldout splits")
     p.add_argument("--hook", default=None, help="hook name in the set (default: its only hook)")
     p.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS), help="L0 targets")
-    p.add_argument("--units", nargs="+", default=list(UNITS), choices=UNITS)
+    p.add_argument("--units", nargs="+", default=list(UNITS), choices=UNITS + MORE_UNITS)
+    p.add_argument("--stability-targets", type=float, nargs="*", default=[],
+                   help="L0 targets at which to add seed and width consistency (2 more SAEs per unit kind and target)")
     p.add_argument("--expansion", type=float, default=DEFAULT_EXPANSION, help="width as a multiple of d (all units)")
     p.add_argument("--steps", type=int, default=FrontierConfig.steps)
     p.add_argument("--batch-size", type=int, default=FrontierConfig.batch_size)
@@ -454,7 +484,8 @@ def run_cli(args: argparse.Namespace) -> int:
     remove_stale(out)
     with atomic_dir(out) as tmp:
         cfg = FrontierConfig(targets=tuple(args.targets), units=tuple(args.units), expansion=args.expansion,
-                             steps=args.steps, batch_size=args.batch_size, seed=args.seed, atoms_alpha=args.atoms_alpha)
+                             steps=args.steps, batch_size=args.batch_size, seed=args.seed, atoms_alpha=args.atoms_alpha,
+                             stability_targets=tuple(args.stability_targets))
         res = run_frontier(train, held, hook, cfg, device=args.device, save_dir=tmp / "saes")
         if args.paper_regime:
             res["paper_regime"] = paper_regime(train, held, hook, seed=args.seed, device=args.device)

@@ -242,7 +242,7 @@ def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> No
         f" ({st.get('n_val', 0)} rows, `l0_val`), `l0` is in-sample, `_heldout` = entities never trained on. All numbers "
         f"in one reference metric: the robust AIP fitted on all train entities"
         + _settings_text(results.get("metric", {}).get("reference", {})) + ".")
-    keys = list(frontier.ROW_KEYS[1:])
+    keys = list(frontier.row_keys(rows)[1:])
     r.table(["unit", *keys], [[x["unit"], *[x.get(k) for k in keys]] for x in rows])
     p = frontier.plot_frontier(rows, plots / "frontier.png")
     r.img(str(p.relative_to(out)), "frontier")

@@ -160,3 +160,32 @@ def test_frontier_refuses_a_folder_it_did_not_write_and_replaces_its_own_whole(t
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["seed"] == 1 and [p.name for p in (out / "saes").iterdir()] == ["features_jumprelu_l0_2"]
     assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]  # nothing stale left
+
+
+@pytest.mark.slow
+def test_stability_targets_add_seed_and_width_consistency_and_atoms_stable_trains(tmp_path, capsys):
+    acts = _acts_on_disk(tmp_path / "acts")
+    assert _frontier(acts, tmp_path / "o", "--units", "atoms_stable", "features_jumprelu", "--targets", "2", "3",
+                     "--stability-targets", "3") == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    rows = {(r["unit"], r["target_l0"]): r for r in res["rows"][1:]}
+    assert set(rows) == {("atoms_stable", 2.0), ("atoms_stable", 3.0), ("features_jumprelu", 2.0), ("features_jumprelu", 3.0)}
+    for u in ("atoms_stable", "features_jumprelu"):
+        assert "seed_consistency" not in rows[(u, 2.0)]
+        r = rows[(u, 3.0)]
+        assert 0 <= r["seed_consistency"] <= 1 and 0 <= r["width_consistency"] <= 1
+        assert 0 < r["seed_mean_cos"] <= 1 and 0 < r["width_mean_cos"] <= 1
+    assert res["settings"]["stability_targets"] == [3.0]
+    assert "seed_consistency" in capsys.readouterr().out  # the printed table has the columns
+
+
+def test_consistency_of_one_dictionary_with_itself_is_full_and_differs_from_another_seed():
+    x = planted(d=8, n_atoms=8, k=2, coherence=0.0, n_samples=400, seed=0).activations
+    a = train_on_activations(x, frontier.frontier_config("features_jumprelu", 8, 8, 2.0), steps=5, seed=0, target_l0=2,
+                             batch_size=32, progress=False)
+    b = train_on_activations(x, frontier.frontier_config("features_jumprelu", 8, 8, 2.0), steps=5, seed=1, target_l0=2,
+                             batch_size=32, progress=False)
+    from sae_atoms.evals import dictionary_consistency
+
+    assert dictionary_consistency(a, a, x)["frac_matched"] == 1.0
+    assert dictionary_consistency(a, b, x)["mean_matched_cos"] < 1.0
