@@ -4,7 +4,8 @@
 ``configure_parser(parser)`` and ``run_cli(args) -> int``) or ``"module:NAME"`` (an object
 with those two, and optionally ``ACCEPTS_EXTRA_ARGS``). The library's commands (``extract``,
 ``train``, ``evaluate``) are defined here, beside the dispatcher; each experiment's command
-lives in its module under ``sae_atoms.experiments``; ``bench`` in ``sae_atoms.bench``. The
+lives in its module under ``sae_atoms.experiments``; ``cards`` in ``sae_atoms.cards.command``;
+``bench`` in ``sae_atoms.bench``. The
 targets are imported lazily, so ``sae-atoms --help`` stays fast and one broken capability
 does not take the others down.
 """
@@ -34,6 +35,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "steer": ("sae_atoms.experiments.steering", "causal steering experiment: atoms vs features vs difference of means"),
     "token-frontier": ("sae_atoms.experiments.token_frontier", "units trained on a token stream by SAELens's multi-SAE runner, run_evals on held-out documents at matched L0"),
     "fit-metric": ("sae_atoms.experiments.fit_metric", "fit the AIP metric on every token of a generic text corpus (torchrun: many processes)"),
+    "cards": ("sae_atoms.cards.command", "atom cards: a static HTML site with one card per unit of an SAE (contexts, logits, neighbours, steering)"),
     "bench": ("sae_atoms.bench", "speed benchmarks, as ratios to a baseline run in the same process"),
 }
 
