@@ -35,6 +35,7 @@ class Site:
         self.text = C.token_text(self.model)
         self.prompts = C.steer_prompts(self.model, self.obs, self.cfg)
         self.purity = C.purity(self.obs.codes, self.obs.labels)
+        self.clean = C.steer_preview(self.model, self.sae, self.hook, 0, None, self.prompts) if self.prompts else []
 
     @property
     def geometry(self) -> str:
@@ -59,8 +60,8 @@ def _steering(site: Site, unit: int, values: torch.Tensor) -> dict[str, Any]:
     if v.numel() == 0 or not site.prompts:
         return {"value": None, "pairs": []}
     value = float(torch.quantile(v.float(), site.cfg.steer_quantile))
-    pairs = C.steer_preview(site.model, site.sae, site.hook, unit, value, site.prompts)
-    return {"value": value, "pairs": [(site.text(a), site.text(b)) for a, b in pairs]}
+    after = C.steer_preview(site.model, site.sae, site.hook, unit, value, site.prompts)
+    return {"value": value, "pairs": [(site.text(a), site.text(b)) for a, b in zip(site.clean, after)]}
 
 
 def card(site: Site, unit: int) -> dict[str, Any]:

@@ -283,18 +283,20 @@ def histogram(values: Tensor, bins: int) -> tuple[list[int], float, float]:
 
 
 @torch.no_grad()
-def steer_preview(model: Any, sae: Any, hook: str, unit: int, value: float,
-                  prompts: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-    """Per prompt (token ids), the top next token ``(before, after)`` clamping ``unit`` to ``value``
-    at the last token (through the SAE, its error term kept: ``steering.clamp_atoms``)."""
+def steer_preview(model: Any, sae: Any, hook: str, unit: int, value: float | None,
+                  prompts: Sequence[Sequence[int]]) -> list[int]:
+    """The top next token after each prompt (token ids), clamping ``unit`` to ``value`` at each
+    prompt's last token (through the SAE, its error term kept: ``steering.clamp_atoms``); the clean
+    run with ``value`` None. One batch: right padding keeps each prompt's last token its own."""
     from sae_atoms.models import next_token_logits
     from sae_atoms.steering import clamp_atoms, fwd_hooks
 
-    edit = clamp_atoms(sae, unit, value, positions=-1, hook_name=hook)
     ids = [list(p) for p in prompts]
-    before = next_token_logits(model, ids, batch_size=1).argmax(-1)
-    after = next_token_logits(model, ids, lambda rows: fwd_hooks(model, edit), batch_size=1).argmax(-1)
-    return list(zip(before.tolist(), after.tolist()))
+
+    def hooks(rows: list[int]) -> list:
+        return fwd_hooks(model, clamp_atoms(sae, unit, value, positions=[len(ids[r]) - 1 for r in rows], hook_name=hook))
+
+    return next_token_logits(model, ids, hooks if value is not None else None, batch_size=len(ids)).argmax(-1).tolist()
 
 
 def steer_prompts(model: Any, obs: Observations, cfg: CardConfig) -> list[list[int]]:

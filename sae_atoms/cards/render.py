@@ -56,8 +56,9 @@ def _index_row(r: dict[str, Any], carded: bool) -> str:
 
 
 def index_html(meta: dict[str, Any], rows: Sequence[dict[str, Any]], carded: set[int]) -> str:
-    """The index: every unit with its stats, sortable by any column (click its header); units
-    with a card link to it."""
+    """The index: every unit with its stats, most frequently firing first, sortable by any column
+    (click its header); units with a card link to it."""
+    rows = sorted(rows, key=lambda r: -r["firing_rate"])
     head = "".join(f"<th data-col='{k}'>{E(t)}</th>" for k, t in (("unit", "unit"), *INDEX_COLUMNS))
     body = "".join(_index_row(r, r["unit"] in carded) for r in rows)
     intro = (f"<h1>{E(meta['name'])}: {meta['n_units']} units</h1><p>Hook <code>{E(meta['hook'])}</code>, "
