@@ -30,12 +30,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "geometry": ("sae_atoms.experiments.geometry", "the representation-shift experiment: angle statistics, Euclid vs AIP, by layer"),
     "train": ("sae_atoms.cli:TRAIN", "train an SAE with SAELens's runner (tsae / tsae_aip registered); SAELens's arguments"),
     "evaluate": ("sae_atoms.cli:EVALUATE", "evaluate an SAE (or neurons) on an activation set: R^2, L0, mu, q*, monosemanticity"),
+    "cards": ("sae_atoms.cards.command",
+              "atom cards: a static HTML site with one card per unit of an SAE (contexts, logits, neighbours, steering)"),
     "capacity": ("sae_atoms.experiments.capacity", "capacity sweep: width x data size, find the R^2 cliff"),
     "frontier": ("sae_atoms.experiments.frontier", "units at matched L0 (4..64): held-out R^2 raw and AIP, q*; --paper-regime for width = n_train"),
     "steer": ("sae_atoms.experiments.steering", "causal steering experiment: atoms vs features vs difference of means"),
     "token-frontier": ("sae_atoms.experiments.token_frontier", "units trained on a token stream by SAELens's multi-SAE runner, run_evals on held-out documents at matched L0"),
     "fit-metric": ("sae_atoms.experiments.fit_metric", "fit the AIP metric on every token of a generic text corpus (torchrun: many processes)"),
-    "cards": ("sae_atoms.cards.command", "atom cards: a static HTML site with one card per unit of an SAE (contexts, logits, neighbours, steering)"),
     "bench": ("sae_atoms.bench", "speed benchmarks, as ratios to a baseline run in the same process"),
 }
 

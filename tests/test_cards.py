@@ -14,24 +14,16 @@ from sae_atoms import cards
 from sae_atoms.cards import compute as C
 from sae_atoms.cards import render as R
 from sae_atoms.cli import main
+from tests.steering.test_steering import make_sae as unit_sae
 
 HOOK = "blocks.0.hook_resid_post"
 CHROMIUM = "/usr/bin/chromium"
 
 
 def make_sae(d_in: int = 32, d_sae: int = 48, hook: str = HOOK, threshold: float = 0.5):
-    """A JumpReLU SAE with unit decoder rows, W_enc = W_dec^T and one threshold for every unit."""
-    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook)))
-    W = torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(0))
-    W = W / W.norm(dim=-1, keepdim=True)
+    """The steering tests' JumpReLU SAE (unit decoder rows, W_enc = W_dec^T) with one threshold for every unit."""
+    sae = unit_sae(d_in, d_sae, hook)
     with torch.no_grad():
-        sae.W_dec.copy_(W)
-        sae.W_enc.copy_(W.T)
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
         sae.threshold.fill_(threshold)
     return sae
 
