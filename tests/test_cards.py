@@ -66,7 +66,7 @@ def test_top_contexts_are_the_argmax_and_the_window_shades_their_row(site):
 def test_promoted_and_suppressed_tokens_are_the_decoder_row_through_the_unembedding(tiny_model):
     sae = make_sae()
     up, down = C.logit_effects(sae, tiny_model, 5, 4)
-    w = sae.W_dec[5].detach() @ tiny_model.W_U
+    w = (sae.W_dec[5] @ tiny_model.W_U).detach()
     assert [t for t, _ in up] == torch.topk(w, 4).indices.tolist()
     assert [t for t, _ in down] == torch.topk(-w, 4).indices.tolist()
     assert up[0][1] == pytest.approx(float(w.max())) and down[0][1] == pytest.approx(float(w.min()))
@@ -100,6 +100,9 @@ def test_purity_and_choice_of_units():
     assert C.choose_units(stats, 3, (1, 2)) == [2, 0, 3, 1]
     with pytest.raises(ValueError, match="out of range"):
         C.choose_units(stats, 2, (4,))
+    with pytest.raises(ValueError, match="fewer tokens"):  # dense codes beyond evals.MAX_DENSE_CODES
+        C.check_size(1 << 20, 1 << 10)
+    C.check_size(1 << 10, 1 << 10)
 
 
 def test_steering_preview_batched_equals_one_prompt_at_a_time(tiny_model):

@@ -99,6 +99,7 @@ def observe_rows(model: Any, sae: Any, hook: str, rows: Sequence[Sequence[int]],
     """Every token of ``rows`` (the first of each skipped with ``skip_first``: the BOS) run to
     ``hook`` and encoded by ``sae``."""
     rows = [list(r) for r in rows]
+    check_size(sum(len(r) for r in rows), int(sae.cfg.d_sae))
     codes, row_of, pos_of = [], [], []
     for b in tqdm(batches(model, rows, cfg.batch_size), total=n_batches(len(rows), cfg.batch_size),
                   desc="cards: encode tokens", unit="batch", disable=not cfg.progress):
@@ -112,6 +113,15 @@ def observe_rows(model: Any, sae: Any, hook: str, rows: Sequence[Sequence[int]],
         row_of.append(torch.tensor(b.rows)[where[:, 0]])
         pos_of.append(where[:, 1])
     return Observations(torch.cat(codes), rows, torch.cat(row_of), torch.cat(pos_of))
+
+
+def check_size(n_tokens: int, n_units: int) -> None:
+    """Refuse codes ``[n_tokens, n_units]`` (float32, kept dense) larger than ``evals.MAX_DENSE_CODES``."""
+    from sae_atoms.evals.units import MAX_DENSE_CODES
+
+    if 4 * n_tokens * n_units > MAX_DENSE_CODES:
+        raise ValueError(f"{n_tokens} tokens x {n_units} units of codes exceed {MAX_DENSE_CODES / 2**30:.0f} GiB; "
+                         "observe fewer tokens (--tokens)")
 
 
 def observe_corpus(model: Any, sae: Any, hook: str, corpus: str = "human-en", cfg: CardConfig = CardConfig()) -> Observations:
@@ -144,6 +154,7 @@ def observe_activations(model: Any, sae: Any, acts: Any, hook: str | None = None
     rows, _ = tokenize_prompts(model, acts.labels("prompt"))
     labels = {c: acts.labels(c) for c in LABEL_COLUMNS if c in cols}
     n = len(acts)
+    check_size(n, int(sae.cfg.d_sae))
     return Observations(encode(sae, acts.x(hook)), rows, torch.arange(n), torch.tensor(acts.labels("token_pos")),
                         labels, "activation set")
 
