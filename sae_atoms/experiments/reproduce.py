@@ -366,8 +366,9 @@ def _cards(job: _Job, prog: _Progress) -> dict[str, str]:
 
     key = job.acts_key | {"saes": [str(_sae_key(job.saes[u])) for u in use], "cards": CARDS, "version": 1}
     _, reused = stage(job.s.out, "cards", key, job.s.force, compute, lambda f: None) if use else (None, False)
-    for u in use:
-        follow_umask(shutil.copytree(job.s.out / "cache" / "cards" / u, job.s.out / "cards" / u, dirs_exist_ok=True))
+    for u in use:  # replaced whole: no card of an earlier run's units stays behind
+        shutil.rmtree(job.s.out / "cards" / u, ignore_errors=True)
+        follow_umask(shutil.copytree(job.s.out / "cache" / "cards" / u, job.s.out / "cards" / u))
     prog.done(reused)
     return {u: f"cards/{u}/index.html" for u in use}
 
