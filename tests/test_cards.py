@@ -3,6 +3,7 @@ the site rendered by a real browser (headless Chromium) on the embedded model.""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -202,6 +203,12 @@ def test_a_browser_renders_the_index_and_a_card_of_trained_atoms(real_model, rea
         assert f'<section class="{section}">' in dom
     assert '<svg class="hist"' in dom and dom.count('class="ctx"') >= 1 and "aip" in dom
     assert _not_blank(tmp_path / "card.png") > 0.02
+    clicked = index.parent / "clicked.html"  # the index with a click on "label purity": sorted, highest first
+    clicked.write_text(index.read_text().replace("</body>", "<script>document.querySelector(\"th[data-col='purity']\")"
+                                                            ".click()</script></body>"))
+    order = [float(v) for v in re.findall(r'<tr class="unit-row">(?:<td[^>]*>.*?</td>){4}<td data-v="([^"]+)"',
+                                          _render(clicked.as_uri(), tmp_path / "clicked.png"))]
+    assert len(order) == 256 and order == sorted(order, reverse=True) and order[0] > order[-1]
     if shutil.os.environ.get("SAE_ATOMS_SHOTS"):  # keep the screenshots (the report's)
         for name in ("index.png", "card.png"):
             shutil.copy(tmp_path / name, Path(shutil.os.environ["SAE_ATOMS_SHOTS"]) / name)
