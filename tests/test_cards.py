@@ -8,10 +8,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
 from sae_atoms import cards
+from sae_atoms.activations import ActivationSet
 from sae_atoms.cards import compute as C
 from sae_atoms.cards import render as R
 from sae_atoms.cli import main
@@ -151,6 +153,10 @@ def test_cards_command_errors_are_one_line(tmp_path, capsys):
     assert "--units takes unit indices" in capsys.readouterr().err
     assert main(["cards", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "one of the arguments --activations --corpus is required" in capsys.readouterr().err
+    make_sae(8, 16, "blocks.3.hook_resid_post").save_model(str(tmp_path / "sae"))
+    ActivationSet({HOOK: torch.zeros(2, 8)}, datasets.Dataset.from_dict({"prompt": ["a", "b"]})).save(tmp_path / "acts")
+    assert main(["cards", str(tmp_path / "sae"), "--activations", str(tmp_path / "acts"), "--out", str(tmp_path / "o")]) == 2
+    assert "not the SAE's hook 'blocks.3.hook_resid_post'" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @pytest.mark.real_model

@@ -147,14 +147,25 @@ def site_for(model: Any, sae: Any, source: Any, hook: str | None = None, cfg: C.
     """A :class:`Site` observing ``source`` (corpus spec, ``ActivationSet`` or ``Observations``)."""
     from sae_atoms.models import check_hook_name
 
-    hook = hook or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
-    if not hook:
-        raise ValueError("the SAE names no hook (cfg.metadata.hook_name); pass hook= (--hook)")
+    hook = source_hook(sae, source, hook)
     check_hook_name(model, hook)
     if isinstance(source, C.Observations):
         obs = source
     elif isinstance(source, (str, Path)):
         obs = C.observe_corpus(model, sae, hook, str(source), cfg)
     else:
-        obs = C.observe_activations(model, sae, source, hook if hook in source.hook_names else None, cfg)
+        obs = C.observe_activations(model, sae, source, hook, cfg)
     return Site(model, sae, hook, obs, cfg, name)
+
+
+def source_hook(sae: Any, source: Any, hook: str | None = None) -> str:
+    """The hook the cards read: ``hook``, else the SAE's ``cfg.metadata.hook_name``; an activation
+    set must hold it."""
+    hook = hook or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
+    if not hook:
+        raise ValueError("the SAE names no hook (cfg.metadata.hook_name); pass hook= (--hook)")
+    names = getattr(source, "hook_names", None)
+    if names is not None and hook not in names:
+        raise ValueError(f"the activation set holds {names}, not the SAE's hook {hook!r}; extract that hook "
+                         "or pass --hook")
+    return hook

@@ -33,7 +33,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from sae_atoms.cards.build import is_cards_dir, site_for, write_cards
+    from sae_atoms.cards.build import is_cards_dir, site_for, source_hook, write_cards
     from sae_atoms.cards.compute import CardConfig
     from sae_atoms.io import check_output_dir
     from sae_atoms.models import load_model, resolve_device
@@ -48,9 +48,10 @@ def run_cli(args: argparse.Namespace) -> int:
         from sae_atoms.activations import ActivationSet
 
         source = ActivationSet.load(args.activations)
+    hook = source_hook(sae, source, args.hook)  # before the model loads
     cfg = CardConfig(n_cards=args.n_cards, units=args.units, n_tokens=args.tokens, batch_size=args.batch_size)
     model = load_model(args.model, device=device)
-    site = site_for(model, sae, source, args.hook, cfg, name=Path(args.sae_dir).name)
+    site = site_for(model, sae, source, hook, cfg, name=Path(args.sae_dir).name)
     index = write_cards(site, args.out)
     print(f"sae-atoms cards: wrote {len(list(Path(args.out).glob('unit_*.html')))} cards and the index of "
           f"{sae.cfg.d_sae} units to {index} in {time.time() - t0:.0f} s")
