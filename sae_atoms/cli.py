@@ -5,9 +5,8 @@
 with those two, and optionally ``ACCEPTS_EXTRA_ARGS``). The library's commands (``extract``,
 ``train``, ``evaluate``) are defined here, beside the dispatcher; each experiment's command
 lives in its module under ``sae_atoms.experiments``; ``cards`` in ``sae_atoms.cards.command``;
-``bench`` in ``sae_atoms.bench``. The
-targets are imported lazily, so ``sae-atoms --help`` stays fast and one broken capability
-does not take the others down.
+``bench`` in ``sae_atoms.bench``. The targets are imported lazily, so ``sae-atoms --help`` stays
+fast and one broken capability does not take the others down.
 """
 
 from __future__ import annotations
