@@ -31,10 +31,10 @@ class Site:
     def __post_init__(self) -> None:
         self.table = self.obs.index_table()
         self.geo = C.geometries(self.sae)
-        self.stats = C.unit_stats(self.obs, self.geo)
+        self.purity = C.purity(self.obs.codes, self.obs.labels)
+        self.stats = C.unit_stats(self.obs, self.geo, self.purity)
         self.text = C.token_text(self.model)
         self.prompts = C.steer_prompts(self.model, self.obs, self.cfg)
-        self.purity = C.purity(self.obs.codes, self.obs.labels)
         self.clean = C.steer_preview(self.model, self.sae, self.hook, 0, None, self.prompts) if self.prompts else []
 
     @property

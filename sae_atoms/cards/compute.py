@@ -199,12 +199,12 @@ def purity(codes: Tensor, labels: dict[str, list], top_k: int = 20) -> dict[str,
     return out
 
 
-def unit_stats(obs: Observations, geo: dict[str, Tensor]) -> dict[str, Tensor]:
+def unit_stats(obs: Observations, geo: dict[str, Tensor], pur: dict[str, tuple[Tensor, list]]) -> dict[str, Tensor]:
     """Every unit's firing rate, mean and max non-zero code, coherence (max ``|cos|`` with another
-    unit, first geometry of ``geo``) and mean label purity (nan without labels)."""
+    unit, first geometry of ``geo``) and mean label purity over the columns of ``pur`` (:func:`purity`;
+    nan without labels)."""
     fires = obs.codes != 0
     n_fire = fires.sum(0)
-    pur = purity(obs.codes, obs.labels)
     return {"firing_rate": n_fire.float() / max(1, len(obs.codes)),
             "mean": obs.codes.abs().sum(0) / n_fire.clamp_min(1), "max": obs.codes.abs().max(0).values,
             "coherence": max_abs_cos(next(iter(geo.values()))),
