@@ -89,6 +89,19 @@ def test_bound_check_orthogonal_directions_meet_it_and_coherent_ones_do_not():
     assert [(p["unit"], p["count"], p["k"], p["ok"]) for p in pairs] == [(1, 2, 2.0, False), (2, 1, 2.0, True)]
 
 
+def test_a_given_metric_is_the_aip_geometry_of_the_site(site):
+    from sae_atoms.aip import AIPMetric
+    from sae_atoms.evals.units import unit_directions
+
+    assert list(site.geo) == ["raw"]  # a jumprelu SAE carries no metric
+    metric = AIPMetric.robust(torch.randn(500, 32, generator=torch.Generator().manual_seed(2)) * torch.linspace(0.1, 3, 32))
+    other = cards.Site(site.model, site.sae, HOOK, site.obs, site.cfg, "tiny", metric)
+    assert list(other.geo) == ["aip", "raw"] and other.geometry == "aip"
+    assert torch.allclose(other.geo["aip"], unit_directions(site.sae.W_dec.detach(), metric))
+    assert torch.allclose(other.stats["coherence"], C.max_abs_cos(other.geo["aip"]))
+    assert not torch.allclose(other.stats["coherence"], site.stats["coherence"])
+
+
 def test_nearest_and_coherence_by_abs_cos():
     Dn = torch.tensor([[1.0, 0.0], [-0.9, 0.19 ** 0.5], [0.0, 1.0]])
     assert [j for j, _ in C.nearest(Dn, 0, 2)] == [1, 2]
@@ -167,12 +180,16 @@ def test_cards_command_on_a_plain_saelens_jumprelu_sae_and_a_text_corpus(real_mo
     text = tmp_path / "text.txt"
     text.write_text("The city of Paris is in France. It has a river and many bridges.\n\n" * 30)
     monkeypatch.setattr("sae_atoms.models.load_model", lambda *a, **k: real_model)
+    from sae_atoms.aip import AIPMetric
+
+    AIPMetric.robust(torch.randn(2000, 576, generator=torch.Generator().manual_seed(0))).save(tmp_path / "metric")
     rc = main(["cards", str(tmp_path / "jumprelu"), "--corpus", str(text), "--out", str(tmp_path / "out"),
-               "--tokens", "256", "--n-cards", "3", "--units", "5", "--device", "cpu"])
+               "--tokens", "256", "--n-cards", "3", "--units", "5", "--device", "cpu", "--metric", str(tmp_path / "metric")])
     assert rc == 0
     assert (tmp_path / "out" / "unit_5.html").is_file() and len(list((tmp_path / "out").glob("unit_*.html"))) == 4
     card = (tmp_path / "out" / "unit_5.html").read_text()
     assert "Paris" in card or "bridges" in card or "never fires" in card
+    assert "nearest by |cos| (aip)" in card and "nearest by |cos| (raw)" in card
 
 
 # --------------------------------------------------------------------------- a real browser

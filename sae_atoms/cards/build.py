@@ -27,10 +27,11 @@ class Site:
     obs: C.Observations
     cfg: C.CardConfig
     name: str = "SAE"
+    metric: Any = None  # the AIP of the cards (an AIPMetric); None: the SAE's own, if it carries one
 
     def __post_init__(self) -> None:
         self.table = self.obs.index_table()
-        self.geo = C.geometries(self.sae)
+        self.geo = C.geometries(self.sae, self.metric)
         self.purity = C.purity(self.obs.codes, self.obs.labels)
         self.stats = C.unit_stats(self.obs, self.geo, self.purity)
         self.text = C.token_text(self.model)
@@ -143,8 +144,9 @@ def show(sae: Any, unit: int, model: Any = None, source: Any = "human-en", hook:
 
 
 def site_for(model: Any, sae: Any, source: Any, hook: str | None = None, cfg: C.CardConfig = C.CardConfig(),
-             name: str = "SAE") -> Site:
-    """A :class:`Site` observing ``source`` (corpus spec, ``ActivationSet`` or ``Observations``)."""
+             name: str = "SAE", metric: Any = None) -> Site:
+    """A :class:`Site` observing ``source`` (corpus spec, ``ActivationSet`` or ``Observations``);
+    ``metric``: the AIP of its geometry (default: the SAE's own, if it carries one)."""
     from sae_atoms.models import check_hook_name
 
     hook = source_hook(sae, source, hook)
@@ -155,7 +157,7 @@ def site_for(model: Any, sae: Any, source: Any, hook: str | None = None, cfg: C.
         obs = C.observe_corpus(model, sae, hook, str(source), cfg)
     else:
         obs = C.observe_activations(model, sae, source, hook, cfg)
-    return Site(model, sae, hook, obs, cfg, name)
+    return Site(model, sae, hook, obs, cfg, name, metric)
 
 
 def source_hook(sae: Any, source: Any, hook: str | None = None) -> str:

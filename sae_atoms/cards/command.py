@@ -25,6 +25,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a cards folder")
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local HF folder or TransformerLens name")
     p.add_argument("--hook", default=None, help="hook (default: the SAE's cfg.metadata.hook_name)")
+    p.add_argument("--metric", type=Path, default=None,
+                   help="an AIP metric folder (AIPMetric.save, fit-metric) for |cos| in the AIP (default: the SAE's own)")
     p.add_argument("--n-cards", type=positive_int, default=32, help="cards for the most frequently firing units (default 32)")
     p.add_argument("--units", type=_units, default=(), help="also these units, e.g. 3,17")
     p.add_argument("--tokens", type=positive_int, default=8192, help="corpus tokens to observe (default 8192)")
@@ -50,8 +52,13 @@ def run_cli(args: argparse.Namespace) -> int:
         source = ActivationSet.load(args.activations)
     hook = source_hook(sae, source, args.hook)  # before the model loads
     cfg = CardConfig(n_cards=args.n_cards, units=args.units, n_tokens=args.tokens, batch_size=args.batch_size)
+    metric = None
+    if args.metric is not None:
+        from sae_atoms.aip import AIPMetric
+
+        metric = AIPMetric.load(args.metric)
     model = load_model(args.model, device=device)
-    site = site_for(model, sae, source, hook, cfg, name=Path(args.sae_dir).name)
+    site = site_for(model, sae, source, hook, cfg, name=Path(args.sae_dir).name, metric=metric)
     index = write_cards(site, args.out)
     print(f"sae-atoms cards: wrote {len(list(Path(args.out).glob('unit_*.html')))} cards and the index of "
           f"{sae.cfg.d_sae} units to {index} in {time.time() - t0:.0f} s")

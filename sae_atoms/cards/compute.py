@@ -160,10 +160,11 @@ def observe_activations(model: Any, sae: Any, acts: Any, hook: str | None = None
 
 
 # --------------------------------------------------------------------------- per unit, every unit
-def geometries(sae: Any) -> dict[str, Tensor]:
-    """Unit decoder rows in each geometry: ``"aip"`` (the SAE's metric, when it carries one) and ``"raw"``."""
+def geometries(sae: Any, metric: Any = None) -> dict[str, Tensor]:
+    """Unit decoder rows in each geometry: ``"aip"`` (``metric``, an ``AIPMetric``, else the SAE's own
+    when it carries one) and ``"raw"``."""
     D = sae.W_dec.detach().float().cpu()
-    metric = find_metric(sae)
+    metric = metric if metric is not None else find_metric(sae)
     out = {"raw": unit_directions(D)}
     if metric is not None:
         out = {"aip": unit_directions(D, metric.to("cpu")), **out}

@@ -353,7 +353,7 @@ def _steering(job: _Job, prog: _Progress) -> dict:
 
 def _cards(job: _Job, prog: _Progress) -> dict[str, str]:
     """9. Atom cards (``sae_atoms.cards``) of the headline atoms and jumprelu features, from the fact
-    prompts' subject tokens, copied to ``OUT/cards/<unit>``; ``{unit: index path}`` for the report."""
+    prompts' subject tokens, in the reference AIP, copied to ``OUT/cards/<unit>``; ``{unit: index path}``."""
     from sae_atoms import cards
 
     prog("cards")
@@ -361,10 +361,12 @@ def _cards(job: _Job, prog: _Progress) -> dict[str, str]:
     cfg = cards.CardConfig(n_cards=CARDS["n_cards"], progress=False)
 
     def compute(folder: Path) -> None:
+        metric = frontier.reference_metric(job.train, job.hook)  # as the units table: one AIP for every SAE
         for u in use:
-            cards.write_cards(cards.site_for(job.model, job.saes[u], job.fact_acts, job.hook, cfg, name=u), folder / u)
+            site = cards.site_for(job.model, job.saes[u], job.fact_acts, job.hook, cfg, name=u, metric=metric)
+            cards.write_cards(site, folder / u)
 
-    key = job.acts_key | {"saes": [str(_sae_key(job.saes[u])) for u in use], "cards": CARDS, "version": 1}
+    key = job.acts_key | {"saes": [str(_sae_key(job.saes[u])) for u in use], "cards": CARDS, "version": 2}
     _, reused = stage(job.s.out, "cards", key, job.s.force, compute, lambda f: None) if use else (None, False)
     for u in use:  # replaced whole: no card of an earlier run's units stays behind
         shutil.rmtree(job.s.out / "cards" / u, ignore_errors=True)
