@@ -4,9 +4,9 @@
 ``configure_parser(parser)`` and ``run_cli(args) -> int``) or ``"module:NAME"`` (an object
 with those two, and optionally ``ACCEPTS_EXTRA_ARGS``). The library's commands (``extract``,
 ``train``, ``evaluate``) are defined here, beside the dispatcher; each experiment's command
-lives in its module under ``sae_atoms.experiments``; ``bench`` in ``sae_atoms.bench``. The
-targets are imported lazily, so ``sae-atoms --help`` stays fast and one broken capability
-does not take the others down.
+lives in its module under ``sae_atoms.experiments``; ``cards`` in ``sae_atoms.cards.command``;
+``bench`` in ``sae_atoms.bench``. The targets are imported lazily, so ``sae-atoms --help`` stays
+fast and one broken capability does not take the others down.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "geometry": ("sae_atoms.experiments.geometry", "the representation-shift experiment: angle statistics, Euclid vs AIP, by layer"),
     "train": ("sae_atoms.cli:TRAIN", "train an SAE with SAELens's runner (tsae / tsae_aip registered); SAELens's arguments"),
     "evaluate": ("sae_atoms.cli:EVALUATE", "evaluate an SAE (or neurons) on an activation set: R^2, L0, mu, q*, monosemanticity"),
+    "cards": ("sae_atoms.cards.command",
+              "atom cards: a static HTML site with one card per unit of an SAE (contexts, logits, neighbours, steering)"),
     "capacity": ("sae_atoms.experiments.capacity", "capacity sweep: width x data size, find the R^2 cliff"),
     "frontier": ("sae_atoms.experiments.frontier", "units at matched L0 (4..64): held-out R^2 raw and AIP, q*; --paper-regime for width = n_train"),
     "steer": ("sae_atoms.experiments.steering", "causal steering experiment: atoms vs features vs difference of means"),

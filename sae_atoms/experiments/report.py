@@ -52,6 +52,11 @@ class Report:
         self.blocks.append(("table", ([str(h) for h in header], [[fmt(c) for c in r] for r in rows])))
         return self
 
+    def links(self, links: dict[str, str]) -> "Report":
+        """A list of links ``{text: relative path}``."""
+        self.blocks.append(("links", dict(links)))
+        return self
+
     def img(self, path: str, alt: str) -> "Report":
         self.blocks.append(("img", (path, alt)))
         return self
@@ -74,6 +79,8 @@ class Report:
                 out.append("")
             elif kind == "img":
                 out += [f"![{b[1]}]({b[0]})", ""]
+            elif kind == "links":
+                out += [f"- [{t}]({h})" for t, h in b.items()] + [""]
         return "\n".join(out)
 
     def html(self) -> str:
@@ -91,6 +98,8 @@ class Report:
                 body.append("<table><thead><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in header) + "</tr></thead><tbody>"
                             + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
                             + "</tbody></table>")
+            elif kind == "links":
+                body.append("<ul>" + "".join(f'<li><a href="{e(h)}">{e(t)}</a></li>' for t, h in b.items()) + "</ul>")
             elif kind == "img":
                 body.append(f'<figure><img src="{e(b[0])}" alt="{e(b[1])}"><figcaption>{e(b[1])}</figcaption></figure>')
         style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;line-height:1.45}"
@@ -349,6 +358,12 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
     _frontier_sections(r, results, plots, out)
     _units_and_capacity_sections(r, results, plots, out)
     _token_frontier_section(r, results, plots, out)
+    if results.get("cards"):
+        r.h("Atom cards")
+        r.p("One static HTML page per frequently firing unit of the headline SAEs (top contexts among the fact "
+            "prompts' subject tokens, histogram, promoted / suppressed tokens, label purity, neighbours, co-firing "
+            "against the uniqueness bound, steering preview); each index lists every unit, sortable:")
+        r.links({label(u): href for u, href in results["cards"].items()})
     st = results.get("steering") or {}
     if st:
         r.h("Causal steering")

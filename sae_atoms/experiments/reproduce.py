@@ -14,6 +14,7 @@
          SAELens's multi-SAE runner, run_evals's figures)  sae_atoms.experiments.token_frontier
       -> steering (atoms vs jumprelu features vs difference of means)
                                                    sae_atoms.experiments.steering
+      -> atom cards of the headline atoms and jumprelu features   sae_atoms.cards
       -> results.json, report.md / report.html, FINDINGS.md, plots, SAEs in SAELens format
 
 Every stage's result is cached under ``OUT/cache/<stage>`` with a key of its inputs, so a
@@ -65,6 +66,7 @@ TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "feat
                   "tokens": 40_960, "eval_tokens": 2048, "val_tokens": 4096, "ref_tokens": 8192, "n_checkpoints": 0}
 TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"tokens": 8192, "eval_tokens": 1024, "val_tokens": 2048, "ref_tokens": 4096,
                                          "norm_batches": 4}
+CARDS = {"units": ("atoms", "features_jumprelu"), "n_cards": 16}  # the headline SAEs with atom cards
 UNITS = tuple(unit_kind(u).name for u in ("neurons", "features_standard", "features_jumprelu", "atoms"))  # headline
 SAE_KINDS = {u: UNIT_KINDS[u].architecture for u in UNITS if UNIT_KINDS[u].architecture is not None}
 
@@ -88,6 +90,7 @@ class Settings:
     geometry_layers: tuple[int, ...] | None = None
     steer: bool = True
     token_frontier: bool = True
+    cards: bool = True
     frontier_targets: tuple[float, ...] | None = None
     frontier_units: tuple[str, ...] = frontier.UNITS
     frontier_expansion: float = frontier.FrontierConfig.expansion
@@ -128,7 +131,7 @@ def run_reproduce(settings: Settings) -> dict:
 
     The stages, each a function below, cached under ``OUT/cache``: ``_model_and_prompts``,
     ``_activations``, ``_geometry``, ``_frontier``, ``_paper_regime``, ``_evaluate_units``, ``_capacity``,
-    ``_steering``, ``_report``.
+    ``_steering``, ``_cards``, ``_report``.
     """
     datasets.disable_progress_bars()  # our stages show their own bars
     s = settings
@@ -140,12 +143,12 @@ def run_reproduce(settings: Settings) -> dict:
     _activations(job, prog)
     geo, front, paper = _geometry(job, prog), _frontier(job, prog), _paper_regime(job, prog)
     unit_res, cap, tokens = _evaluate_units(job, prog), _capacity(job, prog), _token_frontier(job, prog)
-    steer = _steering(job, prog)
-    return _report(job, prog, geo, unit_res, cap, steer, t_start, front, paper, tokens)
+    steer, links = _steering(job, prog), _cards(job, prog)
+    return _report(job, prog, geo, unit_res, cap, steer, t_start, front, paper, tokens, links)
 
 
 STAGES = ["model and prompts", "activations", "geometry", "frontier", "paper regime", "evaluate units",
-          "capacity sweep", "token frontier", "steering", "report"]
+          "capacity sweep", "token frontier", "steering", "cards", "report"]
 
 
 @dataclass
@@ -348,6 +351,30 @@ def _steering(job: _Job, prog: _Progress) -> dict:
     return _optional(job, prog, "steering", s.steer, plan)
 
 
+def _cards(job: _Job, prog: _Progress) -> dict[str, str]:
+    """9. Atom cards (``sae_atoms.cards``) of the headline atoms and jumprelu features, from the fact
+    prompts' subject tokens, in the reference AIP, copied to ``OUT/cards/<unit>``; ``{unit: index path}``."""
+    from sae_atoms import cards
+
+    prog("cards")
+    use = [u for u in CARDS["units"] if u in job.saes and job.s.cards]
+    cfg = cards.CardConfig(n_cards=CARDS["n_cards"], progress=False)
+
+    def compute(folder: Path) -> None:
+        metric = frontier.reference_metric(job.train, job.hook)  # as the units table: one AIP for every SAE
+        for u in use:
+            site = cards.site_for(job.model, job.saes[u], job.fact_acts, job.hook, cfg, name=u, metric=metric)
+            cards.write_cards(site, folder / u)
+
+    key = job.acts_key | {"saes": [str(_sae_key(job.saes[u])) for u in use], "cards": CARDS, "version": 2}
+    _, reused = stage(job.s.out, "cards", key, job.s.force, compute, lambda f: None) if use else (None, False)
+    for u in use:  # replaced whole: no card of an earlier run's units stays behind
+        shutil.rmtree(job.s.out / "cards" / u, ignore_errors=True)
+        follow_umask(shutil.copytree(job.s.out / "cache" / "cards" / u, job.s.out / "cards" / u))
+    prog.done(reused)
+    return {u: f"cards/{u}/index.html" for u in use}
+
+
 def _steering_sae(job: _Job, unit: str) -> Any:
     """The headline SAE of ``unit`` at ``headline_l0``: from ``job.saes``, else the frontier's saved one (topk)."""
     if unit in job.saes:
@@ -357,13 +384,13 @@ def _steering_sae(job: _Job, unit: str) -> Any:
 
 
 def _report(job: _Job, prog: _Progress, geo: dict, unit_res: dict, cap: list, steer: dict, t_start: float,
-            front: dict, paper: dict, tokens: dict) -> dict:
+            front: dict, paper: dict, tokens: dict, cards: dict) -> dict:
     """``results.json``, the report and ``FINDINGS.md``."""
     prog("report")
     out = job.s.out
     results = collect_results(job, geo, unit_res, cap, steer)
     results |= {"metric": front["metric"], "frontier": front["rows"], "frontier_settings": front["settings"],
-                "paper_regime": paper, "units_l0": job.s.headline_l0, "token_frontier": tokens}
+                "paper_regime": paper, "units_l0": job.s.headline_l0, "token_frontier": tokens, "cards": cards}
     results["timing_s"] = prog.times | {"total": round(time.time() - t_start, 1)}
     write_json(results, out / "results.json")
     write_report(results, out)
@@ -444,6 +471,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         f"skip the small token benchmark ({', '.join(TOKEN_FRONTIER['units'])} at L0 "
         f"{'/'.join(f'{t:g}' for t in TOKEN_FRONTIER['targets'])}, {TOKEN_FRONTIER['tokens']} tokens; quick "
         f"{TOKEN_FRONTIER_QUICK['tokens']})"))
+    p.add_argument("--no-cards", action="store_true", help="skip the atom cards of the headline SAEs (OUT/cards)")
     p.add_argument("--readme", type=Path, default=None,
                    help="also write the headline table into this README between the results markers")
     p.add_argument("--findings", type=Path, default=None,
@@ -453,7 +481,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     s = Settings(model=args.model, layer=args.layer, out=args.out, quick=args.quick, device=args.device,
                  force=args.force, seed=args.seed, n_cities=args.n_cities, train_steps=args.steps,
-                 steer=not args.no_steer, token_frontier=not args.no_token_frontier)
+                 steer=not args.no_steer, token_frontier=not args.no_token_frontier, cards=not args.no_cards)
     results = run_reproduce(s)
     print("\n" + headline_table(results))
     if args.readme:

@@ -94,6 +94,9 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path, capsys):
     assert "Token stream" in (tmp_path / "run" / "report.md").read_text()
     sae = SAE.load_from_disk(str(tmp_path / "run" / "saes" / "atoms"))
     assert sae.cfg.architecture() == "tsae_aip"
+    assert res["cards"] == {u: f"cards/{u}/index.html" for u in ("atoms", "features_jumprelu")}
+    assert all((tmp_path / "run" / href).is_file() for href in res["cards"].values())
+    assert 'href="cards/atoms/index.html"' in (tmp_path / "run" / "report.html").read_text()
     # a second run reuses every stage (the report aside): each says so and no cached file is rewritten
     cache = tmp_path / "run" / "cache"
     written = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
