@@ -16,7 +16,8 @@ setting for them; atoms keep AIP geometry (their metric is their normalisation).
 ``features_jumprelu_whitened`` is jumprelu with SAELens's own ``covariance_whitening`` (centred PCA
 whitening folded into the SAE after training), the ecosystem's nearest thing to the AIP.
 ``atoms_stable`` are atoms trained with the stability objective (co-active atoms kept inside the
-uniqueness bound, ``sae_atoms.saes.stability``). ``features_matryoshka`` is SAELens's ``matryoshka_batchtopk`` with nested prefixes of width
+uniqueness bound, ``sae_atoms.saes.stability``) in the full AIP (alpha = 1): the objective acts in
+the SAE's own geometry, and q* is read in the full AIP, so the two must agree for it to help. ``features_matryoshka`` is SAELens's ``matryoshka_batchtopk`` with nested prefixes of width
 ``d_sae / 16``, ``d_sae / 4`` and ``d_sae`` (``MATRYOSHKA_LEVELS``).
 """
 
@@ -28,7 +29,7 @@ from typing import Any, Callable
 from sae_atoms.training import training_config
 
 ATOMS_ALPHA = 0.35  # partial whitening S^alpha of the frontier's atoms (alpha=1: the full AIP)
-STABILITY_COEFFICIENT = 1e4  # atoms_stable: weight of the coactive stability objective (sae_atoms.saes.stability)
+STABILITY_COEFFICIENT = 1e5  # atoms_stable: weight of the coactive stability objective (sae_atoms.saes.stability)
 _NORMALISED = "expected_average_only_in"
 MATRYOSHKA_LEVELS = (16, 4, 1)  # nested prefix widths d_sae / m of features_matryoshka, the last the whole SAE
 
@@ -52,8 +53,8 @@ class UnitKind:
 UNIT_KINDS: dict[str, UnitKind] = {u.name: u for u in (
     UnitKind("neurons", None, "neurons"),
     UnitKind("atoms", "tsae_aip", "atoms (tsae_aip)", lambda t, w: _threshold(t) | {"aip_alpha": ATOMS_ALPHA}),
-    UnitKind("atoms_stable", "tsae_aip", "atoms + stability objective",
-             lambda t, w: _threshold(t) | {"aip_alpha": ATOMS_ALPHA, "stability_coefficient": STABILITY_COEFFICIENT}),
+    UnitKind("atoms_stable", "tsae_aip", "atoms (full AIP) + stability objective",
+             lambda t, w: _threshold(t) | {"aip_alpha": 1.0, "stability_coefficient": STABILITY_COEFFICIENT}),
     UnitKind("tsae", "tsae", "tsae (raw space)", lambda t, w: _threshold(t) | {"normalize_activations": _NORMALISED}),
     UnitKind("features_standard", "standard", "features (standard SAE)", lambda t, w: {"normalize_activations": _NORMALISED}),
     UnitKind("features_jumprelu", "jumprelu", "features (jumprelu SAE)",

@@ -94,7 +94,7 @@ class FrontierConfig:
 def frontier_config(unit: str, d_in: int, d_sae: int, target_l0: float, atoms_alpha: float = ATOMS_ALPHA,
                     hook: str | None = None) -> Any:
     """``units.unit_config``, with the atoms' partial whitening ``atoms_alpha``."""
-    return unit_config(unit, d_in, d_sae, target_l0, hook, **({"aip_alpha": atoms_alpha} if _is_atoms(unit) else {}))
+    return unit_config(unit, d_in, d_sae, target_l0, hook, **({"aip_alpha": atoms_alpha} if unit == "atoms" else {}))
 
 
 def _is_atoms(unit: str) -> bool:
@@ -231,11 +231,12 @@ def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None
     x, x_val = as_matrix(fit, hook).float(), (None if val is None else as_matrix(val, hook).float())
     splits = Splits(fit, heldout, hook, val)
     rows = [evaluate_row("neurons", neurons(x.shape[1]), None, splits, ref, device)]
-    atoms_metric = AIPMetric.robust(x, alpha=c.atoms_alpha)
+    atoms_metric = {u: AIPMetric.robust(x, alpha=c.atoms_alpha if u == "atoms" else unit_kind(u).overrides(1.0, 1)["aip_alpha"])
+                    for u in c.units if _is_atoms(u)}  # each tsae_aip kind's partial whitening
     jobs = [(t, u) for t in c.targets for u in c.units]
     for t, u in tqdm(jobs, desc="frontier", unit="SAE", disable=not progress):
         t0 = time.time()
-        train = partial(train_unit, u, x, t, device=device, hook=hook, metric=atoms_metric if _is_atoms(u) else None,
+        train = partial(train_unit, u, x, t, device=device, hook=hook, metric=atoms_metric.get(u),
                         match_on=x_val)
         sae = train(c)
         row = evaluate_row(u, sae, t, splits, ref, device) | (stability_columns(sae, train, c, x, ref) if t in c.stability_targets
@@ -244,7 +245,7 @@ def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None
         if save_dir is not None:
             with atomic_dir(Path(save_dir) / sae_name(u, t)) as tmp:
                 sae.save_model(str(tmp))
-    return {"rows": rows, "metric": {"reference": ref.provenance(), "atoms": atoms_metric.provenance()},
+    return {"rows": rows, "metric": {"reference": ref.provenance(), **{u: m.provenance() for u, m in atoms_metric.items()}},
             "settings": _settings(c, hook, x, x_val, as_matrix(heldout, hook))}
 
 
