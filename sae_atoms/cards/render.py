@@ -15,6 +15,7 @@ STYLE = (
     ".ctx{font-family:ui-monospace,monospace;white-space:pre-wrap;margin:3px 0;padding:3px;border-left:3px solid #ccc}"
     ".tok{border-radius:2px}.tok.at{outline:1.5px solid #a40}.ok{color:#070}.bad{color:#b00}"
     ".cols{display:flex;gap:2em;flex-wrap:wrap}.muted{color:#777}"
+    "code,.tok{unicode-bidi:isolate}"  # a right-to-left token must not reorder the text around it
 )
 SORT_SCRIPT = (
     "document.querySelectorAll('th[data-col]').forEach(function(th){th.onclick=function(){"
