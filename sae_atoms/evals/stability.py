@@ -28,6 +28,12 @@ from sae_atoms.aip import AIPMetric
 from sae_atoms.evals.units import as_units, encode_all, unit_directions
 
 MATCH_THRESHOLD = 0.9
+ROW_KEYS = ("seed_consistency", "seed_mean_cos", "width_consistency", "width_mean_cos")  # in a study's rows
+
+
+def row_keys(rows: Any) -> tuple[str, ...]:
+    """``ROW_KEYS`` when a study's row carries them, else none (a table's optional columns)."""
+    return ROW_KEYS if any("seed_consistency" in r for r in rows) else ()
 
 
 def matched_cosines(a: Tensor, b: Tensor) -> Tensor:

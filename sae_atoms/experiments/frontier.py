@@ -54,6 +54,7 @@ import torch
 from sae_atoms.activations import as_matrix
 from sae_atoms.aip import AIPMetric
 from sae_atoms.data import LABEL_COLUMNS
+from sae_atoms.evals import stability
 from sae_atoms.evals import (as_units, dictionary_consistency, dictionary_geometry, encode_all, evaluate_units, l0, neurons,
                              table)
 from sae_atoms.io import atomic_dir, save_figure, write_json
@@ -67,12 +68,11 @@ DEFAULT_EXPANSION = 1
 VALIDATION_FRAC = 0.2
 ROW_KEYS = ("unit", "target_l0", "l0", "l0_val", "l0_heldout", "r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "q_star_a",
             "q_star_b", "q_star_b_heldout", "dead_frac", "monosemanticity")
-STABILITY_KEYS = ("seed_consistency", "seed_mean_cos", "width_consistency", "width_mean_cos")
 
 
 def row_keys(rows: Sequence[dict]) -> tuple[str, ...]:
-    """``ROW_KEYS``, and ``STABILITY_KEYS`` when a row has them (``FrontierConfig.stability_targets``)."""
-    return ROW_KEYS + (STABILITY_KEYS if any("seed_consistency" in r for r in rows) else ())
+    """``ROW_KEYS``, and the stability columns when a row has them (``FrontierConfig.stability_targets``)."""
+    return ROW_KEYS + stability.row_keys(rows)
 
 
 @dataclass(frozen=True)

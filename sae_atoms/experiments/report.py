@@ -279,7 +279,7 @@ def _token_frontier_section(r: "Report", results: dict, plots: Path, out: Path) 
         f"reference AIP fitted on {st['ref_tokens']} training tokens. Activation norms of the evaluation tokens: median "
         f"{fmt(st['eval_norms']['p50'])}, p99 {fmt(st['eval_norms']['p99'])}, max {fmt(st['eval_norms']['max'])}. A small "
         f"version of `sae-atoms token-frontier`: a CPU budget, few steps; not converged SAEs.")
-    keys = list(token_frontier.ROW_KEYS[1:])
+    keys = list(token_frontier.row_keys(tf["rows"])[1:])
     r.table(["unit", *keys], [[x["unit"], *[x.get(k) for k in keys]] for x in tf["rows"]])
     r.bullets(token_frontier.reading(tf["rows"]))
     p = token_frontier.plot_token_frontier(tf["rows"], plots / "token_frontier.png")

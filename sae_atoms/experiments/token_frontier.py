@@ -84,7 +84,18 @@ class TokenFrontierConfig:
     eval_batch_prompts: int = 8
     norm_batches: int = 20            # first batches the input normalisations (and atoms' metric) are estimated on
     n_checkpoints: int = 2
+    stability: bool = False           # also train each SAE's twins: another initialisation, and twice the width
     seed: int = 0
+
+
+TWINS = {"_init2": 1.0, "_wide": 2.0}  # stability twins of an SAE: name suffix -> width factor (both another init)
+
+
+def row_keys(rows: Sequence[dict]) -> tuple[str, ...]:
+    """``ROW_KEYS``, and the stability columns when a row has them (``TokenFrontierConfig.stability``)."""
+    from sae_atoms.evals.stability import row_keys as stability_keys
+
+    return ROW_KEYS + stability_keys(rows)
 
 
 def sae_name(unit: str, target: float) -> str:
@@ -173,8 +184,10 @@ def runner_config(c: TokenFrontierConfig, model: Any, out: Path, device: str, re
 
     d = hook_dim(model, c.hook) or int(model.cfg.d_model)
     width = int(round(c.expansion * d))
-    saes = {sae_name(u, t): unit_config(u, d, width, t, c.hook, **({"n_batches_for_metric": c.norm_batches} if u == "atoms" else {}))
-            for t in c.targets for u in c.units}
+    twins = TWINS if c.stability else {}
+    saes = {sae_name(u, t) + suffix: unit_config(u, d, int(round(width * f)), t, c.hook,
+                                                 **({"n_batches_for_metric": c.norm_batches} if u == "atoms" else {}))
+            for t in c.targets for u in c.units for suffix, f in {"": 1.0, **twins}.items()}  # twins: another init
     rows_per_batch, steps = max(1, c.batch_tokens // c.context_size), c.tokens // c.batch_tokens
     return MultiSAETrainingRunnerConfig(
         saes=saes, hook_names=c.hook, model_name=model.cfg.model_name, dataset_path="", streaming=False,
@@ -237,6 +250,18 @@ def evaluate_saes(saes: dict[str, Any], model: Any, eval_rows: Any, x_eval: torc
     return out
 
 
+def twin_consistency(saes: dict[str, Any], name: str, x: torch.Tensor, ref: AIPMetric) -> dict[str, float]:
+    """Init consistency (the SAE against its twin of another initialisation on the same data stream)
+    and width consistency (against its twin of twice the width): live rows on ``x`` matched one to one
+    on |cos| in the reference AIP (``evals.stability``)."""
+    from sae_atoms.evals import dictionary_consistency
+
+    init = dictionary_consistency(saes[name], saes[name + "_init2"], x, ref)
+    wide = dictionary_consistency(saes[name], saes[name + "_wide"], x, ref)
+    return {"seed_consistency": init["frac_matched"], "seed_mean_cos": init["mean_matched_cos"],
+            "width_consistency": wide["frac_matched"], "width_mean_cos": wide["mean_matched_cos"]}
+
+
 def match_to_target(sae: Any, x_val: torch.Tensor, target: float) -> float | None:
     """The SAE's mean L0 on ``x_val`` set to ``target`` by one common threshold factor (SAEs with
     thresholds: jumprelu, tsae, tsae_aip, and batchtopk kinds saved as jumprelu); returns the
@@ -267,16 +292,17 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     saes = train_units(c, model, data["train"], out, device, resume)
     seconds["train"] = time.time() - t0
     t0 = time.time()
-    factors = {}
-    for t, u in tqdm([(t, u) for t in c.targets for u in c.units], desc="token frontier: match L0", unit="SAE",
-                     disable=not progress):
-        sae = saes[sae_name(u, t)]
-        factors[sae_name(u, t)] = match_to_target(sae, x_val, t)
+    named = [(sae_name(u, t) + suffix, t) for t in c.targets for u in c.units for suffix in ["", *(TWINS if c.stability else ())]]
+    factors = {name: match_to_target(saes[name], x_val, t)
+               for name, t in tqdm(named, desc="token frontier: match L0", unit="SAE", disable=not progress)}
+    for t, u in [(t, u) for t in c.targets for u in c.units]:
         with atomic_dir(out / "saes" / sae_name(u, t)) as tmp:
-            sae.save_model(str(tmp))
+            saes[sae_name(u, t)].save_model(str(tmp))
     _remove_training_files(out)
-    scores = evaluate_saes(saes, model, data["eval"]["tokens"], x_eval, ref, c, progress)
+    main = {n: sae for n, sae in saes.items() if not n.endswith(tuple(TWINS))}
+    scores = evaluate_saes(main, model, data["eval"]["tokens"], x_eval, ref, c, progress)
     rows = [{"unit": u, "target_l0": t} | scores[sae_name(u, t)] | {"threshold_factor": factors[sae_name(u, t)]}
+            | (twin_consistency(saes, sae_name(u, t), x_eval, ref) if c.stability else {})
             for t in c.targets for u in c.units]
     seconds["eval"] = time.time() - t0
     return {"settings": _settings(c, data, x_val, x_eval, model), "rows": rows, "metric": ref.provenance(),
@@ -353,7 +379,7 @@ def reading(rows: Sequence[dict]) -> list[str]:
 def format_table(rows: Sequence[dict]) -> str:
     from sae_atoms.evals import table
 
-    return table.format_table([(r["unit"], r) for r in rows], ROW_KEYS[1:], label="unit", digits=4, missing="–",
+    return table.format_table([(r["unit"], r) for r in rows], row_keys(rows)[1:], label="unit", digits=4, missing="–",
                               markdown=True)
 
 
@@ -395,6 +421,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-tokens", type=int, default=d.val_tokens, help="held-out tokens the L0 is matched on")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens evaluated on")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--stability", action="store_true", help="also train each SAE's twins (another initialisation; "
+                                                           "twice the width) for init and width consistency")
     p.add_argument("--device", default="cpu", help="cpu or cuda: the model, the activation store and the SAEs")
     p.add_argument("--resume", action="store_true", help="resume training from the last checkpoint under --out")
     p.add_argument("--out", required=True, help="output folder: results.json, token_frontier.png, saes/, checkpoints/")
@@ -406,7 +434,7 @@ def run_cli(args: argparse.Namespace) -> int:
     c = TokenFrontierConfig(hook=args.hook, units=tuple(args.units), targets=tuple(args.targets), expansion=args.expansion,
                             corpus=args.corpus, tokens=args.tokens, context_size=args.context_size,
                             batch_tokens=args.batch_tokens, lr=args.lr, val_tokens=args.val_tokens,
-                            eval_tokens=args.eval_tokens, seed=args.seed)
+                            eval_tokens=args.eval_tokens, seed=args.seed, stability=args.stability)
     check_config(c)
     out = Path(args.out)
     model = load_model(args.model, device=args.device)

@@ -80,6 +80,9 @@ def test_runner_config_trains_every_unit_at_every_target_from_one_pass(tiny_mode
     assert cfg.saes["features_jumprelu_whitened_l0_8"].normalize_activations == "covariance_whitening"
     assert cfg.saes["features_matryoshka_l0_8"].matryoshka_widths == [8, 32, 128]
     assert cfg.saes["atoms_l0_8"].d_sae == 4 * 32 and cfg.training_tokens == 4096
+    twins = TF.runner_config(TF.TokenFrontierConfig(**{**TF.asdict(c), "stability": True}), tiny_model, tmp_path, "cpu").saes
+    assert set(twins) == {TF.sae_name(u, t) + s for u in c.units for t in c.targets for s in ("", "_init2", "_wide")}
+    assert twins["atoms_l0_4_init2"].d_sae == 4 * 32 and twins["atoms_l0_4_wide"].d_sae == 8 * 32
 
 
 @pytest.mark.slow
@@ -95,7 +98,7 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
 
     c = TF.TokenFrontierConfig(units=("atoms", "features_jumprelu", "features_topk"), targets=(16,), tokens=4096,
                                context_size=64, batch_tokens=512, val_tokens=1024, eval_tokens=512, ref_tokens=1024,
-                               norm_batches=2, n_checkpoints=0)
+                               norm_batches=2, n_checkpoints=0, stability=True)
     res = TF.run_token_frontier(real_model, c, out=tmp_path, progress=False)
     write_json(res, tmp_path / "r.json")
     rows = {r["unit"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
@@ -104,6 +107,9 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
         assert set(TF.ROW_KEYS) <= set(r)
         assert -1.0 < r["ce_loss_score"] <= 1.0 and r["ce_loss_with_ablation"] > r["ce_loss_without_sae"]
         assert 0.0 <= r["dead_frac"] <= 1.0 and 0.0 <= r["q_star_b"] <= 1.0
+        assert 0.0 <= r["seed_consistency"] <= 1.0 and 0.0 < r["width_mean_cos"] <= 1.0  # the twins' consistency
+    assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(TF.sae_name(u, 16) for u in c.units)  # no twin saved
+    assert "seed_consistency" in TF.format_table(res["rows"])
     assert rows["features_topk"]["l0"] == pytest.approx(16.0, abs=0.5) and rows["features_topk"]["threshold_factor"] is None
     data = TF.token_data(real_model, c)
     x_val = TF.hook_activations(real_model, data["val"]["tokens"], c.hook)
