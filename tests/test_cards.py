@@ -192,6 +192,23 @@ def test_cards_command_on_a_plain_saelens_jumprelu_sae_and_a_text_corpus(real_mo
     assert "nearest by |cos| (aip)" in card and "nearest by |cos| (raw)" in card
 
 
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_corpus_observations_leave_out_special_tokens(real_model, tmp_path):
+    """Packed corpus rows hold a BOS between documents; no observed token is a special token."""
+    from sae_atoms.cards.compute import CardConfig, observe_corpus
+    from sae_atoms.evals.downstream import special_ids
+
+    text = tmp_path / "t.txt"
+    text.write_text("Short document one.\n\nAnother short one, here.\n\n" * 40)
+    obs = observe_corpus(real_model, make_sae(576, 16, "blocks.12.hook_resid_post", threshold=0.0),
+                         "blocks.12.hook_resid_post", str(text), CardConfig(n_tokens=512, context_size=64, progress=False))
+    special = torch.tensor(special_ids(real_model))
+    seen = torch.tensor([obs.rows[r][p] for r, p in zip(obs.row_of.tolist(), obs.pos_of.tolist())])
+    assert len(seen) > 300 and not torch.isin(seen, special).any()
+    assert torch.isin(torch.tensor([t for r in obs.rows for t in r[1:]]), special).any()  # BOS inside the rows
+
+
 # --------------------------------------------------------------------------- a real browser
 def _render(url: str, png: Path) -> str:
     """Screenshot ``url`` to ``png`` and return the rendered DOM (headless Chromium)."""

@@ -97,13 +97,17 @@ def encode(sae: Any, x: Tensor, batch_size: int = 1024) -> Tensor:
 def observe_rows(model: Any, sae: Any, hook: str, rows: Sequence[Sequence[int]], cfg: CardConfig = CardConfig(),
                  skip_first: bool = True) -> Observations:
     """Every token of ``rows`` (the first of each skipped with ``skip_first``: the BOS) run to
-    ``hook`` and encoded by ``sae``."""
+    ``hook`` and encoded by ``sae``; special tokens (a packed row's BOS between documents) are not
+    observed, as ``run_evals`` leaves them out."""
+    from sae_atoms.evals.downstream import special_ids
+
+    special = torch.tensor(special_ids(model), dtype=torch.long)
     rows = [list(r) for r in rows]
     check_size(sum(len(r) for r in rows), int(sae.cfg.d_sae))
     codes, row_of, pos_of = [], [], []
     for b in tqdm(batches(model, rows, cfg.batch_size), total=n_batches(len(rows), cfg.batch_size),
                   desc="cards: encode tokens", unit="batch", disable=not cfg.progress):
-        keep = b.mask.bool()
+        keep = b.mask.bool() & ~torch.isin(b.tokens, special.to(b.tokens.device))
         keep[:, 0] &= not skip_first
         store: dict[str, Tensor] = {}
         b.run(model, [(hook, lambda act, hook: store.__setitem__("a", act))], stop_at_layer=stop_layer([hook]),
