@@ -210,16 +210,26 @@ def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, devic
     """Train every unit at every target in one multi-SAE runner pass; returns the inference SAEs by name."""
     from sae_lens import SAE
 
-    from sae_atoms.training import build_runner, calibrate_at_first_step
+    from sae_atoms.training import calibrate_at_first_step
 
     cfg = runner_config(c, model, out, device, latest_checkpoint(out) if resume else None)
-    runner = build_runner(cfg, model=model, dataset=train)
+    runner = seeded_runner(cfg, model, train, c.seed)
     if cfg.resume_from_checkpoint is None:  # threshold units held to their target by the quadratic L0 loss
         for sae in runner.saes.values():
             if getattr(sae.cfg, "jumprelu_sparsity_loss_mode", None) == "quadratic":
                 calibrate_at_first_step(sae, sae.cfg.target_l0)
     runner.run()
     return {name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes}
+
+
+def seeded_runner(cfg: Any, model: Any, train: Any, seed: int) -> Any:
+    """``training.build_runner`` with the global RNG seeded first: SAELens's runners draw every SAE's
+    initialisation from it in turn, so without a seed they depend on what ran before (e.g. whether a
+    main job's earlier stages came from its cache)."""
+    from sae_atoms.training import build_runner
+
+    torch.manual_seed(seed)
+    return build_runner(cfg, model=model, dataset=train)
 
 
 def _remove_training_files(out: Path) -> None:

@@ -87,6 +87,19 @@ def test_runner_config_trains_every_unit_at_every_target_from_one_pass(tiny_mode
 
 @pytest.mark.slow
 @pytest.mark.real_model
+def test_the_runners_initialisations_do_not_depend_on_what_ran_before(real_model, tmp_path):
+    c = TF.TokenFrontierConfig(units=("atoms", "features_topk"), targets=(16,), tokens=512, context_size=32, batch_tokens=128,
+                               val_tokens=64, eval_tokens=64, ref_tokens=64, norm_batches=1, n_checkpoints=0)
+    train = TF.token_data(real_model, c)["train"]
+    first = TF.seeded_runner(TF.runner_config(c, real_model, tmp_path, "cpu"), real_model, train, c.seed)
+    torch.rand(1000)  # an earlier stage drew from the global RNG
+    again = TF.seeded_runner(TF.runner_config(c, real_model, tmp_path, "cpu"), real_model, train, c.seed)
+    for name, sae in first.saes.items():
+        assert torch.equal(sae.W_dec, again.saes[name].W_dec) and torch.equal(sae.W_enc, again.saes[name].W_enc)
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
 def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
     """One runner pass trains atoms, jumprelu and topk at one target on human-written text; every row
     carries the run_evals figures and the project's, the threshold units' L0 is matched on the
