@@ -311,7 +311,10 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     _remove_training_files(out)
     main = {n: sae for n, sae in saes.items() if not n.endswith(tuple(TWINS))}
     scores = evaluate_saes(main, model, data["eval"]["tokens"], x_eval, ref, c, progress)
-    rows = [{"unit": u, "target_l0": t} | scores[sae_name(u, t)] | {"threshold_factor": factors[sae_name(u, t)]}
+    from sae_atoms.evals.downstream import sparsity_and_variance
+
+    rows = [{"unit": u, "target_l0": t} | scores[sae_name(u, t)] | {"threshold_factor": factors[sae_name(u, t)],
+                                                                    "l0_val": sparsity_and_variance(saes[sae_name(u, t)], x_val)["l0"]}
             | (twin_consistency(saes, sae_name(u, t), x_eval, ref) if c.stability else {})
             for t in c.targets for u in c.units]
     seconds["eval"] = time.time() - t0

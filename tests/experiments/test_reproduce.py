@@ -90,7 +90,9 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path, capsys):
     assert "Neurons vs features vs atoms" in (tmp_path / "run" / "report.md").read_text()
     tokens = res["token_frontier"]  # the small token benchmark: the runner's SAEs judged on held-out documents
     assert [(r["unit"], r["target_l0"]) for r in tokens["rows"]] == [(u, 32.0) for u in TOKEN_FRONTIER["units"]]
-    assert all(r["l0"] == pytest.approx(32.0, rel=0.15) for r in tokens["rows"])
+    assert all(r["l0_val"] == pytest.approx(32.0, rel=0.02) for r in tokens["rows"])  # matched on validation documents
+    # on the evaluation documents a 16-step smoke SAE's L0 may drift from where it was matched; the default run's stay within 15%
+    assert all(r["l0"] == pytest.approx(32.0, rel=0.3) for r in tokens["rows"])
     assert "Token stream" in (tmp_path / "run" / "report.md").read_text()
     sae = SAE.load_from_disk(str(tmp_path / "run" / "saes" / "atoms"))
     assert sae.cfg.architecture() == "tsae_aip"
