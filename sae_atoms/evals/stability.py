@@ -66,6 +66,16 @@ def consistency(a: Tensor, b: Tensor, threshold: float = MATCH_THRESHOLD) -> dic
             "n_units": int(a.shape[0]), "n_partners": int(b.shape[0])}
 
 
+def stability_columns(units: Any, seed_twin: Any, wide_twin: Any, x: Tensor | None = None,
+                      metric: AIPMetric | Tensor | None = None) -> dict[str, float]:
+    """A study row's ``ROW_KEYS``: ``units`` against ``seed_twin`` (the same config, another
+    initialisation) and against ``wide_twin`` (twice the width), by ``dictionary_consistency``."""
+    seed = dictionary_consistency(units, seed_twin, x, metric)
+    wide = dictionary_consistency(units, wide_twin, x, metric)
+    return {"seed_consistency": seed["frac_matched"], "seed_mean_cos": seed["mean_matched_cos"],
+            "width_consistency": wide["frac_matched"], "width_mean_cos": wide["mean_matched_cos"]}
+
+
 def dictionary_consistency(units_a: Any, units_b: Any, x: Tensor | None = None,
                            metric: AIPMetric | Tensor | None = None, threshold: float = MATCH_THRESHOLD) -> dict[str, float]:
     """``consistency`` of two unit sets' live rows (``live_directions`` on ``x``) in the geometry

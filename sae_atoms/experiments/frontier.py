@@ -55,8 +55,7 @@ from sae_atoms.activations import as_matrix
 from sae_atoms.aip import AIPMetric
 from sae_atoms.data import LABEL_COLUMNS
 from sae_atoms.evals import stability
-from sae_atoms.evals import (as_units, dictionary_consistency, dictionary_geometry, encode_all, evaluate_units, l0, neurons,
-                             table)
+from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_units, l0, neurons, table
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, train_on_activations
 from sae_atoms.units import ATOMS_ALPHA, unit_config, unit_kind
@@ -150,10 +149,8 @@ def stability_columns(sae: Any, train: Callable[[FrontierConfig], Any], c: Front
     """Seed consistency (the same config at seed ``c.seed + 1``) and width consistency (twice the
     width, seed ``c.seed + 2``: another seed, so no initial row is shared) of ``sae``: the live rows
     matched one to one on |cos| in the reference AIP (``evals.stability``)."""
-    seed = dictionary_consistency(sae, train(replace(c, seed=c.seed + 1)), x, ref)
-    width = dictionary_consistency(sae, train(replace(c, seed=c.seed + 2, expansion=2 * c.expansion)), x, ref)
-    return {"seed_consistency": seed["frac_matched"], "seed_mean_cos": seed["mean_matched_cos"],
-            "width_consistency": width["frac_matched"], "width_mean_cos": width["mean_matched_cos"]}
+    return stability.stability_columns(sae, train(replace(c, seed=c.seed + 1)),
+                                       train(replace(c, seed=c.seed + 2, expansion=2 * c.expansion)), x, ref)
 
 
 def validation_split(train: Any, frac: float = VALIDATION_FRAC, seed: int = 0) -> tuple[Any, Any]:

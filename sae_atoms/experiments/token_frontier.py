@@ -91,6 +91,11 @@ class TokenFrontierConfig:
 TWINS = {"_init2": 1.0, "_wide": 2.0}  # stability twins of an SAE: name suffix -> width factor (both another init)
 
 
+def twin_widths(c: TokenFrontierConfig) -> dict[str, float]:
+    """Each SAE name's suffix -> width factor: the SAE itself, and its ``TWINS`` with ``c.stability``."""
+    return {"": 1.0, **(TWINS if c.stability else {})}
+
+
 def row_keys(rows: Sequence[dict]) -> tuple[str, ...]:
     """``ROW_KEYS``, and the stability columns when a row has them (``TokenFrontierConfig.stability``)."""
     from sae_atoms.evals.stability import row_keys as stability_keys
@@ -184,10 +189,9 @@ def runner_config(c: TokenFrontierConfig, model: Any, out: Path, device: str, re
 
     d = hook_dim(model, c.hook) or int(model.cfg.d_model)
     width = int(round(c.expansion * d))
-    twins = TWINS if c.stability else {}
     saes = {sae_name(u, t) + suffix: unit_config(u, d, int(round(width * f)), t, c.hook,
                                                  **({"n_batches_for_metric": c.norm_batches} if u == "atoms" else {}))
-            for t in c.targets for u in c.units for suffix, f in {"": 1.0, **twins}.items()}  # twins: another init
+            for t in c.targets for u in c.units for suffix, f in twin_widths(c).items()}  # twins: another init
     rows_per_batch, steps = max(1, c.batch_tokens // c.context_size), c.tokens // c.batch_tokens
     return MultiSAETrainingRunnerConfig(
         saes=saes, hook_names=c.hook, model_name=model.cfg.model_name, dataset_path="", streaming=False,
@@ -260,18 +264,6 @@ def evaluate_saes(saes: dict[str, Any], model: Any, eval_rows: Any, x_eval: torc
     return out
 
 
-def twin_consistency(saes: dict[str, Any], name: str, x: torch.Tensor, ref: AIPMetric) -> dict[str, float]:
-    """Init consistency (the SAE against its twin of another initialisation on the same data stream)
-    and width consistency (against its twin of twice the width): live rows on ``x`` matched one to one
-    on |cos| in the reference AIP (``evals.stability``)."""
-    from sae_atoms.evals import dictionary_consistency
-
-    init = dictionary_consistency(saes[name], saes[name + "_init2"], x, ref)
-    wide = dictionary_consistency(saes[name], saes[name + "_wide"], x, ref)
-    return {"seed_consistency": init["frac_matched"], "seed_mean_cos": init["mean_matched_cos"],
-            "width_consistency": wide["frac_matched"], "width_mean_cos": wide["mean_matched_cos"]}
-
-
 def match_to_target(sae: Any, x_val: torch.Tensor, target: float) -> float | None:
     """The SAE's mean L0 on ``x_val`` set to ``target`` by one common threshold factor (SAEs with
     thresholds: jumprelu, tsae, tsae_aip, and batchtopk kinds saved as jumprelu); returns the
@@ -291,6 +283,9 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     matched SAEs to ``out/saes/<unit>_l0_<T>`` (SAELens format)."""
     from tqdm.auto import tqdm
 
+    from sae_atoms.evals.downstream import sparsity_and_variance
+    from sae_atoms.evals.stability import stability_columns
+
     c = replace(cfg or TokenFrontierConfig(), **overrides)
     check_config(c)
     t0 = time.time()
@@ -302,7 +297,7 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     saes = train_units(c, model, data["train"], out, device, resume)
     seconds["train"] = time.time() - t0
     t0 = time.time()
-    named = [(sae_name(u, t) + suffix, t) for t in c.targets for u in c.units for suffix in ["", *(TWINS if c.stability else ())]]
+    named = [(sae_name(u, t) + suffix, t) for t in c.targets for u in c.units for suffix in twin_widths(c)]
     factors = {name: match_to_target(saes[name], x_val, t)
                for name, t in tqdm(named, desc="token frontier: match L0", unit="SAE", disable=not progress)}
     for t, u in [(t, u) for t in c.targets for u in c.units]:
@@ -311,11 +306,9 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     _remove_training_files(out)
     main = {n: sae for n, sae in saes.items() if not n.endswith(tuple(TWINS))}
     scores = evaluate_saes(main, model, data["eval"]["tokens"], x_eval, ref, c, progress)
-    from sae_atoms.evals.downstream import sparsity_and_variance
-
     rows = [{"unit": u, "target_l0": t} | scores[sae_name(u, t)] | {"threshold_factor": factors[sae_name(u, t)],
                                                                     "l0_val": sparsity_and_variance(saes[sae_name(u, t)], x_val)["l0"]}
-            | (twin_consistency(saes, sae_name(u, t), x_eval, ref) if c.stability else {})
+            | (stability_columns(*(saes[sae_name(u, t) + k] for k in ("", "_init2", "_wide")), x_eval, ref) if c.stability else {})
             for t in c.targets for u in c.units]
     seconds["eval"] = time.time() - t0
     return {"settings": _settings(c, data, x_val, x_eval, model), "rows": rows, "metric": ref.provenance(),
