@@ -64,7 +64,7 @@ QUICK = {"n_cities": 300, "train_steps": 150, "capacity_steps": 75, "frontier_ta
 # trains 7 unit kinds x 4 L0s); ``--quick`` shrinks its tokens further
 TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "features_batchtopk"), "targets": (32.0,),
                   "tokens": 40_960, "eval_tokens": 2048, "val_tokens": 4096, "ref_tokens": 8192, "n_checkpoints": 0}
-# (token-frontier --stability is left out here: its twins took the main job's peak RSS from 3.3 to 5.2 GB)
+# (token-frontier --stability is left out here: its twins take the main job's peak memory past its 4 GB budget)
 TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"tokens": 8192, "eval_tokens": 1024, "val_tokens": 2048, "ref_tokens": 4096,
                                          "norm_batches": 4}
 CARDS = {"units": ("atoms", "features_jumprelu"), "n_cards": 16}  # the headline SAEs with atom cards
