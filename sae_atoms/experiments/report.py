@@ -188,6 +188,29 @@ def steering_table(results: dict) -> list[str]:
     return rows + _markdown_table(["method", "success ± SE", "KL unrelated", "log-prob gain", "targets", "prompts", "seeds"], cells)
 
 
+def _relations_section(r: Report, results: dict, out: Path) -> None:
+    """Per relation: every method at the difference of means' KL, the CounterFact-style scores, and
+    the success-KL plot."""
+    for rel, table in (results.get("steering_relations") or {}).items():
+        r.h(f"Steering {rel.replace('_', ' -> ')}", level=3)
+        r.p("Each method moved to the validation KL the difference of means spends at its chosen strength (test KL "
+            "beside it), success on the same held-out prompts with the paired difference against the difference of "
+            "means (± standard errors over prompts, seeds pooled); CounterFact-style scores there: efficacy = p(target) > "
+            "p(true answer), paraphrase = the same on the subjects' other templates, neighbourhood = unrelated prompts "
+            "keep their top-1 answer, and their harmonic mean; the area under best success within KL up to the budget, "
+            "divided by it; and the best success within the budget (its own KL) as in the table above.")
+        r.table(["method", "success at equal KL ± SE", "paired diff vs DoM ± SE", "test KL", "efficacy", "paraphrase",
+                 "neighbourhood", "harmonic mean", "success-KL area", "best within budget (KL)"],
+                [[m, f"{fmt(v['success_equal_kl'])} ± {fmt(v['success_equal_kl_se'])}",
+                  f"{fmt(v['paired_diff_vs_dom'])} ± {fmt(v['paired_diff_vs_dom_se'])}", v["test_kl"], v["efficacy"],
+                  v["paraphrase"], v["neighbourhood"], v["counterfact_hmean"], v["success_kl_area"],
+                  f"{fmt(v['success_within_budget'])} ({fmt(v['kl_within_budget'])})"]
+                 for m, v in sorted(table.items(), key=lambda kv: -(kv[1]["success_equal_kl"] or 0))])
+        png = out / "steering" / rel / "steering.png"
+        if png.exists():
+            r.img(str(png.relative_to(out)), f"steering {rel}: success vs KL on unrelated prompts")
+
+
 def update_readme(readme: str | Path, results: dict) -> None:
     """Replace the block between the results markers of ``readme`` with the headline table."""
     readme = Path(readme)
@@ -396,9 +419,7 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
                     [[k, v.get("k"), v.get("n_prompts"), v.get("logprob_drop", {}).get("selected"),
                       v.get("logprob_drop", {}).get("random"), v.get("logprob_drop", {}).get("random_active"),
                       v.get("selected_beats_random")] for k, v in abl.items()])
-        png = out / "steering" / "steering.png"
-        if png.exists():
-            r.img(str(png.relative_to(out)), "steering success vs KL on unrelated prompts")
+        _relations_section(r, results, out)
     t = results.get("timing_s", {})
     if t:
         r.h("Timing")

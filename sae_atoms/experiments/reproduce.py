@@ -31,6 +31,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,6 +69,7 @@ TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "feat
 TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"tokens": 8192, "eval_tokens": 1024, "val_tokens": 2048, "ref_tokens": 4096,
                                          "norm_batches": 4}
 CARDS = {"units": ("atoms", "features_jumprelu"), "n_cards": 16}  # the headline SAEs with atom cards
+STEER_RELATIONS = steering.DEFAULT_RELATIONS  # steered where the fact prompts have them (--quick: city -> country only)
 UNITS = tuple(unit_kind(u).name for u in ("neurons", "features_standard", "features_jumprelu", "atoms"))  # headline
 SAE_KINDS = {u: UNIT_KINDS[u].architecture for u in UNITS if UNIT_KINDS[u].architecture is not None}
 
@@ -338,16 +340,20 @@ def _token_frontier(job: _Job, prog: _Progress) -> dict:
 
 
 def _steering(job: _Job, prog: _Progress) -> dict:
-    """8. Atoms vs jumprelu features vs the difference of means (skipped with ``steer=False``)."""
+    """8. Atoms vs jumprelu features vs the difference of means (skipped with ``steer=False``): city ->
+    country (the headline ``steering``), and each of ``STEER_RELATIONS`` the fact prompts have
+    (``steering_relations``; results in ``OUT/steering/<relation>``)."""
     s = job.s
 
     def plan() -> tuple[str, dict, Callable[[], Any]]:
         use = {u: _steering_sae(job, u) for u in ("atoms", "features_jumprelu", "features_topk")}
         use = {u: sae for u, sae in use.items() if sae is not None}
         cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed)
-        key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "version": 5}
-        return "steering", key, lambda: steering.run_steering(job.model, use, job.facts, job.fact_acts, cfg,
-                                                              out_dir=s.out / "steering", progress=True)
+        rels = tuple(r for r in STEER_RELATIONS if r in s.relations or r == "city_country")
+        key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "relations": rels,
+                              "version": 6}
+        return "steering", key, partial(steering.headline_with_relations, job.model, use, job.facts, job.fact_acts, rels, cfg,
+                                        out_dir=s.out / "steering")
 
     return _optional(job, prog, "steering", s.steer, plan)
 
@@ -445,7 +451,8 @@ def collect_results(job: _Job, geo: dict, unit_res: dict, cap: list, steer: dict
         "capacity": [{"expansion": r["expansion"], "r2": r["r2_train"], "r2_heldout": r["r2_heldout"],
                       **{k: v for k, v in r.items() if k not in ("expansion",)}} for r in cap],
         "steering": steering_out,
-        "steering_details": {k: v for k, v in steer.items() if k != "methods"},
+        "steering_relations": steer.get("relations", {}),
+        "steering_details": {k: v for k, v in steer.items() if k not in ("methods", "relations")},
         "paper": PAPER,
     }
 
@@ -458,7 +465,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help=(
         f"a smoke run, not results to quote: {QUICK['n_cities']} cities, one relation, L0 targets "
         f"{'/'.join(f'{t:g}' for t in QUICK['frontier_targets'])}, {QUICK['train_steps']} steps per SAE, steering with "
-        f"{steering.QUICK['n_targets']} targets x {steering.QUICK['n_eval']} prompts and {steering.QUICK['n_seeds']} seed"))
+        f"{steering.QUICK['n_targets']} targets x {steering.QUICK['n_eval']} prompts and {steering.QUICK['n_seeds']} seeds on city -> country"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--force", action="store_true", help="recompute every stage (ignore the cache in --out)")
     p.add_argument("--seed", type=int, default=0)

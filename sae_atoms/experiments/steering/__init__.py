@@ -11,8 +11,10 @@ selected atoms vs random ones). The interventions themselves are ``sae_atoms.ste
 
 The rooms: ``config`` (settings), ``prompts`` (prompt sets and their log-probabilities, the
 fast path), ``targets`` (training data, targets, unit selection), ``methods`` (the methods and
-their registry), ``search`` (strength per method at the KL budget, seeds), ``ablation``,
-``output`` (summary, plot, files), ``experiment`` (``run_steering``), ``cli`` (``sae-atoms steer``).
+their registry), ``search`` (strength per method at the KL budget), ``ablation``,
+``equal_kl`` (every method at the difference of means' KL, CounterFact-style scores), ``seeds`` (one
+seed, the seeds pooled), ``output`` (summary, plot, files), ``experiment`` (``run_steering``),
+``relations`` (several relations, one table each), ``cli`` (``sae-atoms steer``).
 """
 
 from sae_atoms.experiments.steering.cli import (
@@ -26,7 +28,10 @@ from sae_atoms.experiments.steering.config import QUICK, RELATION_LABEL, SteerCo
 from sae_atoms.experiments.steering.experiment import run_steering
 from sae_atoms.experiments.steering.methods import Method, build_methods, register
 from sae_atoms.experiments.steering.prompts import Prompts
+from sae_atoms.experiments.steering.relations import DEFAULT_RELATIONS, headline_with_relations, run_relations
+from sae_atoms.experiments.steering.relations import tables as relation_tables
 
 __all__ = ["QUICK", "RELATION_LABEL", "SteerConfig", "steer_config", "run_steering", "load_or_train_saes",
            "configure_parser", "steer_overrides", "run_cli", "TRAINED_UNITS", "Method", "build_methods", "register",
-           "Prompts"]
+           "Prompts", "DEFAULT_RELATIONS", "run_relations", "relation_tables",
+           "headline_with_relations"]

@@ -17,7 +17,8 @@ from torch import Tensor
 from sae_atoms.experiments.steering.config import RELATION_LABEL, SteerConfig, steer_config
 from sae_atoms.experiments.steering.experiment import run_steering
 from sae_atoms.experiments.steering.output import write_results
-from sae_atoms.io import atomic_dir
+from sae_atoms.experiments.steering.relations import DEFAULT_RELATIONS, check_relations, run_relations, tables
+from sae_atoms.io import atomic_dir, write_json
 from sae_atoms.models import check_hook_name, resolve_device
 from sae_atoms.training import DEFAULT_STEPS, train_on_activations, training_config
 from sae_atoms.units import UNIT_KINDS
@@ -64,8 +65,9 @@ def load_or_train_saes(x_train: Tensor, hook: str, sae_dir: Path | None, out_dir
 def configure_parser(p: argparse.ArgumentParser) -> None:
     d = SteerConfig()
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local HF folder or TransformerLens name")
-    p.add_argument("--relation", default="city_country", choices=sorted(RELATION_LABEL),
-                   help="the fact relation to steer (its answers are the targets)")
+    p.add_argument("--relation", "--relations", nargs="+", default=["city_country"], choices=sorted(RELATION_LABEL),
+                   dest="relation", help="the fact relation(s) to steer (their answers are the targets); several: one "
+                   "results folder each under --out, e.g. --relations " + " ".join(DEFAULT_RELATIONS))
     p.add_argument("--out", type=Path, required=True, help="output folder: results.json, steering.png, saes/")
     p.add_argument("--hook", default="blocks.12.hook_resid_post", help="where to intervene (and where the SAEs sit)")
     p.add_argument("--sae-dir", type=Path, default=None,
@@ -111,8 +113,9 @@ def steer_overrides(args: argparse.Namespace) -> dict[str, Any]:
     grids = {k: None if getattr(args, k) is None else tuple(getattr(args, k)) for k in ("vector_strengths", "strengths", "fractions")}
     given = {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
              "n_ablation": args.n_ablation, "n_seeds": args.seeds, **grids}
-    return {**{k: v for k, v in given.items() if v is not None}, "relation": args.relation,
-            "label": RELATION_LABEL[args.relation], "min_subjects": args.min_subjects, "k": args.k, "span": args.span,
+    rel = args.relation[0] if isinstance(args.relation, list) else args.relation
+    return {**{k: v for k, v in given.items() if v is not None}, "relation": rel,
+            "label": RELATION_LABEL[rel], "min_subjects": args.min_subjects, "k": args.k, "span": args.span,
             "kl_budget": args.kl_budget, "selection": args.selection, "scale": args.scale, "batch_size": args.batch_size,
             "seed": args.seed, "transfer_error": args.transfer_error}
 
@@ -120,6 +123,7 @@ def steer_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run_cli(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg = steer_config(quick=args.quick, **steer_overrides(args))  # bad values fail before any compute
+    check_relations(args.relation)
     from sae_atoms.activations import ActivationSet, extract
     from sae_atoms.data import fact_prompts
     from sae_atoms.models import load_model
@@ -137,6 +141,14 @@ def run_cli(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     saes = load_or_train_saes(acts.select(split="train").x(args.hook), args.hook, args.sae_dir, args.out,
                               args.expansion, min(args.steps, 300) if args.quick else args.steps, args.seed, args.device)
+    if len(args.relation) > 1:
+        done = run_relations(model, saes, facts, acts, args.relation, cfg, out_dir=args.out)
+        write_json({"relations": tables(done), "seconds_total": time.perf_counter() - t0}, args.out / "relations.json")
+        for rel, res in done.items():
+            print(res["summary"])
+        print(f"wrote {args.out}/<relation>/results.json, steering.png and {args.out / 'relations.json'} "
+              f"({time.perf_counter() - t0:.0f} s)")
+        return 0
     res = run_steering(model, saes, facts, acts, cfg)
     res["seconds_total"] = time.perf_counter() - t0
     write_results(res, args.out)

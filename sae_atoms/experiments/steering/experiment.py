@@ -11,7 +11,7 @@ from typing import Any
 from sae_atoms.experiments.steering.ablation import ablation_check
 from sae_atoms.experiments.steering.config import SteerConfig, steer_config
 from sae_atoms.experiments.steering.output import summary, write_results
-from sae_atoms.experiments.steering.search import aggregate, run_seeds
+from sae_atoms.experiments.steering.seeds import aggregate, run_seeds
 from sae_atoms.experiments.steering.targets import Setup, check_inputs, choose_targets, training_data
 from sae_atoms.steering import atom_amplitudes
 
@@ -86,6 +86,7 @@ def _details(setup: Setup, cfg: SteerConfig, per_seed: dict[int, dict]) -> dict[
         "targets": [{"value": v, "first_token": setup.model.tokenizer.decode([tg.first_tok[v]]),
                      "n_train_subjects": tg.n_subj[v], "clean_train_accuracy": tg.acc[v]} for v in tg.targets],
         "baseline_no_intervention": {sd: r["baseline_no_intervention"] for sd, r in per_seed.items()},
+        "generation_unsteered": {sd: r["generation_unsteered"] for sd, r in per_seed.items() if r["generation_unsteered"]},
         "selected_units": {sd: r["selected_units"] for sd, r in per_seed.items()},
         "amplitudes": {name: {"typical_median": float(t.median()), "ceiling_median": float(c.median())}
                        for name, (t, c) in setup.amps.items()},

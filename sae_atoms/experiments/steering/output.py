@@ -25,6 +25,16 @@ def summary(res: dict) -> str:
     sae_best = max((m for m in res["methods"] if m not in VECTOR_METHODS),
                    key=lambda m: res["methods"][m]["success_rate"], default=None)
     lines.append(f"  best at the matched KL budget: {best}" + (f"; best SAE method: {sae_best}" if sae_best else ""))
+    eq = {m: r["equal_kl"] for m, r in res["methods"].items() if "equal_kl" in r}
+    if eq:
+        f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        lines.append(f"  at the difference of means' validation KL ({f(next(iter(eq.values()))['kl_ref'])} nats, mean over seeds): "
+                     "success ± SE, paired difference with it ± SE, CounterFact-style efficacy / paraphrase / neighbourhood / "
+                     "harmonic mean")
+        for m, e in eq.items():
+            lines.append(f"  {m:<32} {f(e['success_equal_kl'])} ± {f(e['success_equal_kl_se'])}  diff {f(e.get('paired_diff_vs_dom'))}"
+                         f" ± {f(e.get('paired_diff_vs_dom_se'))}  test KL {f(e['test_kl'])}  {f(e['efficacy'])} / "
+                         f"{f(e['paraphrase'])} / {f(e['neighbourhood'])} / {f(e['counterfact_hmean'])}")
     for name, a in res["ablation"].items():
         if "error" in a:
             lines.append(f"  ablation {name}: {a['error']}")
@@ -37,7 +47,8 @@ def summary(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    """Validation sweeps (dots) and test results (stars): success vs KL on unrelated prompts."""
+    """Validation sweeps (dots), test results at the chosen strength (stars) and at the difference of
+    means' KL (crosses): success vs KL on unrelated prompts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,12 +59,18 @@ def plot(res: dict, path: Path) -> None:
         pts = [p for sd in r["per_seed"].values() for p in sd["sweep"] if "success_rate" in p]
         line, = ax.plot([p["kl_unrelated"] for p in pts], [p["success_rate"] for p in pts], "o", ms=3, alpha=0.6)
         ax.plot([r["kl_unrelated"]], [r["success_rate"]], "*", ms=12, color=line.get_color(), label=f"{m} (test)")
+        if "equal_kl" in r:
+            ax.plot([r["equal_kl"]["test_kl"]], [r["equal_kl"]["success_equal_kl"]], "x", ms=9, mew=2, color=line.get_color())
     ax.axvline(res["config"]["kl_budget"], color="grey", ls="--", lw=1, label="KL budget")
+    ref = [r["equal_kl"]["kl_ref"] for r in res["methods"].values() if "equal_kl" in r]
+    if ref:
+        ax.axvline(ref[0], color="black", ls=":", lw=1, label="difference of means' KL (x: test at it)")
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlim(left=0)  # KL >= 0: no empty negative decade
     ax.set_xlabel("KL(clean || steered) on unrelated prompts (nats)")
     ax.set_ylabel("success rate (target is top-1)")
-    ax.set_title(f"steering {res['config']['relation']} at {res['hook']}: validation (dots), test (stars)", fontsize=8)
+    ax.set_title(f"steering {res['config']['relation']} at {res['hook']}: validation (dots), test (stars; x: at equal KL)",
+                 fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside: it never covers data
     fig.tight_layout()
     save_figure(fig, path)

@@ -282,16 +282,35 @@ def eval_rows(all_rows: list[dict], unrelated, cfg, rng: random.Random) -> tuple
     return val_rows, test_rows, u_val, u_test
 
 
+def paraphrases(rows: list[dict], pool: list[dict], rng: random.Random) -> list[dict]:
+    """For each row, one row of ``pool`` about the same subject in another template (CounterFact's
+    paraphrase prompts); rows whose subject has no other template get none."""
+    by_subject: dict[str, list[dict]] = {}
+    for r in pool:
+        by_subject.setdefault(r["subject"], []).append(r)
+    out = []
+    for r in rows:
+        other = [q for q in by_subject.get(r["subject"], []) if q["template"] != r["template"]]
+        if other:
+            out.append(rng.choice(other))
+    return out
+
+
 def prompt_sets(model, targets: list[str], rows: tuple[list[dict], ...], cfg, rng: random.Random,
                 hook: str) -> tuple[dict[str, dict[str, Prompts]], dict[str, Prompts]]:
-    """Evaluation sets per split and target (subjects with another value) and the unrelated sets,
-    from ``rows = eval_rows(...)``."""
+    """Evaluation sets per split and target (subjects with another value; ``"paraphrase"``: the test
+    subjects in other templates) and the unrelated sets, from ``rows = eval_rows(...)``."""
     val_rows, test_rows, u_val, u_test = rows
-    ev: dict[str, dict[str, Prompts]] = {"val": {}, "test": {}}
+    ev: dict[str, dict[str, Prompts]] = {"val": {}, "test": {}, "paraphrase": {}}
     for split, pool in (("val", val_rows), ("test", test_rows)):
         for v in targets:
             ev[split][v] = Prompts(model, sample([r for r in pool if r[cfg.label] != v], cfg.n_eval, rng), cfg.batch_size, hook)
-            ev[split][v].sources = [r[cfg.label] for r in ev[split][v].rows]
+    para_rng = random.Random(cfg.seed + 303)  # its own draws: the other sets and the selection are as without it
+    for v in targets:
+        ev["paraphrase"][v] = Prompts(model, paraphrases(ev["test"][v].rows, test_rows, para_rng), cfg.batch_size, hook)
+    for split in ev.values():
+        for P in split.values():
+            P.sources = [r[cfg.label] for r in P.rows]
     unrel_p = {"val": Prompts(model, u_val, cfg.batch_size, hook), "test": Prompts(model, u_test, cfg.batch_size, hook)}
     for U in unrel_p.values():  # a source to ablate on each unrelated prompt: the targets in turn
         U.sources = [targets[i % len(targets)] for i in range(len(U))]

@@ -17,20 +17,17 @@ passes are shared.
 from __future__ import annotations
 
 import math
-import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Generator, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sae_atoms.experiments.steering.config import SteerConfig
-from sae_atoms.experiments.steering.methods import Method, build_methods
-from sae_atoms.experiments.steering.prompts import RESUME_ROWS, Job, Prompts, eval_rows, prompt_sets, run_jobs
-from sae_atoms.experiments.steering.targets import Setup, select_units
+from sae_atoms.experiments.steering.methods import Method
+from sae_atoms.experiments.steering.prompts import RESUME_ROWS, Job, Prompts, run_jobs
 
-STATS = ("success_rate", "mean_rank", "logprob_gain")
+STATS = ("success_rate", "mean_rank", "logprob_gain", "efficacy")
 
 
 def kl(lp_clean: Tensor, lp: Tensor) -> Tensor:
@@ -38,22 +35,33 @@ def kl(lp_clean: Tensor, lp: Tensor) -> Tensor:
     return (lp_clean.exp() * (lp_clean - lp)).sum(-1).clamp(min=0)
 
 
-def target_rows(lp: Tensor, lp_clean: Tensor, tok: int) -> Tensor:
-    """Per row ``[n, 2]``: the target token's rank (1 = top) and its log-probability gain over clean."""
+def side_rows(lp_clean: Tensor, lp: Tensor) -> Tensor:
+    """Per unrelated row ``[n, 2]``: ``kl`` and whether the clean top-1 token is still top-1 (the
+    CounterFact-style neighbourhood score: the edit leaves other facts' answers alone)."""
+    return torch.stack([kl(lp_clean, lp), (lp.argmax(-1) == lp_clean.argmax(-1)).float()], 1)
+
+
+def target_rows(lp: Tensor, lp_clean: Tensor, tok: int, true_tok: Tensor | None = None) -> Tensor:
+    """Per row ``[n, 3]``: the target token's rank (1 = top), its log-probability gain over clean,
+    and whether it beats the row's true answer ``true_tok`` (CounterFact's efficacy: ``p(target) >
+    p(true)``; without ``true_tok``, success)."""
     t = lp[:, tok]
-    return torch.stack([((lp > t.unsqueeze(1)).sum(-1) + 1).float(), t - lp_clean[:, tok]], 1)
+    rank = ((lp > t.unsqueeze(1)).sum(-1) + 1).float()
+    beats = (rank == 1).float() if true_tok is None else (t > lp.gather(1, true_tok.view(-1, 1))[:, 0]).float()
+    return torch.stack([rank, t - lp_clean[:, tok], beats], 1)
 
 
-def target_stats(lp: Tensor, lp_clean: Tensor, tok: int) -> dict[str, float]:
-    """Success (the target token ``tok`` is top-1), its rank (1 = top) and log-probability gain."""
-    return stats_of(target_rows(lp, lp_clean, tok))
+def target_stats(lp: Tensor, lp_clean: Tensor, tok: int, true_tok: Tensor | None = None) -> dict[str, float]:
+    """Success (the target token ``tok`` is top-1), its rank (1 = top), log-probability gain and efficacy."""
+    return stats_of(target_rows(lp, lp_clean, tok, true_tok))
 
 
-def stats_of(per_row: Tensor) -> dict[str, float]:
-    """``target_stats`` from ``target_rows``."""
+def stats_of(per_row: Tensor) -> dict[str, Any]:
+    """``target_stats`` from ``target_rows``; ``hits``: each row's success (0 / 1), for paired comparisons."""
     rank, gain = per_row[:, 0], per_row[:, 1]
     return {"success_rate": float((rank == 1).float().mean()), "mean_rank": float(rank.mean()),
-            "median_rank": float(rank.median()), "logprob_gain": float(gain.mean())}
+            "median_rank": float(rank.median()), "logprob_gain": float(gain.mean()), "efficacy": float(per_row[:, 2].mean()),
+            "hits": (rank == 1).int().tolist()}
 
 
 @dataclass
@@ -72,8 +80,8 @@ class Run:
 @dataclass(frozen=True)
 class Ask:
     """A measurement a sweep needs: ``what`` (``"kl"``: KL per unrelated prompt, every target's
-    intervention in turn, concatenated; ``"success"``: success, rank and log-prob gain per target
-    and pooled) of ``m`` on ``split``."""
+    intervention in turn, concatenated; ``"side"``: the same rows' ``side_rows``; ``"success"``:
+    success, rank, log-prob gain and efficacy per target and pooled) of ``m`` on ``split``."""
 
     what: str
     m: Method
@@ -88,18 +96,26 @@ def answer(run: Run, asks: Sequence[Ask]) -> list:
     jobs, spans = [], []
     for a in asks:
         start = len(jobs)
-        if a.what == "kl":
+        if a.what in ("kl", "side"):
             U = run.unrel_p[a.split]
-            jobs += [Job(U, a.m.batches(v, U), lambda lp, rows, U=U: kl(U.clean[rows], lp)) for v in run.targets]
-            spans.append((start, len(jobs), None))
+            jobs += [Job(U, a.m.batches(v, U), lambda lp, rows, U=U: side_rows(U.clean[rows], lp)) for v in run.targets]
+            spans.append((start, len(jobs), a.what))
         else:
             sets = [v for v in run.targets if len(run.ev[a.split][v])]
-            jobs += [Job(E, a.m.batches(v, E), lambda lp, rows, E=E, t=run.first_tok[v]: target_rows(lp, E.clean[rows], t))
+            jobs += [Job(E, a.m.batches(v, E), lambda lp, rows, E=E, t=run.first_tok[v]: target_rows(lp, E.clean[rows], t,
+                                                                                                       true_tokens(run, E, rows)))
                      for v, E in ((v, run.ev[a.split][v]) for v in sets)]
             spans.append((start, len(jobs), sets))
     got = run_jobs(jobs, run.max_rows)
-    return [torch.cat(got[i:j]) if sets is None else _pooled({v: stats_of(r) | {"n": len(r)} for v, r in zip(sets, got[i:j])})
-            for i, j, sets in spans]
+    return [(lambda c: c[:, 0] if sets == "kl" else c)(torch.cat(got[i:j])) if isinstance(sets, str)
+            else _pooled({v: stats_of(r) | {"n": len(r)} for v, r in zip(sets, got[i:j])}) for i, j, sets in spans]
+
+
+def true_tokens(run: Run, prompts: Prompts, rows: list[int]) -> Tensor | None:
+    """The first token of each row's true answer (its source value; None when the rows have none)."""
+    if not prompts.sources:
+        return None
+    return torch.tensor([run.first_tok[prompts.sources[i]] for i in rows], dtype=torch.long)
 
 
 def _pooled(per_target: dict[str, dict]) -> dict:
@@ -148,9 +164,10 @@ def baseline(run: Run) -> dict:
     out = {}
     for split in ("val", "test"):
         ev = run.ev[split]
-        st_ = [target_stats(ev[v].clean, ev[v].clean, run.first_tok[v]) | {"n": len(ev[v])} for v in run.targets]
+        st_ = [target_stats(ev[v].clean, ev[v].clean, run.first_tok[v], true_tokens(run, ev[v], list(range(len(ev[v])))))
+               | {"n": len(ev[v])} for v in run.targets]
         n = sum(p["n"] for p in st_)
-        out[split] = {k: sum(p[k] * p["n"] for p in st_) / n for k in ("success_rate", "mean_rank")} | {"kl_unrelated": 0.0}
+        out[split] = {k: sum(p[k] * p["n"] for p in st_) / n for k in ("success_rate", "mean_rank", "efficacy")} | {"kl_unrelated": 0.0}
     return out
 
 
@@ -229,7 +246,8 @@ def _pick_alternative(run: Run, m: Method) -> Steps:
 
 def method_steps(run: Run, m: Method) -> Steps:
     """One method: the validation sweep, the strength with the best validation success within the
-    KL budget (the weakest if none is within it), the test result at it (test prompts used once)."""
+    KL budget (the weakest if none is within it), the test result at it (test prompts used once).
+    Returns the method as chosen (its alternative, at that strength) and its result."""
     cfg, chosen = run.cfg, {}
     if m.alternatives:
         m, sweep, chosen = yield from _pick_alternative(run, m)
@@ -245,67 +263,6 @@ def method_steps(run: Run, m: Method) -> Steps:
     m = m.at(best["strength"])
     kl_test, test = yield [Ask("kl", m, "test"), Ask("success", m, "test")]
     test = test | {"kl_unrelated": float(kl_test.mean()), "kl_unrelated_median": float(kl_test.median())}
-    return {"strength": best["strength"], "strength_unit": m.unit, **m.info, **chosen, "test": test,
-            "within_budget": best["kl_unrelated"] <= cfg.kl_budget,
-            "val_at_strength": {k: best[k] for k in (*STATS, "kl_unrelated")}, "sweep": sweep}
-
-
-def _counted(steps: Steps, bar) -> Steps:
-    result = yield from steps
-    bar.update()
-    return result
-
-
-def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool) -> dict:
-    """One seed (``cfg.seed``): its validation / test split and prompts, its selection prompts,
-    every method's sweep and test result (the methods' steps side by side)."""
-    rng = random.Random(cfg.seed)
-    ev, unrel_p = prompt_sets(setup.model, setup.tg.targets, eval_rows(setup.rows, unrelated, cfg, rng), cfg, rng, setup.hook)
-    selected = select_units(setup, cfg, rng)
-    run = Run(setup.model, cfg, setup.tg.targets, setup.tg.first_tok, ev, unrel_p)
-    methods = [m for m in build_methods(setup, selected, cfg) if not cfg.methods or m.name in cfg.methods]
-    if not methods:
-        raise ValueError(f"methods={cfg.methods} names none of the methods of these SAEs; e.g. 'diff_of_means', 'atoms', 'atoms_swap'")
-    with tqdm(total=len(methods), desc="steer sweep", disable=not progress) as bar:
-        done = run_steps(run, together([_counted(method_steps(run, m), bar) for m in methods]))
-    return {"methods": {m.name: r for m, r in zip(methods, done)}, "selected_units": selected,
-            "baseline_no_intervention": baseline(run), "n_unrelated": {k: len(v) for k, v in unrel_p.items()}}
-
-
-def run_seeds(setup: Setup, unrelated, cfg: SteerConfig, progress: bool) -> dict[int, dict]:
-    """``run_seed`` at seeds ``cfg.seed``, ``cfg.seed + 1``, ... (``cfg.n_seeds`` of them)."""
-    seeds = [cfg.seed + i for i in range(cfg.n_seeds)]
-    return {sd: run_seed(setup, unrelated, SteerConfig(**{**asdict(cfg), "seed": sd}), progress) for sd in seeds}
-
-
-def aggregate(per_seed: dict[int, dict], targets: list[str]) -> dict[str, dict]:
-    """Per method, the test results pooled over seeds (prompt-weighted success, rank and gain; KL
-    averaged over seeds), the per-target table and each seed's chosen strength and sweep."""
-    seeds = list(per_seed)
-    out = {}
-    for m in per_seed[seeds[0]]["methods"]:
-        rs = [per_seed[sd]["methods"][m] for sd in seeds]
-        tests = [r["test"] for r in rs]
-        n = sum(t["n_prompts"] for t in tests)
-        pooled = {k: sum(t[k] * t["n_prompts"] for t in tests) / n for k in STATS}
-        per_target = _per_target(tests, targets)
-        out[m] = {**pooled, "kl_unrelated": sum(t["kl_unrelated"] for t in tests) / len(tests),
-                  "strength": rs[0]["strength"], "strength_per_seed": [r["strength"] for r in rs],
-                  "n_targets": len(per_target), "n_prompts": n, "seeds": seeds,
-                  "within_budget": all(r["within_budget"] for r in rs),
-                  **({"selection_per_seed": [r["selection"] for r in rs]} if "val_success_by_choice" in rs[0] else {}),
-                  **{k: rs[0][k] for k in ("strength_unit", "sae", "selection", "k", "intervention", "vector", "n_ablated", "pool_size",
-                                          "ref_mass", "error_term", "subspace_rank") if k in rs[0]},
-                  "per_target": per_target, "per_seed": {sd: r for sd, r in zip(seeds, rs)}}
-    return out
-
-
-def _per_target(tests: list[dict], targets: list[str]) -> dict[str, dict]:
-    """Per target, success and log-prob gain pooled over seeds (prompt-weighted)."""
-    per_target = {}
-    for v in targets:
-        pts = [t["per_target"][v] for t in tests if v in t["per_target"]]
-        nv = sum(p["n"] for p in pts)
-        if nv:
-            per_target[v] = {k: sum(p[k] * p["n"] for p in pts) / nv for k in ("success_rate", "logprob_gain")} | {"n": nv}
-    return per_target
+    return m, {"strength": best["strength"], "strength_unit": m.unit, **m.info, **chosen, "test": test,
+               "within_budget": best["kl_unrelated"] <= cfg.kl_budget,
+               "val_at_strength": {k: best[k] for k in (*STATS, "kl_unrelated")}, "sweep": sweep}

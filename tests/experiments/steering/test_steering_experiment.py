@@ -9,7 +9,7 @@ import torch
 
 from sae_atoms import steering as st
 from sae_atoms.experiments import steering as steer_exp
-from sae_atoms.experiments.steering import output, search
+from sae_atoms.experiments.steering import generation, output, search
 from sae_atoms.experiments.steering.methods import Method
 from tests.conftest import REAL_HOOK
 from tests.steering.test_steering import make_sae
@@ -171,6 +171,36 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
                                st.AddDirection(REAL_HOOK, x[0], 0.5, positions=pos)]
     torch.testing.assert_close(fast.run(make), slow.run(make), atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(fast.clean, slow.clean, atol=2e-3, rtol=1e-3)
+    # every method at the difference of means' validation KL, on the same test prompts
+    dom = res["methods"]["diff_of_means"]
+    for sd in dom["per_seed"].values():  # the reference sits at its own chosen point: nothing to move
+        assert sd["equal_kl"]["strength"] == sd["strength"] and sd["equal_kl"]["kl_ref"] == sd["val_at_strength"]["kl_unrelated"]
+    assert dom["equal_kl"]["paired_diff_vs_dom"] == 0 and dom["equal_kl"]["paired_diff_vs_dom_se"] == 0
+    for m, r in res["methods"].items():
+        e = r["equal_kl"]
+        assert e["n_prompts"] == dom["equal_kl"]["n_prompts"] == r["n_prompts"]
+        assert all(0 <= e[k] <= 1 for k in ("success_equal_kl", "efficacy", "paraphrase", "neighbourhood", "counterfact_hmean"))
+        three = (e["efficacy"], e["paraphrase"], e["neighbourhood"])
+        assert min(three) - 1e-9 <= e["counterfact_hmean"] <= sum(three) / 3 + 1e-9
+        assert 0 <= r["success_kl_area"] <= 1
+    rnd = res["methods"]["random_direction"]["per_seed"]  # a vector's KL grows with its strength: it reaches the reference
+    assert all(abs(sd["equal_kl"]["val_kl"] - sd["equal_kl"]["kl_ref"]) <= 0.1 * sd["equal_kl"]["kl_ref"] for sd in rnd.values())
+    # steered generation on the first seed: every method and the unsteered model
+    assert set(res["generation_unsteered"]) == {0} and res["generation_unsteered"][0]["n"] == 2 * len(generation.PROMPTS)
+    for m, r in res["methods"].items():
+        g = r["per_seed"][0]["generation"]
+        assert 0 <= g["concept"] <= 1 and g["perplexity"] > 1 and "generation" not in r["per_seed"][1]
+        assert g["strength"] == r["per_seed"][0]["equal_kl"]["strength"] and r["generation"]["n_seeds"] == 1
+    # perplexity under the unsteered model: its own greedy text reads as more fluent than shuffled tokens of it
+    own = generation.generate(real_model, None, ["x"], generation.PROMPTS[:2], 12)["x"]
+    g = torch.Generator().manual_seed(0)
+    shuffled = [[c[i] for i in torch.randperm(len(c), generator=g).tolist()] for c in own]
+    assert (generation.log_perplexity(real_model, generation.PROMPTS[:2], own)
+            < generation.log_perplexity(real_model, generation.PROMPTS[:2], shuffled)).all()
+    rel = steer_exp.relation_tables({"city_country": res})["city_country"]
+    assert rel["no_intervention"]["gen_perplexity"] == pytest.approx(res["generation_unsteered"][0]["perplexity"])
+    assert rel["atoms"]["gen_concept"] == res["methods"]["atoms"]["generation"]["concept"]
+    assert rel["atoms"]["success_equal_kl"] == res["methods"]["atoms"]["equal_kl"]["success_equal_kl"]
     abl = res["ablation"]["atoms"]["logprob_drop"]
     assert abl["selected"] > abl["random"]
     assert (tmp_path / "results.json").exists() and (tmp_path / "steering.png").stat().st_size > 1000
@@ -189,7 +219,7 @@ def test_steer_config_rejects_bad_settings_by_name():
     with pytest.raises(TypeError, match="unknown steering setting"):
         steer_exp.steer_config(swap_family=2)
     cfg = steer_exp.steer_config(quick=True, n_eval=5)
-    assert cfg.n_eval == 5 and cfg.n_seeds == 1  # explicit settings win over quick
+    assert cfg.n_eval == 5 and cfg.n_seeds == steer_exp.QUICK["n_seeds"]  # explicit settings win over quick
 
 
 def test_steering_plot_legend_sits_outside_the_axes(tmp_path, monkeypatch):

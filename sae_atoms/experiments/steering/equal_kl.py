@@ -1,0 +1,118 @@
+"""Every method at the side effect the difference of means spends, and CounterFact-style scores.
+
+Best success within the KL budget lets a method spend more of the budget than the baseline it is
+compared with. Here, per seed, ``k_ref`` is the difference of means' validation KL at its chosen
+strength; each method is moved to the strength whose validation KL is ``k_ref`` (interpolated in
+log strength between the points of its validation sweep, then refined by measuring: at most
+``n_refine`` rounds, stopping within ``tol * k_ref``), and the test prompts are read there once:
+
+* success (the target is the top-1 next token), kept per prompt, so that every method is compared
+  with the difference of means on the same prompts (a paired difference with its standard error);
+* CounterFact-style scores (Meng et al. 2022, arXiv 2202.05262): efficacy, ``p(target) > p(true
+  answer)`` on the edited prompts; paraphrase, the same on the same subjects in other templates;
+  neighbourhood, the share of unrelated prompts (other relations, arithmetic) under the same
+  intervention whose top-1 answer is unchanged; their harmonic mean (CounterFact's "score").
+
+Also per method, from its validation sweep: the area under best-success-within-KL ``b(x) = max
+{success of the points with KL <= x}`` over ``(0, budget]``, divided by the budget (the mean
+success a user gets over budgets up to the one used).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from sae_atoms.experiments.steering.methods import Method
+from sae_atoms.experiments.steering.search import Ask, Run, Steps
+
+REFERENCE = "diff_of_means"
+TOL = 0.1  # relative: a validation KL within 10% of k_ref counts as equal
+N_REFINE = 4
+
+
+def interpolate(points: Sequence[tuple[float, float]], k: float) -> float | None:
+    """The strength at which KL reaches ``k``, between the strongest point with KL <= ``k`` (or 0)
+    and the weakest stronger point above it, linear in log strength (in strength from 0); None
+    when no point is above ``k``. ``points``: ``(strength, kl)``."""
+    lo = max([p for p in points if p[1] <= k], default=(0.0, 0.0))
+    hi = min([p for p in points if p[0] > lo[0] and p[1] > k], default=None)
+    if hi is None:
+        return None
+    t = (k - lo[1]) / (hi[1] - lo[1])
+    return lo[0] + t * (hi[0] - lo[0]) if lo[0] <= 0 else lo[0] * (hi[0] / lo[0]) ** t
+
+
+def equal_kl_steps(run: Run, m: Method, sweep: list[dict], k_ref: float, n_refine: int = N_REFINE,
+                   tol: float = TOL) -> Steps:
+    """``m`` at validation KL ``k_ref`` (module docstring), its test result there. Past its strongest
+    point a method is extrapolated as KL ~ strength^2 (a small edit's KL is quadratic in it), by a
+    factor between ``grid_growth`` and 4; one that never reaches ``k_ref`` (a clamp capped in
+    distribution saturates) keeps the point nearest it (``reached`` False)."""
+    pts = [(p["strength"], p["kl_unrelated"]) for p in sweep]
+    for _ in range(n_refine):
+        if abs(min(pts, key=lambda p: abs(p[1] - k_ref))[1] - k_ref) <= tol * k_ref:
+            break
+        s = interpolate(pts, k_ref)
+        if s is None:
+            top, k_top = max(pts)
+            s = top * min(4.0, max(run.cfg.grid_growth, math.sqrt(k_ref / k_top) if k_top > 0 else 4.0))
+        k, = yield [Ask("kl", m.at(s), "val")]
+        pts.append((s, float(k.mean())))
+    s, k_val = min(pts, key=lambda p: abs(p[1] - k_ref))
+    m = m.at(s)
+    para = any(len(P) for P in run.ev["paraphrase"].values())
+    got = yield [Ask("side", m, "test"), Ask("success", m, "test")] + ([Ask("success", m, "paraphrase")] if para else [])
+    side, test = got[0], got[1]
+    return {"strength": s, "kl_ref": k_ref, "val_kl": k_val, "reached": abs(k_val - k_ref) <= tol * k_ref,
+            "test_kl": float(side[:, 0].mean()),
+            "neighbourhood": float(side[:, 1].mean()), "success_rate": test["success_rate"], "efficacy": test["efficacy"],
+            "paraphrase": got[2]["efficacy"] if para else None, "n_prompts": test["n_prompts"],
+            "hits": [h for v in run.targets if v in test["per_target"] for h in test["per_target"][v]["hits"]]}
+
+
+def success_kl_area(sweep: list[dict], base_success: float, budget: float) -> float:
+    """``(1 / budget) * integral over (0, budget] of b(x) dx``, ``b(x)`` the best validation success
+    among the sweep's points with KL <= x (the unsteered success at x = 0)."""
+    pts = sorted((p["kl_unrelated"], p["success_rate"]) for p in sweep if "success_rate" in p and p["kl_unrelated"] <= budget)
+    area, best, x0 = 0.0, base_success, 0.0
+    for x, s in pts:
+        area += best * (x - x0)
+        best, x0 = max(best, s), x
+    return (area + best * (budget - x0)) / budget
+
+
+def hmean(*xs: float | None) -> float | None:
+    """The harmonic mean (0 when one is 0; None when one is missing)."""
+    if any(x is None for x in xs):
+        return None
+    return 0.0 if min(xs) <= 0 else len(xs) / sum(1 / x for x in xs)
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and its standard error (sample standard deviation / sqrt n; 0 for one value)."""
+    t = torch.tensor(list(values), dtype=torch.float64)
+    return float(t.mean()), float(t.std() / math.sqrt(len(t))) if len(t) > 1 else 0.0
+
+
+def summarise(runs: list[dict], ref: list[dict] | None) -> dict[str, Any]:
+    """One method's equal-KL results pooled over seeds (``runs``: per seed ``equal_kl_steps``'
+    results; ``ref``: the difference of means' on the same prompts, for the paired difference)."""
+    hits = [h for r in runs for h in r["hits"]]
+    succ, se = mean_se(hits)
+    n = [r["n_prompts"] for r in runs]
+    weighted = lambda k: (None if any(r[k] is None for r in runs)  # noqa: E731
+                          else sum(r[k] * w for r, w in zip(runs, n)) / sum(n))
+    out = {"success_equal_kl": succ, "success_equal_kl_se": se, "n_prompts": len(hits),
+           "kl_ref": sum(r["kl_ref"] for r in runs) / len(runs), "val_kl": sum(r["val_kl"] for r in runs) / len(runs),
+           "test_kl": sum(r["test_kl"] for r in runs) / len(runs), "strength_per_seed": [r["strength"] for r in runs],
+           "reached_per_seed": [r["reached"] for r in runs],
+           "efficacy": weighted("efficacy"), "paraphrase": weighted("paraphrase"),
+           "neighbourhood": sum(r["neighbourhood"] for r in runs) / len(runs)}
+    out["counterfact_hmean"] = hmean(out["efficacy"], out["paraphrase"], out["neighbourhood"])
+    if ref is not None:
+        diff, diff_se = mean_se([a - b for r, q in zip(runs, ref) for a, b in zip(r["hits"], q["hits"])])
+        out |= {"paired_diff_vs_dom": diff, "paired_diff_vs_dom_se": diff_se}
+    return out
