@@ -93,6 +93,17 @@ def _steering(r: Report, results: dict) -> None:
              for m, v in sorted(st.items(), key=lambda kv: -kv[1]["success_rate"])])
 
 
+def _relations(r: Report, results: dict) -> None:
+    for rel, t in (results.get("steering_relations") or {}).items():
+        r.p(f"{rel.replace('_', ' -> ')}: every method at the difference of means' validation KL (test prompts, seeds pooled; "
+            "± SE over prompts); CounterFact-style harmonic mean of efficacy, paraphrase and neighbourhood; steered generation.")
+        r.table(["method", "success at equal KL", "± SE", "paired diff vs DoM", "± SE", "CounterFact hmean", "gen concept",
+                 "gen perplexity"],
+                [[m, v.get("success_equal_kl"), v.get("success_equal_kl_se"), v.get("paired_diff_vs_dom"),
+                  v.get("paired_diff_vs_dom_se"), v.get("counterfact_hmean"), v.get("gen_concept"), v.get("gen_perplexity")]
+                 for m, v in t.items()])
+
+
 def findings(results: dict[str, Any]) -> Report:
     """The findings of a main-job ``results`` dict as a ``Report`` (every number read from ``results``)."""
     r = Report("Findings")
@@ -105,6 +116,7 @@ def findings(results: dict[str, Any]) -> Report:
     _frontier(r, results)
     _geometry_and_capacity(r, results)
     _steering(r, results)
+    _relations(r, results)
     return r
 
 

@@ -47,6 +47,38 @@ def difference_text(c: dict) -> str:
             + ("significant" if c["significant"] else "not significant") + f" at {Z:g} SE")
 
 
+def relations_reading(tables: dict[str, dict]) -> list[str]:
+    """Per relation, the issue's three checks: atoms' best method vs the difference of means at its KL
+    (paired difference ± SE), the CounterFact-style harmonic mean against the difference of means and
+    every features method, and steered generation's concept share at no more perplexity."""
+    out = []
+    for rel, t in tables.items():
+        atoms = [m for m in t if m.startswith("atoms") and t[m].get("success_equal_kl") is not None]
+        d = t.get("diff_of_means")
+        if not atoms or not d:
+            continue
+        a = max(atoms, key=lambda m: t[m]["success_equal_kl"])
+        diff, se = t[a]["paired_diff_vs_dom"], t[a]["paired_diff_vs_dom_se"]
+        sig = "significant" if se and abs(diff) > Z * se else "not significant"
+        h = {m: v["counterfact_hmean"] for m, v in t.items() if v.get("counterfact_hmean") is not None}
+        ha = max((m for m in h if m.startswith("atoms")), key=h.get)
+        rivals = [m for m in h if m == "diff_of_means" or m.startswith("features")]
+        text = (f"Steering {rel.replace('_', ' -> ')} at the difference of means' KL: {a} {t[a]['success_equal_kl']:.3f} vs "
+                f"{d['success_equal_kl']:.3f}, paired difference {diff:+.3f} ± {se:.3f} (SE; {sig} at {Z:g} SE; {a} is the best "
+                f"of {len(atoms)} atoms methods on these prompts). CounterFact-style harmonic mean: {ha} {h[ha]:.3f}, "
+                + ", ".join(f"{m} {h[m]:.3f}" for m in rivals) + ("; atoms lead it." if all(h[ha] >= h[m] for m in rivals)
+                                                                   else "; atoms do not lead it."))
+        g = {m: v for m, v in t.items() if v.get("gen_concept") is not None}
+        if a in g and "diff_of_means" in g:
+            ok = g[a]["gen_concept"] >= g["diff_of_means"]["gen_concept"] and g[a]["gen_perplexity"] <= g["diff_of_means"]["gen_perplexity"]
+            text += (f" Steered generation: {a} names the target in {g[a]['gen_concept']:.2f} of continuations at perplexity "
+                     f"{g[a]['gen_perplexity']:.1f}, the difference of means in {g['diff_of_means']['gen_concept']:.2f} at "
+                     f"{g['diff_of_means']['gen_perplexity']:.1f}" + (" (atoms reach it at no more perplexity)." if ok else
+                                                                     " (atoms do not reach it at no more perplexity)."))
+        out.append(text)
+    return out
+
+
 def steering_reading(st: dict) -> list[str]:
     """Best atoms method vs the difference of means, vs the best features method, and the overall best."""
     atoms = [m for m in st if m.startswith("atoms")]
@@ -151,6 +183,7 @@ def reading(results: dict) -> list[str]:
         out.append(f"Capacity: held-out R² ranges {min(r['r2_heldout'] for r in cap):.3f}–{best['r2_heldout']:.3f} over "
                    f"widths {sorted({r['expansion'] for r in cap})}x (best at {best['expansion']}x).")
     out += steering_reading(results.get("steering") or {})
+    out += relations_reading(results.get("steering_relations") or {})
     if results.get("quick"):
         out.append("This is a `--quick` run (small sizes, one seed): a check that the job runs; its numbers are noisy.")
     return out

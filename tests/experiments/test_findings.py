@@ -35,3 +35,22 @@ def test_findings_of_a_run_without_optional_stages(tmp_path):
     res = _results({})
     text = write_findings(res, tmp_path / "F.md").read_text()
     assert "## Units" in text and "## Steering" not in text and "## Capacity" not in text
+
+
+def test_relations_reading_states_the_three_checks_per_relation():
+    from sae_atoms.experiments.reading import relations_reading
+
+    row = lambda s, d, se, h, c, p: {"success_equal_kl": s, "paired_diff_vs_dom": d, "paired_diff_vs_dom_se": se,  # noqa: E731
+                                     "counterfact_hmean": h, "gen_concept": c, "gen_perplexity": p}
+    t = {"diff_of_means": row(0.5, 0.0, 0.0, 0.6, 0.4, 20.0), "atoms": row(0.7, 0.2, 0.05, 0.7, 0.5, 15.0),
+         "atoms_swap": row(0.6, 0.1, 0.05, 0.8, 0.1, 9.0), "features_jumprelu": row(0.1, -0.4, 0.05, 0.75, 0.0, 5.0),
+         "no_intervention": {"gen_concept": 0.0, "gen_perplexity": 4.0}}
+    text, = relations_reading({"country_language": t})
+    assert "country -> language" in text and "atoms 0.700 vs 0.500" in text and "+0.200 ± 0.050" in text
+    assert "significant at" in text and "not significant" not in text and "best of 2 atoms methods" in text
+    assert "atoms_swap 0.800" in text and "atoms lead it" in text  # the best atoms hmean beats DoM's and the features'
+    assert "(atoms reach it at no more perplexity)" in text
+    t["features_jumprelu"]["counterfact_hmean"] = 0.9
+    t["atoms"]["gen_perplexity"] = 25.0
+    text, = relations_reading({"country_language": t})
+    assert "atoms do not lead it" in text and "atoms do not reach it" in text
