@@ -35,6 +35,7 @@ import torch
 
 from sae_atoms.forward import batches, n_batches
 from sae_atoms.io import follow_umask, sha256_file
+from sae_atoms.transposes import keep_transposes
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,15 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device | N
         kwargs: passed to TransformerLens's ``from_pretrained`` (hub models only).
 
     The model's ``from_pretrained_kwargs`` records the weight processing applied (``PROCESSING``).
+    Its MLP and unembedding weights are stored for TransformerLens's per-pass transpose
+    (``sae_atoms.transposes``: the same outputs, bit for bit, without a copy of each weight per pass).
     """
+    model = _load(name_or_path, device, dtype, **kwargs)
+    keep_transposes(model)  # TransformerLens copies these weights' transposes every pass otherwise
+    return model
+
+
+def _load(name_or_path: str, device: str | torch.device | None, dtype: torch.dtype, **kwargs):
     dev = resolve_device(device)
     _check_dtype(dtype, dev)
     name = str(name_or_path)

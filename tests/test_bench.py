@@ -22,6 +22,7 @@ CASES = {
     "aip_stream": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9, "tokens": 256}),
     "steer_batched": ((pytest.mark.real_model,), {"better": "higher", "target": 3.0, "jobs": 12, "rows": 72}),
     "corpus_read": ((pytest.mark.real_model,), {"better": "lower", "target": 0.25}),
+    "model_forward": ((pytest.mark.real_model,), {"better": "higher", "target": 1.5, "rows": 8, "tokens": 1}),
 }
 
 

