@@ -16,6 +16,10 @@ from sae_atoms.experiments.reading import reading, success_se
 from sae_atoms.units import label
 
 
+# the paper's numbers (Atom Theory, arXiv 2509.20784), shown beside ours
+PAPER_NUMBERS = {"neurons": {"r2": 1.000, "q_star": 0.005}, "features": {"r2": 0.488, "q_star": 0.682},
+                 "atoms": {"r2": 0.999, "q_star": 0.998}}
+
 def fmt(v: Any, digits: int = 3) -> str:
     """Numbers to short strings (None -> "–")."""
     if v is None:

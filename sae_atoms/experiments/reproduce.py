@@ -45,17 +45,11 @@ from sae_atoms.experiments import capacity, frontier, geometry, steering, token_
 from sae_atoms.experiments.geometry import GeometryConfig, dedupe_subject_prefix
 from sae_atoms.experiments.findings import write_findings
 from sae_atoms.experiments.stage_cache import json_stage, stage
-from sae_atoms.experiments.report import headline_table, update_readme, write_report
+from sae_atoms.experiments.report import PAPER_NUMBERS, headline_table, update_readme, write_report
 from sae_atoms.io import follow_umask, sha256_tensors, write_json
 from sae_atoms.models import fact_accuracy, load_model, resolve_device
 from sae_atoms.units import UNIT_KINDS, unit_kind
 
-# Paper's numbers (Atom Theory, arXiv 2509.20784), for the report only.
-PAPER = {
-    "neurons": {"r2": 1.000, "q_star": 0.005},
-    "features": {"r2": 0.488, "q_star": 0.682},
-    "atoms": {"r2": 0.999, "q_star": 0.998},
-}
 # sizes of a full run and of ``--quick`` (Settings fills its None fields from these; the CLI help quotes
 # them): train_steps per frontier SAE, capacity_steps per capacity-sweep SAE, frontier_targets the L0s
 FULL = {"n_cities": 1500, "train_steps": frontier.FrontierConfig.steps, "capacity_steps": 200,
@@ -69,7 +63,7 @@ TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "feat
 TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"tokens": 8192, "eval_tokens": 1024, "val_tokens": 2048, "ref_tokens": 4096,
                                          "norm_batches": 4}
 CARDS = {"units": ("atoms", "features_jumprelu"), "n_cards": 16}  # the headline SAEs with atom cards
-STEER_RELATIONS = steering.DEFAULT_RELATIONS  # steered where the fact prompts have them (--quick: city -> country only)
+STEER = {"n_seeds": 1, "gen_tokens": 20, "gen_prompts": 4}  # within the budget; the study (4 seeds, 3 relations): sae-atoms steer
 UNITS = tuple(unit_kind(u).name for u in ("neurons", "features_standard", "features_jumprelu", "atoms"))  # headline
 SAE_KINDS = {u: UNIT_KINDS[u].architecture for u in UNITS if UNIT_KINDS[u].architecture is not None}
 
@@ -92,6 +86,7 @@ class Settings:
     capacity_steps: int | None = None
     geometry_layers: tuple[int, ...] | None = None
     steer: bool = True
+    steer_relations: tuple[str, ...] = ("city_country",)  # the first is the headline ``steering``
     token_frontier: bool = True
     cards: bool = True
     frontier_targets: tuple[float, ...] | None = None
@@ -340,16 +335,16 @@ def _token_frontier(job: _Job, prog: _Progress) -> dict:
 
 
 def _steering(job: _Job, prog: _Progress) -> dict:
-    """8. Atoms vs jumprelu features vs the difference of means (skipped with ``steer=False``): city ->
-    country (the headline ``steering``), and each of ``STEER_RELATIONS`` the fact prompts have
-    (``steering_relations``; results in ``OUT/steering/<relation>``)."""
+    """8. Atoms vs jumprelu features vs the difference of means (skipped with ``steer=False``) on each of
+    ``steer_relations`` the fact prompts have (``steering_relations``; results in ``OUT/steering/<relation>``),
+    the first as the headline ``steering``; ``STEER``'s sizes (``--quick``: the study's quick ones)."""
     s = job.s
 
     def plan() -> tuple[str, dict, Callable[[], Any]]:
         use = {u: _steering_sae(job, u) for u in ("atoms", "features_jumprelu", "features_topk")}
         use = {u: sae for u, sae in use.items() if sae is not None}
-        cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed)
-        rels = tuple(r for r in STEER_RELATIONS if r in s.relations or r == "city_country")
+        cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed, **({} if s.quick else STEER))
+        rels = tuple(r for r in s.steer_relations if r in s.relations)
         key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "relations": rels,
                               "version": 6}
         return "steering", key, partial(steering.headline_with_relations, job.model, use, job.facts, job.fact_acts, rels, cfg,
@@ -453,7 +448,7 @@ def collect_results(job: _Job, geo: dict, unit_res: dict, cap: list, steer: dict
         "steering": steering_out,
         "steering_relations": steer.get("relations", {}),
         "steering_details": {k: v for k, v in steer.items() if k not in ("methods", "relations")},
-        "paper": PAPER,
+        "paper": PAPER_NUMBERS,
     }
 
 
@@ -475,6 +470,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         f"training steps per frontier SAE (default {FULL['train_steps']}; quick {QUICK['train_steps']}); the capacity "
         f"sweep keeps its own {FULL['capacity_steps']} (quick {QUICK['capacity_steps']})"))
     p.add_argument("--no-steer", action="store_true", help="skip the steering stage")
+    p.add_argument("--steer-relations", nargs="+", default=["city_country"], choices=sorted(steering.RELATION_LABEL), help=(
+        "relations steered (the first is the headline; others add minutes each), e.g. " + " ".join(steering.DEFAULT_RELATIONS)))
     p.add_argument("--no-token-frontier", action="store_true", help=(
         f"skip the small token benchmark ({', '.join(TOKEN_FRONTIER['units'])} at L0 "
         f"{'/'.join(f'{t:g}' for t in TOKEN_FRONTIER['targets'])}, {TOKEN_FRONTIER['tokens']} tokens; quick "
@@ -489,7 +486,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     s = Settings(model=args.model, layer=args.layer, out=args.out, quick=args.quick, device=args.device,
                  force=args.force, seed=args.seed, n_cities=args.n_cities, train_steps=args.steps,
-                 steer=not args.no_steer, token_frontier=not args.no_token_frontier, cards=not args.no_cards)
+                 steer=not args.no_steer, token_frontier=not args.no_token_frontier, cards=not args.no_cards,
+                 steer_relations=tuple(args.steer_relations))
     results = run_reproduce(s)
     print("\n" + headline_table(results))
     if args.readme:

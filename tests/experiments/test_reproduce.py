@@ -84,6 +84,14 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path, capsys):
     assert [c["expansion"] for c in res["capacity"]] == [1, 2]
     assert {"atoms", "atoms_swap", "features_jumprelu", "diff_of_means"} <= set(res["steering"])
     assert all({"success_rate", "kl_unrelated", "n_targets", "n_prompts", "seeds", "per_target"} <= set(v) for v in res["steering"].values())
+    rel = res["steering_relations"]  # --quick steers city -> country only: the same methods, at the difference of means' KL
+    assert list(rel) == ["city_country"] and set(rel["city_country"]) == set(res["steering"]) | {"no_intervention"}
+    keys = {"success_equal_kl", "success_equal_kl_se", "paired_diff_vs_dom", "efficacy", "paraphrase", "neighbourhood",
+            "counterfact_hmean", "gen_concept", "gen_perplexity"}
+    assert all(keys <= set(v) for m, v in rel["city_country"].items() if m != "no_intervention")
+    assert rel["city_country"]["diff_of_means"]["paired_diff_vs_dom"] == 0
+    assert (tmp_path / "run" / "steering" / "city_country" / "steering.png").exists()
+    assert "Steering city -> country" in (tmp_path / "run" / "report.md").read_text()
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["n_train"] == res["n_train"]
     assert (tmp_path / "run" / "report.md").exists() and (tmp_path / "run" / "report.html").exists()

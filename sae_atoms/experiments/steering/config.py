@@ -43,13 +43,14 @@ class SteerConfig:
     methods: tuple[str, ...] = ()  # run only these methods (names as in the results); empty: all
     gen_tokens: int = 24           # steered generation: tokens per continuation (0: no generation)
     gen_seeds: int = 1             # ... on the first this many seeds (each seed: every method, every target)
+    gen_prompts: int = 8           # ... from this many of ``generation.PROMPTS``
     n_ablation: int = 24           # held-out prompts for the ablation check
     n_random: int = 2              # random atom draws in the ablation check
     batch_size: int = 32
     seed: int = 0
 
 
-QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 2, "n_ablation": 8, "n_random": 1, "gen_tokens": 12,
+QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 2, "n_ablation": 8, "n_random": 1, "gen_tokens": 12, "gen_prompts": 4,
          "vector_strengths": (2.0, 4.0), "strengths": (8.0, 16.0), "fractions": (0.5, 1.0)}
 
 # relation -> the label column whose values are its answers
@@ -91,8 +92,9 @@ def check_config(cfg: SteerConfig) -> None:
         raise ValueError(f"these steering sizes must be >= 1: {small}")
     if not (cfg.kl_budget > 0 and math.isfinite(cfg.kl_budget)):
         raise ValueError(f"kl_budget={cfg.kl_budget} must be finite and > 0")
-    if cfg.n_bisect < 0 or cfg.gen_tokens < 0 or cfg.gen_seeds < 0:
-        raise ValueError(f"n_bisect={cfg.n_bisect}, gen_tokens={cfg.gen_tokens} and gen_seeds={cfg.gen_seeds} must be >= 0")
+    if cfg.n_bisect < 0 or cfg.gen_tokens < 0 or cfg.gen_seeds < 0 or cfg.gen_prompts < 1:
+        raise ValueError(f"n_bisect={cfg.n_bisect}, gen_tokens={cfg.gen_tokens} and gen_seeds={cfg.gen_seeds} must be >= 0, "
+                         f"gen_prompts={cfg.gen_prompts} >= 1")
     if cfg.n_bisect < 0:
         raise ValueError(f"n_bisect={cfg.n_bisect} must be >= 0")
     if not (cfg.transfer_strength > 0 and math.isfinite(cfg.transfer_strength)):

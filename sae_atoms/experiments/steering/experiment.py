@@ -87,6 +87,7 @@ def _details(setup: Setup, cfg: SteerConfig, per_seed: dict[int, dict]) -> dict[
                      "n_train_subjects": tg.n_subj[v], "clean_train_accuracy": tg.acc[v]} for v in tg.targets],
         "baseline_no_intervention": {sd: r["baseline_no_intervention"] for sd, r in per_seed.items()},
         "generation_unsteered": {sd: r["generation_unsteered"] for sd, r in per_seed.items() if r["generation_unsteered"]},
+        "seconds_per_seed": {sd: r["seconds"] for sd, r in per_seed.items()},
         "selected_units": {sd: r["selected_units"] for sd, r in per_seed.items()},
         "amplitudes": {name: {"typical_median": float(t.median()), "ceiling_median": float(c.median())}
                        for name, (t, c) in setup.amps.items()},

@@ -70,8 +70,9 @@ class Prompts:
         self.model, self.rows, self.hook, self.batch_size = model, rows, hook, batch_size
         self.sources: list[str] = []
         prompts = [r["prompt"] for r in rows]
-        self.ids = prompt_token_ids(model, prompts)
-        self.pos = subject_token_positions(model, prompts, [r["subject_start"] for r in rows], [r["subject_end"] for r in rows])
+        self.ids = prompt_token_ids(model, prompts) if rows else []
+        self.pos = subject_token_positions(model, prompts, [r["subject_start"] for r in rows],
+                                           [r["subject_end"] for r in rows]) if rows else []
         self.layer = resid_layer(model, hook)
         self.cached: list[tuple[Batch, Tensor]] = []
         self.kv: list[list[tuple[Tensor, Tensor]]] = []  # per kept batch, per block after the hook: clean keys, values

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -34,6 +35,8 @@ def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool, first_se
     side), then, when the difference of means is among the methods, every method at its KL; on the
     first ``cfg.gen_seeds`` seeds from ``first_seed`` (default this one), steered generation."""
     first_seed = cfg.seed if first_seed is None else first_seed
+    clock = [time.perf_counter()]
+    lap = lambda: clock.append(time.perf_counter()) or round(clock[-1] - clock[-2], 1)  # noqa: E731
     rng = random.Random(cfg.seed)
     ev, unrel_p = prompt_sets(setup.model, setup.tg.targets, eval_rows(setup.rows, unrelated, cfg, rng), cfg, rng, setup.hook)
     selected = select_units(setup, cfg, rng)
@@ -41,8 +44,10 @@ def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool, first_se
     methods = [m for m in build_methods(setup, selected, cfg) if not cfg.methods or m.name in cfg.methods]
     if not methods:
         raise ValueError(f"methods={cfg.methods} names none of the methods of these SAEs; e.g. 'diff_of_means', 'atoms', 'atoms_swap'")
+    seconds = {"prompts_and_selection": lap()}
     with tqdm(total=len(methods), desc="steer sweep", disable=not progress) as bar:
         done = run_steps(run, together([_counted(method_steps(run, m), bar) for m in methods]))
+    seconds["sweep"] = lap()
     results = {m.name: r for m, (_, r) in zip(methods, done)}
     base = baseline(run)
     for r in results.values():
@@ -55,14 +60,16 @@ def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool, first_se
                                           for m, r in done]))
         for (_, r), e in zip(done, eq):
             r["equal_kl"] = e
+    seconds["equal_kl"] = lap()
     gen = None
     if cfg.gen_tokens and cfg.seed - first_seed < cfg.gen_seeds:
         at = {m.name: m.at(r["equal_kl"]["strength"] if "equal_kl" in r else r["strength"]) for m, r in done}
-        gen = generation.steered_generation(setup.model, at, setup.tg.targets, cfg.gen_tokens)
+        gen = generation.steered_generation(setup.model, at, setup.tg.targets, cfg.gen_tokens, generation.PROMPTS[:cfg.gen_prompts])
         for name, g in gen.items():
             if name in results:
                 results[name]["generation"] = g
-    return {"methods": results, "generation_unsteered": gen["none"] if gen else None, "selected_units": selected, "baseline_no_intervention": base,
+    seconds["generation"] = lap()
+    return {"methods": results, "generation_unsteered": gen["none"] if gen else None, "seconds": seconds, "selected_units": selected, "baseline_no_intervention": base,
             "n_unrelated": {k: len(v) for k, v in unrel_p.items()}}
 
 

@@ -186,7 +186,7 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     rnd = res["methods"]["random_direction"]["per_seed"]  # a vector's KL grows with its strength: it reaches the reference
     assert all(abs(sd["equal_kl"]["val_kl"] - sd["equal_kl"]["kl_ref"]) <= 0.1 * sd["equal_kl"]["kl_ref"] for sd in rnd.values())
     # steered generation on the first seed: every method and the unsteered model
-    assert set(res["generation_unsteered"]) == {0} and res["generation_unsteered"][0]["n"] == 2 * len(generation.PROMPTS)
+    assert set(res["generation_unsteered"]) == {0} and res["generation_unsteered"][0]["n"] == 2 * cfg.gen_prompts
     for m, r in res["methods"].items():
         g = r["per_seed"][0]["generation"]
         assert 0 <= g["concept"] <= 1 and g["perplexity"] > 1 and "generation" not in r["per_seed"][1]
@@ -234,3 +234,17 @@ def test_steering_plot_legend_sits_outside_the_axes(tmp_path, monkeypatch):
     ax = fig.axes[0]
     legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
     assert legend.x0 >= frame.x1  # right of the plotting area: it covers no data
+
+
+@pytest.mark.real_model
+def test_generation_of_many_methods_together_equals_each_alone(real_model):
+    from sae_atoms.experiments.steering.methods import AddVector
+
+    g = torch.Generator().manual_seed(0)
+    vec = lambda: {v: torch.randn(real_model.cfg.d_model, generator=g) * 8 for v in ("x", "y")}  # noqa: E731
+    a, b = (AddVector(name=n, unit="u", grid=(), vectors=vec(), hook=REAL_HOOK, strength=1.0) for n in "ab")
+    prompts = generation.PROMPTS[:2]
+    together = generation.generate(real_model, {"none": None, "a": a, "b": b}, ["x", "y"], prompts, 4)
+    assert together["a"] == generation.generate(real_model, {"a": a}, ["x", "y"], prompts, 4)["a"]
+    assert together["none"]["x"] == together["none"]["y"] != together["a"]["x"]  # the edit changes the text
+    assert all(len(c) == 4 for m in together.values() for cs in m.values() for c in cs)
