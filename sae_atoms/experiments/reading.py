@@ -60,14 +60,17 @@ def relations_reading(tables: dict[str, dict]) -> list[str]:
         a = max(atoms, key=lambda m: t[m]["success_equal_kl"])
         diff, se = t[a]["paired_diff_vs_dom"], t[a]["paired_diff_vs_dom_se"]
         sig = "significant" if se and abs(diff) > Z * se else "not significant"
-        h = {m: v["counterfact_hmean"] for m, v in t.items() if v.get("counterfact_hmean") is not None}
-        ha = max((m for m in h if m.startswith("atoms")), key=h.get)
-        rivals = [m for m in h if m == "diff_of_means" or m.startswith("features")]
         text = (f"Steering {rel.replace('_', ' -> ')} at the difference of means' KL: {a} {t[a]['success_equal_kl']:.3f} vs "
                 f"{d['success_equal_kl']:.3f}, paired difference {diff:+.3f} ± {se:.3f} (SE; {sig} at {Z:g} SE; {a} is the best "
-                f"of {len(atoms)} atoms methods on these prompts). CounterFact-style harmonic mean: {ha} {h[ha]:.3f}, "
-                + ", ".join(f"{m} {h[m]:.3f}" for m in rivals) + ("; atoms lead it." if all(h[ha] >= h[m] for m in rivals)
-                                                                   else "; atoms do not lead it."))
+                f"of {len(atoms)} atoms methods on these prompts).")
+        h = {m: v["counterfact_hmean"] for m, v in t.items() if v.get("counterfact_hmean") is not None}
+        ha = max((m for m in h if m.startswith("atoms")), key=h.get, default=None)
+        rivals = [m for m in h if m == "diff_of_means" or m.startswith("features")]
+        if ha is None:
+            text += " No CounterFact-style harmonic mean (no paraphrase prompts: the subjects have one template here)."
+        else:
+            text += (f" CounterFact-style harmonic mean: {ha} {h[ha]:.3f}, " + ", ".join(f"{m} {h[m]:.3f}" for m in rivals)
+                     + ("; atoms lead it." if all(h[ha] >= h[m] for m in rivals) else "; atoms do not lead it."))
         g = {m: v for m, v in t.items() if v.get("gen_concept") is not None}
         if a in g and "diff_of_means" in g:
             ok = g[a]["gen_concept"] >= g["diff_of_means"]["gen_concept"] and g[a]["gen_perplexity"] <= g["diff_of_means"]["gen_perplexity"]

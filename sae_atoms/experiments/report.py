@@ -203,13 +203,15 @@ def _relations_section(r: Report, results: dict, out: Path) -> None:
             "p(true answer), paraphrase = the same on the subjects' other templates, neighbourhood = unrelated prompts "
             "keep their top-1 answer, and their harmonic mean; the area under best success within KL up to the budget, "
             "divided by it; and the best success within the budget (its own KL) as in the table above.")
+        g = lambda v, k: fmt(v.get(k))  # noqa: E731  (the no-intervention row has the generation scores only)
         r.table(["method", "success at equal KL ± SE", "paired diff vs DoM ± SE", "test KL", "efficacy", "paraphrase",
-                 "neighbourhood", "harmonic mean", "success-KL area", "best within budget (KL)"],
-                [[m, f"{fmt(v['success_equal_kl'])} ± {fmt(v['success_equal_kl_se'])}",
-                  f"{fmt(v['paired_diff_vs_dom'])} ± {fmt(v['paired_diff_vs_dom_se'])}", v["test_kl"], v["efficacy"],
-                  v["paraphrase"], v["neighbourhood"], v["counterfact_hmean"], v["success_kl_area"],
-                  f"{fmt(v['success_within_budget'])} ({fmt(v['kl_within_budget'])})"]
-                 for m, v in sorted(table.items(), key=lambda kv: -(kv[1]["success_equal_kl"] or 0))])
+                 "neighbourhood", "harmonic mean", "success-KL area", "best within budget (KL)", "generation: concept",
+                 "perplexity"],
+                [[m, f"{g(v, 'success_equal_kl')} ± {g(v, 'success_equal_kl_se')}",
+                  f"{g(v, 'paired_diff_vs_dom')} ± {g(v, 'paired_diff_vs_dom_se')}", *[g(v, k) for k in (
+                      "test_kl", "efficacy", "paraphrase", "neighbourhood", "counterfact_hmean", "success_kl_area")],
+                  f"{g(v, 'success_within_budget')} ({g(v, 'kl_within_budget')})", g(v, "gen_concept"), g(v, "gen_perplexity")]
+                 for m, v in sorted(table.items(), key=lambda kv: -(kv[1].get("success_equal_kl") or 0))])
         png = out / "steering" / rel / "steering.png"
         if png.exists():
             r.img(str(png.relative_to(out)), f"steering {rel}: success vs KL on unrelated prompts")

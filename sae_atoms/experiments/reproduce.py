@@ -346,8 +346,9 @@ def _steering(job: _Job, prog: _Progress) -> dict:
         cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed, **({} if s.quick else STEER))
         rels = tuple(r for r in s.steer_relations if r in s.relations)
         key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "relations": rels,
-                              "version": 6}
-        return "steering", key, partial(steering.headline_with_relations, job.model, use, job.facts, job.fact_acts, rels, cfg,
+                              "version": 7}
+        every = fact_prompts(n_cities=s.n_cities, relations=s.relations, seed=s.seed)  # not deduplicated: each template a prompt
+        return "steering", key, partial(steering.headline_with_relations, job.model, use, every, job.fact_acts, rels, cfg,
                                         out_dir=s.out / "steering")
 
     return _optional(job, prog, "steering", s.steer, plan)
