@@ -28,6 +28,7 @@ from torch import Tensor
 from sae_atoms.experiments.steering.methods import Method
 from sae_atoms.steering import prompt_token_ids
 
+PPL_ROWS = 32  # rows of one perplexity pass: 32 x 30 positions x 49k vocabulary ~ 190 MB of logits
 # one token length each (SmolLM2's tokenizer), so every target's rows share one ``generate`` call
 PROMPTS = ("Last summer we travelled to", "The news today is about", "Our guide told us about", "The documentary was filmed in",
            "We spent our holiday in", "He told me all about", "I dream of living in", "The postcard came from")
@@ -82,14 +83,17 @@ def generate(model, methods: dict[str, Method | None], targets: Sequence[str], p
 @torch.no_grad()
 def log_perplexity(model, prompts: Sequence[str], continuations: Sequence[list[int]]) -> Tensor:
     """``mean -log p_clean(token | prefix)`` over each continuation's tokens, under the unsteered model
-    (rows of one prompt and continuation length in one pass)."""
+    (rows of one prompt and continuation length together, ``PPL_ROWS`` a pass: their logits over the
+    vocabulary are the pass's memory)."""
     ids = prompt_token_ids(model, list(prompts))
     out = torch.empty(len(ids))
     for shape in {(len(p), len(c)) for p, c in zip(ids, continuations)}:
-        rows = [i for i, (p, c) in enumerate(zip(ids, continuations)) if (len(p), len(c)) == shape]
-        t = torch.tensor([ids[i] + continuations[i] for i in rows], device=model.cfg.device)
-        lp = model(t).float().log_softmax(-1)[:, shape[0] - 1:-1]
-        out[rows] = -lp.gather(2, t[:, shape[0]:, None])[..., 0].mean(1).cpu()
+        same = [i for i, (p, c) in enumerate(zip(ids, continuations)) if (len(p), len(c)) == shape]
+        for k in range(0, len(same), PPL_ROWS):
+            rows = same[k:k + PPL_ROWS]
+            t = torch.tensor([ids[i] + continuations[i] for i in rows], device=model.cfg.device)
+            lp = model(t).float().log_softmax(-1)[:, shape[0] - 1:-1]
+            out[rows] = -lp.gather(2, t[:, shape[0]:, None])[..., 0].mean(1).cpu()
     return out
 
 

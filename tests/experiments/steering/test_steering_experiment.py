@@ -237,7 +237,7 @@ def test_steering_plot_legend_sits_outside_the_axes(tmp_path, monkeypatch):
 
 
 @pytest.mark.real_model
-def test_generation_of_many_methods_together_equals_each_alone(real_model):
+def test_generation_of_many_methods_together_equals_each_alone(real_model, monkeypatch):
     from sae_atoms.experiments.steering.methods import AddVector
 
     g = torch.Generator().manual_seed(0)
@@ -248,3 +248,7 @@ def test_generation_of_many_methods_together_equals_each_alone(real_model):
     assert together["a"] == generation.generate(real_model, {"a": a}, ["x", "y"], prompts, 4)["a"]
     assert together["none"]["x"] == together["none"]["y"] != together["a"]["x"]  # the edit changes the text
     assert all(len(c) == 4 for m in together.values() for cs in m.values() for c in cs)
+    conts = [c for m in together.values() for c in m["x"]]
+    whole = generation.log_perplexity(real_model, list(prompts) * 3, conts)
+    monkeypatch.setattr(generation, "PPL_ROWS", 1)  # one row a pass: the same perplexities
+    torch.testing.assert_close(generation.log_perplexity(real_model, list(prompts) * 3, conts), whole, atol=1e-4, rtol=1e-4)
