@@ -107,8 +107,15 @@ def answer(run: Run, asks: Sequence[Ask]) -> list:
                      for v, E in ((v, run.ev[a.split][v]) for v in sets)]
             spans.append((start, len(jobs), sets))
     got = run_jobs(jobs, run.max_rows)
-    return [(lambda c: c[:, 0] if sets == "kl" else c)(torch.cat(got[i:j])) if isinstance(sets, str)
-            else _pooled({v: stats_of(r) | {"n": len(r)} for v, r in zip(sets, got[i:j])}) for i, j, sets in spans]
+    out = []
+    for i, j, sets in spans:
+        if sets == "kl":
+            out.append(torch.cat(got[i:j])[:, 0])
+        elif sets == "side":
+            out.append(torch.cat(got[i:j]))
+        else:
+            out.append(_pooled({v: stats_of(r) | {"n": len(r)} for v, r in zip(sets, got[i:j])}))
+    return out
 
 
 def true_tokens(run: Run, prompts: Prompts, rows: list[int]) -> Tensor | None:

@@ -104,8 +104,7 @@ def aggregate(per_seed: dict[int, dict], targets: list[str]) -> dict[str, dict]:
                   "per_target": per_target, "per_seed": {sd: r for sd, r in zip(seeds, rs)}}
         gens = [r["generation"] for r in rs if "generation" in r]
         if gens:
-            out[m]["generation"] = {"concept": sum(g["concept"] for g in gens) / len(gens), "n_seeds": len(gens),
-                                    "perplexity": math.exp(sum(math.log(g["perplexity"]) for g in gens) / len(gens))}
+            out[m]["generation"] = pooled_generation(gens) | {"n_seeds": len(gens)}
         if all("equal_kl" in r for r in rs):
             out[m]["equal_kl"] = equal_kl.summarise([r["equal_kl"] for r in rs],
                                                     ref if len(ref) == len(rs) and all(ref) else None)
@@ -140,5 +139,11 @@ def _unsteered(res: dict[str, Any]) -> dict[str, dict]:
     gens = list((res.get("generation_unsteered") or {}).values())
     if not gens:
         return {}
-    return {"no_intervention": {"gen_concept": sum(g["concept"] for g in gens) / len(gens),
-                                "gen_perplexity": math.exp(sum(math.log(g["perplexity"]) for g in gens) / len(gens))}}
+    g = pooled_generation(gens)
+    return {"no_intervention": {"gen_concept": g["concept"], "gen_perplexity": g["perplexity"]}}
+
+
+def pooled_generation(gens: list[dict]) -> dict[str, float]:
+    """Seeds' generation scores pooled: the mean concept score, the geometric-mean perplexity."""
+    return {"concept": sum(g["concept"] for g in gens) / len(gens),
+            "perplexity": math.exp(sum(math.log(g["perplexity"]) for g in gens) / len(gens))}
