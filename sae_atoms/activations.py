@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from sae_atoms.io import atomic_dir, check_output_dir, output_lock, read_json, readable
+from sae_atoms.data import column_list
 from sae_atoms.forward import batches, n_batches, stop_layer
 from sae_atoms.models import check_hook_name, tokenize_prompts
 
@@ -70,7 +71,7 @@ class ActivationSet:
     def labels(self, column: str) -> list:
         if column not in self.rows.column_names:
             raise KeyError(f"no label column {column!r}; columns: {self.rows.column_names}")
-        return list(self.rows[column])
+        return column_list(self.rows, column)
 
     def select(self, split: str | None = None, indices: Sequence[int] | torch.Tensor | None = None) -> "ActivationSet":
         """Rows of one ``split`` ("train" / "heldout") and/or the given ``indices``."""
@@ -169,13 +170,13 @@ def _tokens_and_positions(model, dataset, position: str) -> tuple[datasets.Datas
         raise ValueError("the prompt dataset is empty: nothing to extract")
     if "prompt" not in dataset.column_names:
         raise ValueError(f"the dataset needs a 'prompt' column; it has {dataset.column_names}")
-    prompts = list(dataset["prompt"])
+    prompts = column_list(dataset, "prompt")
     ids, _ = tokenize_prompts(model, prompts)
     if position == "subject_last":
         for c in ("subject_start", "subject_end"):
             if c not in dataset.column_names:
                 raise ValueError(f"position='subject_last' needs column {c!r} (a subject span); use position='last' otherwise")
-        pos = subject_token_positions(model, prompts, list(dataset["subject_start"]), list(dataset["subject_end"]))
+        pos = subject_token_positions(model, prompts, column_list(dataset, "subject_start"), column_list(dataset, "subject_end"))
     else:
         pos = [len(x) - 1 for x in ids]
     n_ctx = model.cfg.n_ctx

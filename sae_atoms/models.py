@@ -33,6 +33,7 @@ from typing import Iterator
 
 import torch
 
+from sae_atoms.data import column_list
 from sae_atoms.forward import batches, n_batches
 from sae_atoms.io import follow_umask, sha256_file
 from sae_atoms.transposes import keep_transposes
@@ -400,10 +401,10 @@ def last_token_logits(model, prompts: list[str], batch_size: int = 64, fwd_hooks
 
 def fact_accuracy(model, dataset, batch_size: int = 64, progress: bool = False) -> dict[str, dict]:
     """Top-1 first-token accuracy of ``model`` on prompt rows (``prompt``, ``target``), per split."""
-    logits = last_token_logits(model, list(dataset["prompt"]), batch_size, progress=progress)
-    want = torch.tensor(first_token_ids(model, list(dataset["target"])))
+    logits = last_token_logits(model, column_list(dataset, "prompt"), batch_size, progress=progress)
+    want = torch.tensor(first_token_ids(model, column_list(dataset, "target")))
     hit = logits.argmax(-1) == want
-    splits = list(dataset["split"]) if "split" in dataset.column_names else ["all"] * len(dataset)
+    splits = column_list(dataset, "split") if "split" in dataset.column_names else ["all"] * len(dataset)
     res = {}
     for s in sorted(set(splits)) + ["all"]:
         m = torch.tensor([x == s or s == "all" for x in splits])

@@ -1,16 +1,14 @@
 """Training SAEs: on a fixed activation set (``train_on_activations``) and through SAELens's runner.
 
-``train_on_activations(activations, cfg)`` trains any registered SAELens architecture
-(``standard``, ``jumprelu``, ``tsae``, ``tsae_aip``, ...) with SAELens's own ``SAETrainer``
-(Adam, gradient clipping at 1, coefficient warm-ups, lr schedules) from a data provider that
-reshuffles the fixed set every epoch. This is the paper's setting (subject-token activations)
-and the one the capacity sweep uses. For ``tsae_aip`` the metric is fitted on the whole set
-up front (no training step is spent on it) unless one is given.
+``train_on_activations(activations, cfg)`` trains any registered SAELens architecture (``standard``,
+``jumprelu``, ``tsae``, ``tsae_aip``, ...) with SAELens's own ``SAETrainer`` (Adam, gradient clipping
+at 1, coefficient warm-ups, lr schedules) from a data provider that reshuffles the fixed set every
+epoch: the paper's setting (subject-token activations). For ``tsae_aip`` the metric is fitted on the
+whole set up front (no training step is spent on it) unless one is given.
 
-Defaults: ``DEFAULT_STEPS`` steps of ``batch_size=512`` at ``lr=1e-3`` (5% linear warm-up,
-linear decay to ``lr/10`` over the last 20%); the rarer settings are ``TrainOptions``. This is the
-library's one default length; each study names its own length in its config
-(``FrontierConfig.steps``, ``CapacityConfig.steps``, the main job's ``Settings``).
+Defaults: ``DEFAULT_STEPS`` steps of ``batch_size=512`` at ``lr=1e-3`` (5% linear warm-up, linear decay
+to ``lr/10`` over the last 20%); the rarer settings are ``TrainOptions``. Each study names its own
+length in its config (``FrontierConfig.steps``, ``CapacityConfig.steps``, the main job's ``Settings``).
 
 ``build_runner(cfg)`` is SAELens's ``LanguageModelSAETrainingRunner`` (or, for a
 ``MultiSAETrainingRunnerConfig``, its ``MultiSAETrainingRunner``: several SAEs from one forward
@@ -21,9 +19,8 @@ pass) with the ``tsae`` / ``tsae_aip`` architectures registered, the model loade
 model was loaded with (SAELens's default ``center_writing_weights=False`` would misdescribe it);
 ``sae-atoms train [SAELens runner arguments]`` (``sae_atoms.cli``) runs it.
 
-``training_config(architecture, d_in, d_sae, hook_name=...)`` is the training config of any
-registered architecture with its defaults; ``train_on_activations`` takes the hook name from a
-one-hook ``ActivationSet`` when the config has none.
+``training_config(architecture, d_in, d_sae, hook_name=...)``: the training config of any registered
+architecture with its defaults (``train_on_activations`` takes a one-hook set's hook when it has none).
 
 Sparsity control (``train_on_activations(..., target_l0=T)``), the same for every unit kind so
 that units are compared at matched L0:
@@ -58,7 +55,8 @@ from sae_lens.saes.sae import SAE, TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_atoms.activations import as_matrix
-from sae_atoms.models import load_model, resolve_device
+from sae_atoms.forward import hook_layer
+from sae_atoms.models import check_hook_name, load_model, resolve_device
 from sae_atoms.saes.checks import check_batch, check_number, check_training_config, check_width
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
@@ -87,8 +85,7 @@ def _tqdm_disabled(disable: bool) -> Iterator[None]:
 
 def _shuffled_batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     """Endless minibatches of ``x``, reshuffled every epoch (drops the last partial batch when n >= batch)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    n = x.shape[0]
+    gen, n = torch.Generator(device="cpu").manual_seed(seed), x.shape[0]
     full = n if n < batch_size else n - n % batch_size
     while True:
         perm = torch.randperm(n, generator=gen).to(x.device)
@@ -98,7 +95,14 @@ def _shuffled_batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[t
 
 class MetricFirstTrainer(SAETrainer):
     """SAELens's ``SAETrainer``; a ``tsae_aip`` SAE without a metric gets it from the first batches
-    before the first step, and those batches count as nothing (no step, no sample, no L0)."""
+    before the first step, and those batches count as nothing (no step, no sample, no L0). Its Adam
+    runs torch's multi-tensor (``foreach``) path, the default on GPUs only: the same arithmetic bit
+    for bit in a few large kernels, not ~10 small ones per parameter (a CPU's step at small shapes)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for group in self.optimizer.param_groups:
+            group["foreach"] = True
 
     def step(self, batch: torch.Tensor):
         sae = self.sae
@@ -383,9 +387,6 @@ def _load_local_dataset(path: str):
 
 
 def _hook_width(model, hook_name: str) -> int:
-    from sae_atoms.forward import hook_layer
-    from sae_atoms.models import check_hook_name
-
     check_hook_name(model, hook_name)
     layer = hook_layer(hook_name)
     toks = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)

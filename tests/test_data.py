@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from sae_atoms.data import FACT_RELATIONS, LABEL_COLUMNS, fact_prompts, reasoning_prompts
+from sae_atoms.data import FACT_RELATIONS, LABEL_COLUMNS, column_list, fact_prompts, reasoning_prompts
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,10 @@ def test_reasoning_prompts_answers_are_right():
             a, b = r["subject"].split(" plus ")
             assert int(r["target"]) == int(a) + int(b)
         assert r["answer_parity"] == ("even" if int(r["target"]) % 2 == 0 else "odd")
+
+
+def test_column_list_reads_a_selected_column_in_row_order():
+    ds = fact_prompts(n_cities=40, seed=3)
+    picked = ds.select([7, 2, 2, 0, len(ds) - 1])  # out of order, with a repeat: an indices mapping
+    for col in ("subject", "split", "subject_end"):
+        assert column_list(picked, col) == [picked[i][col] for i in range(len(picked))]

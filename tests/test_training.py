@@ -240,3 +240,32 @@ def test_match_l0_moves_only_thresholds():
         match_l0(sae, x, target)
         assert float((sae.encode(x) != 0).sum(1).float().mean()) == pytest.approx(target, rel=0.01)
     assert torch.equal(sae.W_dec, w)
+
+
+def test_trainer_adam_runs_foreach_and_matches_the_default_bit_for_bit(monkeypatch):
+    """MetricFirstTrainer switches SAELens's Adam to the multi-tensor path: same weights as the
+    per-tensor loop torch uses on a CPU by default."""
+    import sae_atoms.training as training
+
+    data = planted(d=16, n_atoms=16, k=2, coherence=0.0, n_samples=600, distortion=3.0, seed=1).activations
+    cfg = _recovery_configs(16, 32)["tsae_aip"]
+    seen = []
+    init = training.MetricFirstTrainer.__init__
+
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen.append(self.optimizer.param_groups[0]["foreach"])
+
+    monkeypatch.setattr(training.MetricFirstTrainer, "__init__", record)
+    fast = train_on_activations(data, cfg, seed=0, steps=40, batch_size=64, progress=False)
+
+    def per_tensor(self, *args, **kwargs):
+        record(self, *args, **kwargs)
+        for group in self.optimizer.param_groups:
+            group["foreach"] = False
+
+    monkeypatch.setattr(training.MetricFirstTrainer, "__init__", per_tensor)
+    slow = train_on_activations(data, cfg, seed=0, steps=40, batch_size=64, progress=False)
+    assert seen == [True, True]
+    for name, p in fast.state_dict().items():
+        assert torch.equal(p, slow.state_dict()[name]), name

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from sae_atoms.activations import as_matrix
+from sae_atoms.data import column_list
 from sae_atoms.aip import AIPMetric
 from sae_atoms.evals.geometry import Geometry, dictionary_geometry, max_unique_k, q_star_a, q_star_b, uniqueness_bound
 from sae_atoms.evals.monosemantic import monosemanticity
@@ -159,10 +160,10 @@ def _labelled_metrics(codes: Tensor, rows: Any, labels: Mapping[str, Sequence[An
     if labels is None and rows is not None:
         from sae_atoms.data import LABEL_COLUMNS
 
-        labels = {c: list(rows[c]) for c in LABEL_COLUMNS if c in rows.column_names}
+        labels = {c: column_list(rows, c) for c in LABEL_COLUMNS if c in rows.column_names}
     groups = opts.groups
     if isinstance(groups, str):
-        groups = list(rows[groups]) if rows is not None and groups in rows.column_names else None
+        groups = column_list(rows, groups) if rows is not None and groups in rows.column_names else None
     if not labels:
         return {}
     res = monosemanticity(codes, labels, top_k=opts.top_k, groups=groups, judge=opts.judge)
@@ -177,7 +178,7 @@ def _spliced_metrics(units: Any, u: Units, rows: Any, opts: EvalOptions) -> dict
         return {}
     prompts = opts.prompts
     if prompts is None and rows is not None and "prompt" in rows.column_names:
-        prompts = sorted(set(rows["prompt"]))
+        prompts = sorted(set(column_list(rows, "prompt")))
     if not prompts:
         return {}
     return {f"model_{k}": v for k, v in model_evals(units, opts.model, list(prompts)).items()}

@@ -160,7 +160,7 @@ def validation_split(train: Any, frac: float = VALIDATION_FRAC, seed: int = 0) -
         raise ValueError(f"validation_frac={frac} must lie in (0, 1).")
     g = torch.Generator().manual_seed(seed)
     if hasattr(train, "rows") and "subject" in train.rows.column_names:
-        subjects = list(train.rows["subject"])
+        subjects = train.labels("subject")
         names = sorted(set(subjects))
         chosen = {names[i] for i in torch.randperm(len(names), generator=g)[:max(1, int(frac * len(names)))].tolist()}
         is_val = torch.tensor([sub in chosen for sub in subjects])

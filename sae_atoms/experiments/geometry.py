@@ -47,6 +47,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from sae_atoms.data import column_list
 from sae_atoms.io import save_figure, write_json
 from sae_atoms.aip import AIPConditioningWarning, AIPMetric
 
@@ -204,7 +205,7 @@ def truncate_at_subject(model, ds):
     tok = model.tokenizer
     if tok is None or not getattr(tok, "is_fast", False):
         return ds, 0
-    prompts, ends = list(ds["prompt"]), list(ds["subject_end"])
+    prompts, ends = column_list(ds, "prompt"), column_list(ds, "subject_end")
     full = tok(prompts, add_special_tokens=False, return_offsets_mapping=True)
     cuts: list[str] = []
     for p, e, off in zip(prompts, ends, full["offset_mapping"]):
@@ -289,7 +290,7 @@ def run_geometry(model, cfg: GeometryConfig | None = None, *, progress: bool = T
     ra = extract(model, reasoning, all_hooks, position="subject_last", batch_size=c.batch_size,
                  progress=progress) if reasoning is not None else None
     t_extract = time.perf_counter() - t0
-    split = fa.rows["split"]
+    split = fa.labels("split")
     tr = torch.tensor([s == "train" for s in split])
     if int(tr.sum()) < 2 or int((~tr).sum()) < 2:
         raise ValueError(f"the fact prompts have {int(tr.sum())} train and {int((~tr).sum())} held-out rows; "
