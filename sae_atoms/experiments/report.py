@@ -429,5 +429,6 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
     t = results.get("timing_s", {})
     if t:
         r.h("Timing")
-        r.table(["stage", "seconds"], [[k, v] for k, v in t.items()])
+        rss = results.get("peak_rss_mb", {})
+        r.table(["stage", "seconds", "peak RSS so far (MB)"], [[k, v, rss.get(k)] for k, v in t.items()])
     return r.write(out)

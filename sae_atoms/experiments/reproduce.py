@@ -44,7 +44,7 @@ from sae_atoms.data import FACT_RELATIONS, LABEL_COLUMNS, fact_prompts, reasonin
 from sae_atoms.experiments import capacity, frontier, geometry, steering, token_frontier
 from sae_atoms.experiments.geometry import GeometryConfig, dedupe_subject_prefix
 from sae_atoms.experiments.findings import write_findings
-from sae_atoms.experiments.stage_cache import json_stage, stage
+from sae_atoms.experiments.stage_cache import Progress, json_stage, stage
 from sae_atoms.experiments.report import PAPER_NUMBERS, headline_table, update_readme, write_report
 from sae_atoms.io import follow_umask, sha256_tensors, write_json
 from sae_atoms.models import fact_accuracy, load_model, resolve_device
@@ -107,23 +107,6 @@ class Settings:
             raise ValueError(f"headline_l0={self.headline_l0} must be one of the frontier targets {self.frontier_targets}")
 
 
-class _Progress:
-    """Stage names with elapsed time (each stage shows its own tqdm bars)."""
-
-    def __init__(self, names: list[str]):
-        self.names, self.i, self.t0 = names, 0, time.time()
-        self.times: dict[str, float] = {}
-
-    def __call__(self, name: str) -> None:  # a stage starts
-        self.i += 1
-        print(f"\n[{self.i}/{len(self.names)}] {name}  (elapsed {time.time() - self.t0:.0f} s)", flush=True)
-        self._cur, self._start = name, time.time()
-
-    def done(self, reused: bool = False) -> None:
-        self.times[self._cur] = round(time.time() - self._start, 1)
-        print(f"      {self._cur}: {'reused from cache' if reused else 'done'} in {self.times[self._cur]:.1f} s", flush=True)
-
-
 def run_reproduce(settings: Settings) -> dict:
     """Run the main job; returns the results dict also written to ``OUT/results.json``.
 
@@ -135,7 +118,7 @@ def run_reproduce(settings: Settings) -> dict:
     s = settings
     s.out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
-    prog = _Progress(STAGES)
+    prog = Progress(STAGES)
     t_start = time.time()
     job = _model_and_prompts(s, device, prog)
     _activations(job, prog)
@@ -172,7 +155,7 @@ class _Job:
         return self.data_key | {"hook": self.hook, "position": "subject_last"}
 
 
-def _model_and_prompts(s: Settings, device: Any, prog: _Progress) -> _Job:
+def _model_and_prompts(s: Settings, device: Any, prog: Progress) -> _Job:
     """1. The model, the hook, the fact / reasoning prompts and the model's fact accuracy."""
     prog("model and prompts")
     out = s.out
@@ -196,7 +179,7 @@ def _model_and_prompts(s: Settings, device: Any, prog: _Progress) -> _Job:
     return _Job(s, device, model, hook, layer, facts, reasoning, data_key, acc)
 
 
-def _activations(job: _Job, prog: _Progress) -> None:
+def _activations(job: _Job, prog: Progress) -> None:
     """2. Subject-token activations of the fact and reasoning prompts; the train / held-out split."""
     prog("activations")
     s, model, hook = job.s, job.model, job.hook
@@ -213,7 +196,7 @@ def _activations(job: _Job, prog: _Progress) -> None:
     prog.done(reused)
 
 
-def _geometry(job: _Job, prog: _Progress) -> dict:
+def _geometry(job: _Job, prog: Progress) -> dict:
     """3. The representation shift: angles by layer, Euclid vs AIP."""
     prog("geometry")
     s, model = job.s, job.model
@@ -226,7 +209,7 @@ def _geometry(job: _Job, prog: _Progress) -> dict:
     return geo
 
 
-def _frontier(job: _Job, prog: _Progress) -> dict:
+def _frontier(job: _Job, prog: Progress) -> dict:
     """4. Every unit kind at every L0 target (``experiments.frontier``); the SAEs at ``headline_l0``
     become the headline units (``SAE_KINDS``), exported under ``OUT/saes``."""
     prog("frontier")
@@ -256,7 +239,7 @@ def _frontier(job: _Job, prog: _Progress) -> dict:
     return res
 
 
-def _paper_regime(job: _Job, prog: _Progress) -> dict:
+def _paper_regime(job: _Job, prog: Progress) -> dict:
     """5. The paper's regime: width = n_train, atoms by the theorem's construction (labelled as such)."""
     prog("paper regime")
     s = job.s
@@ -270,7 +253,7 @@ def _paper_regime(job: _Job, prog: _Progress) -> dict:
     return res
 
 
-def _evaluate_units(job: _Job, prog: _Progress) -> dict:
+def _evaluate_units(job: _Job, prog: Progress) -> dict:
     """5. Neurons, features and atoms through the evaluators, in-sample (the train entities the
     frontier fitted on, its validation entities left out) and held-out."""
     prog("evaluate units")
@@ -297,7 +280,7 @@ def _evaluate_units(job: _Job, prog: _Progress) -> dict:
     return unit_res
 
 
-def _capacity(job: _Job, prog: _Progress) -> list:
+def _capacity(job: _Job, prog: Progress) -> list:
     """6. The capacity sweep over ``capacity_expansions``."""
     prog("capacity sweep")
     s, hook = job.s, job.hook
@@ -309,7 +292,7 @@ def _capacity(job: _Job, prog: _Progress) -> list:
     return cap
 
 
-def _optional(job: _Job, prog: _Progress, label: str, enabled: bool,
+def _optional(job: _Job, prog: Progress, label: str, enabled: bool,
               plan: Callable[[], tuple[str, dict, Callable[[], Any]]]) -> dict:
     """A JSON stage that can be switched off ({} then): ``plan()`` gives its cache name, key and work."""
     prog(label)
@@ -321,7 +304,7 @@ def _optional(job: _Job, prog: _Progress, label: str, enabled: bool,
     return res
 
 
-def _token_frontier(job: _Job, prog: _Progress) -> dict:
+def _token_frontier(job: _Job, prog: Progress) -> dict:
     """7. The token benchmark, small (``TOKEN_FRONTIER``; skipped with ``token_frontier=False``)."""
     s = job.s
 
@@ -334,7 +317,7 @@ def _token_frontier(job: _Job, prog: _Progress) -> dict:
     return _optional(job, prog, "token frontier", s.token_frontier, plan)
 
 
-def _steering(job: _Job, prog: _Progress) -> dict:
+def _steering(job: _Job, prog: Progress) -> dict:
     """8. Atoms vs jumprelu features vs the difference of means (skipped with ``steer=False``) on each of
     ``steer_relations`` the fact prompts have (``steering_relations``; results in ``OUT/steering/<relation>``),
     the first as the headline ``steering``; ``STEER``'s sizes (``--quick``: the study's quick ones)."""
@@ -354,7 +337,7 @@ def _steering(job: _Job, prog: _Progress) -> dict:
     return _optional(job, prog, "steering", s.steer, plan)
 
 
-def _cards(job: _Job, prog: _Progress) -> dict[str, str]:
+def _cards(job: _Job, prog: Progress) -> dict[str, str]:
     """9. Atom cards (``sae_atoms.cards``) of the headline atoms and jumprelu features, from the fact
     prompts' subject tokens, in the reference AIP, copied to ``OUT/cards/<unit>``; ``{unit: index path}``."""
     from sae_atoms import cards
@@ -386,7 +369,7 @@ def _steering_sae(job: _Job, unit: str) -> Any:
     return SAE.load_from_disk(str(folder), device=str(job.device)) if (folder / "cfg.json").exists() else None
 
 
-def _report(job: _Job, prog: _Progress, geo: dict, unit_res: dict, cap: list, steer: dict, t_start: float,
+def _report(job: _Job, prog: Progress, geo: dict, unit_res: dict, cap: list, steer: dict, t_start: float,
             front: dict, paper: dict, tokens: dict, cards: dict) -> dict:
     """``results.json``, the report and ``FINDINGS.md``."""
     prog("report")
@@ -395,6 +378,7 @@ def _report(job: _Job, prog: _Progress, geo: dict, unit_res: dict, cap: list, st
     results |= {"metric": front["metric"], "frontier": front["rows"], "frontier_settings": front["settings"],
                 "paper_regime": paper, "units_l0": job.s.headline_l0, "token_frontier": tokens, "cards": cards}
     results["timing_s"] = prog.times | {"total": round(time.time() - t_start, 1)}
+    results["peak_rss_mb"] = dict(prog.peak_rss_mb)
     write_json(results, out / "results.json")
     write_report(results, out)
     write_findings(results, out / "FINDINGS.md")

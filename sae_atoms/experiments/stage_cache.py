@@ -1,5 +1,8 @@
 """The main job's stage cache: each stage's result under ``OUT/cache/<name>`` with a key of its inputs.
 
+``Progress`` prints each stage with its time and records the seconds and the peak resident memory
+(the process's high-water mark, so the stage where it rises is the one that set it).
+
 ``stage(out, name, key, force, compute, load)`` returns the cached result when the key matches and
 the files are intact (their sizes and sha256, recorded when written), else computes it into a
 temporary folder renamed into place once done: an interrupted run never leaves a half-written stage,
@@ -10,11 +13,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from sae_atoms.io import atomic_dir, remove_stale, sha256_file
+
+
+class Progress:
+    """Stage names with elapsed time and peak RSS (each stage shows its own tqdm bars)."""
+
+    def __init__(self, names: list[str]):
+        self.names, self.i, self.t0 = names, 0, time.time()
+        self.times: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:  # a stage starts
+        self.i += 1
+        print(f"\n[{self.i}/{len(self.names)}] {name}  (elapsed {time.time() - self.t0:.0f} s)", flush=True)
+        self._cur, self._start = name, time.time()
+
+    def done(self, reused: bool = False) -> None:
+        self.times[self._cur] = round(time.time() - self._start, 1)
+        self.peak_rss_mb[self._cur] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+        print(f"      {self._cur}: {'reused from cache' if reused else 'done'} in {self.times[self._cur]:.1f} s "
+              f"(peak RSS so far {self.peak_rss_mb[self._cur]} MB)", flush=True)
 
 
 def _key(obj: Any) -> str:

@@ -95,6 +95,8 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path, capsys):
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["n_train"] == res["n_train"]
     assert (tmp_path / "run" / "report.md").exists() and (tmp_path / "run" / "report.html").exists()
+    rss = list(res["peak_rss_mb"].values())  # the high-water mark after each stage: never falls, at least the model's size
+    assert list(res["peak_rss_mb"]) == STAGES[:-1] and rss == sorted(rss) and rss[0] > 300
     assert "Neurons vs features vs atoms" in (tmp_path / "run" / "report.md").read_text()
     tokens = res["token_frontier"]  # the small token benchmark: the runner's SAEs judged on held-out documents
     assert [(r["unit"], r["target_l0"]) for r in tokens["rows"]] == [(u, 32.0) for u in TOKEN_FRONTIER["units"]]
