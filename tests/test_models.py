@@ -166,3 +166,39 @@ def test_loaded_model_keeps_transposes_with_the_same_outputs(real_model):
         finally:
             assert keep_transposes(real_model) == len(kept)
     assert torch.equal(real_model(toks), ours)
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_processed_weights_are_cached_by_a_child_and_load_bit_for_bit(tmp_path, monkeypatch):
+    """The embedded model's processed weights are written once (by a child process) and load to the
+    same parameters and logits as processing the Hugging Face folder in process; a damaged copy is rewritten."""
+    import torch
+    from transformer_lens import HookedTransformer
+
+    from sae_atoms.models import _load_local, load_model, processed_folder
+    from sae_atoms.transposes import keep_transposes
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "smollm2-135m").symlink_to(embedded_model_path())  # the built folder, not rebuilt
+    monkeypatch.setenv("SAE_ATOMS_CACHE", str(tmp_path))
+    folder = processed_folder(torch.float32)
+    assert not folder.exists()
+    fresh = load_model()
+    assert _cache_is_complete(folder)
+    ref = _load_local(embedded_model_path(), torch.device("cpu"), torch.float32)
+    keep_transposes(ref)
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in fresh.state_dict().items())
+    toks = ref.to_tokens(["The capital of France is"])
+    assert torch.equal(fresh(toks), ref(toks))
+
+    def no_processing(*args, **kwargs):
+        raise AssertionError("processed again")
+
+    monkeypatch.setattr(HookedTransformer, "load_and_process_state_dict", no_processing)
+    assert torch.equal(load_model()(toks), ref(toks))  # from the cache, no processing here
+    weights = folder / "model.safetensors"
+    with open(weights, "r+b") as fh:  # same size, other bytes: the hash catches it, the child rewrites it
+        fh.seek(weights.stat().st_size // 2)
+        fh.write(b"\x00" * 64)
+    assert torch.equal(load_model()(toks), ref(toks)) and _cache_is_complete(folder)
