@@ -333,8 +333,8 @@ def write_processed(dtype_name: str) -> None:
 
 
 def _load_embedded(device: torch.device, dtype: torch.dtype):
-    """The embedded model from its processed weights, written first by a child process when missing
-    (the dequantisation's and the processing's peak memory end with that process)."""
+    """The embedded model from its processed weights, written first by child processes when missing
+    (the dequantisation's and the processing's peak memory each end with its process)."""
     from safetensors.torch import load_file
 
     folder = processed_folder(dtype)
@@ -342,9 +342,13 @@ def _load_embedded(device: torch.device, dtype: torch.dtype):
         with _file_lock(cache_dir() / "models" / ".smollm2-135m-tl.lock"):
             if not _cache_is_complete(folder):
                 name = str(dtype).removeprefix("torch.")
-                code = f"from sae_atoms.models import write_processed; write_processed({name!r})"
-                if subprocess.run([sys.executable, "-c", code]).returncode != 0:
-                    write_processed(name)  # again here, so that what fails says why
+                for step in ("embedded_model_path()", f"write_processed({name!r})"):  # one peak per process
+                    code = f"from sae_atoms.models import embedded_model_path, write_processed; {step}"
+                    res = subprocess.run([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+                    if res.returncode != 0:
+                        write_processed(name)  # again here, so that what fails says why (not the child's traceback)
+                        break
+                    sys.stderr.write(res.stderr)
     model, _ = _skeleton(embedded_model_path(), device, dtype)
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True, assign=True)
     return model.to(device).eval()
