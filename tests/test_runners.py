@@ -129,8 +129,13 @@ def test_load_model_records_the_processing_it_applied(monkeypatch):
         return process(self, state, **kwargs)
 
     monkeypatch.setattr(HookedSAETransformer, "load_and_process_state_dict", spy)
-    model = load_model("smollm2-135m", device="cpu")
-    assert len(seen) == 1 and model.from_pretrained_kwargs == seen[0]
+    import torch
+
+    from sae_atoms.models import _load_local, embedded_model_path
+
+    processed = _load_local(embedded_model_path(), torch.device("cpu"), torch.float32)  # what the cached weights are
+    assert len(seen) == 1 and processed.from_pretrained_kwargs == seen[0]
+    assert load_model("smollm2-135m", device="cpu").from_pretrained_kwargs == seen[0]
     assert seen[0]["center_writing_weights"] is True  # SAELens's default record said False
 
 
