@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from sae_atoms.io import atomic_dir, check_output_dir, output_lock, read_json, readable
 from sae_atoms.data import column_list
+from sae_atoms.io import atomic_dir, check_output_dir, output_lock, read_json, readable
 from sae_atoms.forward import batches, n_batches, stop_layer
 from sae_atoms.models import check_hook_name, tokenize_prompts
 

@@ -199,9 +199,9 @@ def _cache_is_complete(folder: Path, need_hashes: bool = True) -> bool:
         return False
 
 
-def _clean_stale_builds(models: Path) -> None:
-    """Remove ``.build-*`` folders left by killed builds (call with the build lock held)."""
-    for stale in models.glob(".build-*"):
+def _clean_stale_builds(models: Path, prefix: str = ".build-") -> None:
+    """Remove ``<prefix>*`` folders left by killed builds (call with that build's lock held)."""
+    for stale in models.glob(f"{prefix}*"):
         if stale.is_dir():
             print(f"sae_atoms: removing {stale}, left by an interrupted build.", file=sys.stderr)
             shutil.rmtree(stale, ignore_errors=True)
@@ -229,11 +229,16 @@ def _build_smollm2_folder(dest: Path) -> None:
         out = tmp / "model"
         model.save_pretrained(out, safe_serialization=True)
         tok.save_pretrained(out)
-        write_cache_marker(out)
-        follow_umask(out)  # safetensors and TemporaryDirectory make 0600 / 0700 entries
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(out, dest)  # atomic on one file system
+        _publish(out, dest)
+
+
+def _publish(out: Path, dest: Path) -> None:
+    """Record ``out``'s files (``write_cache_marker``) and move it to ``dest``, replacing it."""
+    write_cache_marker(out)
+    follow_umask(out)  # safetensors and TemporaryDirectory make 0600 / 0700 entries
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(out, dest)  # atomic on one file system
 
 
 def embedded_model_path() -> Path:
@@ -323,17 +328,12 @@ def write_processed(dtype_name: str) -> None:
     dtype = getattr(torch, dtype_name)
     folder = processed_folder(dtype)
     model = _load_local(embedded_model_path(), torch.device("cpu"), dtype)
-    for stale in folder.parent.glob(".tlbuild-*"):  # left by a killed build (the caller holds the lock)
-        shutil.rmtree(stale, ignore_errors=True)
+    _clean_stale_builds(folder.parent, ".tlbuild-")  # the caller holds the lock
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".tlbuild-") as tmp:
         out = Path(tmp) / "weights"
         out.mkdir()
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-        write_cache_marker(out)
-        follow_umask(out)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(out, folder)
+        _publish(out, folder)
 
 
 def _load_embedded(device: torch.device, dtype: torch.dtype):
@@ -349,9 +349,10 @@ def _load_embedded(device: torch.device, dtype: torch.dtype):
                 name = str(dtype).removeprefix("torch.")
                 code = f"from sae_atoms.models import write_processed; write_processed({name!r})"
                 res = subprocess.run([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-                if res.returncode != 0:
+                if res.returncode == 0:
+                    sys.stderr.write(res.stderr)
+                else:
                     write_processed(name)  # again here, so that what fails says why (not the child's traceback)
-                sys.stderr.write(res.stderr if res.returncode == 0 else "")
     model, _ = _skeleton(hf_folder, device, dtype)
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True, assign=True)
     return model.to(device).eval()

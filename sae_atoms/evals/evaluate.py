@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from sae_atoms.activations import as_matrix
-from sae_atoms.data import column_list
 from sae_atoms.aip import AIPMetric
+from sae_atoms.data import column_list
 from sae_atoms.evals.geometry import Geometry, dictionary_geometry, max_unique_k, q_star_a, q_star_b, uniqueness_bound
 from sae_atoms.evals.monosemantic import monosemanticity
 from sae_atoms.evals.reconstruction import QUANTILES, cosine, firing_stats, l0, mse, noise_floor_gap, quantile_stats, r2
