@@ -136,17 +136,47 @@ def bench_tsae_aip_step(quick: bool = False) -> dict:
 
 
 def _step_times(ours: Any, base: Any, x: torch.Tensor, tcfg: Any, quick: bool) -> tuple[float, float]:
-    """Best times of one ``SAETrainer._train_step`` of ``ours`` and of ``base`` on the batch ``x``,
-    in alternating rounds (so load drifts hit both alike)."""
+    """Best times of one ``SAETrainer._train_step`` of ``ours`` and of ``base`` on the batch ``x``."""
     from sae_lens.training.sae_trainer import SAETrainer
 
     tr_o, tr_b = SAETrainer(cfg=tcfg, sae=ours, data_provider=iter(())), SAETrainer(cfg=tcfg, sae=base, data_provider=iter(()))
+    return _alternating(lambda: tr_o._train_step(ours, x), lambda: tr_b._train_step(base, x), quick)
+
+
+def _alternating(ours: Callable[[], object], base: Callable[[], object], quick: bool) -> tuple[float, float]:
+    """Best times of ``ours()`` and ``base()`` timed in alternating rounds (so load drifts hit both alike)."""
     t_o = t_b = float("inf")
     rounds, repeat = (2, 2) if quick else (4, 3)
     for r in range(rounds):
-        t_b = min(t_b, best_time(lambda: tr_b._train_step(base, x), repeat=repeat, warmup=1 if r == 0 else 0))
-        t_o = min(t_o, best_time(lambda: tr_o._train_step(ours, x), repeat=repeat, warmup=1 if r == 0 else 0))
+        t_b = min(t_b, best_time(base, repeat=repeat, warmup=1 if r == 0 else 0))
+        t_o = min(t_o, best_time(ours, repeat=repeat, warmup=1 if r == 0 else 0))
     return t_o, t_b
+
+
+def bench_runner_step(quick: bool = False) -> dict:
+    """``tsae_aip``'s step vs ``jumprelu``'s inside one SAELens ``MultiSAETrainer`` (one stream).
+
+    The token frontier's shape: ``d_in=576``, ``d_sae=2304`` (4x), 512 tokens a step; ``quick``:
+    64 / 256 / 256. Each SAE's step is the coordinator's own per-SAE call, ``trainers[name].step``
+    (activation scaler, forward, loss, backward, clip, Adam, sparsity tracking), on the same batch.
+    """
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.training.multi_sae_trainer import MultiSAETrainer
+
+    from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, TSAEAIPTrainingSAEConfig
+
+    d, width, batch = (64, 256, 256) if quick else (576, 2304, 512)
+    torch.manual_seed(0)
+    data = torch.randn(8 * batch, d) @ (torch.eye(d) + torch.randn(d, d) / math.sqrt(d) * 0.5) + 0.5
+    ta = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width))
+    ta.fit_metric(data)
+    saes = {"atoms": ta, "jumprelu": JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d, d_sae=width))}
+    hook = "blocks.0.hook_resid_post"
+    multi = MultiSAETrainer(_trainer_config(batch, torch.device("cpu")), saes, dict.fromkeys(saes, hook),
+                            iter(()))
+    x = data[:batch]
+    t_ta, t_jr = _alternating(lambda: multi.trainers["atoms"].step(x), lambda: multi.trainers["jumprelu"].step(x), quick)
+    return measured(t_ta, t_jr, 1.05, "lower", d_in=d, d_sae=width, batch=batch, trainer="MultiSAETrainer")
 
 
 def bench_stability_step(quick: bool = False) -> dict:
@@ -407,6 +437,7 @@ CASES: dict[str, Callable[..., dict]] = {
     "extract_subject": bench_extract_subject,
     "aip_fit": bench_aip_fit,
     "tsae_aip_step": bench_tsae_aip_step,
+    "runner_step": bench_runner_step,
     "stability_step": bench_stability_step,
     "coherence": bench_coherence,
     "aip_stream": bench_aip_stream,

@@ -16,6 +16,8 @@ CASES = {
     "aip_fit": ((), {"better": "lower", "target": 1.5, "n": 20_000, "d": 256}),
     "coherence": ((pytest.mark.slow,), {"better": "lower", "target": 1.3, "N": 4096, "d": 576}),
     "tsae_aip_step": ((pytest.mark.slow,), {"better": "lower", "target": 1.05, "d_in": 64, "d_sae": 256}),
+    "runner_step": ((pytest.mark.slow,), {"better": "lower", "target": 1.05, "d_in": 64, "d_sae": 256,
+                                           "trainer": "MultiSAETrainer"}),
     "stability_step": ((pytest.mark.slow,), {"better": "lower", "target": 1.2, "d_in": 64, "d_sae": 64, "design": "coactive"}),
     "under_load": ((pytest.mark.slow,), {"better": "lower", "target": 2.5, "competitors": 2}),
     "extract_subject": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9}),

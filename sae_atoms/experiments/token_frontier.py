@@ -81,7 +81,7 @@ class TokenFrontierConfig:
     eval_tokens: int = 2048           # held-out evaluation tokens (run_evals's figures and ours)
     heldout_doc_tokens: int = 64      # tokens per held-out document at most (a random window of each)
     ref_tokens: int = 8192            # training-stream tokens the reference AIP is fitted on
-    eval_batch_prompts: int = 8
+    eval_batch_prompts: int = 4        # rows per run_evals pass (each logits tensor: rows x context x vocab floats)
     norm_batches: int = 20            # first batches the input normalisations (and atoms' metric) are estimated on
     n_checkpoints: int = 2
     stability: bool = False           # also train each SAE's twins: another initialisation, and twice the width

@@ -56,7 +56,7 @@ from sae_lens.util import str_to_dtype
 
 from sae_atoms.aip import AIPMetric, AIPMoments
 from sae_atoms.saes.checks import check_batch, check_state_dict_shapes
-from sae_atoms.saes.tsae import TSAESAE, InputWidthMixin, LoadHintMixin, TSAETrainingSAE, TSAETrainingSAEConfig
+from sae_atoms.saes.tsae import TSAESAE, InputWidthMixin, LoadHintMixin, TSAETrainingSAE, TSAETrainingSAEConfig, UnitRows
 
 _KINDS = ("uncentered", "centered")
 _BUFFERS = ("aip_W", "aip_W_inv", "aip_mean")
@@ -172,10 +172,6 @@ def fold_to_raw(state: dict[str, torch.Tensor], apply_b_dec_to_input: bool, dtyp
     return out
 
 
-def _unit_rows(w: torch.Tensor) -> torch.Tensor:
-    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 def _check_metric(metric: AIPMetric, d_in: int, kind: str) -> None:
     if not isinstance(metric, AIPMetric):
         raise TypeError(f"expected an sae_atoms.aip.AIPMetric, got {type(metric).__name__}.")
@@ -210,7 +206,7 @@ class TSAEAIPSAE(InputWidthMixin, LoadHintMixin, JumpReLUSAE):
             if float(state_dict.pop("aip_fitted")) < 0.5:
                 raise ValueError("this tsae_aip training SAE was saved before its AIP metric was estimated; it has no "
                                  "raw-space form. Load it with TrainingSAE.load_from_disk and fit the metric first.")
-            state_dict["W_dec"] = _unit_rows(state_dict["W_dec"])
+            state_dict["W_dec"] = UnitRows.apply(state_dict["W_dec"])
             folded = fold_to_raw(state_dict, self.cfg.apply_b_dec_to_input, self.dtype)
             state_dict.clear()
             state_dict.update(folded)

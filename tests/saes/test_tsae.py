@@ -81,6 +81,24 @@ def test_aip_forward_formula_and_unit_aip_atoms(kind):
     torch.testing.assert_close(aip_norm, torch.ones_like(aip_norm), rtol=1e-4, atol=1e-4)
 
 
+def test_unit_rows_gradient_equals_autograd_through_norm_and_floor():
+    """The decoder's closed-form gradient is autograd's through ``w / |w|``, floored rows included."""
+    from sae_atoms.saes.tsae import UnitRows
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(12, 7, generator=g, dtype=torch.float64)
+    w[4] = 0.0  # a floored row: only g / floor, no norm gradient
+    w.requires_grad_(True)
+    assert torch.autograd.gradcheck(UnitRows.apply, (w.detach()[[0, 1, 2, 3, 5]].clone().requires_grad_(True),))
+    up = torch.randn(12, 7, generator=g, dtype=torch.float64)
+    (UnitRows.apply(w) * up).sum().backward()
+    ours = w.grad.clone()
+    w.grad = None
+    (w / w.norm(dim=1, keepdim=True).clamp_min(1e-12) * up).sum().backward()
+    torch.testing.assert_close(ours, w.grad, rtol=1e-12, atol=1e-12)
+    assert ours[4].abs().max() > 1e6  # the floored row's gradient is g / 1e-12, not zeroed
+
+
 def test_unit_norm_kept_during_training_and_metric_estimated_from_first_batches():
     torch.manual_seed(0)
     cfg = TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16, n_batches_for_metric=3)
