@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -41,7 +43,13 @@ def test_shared_passes_equal_run_evals_on_the_real_model(real_model):
     docs = load_corpus("human-en:heldout").documents()
     rows = [r for _, r in zip(range(4), packed_rows(docs, tokenize, 32, bos))]
     saes = _saes(real_model.cfg.d_model, REAL_HOOK)
-    shared = downstream_scores(saes, real_model, rows, REAL_HOOK, batch_prompts=3)
+    twin = copy.deepcopy(saes["jumprelu"])  # the same SAE twice: a paired difference of exactly 0
+    shared = downstream_scores(saes | {"twin": twin}, real_model, rows, REAL_HOOK, batch_prompts=3,
+                               reference={"topk": "jumprelu", "twin": "jumprelu"})
+    assert shared["twin"]["ce_loss_score_vs_ref"] == 0.0 and shared["twin"]["ce_loss_score_vs_ref_se"] == 0.0
+    assert shared["twin"]["ce_loss_score_se"] > 0  # the unpaired SE is not
+    assert shared["topk"]["ce_loss_score_vs_ref"] == shared["topk"]["ce_loss_score"] - shared["jumprelu"]["ce_loss_score"]
+    assert shared["topk"]["ce_loss_score_vs_ref_se"] > 0 and "ce_loss_score_vs_ref" not in shared["jumprelu"]
     x = hook_activations(real_model, rows, REAL_HOOK)
     for name, sae in saes.items():
         store = ActivationsStore.from_sae(real_model, sae, datasets.Dataset.from_dict({"tokens": rows}), context_size=32,

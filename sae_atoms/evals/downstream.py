@@ -47,13 +47,16 @@ def special_ids(model: Any) -> list[int]:
 
 @torch.no_grad()
 def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterable[int]], hook: str,
-                      batch_prompts: int = 8, progress: bool = False) -> dict[str, dict[str, float]]:
+                      batch_prompts: int = 8, progress: bool = False,
+                      reference: Mapping[str, str] | None = None) -> dict[str, dict[str, float]]:
     """``{name: {ce_loss_score, kl_div_score, ce_loss_with_sae, ce_loss_without_sae,
     ce_loss_with_ablation, kl_div_with_sae, kl_div_with_ablation, ce_loss_score_se}}`` for every SAE
     at ``hook`` on ``rows`` (equal-length token rows, e.g. packed ``context_size`` rows).
     ``ce_loss_score_se``: the standard error of the mean CE with the SAE over the counted tokens,
     divided by ``CE_ablation - CE_clean`` (unpaired: two SAEs' scores on the same tokens differ with
-    less noise than this)."""
+    less noise than this). ``reference`` ``{name: other}`` adds, for ``name``, ``ce_loss_score_vs_ref``
+    (its score minus ``other``'s) and ``ce_loss_score_vs_ref_se``: paired over the same tokens, the
+    standard error of the mean of ``CE_other - CE_name`` over ``CE_ablation - CE_clean``."""
     from tqdm.auto import tqdm
 
     layer = hook_layer(hook)
@@ -99,6 +102,11 @@ def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterab
         ce = cat[f"{name}/ce_loss_with_sae"]  # the score's standard error from the per-token spread of CE_sae
         r["ce_loss_score_se"] = float(ce.std() / len(ce) ** 0.5) / (r["ce_loss_with_ablation"] - r["ce_loss_without_sae"])
         result[name] = r
+    for name, other in (reference or {}).items():
+        d = cat[f"{other}/ce_loss_with_sae"] - cat[f"{name}/ce_loss_with_sae"]
+        den = result[name]["ce_loss_with_ablation"] - result[name]["ce_loss_without_sae"]
+        result[name]["ce_loss_score_vs_ref"] = result[name]["ce_loss_score"] - result[other]["ce_loss_score"]
+        result[name]["ce_loss_score_vs_ref_se"] = float(d.std() / len(d) ** 0.5) / den
     return result
 
 

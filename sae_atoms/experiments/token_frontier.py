@@ -97,10 +97,13 @@ def twin_widths(c: TokenFrontierConfig) -> dict[str, float]:
 
 
 def row_keys(rows: Sequence[dict]) -> tuple[str, ...]:
-    """``ROW_KEYS``, and the stability columns when a row has them (``TokenFrontierConfig.stability``)."""
+    """``ROW_KEYS``, the paired CE-loss score difference with atoms when rows have it (every unit but
+    atoms, when atoms were trained) and the stability columns when rows have them
+    (``TokenFrontierConfig.stability``)."""
     from sae_atoms.evals.stability import row_keys as stability_keys
 
-    return ROW_KEYS + stability_keys(rows)
+    paired = ("ce_minus_atoms", "ce_minus_atoms_se") if any("ce_minus_atoms" in r for r in rows) else ()
+    return ROW_KEYS + paired + stability_keys(rows)
 
 
 def sae_name(unit: str, target: float) -> str:
@@ -252,7 +255,9 @@ def evaluate_saes(saes: dict[str, Any], model: Any, eval_rows: Any, x_eval: torc
     from sae_atoms.evals import evaluate_units
     from sae_atoms.evals.downstream import downstream_scores, sparsity_and_variance
 
-    down = downstream_scores(saes, model, eval_rows, c.hook, c.eval_batch_prompts, progress=progress)
+    atoms_at = {sae_name(u, t): sae_name("atoms", t) for t in c.targets for u in c.units if "atoms" in c.units}
+    down = downstream_scores(saes, model, eval_rows, c.hook, c.eval_batch_prompts, progress=progress,
+                             reference={n: a for n, a in atoms_at.items() if n != a and n in saes})
     out = {}
     for name, sae in saes.items():
         ours = evaluate_units(sae, x_eval, ref, hook=c.hook)
@@ -260,7 +265,8 @@ def evaluate_saes(saes: dict[str, Any], model: Any, eval_rows: Any, x_eval: torc
             "ce_loss_score": down[name]["ce_loss_score"], "kl_div_score": down[name]["kl_div_score"],
             "r2_aip": ours["r2_aip"], "mu": ours["mu_aip"], "mu_raw": ours["mu_raw"], "q_star_a": ours["q_star_a"],
             "q_star_b": ours["q_star_b"], "dead_frac": ours["dead_frac"]} | {
-            k: down[name][k] for k in ("ce_loss_score_se", "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation")}
+            k: down[name][k] for k in ("ce_loss_score_se", "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation")} | {
+            k.replace("ce_loss_score_vs_ref", "ce_minus_atoms"): v for k, v in down[name].items() if "_vs_ref" in k}
     return out
 
 
@@ -364,7 +370,8 @@ def goal_check(rows: Sequence[dict], tolerance: float = 0.15) -> list[dict]:
                     "q_ok": atoms["q_star_b"] >= best_q["q_star_b"] and atoms["q_star_b"] > 0,
                     "atoms_ce": atoms["ce_loss_score"],
                     "best_ce": (best_ce["unit"], best_ce["ce_loss_score"]), "atoms_q": atoms["q_star_b"],
-                    "best_q": (best_q["unit"], best_q["q_star_b"])})
+                    "best_q": (best_q["unit"], best_q["q_star_b"]),
+                    "ce_gap_se": best_ce.get("ce_minus_atoms_se")})  # atoms minus the best other, paired over tokens
     return out
 
 
@@ -374,7 +381,8 @@ def reading(rows: Sequence[dict]) -> list[str]:
     if not checks:
         return []
     parts = [f"L0 {g['target_l0']:g}: atoms CE-loss score {g['atoms_ce']:.4f} vs best other {g['best_ce'][1]:.4f} "
-             f"({g['best_ce'][0]}), q* (b) {g['atoms_q']:.3f} vs {g['best_q'][1]:.3f} ({g['best_q'][0]})"
+             f"({g['best_ce'][0]}; atoms minus it {g['atoms_ce'] - g['best_ce'][1]:+.4f}"
+             + (f" ± {g['ce_gap_se']:.4f} paired SE" if g["ce_gap_se"] is not None else "") + "), q* (b) {g['atoms_q']:.3f} vs {g['best_q'][1]:.3f} ({g['best_q'][0]})"
              f"{'' if g['matched'] else ', L0 not matched within 15%'}" for g in checks]
     n_ce, n_q = sum(g["ce_ok"] for g in checks), sum(g["q_ok"] for g in checks)
     return [f"Token stream, held-out documents (goal: atoms' CE-loss score >= the best other unit's - {CE_MARGIN} and "

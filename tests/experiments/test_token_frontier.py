@@ -26,6 +26,10 @@ def test_goal_check_reads_the_ce_margin_and_the_highest_q_star():
     assert g32["best_ce"] == ("features_topk", 0.900)
     text = TF.reading(rows)[0]
     assert "CE part met at 2/3" in text and "q* part at 1/3" in text and "L0 not matched" in text
+    assert g16["ce_gap_se"] is None and "paired SE" not in text
+    rows[1] |= {"ce_minus_atoms": 0.004, "ce_minus_atoms_se": 0.0021}
+    assert TF.goal_check(rows)[0]["ce_gap_se"] == 0.0021
+    assert "atoms minus it -0.0040 ± 0.0021 paired SE" in TF.reading(rows)[0]
 
 
 @pytest.mark.parametrize("field, value, match", [("units", ("atoms", "neurons"), "unknown token-frontier units"),
@@ -122,7 +126,11 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
         assert 0.0 <= r["dead_frac"] <= 1.0 and 0.0 <= r["q_star_b"] <= 1.0
         assert 0.0 <= r["seed_consistency"] <= 1.0 and 0.0 < r["width_mean_cos"] <= 1.0  # the twins' consistency
     assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(TF.sae_name(u, 16) for u in c.units)  # no twin saved
-    assert "seed_consistency" in TF.format_table(res["rows"])
+    assert "seed_consistency" in TF.format_table(res["rows"]) and "ce_minus_atoms_se" in TF.format_table(res["rows"])
+    assert "ce_minus_atoms" not in rows["atoms"]  # the others' CE-loss score minus atoms', paired over tokens
+    for unit in ("features_jumprelu", "features_topk"):
+        assert rows[unit]["ce_minus_atoms"] == pytest.approx(rows[unit]["ce_loss_score"] - rows["atoms"]["ce_loss_score"])
+        assert rows[unit]["ce_minus_atoms_se"] > 0
     assert rows["features_topk"]["l0"] == pytest.approx(16.0, abs=0.5) and rows["features_topk"]["threshold_factor"] is None
     data = TF.token_data(real_model, c)
     x_val = TF.hook_activations(real_model, data["val"]["tokens"], c.hook)
