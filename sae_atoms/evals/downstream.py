@@ -103,11 +103,16 @@ def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterab
         r["ce_loss_score_se"] = float(ce.std() / len(ce) ** 0.5) / (r["ce_loss_with_ablation"] - r["ce_loss_without_sae"])
         result[name] = r
     for name, other in (reference or {}).items():
-        d = cat[f"{other}/ce_loss_with_sae"] - cat[f"{name}/ce_loss_with_sae"]
-        den = result[name]["ce_loss_with_ablation"] - result[name]["ce_loss_without_sae"]
-        result[name]["ce_loss_score_vs_ref"] = result[name]["ce_loss_score"] - result[other]["ce_loss_score"]
-        result[name]["ce_loss_score_vs_ref_se"] = float(d.std() / len(d) ** 0.5) / den
+        result[name] |= _paired(result[name], result[other], cat[f"{name}/ce_loss_with_sae"], cat[f"{other}/ce_loss_with_sae"])
     return result
+
+
+def _paired(r: dict[str, float], other: dict[str, float], ce: Tensor, other_ce: Tensor) -> dict[str, float]:
+    """``r``'s CE-loss score minus ``other``'s, and its standard error paired over the same tokens."""
+    d = other_ce - ce
+    den = r["ce_loss_with_ablation"] - r["ce_loss_without_sae"]
+    return {"ce_loss_score_vs_ref": r["ce_loss_score"] - other["ce_loss_score"],
+            "ce_loss_score_vs_ref_se": float(d.std() / len(d) ** 0.5) / den}
 
 
 @torch.no_grad()

@@ -16,8 +16,10 @@ from SAELens's ``JumpReLUTrainingSAE`` (so the sparsity modes ``step`` / ``tanh`
 SAELens's ``jumprelu``:
 
 * atoms of unit norm, kept so during training: the decoder used in the forward pass is the row-
-  normalised ``W_dec`` (gradients see the normalisation, so no norm can leak into the codes),
-  and saved weights are normalised, so inference equals training exactly;
+  normalised ``W_dec`` (gradients see the normalisation, so no norm can leak into the codes);
+  inference saves hold the normalised rows and the inference SAE normalises a training save's
+  (``save_model``, SAELens's checkpoints, which keep the parameter for an exact resume), so
+  inference equals training exactly;
 * tied initialisation ``W_enc = D^T`` (the encoder of the TSAE theorem, ``W_enc = D^T S`` with
   ``S = I`` here), unit-norm rows;
 * checks that stop training with a clear message: activation width vs ``d_in`` and
@@ -197,25 +199,6 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
         return "tsae"
 
 
-# --------------------------------------------------------------------------- inference SAE
-class TSAESAE(InputWidthMixin, LoadHintMixin, JumpReLUSAE):
-    """Inference TSAE in raw space: ``JumpReLUSAE``'s forward with unit-norm decoder rows."""
-
-    cfg: TSAESAEConfig  # type: ignore[assignment]
-
-    def __init__(self, cfg: TSAESAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)
-
-    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-        super().process_state_dict_for_loading(state_dict)
-        check_state_dict_shapes(self, state_dict, self.cfg.architecture())
-
-    def atoms(self) -> torch.Tensor:
-        """The atoms as rows ``[d_sae, d_in]`` in raw activation space."""
-        return self.W_dec.detach()
-
-
-# --------------------------------------------------------------------------- training SAE
 _NORM_FLOOR = 1e-12
 
 
@@ -242,6 +225,28 @@ class UnitRows(torch.autograd.Function):
         return torch.addcmul(g, u, along, value=-1.0).div_(n)
 
 
+# --------------------------------------------------------------------------- inference SAE
+class TSAESAE(InputWidthMixin, LoadHintMixin, JumpReLUSAE):
+    """Inference TSAE in raw space: ``JumpReLUSAE``'s forward with unit-norm decoder rows."""
+
+    cfg: TSAESAEConfig  # type: ignore[assignment]
+
+    def __init__(self, cfg: TSAESAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_loading(state_dict)
+        check_state_dict_shapes(self, state_dict, self.cfg.architecture())
+        w = state_dict.get("W_dec")
+        if w is not None and ((w.norm(dim=1) - 1.0).abs() > 1e-6).any():  # a training save keeps the raw parameter
+            state_dict["W_dec"] = UnitRows.apply(w)  # the atoms are its unit rows (an inference save already has them)
+
+    def atoms(self) -> torch.Tensor:
+        """The atoms as rows ``[d_sae, d_in]`` in raw activation space."""
+        return self.W_dec.detach()
+
+
+# --------------------------------------------------------------------------- training SAE
 class RawOnRead(TrainStepOutput):
     """A ``TrainStepOutput`` whose raw reconstruction ``sae_out`` is computed on first read.
 
@@ -400,8 +405,11 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
                                losses={"mse_loss": zero.detach(), "l0_loss": zero.detach()})
 
     # ---- saving / loading / folding
-    def process_state_dict_for_saving(self, state_dict: dict[str, Any]) -> None:
-        super().process_state_dict_for_saving(state_dict)
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        """An inference save holds the atoms (unit rows). A training save (``save_model``, SAELens's
+        checkpoints) keeps ``W_dec`` as the parameter is, so a resumed run continues from it and its
+        optimizer state; ``TSAESAE`` takes its unit rows when it loads one."""
+        super().process_state_dict_for_saving_inference(state_dict)
         state_dict["W_dec"] = self.unit_W_dec().detach().clone()
 
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:

@@ -138,3 +138,45 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
         sae = SAE.load_from_disk(str(tmp_path / "saes" / TF.sae_name(unit, 16)))
         assert sparsity_and_variance(sae, x_val)["l0"] == pytest.approx(16.0, rel=0.02)  # matched on validation docs
     assert res["settings"]["val_activations"] == x_val.shape[0]
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_a_killed_run_resumes_from_the_runners_checkpoint(real_model, tmp_path, monkeypatch):
+    """Interrupted after 3 of 8 steps, the runner saves a checkpoint; ``resume=True`` loads the latest
+    one, starts from the weights the killed run had (not a new initialisation) and takes only the 5
+    steps left for each SAE. (SAELens resumes its data stream at the dataset position and refills its
+    mixing buffer there, so the batches after the resume are not those of an uninterrupted run: no
+    equality with one is asserted.)"""
+    from sae_lens.training.multi_sae_trainer import MultiSAETrainer
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    c = TF.TokenFrontierConfig(units=("atoms", "features_topk"), targets=(16,), tokens=1024, context_size=32,
+                               batch_tokens=128, val_tokens=64, eval_tokens=64, ref_tokens=64, norm_batches=1,
+                               n_checkpoints=0)
+    train = TF.token_data(real_model, c)["train"]
+    checkpointed, load = MultiSAETrainer._checkpoint_if_needed, MultiSAETrainer.load_checkpoint
+    at_kill, at_resume, steps = {}, {}, []
+
+    def killed_after_3(self):
+        checkpointed(self)
+        if self.n_training_steps == 2:  # the 3rd step is done (the counter moves after this call)
+            at_kill.update({n: sae.W_dec.detach().clone() for n, sae in self.saes.items()})
+            raise KeyboardInterrupt
+
+    def loaded(self, path):
+        load(self, path)
+        at_resume.update({n: sae.W_dec.detach().clone() for n, sae in self.saes.items()})
+
+    monkeypatch.setattr(MultiSAETrainer, "_checkpoint_if_needed", killed_after_3)
+    with pytest.raises(KeyboardInterrupt):
+        TF.train_units(c, real_model, train, tmp_path, "cpu")
+    assert TF.latest_checkpoint(tmp_path).endswith("/384")  # 3 steps x 128 tokens
+    monkeypatch.setattr(MultiSAETrainer, "_checkpoint_if_needed", checkpointed)
+    monkeypatch.setattr(MultiSAETrainer, "load_checkpoint", loaded)
+    step = SAETrainer.step
+    monkeypatch.setattr(SAETrainer, "step", lambda self, batch: steps.append(1) or step(self, batch))
+    resumed = TF.train_units(c, real_model, train, tmp_path, "cpu", resume=True)
+    assert len(steps) == 5 * len(c.units) and set(resumed) == set(at_kill) == set(at_resume)
+    for name, w in at_kill.items():
+        assert torch.equal(at_resume[name], w)  # tsae kinds too: a checkpoint keeps the decoder parameter as it was

@@ -99,6 +99,26 @@ def test_unit_rows_gradient_equals_autograd_through_norm_and_floor():
     assert ours[4].abs().max() > 1e6  # the floored row's gradient is g / 1e-12, not zeroed
 
 
+def test_training_save_keeps_the_decoder_parameter_and_inference_takes_its_unit_rows(tmp_path):
+    """``save_model`` (SAELens's checkpoints) keeps ``W_dec`` as trained, so a resume continues from it;
+    the inference SAE loaded from that folder, or made by ``to_inference``, has the unit rows and the
+    training SAE's outputs bit for bit; an inference save holds the unit rows."""
+    torch.manual_seed(0)
+    sae = TSAETrainingSAE(TSAETrainingSAEConfig(d_in=16, d_sae=32))
+    sae.threshold.data.fill_(0.01)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.linspace(0.5, 2.0, 32)[:, None])  # norms drift off 1 in training
+    sae.save_model(tmp_path / "train")
+    assert torch.equal(TSAETrainingSAE.load_from_disk(tmp_path / "train").W_dec, sae.W_dec)
+    x = _skewed(64, 16)
+    want = sae.decode(sae.encode(x))
+    for inf in (SAE.load_from_disk(tmp_path / "train"), to_inference(sae)):
+        torch.testing.assert_close(inf.W_dec.norm(dim=1), torch.ones(32))
+        assert torch.equal(inf.decode(inf.encode(x)), want)
+    sae.save_inference_model(tmp_path / "inference")
+    assert torch.equal(SAE.load_from_disk(tmp_path / "inference").W_dec, to_inference(sae).W_dec)
+
+
 def test_unit_norm_kept_during_training_and_metric_estimated_from_first_batches():
     torch.manual_seed(0)
     cfg = TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16, n_batches_for_metric=3)
