@@ -380,9 +380,10 @@ def reading(rows: Sequence[dict]) -> list[str]:
     checks = goal_check(rows)
     if not checks:
         return []
+    se = lambda g: f" ± {g['ce_gap_se']:.4f} paired SE" if g["ce_gap_se"] is not None else ""  # noqa: E731
     parts = [f"L0 {g['target_l0']:g}: atoms CE-loss score {g['atoms_ce']:.4f} vs best other {g['best_ce'][1]:.4f} "
-             f"({g['best_ce'][0]}; atoms minus it {g['atoms_ce'] - g['best_ce'][1]:+.4f}"
-             + (f" ± {g['ce_gap_se']:.4f} paired SE" if g["ce_gap_se"] is not None else "") + "), q* (b) {g['atoms_q']:.3f} vs {g['best_q'][1]:.3f} ({g['best_q'][0]})"
+             f"({g['best_ce'][0]}; atoms minus it {g['atoms_ce'] - g['best_ce'][1]:+.4f}{se(g)}), "
+             f"q* (b) {g['atoms_q']:.3f} vs {g['best_q'][1]:.3f} ({g['best_q'][0]})"
              f"{'' if g['matched'] else ', L0 not matched within 15%'}" for g in checks]
     n_ce, n_q = sum(g["ce_ok"] for g in checks), sum(g["q_ok"] for g in checks)
     return [f"Token stream, held-out documents (goal: atoms' CE-loss score >= the best other unit's - {CE_MARGIN} and "

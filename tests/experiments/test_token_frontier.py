@@ -29,7 +29,7 @@ def test_goal_check_reads_the_ce_margin_and_the_highest_q_star():
     assert g16["ce_gap_se"] is None and "paired SE" not in text
     rows[1] |= {"ce_minus_atoms": 0.004, "ce_minus_atoms_se": 0.0021}
     assert TF.goal_check(rows)[0]["ce_gap_se"] == 0.0021
-    assert "atoms minus it -0.0040 ± 0.0021 paired SE" in TF.reading(rows)[0]
+    assert "(features_topk; atoms minus it -0.0040 ± 0.0021 paired SE), q* (b) 0.300 vs 0.200" in TF.reading(rows)[0]
 
 
 @pytest.mark.parametrize("field, value, match", [("units", ("atoms", "neurons"), "unknown token-frontier units"),
