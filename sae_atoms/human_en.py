@@ -49,6 +49,7 @@ NAME = "human-en"
 HELDOUT_FRACTION = 0.1
 SPLITS = ("train", "heldout")
 SPLIT_RULE = "heldout iff int.from_bytes(sha256(f'human-en/{id}')[:8], 'big') < heldout_fraction * 2**64"
+ORDER_RULE = "documents sorted by sha256(f'human-en/order/{id}')"
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,15 @@ def split_documents(pairs: Iterable[tuple[str, str]], split: str | None,
             yield doc_id, text
 
 
+def mixed(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The corpus's reading order (``ORDER_RULE``): the ``(id, text)`` pairs sorted by a hash of the id,
+    so that every prefix (``fit-metric --tokens N``, a corpus sample) mixes the sources in proportion
+    to their documents instead of starting with the whole Bible. Salted apart from the split's hash,
+    so the order does not follow the split."""
+    key = lambda pair: hashlib.sha256(f"{NAME}/order/{pair[0]}".encode()).digest()  # noqa: E731
+    return sorted(pairs, key=key)
+
+
 def documents(sources: Iterable[Source] | None = None) -> Iterator[tuple[str, str]]:
     """Every ``(source/id, text)`` of the sources (None: ``SOURCES``), read lazily, source by source."""
     for src in (SOURCES if sources is None else sources):
@@ -294,6 +304,7 @@ def provenance(split: str | None = None, heldout_fraction: float = HELDOUT_FRACT
         raise ValueError(f"split={split!r}: choose one of {SPLITS} or None (every document).")
     per_source = [source_provenance(s, heldout_fraction) for s in (SOURCES if sources is None else sources)]
     return {"corpus": NAME if split is None else f"{NAME}:{split}", "split": split or "all", "heldout_fraction": heldout_fraction, "split_rule": SPLIT_RULE,
+            "order": ORDER_RULE,
             "install": install_hint(), "sources": per_source,
             "documents": {s: sum(p["documents"][s] for p in per_source) for s in SPLITS},
             "characters": {s: sum(p["characters"][s] for p in per_source) for s in SPLITS}}

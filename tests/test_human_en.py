@@ -61,12 +61,12 @@ def test_split_is_deterministic_disjoint_and_covers_every_document(docs):
 
 def test_load_corpus_splits_and_provenance(docs):
     full = load_corpus("human-en")
-    assert list(itertools.islice(full.documents(), 3)) == [t for _, t in docs[:3]]
+    assert list(itertools.islice(full.documents(), 3)) == [t for _, t in human_en.mixed(docs)[:3]]
     held = load_corpus("human-en:heldout")
     assert held.name == held.provenance["corpus"] == "human-en:heldout" and held.provenance["split"] == "heldout"
     held_docs = list(held.documents())
     assert held_docs == list(load_corpus("human-en", split="heldout").documents())
-    assert held_docs == [t for _, t in split_documents(docs, "heldout")]
+    assert held_docs == [t for _, t in human_en.mixed(split_documents(docs, "heldout"))]
     p = full.provenance
     assert p["split"] == "all" and p["heldout_fraction"] == human_en.HELDOUT_FRACTION and p["split_rule"]
     assert [s["source"] for s in p["sources"]] == [s.name for s in SOURCES]
@@ -149,3 +149,17 @@ def test_smollm2_token_counts_on_a_slice(real_model):
     for name, c in counts.items():
         tokens = sum(c.values())
         assert 0.15 < tokens / chars[name] < 0.4, (name, tokens, chars[name])  # English: about 4 characters a token
+
+
+def test_the_corpus_reads_documents_in_a_mixed_order_whose_prefixes_hold_every_source(docs):
+    """``load_corpus("human-en")`` yields ``human_en.mixed`` order: a hash of the id, no source first
+    (source by source, the first tenth would be Bible chapters only), the same every time, and not
+    the split's hash (held-out documents are spread through it)."""
+    order = human_en.mixed(docs)
+    assert sorted(order) == sorted(docs) and human_en.mixed(reversed(docs)) == order
+    first = [k.split("/")[0] for k, _ in order[: len(order) // 10]]
+    assert {s.name for s in human_en.SOURCES} == set(first)
+    held = [i for i, (k, _) in enumerate(order) if document_split(k) == "heldout"]
+    assert held[0] < len(order) // 10 and held[-1] > len(order) * 9 // 10
+    assert list(load_corpus("human-en:train").documents()) == [t for k, t in order if document_split(k) == "train"]
+    assert load_corpus("human-en").provenance["order"] == human_en.ORDER_RULE
