@@ -255,9 +255,9 @@ def evaluate_saes(saes: dict[str, Any], model: Any, eval_rows: Any, x_eval: torc
     from sae_atoms.evals import evaluate_units
     from sae_atoms.evals.downstream import downstream_scores, sparsity_and_variance
 
-    atoms_at = {sae_name(u, t): sae_name("atoms", t) for t in c.targets for u in c.units if "atoms" in c.units}
+    vs_atoms = {sae_name(u, t): sae_name("atoms", t) for t in c.targets for u in c.units if u != "atoms"}
     down = downstream_scores(saes, model, eval_rows, c.hook, c.eval_batch_prompts, progress=progress,
-                             reference={n: a for n, a in atoms_at.items() if n != a and n in saes})
+                             reference=vs_atoms if "atoms" in c.units else None)
     out = {}
     for name, sae in saes.items():
         ours = evaluate_units(sae, x_eval, ref, hook=c.hook)
