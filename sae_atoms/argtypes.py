@@ -22,3 +22,25 @@ def int_at_least(low: int) -> Callable[[str], int]:
 
 
 positive_int = int_at_least(1)  # argparse type: an integer >= 1
+
+
+def _value(text: str) -> int | float | str | None:
+    """A config value from the command line: None, an int, a float, else the text itself."""
+    if text == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def named_fields(value: str) -> tuple[str, tuple[tuple[str, int | float | str | None], ...]]:
+    """argparse type: ``NAME=FIELD:VALUE[,FIELD:VALUE...]`` -> ``(NAME, ((FIELD, VALUE), ...))``,
+    e.g. ``alpha0.6=aip_alpha:0.6`` (a config variant with a name of its own)."""
+    name, sep, spec = value.partition("=")
+    pairs = [p.partition(":") for p in spec.split(",")] if spec else []
+    if not sep or not name or not pairs or any(not k or not s or not v for k, s, v in pairs):
+        raise argparse.ArgumentTypeError(f"{value!r}: write NAME=FIELD:VALUE[,FIELD:VALUE...], e.g. alpha0.6=aip_alpha:0.6")
+    return name, tuple((k, _value(v)) for k, _, v in pairs)

@@ -34,7 +34,8 @@ alpha = 1, fitted on training-stream tokens).
 
 ``sae-atoms token-frontier`` runs it; ``--tokens`` scales it (``--device cuda`` on a GPU: the model,
 the activation store and the SAEs go there). Memory is the runner's buffer plus the evaluation
-activations, not ``--tokens``. A killed run resumes from the runner's last checkpoint (``--resume``).
+activations, not ``--tokens``. ``--atoms-variant NAME=FIELD:VALUE,...`` trains designs of atoms (other
+tsae_aip config fields) in the same pass, as ``atoms_NAME``, with their CE difference to atoms paired. A killed run resumes from the runner's last checkpoint (``--resume``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from sae_atoms.aip import AIPMetric
+from sae_atoms.argtypes import named_fields
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.units import unit_config
 
@@ -86,6 +88,7 @@ class TokenFrontierConfig:
     n_checkpoints: int = 2
     stability: bool = False           # also train each SAE's twins: another initialisation, and twice the width
     seed: int = 0
+    atoms_variants: tuple = ()        # ((name, ((field, value), ...)), ...): atoms designs trained beside, as atoms_<name>
 
 
 TWINS = {"_init2": 1.0, "_wide": 2.0}  # stability twins of an SAE: name suffix -> width factor (both another init)
@@ -104,6 +107,25 @@ def row_keys(rows: Sequence[dict]) -> tuple[str, ...]:
 
     paired = ("ce_minus_atoms", "ce_minus_atoms_se") if any("ce_minus_atoms" in r for r in rows) else ()
     return ROW_KEYS + paired + stability_keys(rows)
+
+
+def trained_units(c: TokenFrontierConfig) -> tuple[str, ...]:
+    """``c.units`` and the atoms design variants, ``atoms_<name>``."""
+    return tuple(c.units) + tuple(f"atoms_{n}" for n, _ in c.atoms_variants)
+
+
+def designs(c: TokenFrontierConfig) -> dict[str, dict[str, Any]]:
+    """Each atoms variant's unit name -> its tsae_aip config fields."""
+    return {f"atoms_{n}": dict(f) for n, f in c.atoms_variants}
+
+
+def trained_config(c: TokenFrontierConfig, unit: str, d: int, d_sae: int, target: float) -> Any:
+    """``unit_config`` of a trained unit (a kind of ``c.units`` or an atoms variant); atoms estimate
+    their metric on the runner's first ``norm_batches`` batches, as the input normalisations are."""
+    variant = designs(c).get(unit)
+    if unit != "atoms" and variant is None:
+        return unit_config(unit, d, d_sae, target, c.hook)
+    return unit_config("atoms", d, d_sae, target, c.hook, **({"n_batches_for_metric": c.norm_batches} | (variant or {})))
 
 
 def sae_name(unit: str, target: float) -> str:
@@ -192,9 +214,8 @@ def runner_config(c: TokenFrontierConfig, model: Any, out: Path, device: str, re
 
     d = hook_dim(model, c.hook) or int(model.cfg.d_model)
     width = int(round(c.expansion * d))
-    saes = {sae_name(u, t) + suffix: unit_config(u, d, int(round(width * f)), t, c.hook,
-                                                 **({"n_batches_for_metric": c.norm_batches} if u == "atoms" else {}))
-            for t in c.targets for u in c.units for suffix, f in twin_widths(c).items()}  # twins: another init
+    saes = {sae_name(u, t) + suffix: trained_config(c, u, d, int(round(width * f)), t)
+            for t in c.targets for u in trained_units(c) for suffix, f in twin_widths(c).items()}  # twins: another init
     rows_per_batch, steps = max(1, c.batch_tokens // c.context_size), c.tokens // c.batch_tokens
     return MultiSAETrainingRunnerConfig(
         saes=saes, hook_names=c.hook, model_name=model.cfg.model_name, dataset_path="", streaming=False,
@@ -255,7 +276,7 @@ def evaluate_saes(saes: dict[str, Any], model: Any, eval_rows: Any, x_eval: torc
     from sae_atoms.evals import evaluate_units
     from sae_atoms.evals.downstream import downstream_scores, sparsity_and_variance
 
-    vs_atoms = {sae_name(u, t): sae_name("atoms", t) for t in c.targets for u in c.units if u != "atoms"}
+    vs_atoms = {sae_name(u, t): sae_name("atoms", t) for t in c.targets for u in trained_units(c) if u != "atoms"}
     down = downstream_scores(saes, model, eval_rows, c.hook, c.eval_batch_prompts, progress=progress,
                              reference=vs_atoms if "atoms" in c.units else None)
     out = {}
@@ -303,10 +324,11 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     saes = train_units(c, model, data["train"], out, device, resume)
     seconds["train"] = time.time() - t0
     t0 = time.time()
-    named = [(sae_name(u, t) + suffix, t) for t in c.targets for u in c.units for suffix in twin_widths(c)]
+    units = trained_units(c)
+    named = [(sae_name(u, t) + suffix, t) for t in c.targets for u in units for suffix in twin_widths(c)]
     factors = {name: match_to_target(saes[name], x_val, t)
                for name, t in tqdm(named, desc="token frontier: match L0", unit="SAE", disable=not progress)}
-    for t, u in [(t, u) for t in c.targets for u in c.units]:
+    for t, u in [(t, u) for t in c.targets for u in units]:
         with atomic_dir(out / "saes" / sae_name(u, t)) as tmp:
             saes[sae_name(u, t)].save_model(str(tmp))
     _remove_training_files(out)
@@ -315,7 +337,8 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     rows = [{"unit": u, "target_l0": t} | scores[sae_name(u, t)] | {"threshold_factor": factors[sae_name(u, t)],
                                                                     "l0_val": sparsity_and_variance(saes[sae_name(u, t)], x_val)["l0"]}
             | (stability_columns(*(saes[sae_name(u, t) + k] for k in ("", "_init2", "_wide")), x_eval, ref) if c.stability else {})
-            for t in c.targets for u in c.units]
+            | ({"design": designs(c)[u]} if u in designs(c) else {})
+            for t in c.targets for u in units]
     seconds["eval"] = time.time() - t0
     return {"settings": _settings(c, data, x_val, x_eval, model), "rows": rows, "metric": ref.provenance(),
             "seconds": {k: round(v, 1) for k, v in seconds.items()}}
@@ -333,11 +356,19 @@ def check_config(c: TokenFrontierConfig) -> None:
             raise ValueError(f"{name}={getattr(c, name)} must be >= 1.")
     if c.batch_tokens > c.tokens:
         raise ValueError(f"batch_tokens={c.batch_tokens} exceeds tokens={c.tokens}: the runner would take no step.")
+    if len(designs(c)) < len(c.atoms_variants):
+        raise ValueError(f"atoms variant names {[n for n, _ in c.atoms_variants]} must differ from each other.")
+    for u in designs(c):
+        try:
+            trained_config(c, u, 8, 16, 1.0)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"atoms variant {u!r}: {e} (its fields are tsae_aip config fields)") from e
 
 
 def _settings(c: TokenFrontierConfig, data: dict[str, Any], x_val: torch.Tensor, x_eval: torch.Tensor,
               model: Any) -> dict[str, Any]:
     return asdict(c) | {"units": list(c.units), "targets": list(c.targets), "model": model.cfg.model_name,
+                        "atoms_variants": designs(c),
                         "width": int(round(c.expansion * x_eval.shape[1])), "steps": c.tokens // c.batch_tokens,
                         "val_activations": int(x_val.shape[0]), "eval_activations": int(x_eval.shape[0]),
                         "eval_norms": _norms(x_eval),
@@ -360,7 +391,7 @@ def goal_check(rows: Sequence[dict], tolerance: float = 0.15) -> list[dict]:
     for t in sorted({r["target_l0"] for r in rows}):
         at = [r for r in rows if r["target_l0"] == t]
         atoms = next((r for r in at if r["unit"] == "atoms"), None)
-        others = [r for r in at if r["unit"] != "atoms"]
+        others = [r for r in at if r["unit"] != "atoms" and "design" not in r]  # designs of atoms are not rivals
         if atoms is None or not others:
             continue
         best_ce = max(others, key=lambda r: r["ce_loss_score"])
@@ -438,6 +469,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--stability", action="store_true", help="also train each SAE's twins (another initialisation; "
                                                            "twice the width) for init and width consistency")
+    p.add_argument("--atoms-variant", type=named_fields, action="append", default=[], metavar="NAME=FIELD:VALUE,...",
+                   help="also train atoms with these tsae_aip config fields, as unit atoms_NAME (a design compared "
+                        "with atoms in the same pass; repeatable), e.g. alpha0.6=aip_alpha:0.6")
     p.add_argument("--device", default="cpu", help="cpu or cuda: the model, the activation store and the SAEs")
     p.add_argument("--resume", action="store_true", help="resume training from the last checkpoint under --out")
     p.add_argument("--out", required=True, help="output folder: results.json, token_frontier.png, saes/, checkpoints/")
@@ -449,7 +483,8 @@ def run_cli(args: argparse.Namespace) -> int:
     c = TokenFrontierConfig(hook=args.hook, units=tuple(args.units), targets=tuple(args.targets), expansion=args.expansion,
                             corpus=args.corpus, tokens=args.tokens, context_size=args.context_size,
                             batch_tokens=args.batch_tokens, lr=args.lr, val_tokens=args.val_tokens,
-                            eval_tokens=args.eval_tokens, seed=args.seed, stability=args.stability)
+                            eval_tokens=args.eval_tokens, seed=args.seed, stability=args.stability,
+                            atoms_variants=tuple(args.atoms_variant))
     check_config(c)
     out = Path(args.out)
     model = load_model(args.model, device=args.device)

@@ -89,6 +89,37 @@ def test_runner_config_trains_every_unit_at_every_target_from_one_pass(tiny_mode
     assert twins["atoms_l0_4_init2"].d_sae == 4 * 32 and twins["atoms_l0_4_wide"].d_sae == 8 * 32
 
 
+def test_atoms_variants_train_beside_atoms_and_are_not_their_rivals(tiny_model, tmp_path):
+    """``--atoms-variant NAME=FIELD:VALUE,...`` adds ``atoms_NAME`` SAEs (atoms' config with those
+    fields) to the same runner pass; the goal check compares atoms with the other unit kinds only."""
+    import argparse
+
+    from sae_atoms.argtypes import named_fields
+
+    variants = (named_fields("alpha0.6=aip_alpha:0.6"), named_fields("raw=aip_loss_space:raw,n_batches_for_metric:5"))
+    assert variants == (("alpha0.6", (("aip_alpha", 0.6),)), ("raw", (("aip_loss_space", "raw"), ("n_batches_for_metric", 5))))
+    c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms", "features_topk"), targets=(4,), tokens=4096,
+                               batch_tokens=256, context_size=16, norm_batches=3, atoms_variants=variants)
+    TF.check_config(c)
+    saes = TF.runner_config(c, tiny_model, tmp_path, "cpu").saes
+    assert set(saes) == {"atoms_l0_4", "features_topk_l0_4", "atoms_alpha0.6_l0_4", "atoms_raw_l0_4"}
+    assert (saes["atoms_l0_4"].aip_alpha, saes["atoms_alpha0.6_l0_4"].aip_alpha) == (0.35, 0.6)
+    assert saes["atoms_raw_l0_4"].aip_loss_space == "raw" and saes["atoms_raw_l0_4"].n_batches_for_metric == 5
+    assert saes["atoms_alpha0.6_l0_4"].n_batches_for_metric == 3 and saes["atoms_alpha0.6_l0_4"].target_l0 == 4.0
+    rows = [_row("atoms", 4, 4.0, 0.90, 0.1), _row("features_topk", 4, 4.0, 0.89, 0.0),
+            _row("atoms_alpha0.6", 4, 4.0, 0.99, 0.5) | {"design": {"aip_alpha": 0.6}}]
+    g = TF.goal_check(rows)[0]
+    assert g["ce_ok"] and g["q_ok"] and g["best_ce"] == ("features_topk", 0.89)
+    for bad, match in (("x=no_such_field:1", "no_such_field"), ("x=aip_alpha:2", "aip_alpha")):
+        with pytest.raises(ValueError, match=match):
+            TF.check_config(TF.TokenFrontierConfig(atoms_variants=(named_fields(bad),)))
+    with pytest.raises(ValueError, match="must differ"):
+        TF.check_config(TF.TokenFrontierConfig(atoms_variants=variants[:1] * 2))
+    for bad in ("alpha", "=aip_alpha:1", "a=aip_alpha", "a=aip_alpha:"):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=FIELD:VALUE"):
+            named_fields(bad)
+
+
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_the_runners_initialisations_do_not_depend_on_what_ran_before(real_model, tmp_path):
@@ -115,20 +146,21 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
 
     c = TF.TokenFrontierConfig(units=("atoms", "features_jumprelu", "features_topk"), targets=(16,), tokens=4096,
                                context_size=64, batch_tokens=512, val_tokens=1024, eval_tokens=512, ref_tokens=1024,
-                               norm_batches=2, n_checkpoints=0, stability=True)
+                               norm_batches=2, n_checkpoints=0, stability=True, atoms_variants=(("full", (("aip_alpha", 1.0),)),))
     res = TF.run_token_frontier(real_model, c, out=tmp_path, progress=False)
     write_json(res, tmp_path / "r.json")
     rows = {r["unit"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
-    assert set(rows) == set(c.units)
+    assert set(rows) == {*c.units, "atoms_full"} and rows["atoms_full"]["design"] == {"aip_alpha": 1.0}
+    assert res["settings"]["atoms_variants"] == {"atoms_full": {"aip_alpha": 1.0}}
     for unit, r in rows.items():
         assert set(TF.ROW_KEYS) <= set(r)
         assert -1.0 < r["ce_loss_score"] <= 1.0 and r["ce_loss_with_ablation"] > r["ce_loss_without_sae"]
         assert 0.0 <= r["dead_frac"] <= 1.0 and 0.0 <= r["q_star_b"] <= 1.0
         assert 0.0 <= r["seed_consistency"] <= 1.0 and 0.0 < r["width_mean_cos"] <= 1.0  # the twins' consistency
-    assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(TF.sae_name(u, 16) for u in c.units)  # no twin saved
+    assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(TF.sae_name(u, 16) for u in rows)  # no twin saved
     assert "seed_consistency" in TF.format_table(res["rows"]) and "ce_minus_atoms_se" in TF.format_table(res["rows"])
     assert "ce_minus_atoms" not in rows["atoms"]  # the others' CE-loss score minus atoms', paired over tokens
-    for unit in ("features_jumprelu", "features_topk"):
+    for unit in ("features_jumprelu", "features_topk", "atoms_full"):
         assert rows[unit]["ce_minus_atoms"] == pytest.approx(rows[unit]["ce_loss_score"] - rows["atoms"]["ce_loss_score"])
         assert rows[unit]["ce_minus_atoms_se"] > 0
     assert rows["features_topk"]["l0"] == pytest.approx(16.0, abs=0.5) and rows["features_topk"]["threshold_factor"] is None
