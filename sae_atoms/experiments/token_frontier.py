@@ -480,7 +480,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     from sae_atoms.models import load_model
 
-    c = TokenFrontierConfig(hook=args.hook, units=tuple(args.units), targets=tuple(args.targets), expansion=args.expansion,
+    targets = tuple(int(t) if float(t).is_integer() else t for t in args.targets)  # 32, not 32.0, in the table
+    c = TokenFrontierConfig(hook=args.hook, units=tuple(args.units), targets=targets, expansion=args.expansion,
                             corpus=args.corpus, tokens=args.tokens, context_size=args.context_size,
                             batch_tokens=args.batch_tokens, lr=args.lr, val_tokens=args.val_tokens,
                             eval_tokens=args.eval_tokens, seed=args.seed, stability=args.stability,
