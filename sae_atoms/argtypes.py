@@ -44,3 +44,15 @@ def named_fields(value: str) -> tuple[str, tuple[tuple[str, int | float | str | 
     if not sep or not name or not pairs or any(not k or not s or not v for k, s, v in pairs):
         raise argparse.ArgumentTypeError(f"{value!r}: write NAME=FIELD:VALUE[,FIELD:VALUE...], e.g. alpha0.6=aip_alpha:0.6")
     return name, tuple((k, _value(v)) for k, _, v in pairs)
+
+
+def unit_lr(value: str) -> tuple[str, float]:
+    """argparse type: ``UNIT=LR`` -> ``(UNIT, LR)`` with a positive learning rate, e.g. ``features_topk=3e-3``."""
+    unit, sep, lr = value.partition("=")
+    try:
+        rate = float(lr)
+    except ValueError:
+        rate = float("nan")
+    if not sep or not unit or not rate > 0 or rate == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: write UNIT=LR with a positive learning rate, e.g. features_topk=3e-3")
+    return unit, rate

@@ -255,7 +255,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from sae_lens.config import LanguageModelSAERunnerConfig
     from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
-    from sae_atoms.training import build_runner  # importing sae_atoms registered tsae / tsae_aip already
+    from sae_atoms.runners import build_runner  # importing sae_atoms registered tsae / tsae_aip already
 
     extra = list(getattr(args, "extra_args", []) or [])
     if args.config is not None:

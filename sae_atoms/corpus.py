@@ -30,8 +30,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -187,6 +189,37 @@ def hook_dim(model, hook: str) -> int | None:
     if last[-1] in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out"):
         return int(model.cfg.d_model)
     return None
+
+
+def split_documents(corpus: str, split: str) -> list[str]:
+    """The documents of ``split`` (``train`` / ``heldout``): the corpus's own split for ``human-en``,
+    else a hash of each document's text (``human_en.document_split``)."""
+    if corpus.split(":")[0] == "human-en":
+        return list(load_corpus("human-en", split=split).documents())
+    return [d for d in load_corpus(corpus).documents() if human_en.document_split(d) == split]
+
+
+def token_rows(docs: Iterable[str], model: Any, context_size: int, n_tokens: int, what: str,
+               window: tuple[int, random.Random] | None = None) -> list[list[int]]:
+    """``n_tokens`` (rounded up to whole rows) of ``packed_rows``; with ``window = (w, rng)`` each
+    document gives one random window of at most ``w`` tokens, so that a few long documents do not
+    make up a held-out set."""
+    tokenize, bos = model_tokenizer(model)
+    if window is not None:
+        w, rng = window
+        whole = tokenize
+
+        def tokenize(text: str) -> list[int]:
+            ids = whole(text)
+            start = rng.randrange(max(1, len(ids) - w + 1))
+            return ids[start:start + w]
+
+    n = math.ceil(n_tokens / context_size)
+    rows = list(islice(packed_rows(docs, tokenize, context_size, bos), n))
+    if len(rows) < n:
+        raise ValueError(f"the corpus has {len(rows) * context_size} tokens of {what}, fewer than the {n * context_size} "
+                         f"asked for; lower the token count or use a larger --corpus.")
+    return rows
 
 
 # --------------------------------------------------------------------------- streaming moments

@@ -10,14 +10,7 @@ Defaults: ``DEFAULT_STEPS`` steps of ``batch_size=512`` at ``lr=1e-3`` (5% linea
 to ``lr/10`` over the last 20%); the rarer settings are ``TrainOptions``. Each study names its own
 length in its config (``FrontierConfig.steps``, ``CapacityConfig.steps``, the main job's ``Settings``).
 
-``build_runner(cfg)`` is SAELens's ``LanguageModelSAETrainingRunner`` (or, for a
-``MultiSAETrainingRunnerConfig``, its ``MultiSAETrainingRunner``: several SAEs from one forward
-pass) with the ``tsae`` / ``tsae_aip`` architectures registered, the model loaded by
-``sae_atoms.models`` (the embedded SmolLM2-135M works offline) as ``override_model``, a local
-``dataset_path`` (a ``datasets`` folder or a json / jsonl / parquet / txt file) as
-``override_dataset``, wandb off, and ``model_from_pretrained_kwargs`` set to the processing the
-model was loaded with (SAELens's default ``center_writing_weights=False`` would misdescribe it);
-``sae-atoms train [SAELens runner arguments]`` (``sae_atoms.cli``) runs it.
+SAELens's runners (``build_runner``) are ``sae_atoms.runners``.
 
 ``training_config(architecture, d_in, d_sae, hook_name=...)``: the training config of any registered
 architecture with its defaults (``train_on_activations`` takes a one-hook set's hook when it has none).
@@ -45,7 +38,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -55,13 +47,12 @@ from sae_lens.saes.sae import SAE, TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_atoms.activations import as_matrix
-from sae_atoms.forward import hook_layer
-from sae_atoms.models import check_hook_name, load_model, resolve_device
+from sae_atoms.models import resolve_device
 from sae_atoms.saes.checks import check_batch, check_number, check_training_config, check_width
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
 __all__ = ["train_on_activations", "fit_sae", "TrainOptions", "training_config", "calibrate_thresholds", "match_l0", "input_scale",
-           "build_runner", "check_runner_buffer", "MetricFirstTrainer", "DEFAULT_STEPS", "calibrate_at_first_step"]
+           "MetricFirstTrainer", "DEFAULT_STEPS", "calibrate_at_first_step"]
 DEFAULT_STEPS = 1500  # the library default; studies set their own (FrontierConfig.steps, ...)
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_LR = 1e-3
@@ -366,135 +357,10 @@ def training_config(architecture: str, d_in: int, d_sae: int, *, hook_name: str 
     return cfg
 
 
-def _load_local_dataset(path: str):
-    import datasets
+def __getattr__(name: str) -> Any:
+    """``build_runner`` and ``check_runner_buffer`` moved to ``sae_atoms.runners``; old imports still work."""
+    if name in ("build_runner", "check_runner_buffer"):
+        from sae_atoms import runners
 
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if (p / "dataset_info.json").exists() or (p / "state.json").exists():
-            return datasets.load_from_disk(str(p))
-        files = sorted(f for f in p.iterdir() if f.suffix in (".json", ".jsonl", ".parquet", ".txt", ".arrow"))
-        if not files:
-            raise ValueError(f"{p} holds no dataset (no saved `datasets` folder, no json/jsonl/parquet/txt/arrow files).")
-        p = files[0]
-        data_files = [str(f) for f in files if f.suffix == p.suffix]
-    else:
-        data_files = [str(p)]
-    kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text", ".arrow": "arrow"}.get(p.suffix)
-    if kind is None:
-        raise ValueError(f"cannot read {p}: use a `datasets` folder (save_to_disk) or a .json/.jsonl/.parquet/.txt/.arrow file.")
-    return datasets.load_dataset(kind, data_files=data_files, split="train")
-
-
-def _hook_width(model, hook_name: str) -> int:
-    check_hook_name(model, hook_name)
-    layer = hook_layer(hook_name)
-    toks = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(toks, names_filter=[hook_name],
-                                        stop_at_layer=None if layer is None else layer + 1)
-    return int(cache[hook_name].shape[-1])
-
-
-def _runner_class(base: type) -> type:
-    """SAELens's runner ``base`` (single or multi) whose saved weights follow the umask: safetensors
-    writes 0600 files, so every ``.safetensors`` under the output and checkpoint folders gets the
-    modes a plain ``open`` would, when ``run`` ends."""
-    from sae_atoms.io import follow_umask
-
-    class Runner(base):  # type: ignore[misc, valid-type]
-        def run(self) -> Any:
-            try:
-                return super().run()
-            finally:
-                for root in (self.cfg.output_path, getattr(self.cfg, "checkpoint_path", None)):
-                    for f in (Path(root).rglob("*.safetensors") if root and Path(root).is_dir() else ()):
-                        follow_umask(f)
-
-    Runner.__name__ = Runner.__qualname__ = base.__name__
-    return Runner
-
-
-def _runner_saes(cfg: Any) -> tuple[dict[str, TrainingSAEConfig], dict[str, str]]:
-    """``(sae configs, hook names)`` by name: one (name "") for a single runner config, all for a multi one."""
-    if hasattr(cfg, "saes"):
-        return dict(cfg.saes), dict(cfg.hook_names_per_sae)
-    return {"": cfg.sae}, {"": cfg.hook_name}
-
-
-def check_runner_buffer(cfg: Any) -> None:
-    """SAELens's mixing buffer holds ``n_batches_in_buffer * context_size`` tokens (positions kept by
-    ``seqpos_slice``) and must hold one training batch; say so before a model is loaded."""
-    if getattr(cfg, "use_cached_activations", False):
-        return
-    ctx = len(range(cfg.context_size)[slice(*cfg.seqpos_slice)])
-    if cfg.n_batches_in_buffer * ctx < cfg.train_batch_size_tokens:
-        raise ValueError(
-            f"the runner's buffer n_batches_in_buffer * context_size = {cfg.n_batches_in_buffer} * {ctx} = "
-            f"{cfg.n_batches_in_buffer * ctx} tokens is smaller than one batch, train_batch_size_tokens="
-            f"{cfg.train_batch_size_tokens}; raise n_batches_in_buffer or context_size, or lower train_batch_size_tokens.")
-
-
-def _runner_overrides(cfg: Any, model: Any, dataset: Any) -> tuple[Any, Any]:
-    """The ``override_model`` / ``override_dataset`` of a runner for ``cfg``: ``cfg.model_name`` loaded
-    by ``sae_atoms.models.load_model`` (unless ``model`` is given), every SAE's hook checked against its
-    ``d_in``, a local ``cfg.dataset_path`` read with ``datasets``. ``cfg.model_from_pretrained_kwargs``
-    becomes what the model was loaded with (SAELens records it in each SAE's cfg.json)."""
-    check_runner_buffer(cfg)
-    saes, hooks = _runner_saes(cfg)
-    for sae_cfg in saes.values():
-        check_training_config(sae_cfg)
-    cfg.logger.log_to_wandb = False
-    if model is None:
-        model = load_model(cfg.model_name, device=cfg.llm_device or cfg.device)
-    if getattr(model, "from_pretrained_kwargs", None) is not None:
-        cfg.model_from_pretrained_kwargs = dict(model.from_pretrained_kwargs)
-    for name, sae_cfg in saes.items():
-        width = _hook_width(model, hooks[name])
-        if width != sae_cfg.d_in:
-            which = f"the SAE config {name!r}" if name else "the SAE config"
-            raise ValueError(f"{which} has d_in={sae_cfg.d_in} but {hooks[name]!r} of {cfg.model_name!r} has width "
-                             f"{width}; set --d_in {width}.")
-    if dataset is None and cfg.dataset_path and Path(cfg.dataset_path).expanduser().exists():
-        dataset = _load_local_dataset(cfg.dataset_path)
-    return model, dataset
-
-
-def _fit_metrics_first(runner: Any, cfg: Any) -> None:
-    """Fit the metric of every ``tsae_aip`` SAE without one from the store's first batches (its hook's)."""
-    saes = runner.saes if hasattr(runner, "saes") else {"": runner.sae}
-    hooks = _runner_saes(cfg)[1]
-    todo = {n: s for n, s in saes.items() if isinstance(s, TSAEAIPTrainingSAE) and not s.metric_fitted}
-    if not todo or cfg.resume_from_checkpoint is not None:
-        return
-    store = runner.activations_store
-    batches = store.get_multi_hook_data_loader() if hasattr(runner, "saes") else iter(lambda: {hooks[""]: next(store)}, None)
-    for _ in range(max(s.cfg.n_batches_for_metric for s in todo.values())):
-        batch = next(batches)
-        for name, sae in todo.items():
-            if not sae.metric_fitted:
-                sae.observe_metric_batch(batch[hooks[name]].to(sae.device))
-
-
-def build_runner(cfg: Any, model: Any = None, dataset: Any = None) -> Any:
-    """SAELens's runner for ``cfg`` with sae_atoms's model loading and checks: a
-    ``LanguageModelSAETrainingRunner`` for a ``LanguageModelSAERunnerConfig``, a
-    ``MultiSAETrainingRunner`` for a ``MultiSAETrainingRunnerConfig`` (several SAEs, one forward pass).
-
-    The model (``cfg.model_name`` through ``sae_atoms.models.load_model`` unless given) must have
-    each SAE's hook with width ``d_in``; a local ``cfg.dataset_path`` is loaded with ``datasets``;
-    the buffer must hold a batch (``check_runner_buffer``). Wandb is forced off. A ``tsae_aip`` SAE's
-    metric is fitted from the first ``n_batches_for_metric`` batches of the runner's activation store
-    before training.
-    """
-    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
-
-    model, dataset = _runner_overrides(cfg, model, dataset)
-    if hasattr(cfg, "saes"):
-        from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
-
-        runner = _runner_class(MultiSAETrainingRunner)(cfg, override_dataset=dataset, override_model=model)
-    else:
-        runner = _runner_class(LanguageModelSAETrainingRunner)(cfg, override_dataset=dataset, override_model=model)
-    _fit_metrics_first(runner, cfg)
-    return runner
+        return getattr(runners, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

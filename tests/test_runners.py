@@ -1,4 +1,4 @@
-"""SAELens's runners through ``sae_atoms.training.build_runner`` (single and multi), the hook name of
+"""SAELens's runners through ``sae_atoms.runners.build_runner`` (single and multi), the hook name of
 SAEs trained on activation sets, and the model kwargs a saved SAE records."""
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 from sae_lens import SAE, LanguageModelSAERunnerConfig, LoggingConfig
-from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAEConfig
+from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+from sae_lens.training.sae_trainer import SAETrainer
 
+from sae_atoms import runners as R
 from sae_atoms import training as T
 from sae_atoms.activations import ActivationSet
 from sae_atoms.saes import TSAEAIPSAE, TSAEAIPTrainingSAEConfig
@@ -42,13 +44,13 @@ def _no_model(*args, **kwargs):
 
 
 def test_build_runner_refuses_a_buffer_smaller_than_the_batch_before_loading_the_model(monkeypatch, tmp_path):
-    monkeypatch.setattr(T, "load_model", _no_model)
+    monkeypatch.setattr(R, "load_model", _no_model)
     cfg = LanguageModelSAERunnerConfig(sae=TSAEAIPTrainingSAEConfig(d_in=8, d_sae=16), model_name="smollm2-135m",
                                        hook_name=HOOK, context_size=32, n_batches_in_buffer=4,
                                        train_batch_size_tokens=512, logger=LoggingConfig(log_to_wandb=False),
                                        checkpoint_path=None, output_path=None, verbose=False)
     with pytest.raises(ValueError, match=r"n_batches_in_buffer \* context_size = 4 \* 32 = 128 .* train_batch_size_tokens=512"):
-        T.build_runner(cfg)
+        R.build_runner(cfg)
 
 
 @pytest.fixture
@@ -69,6 +71,31 @@ def _tiny_loader(tiny_model, asked: list):
     return load
 
 
+def test_set_learning_rate_gives_the_schedule_of_a_trainer_built_with_that_lr():
+    """Warm-up, constant part and decay of SAELens's schedule, step by step, as if the config had said it."""
+    from dataclasses import replace
+
+    from sae_lens.config import SAETrainerConfig
+
+    base = SAETrainerConfig(n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False, total_training_samples=40 * 8,
+                            device="cpu", autocast=False, lr=1e-3, lr_end=1e-4, lr_scheduler_name="constant",
+                            lr_warm_up_steps=5, adam_beta1=0.9, adam_beta2=0.999, lr_decay_steps=10, n_restart_cycles=1,
+                            train_batch_size_samples=8, dead_feature_window=1000, feature_sampling_window=1000,
+                            logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=1)
+    moved = SAETrainer(cfg=base, sae=JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=4, d_sae=8)), data_provider=iter(()))
+    R.set_learning_rate(moved, 3e-3)
+    built = SAETrainer(cfg=replace(base, lr=3e-3, lr_end=3e-4), sae=JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=4, d_sae=8)),
+                       data_provider=iter(()))
+    lrs = []
+    for _ in range(40):
+        lrs.append((moved.optimizer.param_groups[0]["lr"], built.optimizer.param_groups[0]["lr"]))
+        moved.lr_scheduler.step()
+        built.lr_scheduler.step()
+    assert [a for a, _ in lrs] == pytest.approx([b for _, b in lrs], rel=1e-12)
+    assert max(a for a, _ in lrs) == pytest.approx(3e-3) and lrs[0][0] < 1e-3  # warm-up from below, then 3e-3
+    assert moved.cfg.lr == 3e-3 and moved.cfg.lr_end == pytest.approx(3e-4)
+
+
 @pytest.mark.slow
 def test_build_runner_multi_trains_tsae_aip_and_jumprelu_and_they_reload(monkeypatch, tmp_path, tiny_model, token_folder):
     """The multi runner gets the same overrides as the single one: our model loader for ``model_name``,
@@ -76,7 +103,7 @@ def test_build_runner_multi_trains_tsae_aip_and_jumprelu_and_they_reload(monkeyp
     from sae_lens import MultiSAETrainingRunnerConfig
 
     asked: list[str] = []
-    monkeypatch.setattr(T, "load_model", _tiny_loader(tiny_model, asked))
+    monkeypatch.setattr(R, "load_model", _tiny_loader(tiny_model, asked))
     out = tmp_path / "out"
     cfg = MultiSAETrainingRunnerConfig(
         saes={"atoms": TSAEAIPTrainingSAEConfig(d_in=32, d_sae=64, n_batches_for_metric=3),
@@ -85,10 +112,18 @@ def test_build_runner_multi_trains_tsae_aip_and_jumprelu_and_they_reload(monkeyp
         training_tokens=16 * 24, train_batch_size_tokens=32, store_batch_size_prompts=4, n_batches_in_buffer=4,
         prepend_bos=False, device="cpu", checkpoint_path=None, output_path=str(out), n_eval_batches=1,
         logger=LoggingConfig(log_to_wandb=False))
-    runner = T.build_runner(cfg)
+    seen: dict[str, list[float]] = {}  # each SAE's learning rate at every step
+    step = SAETrainer.step
+    monkeypatch.setattr(SAETrainer, "step", lambda t, b: seen.setdefault(t.sae.cfg.architecture(), []).append(
+        t.optimizer.param_groups[0]["lr"]) or step(t, b))
+    with pytest.raises(ValueError, match=r"lrs names \['nope'\]"):
+        R.build_runner(cfg, lrs={"nope": 1e-3})
+    runner = R.build_runner(cfg, lrs={"features": 4 * cfg.lr})
     assert asked == ["my-model"] and runner.saes["atoms"].metric_fitted
     saes = runner.run()
     assert set(saes) == {"atoms", "features"}
+    assert len(seen["jumprelu"]) == len(seen["tsae_aip"]) == 12
+    assert seen["jumprelu"] == pytest.approx([4 * lr for lr in seen["tsae_aip"]], rel=1e-9)  # the whole schedule, x4
     atoms, features = SAE.load_from_disk(out / "atoms"), SAE.load_from_disk(out / "features")
     assert isinstance(atoms, TSAEAIPSAE) and not torch.equal(atoms.aip_W, torch.eye(32))
     assert features.cfg.architecture() == "jumprelu" and features.cfg.metadata.hook_name == HOOK
@@ -99,7 +134,7 @@ def test_build_runner_multi_trains_tsae_aip_and_jumprelu_and_they_reload(monkeyp
 @pytest.mark.slow
 def test_build_runner_single_records_the_models_kwargs(monkeypatch, tmp_path, tiny_model, token_folder):
     asked: list[str] = []
-    monkeypatch.setattr(T, "load_model", _tiny_loader(tiny_model, asked))
+    monkeypatch.setattr(R, "load_model", _tiny_loader(tiny_model, asked))
     cfg = LanguageModelSAERunnerConfig(sae=JumpReLUTrainingSAEConfig(d_in=32, d_sae=64), model_name="my-model",
                                        hook_name=HOOK, dataset_path=str(token_folder), streaming=False,
                                        context_size=16, training_tokens=16 * 8, train_batch_size_tokens=32,
@@ -107,7 +142,7 @@ def test_build_runner_single_records_the_models_kwargs(monkeypatch, tmp_path, ti
                                        device="cpu", checkpoint_path=None, output_path=str(tmp_path / "out"),
                                        n_eval_batches=1, logger=LoggingConfig(log_to_wandb=False), verbose=False)
     assert cfg.model_from_pretrained_kwargs == {"center_writing_weights": False}  # SAELens's default, not our load
-    T.build_runner(cfg).run()
+    R.build_runner(cfg).run()
     saved = json.loads((tmp_path / "out" / "cfg.json").read_text())
     assert asked == ["my-model"] and saved["metadata"]["model_from_pretrained_kwargs"] == tiny_model.from_pretrained_kwargs
 
@@ -166,7 +201,7 @@ def test_multi_runner_trains_tsae_aip_beside_jumprelu_and_topk_on_the_real_model
         context_size=64, training_tokens=256 * 6, train_batch_size_tokens=256, store_batch_size_prompts=4,
         n_batches_in_buffer=4, device="cpu", checkpoint_path=None, output_path=str(out), n_eval_batches=1,
         logger=LoggingConfig(log_to_wandb=False))
-    runner = T.build_runner(cfg, model=real_model)
+    runner = R.build_runner(cfg, model=real_model)
     assert runner.saes["atoms"].metric_fitted  # before the first step, from the store's batches
     trained = runner.run()
     _, cache = real_model.run_with_cache("The King James Bible was printed in 1611.", names_filter=REAL_HOOK)

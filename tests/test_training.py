@@ -179,7 +179,7 @@ def test_cli_train_runs_sae_lens_runner_on_smollm2(tmp_path):
 def test_cli_train_d_in_mismatch_is_clear(tmp_path, real_model):
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
-    from sae_atoms.training import build_runner
+    from sae_atoms.runners import build_runner
 
     cfg = LanguageModelSAERunnerConfig(sae=TSAEAIPTrainingSAEConfig(d_in=512, d_sae=1024), model_name="smollm2-135m",
                                        hook_name="blocks.3.hook_resid_post", logger=LoggingConfig(log_to_wandb=False),

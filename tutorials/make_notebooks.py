@@ -107,7 +107,7 @@ from sae_lens import LanguageModelSAERunnerConfig, SAE
 from sae_lens.registry import get_sae_training_class
 from sae_atoms.models import load_model
 from sae_atoms.data import fact_prompts
-from sae_atoms.training import build_runner
+from sae_atoms.runners import build_runner
 
 model = load_model(MODEL, device=DEVICE)
 LAYER = model.cfg.n_layers * 2 // 5

@@ -2,7 +2,7 @@
 judged by SAELens's ``run_evals`` on held-out documents, at matched L0.
 
 This is where SAELens users train SAEs (a stream of text tokens, not the ~5,000 subject tokens of
-the paper's setting). One ``MultiSAETrainingRunner`` pass (``sae_atoms.training.build_runner``:
+the paper's setting). One ``MultiSAETrainingRunner`` pass (``sae_atoms.runners.build_runner``:
 one forward pass of the model feeds every SAE) trains, at one hook and width ``expansion x d``,
 each unit kind of ``TOKEN_UNITS`` at each target L0:
 
@@ -35,7 +35,8 @@ alpha = 1, fitted on training-stream tokens).
 ``sae-atoms token-frontier`` runs it; ``--tokens`` scales it (``--device cuda`` on a GPU: the model,
 the activation store and the SAEs go there). Memory is the runner's buffer plus the evaluation
 activations, not ``--tokens``. ``--atoms-variant NAME=FIELD:VALUE,...`` trains designs of atoms (other
-tsae_aip config fields) in the same pass, as ``atoms_NAME``, with their CE difference to atoms paired. A killed run resumes from the runner's last checkpoint (``--resume``).
+tsae_aip config fields) in the same pass, as ``atoms_NAME``, with their CE difference to atoms paired;
+``--unit-lr UNIT=LR`` gives a unit its own learning rate (``runners.set_learning_rate``). A killed run resumes from the runner's last checkpoint (``--resume``).
 """
 
 from __future__ import annotations
@@ -45,14 +46,14 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, replace
-from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from sae_atoms.aip import AIPMetric
-from sae_atoms.argtypes import named_fields
+from sae_atoms.argtypes import named_fields, unit_lr
+from sae_atoms.corpus import split_documents, token_rows
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.units import unit_config
 
@@ -89,6 +90,7 @@ class TokenFrontierConfig:
     stability: bool = False           # also train each SAE's twins: another initialisation, and twice the width
     seed: int = 0
     atoms_variants: tuple = ()        # ((name, ((field, value), ...)), ...): atoms designs trained beside, as atoms_<name>
+    unit_lrs: tuple = ()              # ((unit, lr), ...): units trained at their own learning rate, not lr
 
 
 TWINS = {"_init2": 1.0, "_wide": 2.0}  # stability twins of an SAE: name suffix -> width factor (both another init)
@@ -133,42 +135,6 @@ def sae_name(unit: str, target: float) -> str:
 
 
 # --------------------------------------------------------------------------- data
-def _documents(corpus: str, split: str) -> list[str]:
-    """The documents of ``split`` (``train`` / ``heldout``): the corpus's own split for ``human-en``,
-    else a hash of each document's text (``human_en.document_split``)."""
-    from sae_atoms.corpus import load_corpus
-    from sae_atoms.human_en import document_split
-
-    if corpus.split(":")[0] == "human-en":
-        return list(load_corpus("human-en", split=split).documents())
-    return [d for d in load_corpus(corpus).documents() if document_split(d) == split]
-
-
-def _rows(docs: Iterable[str], model: Any, context_size: int, n_tokens: int, what: str,
-          window: tuple[int, random.Random] | None = None) -> list[list[int]]:
-    """``n_tokens`` (rounded up to whole rows) of ``packed_rows``; with ``window = (w, rng)`` each
-    document gives one random window of at most ``w`` tokens, so that a few long documents do not
-    make up a held-out set."""
-    from sae_atoms.corpus import model_tokenizer, packed_rows
-
-    tokenize, bos = model_tokenizer(model)
-    if window is not None:
-        w, rng = window
-        whole = tokenize
-
-        def tokenize(text: str) -> list[int]:
-            ids = whole(text)
-            start = rng.randrange(max(1, len(ids) - w + 1))
-            return ids[start:start + w]
-
-    n = math.ceil(n_tokens / context_size)
-    rows = list(islice(packed_rows(docs, tokenize, context_size, bos), n))
-    if len(rows) < n:
-        raise ValueError(f"the corpus has {len(rows) * context_size} tokens of {what}, fewer than the {n * context_size} "
-                         f"asked for; lower the token count or use a larger --corpus.")
-    return rows
-
-
 def token_data(model: Any, c: TokenFrontierConfig) -> dict[str, Any]:
     """``{"train", "val", "eval", "ref"}``: ``datasets.Dataset``s with a ``tokens`` column (rows of
     ``context_size``), from seeded shuffles of the train and held-out documents; the held-out
@@ -177,13 +143,13 @@ def token_data(model: Any, c: TokenFrontierConfig) -> dict[str, Any]:
     import datasets
 
     rng = random.Random(c.seed)
-    train, held = _documents(c.corpus, "train"), _documents(c.corpus, "heldout")
+    train, held = split_documents(c.corpus, "train"), split_documents(c.corpus, "heldout")
     rng.shuffle(train)
     rng.shuffle(held)
     window = (c.heldout_doc_tokens, random.Random(c.seed + 1))
-    rows = {"train": _rows(train, model, c.context_size, max(c.tokens, c.ref_tokens), "training documents"),
-            "val": _rows(held[0::2], model, c.context_size, c.val_tokens, "validation documents", window),
-            "eval": _rows(held[1::2], model, c.context_size, c.eval_tokens, "evaluation documents", window)}
+    rows = {"train": token_rows(train, model, c.context_size, max(c.tokens, c.ref_tokens), "training documents"),
+            "val": token_rows(held[0::2], model, c.context_size, c.val_tokens, "validation documents", window),
+            "eval": token_rows(held[1::2], model, c.context_size, c.eval_tokens, "evaluation documents", window)}
     rows["ref"] = rows["train"][:math.ceil(c.ref_tokens / c.context_size)]
     return {k: datasets.Dataset.from_dict({"tokens": v}) for k, v in rows.items()}
 
@@ -241,7 +207,8 @@ def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, devic
     from sae_atoms.training import calibrate_at_first_step
 
     cfg = runner_config(c, model, out, device, latest_checkpoint(out) if resume else None)
-    runner = seeded_runner(cfg, model, train, c.seed)
+    lrs = {sae_name(u, t) + k: lr for u, lr in c.unit_lrs for t in c.targets for k in twin_widths(c)}
+    runner = seeded_runner(cfg, model, train, c.seed, lrs)
     if cfg.resume_from_checkpoint is None:  # threshold units held to their target by the quadratic L0 loss
         for sae in runner.saes.values():
             if getattr(sae.cfg, "jumprelu_sparsity_loss_mode", None) == "quadratic":
@@ -250,14 +217,14 @@ def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, devic
     return {name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes}
 
 
-def seeded_runner(cfg: Any, model: Any, train: Any, seed: int) -> Any:
-    """``training.build_runner`` with the global RNG seeded first: SAELens's runners draw every SAE's
+def seeded_runner(cfg: Any, model: Any, train: Any, seed: int, lrs: dict[str, float] | None = None) -> Any:
+    """``runners.build_runner`` with the global RNG seeded first: SAELens's runners draw every SAE's
     initialisation from it in turn, so without a seed they depend on what ran before (e.g. whether a
     main job's earlier stages came from its cache)."""
-    from sae_atoms.training import build_runner
+    from sae_atoms.runners import build_runner
 
     torch.manual_seed(seed)
-    return build_runner(cfg, model=model, dataset=train)
+    return build_runner(cfg, model=model, dataset=train, lrs=lrs)
 
 
 def _remove_training_files(out: Path) -> None:
@@ -356,6 +323,9 @@ def check_config(c: TokenFrontierConfig) -> None:
             raise ValueError(f"{name}={getattr(c, name)} must be >= 1.")
     if c.batch_tokens > c.tokens:
         raise ValueError(f"batch_tokens={c.batch_tokens} exceeds tokens={c.tokens}: the runner would take no step.")
+    bad = sorted({u for u, lr in c.unit_lrs if u not in trained_units(c) or not lr > 0})
+    if bad:
+        raise ValueError(f"unit learning rates of {bad}: name trained units ({list(trained_units(c))}) with a positive lr.")
     if len(designs(c)) < len(c.atoms_variants):
         raise ValueError(f"atoms variant names {[n for n, _ in c.atoms_variants]} must differ from each other.")
     for u in designs(c):
@@ -368,7 +338,7 @@ def check_config(c: TokenFrontierConfig) -> None:
 def _settings(c: TokenFrontierConfig, data: dict[str, Any], x_val: torch.Tensor, x_eval: torch.Tensor,
               model: Any) -> dict[str, Any]:
     return asdict(c) | {"units": list(c.units), "targets": list(c.targets), "model": model.cfg.model_name,
-                        "atoms_variants": designs(c),
+                        "atoms_variants": designs(c), "unit_lrs": dict(c.unit_lrs),
                         "width": int(round(c.expansion * x_eval.shape[1])), "steps": c.tokens // c.batch_tokens,
                         "val_activations": int(x_val.shape[0]), "eval_activations": int(x_eval.shape[0]),
                         "eval_norms": _norms(x_eval),
@@ -472,6 +442,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atoms-variant", type=named_fields, action="append", default=[], metavar="NAME=FIELD:VALUE,...",
                    help="also train atoms with these tsae_aip config fields, as unit atoms_NAME (a design compared "
                         "with atoms in the same pass; repeatable), e.g. alpha0.6=aip_alpha:0.6")
+    p.add_argument("--unit-lr", type=unit_lr, action="append", default=[], metavar="UNIT=LR",
+                   help="train this unit (or atoms variant) at its own learning rate, e.g. features_topk=3e-3 (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: the model, the activation store and the SAEs")
     p.add_argument("--resume", action="store_true", help="resume training from the last checkpoint under --out")
     p.add_argument("--out", required=True, help="output folder: results.json, token_frontier.png, saes/, checkpoints/")
@@ -485,7 +457,7 @@ def run_cli(args: argparse.Namespace) -> int:
                             corpus=args.corpus, tokens=args.tokens, context_size=args.context_size,
                             batch_tokens=args.batch_tokens, lr=args.lr, val_tokens=args.val_tokens,
                             eval_tokens=args.eval_tokens, seed=args.seed, stability=args.stability,
-                            atoms_variants=tuple(args.atoms_variant))
+                            atoms_variants=tuple(args.atoms_variant), unit_lrs=tuple(args.unit_lr))
     check_config(c)
     out = Path(args.out)
     model = load_model(args.model, device=args.device)

@@ -120,6 +120,35 @@ def test_atoms_variants_train_beside_atoms_and_are_not_their_rivals(tiny_model, 
             named_fields(bad)
 
 
+def test_unit_learning_rates_reach_every_sae_of_that_unit(tiny_model, tmp_path, monkeypatch):
+    import argparse
+    from dataclasses import replace
+
+    from sae_atoms.argtypes import unit_lr
+
+    assert unit_lr("features_topk=3e-3") == ("features_topk", 3e-3)
+    for bad in ("features_topk", "features_topk=0", "x=-1", "x=inf", "=1e-3", "x=fast"):
+        with pytest.raises(argparse.ArgumentTypeError, match="UNIT=LR"):
+            unit_lr(bad)
+    c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms", "features_topk"), targets=(4, 8), tokens=4096,
+                               batch_tokens=256, context_size=16, stability=True, atoms_variants=(("raw", (("aip_loss_space", "raw"),)),),
+                               unit_lrs=(("features_topk", 3e-3), ("atoms_raw", 5e-4)))
+    TF.check_config(c)
+    for bad in ((("neurons", 1e-3),), (("features_topk", 0.0),)):
+        with pytest.raises(ValueError, match="unit learning rates"):
+            TF.check_config(replace(c, unit_lrs=bad))
+    got = {}
+
+    def capture(cfg, model, train, seed, lrs=None):
+        got.update(lrs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TF, "seeded_runner", capture)
+    with pytest.raises(KeyboardInterrupt):
+        TF.train_units(c, tiny_model, None, tmp_path, "cpu")
+    assert got == {TF.sae_name(u, t) + k: lr for u, lr in c.unit_lrs for t in (4, 8) for k in ("", "_init2", "_wide")}
+
+
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_the_runners_initialisations_do_not_depend_on_what_ran_before(real_model, tmp_path):
