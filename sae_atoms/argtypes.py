@@ -24,10 +24,10 @@ def int_at_least(low: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)  # argparse type: an integer >= 1
 
 
-def _value(text: str) -> int | float | str | None:
-    """A config value from the command line: None, an int, a float, else the text itself."""
-    if text == "None":
-        return None
+def _value(text: str) -> bool | int | float | str | None:
+    """A config value from the command line: None, True / False, an int, a float, else the text itself."""
+    if text in ("None", "True", "False"):
+        return {"None": None, "True": True, "False": False}[text]
     for kind in (int, float):
         try:
             return kind(text)
@@ -36,7 +36,7 @@ def _value(text: str) -> int | float | str | None:
     return text
 
 
-def named_fields(value: str) -> tuple[str, tuple[tuple[str, int | float | str | None], ...]]:
+def named_fields(value: str) -> tuple[str, tuple[tuple[str, bool | int | float | str | None], ...]]:
     """argparse type: ``NAME=FIELD:VALUE[,FIELD:VALUE...]`` -> ``(NAME, ((FIELD, VALUE), ...))``,
     e.g. ``alpha0.6=aip_alpha:0.6`` (a config variant with a name of its own)."""
     name, sep, spec = value.partition("=")

@@ -146,6 +146,10 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
         stability_margin: the hinge's margin on |cos|; None: half the bound at the batch's mean L0.
         stability_rows, stability_k_max: samples (or atoms, for "all") a step, and the strongest
             active atoms per sample, the penalty reads.
+        topk_training: train with the ``round(target_l0)`` largest positive pre-activations of each
+            sample instead of the threshold rule; the thresholds then follow the smallest code kept
+            in the batch (one value for every atom), to be matched to the target L0 after training
+            (``training.match_l0``): BatchTopK's recipe, in the SAE's geometry. Off by default.
     """
 
     jumprelu_init_threshold: float = 0.1
@@ -158,6 +162,7 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     stability_margin: float | None = None
     stability_rows: int = 32
     stability_k_max: int = 32
+    topk_training: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -177,6 +182,9 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
             raise ValueError(f"reshape_activations={self.reshape_activations!r} is not supported by the TSAE; use 'none'.")
         if self.stability_design not in DESIGNS:
             raise ValueError(f"stability_design={self.stability_design!r}: use one of {DESIGNS}.")
+        if self.topk_training and not (self.target_l0 is not None and 1 <= round(self.target_l0) <= self.d_sae):
+            raise ValueError(f"topk_training keeps round(target_l0) codes a sample: set target_l0 in [1, d_sae={self.d_sae}] "
+                             f"(it is {self.target_l0}).")
 
     def _unit_decoder_init(self) -> None:
         """``decoder_init_norm``: the atoms are unit rows by construction (``initialize_weights`` and the
@@ -355,7 +363,7 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         if x is None:
             return self._idle_step(step_input)
         y = self._to_geometry(x)
-        feature_acts, hidden_pre = self._encode_geometry(y)
+        feature_acts, hidden_pre = self._encode_top_k(y) if self.cfg.topk_training else self._encode_geometry(y)
         y_hat = self._decode_geometry(feature_acts)
         out = RawOnRead(lambda: self._raw_out(y_hat.detach()), sae_in=x, feature_acts=feature_acts,
                         hidden_pre=hidden_pre)
@@ -367,11 +375,24 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         out.loss, out.losses = optimised + sum(aux.values()), {**logged, **aux}
         return out
 
+    def _encode_top_k(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``topk_training``'s codes: each sample's ``round(target_l0)`` largest positive pre-activations
+        (the gradient reaches those); the thresholds become the smallest code kept in the batch."""
+        hidden_pre = self.hook_sae_acts_pre((y - self.b_dec * self.cfg.apply_b_dec_to_input) @ self.W_enc + self.b_enc)
+        top = hidden_pre.relu().topk(round(self.cfg.target_l0), dim=-1)
+        acts = torch.zeros_like(hidden_pre).scatter(-1, top.indices, top.values)
+        with torch.no_grad():
+            kept = top.values[top.values > 0]
+            if kept.numel():
+                self.threshold.data.fill_(float(kept.min()))
+        return self.hook_sae_acts_post(acts), hidden_pre  # type: ignore[arg-type]
+
     def calculate_aux_loss(self, step_input: TrainStepInput, feature_acts: torch.Tensor, hidden_pre: torch.Tensor,
                            sae_out: torch.Tensor) -> dict[str, torch.Tensor]:
-        """SAELens's JumpReLU terms, plus ``stability_loss`` when ``stability_coefficient > 0``."""
-        aux = super().calculate_aux_loss(step_input=step_input, feature_acts=feature_acts, hidden_pre=hidden_pre,
-                                         sae_out=sae_out)
+        """SAELens's JumpReLU terms (none with ``topk_training``: k holds the L0), plus ``stability_loss``
+        when ``stability_coefficient > 0``."""
+        aux = {} if self.cfg.topk_training else super().calculate_aux_loss(
+            step_input=step_input, feature_acts=feature_acts, hidden_pre=hidden_pre, sae_out=sae_out)
         c = self.cfg
         if c.stability_coefficient > 0:
             aux["stability_loss"] = c.stability_coefficient * stability_penalty(

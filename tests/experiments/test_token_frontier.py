@@ -98,6 +98,7 @@ def test_atoms_variants_train_beside_atoms_and_are_not_their_rivals(tiny_model, 
 
     variants = (named_fields("alpha0.6=aip_alpha:0.6"), named_fields("raw=aip_loss_space:raw,n_batches_for_metric:5"))
     assert variants == (("alpha0.6", (("aip_alpha", 0.6),)), ("raw", (("aip_loss_space", "raw"), ("n_batches_for_metric", 5))))
+    assert named_fields("k=topk_training:True,aip_metric_path:None") == ("k", (("topk_training", True), ("aip_metric_path", None)))
     c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms", "features_topk"), targets=(4,), tokens=4096,
                                batch_tokens=256, context_size=16, norm_batches=3, atoms_variants=variants)
     TF.check_config(c)

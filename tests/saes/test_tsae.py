@@ -477,3 +477,28 @@ def test_docs_of_the_saved_folder_and_the_module_match_behaviour():
     default = TSAEAIPTrainingSAEConfig.__dataclass_fields__["aip_kind"].default
     said = tsae_aip.__doc__.split("by default", 1)[1].split(")", 1)[0]
     assert f'aip_kind="{default}"' in said, said
+
+
+def test_topk_training_keeps_k_codes_a_sample_and_leaves_one_threshold_to_match(tmp_path):
+    """``topk_training``: each sample keeps its ``target_l0`` largest positive pre-activations, no
+    JumpReLU L0 term is added, every threshold becomes the smallest code kept; the saved inference
+    SAE (threshold rule) is matched to the target by ``match_l0``."""
+    from sae_atoms.training import match_l0
+
+    sae, x = _fitted_aip()
+    sae.cfg.topk_training, sae.cfg.target_l0 = True, 4.0
+    step = TrainStepInput(sae_in=x[:128], coefficients={"l0": 1.0}, dead_neuron_mask=None, n_training_steps=0,
+                          is_logging_step=False)
+    out = sae.training_forward_pass(step)
+    assert ((out.feature_acts > 0).sum(-1) == 4).all() and "l0_loss" not in out.losses
+    kept = out.feature_acts.detach()[out.feature_acts > 0]
+    assert torch.equal(sae.threshold, torch.full_like(sae.threshold, float(kept.min())))
+    out.loss.backward()
+    assert sae.W_enc.grad.abs().sum() > 0
+    sae.save_inference_model(tmp_path / "inf")
+    inf = SAE.load_from_disk(tmp_path / "inf")
+    match_l0(inf, x, 4.0)
+    assert float((inf.encode(x) > 0).sum(-1).float().mean()) == pytest.approx(4.0, rel=0.05)
+    for bad in ({"target_l0": None}, {"target_l0": 0.4}):
+        with pytest.raises(ValueError, match="topk_training keeps round"):
+            TSAEAIPTrainingSAEConfig(d_in=16, d_sae=48, topk_training=True, **bad)
