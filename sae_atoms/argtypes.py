@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable
 
 
@@ -53,6 +54,6 @@ def unit_lr(value: str) -> tuple[str, float]:
         rate = float(lr)
     except ValueError:
         rate = float("nan")
-    if not sep or not unit or not rate > 0 or rate == float("inf"):
+    if not sep or not unit or not (math.isfinite(rate) and rate > 0):
         raise argparse.ArgumentTypeError(f"{value!r}: write UNIT=LR with a positive learning rate, e.g. features_topk=3e-3")
     return unit, rate

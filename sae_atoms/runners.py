@@ -178,9 +178,10 @@ def build_runner(cfg: Any, model: Any = None, dataset: Any = None, lrs: dict[str
     """
     from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 
-    unknown = sorted(set(lrs or {}) - set(_runner_saes(cfg)[0])) if hasattr(cfg, "saes") else list(lrs or {})
+    names = set(cfg.saes) if hasattr(cfg, "saes") else set()  # a single runner's SAE has its cfg.lr
+    unknown = sorted(set(lrs or {}) - names)
     if unknown:
-        raise ValueError(f"lrs names {unknown}, not SAEs of this multi runner config; name some of {sorted(_runner_saes(cfg)[0])}.")
+        raise ValueError(f"lrs names {unknown}, not SAEs of this multi runner config; name some of {sorted(names)}.")
     model, dataset = _runner_overrides(cfg, model, dataset)
     if hasattr(cfg, "saes"):
         from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner

@@ -36,7 +36,8 @@ alpha = 1, fitted on training-stream tokens).
 the activation store and the SAEs go there). Memory is the runner's buffer plus the evaluation
 activations, not ``--tokens``. ``--atoms-variant NAME=FIELD:VALUE,...`` trains designs of atoms (other
 tsae_aip config fields) in the same pass, as ``atoms_NAME``, with their CE difference to atoms paired;
-``--unit-lr UNIT=LR`` gives a unit its own learning rate (``runners.set_learning_rate``). A killed run resumes from the runner's last checkpoint (``--resume``).
+``--unit-lr UNIT=LR`` gives a unit its own learning rate (``runners.set_learning_rate``). A killed run
+resumes from the runner's last checkpoint (``--resume``).
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     saes = train_units(c, model, data["train"], out, device, resume)
     seconds["train"] = time.time() - t0
     t0 = time.time()
-    units = trained_units(c)
+    units, design = trained_units(c), designs(c)
     named = [(sae_name(u, t) + suffix, t) for t in c.targets for u in units for suffix in twin_widths(c)]
     factors = {name: match_to_target(saes[name], x_val, t)
                for name, t in tqdm(named, desc="token frontier: match L0", unit="SAE", disable=not progress)}
@@ -304,7 +305,7 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     rows = [{"unit": u, "target_l0": t} | scores[sae_name(u, t)] | {"threshold_factor": factors[sae_name(u, t)],
                                                                     "l0_val": sparsity_and_variance(saes[sae_name(u, t)], x_val)["l0"]}
             | (stability_columns(*(saes[sae_name(u, t) + k] for k in ("", "_init2", "_wide")), x_eval, ref) if c.stability else {})
-            | ({"design": designs(c)[u]} if u in designs(c) else {})
+            | ({"design": design[u]} if u in design else {})
             for t in c.targets for u in units]
     seconds["eval"] = time.time() - t0
     return {"settings": _settings(c, data, x_val, x_eval, model), "rows": rows, "metric": ref.provenance(),

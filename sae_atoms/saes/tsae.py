@@ -319,9 +319,12 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         return UnitRows.apply(self.W_dec)
 
     # ---- forward in the SAE's geometry
+    def _pre_acts(self, y: torch.Tensor) -> torch.Tensor:
+        """The encoder's pre-activations of ``y`` (in the SAE's geometry), through ``hook_sae_acts_pre``."""
+        return self.hook_sae_acts_pre((y - self.b_dec * self.cfg.apply_b_dec_to_input) @ self.W_enc + self.b_enc)
+
     def _encode_geometry(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bias = self.b_dec * self.cfg.apply_b_dec_to_input
-        hidden_pre = self.hook_sae_acts_pre((y - bias) @ self.W_enc + self.b_enc)
+        hidden_pre = self._pre_acts(y)
         acts = JumpReLU.apply(hidden_pre, self.threshold.to(hidden_pre.dtype), self.bandwidth,
                               self.cfg.jumprelu_ste_to_input)
         return self.hook_sae_acts_post(acts), hidden_pre  # type: ignore[arg-type]
@@ -378,7 +381,7 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
     def _encode_top_k(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``topk_training``'s codes: each sample's ``round(target_l0)`` largest positive pre-activations
         (the gradient reaches those); the thresholds become the smallest code kept in the batch."""
-        hidden_pre = self.hook_sae_acts_pre((y - self.b_dec * self.cfg.apply_b_dec_to_input) @ self.W_enc + self.b_enc)
+        hidden_pre = self._pre_acts(y)
         top = hidden_pre.relu().topk(round(self.cfg.target_l0), dim=-1)
         acts = torch.zeros_like(hidden_pre).scatter(-1, top.indices, top.values)
         with torch.no_grad():
