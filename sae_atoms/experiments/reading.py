@@ -71,15 +71,29 @@ def relations_reading(tables: dict[str, dict]) -> list[str]:
         else:
             text += (f" CounterFact-style harmonic mean: {ha} {h[ha]:.3f}, " + ", ".join(f"{m} {h[m]:.3f}" for m in rivals)
                      + ("; atoms lead it." if all(h[ha] >= h[m] for m in rivals) else "; atoms do not lead it."))
-        g = {m: v for m, v in t.items() if v.get("gen_concept") is not None}
-        if a in g and "diff_of_means" in g:
-            ok = g[a]["gen_concept"] >= g["diff_of_means"]["gen_concept"] and g[a]["gen_perplexity"] <= g["diff_of_means"]["gen_perplexity"]
-            text += (f" Steered generation: {a} names the target in {g[a]['gen_concept']:.2f} of continuations at perplexity "
-                     f"{g[a]['gen_perplexity']:.1f}, the difference of means in {g['diff_of_means']['gen_concept']:.2f} at "
-                     f"{g['diff_of_means']['gen_perplexity']:.1f}" + (" (atoms reach it at no more perplexity)." if ok else
-                                                                     " (atoms do not reach it at no more perplexity)."))
+        text += _generation_reading(t)
         out.append(text)
     return out
+
+
+def _generation_reading(t: dict[str, dict]) -> str:
+    """Steered generation: the atoms method with the highest concept share at no more perplexity than
+    the difference of means (over its generation strength scales) against the difference of means."""
+    d = t.get("diff_of_means", {})
+    atoms = [m for m, v in t.items() if m.startswith("atoms") and v.get("gen_concept") is not None]
+    if d.get("gen_concept") is None or not atoms:
+        return ""
+    reached = lambda m: -1.0 if t[m].get("gen_concept_equal_ppl") is None else t[m]["gen_concept_equal_ppl"]  # noqa: E731
+    a = max(atoms, key=lambda m: (reached(m), t[m]["gen_concept"]))
+    c = t[a].get("gen_concept_equal_ppl")
+    ok = c is not None and c >= d["gen_concept"]
+    scales = "/".join(f"x{p['scale']:g}" for p in t[a].get("gen_curve") or [])
+    return (f" Steered generation: the difference of means names the target in {d['gen_concept']:.2f} of continuations at "
+            f"perplexity {d['gen_perplexity']:.1f}; at no more perplexity {a} names it in "
+            + ("none (no strength scale is as fluent)" if c is None else f"{c:.2f}") + f" (best over its scales {scales}; "
+            + ("atoms reach it" if ok else "atoms do not reach it") + ", and "
+            + ("reach" if t[a].get("gen_dominates_dom") else "do not reach")
+            + " the difference of means' share at each of its scales' perplexity).")
 
 
 def steering_reading(st: dict) -> list[str]:

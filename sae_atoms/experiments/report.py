@@ -193,8 +193,8 @@ def steering_table(results: dict) -> list[str]:
 
 
 def _relations_section(r: Report, results: dict, out: Path) -> None:
-    """Per relation: every method at the difference of means' KL, the CounterFact-style scores, and
-    the success-KL plot."""
+    """Per relation: every method at the difference of means' KL, the CounterFact-style scores,
+    steered generation, and the success-KL and generation plots."""
     for rel, table in (results.get("steering_relations") or {}).items():
         r.h(f"Steering {rel.replace('_', ' -> ')}", level=3)
         r.p("Each method moved to the validation KL the difference of means spends at its chosen strength (test KL "
@@ -202,19 +202,25 @@ def _relations_section(r: Report, results: dict, out: Path) -> None:
             "means (± standard errors over prompts, seeds pooled); CounterFact-style scores there: efficacy = p(target) > "
             "p(true answer), paraphrase = the same on the subjects' other templates, neighbourhood = unrelated prompts "
             "keep their top-1 answer, and their harmonic mean; the area under best success within KL up to the budget, "
-            "divided by it; and the best success within the budget (its own KL) as in the table above.")
+            "divided by it; and the best success within the budget (its own KL) as in the table above. Steered "
+            "generation at each method's equal-KL strength: the share of continuations naming the target and their "
+            "perplexity under the unsteered model; and the best share over the generation strength scales at no more "
+            "perplexity than the difference of means' first scale.")
         g = lambda v, k: fmt(v.get(k))  # noqa: E731  (the no-intervention row has the generation scores only)
         r.table(["method", "success at equal KL ± SE", "paired diff vs DoM ± SE", "test KL", "efficacy", "paraphrase",
                  "neighbourhood", "harmonic mean", "success-KL area", "best within budget (KL)", "generation: concept",
-                 "perplexity"],
+                 "perplexity", "concept at DoM's perplexity"],
                 [[m, f"{g(v, 'success_equal_kl')} ± {g(v, 'success_equal_kl_se')}",
                   f"{g(v, 'paired_diff_vs_dom')} ± {g(v, 'paired_diff_vs_dom_se')}", *[g(v, k) for k in (
                       "test_kl", "efficacy", "paraphrase", "neighbourhood", "counterfact_hmean", "success_kl_area")],
-                  f"{g(v, 'success_within_budget')} ({g(v, 'kl_within_budget')})", g(v, "gen_concept"), g(v, "gen_perplexity")]
+                  f"{g(v, 'success_within_budget')} ({g(v, 'kl_within_budget')})", g(v, "gen_concept"), g(v, "gen_perplexity"),
+                  g(v, "gen_concept_equal_ppl")]
                  for m, v in sorted(table.items(), key=lambda kv: -(kv[1].get("success_equal_kl") or 0))])
-        png = out / "steering" / rel / "steering.png"
-        if png.exists():
-            r.img(str(png.relative_to(out)), f"steering {rel}: success vs KL on unrelated prompts")
+        for name, what in (("steering.png", "success vs KL on unrelated prompts"),
+                           ("generation.png", "steered generation, concept score vs perplexity")):
+            png = out / "steering" / rel / name
+            if png.exists():
+                r.img(str(png.relative_to(out)), f"steering {rel}: {what}")
 
 
 def update_readme(readme: str | Path, results: dict) -> None:

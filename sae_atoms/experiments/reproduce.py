@@ -63,7 +63,7 @@ TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "feat
 TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"tokens": 8192, "eval_tokens": 1024, "val_tokens": 2048, "ref_tokens": 4096,
                                          "norm_batches": 4}
 CARDS = {"units": ("atoms", "features_jumprelu"), "n_cards": 16}  # the headline SAEs with atom cards
-STEER = {"n_seeds": 1, "gen_tokens": 20, "gen_prompts": 4}  # within the budget; the study (4 seeds, 3 relations): sae-atoms steer
+STEER = {"n_seeds": 1, "gen_tokens": 20, "gen_prompts": 4, "gen_scales": (1.0,)}  # within the budget; the study (4 seeds, 3 relations): sae-atoms steer
 UNITS = tuple(unit_kind(u).name for u in ("neurons", "features_standard", "features_jumprelu", "atoms"))  # headline
 SAE_KINDS = {u: UNIT_KINDS[u].architecture for u in UNITS if UNIT_KINDS[u].architecture is not None}
 

@@ -40,17 +40,19 @@ def test_findings_of_a_run_without_optional_stages(tmp_path):
 def test_relations_reading_states_the_three_checks_per_relation():
     from sae_atoms.experiments.reading import relations_reading
 
-    row = lambda s, d, se, h, c, p: {"success_equal_kl": s, "paired_diff_vs_dom": d, "paired_diff_vs_dom_se": se,  # noqa: E731
-                                     "counterfact_hmean": h, "gen_concept": c, "gen_perplexity": p}
-    t = {"diff_of_means": row(0.5, 0.0, 0.0, 0.6, 0.4, 20.0), "atoms": row(0.7, 0.2, 0.05, 0.7, 0.5, 15.0),
-         "atoms_swap": row(0.6, 0.1, 0.05, 0.8, 0.1, 9.0), "features_jumprelu": row(0.1, -0.4, 0.05, 0.75, 0.0, 5.0),
+    row = lambda s, d, se, h, c, p, ce=None, dom=False: {  # noqa: E731
+        "success_equal_kl": s, "paired_diff_vs_dom": d, "paired_diff_vs_dom_se": se, "counterfact_hmean": h, "gen_concept": c,
+        "gen_perplexity": p, "gen_concept_equal_ppl": ce, "gen_dominates_dom": dom, "gen_curve": [{"scale": 1.0}, {"scale": 2.0}]}
+    t = {"diff_of_means": row(0.5, 0.0, 0.0, 0.6, 0.4, 20.0, 0.4, True), "atoms": row(0.7, 0.2, 0.05, 0.7, 0.5, 15.0, 0.5, True),
+         "atoms_swap": row(0.6, 0.1, 0.05, 0.8, 0.1, 9.0, 0.1), "features_jumprelu": row(0.1, -0.4, 0.05, 0.75, 0.0, 5.0, 0.0),
          "no_intervention": {"gen_concept": 0.0, "gen_perplexity": 4.0}}
     text, = relations_reading({"country_language": t})
     assert "country -> language" in text and "atoms 0.700 vs 0.500" in text and "+0.200 ± 0.050" in text
     assert "significant at" in text and "not significant" not in text and "best of 2 atoms methods" in text
     assert "atoms_swap 0.800" in text and "atoms lead it" in text  # the best atoms hmean beats DoM's and the features'
-    assert "(atoms reach it at no more perplexity)" in text
+    assert "at no more perplexity atoms names it in 0.50 (best over its scales x1/x2; atoms reach it, and reach" in text
     t["features_jumprelu"]["counterfact_hmean"] = 0.9
-    t["atoms"]["gen_perplexity"] = 25.0
+    t["atoms"]["gen_concept_equal_ppl"] = None  # no scale of atoms as fluent as the difference of means: atoms_swap's 0.1 is read
     text, = relations_reading({"country_language": t})
+    assert "atoms_swap names it in 0.10" in text
     assert "atoms do not lead it" in text and "atoms do not reach it" in text

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from sae_atoms.experiments.steering.config import RELATION_LABEL, SteerConfig, steer_config
+from sae_atoms.experiments.steering.config import GRIDS, RELATION_LABEL, SteerConfig, steer_config
 from sae_atoms.experiments.steering.experiment import run_steering
 from sae_atoms.experiments.steering.output import write_results
 from sae_atoms.experiments.steering.relations import DEFAULT_RELATIONS, check_relations, run_relations, tables
@@ -102,6 +102,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-unrelated", type=int, default=None, help=f"({d.n_unrelated})")
     p.add_argument("--n-ablation", type=int, default=None, help=f"({d.n_ablation})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--gen-scales", type=float, nargs="+", default=None,
+                   help=f"steered generation at these multiples of each method's equal-KL strength ({' '.join(f'{a:g}' for a in d.gen_scales)})")
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (flags given explicitly win over them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -110,7 +112,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def steer_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``SteerConfig`` settings the command line gives: explicit flags win over ``--quick``."""
-    grids = {k: None if getattr(args, k) is None else tuple(getattr(args, k)) for k in ("vector_strengths", "strengths", "fractions")}
+    grids = {k: None if getattr(args, k) is None else tuple(getattr(args, k)) for k in GRIDS}
     given = {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
              "n_ablation": args.n_ablation, "n_seeds": args.seeds, **grids}
     rel = args.relation[0] if isinstance(args.relation, list) else args.relation

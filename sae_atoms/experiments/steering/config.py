@@ -44,13 +44,14 @@ class SteerConfig:
     gen_tokens: int = 24           # steered generation: tokens per continuation (0: no generation)
     gen_seeds: int = 1             # ... on the first this many seeds (each seed: every method, every target)
     gen_prompts: int = 8           # ... from this many of ``generation.PROMPTS``
+    gen_scales: tuple[float, ...] = (1.0, 2.0, 4.0)  # ... at these multiples of each method's equal-KL strength
     n_ablation: int = 24           # held-out prompts for the ablation check
     n_random: int = 2              # random atom draws in the ablation check
     batch_size: int = 32
     seed: int = 0
 
 
-QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 2, "n_ablation": 8, "n_random": 1, "gen_tokens": 12, "gen_prompts": 4,
+QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 2, "n_ablation": 8, "n_random": 1, "gen_tokens": 12, "gen_prompts": 4, "gen_scales": (1.0,),
          "vector_strengths": (2.0, 4.0), "strengths": (8.0, 16.0), "fractions": (0.5, 1.0)}
 
 # relation -> the label column whose values are its answers
@@ -60,7 +61,7 @@ RELATION_LABEL = {"city_country": "country", "country_continent": "continent", "
 # what an SAE unit's strength of 1 is (SteerConfig.scale)
 SCALES = {"typical": "the unit's typical on-support amplitude (median non-zero training code)",
           "target": "the unit's mean training code on the target's subjects"}
-GRIDS = ("vector_strengths", "strengths", "fractions")
+GRIDS = ("vector_strengths", "strengths", "fractions", "gen_scales")
 
 
 def steer_config(base: SteerConfig | None = None, quick: bool = False, **settings: Any) -> SteerConfig:

@@ -4,7 +4,9 @@ From prompts that name no place, language or continent (``PROMPTS``), each metho
 model toward each target while it generates ``n_tokens`` tokens greedily (TransformerLens's
 ``generate`` with its key-value cache). The edit is applied at every position, the prompt's and
 each new token's (as activation-addition steering does, Turner et al. 2023, arXiv 2308.10248), at
-the method's strength from the comparison at equal KL (``equal_kl``; else its chosen strength).
+the method's strength from the comparison at equal KL (``equal_kl``; else its chosen strength)
+times each of ``scales``: a strength matched for one edited position need not suit an edit at every
+position, so each method gets a concept-perplexity curve, not one point.
 
 * concept score: the share of continuations in which the target's name appears (case-insensitive);
 * fluency: the perplexity of the continuation under the unsteered model,
@@ -12,8 +14,14 @@ the method's strength from the comparison at equal KL (``equal_kl``; else its ch
   over continuations (lower is more fluent). No judge model and no hub are needed.
 
 Every method's and target's rows (methods x targets x prompts of one token length) go through
-one ``generate`` call: a hook applies each method's interventions toward each target to its own
-block of rows.
+one ``generate`` call per scale: a hook applies each method's interventions toward each target to
+its own block of rows.
+
+At equal perplexity (``at_reference``): the reference (the difference of means) at its first
+scale spends a perplexity ``p_ref``; each method's concept score at no more perplexity is the best
+of its curve's points with perplexity <= ``p_ref`` (none: it never is as fluent). The curves are
+also compared at every reference point: a method "dominates" when at each reference point's
+perplexity it reaches that point's concept score.
 """
 
 from __future__ import annotations
@@ -110,8 +118,39 @@ def scores(model, targets: Sequence[str], prompts: Sequence[str], gen: dict[str,
 
 
 def steered_generation(model, methods: dict[str, Method], targets: Sequence[str], n_tokens: int,
-                       prompts: Sequence[str] = PROMPTS) -> dict[str, dict]:
-    """``scores`` per method (each at the strength it carries) and for the unsteered model (``"none"``)."""
-    gen = generate(model, {"none": None, **methods}, targets, prompts, n_tokens)
-    return {n: scores(model, targets, prompts, g) | ({"strength": methods[n].strength} if n in methods else {})
-            for n, g in gen.items()}
+                       prompts: Sequence[str] = PROMPTS, scales: Sequence[float] = (1.0,)) -> dict[str, dict]:
+    """``scores`` per method at each of ``scales`` x the strength it carries (the first scale's at
+    the top level, every scale's point in ``curve``), and for the unsteered model (``"none"``, once)."""
+    out: dict[str, dict] = {}
+    for i, scale in enumerate(scales):
+        at = {n: m.at(m.strength * scale) for n, m in methods.items()}
+        for n, g in generate(model, ({"none": None} if i == 0 else {}) | at, targets, prompts, n_tokens).items():
+            s = scores(model, targets, prompts, g)
+            if n not in at:
+                out[n] = s
+                continue
+            point = {"scale": scale, "strength": at[n].strength, "concept": s["concept"], "perplexity": s["perplexity"]}
+            out.setdefault(n, s | point | {"curve": []})["curve"].append(point)
+    return out
+
+
+def best_within(curve: Sequence[dict], perplexity: float) -> float | None:
+    """The highest concept score among ``curve``'s points with perplexity <= ``perplexity`` (None: none is)."""
+    return max((p["concept"] for p in curve if p["perplexity"] <= perplexity), default=None)
+
+
+def _reaches(concept: float | None, goal: float) -> bool:
+    return concept is not None and concept >= goal
+
+
+def at_reference(curves: dict[str, Sequence[dict]], ref: str) -> dict[str, dict]:
+    """Per method, its concept score at no more perplexity than ``ref``'s first point
+    (``concept_equal_ppl``, with ``ref_concept`` / ``ref_perplexity``), and whether it reaches every
+    ``ref`` point's concept at that point's perplexity (``dominates_ref``); {} without ``ref``."""
+    if ref not in curves:
+        return {}
+    r0 = curves[ref][0]
+    return {m: {"concept_equal_ppl": best_within(c, r0["perplexity"]), "ref_concept": r0["concept"],
+                "ref_perplexity": r0["perplexity"],
+                "dominates_ref": all(_reaches(best_within(c, p["perplexity"]), p["concept"]) for p in curves[ref])}
+            for m, c in curves.items()}

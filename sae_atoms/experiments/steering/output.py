@@ -76,9 +76,39 @@ def plot(res: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def plot_generation(res: dict, path: Path) -> None:
+    """Steered generation: each method's concept score against perplexity over its strength scales
+    (seeds pooled), the unsteered model and the difference of means' first point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for m, r in res["methods"].items():
+        c = r.get("generation", {}).get("curve") or []
+        scales = "/".join(f"{p['scale']:g}" for p in c)
+        ax.plot([p["perplexity"] for p in c], [p["concept"] for p in c], "o-", ms=4, lw=1, label=f"{m} (x{scales})")
+    ref = res["methods"].get("diff_of_means", {}).get("generation", {}).get("equal_perplexity")
+    if ref:
+        ax.axvline(ref["ref_perplexity"], color="black", ls=":", lw=1, label="difference of means' perplexity (first scale)")
+    none = [g["perplexity"] for g in (res.get("generation_unsteered") or {}).values()]
+    if none:
+        ax.axvline(sum(none) / len(none), color="grey", ls="--", lw=1, label="unsteered")
+    ax.set_xscale("log")
+    ax.set_xlabel("perplexity of the continuation under the unsteered model")
+    ax.set_ylabel("concept score (share naming the target)")
+    ax.set_title(f"steered generation {res['config']['relation']}: strength scales of each method's equal-KL strength", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def write_results(res: dict, out_dir: str | Path) -> None:
-    """``results.json`` and ``steering.png`` in ``out_dir`` (each written atomically)."""
+    """``results.json``, ``steering.png`` and (with generation) ``generation.png`` in ``out_dir`` (each written atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(res, out / "results.json", default=float)
     plot(res, out / "steering.png")
+    if any("generation" in r for r in res["methods"].values()):
+        plot_generation(res, out / "generation.png")

@@ -64,7 +64,8 @@ def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool, first_se
     gen = None
     if cfg.gen_tokens and cfg.seed - first_seed < cfg.gen_seeds:
         at = {m.name: m.at(r["equal_kl"]["strength"] if "equal_kl" in r else r["strength"]) for m, r in done}
-        gen = generation.steered_generation(setup.model, at, setup.tg.targets, cfg.gen_tokens, generation.PROMPTS[:cfg.gen_prompts])
+        gen = generation.steered_generation(setup.model, at, setup.tg.targets, cfg.gen_tokens, generation.PROMPTS[:cfg.gen_prompts],
+                                            cfg.gen_scales)
         for name, g in gen.items():
             if name in results:
                 results[name]["generation"] = g
@@ -104,10 +105,14 @@ def aggregate(per_seed: dict[int, dict], targets: list[str]) -> dict[str, dict]:
                   "per_target": per_target, "per_seed": {sd: r for sd, r in zip(seeds, rs)}}
         gens = [r["generation"] for r in rs if "generation" in r]
         if gens:
-            out[m]["generation"] = pooled_generation(gens) | {"n_seeds": len(gens)}
+            curve = [pooled_generation(pts) | {"scale": pts[0]["scale"]} for pts in zip(*(g["curve"] for g in gens))]
+            out[m]["generation"] = pooled_generation(gens) | {"n_seeds": len(gens), "curve": curve}
         if all("equal_kl" in r for r in rs):
             out[m]["equal_kl"] = equal_kl.summarise([r["equal_kl"] for r in rs],
                                                     ref if len(ref) == len(rs) and all(ref) else None)
+    curves = {m: r["generation"]["curve"] for m, r in out.items() if "generation" in r}
+    for m, e in generation.at_reference(curves, equal_kl.REFERENCE).items():
+        out[m]["generation"]["equal_perplexity"] = e
     return out
 
 
@@ -130,8 +135,16 @@ def relation_table(res: dict[str, Any]) -> dict[str, dict]:
             "neighbourhood", "counterfact_hmean", "test_kl", "reached_per_seed", "n_prompts")
     return {m: {k: r.get("equal_kl", {}).get(k) for k in keys} | {
         "success_within_budget": r["success_rate"], "kl_within_budget": r["kl_unrelated"], "success_kl_area": r["success_kl_area"],
-        "gen_concept": r.get("generation", {}).get("concept"), "gen_perplexity": r.get("generation", {}).get("perplexity")}
+        "gen_concept": r.get("generation", {}).get("concept"), "gen_perplexity": r.get("generation", {}).get("perplexity"),
+        **_equal_perplexity(r.get("generation", {}))}
         for m, r in res["methods"].items()} | _unsteered(res)
+
+
+def _equal_perplexity(gen: dict[str, Any]) -> dict[str, Any]:
+    """The ``gen_*`` columns of steered generation at the difference of means' perplexity (``generation.at_reference``)."""
+    e = gen.get("equal_perplexity", {})
+    return {"gen_concept_equal_ppl": e.get("concept_equal_ppl"), "gen_ref_perplexity": e.get("ref_perplexity"),
+            "gen_dominates_dom": e.get("dominates_ref"), "gen_curve": gen.get("curve")}
 
 
 def _unsteered(res: dict[str, Any]) -> dict[str, dict]:

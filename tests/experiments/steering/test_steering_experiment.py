@@ -31,10 +31,26 @@ def test_steer_quick_keeps_explicit_flags_and_rejects_bad_values():
     quick = steer_exp.steer_config(quick=True, **steer_exp.steer_overrides(_steer_args("--quick")))
     assert quick.vector_strengths == steer_exp.QUICK["vector_strengths"] and quick.n_eval == steer_exp.QUICK["n_eval"]
     assert steer_exp.steer_overrides(_steer_args("--vector-strengths", "1.5"))["vector_strengths"] == (1.5,)  # --alphas' new name
+    assert steer_exp.steer_config(**steer_exp.steer_overrides(_steer_args("--gen-scales", "1", "3"))).gen_scales == (1.0, 3.0)
     from sae_atoms.cli import main
 
-    for bad in (["--alphas", "0", "-1"], ["--n-eval", "0"], ["--kl-budget", "nan"], ["--fractions", "-0.5"]):
+    for bad in (["--alphas", "0", "-1"], ["--n-eval", "0"], ["--kl-budget", "nan"], ["--fractions", "-0.5"], ["--gen-scales", "0"]):
         assert main(["steer", "--out", "/nonexistent/x", "--quick", *bad]) == 2
+
+
+def test_generation_at_the_reference_perplexity_reads_each_curve_where_it_is_as_fluent():
+    pt = lambda c, p: {"concept": c, "perplexity": p}  # noqa: E731
+    curves = {"diff_of_means": [pt(0.1, 30.0), pt(0.4, 80.0)],
+              "fluent": [pt(0.0, 10.0), pt(0.2, 25.0), pt(0.5, 70.0)],   # above the reference at both of its points
+              "costly": [pt(0.3, 40.0), pt(0.9, 200.0)],                  # never as fluent as the reference's first point
+              "weak": [pt(0.05, 20.0), pt(0.1, 60.0)]}                    # as fluent, but names the target less
+    e = generation.at_reference(curves, "diff_of_means")
+    assert e["fluent"]["concept_equal_ppl"] == 0.2 and e["fluent"]["dominates_ref"]
+    assert e["costly"]["concept_equal_ppl"] is None and not e["costly"]["dominates_ref"]
+    assert e["weak"]["concept_equal_ppl"] == 0.05 and not e["weak"]["dominates_ref"]
+    assert e["diff_of_means"]["concept_equal_ppl"] == 0.1 and e["diff_of_means"]["dominates_ref"]  # itself: equal
+    assert all(v["ref_perplexity"] == 30.0 and v["ref_concept"] == 0.1 for v in e.values())
+    assert generation.at_reference({"fluent": curves["fluent"]}, "diff_of_means") == {}
 
 
 def fake_answers(monkeypatch, kl, success) -> None:
@@ -135,7 +151,7 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     features = make_sae(d_in=x.shape[1], d_sae=256, hook=REAL_HOOK, seed=5)  # random directions
     cfg = steer_exp.steer_config(quick=True, relation="city_country", min_subjects=3, k=1, vector_strengths=(2.0,),
                                  strengths=(1.0, 4.0), n_eval=4, n_unrelated=4, n_ablation=6, n_random=1, n_seeds=2,
-                                 n_targets=2, n_select=4, selection="activation", scale="typical")
+                                 n_targets=2, n_select=4, selection="activation", scale="typical", gen_scales=(1.0, 2.0))
     res = steer_exp.run_steering(real_model, {"atoms": atoms, "features_jumprelu": features}, fact_data, real_acts, cfg,
                                  out_dir=tmp_path, progress=False)
     assert set(res["methods"]) == {"diff_of_means", "random_direction", "atoms", "atoms_by_effect", "atoms_swap",
@@ -191,6 +207,15 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
         g = r["per_seed"][0]["generation"]
         assert 0 <= g["concept"] <= 1 and g["perplexity"] > 1 and "generation" not in r["per_seed"][1]
         assert g["strength"] == r["per_seed"][0]["equal_kl"]["strength"] and r["generation"]["n_seeds"] == 1
+        one, two = g["curve"]  # the generation curve: x1 (the top-level scores) and x2 the equal-KL strength
+        assert (one["concept"], one["perplexity"], one["strength"]) == (g["concept"], g["perplexity"], g["strength"])
+        assert two["scale"] == 2.0 and two["strength"] == pytest.approx(2 * g["strength"])
+        assert [p["scale"] for p in r["generation"]["curve"]] == [1.0, 2.0]
+    ref = res["methods"]["diff_of_means"]["generation"]
+    for m, r in res["methods"].items():  # at the difference of means' perplexity: the best of the points at most as perplexing
+        e, fluent = r["generation"]["equal_perplexity"], [p for p in r["generation"]["curve"] if p["perplexity"] <= ref["perplexity"]]
+        assert e["ref_perplexity"] == ref["perplexity"] and e["concept_equal_ppl"] == max((p["concept"] for p in fluent), default=None)
+    assert (tmp_path / "generation.png").stat().st_size > 1000
     # perplexity under the unsteered model: its own greedy text reads as more fluent than shuffled tokens of it
     own = generation.generate(real_model, {"none": None}, ["x"], generation.PROMPTS[:2], 12)["none"]["x"]
     g = torch.Generator().manual_seed(0)
@@ -200,6 +225,7 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     rel = steer_exp.relation_tables({"city_country": res})["city_country"]
     assert rel["no_intervention"]["gen_perplexity"] == pytest.approx(res["generation_unsteered"][0]["perplexity"])
     assert rel["atoms"]["gen_concept"] == res["methods"]["atoms"]["generation"]["concept"]
+    assert rel["atoms"]["gen_concept_equal_ppl"] == res["methods"]["atoms"]["generation"]["equal_perplexity"]["concept_equal_ppl"]
     assert rel["atoms"]["success_equal_kl"] == res["methods"]["atoms"]["equal_kl"]["success_equal_kl"]
     abl = res["ablation"]["atoms"]["logprob_drop"]
     assert abl["selected"] > abl["random"]
