@@ -17,7 +17,10 @@ setting for them; atoms keep AIP geometry (their metric is their normalisation).
 whitening folded into the SAE after training), the ecosystem's nearest thing to the AIP.
 ``atoms_stable`` are atoms trained with the stability objective (co-active atoms kept inside the
 uniqueness bound, ``sae_atoms.saes.stability``) in the full AIP (alpha = 1): the objective acts in
-the SAE's own geometry, and q* is read in the full AIP, so the two must agree for it to help. ``features_matryoshka`` is SAELens's ``matryoshka_batchtopk`` with nested prefixes of width
+the SAE's own geometry, and q* is read in the full AIP, so the two must agree for it to help.
+``atoms_topk`` are atoms in the full AIP trained with each sample's ``target_l0`` largest codes
+(``topk_training``, BatchTopK's recipe; thresholds matched after training): on planted data it is
+the recipe under which two seeds recover the same dictionary. ``features_matryoshka`` is SAELens's ``matryoshka_batchtopk`` with nested prefixes of width
 ``d_sae / 16``, ``d_sae / 4`` and ``d_sae`` (``MATRYOSHKA_LEVELS``).
 """
 
@@ -55,6 +58,8 @@ UNIT_KINDS: dict[str, UnitKind] = {u.name: u for u in (
     UnitKind("atoms", "tsae_aip", "atoms (tsae_aip)", lambda t, w: _threshold(t) | {"aip_alpha": ATOMS_ALPHA}),
     UnitKind("atoms_stable", "tsae_aip", "atoms (full AIP) + stability objective",
              lambda t, w: _threshold(t) | {"aip_alpha": 1.0, "stability_coefficient": STABILITY_COEFFICIENT}),
+    UnitKind("atoms_topk", "tsae_aip", "atoms (full AIP), trained top-k",
+             lambda t, w: {"target_l0": float(t), "topk_training": True, "aip_alpha": 1.0}),
     UnitKind("tsae", "tsae", "tsae (raw space)", lambda t, w: _threshold(t) | {"normalize_activations": _NORMALISED}),
     UnitKind("features_standard", "standard", "features (standard SAE)", lambda t, w: {"normalize_activations": _NORMALISED}),
     UnitKind("features_jumprelu", "jumprelu", "features (jumprelu SAE)",

@@ -61,7 +61,7 @@ from sae_atoms.training import fit_sae, train_on_activations
 from sae_atoms.units import ATOMS_ALPHA, unit_config, unit_kind
 
 UNITS = ("atoms", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
-MORE_UNITS = ("atoms_stable",)  # by name only (--units)
+MORE_UNITS = ("atoms_stable", "atoms_topk")  # by name only (--units)
 DEFAULT_TARGETS = (4, 8, 16, 32, 64)
 DEFAULT_EXPANSION = 1
 VALIDATION_FRAC = 0.2
