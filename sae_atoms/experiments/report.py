@@ -205,7 +205,7 @@ def _relations_section(r: Report, results: dict, out: Path) -> None:
             "divided by it; and the best success within the budget (its own KL) as in the table above. Steered "
             "generation at each method's equal-KL strength: the share of continuations naming the target and their "
             "perplexity under the unsteered model; and the best share over the generation strength scales at no more "
-            "perplexity than the difference of means' first scale.")
+            "perplexity than the difference of means at its equal-KL strength.")
         g = lambda v, k: fmt(v.get(k))  # noqa: E731  (the no-intervention row has the generation scores only)
         r.table(["method", "success at equal KL ± SE", "paired diff vs DoM ± SE", "test KL", "efficacy", "paraphrase",
                  "neighbourhood", "harmonic mean", "success-KL area", "best within budget (KL)", "generation: concept",

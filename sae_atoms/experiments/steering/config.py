@@ -44,7 +44,7 @@ class SteerConfig:
     gen_tokens: int = 24           # steered generation: tokens per continuation (0: no generation)
     gen_seeds: int = 1             # ... on the first this many seeds (each seed: every method, every target)
     gen_prompts: int = 8           # ... from this many of ``generation.PROMPTS``
-    gen_scales: tuple[float, ...] = (1.0, 2.0, 4.0)  # ... at these multiples of each method's equal-KL strength
+    gen_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # ... at these multiples of each method's equal-KL strength (1 among them)
     n_ablation: int = 24           # held-out prompts for the ablation check
     n_random: int = 2              # random atom draws in the ablation check
     batch_size: int = 32
@@ -93,6 +93,8 @@ def check_config(cfg: SteerConfig) -> None:
         raise ValueError(f"these steering sizes must be >= 1: {small}")
     if not (cfg.kl_budget > 0 and math.isfinite(cfg.kl_budget)):
         raise ValueError(f"kl_budget={cfg.kl_budget} must be finite and > 0")
+    if 1.0 not in cfg.gen_scales:
+        raise ValueError(f"gen_scales={cfg.gen_scales} must include 1 (each method's own equal-KL strength)")
     if cfg.n_bisect < 0 or cfg.gen_tokens < 0 or cfg.gen_seeds < 0 or cfg.gen_prompts < 1:
         raise ValueError(f"n_bisect={cfg.n_bisect}, gen_tokens={cfg.gen_tokens} and gen_seeds={cfg.gen_seeds} must be >= 0, "
                          f"gen_prompts={cfg.gen_prompts} >= 1")

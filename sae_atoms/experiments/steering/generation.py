@@ -6,7 +6,8 @@ model toward each target while it generates ``n_tokens`` tokens greedily (Transf
 each new token's (as activation-addition steering does, Turner et al. 2023, arXiv 2308.10248), at
 the method's strength from the comparison at equal KL (``equal_kl``; else its chosen strength)
 times each of ``scales``: a strength matched for one edited position need not suit an edit at every
-position, so each method gets a concept-perplexity curve, not one point.
+position (weaker keeps the text fluent, stronger may name the concept more), so each method gets a
+concept-perplexity curve, not one point.
 
 * concept score: the share of continuations in which the target's name appears (case-insensitive);
 * fluency: the perplexity of the continuation under the unsteered model,
@@ -17,8 +18,8 @@ Every method's and target's rows (methods x targets x prompts of one token lengt
 one ``generate`` call per scale: a hook applies each method's interventions toward each target to
 its own block of rows.
 
-At equal perplexity (``at_reference``): the reference (the difference of means) at its first
-scale spends a perplexity ``p_ref``; each method's concept score at no more perplexity is the best
+At equal perplexity (``at_reference``): the reference (the difference of means) at scale 1
+spends a perplexity ``p_ref``; each method's concept score at no more perplexity is the best
 of its curve's points with perplexity <= ``p_ref`` (none: it never is as fluent). The curves are
 also compared at every reference point: a method "dominates" when at each reference point's
 perplexity it reaches that point's concept score.
@@ -119,10 +120,13 @@ def scores(model, targets: Sequence[str], prompts: Sequence[str], gen: dict[str,
 
 def steered_generation(model, methods: dict[str, Method], targets: Sequence[str], n_tokens: int,
                        prompts: Sequence[str] = PROMPTS, scales: Sequence[float] = (1.0,)) -> dict[str, dict]:
-    """``scores`` per method at each of ``scales`` x the strength it carries (the first scale's at
-    the top level, every scale's point in ``curve``), and for the unsteered model (``"none"``, once)."""
-    out: dict[str, dict] = {}
-    for i, scale in enumerate(scales):
+    """``scores`` per method at each of ``scales`` (ascending, 1 among them) x the strength it carries
+    (scale 1's at the top level, every scale's point in ``curve``), and for the unsteered model
+    (``"none"``, once)."""
+    if 1.0 not in scales:
+        raise ValueError(f"gen_scales {tuple(scales)} must include 1 (each method's own strength)")
+    out: dict[str, dict] = {n: {"curve": []} for n in methods}
+    for i, scale in enumerate(sorted(scales)):
         at = {n: m.at(m.strength * scale) for n, m in methods.items()}
         for n, g in generate(model, ({"none": None} if i == 0 else {}) | at, targets, prompts, n_tokens).items():
             s = scores(model, targets, prompts, g)
@@ -130,7 +134,9 @@ def steered_generation(model, methods: dict[str, Method], targets: Sequence[str]
                 out[n] = s
                 continue
             point = {"scale": scale, "strength": at[n].strength, "concept": s["concept"], "perplexity": s["perplexity"]}
-            out.setdefault(n, s | point | {"curve": []})["curve"].append(point)
+            out[n]["curve"].append(point)
+            if scale == 1.0:
+                out[n] |= s | point
     return out
 
 
@@ -144,12 +150,12 @@ def _reaches(concept: float | None, goal: float) -> bool:
 
 
 def at_reference(curves: dict[str, Sequence[dict]], ref: str) -> dict[str, dict]:
-    """Per method, its concept score at no more perplexity than ``ref``'s first point
+    """Per method, its concept score at no more perplexity than ``ref`` at scale 1
     (``concept_equal_ppl``, with ``ref_concept`` / ``ref_perplexity``), and whether it reaches every
     ``ref`` point's concept at that point's perplexity (``dominates_ref``); {} without ``ref``."""
     if ref not in curves:
         return {}
-    r0 = curves[ref][0]
+    r0 = next(p for p in curves[ref] if p["scale"] == 1.0)
     return {m: {"concept_equal_ppl": best_within(c, r0["perplexity"]), "ref_concept": r0["concept"],
                 "ref_perplexity": r0["perplexity"],
                 "dominates_ref": all(_reaches(best_within(c, p["perplexity"]), p["concept"]) for p in curves[ref])}

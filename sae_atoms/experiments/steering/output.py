@@ -78,7 +78,7 @@ def plot(res: dict, path: Path) -> None:
 
 def plot_generation(res: dict, path: Path) -> None:
     """Steered generation: each method's concept score against perplexity over its strength scales
-    (seeds pooled), the unsteered model and the difference of means' first point marked."""
+    (seeds pooled), the unsteered model and the difference of means' perplexity at scale 1 marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +91,7 @@ def plot_generation(res: dict, path: Path) -> None:
         ax.plot([p["perplexity"] for p in c], [p["concept"] for p in c], "o-", ms=4, lw=1, label=f"{m} (x{scales})")
     ref = res["methods"].get("diff_of_means", {}).get("generation", {}).get("equal_perplexity")
     if ref:
-        ax.axvline(ref["ref_perplexity"], color="black", ls=":", lw=1, label="difference of means' perplexity (first scale)")
+        ax.axvline(ref["ref_perplexity"], color="black", ls=":", lw=1, label="difference of means' perplexity (scale 1)")
     none = [g["perplexity"] for g in (res.get("generation_unsteered") or {}).values()]
     if none:
         ax.axvline(sum(none) / len(none), color="grey", ls="--", lw=1, label="unsteered")

@@ -39,10 +39,10 @@ def test_steer_quick_keeps_explicit_flags_and_rejects_bad_values():
 
 
 def test_generation_at_the_reference_perplexity_reads_each_curve_where_it_is_as_fluent():
-    pt = lambda c, p: {"concept": c, "perplexity": p}  # noqa: E731
-    curves = {"diff_of_means": [pt(0.1, 30.0), pt(0.4, 80.0)],
-              "fluent": [pt(0.0, 10.0), pt(0.2, 25.0), pt(0.5, 70.0)],   # above the reference at both of its points
-              "costly": [pt(0.3, 40.0), pt(0.9, 200.0)],                  # never as fluent as the reference's first point
+    pt = lambda c, p, s=1.0: {"concept": c, "perplexity": p, "scale": s}  # noqa: E731
+    curves = {"diff_of_means": [pt(0.0, 5.0, 0.5), pt(0.1, 30.0), pt(0.4, 80.0, 2.0)],  # scale 1: the reference point
+              "fluent": [pt(0.0, 4.0), pt(0.2, 25.0), pt(0.5, 70.0)],    # above the reference at each of its points
+              "costly": [pt(0.3, 40.0), pt(0.9, 200.0)],                  # never as fluent as the reference at scale 1
               "weak": [pt(0.05, 20.0), pt(0.1, 60.0)]}                    # as fluent, but names the target less
     e = generation.at_reference(curves, "diff_of_means")
     assert e["fluent"]["concept_equal_ppl"] == 0.2 and e["fluent"]["dominates_ref"]
@@ -151,7 +151,7 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     features = make_sae(d_in=x.shape[1], d_sae=256, hook=REAL_HOOK, seed=5)  # random directions
     cfg = steer_exp.steer_config(quick=True, relation="city_country", min_subjects=3, k=1, vector_strengths=(2.0,),
                                  strengths=(1.0, 4.0), n_eval=4, n_unrelated=4, n_ablation=6, n_random=1, n_seeds=2,
-                                 n_targets=2, n_select=4, selection="activation", scale="typical", gen_scales=(1.0, 2.0))
+                                 n_targets=2, n_select=4, selection="activation", scale="typical", gen_scales=(1.0, 0.5))
     res = steer_exp.run_steering(real_model, {"atoms": atoms, "features_jumprelu": features}, fact_data, real_acts, cfg,
                                  out_dir=tmp_path, progress=False)
     assert set(res["methods"]) == {"diff_of_means", "random_direction", "atoms", "atoms_by_effect", "atoms_swap",
@@ -207,10 +207,10 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
         g = r["per_seed"][0]["generation"]
         assert 0 <= g["concept"] <= 1 and g["perplexity"] > 1 and "generation" not in r["per_seed"][1]
         assert g["strength"] == r["per_seed"][0]["equal_kl"]["strength"] and r["generation"]["n_seeds"] == 1
-        one, two = g["curve"]  # the generation curve: x1 (the top-level scores) and x2 the equal-KL strength
+        half, one = g["curve"]  # the generation curve, scales ascending: x0.5 and x1 the equal-KL strength (the top level)
         assert (one["concept"], one["perplexity"], one["strength"]) == (g["concept"], g["perplexity"], g["strength"])
-        assert two["scale"] == 2.0 and two["strength"] == pytest.approx(2 * g["strength"])
-        assert [p["scale"] for p in r["generation"]["curve"]] == [1.0, 2.0]
+        assert half["scale"] == 0.5 and half["strength"] == pytest.approx(0.5 * g["strength"])
+        assert [p["scale"] for p in r["generation"]["curve"]] == [0.5, 1.0]
     ref = res["methods"]["diff_of_means"]["generation"]
     for m, r in res["methods"].items():  # at the difference of means' perplexity: the best of the points at most as perplexing
         e, fluent = r["generation"]["equal_perplexity"], [p for p in r["generation"]["curve"] if p["perplexity"] <= ref["perplexity"]]
@@ -239,6 +239,7 @@ def test_steer_config_rejects_bad_settings_by_name():
     for bad, word in (({"selection": "gradient"}, "selection"), ({"scale": "huge"}, "scale"), ({"strengths": (0.0,)}, "strengths"),
                       ({"n_seeds": 0}, "n_seeds"), ({"ceiling_q": 1.5}, "ceiling_q"), ({"fractions": (0.5, -1.0)}, "fractions"),
                       ({"transfer_error": "zero"}, "transfer_error"), ({"transfer_strength": 0.0}, "transfer_strength"),
+                      ({"gen_scales": (0.5, 2.0)}, "gen_scales"),
                       ({"n_bisect": -1}, "n_bisect")):
         with pytest.raises(ValueError, match=word):
             steer_exp.steer_config(**bad)
