@@ -20,8 +20,9 @@ uniqueness bound, ``sae_atoms.saes.stability``) in the full AIP (alpha = 1): the
 the SAE's own geometry, and q* is read in the full AIP, so the two must agree for it to help.
 ``atoms_topk`` are atoms in the full AIP trained with each sample's ``target_l0`` largest codes
 (``topk_training``, BatchTopK's recipe; thresholds matched after training): on planted data it is
-the recipe under which two seeds recover the same dictionary. ``features_matryoshka`` is SAELens's ``matryoshka_batchtopk`` with nested prefixes of width
-``d_sae / 16``, ``d_sae / 4`` and ``d_sae`` (``MATRYOSHKA_LEVELS``).
+the recipe under which two seeds recover the same dictionary. ``features_matryoshka`` is
+SAELens's ``matryoshka_batchtopk`` with nested prefixes of width ``d_sae / 16``, ``d_sae / 4`` and
+``d_sae`` (``MATRYOSHKA_LEVELS``).
 """
 
 from __future__ import annotations

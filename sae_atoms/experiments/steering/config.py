@@ -93,8 +93,7 @@ def check_config(cfg: SteerConfig) -> None:
         raise ValueError(f"these steering sizes must be >= 1: {small}")
     if not (cfg.kl_budget > 0 and math.isfinite(cfg.kl_budget)):
         raise ValueError(f"kl_budget={cfg.kl_budget} must be finite and > 0")
-    if 1.0 not in cfg.gen_scales:
-        raise ValueError(f"gen_scales={cfg.gen_scales} must include 1 (each method's own equal-KL strength)")
+    check_gen_scales(cfg.gen_scales)
     if cfg.n_bisect < 0 or cfg.gen_tokens < 0 or cfg.gen_seeds < 0 or cfg.gen_prompts < 1:
         raise ValueError(f"n_bisect={cfg.n_bisect}, gen_tokens={cfg.gen_tokens} and gen_seeds={cfg.gen_seeds} must be >= 0, "
                          f"gen_prompts={cfg.gen_prompts} >= 1")
@@ -106,3 +105,10 @@ def check_config(cfg: SteerConfig) -> None:
         raise ValueError(f"grid_growth={cfg.grid_growth} must be finite and > 1, grid_extend={cfg.grid_extend} >= 0")
     if not 0 < cfg.ceiling_q <= 1:
         raise ValueError(f"ceiling_q={cfg.ceiling_q} must be in (0, 1]")
+
+
+def check_gen_scales(scales: tuple[float, ...]) -> None:
+    """Steered generation's scales must include 1: each method's own equal-KL strength, the point
+    its generation scores are reported at and the difference of means is compared at."""
+    if 1.0 not in scales:
+        raise ValueError(f"gen_scales={tuple(scales)} must include 1 (each method's own equal-KL strength)")

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from sae_atoms.experiments.steering.config import check_gen_scales
 from sae_atoms.experiments.steering.methods import Method
 from sae_atoms.steering import prompt_token_ids
 
@@ -123,8 +124,7 @@ def steered_generation(model, methods: dict[str, Method], targets: Sequence[str]
     """``scores`` per method at each of ``scales`` (ascending, 1 among them) x the strength it carries
     (scale 1's at the top level, every scale's point in ``curve``), and for the unsteered model
     (``"none"``, once)."""
-    if 1.0 not in scales:
-        raise ValueError(f"gen_scales {tuple(scales)} must include 1 (each method's own strength)")
+    check_gen_scales(tuple(scales))
     out: dict[str, dict] = {n: {"curve": []} for n in methods}
     for i, scale in enumerate(sorted(scales)):
         at = {n: m.at(m.strength * scale) for n, m in methods.items()}
