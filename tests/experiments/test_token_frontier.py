@@ -34,12 +34,26 @@ def test_goal_check_reads_the_ce_margin_and_the_highest_q_star():
 
 @pytest.mark.parametrize("field, value, match", [("units", ("atoms", "neurons"), "unknown token-frontier units"),
                                                  ("targets", (16, 0), "positive"), ("eval_tokens", 0, "eval_tokens"),
-                                                 ("batch_tokens", 10**9, "exceeds tokens")])
+                                                 ("batch_tokens", 10**9, "exceeds tokens"),
+                                                 ("atoms_training", "l1", "atoms_training='l1'")])
 def test_check_config_names_what_is_wrong(field, value, match):
     from dataclasses import replace
 
     with pytest.raises(ValueError, match=match):
         TF.check_config(replace(TF.TokenFrontierConfig(), **{field: value}))
+
+
+def test_atoms_training_sets_the_recipe_of_atoms_their_variants_and_tsae_only():
+    from dataclasses import replace
+
+    c = TF.TokenFrontierConfig(atoms_variants=(("raw", (("aip_loss_space", "raw"),)),))
+    recipe = {u: getattr(TF.trained_config(c, u, 8, 16, 4.0), "topk_training", None)
+              for u in ("atoms", "atoms_raw", "tsae", "features_jumprelu", "features_topk")}
+    assert recipe == {"atoms": True, "atoms_raw": True, "tsae": True, "features_jumprelu": None, "features_topk": None}
+    c = replace(c, atoms_training="threshold")
+    assert not any(TF.trained_config(c, u, 8, 16, 4.0).topk_training for u in ("atoms", "atoms_raw", "tsae"))
+    pinned = replace(c, atoms_training="topk", atoms_variants=(("thr", (("topk_training", False),)),))
+    assert TF.trained_config(pinned, "atoms_thr", 8, 16, 4.0).topk_training is False  # a variant's own field wins
 
 
 def test_latest_checkpoint_is_the_one_with_most_samples(tmp_path):
