@@ -43,7 +43,7 @@ class SteerConfig:
     methods: tuple[str, ...] = ()  # run only these methods (names as in the results); empty: all
     gen_tokens: int = 24           # steered generation: tokens per continuation (0: no generation)
     gen_seeds: int = 1             # ... on the first this many seeds (each seed: every method, every target)
-    gen_prompts: int = 8           # ... from this many of ``generation.PROMPTS``
+    gen_prompts: int = 8           # ... from this many of the relation's prompts (``generation.prompts_for``)
     gen_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # ... at these multiples of each method's equal-KL strength (1 among them)
     n_ablation: int = 24           # held-out prompts for the ablation check
     n_random: int = 2              # random atom draws in the ablation check

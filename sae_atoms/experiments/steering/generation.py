@@ -1,7 +1,8 @@
 """Steered generation: does the concept show up in free text, and at what cost in fluency?
 
-From prompts that name no place, language or continent (``PROMPTS``), each method steers the
-model toward each target while it generates ``n_tokens`` tokens greedily (TransformerLens's
+From prompts that name no place, language or currency but invite one (``prompts_for`` the
+relation's answers: ``PROMPTS`` for places, ``LANGUAGE_PROMPTS``, ``CURRENCY_PROMPTS``), each
+method steers the model toward each target while it generates ``n_tokens`` tokens greedily (TransformerLens's
 ``generate`` with its key-value cache). The edit is applied at every position, the prompt's and
 each new token's (as activation-addition steering does, Turner et al. 2023, arXiv 2308.10248), at
 the method's strength from the comparison at equal KL (``equal_kl``; else its chosen strength)
@@ -42,6 +43,19 @@ PPL_ROWS = 32  # rows of one perplexity pass: 32 x 30 positions x 49k vocabulary
 # one token length each (SmolLM2's tokenizer), so every target's rows share one ``generate`` call
 PROMPTS = ("Last summer we travelled to", "The news today is about", "Our guide told us about", "The documentary was filmed in",
            "We spent our holiday in", "He told me all about", "I dream of living in", "The postcard came from")
+# prompts that invite the answer's kind (a place, a language, a currency) without naming one;
+# a relation's generation uses its label's set (``prompts_for``), places by default
+LANGUAGE_PROMPTS = ("The letter was written in", "The subtitles were in", "He is learning to speak", "The menu was printed in",
+                    "They sang a song in", "The book was translated into", "The film was dubbed into", "The sign was written in")
+CURRENCY_PROMPTS = ("The price was given in", "He paid the bill in", "They changed their money into", "The salary is paid in",
+                    "I exchanged my dollars for", "The rent is paid in", "She saved her wages in", "The fine was paid in")
+PROMPTS_BY_LABEL = {"language": LANGUAGE_PROMPTS, "currency": CURRENCY_PROMPTS}
+
+
+def prompts_for(label: str) -> tuple[str, ...]:
+    """The generation prompts of a relation whose answers are ``label`` (``config.RELATION_LABEL``):
+    ``PROMPTS_BY_LABEL``'s set, else the place prompts ``PROMPTS`` (countries, continents, capitals)."""
+    return PROMPTS_BY_LABEL.get(label, PROMPTS)
 
 
 def _hook_for(methods: Sequence[Method | None], targets: Sequence[str], per_target: int) -> Any:

@@ -279,3 +279,22 @@ def test_generation_of_many_methods_together_equals_each_alone(real_model, monke
     whole = generation.log_perplexity(real_model, list(prompts) * 3, conts)
     monkeypatch.setattr(generation, "PPL_ROWS", 1)  # one row a pass: the same perplexities
     torch.testing.assert_close(generation.log_perplexity(real_model, list(prompts) * 3, conts), whole, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.real_model
+def test_language_prompts_invite_a_language_where_place_prompts_do_not(real_model):
+    """Each relation's generation prompts share one token length (one ``generate`` call), and the
+    unsteered model continues the language set with a language more often than the place set."""
+    from sae_atoms.data import fact_prompts
+
+    for label in ("country", "language", "currency", "continent"):
+        prompts = generation.prompts_for(label)
+        assert len({len(real_model.to_tokens(p)[0]) for p in prompts}) == 1, label
+    assert generation.prompts_for("language") == generation.LANGUAGE_PROMPTS and generation.prompts_for("continent") == generation.PROMPTS
+    languages = set(fact_prompts(relations=["country_language"])["language"])
+
+    def share(prompts: tuple[str, ...]) -> float:
+        texts = [real_model.tokenizer.decode(c) for c in generation.generate(real_model, {"none": None}, ["x"], prompts, 8)["none"]["x"]]
+        return sum(any(lang in t for lang in languages) for t in texts) / len(texts)
+
+    assert share(generation.LANGUAGE_PROMPTS) > share(generation.PROMPTS)
