@@ -297,10 +297,6 @@ def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> No
                                                       for x in paper.values()])
 
 
-_RECIPE = {"topk": "top-k (each token's target-L0 largest codes; thresholds matched after)",
-           "threshold": "with the quadratic L0 loss on learned thresholds"}
-
-
 def _token_frontier_section(r: "Report", results: dict, plots: Path, out: Path) -> None:
     """The token benchmark (small in the main job): table, plot, reading."""
     from sae_atoms.experiments import token_frontier
@@ -313,7 +309,7 @@ def _token_frontier_section(r: "Report", results: dict, plots: Path, out: Path) 
     r.p(f"One `MultiSAETrainingRunner` pass at `{st['hook']}`, width {st['width']} ({st['expansion']:g}x d), "
         f"{st['tokens']} training tokens of `{st['corpus']}` (training documents; batches of {st['batch_tokens']}, "
         f"{st['steps']} steps, special tokens excluded; every unit at lr {st.get('lr', 'n/a')}, atoms and tsae trained "
-        f"{_RECIPE.get(st.get('atoms_training'), 'with the quadratic L0 loss')}). L0 matched on {st['val_activations']} tokens of validation "
+        f"{token_frontier.ATOMS_TRAINING_TEXT[st.get('atoms_training', 'threshold')]}). L0 matched on {st['val_activations']} tokens of validation "
         f"documents; every figure on {st['eval_activations']} tokens of other held-out documents: CE-loss score (zero "
         f"ablation), KL score, explained variance, L0 as `run_evals` defines them; R² AIP, μ (AIP and raw), q* in one "
         f"reference AIP fitted on {st['ref_tokens']} training tokens. Activation norms of the evaluation tokens: median "

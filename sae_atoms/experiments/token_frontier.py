@@ -101,8 +101,12 @@ class TokenFrontierConfig:
 
 
 ATOMS_TRAINING = {  # TokenFrontierConfig.atoms_training -> the tsae / tsae_aip config fields it sets
-    "topk": {"topk_training": True},       # each sample's target_l0 largest codes (BatchTopK's recipe)
-    "threshold": {"topk_training": False},  # the quadratic L0 loss on learned thresholds
+    "topk": {"topk_training": True},
+    "threshold": {"topk_training": False},
+}
+ATOMS_TRAINING_TEXT = {  # ... and how it reads (the CLI's help, the report)
+    "topk": "top-k (each token's target-L0 largest codes, BatchTopK's recipe; thresholds matched after)",
+    "threshold": "with the quadratic L0 loss on learned thresholds",
 }
 TWINS = {"_init2": 1.0, "_wide": 2.0}  # stability twins of an SAE: name suffix -> width factor (both another init)
 
@@ -451,8 +455,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per training step")
     p.add_argument("--lr", type=float, default=d.lr, help="every unit's learning rate")
     p.add_argument("--atoms-training", choices=sorted(ATOMS_TRAINING), default=d.atoms_training,
-                   help="how atoms and tsae hold their L0 while training: topk (each sample's target_l0 largest "
-                        "codes; thresholds matched after) or threshold (the quadratic L0 loss)")
+                   help="how atoms and tsae hold their L0 while training: "
+                        + "; or ".join(f"{k}, trained {v}" for k, v in ATOMS_TRAINING_TEXT.items()))
     p.add_argument("--val-tokens", type=int, default=d.val_tokens, help="held-out tokens the L0 is matched on")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens evaluated on")
     p.add_argument("--seed", type=int, default=d.seed)
