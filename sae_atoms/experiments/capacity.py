@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -40,6 +40,7 @@ from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_
 from sae_atoms.io import save_figure, write_json
 from sae_atoms.training import train_on_activations, training_config
 from sae_atoms.units import UNIT_KINDS
+from sae_atoms.workers import add_workers_argument, choose_workers, map_jobs
 
 DEFAULT_EXPANSIONS = (1, 2, 4, 8)
 DEFAULT_ARCH = UNIT_KINDS["atoms"].architecture
@@ -63,6 +64,7 @@ class CapacityConfig:
     min_jump: float = 0.05                # smallest rise of held-out R^2 that counts as a cliff
     compare: bool = False                 # also the neurons / features / atoms table ...
     compare_expansion: float = 4.0        # ... at this width
+    workers: int | None = None            # processes training SAEs at once (None: one per free core, workers.choose_workers)
 
 
 def _quick_eval(sae: Any, x: Tensor, metric: AIPMetric | None) -> dict[str, float]:
@@ -103,35 +105,50 @@ def capacity_sweep(train_acts: Any, heldout_acts: Any, cfg: CapacityConfig | Non
 
     c = replace(cfg or CapacityConfig(), **overrides)
     xtr, xho, sizes = _sweep_inputs(train_acts, heldout_acts, c)
-    d = xtr.shape[1]
     if metric is None:
         metric = AIPMetric.robust(xtr)
     gen = torch.Generator().manual_seed(c.seed)
     perm = torch.randperm(xtr.shape[0], generator=gen)
     runs = [(n, e) for n in sorted(sizes) for e in sorted(c.expansions)]
-    it: Any = runs
-    if progress:
-        from tqdm.auto import tqdm
+    shared = SweepJobs(c, xtr, xho, perm, metric, device, cfg_overrides or {})
+    from tqdm.auto import tqdm
 
-        it = tqdm(runs, desc=f"capacity sweep ({c.architecture})", unit="run")
-    results = []
-    for n, e in it:
-        xs = xtr[perm[:n]]
-        d_sae = max(1, int(round(e * d)))
-        sae_cfg = training_config(c.architecture, d, d_sae, l0_coefficient=c.l0_coefficient, **(cfg_overrides or {}))
-        t0 = time.perf_counter()
-        sae = train_on_activations(xs, sae_cfg, steps=c.steps, seed=c.seed, batch_size=c.batch_size, lr=c.lr,
-                                   progress=False, device=device, metric=metric if c.architecture == "tsae_aip" else None)
-        secs = time.perf_counter() - t0
-        ev_tr, ev_ho = _quick_eval(sae, xs, metric), _quick_eval(sae, xho, metric)
-        results.append({
-            "architecture": c.architecture, "n_train": n, "n_distinct": _n_distinct(xs), "n_heldout": int(xho.shape[0]),
-            "d": d, "expansion": float(e), "d_sae": d_sae, "steps": c.steps,
-            "r2_train": ev_tr["r2"], "r2_heldout": ev_ho["r2"], "r2_aip_train": ev_tr["r2_aip"],
-            "r2_aip_heldout": ev_ho["r2_aip"], "l0_train": ev_tr["l0_mean"], "l0_heldout": ev_ho["l0_mean"],
-            "dead_frac": ev_tr["dead_frac"], "seconds": secs,
-        })
-    return results
+    with tqdm(total=len(runs), desc=f"capacity sweep ({c.architecture})", unit="run", disable=not progress) as bar:
+        return map_jobs(sweep_run, runs, shared, workers=choose_workers(c.workers, len(runs), device),
+                        progress=bar.update)
+
+
+class SweepJobs(NamedTuple):
+    """What every run of a sweep reads (``sweep_run``): sent once to each worker process."""
+
+    cfg: CapacityConfig
+    xtr: Tensor
+    xho: Tensor
+    perm: Tensor
+    metric: AIPMetric
+    device: Any
+    cfg_overrides: dict
+
+
+def sweep_run(s: SweepJobs, run: tuple[int, float]) -> dict:
+    """One run of a sweep: an SAE of width ``e * d`` trained on the first ``n`` rows of the seeded
+    permutation, measured in-sample and on the held-out rows."""
+    n, e = run
+    c, xs, d = s.cfg, s.xtr[s.perm[:n]], s.xtr.shape[1]
+    d_sae = max(1, int(round(e * d)))
+    sae_cfg = training_config(c.architecture, d, d_sae, l0_coefficient=c.l0_coefficient, **s.cfg_overrides)
+    t0 = time.perf_counter()
+    sae = train_on_activations(xs, sae_cfg, steps=c.steps, seed=c.seed, batch_size=c.batch_size, lr=c.lr,
+                               progress=False, device=s.device, metric=s.metric if c.architecture == "tsae_aip" else None)
+    secs = time.perf_counter() - t0
+    ev_tr, ev_ho = _quick_eval(sae, xs, s.metric), _quick_eval(sae, s.xho, s.metric)
+    return {
+        "architecture": c.architecture, "n_train": n, "n_distinct": _n_distinct(xs), "n_heldout": int(s.xho.shape[0]),
+        "d": d, "expansion": float(e), "d_sae": d_sae, "steps": c.steps,
+        "r2_train": ev_tr["r2"], "r2_heldout": ev_ho["r2"], "r2_aip_train": ev_tr["r2_aip"],
+        "r2_aip_heldout": ev_ho["r2_aip"], "l0_train": ev_tr["l0_mean"], "l0_heldout": ev_ho["l0_mean"],
+        "dead_frac": ev_tr["dead_frac"], "seconds": secs,
+    }
 
 
 def _sweep_inputs(train_acts: Any, heldout_acts: Any, c: CapacityConfig) -> tuple[Tensor, Tensor, list[int]]:
@@ -307,6 +324,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-expansion", type=float, default=CapacityConfig.compare_expansion)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    add_workers_argument(p)
     p.add_argument("--out", type=Path, default=Path("capacity-out"), help="output folder (results.json, capacity.png)")
 
 
@@ -362,12 +380,13 @@ def run_capacity(train: Any, heldout: Any, hook: str, out_dir: str | os.PathLike
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    choose_workers(args.workers, 1)  # a bad --workers is refused before any work
     tr, ho, hook = _load_acts(args)
     print(f"capacity: {len(tr)} train / {len(ho)} held-out activations at {hook}, d={tr.x().shape[1]}", file=sys.stderr)
     cfg = CapacityConfig(expansions=tuple(args.expansions), data_sizes=args.data_sizes and tuple(args.data_sizes),
                          architecture=args.architecture, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          l0_coefficient=args.l0_coefficient, seed=args.seed, min_jump=args.min_jump,
-                         compare=args.compare, compare_expansion=args.compare_expansion)
+                         compare=args.compare, compare_expansion=args.compare_expansion, workers=args.workers)
     run_capacity(tr, ho, hook, args.out, cfg, device=args.device,
                  source=args.model if args.activations is None else str(args.activations))
     return 0

@@ -32,7 +32,7 @@ every target within a CPU budget. The measured frontier is in ``docs/FINDINGS.md
 ``sae-atoms reproduce``), and each run reports what holds (``goal_check``).
 
 The paper's regime (``paper_regime``): width >= n_train, atoms built by the TSAE theorem's
-construction (``W_dec`` = the training samples in the AIP, unit AIP norm; ``W_enc = D^T S``;
+construction (``saes.construction.theorem_init``: ``W_dec`` = the training samples in the AIP, unit AIP norm; ``W_enc = D^T S``;
 each threshold midway between the atom's own amplitude and its largest off-support
 pre-activation), on the train rows the robust rule keeps; jumprelu features at the same width and
 L0 beside them, trained.
@@ -58,7 +58,9 @@ from sae_atoms.evals import stability
 from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_units, l0, neurons, table
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, train_on_activations
+from sae_atoms.saes.construction import theorem_init
 from sae_atoms.units import ATOMS_ALPHA, unit_config, unit_kind
+from sae_atoms.workers import add_workers_argument, choose_workers, map_jobs
 
 UNITS = ("atoms", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
 MORE_UNITS = ("atoms_stable", "atoms_topk")  # by name only (--units)
@@ -88,6 +90,7 @@ class FrontierConfig:
     atoms_alpha: float = ATOMS_ALPHA       # partial whitening S^alpha of the atoms
     validation_frac: float | None = VALIDATION_FRAC  # None: train on all train entities, match L0 in-sample
     stability_targets: tuple[float, ...] = ()  # at these L0s also seed and width consistency (2 more SAEs each)
+    workers: int | None = None  # processes training SAEs at once (None: one per free core, workers.choose_workers)
 
 
 def frontier_config(unit: str, d_in: int, d_sae: int, target_l0: float, atoms_alpha: float = ATOMS_ALPHA,
@@ -231,19 +234,42 @@ def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None
     atoms_metric = {u: AIPMetric.robust(x, alpha=c.atoms_alpha if u == "atoms" else unit_kind(u).overrides(1.0, 1)["aip_alpha"])
                     for u in c.units if _is_atoms(u)}  # each tsae_aip kind's partial whitening
     jobs = [(t, u) for t in c.targets for u in c.units]
-    for t, u in tqdm(jobs, desc="frontier", unit="SAE", disable=not progress):
-        t0 = time.time()
-        train = partial(train_unit, u, x, t, device=device, hook=hook, metric=atoms_metric.get(u),
-                        match_on=x_val)
-        sae = train(c)
-        row = evaluate_row(u, sae, t, splits, ref, device) | (stability_columns(sae, train, c, x, ref) if t in c.stability_targets
-                                                              else {}) | {"seconds": round(time.time() - t0, 1)}
-        rows.append(row)
-        if save_dir is not None:
-            with atomic_dir(Path(save_dir) / sae_name(u, t)) as tmp:
-                sae.save_model(str(tmp))
+    shared = FrontierJobs(c, x, x_val, splits, ref, atoms_metric, device, None if save_dir is None else Path(save_dir))
+    with tqdm(total=len(jobs), desc="frontier", unit="SAE", disable=not progress) as bar:
+        rows += map_jobs(frontier_row, jobs, shared, workers=choose_workers(c.workers, len(jobs), device),
+                         progress=bar.update)
     return {"rows": rows, "metric": {"reference": ref.provenance(), **{u: m.provenance() for u, m in atoms_metric.items()}},
             "settings": _settings(c, hook, x, x_val, as_matrix(heldout, hook))}
+
+
+class FrontierJobs(NamedTuple):
+    """What every frontier job reads (``frontier_row``): sent once to each worker process."""
+
+    cfg: FrontierConfig
+    x: torch.Tensor
+    x_val: torch.Tensor | None
+    splits: Splits
+    ref: AIPMetric
+    atoms_metric: dict[str, AIPMetric]
+    device: Any
+    save_dir: Path | None
+
+
+def frontier_row(s: FrontierJobs, job: tuple[float, str]) -> dict[str, Any]:
+    """One frontier job: unit kind ``u`` trained at target ``t``, evaluated (and its stability twins,
+    at ``stability_targets``), saved to ``save_dir/sae_name(u, t)`` when given; returns its row."""
+    t, u = job
+    t0 = time.time()
+    train = partial(train_unit, u, s.x, t, device=s.device, hook=s.splits.hook, metric=s.atoms_metric.get(u),
+                    match_on=s.x_val)
+    sae = train(s.cfg)
+    row = evaluate_row(u, sae, t, s.splits, s.ref, s.device)
+    if t in s.cfg.stability_targets:
+        row |= stability_columns(sae, train, s.cfg, s.x, s.ref)
+    if s.save_dir is not None:
+        with atomic_dir(s.save_dir / sae_name(u, t)) as tmp:
+            sae.save_model(str(tmp))
+    return row | {"seconds": round(time.time() - t0, 1)}
 
 
 def _settings(c: FrontierConfig, hook: str, x: torch.Tensor, x_val: torch.Tensor | None,
@@ -258,69 +284,6 @@ def _settings(c: FrontierConfig, hook: str, x: torch.Tensor, x_val: torch.Tensor
 
 
 # --------------------------------------------------------------------------- the paper's regime
-@torch.no_grad()
-def theorem_init(sae: Any, x: torch.Tensor, margin: float = 0.02) -> int:
-    """The TSAE theorem's construction on a ``tsae_aip`` training SAE of width >= n: atom ``i`` is
-    sample ``i`` in the AIP, ``e_i = y_i / ||y_i||`` (``y = W (x - mu)``), the encoder is tied
-    (``W_enc = E^T``, i.e. ``D^T S`` in raw space), biases zero, and ``tau_i`` lies midway between the
-    atom's own amplitude ``||y_i||`` and its largest off-support pre-activation ``max_j <y_j, e_i>``.
-    Units beyond n copy atom ``i mod n`` with an unreachable threshold (never fire).
-
-    Where no threshold separates (``max_j <y_j, e_i> >= (1 - margin) ||y_i||``: a longer sample
-    nearly parallel to ``y_i``, so the tied construction leaves some samples with no atom and some
-    with two), the encoder of atom ``i`` is untied (``_separate``): the least-norm ``w`` with
-    ``<y_i, w> = ||y_i||`` and ``<y_j, w> = 0`` on its nearest samples, after which each such sample
-    fires its own atom alone.
-    The decoder is untouched. Returns the number of untied atoms."""
-    n, width = x.shape[0], sae.cfg.d_sae
-    y = sae._to_geometry(x.to(sae.dtype))
-    norms = y.norm(dim=1).clamp_min(1e-12)
-    e = y / norms[:, None]
-    idx = torch.arange(width) % n
-    sae.W_dec.data.copy_(e[idx])
-    enc = e.clone()
-    sae.b_enc.data.zero_()
-    sae.b_dec.data.zero_()
-    off = torch.full((n,), -math.inf, dtype=y.dtype)
-    for i in range(0, n, 2048):  # max_j != i <y_j, e_i>, blocked over atoms
-        g = y @ e[i:i + 2048].T
-        g[torch.arange(i, min(i + 2048, n)), torch.arange(g.shape[1])] = -math.inf
-        off[i:i + 2048] = g.max(0).values
-    untied = 0
-    for i in torch.nonzero(off >= (1.0 - margin) * norms).squeeze(1).tolist():
-        sep = _separate(y, i, float(norms[i]), margin)
-        if sep is not None:  # else the tied row stays (no linear encoder separates this sample)
-            (enc[i], off[i]), untied = sep, untied + 1
-    sae.W_enc.data.copy_(enc[idx].T)
-    tau = 0.5 * (norms + off.clamp_min(0.0))
-    thr = tau[idx].clone()
-    thr[n:] = 1e3 * float(norms.max())  # copies beyond n never fire
-    sae.threshold.data.copy_(thr.clamp_min(1e-4))
-    return untied
-
-
-def _separate(y: torch.Tensor, i: int, amplitude: float, margin: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """An encoder row for sample ``i`` that its nearest samples do not excite: ``w`` in the span of
-    ``y_i`` and its ``m`` largest projections onto it, ``<y_i, w> = amplitude``, ``<y_j, w> = 0`` for
-    those ``j`` (least norm), ``m`` doubled until every other sample stays below ``(1 - margin)``
-    x amplitude. Returns ``(w, max_{j != i} <y_j, w>)``, or None when even 32 neighbours do not
-    separate it (``y_i`` too close to a multiple of another sample)."""
-    n = y.shape[0]
-    score = y @ (y[i] / amplitude)
-    score[i] = -math.inf
-    for m in (1, 2, 4, 8, 16, 32):
-        nbrs = score.topk(min(m, n - 1)).indices
-        Y = torch.cat([y[i:i + 1], y[nbrs]]).double()
-        rhs = torch.zeros(Y.shape[0], dtype=torch.float64)
-        rhs[0] = amplitude
-        w = (Y.T @ torch.linalg.lstsq(Y @ Y.T, rhs).solution).to(y.dtype)
-        pre = y @ w
-        pre[i] = -math.inf
-        if float(pre.max()) < (1.0 - margin) * amplitude:
-            return w, pre.max()
-    return None
-
-
 def paper_regime(train: Any, heldout: Any, hook: str, *, steps: int = 0, seed: int = 0, device: Any = None,
                  ref: AIPMetric | None = None, outlier_factor: float = 10.0) -> dict[str, Any]:
     """Atoms (the theorem's construction; then ``steps`` gradient steps, none by default) and jumprelu
@@ -457,6 +420,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper-regime", action="store_true", help="also run the paper's regime (width = n_train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    add_workers_argument(p)
     p.add_argument("--out", required=True, help="output folder (results.json, frontier.png, saes/); a run replaces "
                                                 "a frontier run's folder whole, at its end")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if it is a non-empty folder that is "
@@ -472,6 +436,7 @@ def run_cli(args: argparse.Namespace) -> int:
     check_targets(args.targets)
     if args.steps < 1 or args.expansion <= 0:
         raise SystemExit("--steps and --expansion must be positive.")
+    choose_workers(args.workers, 1)  # a bad --workers is refused before any work
     out = Path(args.out)
     check_output_dir(out, is_frontier_output, args.overwrite)
     acts = ActivationSet.load(args.activations)
@@ -483,7 +448,7 @@ def run_cli(args: argparse.Namespace) -> int:
     with atomic_dir(out) as tmp:
         cfg = FrontierConfig(targets=tuple(args.targets), units=tuple(args.units), expansion=args.expansion,
                              steps=args.steps, batch_size=args.batch_size, seed=args.seed, atoms_alpha=args.atoms_alpha,
-                             stability_targets=tuple(args.stability_targets))
+                             stability_targets=tuple(args.stability_targets), workers=args.workers)
         res = run_frontier(train, held, hook, cfg, device=args.device, save_dir=tmp / "saes")
         if args.paper_regime:
             res["paper_regime"] = paper_regime(train, held, hook, seed=args.seed, device=args.device)

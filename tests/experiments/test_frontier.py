@@ -10,6 +10,7 @@ import torch
 
 from sae_atoms.activations import ActivationSet
 from sae_atoms.experiments import frontier
+from sae_atoms.saes import construction
 from sae_atoms.synthetic import planted
 from sae_atoms.training import train_on_activations
 
@@ -72,7 +73,7 @@ def test_theorem_construction_codes_every_sample_by_its_own_atom_even_when_near_
     x[1] = 1.3 * x[0] + 0.4 * torch.randn(64, generator=g)  # longer and near-parallel: <y_1, e_0> > ||y_0||
     cfg = frontier.frontier_config("atoms", 64, 200, 1.0, atoms_alpha=1.0)
     sae = get_sae_training_class("tsae_aip")[0](cfg).set_metric(AIPMetric.fit(x, kind="centered"))
-    untied = frontier.theorem_init(sae, x)
+    untied = construction.theorem_init(sae, x)
     assert untied >= 1  # the tied encoder cannot separate sample 0 from sample 1
     inf = to_inference(sae)
     codes = inf.encode(x)
@@ -80,7 +81,7 @@ def test_theorem_construction_codes_every_sample_by_its_own_atom_even_when_near_
     assert torch.equal(codes.abs().argmax(1), torch.arange(200))  # each sample by its own atom
     assert torch.allclose(inf.decode(codes), x, atol=1e-3)
     tied = get_sae_training_class("tsae_aip")[0](cfg).set_metric(AIPMetric.fit(x, kind="centered"))
-    frontier.theorem_init(tied, x, margin=-1e9)  # no repair (every threshold kept): sample 0 is lost
+    construction.theorem_init(tied, x, margin=-1e9)  # no repair (every threshold kept): sample 0 is lost
     assert int((to_inference(tied).encode(x[:1]) != 0).sum()) != 1
 
 
@@ -142,17 +143,16 @@ def test_frontier_refuses_a_folder_it_did_not_write_and_replaces_its_own_whole(t
     out = tmp_path / "o"
     assert _frontier(acts, out, "--targets", "2", "4") == 0
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    calls = []
 
-    def killed_after_one(*args, **kwargs):  # a rerun with another seed, killed after its first SAE
-        if calls:
+    def killed_after_one(*args, **kwargs):  # a rerun with another seed, killed at its second target's SAE
+        if args[2] == 4.0:
             raise KeyboardInterrupt
-        calls.append(1)
         return real_train_unit(*args, **kwargs)
 
     real_train_unit = frontier.train_unit
     monkeypatch.setattr(frontier, "train_unit", killed_after_one)
-    assert _frontier(acts, out, "--targets", "2", "4", "--seed", "1") == 130  # Ctrl-C: one line, exit 130
+    for w in ("1", "2"):  # in process, and in two worker processes (the worker's interrupt is raised here)
+        assert _frontier(acts, out, "--targets", "2", "4", "--seed", "1", "--workers", w) == 130  # Ctrl-C: exit 130
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # seed 0's results.json and SAEs, together
     monkeypatch.setattr(frontier, "train_unit", real_train_unit)

@@ -1,0 +1,237 @@
+"""Bench cases of the SAE side: the metric's fit, training steps (alone, in SAELens's
+``MultiSAETrainer``, with the stability objective, under load), coherence, and the frontier's
+SAEs in worker processes. Each is ``bench_<case>(quick) -> dict`` (``timing.measured``)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from sae_atoms.bench import timing
+
+
+def bench_aip_fit(quick: bool = False) -> dict:
+    """Fitting the metric from N float32 activations vs one float64 ``x.T @ x`` of the same size.
+
+    Ours: streaming float64 conversion + accumulation of ``sum x`` and ``x^T x`` + eigh + W, S.
+    Baseline: ``x64.T @ x64`` alone (x already float64). Target ratio <= 1.5.
+    """
+    from sae_atoms.aip import AIPMetric
+
+    n, d = (20_000, 256) if quick else (100_000, 576)
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    x = (torch.randn(n, d, generator=g) * torch.logspace(0, 1, d)) @ q.T + 0.3  # cond ~ 100, a mean
+    x64 = x.double()
+    repeat = 2 if quick else 3
+    t_base = timing.best_time(lambda: x64.T @ x64, repeat=repeat)
+    t_fit = timing.best_time(lambda: AIPMetric.fit(x), repeat=repeat)
+    return timing.measured(t_fit, t_base, 1.5, "lower", n=n, d=d, threads=torch.get_num_threads())
+
+
+def bench_tsae_aip_step(quick: bool = False) -> dict:
+    """One ``tsae_aip`` training step vs SAELens ``jumprelu`` (same width, batch, process).
+
+    Full size: ``d_in=576`` (SmolLM2-135M), ``d_sae=2304`` (4x), batch 4096 (SAELens's default
+    ``train_batch_size_tokens``); ``quick``: 64 / 256 / 256. Both run ``SAETrainer._train_step``
+    (forward, loss, backward, clip, Adam) on the same batch, timed in alternating rounds (best of
+    each) so load drifts hit both alike; the metric is estimated before timing and its cost is
+    reported separately (``metric_fit_s`` on ``metric_fit_rows`` rows).
+    """
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
+    from sae_atoms.models import resolve_device
+    from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, TSAEAIPTrainingSAEConfig
+
+    d, width, batch = (64, 256, 256) if quick else (576, 2304, 4096)
+    dev = resolve_device(None)
+    torch.manual_seed(0)
+    mix = torch.eye(d) + torch.randn(d, d) / math.sqrt(d) * 0.5
+    data = (torch.randn(4 * batch, d) @ mix + 0.5).to(dev)
+    x = data[:batch]
+    tcfg = _trainer_config(batch, dev)
+    jr = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d, d_sae=width, device=str(dev)))
+    ta = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width, device=str(dev)))
+    t0 = time.perf_counter()
+    ta.fit_metric(data)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    fit_s = time.perf_counter() - t0
+    t_ta, t_jr = _step_times(ta, jr, x, tcfg, quick)
+    return timing.measured(t_ta, t_jr, 1.05, "lower", metric_fit_s=fit_s, metric_fit_rows=int(data.shape[0]),
+                    metric_fit_in_steps=fit_s / t_jr, d_in=d, d_sae=width, batch=batch, device=str(dev))
+
+
+def _step_times(ours: Any, base: Any, x: torch.Tensor, tcfg: Any, quick: bool) -> tuple[float, float]:
+    """Best times of one ``SAETrainer._train_step`` of ``ours`` and of ``base`` on the batch ``x``."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    tr_o, tr_b = SAETrainer(cfg=tcfg, sae=ours, data_provider=iter(())), SAETrainer(cfg=tcfg, sae=base, data_provider=iter(()))
+    return timing.alternating(lambda: tr_o._train_step(ours, x), lambda: tr_b._train_step(base, x), quick)
+
+
+def bench_runner_step(quick: bool = False) -> dict:
+    """``tsae_aip``'s step vs ``jumprelu``'s inside one SAELens ``MultiSAETrainer`` (one stream).
+
+    The token frontier's shape: ``d_in=576``, ``d_sae=2304`` (4x), 512 tokens a step; ``quick``:
+    64 / 256 / 256. Each SAE's step is the coordinator's own per-SAE call, ``trainers[name].step``
+    (activation scaler, forward, loss, backward, clip, Adam, sparsity tracking), on the same batch.
+    """
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.training.multi_sae_trainer import MultiSAETrainer
+
+    from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, TSAEAIPTrainingSAEConfig
+
+    d, width, batch = (64, 256, 256) if quick else (576, 2304, 512)
+    torch.manual_seed(0)
+    data = torch.randn(8 * batch, d) @ (torch.eye(d) + torch.randn(d, d) / math.sqrt(d) * 0.5) + 0.5
+    ta = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width))
+    ta.fit_metric(data)
+    saes = {"atoms": ta, "jumprelu": JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d, d_sae=width))}
+    hook = "blocks.0.hook_resid_post"
+    multi = MultiSAETrainer(_trainer_config(batch, torch.device("cpu")), saes, dict.fromkeys(saes, hook),
+                            iter(()))
+    x = data[:batch]
+    t_ta, t_jr = timing.alternating(lambda: multi.trainers["atoms"].step(x), lambda: multi.trainers["jumprelu"].step(x), quick)
+    return timing.measured(t_ta, t_jr, 1.05, "lower", d_in=d, d_sae=width, batch=batch, trainer="MultiSAETrainer")
+
+
+def bench_stability_step(quick: bool = False) -> dict:
+    """One ``tsae_aip`` step with the stability objective (``coactive``, default rows) vs without.
+
+    The frontier's size: ``d_in=576``, 1x width, batch 256, L0 about 16 (thresholds set on the
+    batch); ``quick``: 64 / 64 / 256. Target ratio <= 1.2 (issue: the objective's budget).
+    """
+    from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, TSAEAIPTrainingSAEConfig
+    from sae_atoms.training import calibrate_thresholds
+
+    d, width, batch = (64, 64, 256) if quick else (576, 576, 256)
+    dev = torch.device("cpu")
+    torch.manual_seed(0)
+    data = torch.randn(4 * batch, d) @ (torch.eye(d) + torch.randn(d, d) / math.sqrt(d) * 0.5)
+    saes = []
+    for coef in (1.0, 0.0):
+        sae = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width, stability_coefficient=coef))
+        sae.fit_metric(data)
+        calibrate_thresholds(sae, data, min(16.0, width / 4))
+        saes.append(sae)
+    t_on, t_off = _step_times(saes[0], saes[1], data[:batch], _trainer_config(batch, dev), quick)
+    return timing.measured(t_on, t_off, 1.2, "lower", d_in=d, d_sae=width, batch=batch, design="coactive")
+
+
+def _trainer_config(batch: int, dev: torch.device):
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    return SAETrainerConfig(total_training_samples=10**9, train_batch_size_samples=batch, device=str(dev), lr_end=3e-5,
+                            logger=LoggingConfig(log_to_wandb=False))
+
+
+def _competitors(n: int) -> list:
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def bench_under_load(quick: bool = False) -> dict:
+    """A ``tsae`` training step with two CPU-bound competitor processes / the same step without them.
+
+    The case starts the competitors itself (busy loops) and stops them; the thread count is
+    ``sae_atoms.threads.choose_threads()`` in both phases (it sees the competitors as runnable
+    processes). Median step times; target loaded / idle <= 2.5 (the fair share is about 2x).
+    """
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from sae_atoms.saes.tsae import TSAETrainingSAE, TSAETrainingSAEConfig
+    from sae_atoms.threads import choose_threads
+
+    d, width, batch = (64, 256, 512) if quick else (576, 2304, 1024)
+    dev = torch.device("cpu")
+    torch.manual_seed(0)
+    x = torch.randn(batch, d)
+    sae = TSAETrainingSAE(TSAETrainingSAEConfig(d_in=d, d_sae=width))
+    trainer = SAETrainer(cfg=_trainer_config(batch, dev), sae=sae, data_provider=iter(()))
+    repeat = 5 if quick else 15
+    before = torch.get_num_threads()
+    try:
+        idle_threads = choose_threads()
+        torch.set_num_threads(idle_threads)
+        t_idle = timing.median_time(lambda: trainer._train_step(sae, x), repeat)
+        procs = _competitors(2)
+        try:
+            time.sleep(1.0)
+            loaded_threads = choose_threads()
+            torch.set_num_threads(loaded_threads)
+            t_loaded = timing.median_time(lambda: trainer._train_step(sae, x), repeat)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+    finally:
+        torch.set_num_threads(before)
+    return timing.measured(t_loaded, t_idle, 2.5, "lower", idle_threads=idle_threads, loaded_threads=loaded_threads,
+                    competitors=2, d_in=d, d_sae=width, batch=batch)
+
+
+def bench_coherence(quick: bool = False) -> dict:
+    """Blocked coherence (max + histogram) at N = 16,384, d = 576 vs the same blocked products.
+
+    The baseline does exactly the upper-triangle block products ``Dn[I] @ Dn[J].T`` that
+    :func:`coherence` does, with nothing else; ``ratio = t(coherence) / t(products)``.
+    """
+    from sae_atoms.evals import coherence, coherence_block_size
+    from sae_atoms.models import resolve_device
+
+    N, d = (4096, 576) if quick else (16384, 576)
+    dev = resolve_device(None)
+    g = torch.Generator().manual_seed(0)
+    D = torch.randn(N, d, generator=g).to(dev)
+    B = coherence_block_size(N, d)
+    Dn = D / D.norm(dim=1, keepdim=True)
+    starts = list(range(0, N, B))
+
+    def baseline() -> None:
+        acc = 0.0
+        for i in starts:
+            for j in starts:
+                if j >= i:
+                    acc += float((Dn[i:i + B] @ Dn[j:j + B].T)[0, 0])
+
+    def ours() -> None:
+        coherence(D, device=dev, block=B)
+
+    t_base = timing.best_time(baseline, repeat=2 if quick else 3)
+    t_ours = timing.best_time(ours, repeat=2 if quick else 3)
+    return timing.measured(t_ours, t_base, 1.3, "lower", N=N, d=d, block=B, device=str(dev))
+
+
+def bench_frontier_together(quick: bool = False) -> dict:
+    """The frontier's SAEs in worker processes, one torch thread each (``run_frontier``'s default,
+    ``sae_atoms.workers``) vs the same SAEs one after the other in this process with its threads.
+
+    The frontier's shape: d 576, 1x width, batch 256, 200 steps, units ``atoms`` and
+    ``features_topk`` at L0 8 and 16 (4 SAEs) on correlated Gaussian rows with a mean (``quick``:
+    d 64, 100 steps). Training, L0 matching, evaluation and nothing saved. Ratio: throughput
+    (baseline time / ours), target >= 3. The study's module is loaded by name, as the CLI loads it.
+    """
+    import importlib
+
+    from sae_atoms.threads import choose_threads
+    from sae_atoms.workers import choose_workers
+
+    frontier = importlib.import_module("sae_atoms.experiments.frontier")
+    d, steps = (64, 100) if quick else (576, 200)
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(d, d, generator=g) / math.sqrt(d)
+    train, held = (torch.randn(n, d, generator=g) @ mix + 0.3 for n in (4000, 1000))
+    cfg = frontier.FrontierConfig(targets=(8.0, 16.0), units=("atoms", "features_topk"), steps=steps)
+    n_jobs = len(cfg.targets) * len(cfg.units)
+    workers = choose_workers(None, n_jobs)
+    run = lambda w: frontier.run_frontier(train, held, "h", cfg, workers=w, progress=False)  # noqa: E731
+    t_base = timing.best_time(lambda: run(1), repeat=1, warmup=0)
+    t_ours = timing.best_time(lambda: run(workers), repeat=1, warmup=0)
+    return timing.measured(t_ours, t_base, 3.0, "higher", saes=n_jobs, workers=workers, baseline_threads=choose_threads(),
+                    d_in=d, d_sae=d, steps=steps, batch=cfg.batch_size)
