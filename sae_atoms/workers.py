@@ -84,9 +84,11 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 
 
 def map_jobs(fn: Callable[[Any, J], R], jobs: Sequence[J], shared: Any, *, workers: int = 1,
-             progress: Callable[[], None] | None = None) -> list[R]:
+             progress: Callable[[], None] | None = None, cost: Callable[[J], float] | None = None) -> list[R]:
     """``[fn(shared, job) for job in jobs]``, in ``workers`` processes when > 1 (module docstring);
-    ``progress()`` is called as each job finishes."""
+    ``progress()`` is called as each job finishes. With ``cost`` (a job's relative cost) workers take
+    the costliest jobs first, so that one long job does not start last (longest processing time
+    first); the results keep the jobs' order."""
     tick = progress or (lambda: None)
     if workers <= 1 or len(jobs) <= 1:
         out = []
@@ -97,11 +99,12 @@ def map_jobs(fn: Callable[[Any, J], R], jobs: Sequence[J], shared: Any, *, worke
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                initializer=_start, initargs=(shared,))
+    order = sorted(range(len(jobs)), key=lambda i: -cost(jobs[i])) if cost else range(len(jobs))
     try:
-        futures = [pool.submit(_call, fn, job) for job in jobs]
-        for f in futures:
+        futures = {i: pool.submit(_call, fn, jobs[i]) for i in order}
+        for f in futures.values():
             f.add_done_callback(lambda f: f.cancelled() or tick())
-        results = [f.result() for f in futures]
+        results = [futures[i].result() for i in range(len(jobs))]
     except BaseException:  # an error or Ctrl-C: stop the running jobs too, not only the queued ones
         _stop(pool)
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -27,6 +28,20 @@ def test_jobs_in_workers_come_back_in_order_from_one_thread_processes():
     assert {n for _, _, n in out} == {1} and len(done) == 7
     same = workers.map_jobs(_square_plus, list(range(7)), {"add": 1, "bad": -1}, workers=1)
     assert [v for v, _, _ in same] == [v for v, _, _ in out] and {pid for _, pid, _ in same} == {os.getpid()}
+
+
+def test_costliest_jobs_start_first_and_results_keep_the_jobs_order():
+    jobs = [1, 5, 2, 4, 3]
+    out = workers.map_jobs(_started_at, jobs, None, workers=2, cost=float)
+    assert [j for j, _ in out] == jobs
+    starts = sorted(out, key=lambda r: r[1])
+    assert {starts[0][0], starts[1][0]} == {5, 4}  # the two costliest went first, one to each worker
+
+
+def _started_at(_shared: None, job: int) -> tuple[int, float]:
+    t = time.monotonic()
+    time.sleep(0.05 * job)
+    return job, t
 
 
 def test_an_error_in_a_worker_is_raised_here_with_its_message():

@@ -115,7 +115,7 @@ def capacity_sweep(train_acts: Any, heldout_acts: Any, cfg: CapacityConfig | Non
 
     with tqdm(total=len(runs), desc=f"capacity sweep ({c.architecture})", unit="run", disable=not progress) as bar:
         return map_jobs(sweep_run, runs, shared, workers=choose_workers(c.workers, len(runs), device),
-                        progress=bar.update)
+                        progress=bar.update, cost=lambda run: run[0] * run[1])  # rows x width
 
 
 class SweepJobs(NamedTuple):

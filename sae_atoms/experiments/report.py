@@ -436,9 +436,10 @@ def write_report(results: dict, out: str | Path) -> tuple[Path, Path]:
     t = results.get("timing_s", {})
     if t:
         r.h("Timing")
-        rss, wrss = results.get("peak_rss_mb", {}), results.get("worker_peak_rss_mb", {})
-        r.table(["stage", "seconds", "peak RSS so far (MB)", "largest worker's peak RSS so far (MB)"],
+        rss, wrss = results.get("peak_rss_mb", {}), results.get("child_peak_rss_mb", {})
+        r.table(["stage", "seconds", "peak RSS so far (MB)", "largest child process's peak RSS so far (MB)"],
                 [[k, v, rss.get(k), wrss.get(k)] for k, v in t.items()])
-        r.p("Workers (`sae_atoms.workers`) are forked: their resident pages include those they share with the main "
-            "process, so the two columns do not add up.")
+        r.p("Child processes: the embedded model's first-use processing and the workers that train the frontier's and "
+            "the capacity sweep's SAEs (`sae_atoms.workers`). Workers are forked: their resident pages include those "
+            "they share with the main process, so the two columns do not add up.")
     return r.write(out)

@@ -379,7 +379,7 @@ def _report(job: _Job, prog: Progress, geo: dict, unit_res: dict, cap: list, ste
                 "paper_regime": paper, "units_l0": job.s.headline_l0, "token_frontier": tokens, "cards": cards}
     results["timing_s"] = prog.times | {"total": round(time.time() - t_start, 1)}
     results["peak_rss_mb"] = dict(prog.peak_rss_mb)
-    results["worker_peak_rss_mb"] = dict(prog.worker_peak_rss_mb)
+    results["child_peak_rss_mb"] = dict(prog.child_peak_rss_mb)
     write_json(results, out / "results.json")
     write_report(results, out)
     write_findings(results, out / "FINDINGS.md")

@@ -2,8 +2,9 @@
 
 ``Progress`` prints each stage with its time and records the seconds and the peak resident memory
 (the process's high-water mark, so the stage where it rises is the one that set it), and that of
-the largest worker process so far (``sae_atoms.workers``; forked, so its resident pages include
-those it still shares with the main process: the two do not add up).
+its largest child process so far: the embedded model's first-use processing, and the workers that
+train a study's SAEs (``sae_atoms.workers``; forked, so their resident pages include those they
+still share with the main process: the two figures do not add up).
 
 ``stage(out, name, key, force, compute, load)`` returns the cached result when the key matches and
 the files are intact (their sizes and sha256, recorded when written), else computes it into a
@@ -33,7 +34,7 @@ class Progress:
         self.names, self.i, self.t0 = names, 0, time.time()
         self.times: dict[str, float] = {}
         self.peak_rss_mb: dict[str, float] = {}
-        self.worker_peak_rss_mb: dict[str, float] = {}
+        self.child_peak_rss_mb: dict[str, float] = {}
 
     def __call__(self, name: str) -> None:  # a stage starts
         self.i += 1
@@ -44,9 +45,9 @@ class Progress:
         self.times[self._cur] = round(time.time() - self._start, 1)
         release_freed_memory()
         self.peak_rss_mb[self._cur] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
-        self.worker_peak_rss_mb[self._cur] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+        self.child_peak_rss_mb[self._cur] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
         print(f"      {self._cur}: {'reused from cache' if reused else 'done'} in {self.times[self._cur]:.1f} s "
-              f"(peak RSS so far {self.peak_rss_mb[self._cur]} MB; largest worker {self.worker_peak_rss_mb[self._cur]} MB)",
+              f"(peak RSS so far {self.peak_rss_mb[self._cur]} MB; largest child process {self.child_peak_rss_mb[self._cur]} MB)",
               flush=True)
 
 

@@ -100,3 +100,14 @@ def test_report_keeps_each_table_with_its_heading_and_text(tmp_path):
     assert "| atoms_transfer |" in steer and f"{8 / 12:.3f} ± {success_se(8 / 12, 12):.3f}" in steer
     assert "ATOM_THEORY" not in md and "arXiv 2509.20784" in md
     assert "{'" not in md and "(kind centered, shrinkage 0.010)" in md  # settings in words, not a Python dict
+
+
+def test_timing_table_gives_each_stage_its_seconds_and_both_peaks(tmp_path):
+    res = _results({}) | {"timing_s": {"frontier": 330.5, "steering": 280.1},
+                          "peak_rss_mb": {"frontier": 2255, "steering": 3319},
+                          "child_peak_rss_mb": {"frontier": 2411, "steering": 2411}}
+    timing = write_report(res, tmp_path)[0].read_text().split("## Timing", 1)[1]
+    rows = [line for line in timing.splitlines() if line.startswith("| ")]
+    assert "largest child process's peak RSS" in rows[0]
+    assert [c.strip() for c in rows[1].strip("|").split("|")] == ["frontier", "330.500", "2255", "2411"]
+    assert "do not add up" in timing
