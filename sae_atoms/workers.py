@@ -17,10 +17,10 @@ one thread each keep both cores on arithmetic (``sae-atoms bench frontier_togeth
   it, or Ctrl-C here, ends the workers at once (they ignore Ctrl-C themselves), so a job's
   own output must be atomic (``io.atomic_dir``).
 
-A job's numbers do not depend on which process ran it: each job seeds its own generators. They
-do depend on torch's thread count (it changes the order of float sums), so a pool of one-thread
-workers equals the in-process path run with one thread, and differs from a two-thread run by
-rounding (``tests/test_workers.py`` states both).
+A job's numbers do not depend on which process ran it: each job seeds its own generators. A pool
+of one-thread workers equals the in-process path run with one thread (``tests/test_workers.py``);
+against a run with more threads they can differ by rounding, where the thread count changes the
+order of a float sum.
 
 ``choose_workers(requested, n_jobs, device)``: ``requested`` when given (0 or 1: in process),
 else one per thread torch would use here (``threads.choose_threads``: ``SAE_ATOMS_THREADS``,
