@@ -96,10 +96,10 @@ def map_jobs(fn: Callable[[Any, J], R], jobs: Sequence[J], shared: Any, *, worke
             out.append(fn(shared, job))
             tick()
         return out
+    order = sorted(range(len(jobs)), key=lambda i: -cost(jobs[i])) if cost else range(len(jobs))
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                initializer=_start, initargs=(shared,))
-    order = sorted(range(len(jobs)), key=lambda i: -cost(jobs[i])) if cost else range(len(jobs))
     try:
         futures = {i: pool.submit(_call, fn, jobs[i]) for i in order}
         for f in futures.values():

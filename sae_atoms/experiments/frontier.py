@@ -32,10 +32,10 @@ every target within a CPU budget. The measured frontier is in ``docs/FINDINGS.md
 ``sae-atoms reproduce``), and each run reports what holds (``goal_check``).
 
 The paper's regime (``paper_regime``): width >= n_train, atoms built by the TSAE theorem's
-construction (``saes.construction.theorem_init``: ``W_dec`` = the training samples in the AIP, unit AIP norm; ``W_enc = D^T S``;
-each threshold midway between the atom's own amplitude and its largest off-support
-pre-activation), on the train rows the robust rule keeps; jumprelu features at the same width and
-L0 beside them, trained.
+construction (``saes.construction.theorem_init``: ``W_dec`` = the training samples in the AIP,
+unit AIP norm; ``W_enc = D^T S``; each threshold midway between the atom's own amplitude and its
+largest off-support pre-activation), on the train rows the robust rule keeps; jumprelu features
+at the same width and L0 beside them, trained.
 """
 
 from __future__ import annotations
