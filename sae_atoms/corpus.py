@@ -21,6 +21,9 @@ from the activations it is then tested on. This module gives the two halves of t
   done) is checkpointed with ``save_checkpoint`` and resumed with ``load_checkpoint``: the resumed
   sums equal an uninterrupted run's. A checkpoint is a safetensors file (tensors, and its counters as
   json in the header): no pickle, so a planted file cannot run code.
+* ``token_rows`` / ``rows_holding``: the packed rows of a token count (with or without the
+  special tokens a runner drops), and ``hook_activations``: every non-special token's activation
+  at a hook, for a runner's dataset and held-out evaluation sets.
 
 Memory is constant in the number of tokens: documents are read lazily, the sums are ``d x d``.
 """
@@ -220,6 +223,36 @@ def token_rows(docs: Iterable[str], model: Any, context_size: int, n_tokens: int
         raise ValueError(f"the corpus has {len(rows) * context_size} tokens of {what}, fewer than the {n * context_size} "
                          f"asked for; lower the token count or use a larger --corpus.")
     return rows
+
+
+def rows_holding(docs: list[str], model: Any, context_size: int, n_tokens: int) -> list[list[int]]:
+    """Rows of ``docs`` (``token_rows``) holding ``n_tokens`` tokens besides the special ones (the BOS
+    of each row and between documents, which the runner drops)."""
+    from sae_atoms.evals.downstream import special_ids
+
+    special, want = set(special_ids(model)), n_tokens
+    while True:
+        rows = token_rows(docs, model, context_size, want, "training documents")
+        kept = sum(t not in special for r in rows for t in r)
+        if kept >= n_tokens:
+            return rows
+        want += n_tokens - kept + context_size
+
+
+@torch.no_grad()
+def hook_activations(model: Any, tokens: Any, hook: str, batch_prompts: int = 16) -> torch.Tensor:
+    """``[n, d]`` float32 activations at ``hook`` of every token of ``tokens`` (rows of ids) that is
+    not a special token (BOS / EOS / pad, as ``run_evals`` excludes them)."""
+    from sae_atoms.evals.downstream import special_ids
+
+    special = torch.tensor(special_ids(model), dtype=torch.long)
+    out = []
+    for s in range(0, len(tokens), batch_prompts):
+        t = torch.tensor(tokens[s:s + batch_prompts], dtype=torch.long, device=model.cfg.device)
+        _, cache = model.run_with_cache(t, names_filter=[hook], stop_at_layer=stop_layer([hook]))
+        keep = ~torch.isin(t.cpu(), special)
+        out.append(cache[hook].float().cpu()[keep])
+    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------- streaming moments

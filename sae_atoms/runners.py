@@ -17,6 +17,7 @@ architectures train best at different rates (SAEBench tunes it per architecture)
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from sae_atoms.forward import hook_layer
 from sae_atoms.models import check_hook_name, load_model
 from sae_atoms.saes.checks import check_training_config
-from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE
+from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, TSAEAIPTrainingSAEConfig
 
 
 def _load_local_dataset(path: str):
@@ -123,6 +124,36 @@ def check_runner_buffer(cfg: Any) -> None:
             f"{cfg.train_batch_size_tokens}; raise n_batches_in_buffer or context_size, or lower train_batch_size_tokens.")
 
 
+def tokens_read(cfg: Any) -> int:
+    """How many tokens (special tokens, which the store drops, not counted) a runner for ``cfg`` reads
+    from its dataset, at most: the ``training_tokens``; before the first step, the batches of the
+    norm or whitening estimate (``n_batches_for_norm_estimate``) and of a ``tsae_aip`` metric
+    (``n_batches_for_metric``, through a loader of its own); and what each of those two loaders
+    leaves in its mixing buffer at the end (the buffer and one store batch). A dataset with fewer
+    tokens is read again from its first row (SAELens: "beginning new epoch")."""
+    saes = _runner_saes(cfg)[0].values()
+    batch, ctx = cfg.train_batch_size_tokens, len(range(cfg.context_size)[slice(*cfg.seqpos_slice)])
+    leftover = cfg.n_batches_in_buffer * ctx + cfg.store_batch_size_prompts * ctx
+    scaled = any(s.normalize_activations in ("expected_average_only_in", "covariance_whitening") for s in saes)
+    metric = max((s.n_batches_for_metric for s in saes if isinstance(s, TSAEAIPTrainingSAEConfig)), default=0)
+    return (cfg.training_tokens + scaled * cfg.n_batches_for_norm_estimate * batch + leftover
+            + (metric * batch + leftover if metric else 0))
+
+
+def _check_dataset_size(cfg: Any, dataset: Any) -> None:
+    """Warn when a pretokenized dataset (rows of ``context_size`` ids) holds fewer tokens than the
+    runner reads (``tokens_read``): it would train on its first rows twice. SAELens's own warning
+    compares the dataset's rows with the training tokens and so fires for every such dataset."""
+    column = next((c for c in ("tokens", "input_ids") if c in (getattr(dataset, "column_names", None) or ())), None)
+    if column is None or cfg.resume_from_checkpoint is not None:
+        return
+    have, need = len(dataset) * cfg.context_size, tokens_read(cfg)
+    if have < need:
+        warnings.warn(f"the dataset holds {len(dataset)} rows of {cfg.context_size} tokens ({have}), but this runner "
+                      f"reads up to {need} tokens (training_tokens, the norm / metric estimates, its buffers): it will "
+                      f"read its first rows again; give it at least {-(-need // cfg.context_size)} rows.", stacklevel=3)
+
+
 def _runner_overrides(cfg: Any, model: Any, dataset: Any) -> tuple[Any, Any]:
     """The ``override_model`` / ``override_dataset`` of a runner for ``cfg``: ``cfg.model_name`` loaded
     by ``sae_atoms.models.load_model`` (unless ``model`` is given), every SAE's hook checked against its
@@ -183,11 +214,14 @@ def build_runner(cfg: Any, model: Any = None, dataset: Any = None, lrs: dict[str
     if unknown:
         raise ValueError(f"lrs names {unknown}, not SAEs of this multi runner config; name some of {sorted(names)}.")
     model, dataset = _runner_overrides(cfg, model, dataset)
-    if hasattr(cfg, "saes"):
-        from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
+    _check_dataset_size(cfg, dataset)
+    with warnings.catch_warnings():  # SAELens's rows-vs-tokens warning (_check_dataset_size says it right)
+        warnings.filterwarnings("ignore", message="The training dataset contains fewer samples", category=UserWarning)
+        if hasattr(cfg, "saes"):
+            from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
 
-        runner = _runner_class(MultiSAETrainingRunner, lrs)(cfg, override_dataset=dataset, override_model=model)
-    else:
-        runner = _runner_class(LanguageModelSAETrainingRunner)(cfg, override_dataset=dataset, override_model=model)
+            runner = _runner_class(MultiSAETrainingRunner, lrs)(cfg, override_dataset=dataset, override_model=model)
+        else:
+            runner = _runner_class(LanguageModelSAETrainingRunner)(cfg, override_dataset=dataset, override_model=model)
     _fit_metrics_first(runner, cfg)
     return runner

@@ -123,6 +123,8 @@ def test_build_runner_multi_trains_tsae_aip_and_jumprelu_and_they_reload(monkeyp
     saes = runner.run()
     assert set(saes) == {"atoms", "features"}
     assert len(seen["jumprelu"]) == len(seen["tsae_aip"]) == 12
+    # what it read (metric batches, training, buffers) is within tokens_read, and more than it trained on
+    assert cfg.training_tokens < runner.activations_store.n_dataset_processed * 16 <= R.tokens_read(cfg) < 64 * 16
     assert seen["jumprelu"] == pytest.approx([4 * lr for lr in seen["tsae_aip"]], rel=1e-9)  # the whole schedule, x4
     atoms, features = SAE.load_from_disk(out / "atoms"), SAE.load_from_disk(out / "features")
     assert isinstance(atoms, TSAEAIPSAE) and not torch.equal(atoms.aip_W, torch.eye(32))
@@ -212,3 +214,33 @@ def test_multi_runner_trains_tsae_aip_beside_jumprelu_and_topk_on_the_real_model
         torch.testing.assert_close(loaded(x), to_inference(trained[name])(x), atol=1e-4, rtol=1e-4)
     atoms = SAE.load_from_disk(out / "atoms")
     assert isinstance(atoms, TSAEAIPSAE) and not torch.allclose(atoms.aip_W, torch.eye(d))
+
+
+def test_build_runner_warns_when_the_dataset_is_shorter_than_what_the_runner_reads(monkeypatch, tmp_path, tiny_model,
+                                                                                   token_folder):
+    """64 rows of 16 tokens: enough to train on 640 tokens, not once the metric's batches and the buffers are
+    read too (tokens_read); the warning says how many rows it needs, and SAELens's rows-vs-tokens one is gone."""
+    import warnings
+
+    from sae_lens import MultiSAETrainingRunnerConfig
+
+    monkeypatch.setattr(R, "load_model", _tiny_loader(tiny_model, []))
+
+    def config(tokens: int):
+        return MultiSAETrainingRunnerConfig(
+            saes={"atoms": TSAEAIPTrainingSAEConfig(d_in=32, d_sae=64, n_batches_for_metric=8)}, hook_names=HOOK,
+            model_name="my-model", dataset_path=str(token_folder), streaming=False, context_size=16, training_tokens=tokens,
+            train_batch_size_tokens=32, store_batch_size_prompts=4, n_batches_in_buffer=4, prepend_bos=False, device="cpu",
+            checkpoint_path=None, output_path=str(tmp_path / "out"), logger=LoggingConfig(log_to_wandb=False))
+
+    assert R.tokens_read(config(640)) == 640 + 8 * 32 + 2 * (4 * 16 + 4 * 16)  # training, metric, two loaders' buffers
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        R.build_runner(config(640))
+    said = [str(w.message) for w in got]
+    assert any("holds 64 rows of 16 tokens (1024)" in m and f"at least {-(-R.tokens_read(config(640)) // 16)} rows" in m for m in said), said
+    assert not any("fewer samples" in m for m in said)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        R.build_runner(config(256))  # 256 + 256 + 256 = 768 tokens: it fits
+    assert not any("rows of 16 tokens" in str(w.message) for w in got)

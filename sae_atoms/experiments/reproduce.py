@@ -311,7 +311,7 @@ def _token_frontier(job: _Job, prog: Progress) -> dict:
     def plan() -> tuple[str, dict, Callable[[], Any]]:
         cfg = token_frontier.TokenFrontierConfig(hook=job.hook, seed=s.seed,
                                                  **(TOKEN_FRONTIER_QUICK if s.quick else TOKEN_FRONTIER))
-        return "token_frontier", {"model": s.model, "config": dataclasses.asdict(cfg), "version": 3}, \
+        return "token_frontier", {"model": s.model, "config": dataclasses.asdict(cfg), "version": 4}, \
             lambda: token_frontier.run_token_frontier(job.model, cfg, out=s.out / "token_frontier", device=str(job.device))
 
     return _optional(job, prog, "token frontier", s.token_frontier, plan)

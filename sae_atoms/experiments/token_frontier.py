@@ -59,7 +59,7 @@ import torch
 
 from sae_atoms.aip import AIPMetric
 from sae_atoms.argtypes import named_fields, unit_lr
-from sae_atoms.corpus import split_documents, token_rows
+from sae_atoms.corpus import hook_activations, rows_holding, split_documents, token_rows
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.units import unit_config
 
@@ -157,36 +157,24 @@ def token_data(model: Any, c: TokenFrontierConfig) -> dict[str, Any]:
     """``{"train", "val", "eval", "ref"}``: ``datasets.Dataset``s with a ``tokens`` column (rows of
     ``context_size``), from seeded shuffles of the train and held-out documents; the held-out
     documents alternate between ``val`` and ``eval``, each giving one random window of at most
-    ``heldout_doc_tokens`` tokens; ``ref`` is the head of ``train``."""
+    ``heldout_doc_tokens`` tokens; ``ref`` is the head of ``train``. ``train`` holds as many tokens
+    that are not special as the runner reads (``runners.tokens_read``: its training tokens and
+    what it reads before and beside them), so that it never reads a row twice."""
     import datasets
+
+    from sae_atoms.runners import tokens_read
 
     rng = random.Random(c.seed)
     train, held = split_documents(c.corpus, "train"), split_documents(c.corpus, "heldout")
     rng.shuffle(train)
     rng.shuffle(held)
     window = (c.heldout_doc_tokens, random.Random(c.seed + 1))
-    rows = {"train": token_rows(train, model, c.context_size, max(c.tokens, c.ref_tokens), "training documents"),
+    rows = {"train": rows_holding(train, model, c.context_size,
+                                  max(tokens_read(runner_config(c, model, Path(), "cpu")), c.ref_tokens)),
             "val": token_rows(held[0::2], model, c.context_size, c.val_tokens, "validation documents", window),
             "eval": token_rows(held[1::2], model, c.context_size, c.eval_tokens, "evaluation documents", window)}
     rows["ref"] = rows["train"][:math.ceil(c.ref_tokens / c.context_size)]
     return {k: datasets.Dataset.from_dict({"tokens": v}) for k, v in rows.items()}
-
-
-@torch.no_grad()
-def hook_activations(model: Any, tokens: Any, hook: str, batch_prompts: int = 16) -> torch.Tensor:
-    """``[n, d]`` float32 activations at ``hook`` of every token of ``tokens`` (rows of ids) that is
-    not a special token (BOS / EOS / pad, as ``run_evals`` excludes them)."""
-    from sae_atoms.evals.downstream import special_ids
-    from sae_atoms.forward import stop_layer
-
-    special = torch.tensor(special_ids(model), dtype=torch.long)
-    out = []
-    for s in range(0, len(tokens), batch_prompts):
-        t = torch.tensor(tokens[s:s + batch_prompts], dtype=torch.long, device=model.cfg.device)
-        _, cache = model.run_with_cache(t, names_filter=[hook], stop_at_layer=stop_layer([hook]))
-        keep = ~torch.isin(t.cpu(), special)
-        out.append(cache[hook].float().cpu()[keep])
-    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------- training
@@ -218,8 +206,9 @@ def latest_checkpoint(out: Path) -> str | None:
 
 
 def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, device: str,
-                resume: bool = False) -> dict[str, Any]:
-    """Train every unit at every target in one multi-SAE runner pass; returns the inference SAEs by name."""
+                resume: bool = False) -> tuple[dict[str, Any], int]:
+    """Train every unit at every target in one multi-SAE runner pass; returns the inference SAEs by name
+    and how many rows of ``train`` the runner read (more than it has: it read some twice)."""
     from sae_lens import SAE
 
     from sae_atoms.training import calibrate_at_first_step
@@ -232,7 +221,8 @@ def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, devic
             if getattr(sae.cfg, "jumprelu_sparsity_loss_mode", None) == "quadratic":
                 calibrate_at_first_step(sae, sae.cfg.target_l0)
     runner.run()
-    return {name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes}
+    return ({name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes},
+            int(runner.activations_store.n_dataset_processed))
 
 
 def seeded_runner(cfg: Any, model: Any, train: Any, seed: int, lrs: dict[str, float] | None = None) -> Any:
@@ -306,7 +296,7 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     ref = AIPMetric.robust(hook_activations(model, data["ref"]["tokens"], c.hook))
     seconds = {"data": time.time() - t0}
     t0 = time.time()
-    saes = train_units(c, model, data["train"], out, device, resume)
+    saes, rows_read = train_units(c, model, data["train"], out, device, resume)
     seconds["train"] = time.time() - t0
     t0 = time.time()
     units, design = trained_units(c), designs(c)
@@ -325,7 +315,7 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
             | ({"design": design[u]} if u in design else {})
             for t in c.targets for u in units]
     seconds["eval"] = time.time() - t0
-    return {"settings": _settings(c, data, x_val, x_eval, model), "rows": rows, "metric": ref.provenance(),
+    return {"settings": _settings(c, data, x_val, x_eval, model) | {"train_rows_read": rows_read}, "rows": rows, "metric": ref.provenance(),
             "seconds": {k: round(v, 1) for k, v in seconds.items()}}
 
 
@@ -360,7 +350,7 @@ def _settings(c: TokenFrontierConfig, data: dict[str, Any], x_val: torch.Tensor,
     return asdict(c) | {"units": list(c.units), "targets": list(c.targets), "model": model.cfg.model_name,
                         "atoms_variants": designs(c), "unit_lrs": dict(c.unit_lrs),
                         "width": int(round(c.expansion * x_eval.shape[1])), "steps": c.tokens // c.batch_tokens,
-                        "val_activations": int(x_val.shape[0]), "eval_activations": int(x_eval.shape[0]),
+                        "train_rows": len(data["train"]), "val_activations": int(x_val.shape[0]), "eval_activations": int(x_eval.shape[0]),
                         "eval_norms": _norms(x_eval),
                         "l0_matched_on": "validation documents (held out, disjoint from the evaluation documents)"}
 

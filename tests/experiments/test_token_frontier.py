@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from sae_atoms.corpus import hook_activations
 from sae_atoms.experiments import token_frontier as TF
 
 
@@ -209,11 +210,12 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
         assert rows[unit]["ce_minus_atoms_se"] > 0
     assert rows["features_topk"]["l0"] == pytest.approx(16.0, abs=0.5) and rows["features_topk"]["threshold_factor"] is None
     data = TF.token_data(real_model, c)
-    x_val = TF.hook_activations(real_model, data["val"]["tokens"], c.hook)
+    x_val = hook_activations(real_model, data["val"]["tokens"], c.hook)
     for unit in ("atoms", "features_jumprelu"):
         sae = SAE.load_from_disk(str(tmp_path / "saes" / TF.sae_name(unit, 16)))
         assert sparsity_and_variance(sae, x_val)["l0"] == pytest.approx(16.0, rel=0.02)  # matched on validation docs
     assert res["settings"]["val_activations"] == x_val.shape[0]
+    assert 0 < res["settings"]["train_rows_read"] <= res["settings"]["train_rows"]  # no training row read twice
 
 
 @pytest.mark.slow
@@ -252,7 +254,7 @@ def test_a_killed_run_resumes_from_the_runners_checkpoint(real_model, tmp_path, 
     monkeypatch.setattr(MultiSAETrainer, "load_checkpoint", loaded)
     step = SAETrainer.step
     monkeypatch.setattr(SAETrainer, "step", lambda self, batch: steps.append(1) or step(self, batch))
-    resumed = TF.train_units(c, real_model, train, tmp_path, "cpu", resume=True)
+    resumed, rows_read = TF.train_units(c, real_model, train, tmp_path, "cpu", resume=True)
     assert len(steps) == 5 * len(c.units) and set(resumed) == set(at_kill) == set(at_resume)
     for name, w in at_kill.items():
         assert torch.equal(at_resume[name], w)  # tsae kinds too: a checkpoint keeps the decoder parameter as it was
