@@ -21,8 +21,8 @@ from the activations it is then tested on. This module gives the two halves of t
   done) is checkpointed with ``save_checkpoint`` and resumed with ``load_checkpoint``: the resumed
   sums equal an uninterrupted run's. A checkpoint is a safetensors file (tensors, and its counters as
   json in the header): no pickle, so a planted file cannot run code.
-* ``token_rows`` / ``rows_holding``: the packed rows of a token count (with or without the
-  special tokens a runner drops), and ``hook_activations``: every non-special token's activation
+* ``token_rows``: the packed rows of a token count (with or without the special tokens a runner
+  drops), and ``hook_activations``: every non-special token's activation
   at a hook, for a runner's dataset and held-out evaluation sets.
 
 Memory is constant in the number of tokens: documents are read lazily, the sums are ``d x d``.
@@ -36,9 +36,8 @@ import os
 import random
 import time
 from dataclasses import dataclass, field, replace
-from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -203,10 +202,11 @@ def split_documents(corpus: str, split: str) -> list[str]:
 
 
 def token_rows(docs: Iterable[str], model: Any, context_size: int, n_tokens: int, what: str,
-               window: tuple[int, random.Random] | None = None) -> list[list[int]]:
-    """``n_tokens`` (rounded up to whole rows) of ``packed_rows``; with ``window = (w, rng)`` each
-    document gives one random window of at most ``w`` tokens, so that a few long documents do not
-    make up a held-out set."""
+               window: tuple[int, random.Random] | None = None, drop: Collection[int] = ()) -> list[list[int]]:
+    """The first rows of ``packed_rows`` that hold ``n_tokens`` tokens not in ``drop`` (whole rows;
+    a runner drops the special ones: pass ``drop=special_ids(model)`` to give it that many); with
+    ``window = (w, rng)`` each document gives one random window of at most ``w`` tokens, so that a
+    few long documents do not make up a held-out set. No row is tokenised past the last one kept."""
     tokenize, bos = model_tokenizer(model)
     if window is not None:
         w, rng = window
@@ -217,26 +217,15 @@ def token_rows(docs: Iterable[str], model: Any, context_size: int, n_tokens: int
             start = rng.randrange(max(1, len(ids) - w + 1))
             return ids[start:start + w]
 
-    n = math.ceil(n_tokens / context_size)
-    rows = list(islice(packed_rows(docs, tokenize, context_size, bos), n))
-    if len(rows) < n:
-        raise ValueError(f"the corpus has {len(rows) * context_size} tokens of {what}, fewer than the {n * context_size} "
-                         f"asked for; lower the token count or use a larger --corpus.")
+    stream, rows, kept, drop = packed_rows(docs, tokenize, context_size, bos), [], 0, set(drop)
+    while kept < n_tokens:
+        row = next(stream, None)
+        if row is None:
+            raise ValueError(f"the corpus has {kept} tokens of {what}, fewer than the {n_tokens} asked for; lower the "
+                             f"token count or use a larger --corpus.")
+        rows.append(row)
+        kept += sum(t not in drop for t in row) if drop else context_size
     return rows
-
-
-def rows_holding(docs: list[str], model: Any, context_size: int, n_tokens: int) -> list[list[int]]:
-    """Rows of ``docs`` (``token_rows``) holding ``n_tokens`` tokens besides the special ones (the BOS
-    of each row and between documents, which the runner drops)."""
-    from sae_atoms.evals.downstream import special_ids
-
-    special, want = set(special_ids(model)), n_tokens
-    while True:
-        rows = token_rows(docs, model, context_size, want, "training documents")
-        kept = sum(t not in special for r in rows for t in r)
-        if kept >= n_tokens:
-            return rows
-        want += n_tokens - kept + context_size
 
 
 @torch.no_grad()

@@ -144,8 +144,8 @@ def _check_dataset_size(cfg: Any, dataset: Any) -> None:
     """Warn when a pretokenized dataset (rows of ``context_size`` ids) holds fewer tokens than the
     runner reads (``tokens_read``): it would train on its first rows twice. SAELens's own warning
     compares the dataset's rows with the training tokens and so fires for every such dataset."""
-    column = next((c for c in ("tokens", "input_ids") if c in (getattr(dataset, "column_names", None) or ())), None)
-    if column is None or cfg.resume_from_checkpoint is not None:
+    pretokenized = {"tokens", "input_ids"} & set(getattr(dataset, "column_names", None) or ())
+    if not pretokenized or cfg.resume_from_checkpoint is not None:
         return
     have, need = len(dataset) * cfg.context_size, tokens_read(cfg)
     if have < need:

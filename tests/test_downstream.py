@@ -34,9 +34,8 @@ def test_shared_passes_equal_run_evals_on_the_real_model(real_model):
     from sae_lens.evals import EvalConfig, run_evals
     from sae_lens.training.activation_scaler import ActivationScaler
 
-    from sae_atoms.corpus import load_corpus, model_tokenizer, packed_rows
+    from sae_atoms.corpus import hook_activations, load_corpus, model_tokenizer, packed_rows
     from sae_atoms.evals.downstream import downstream_scores, sparsity_and_variance
-    from sae_atoms.corpus import hook_activations
     from tests.conftest import REAL_HOOK
 
     tokenize, bos = model_tokenizer(real_model)

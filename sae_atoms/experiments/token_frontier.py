@@ -59,7 +59,7 @@ import torch
 
 from sae_atoms.aip import AIPMetric
 from sae_atoms.argtypes import named_fields, unit_lr
-from sae_atoms.corpus import hook_activations, rows_holding, split_documents, token_rows
+from sae_atoms.corpus import hook_activations, split_documents, token_rows
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.units import unit_config
 
@@ -162,6 +162,7 @@ def token_data(model: Any, c: TokenFrontierConfig) -> dict[str, Any]:
     what it reads before and beside them), so that it never reads a row twice."""
     import datasets
 
+    from sae_atoms.evals.downstream import special_ids
     from sae_atoms.runners import tokens_read
 
     rng = random.Random(c.seed)
@@ -169,8 +170,8 @@ def token_data(model: Any, c: TokenFrontierConfig) -> dict[str, Any]:
     rng.shuffle(train)
     rng.shuffle(held)
     window = (c.heldout_doc_tokens, random.Random(c.seed + 1))
-    rows = {"train": rows_holding(train, model, c.context_size,
-                                  max(tokens_read(runner_config(c, model, Path(), "cpu")), c.ref_tokens)),
+    need = max(tokens_read(runner_config(c, model, Path(), "cpu")), c.ref_tokens)
+    rows = {"train": token_rows(train, model, c.context_size, need, "training documents", drop=special_ids(model)),
             "val": token_rows(held[0::2], model, c.context_size, c.val_tokens, "validation documents", window),
             "eval": token_rows(held[1::2], model, c.context_size, c.eval_tokens, "evaluation documents", window)}
     rows["ref"] = rows["train"][:math.ceil(c.ref_tokens / c.context_size)]
@@ -315,8 +316,8 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
             | ({"design": design[u]} if u in design else {})
             for t in c.targets for u in units]
     seconds["eval"] = time.time() - t0
-    return {"settings": _settings(c, data, x_val, x_eval, model) | {"train_rows_read": rows_read}, "rows": rows, "metric": ref.provenance(),
-            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    return {"settings": _settings(c, data, x_val, x_eval, model) | {"train_rows_read": rows_read}, "rows": rows,
+            "metric": ref.provenance(), "seconds": {k: round(v, 1) for k, v in seconds.items()}}
 
 
 def check_config(c: TokenFrontierConfig) -> None:

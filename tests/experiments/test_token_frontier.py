@@ -254,7 +254,7 @@ def test_a_killed_run_resumes_from_the_runners_checkpoint(real_model, tmp_path, 
     monkeypatch.setattr(MultiSAETrainer, "load_checkpoint", loaded)
     step = SAETrainer.step
     monkeypatch.setattr(SAETrainer, "step", lambda self, batch: steps.append(1) or step(self, batch))
-    resumed, rows_read = TF.train_units(c, real_model, train, tmp_path, "cpu", resume=True)
+    resumed, _ = TF.train_units(c, real_model, train, tmp_path, "cpu", resume=True)
     assert len(steps) == 5 * len(c.units) and set(resumed) == set(at_kill) == set(at_resume)
     for name, w in at_kill.items():
         assert torch.equal(at_resume[name], w)  # tsae kinds too: a checkpoint keeps the decoder parameter as it was
