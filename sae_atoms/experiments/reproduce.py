@@ -60,10 +60,11 @@ QUICK = {"n_cities": 300, "train_steps": 150, "capacity_steps": 75, "frontier_ta
 TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "features_batchtopk"), "targets": (32.0,),
                   "tokens": 40_960, "eval_tokens": 2048, "val_tokens": 4096, "ref_tokens": 8192, "n_checkpoints": 0}
 # (token-frontier --stability is left out here: its twins take the main job's peak memory past its 4 GB budget)
-TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"tokens": 8192, "eval_tokens": 1024, "val_tokens": 2048, "ref_tokens": 4096,
+TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"tokens": 8192, "eval_tokens": 512, "val_tokens": 1024, "ref_tokens": 2048,
                                          "norm_batches": 4}
-CARDS = {"units": ("atoms", "features_jumprelu"), "n_cards": 16}  # the headline SAEs with atom cards
+CARDS = {"units": ("atoms", "features_jumprelu"), "n_cards": 16}  # the headline SAEs with atom cards (--quick: 8)
 STEER = {"n_seeds": 1, "gen_tokens": 20, "gen_prompts": 4, "gen_scales": (1.0,)}  # within the budget; the study (4 seeds, 3 relations): sae-atoms steer
+STEER_QUICK = {"n_seeds": 1, "gen_tokens": 8}  # the study's quick sizes, one seed as in a full run (sae-atoms steer --quick keeps its 2)
 UNITS = tuple(unit_kind(u).name for u in ("neurons", "features_standard", "features_jumprelu", "atoms"))  # headline
 SAE_KINDS = {u: UNIT_KINDS[u].architecture for u in UNITS if UNIT_KINDS[u].architecture is not None}
 
@@ -320,13 +321,13 @@ def _token_frontier(job: _Job, prog: Progress) -> dict:
 def _steering(job: _Job, prog: Progress) -> dict:
     """8. Atoms vs jumprelu features vs the difference of means (skipped with ``steer=False``) on each of
     ``steer_relations`` the fact prompts have (``steering_relations``; results in ``OUT/steering/<relation>``),
-    the first as the headline ``steering``; ``STEER``'s sizes (``--quick``: the study's quick ones)."""
+    the first as the headline ``steering``; ``STEER``'s sizes (``--quick``: the study's quick ones, ``STEER_QUICK``)."""
     s = job.s
 
     def plan() -> tuple[str, dict, Callable[[], Any]]:
         use = {u: _steering_sae(job, u) for u in ("atoms", "features_jumprelu", "features_topk")}
         use = {u: sae for u, sae in use.items() if sae is not None}
-        cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed, **({} if s.quick else STEER))
+        cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed, **(STEER_QUICK if s.quick else STEER))
         rels = tuple(r for r in s.steer_relations if r in s.relations)
         key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "relations": rels,
                               "version": 7}
@@ -344,7 +345,7 @@ def _cards(job: _Job, prog: Progress) -> dict[str, str]:
 
     prog("cards")
     use = [u for u in CARDS["units"] if u in job.saes and job.s.cards]
-    cfg = cards.CardConfig(n_cards=CARDS["n_cards"], progress=False)
+    cfg = cards.CardConfig(n_cards=CARDS["n_cards"] // (2 if job.s.quick else 1), progress=False)
 
     def compute(folder: Path) -> None:
         metric = frontier.reference_metric(job.train, job.hook)  # as the units table: one AIP for every SAE
@@ -352,7 +353,7 @@ def _cards(job: _Job, prog: Progress) -> dict[str, str]:
             site = cards.site_for(job.model, job.saes[u], job.fact_acts, job.hook, cfg, name=u, metric=metric)
             cards.write_cards(site, folder / u)
 
-    key = job.acts_key | {"saes": [str(_sae_key(job.saes[u])) for u in use], "cards": CARDS, "version": 2}
+    key = job.acts_key | {"saes": [str(_sae_key(job.saes[u])) for u in use], "cards": CARDS | {"n_cards": cfg.n_cards}, "version": 2}
     _, reused = stage(job.s.out, "cards", key, job.s.force, compute, lambda f: None) if use else (None, False)
     for u in use:  # replaced whole: no card of an earlier run's units stays behind
         shutil.rmtree(job.s.out / "cards" / u, ignore_errors=True)
@@ -446,7 +447,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help=(
         f"a smoke run, not results to quote: {QUICK['n_cities']} cities, one relation, L0 targets "
         f"{'/'.join(f'{t:g}' for t in QUICK['frontier_targets'])}, {QUICK['train_steps']} steps per SAE, steering with "
-        f"{steering.QUICK['n_targets']} targets x {steering.QUICK['n_eval']} prompts and {steering.QUICK['n_seeds']} seeds on city -> country"))
+        f"{steering.QUICK['n_targets']} targets x {steering.QUICK['n_eval']} prompts and {STEER_QUICK['n_seeds']} seed on city -> country"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--force", action="store_true", help="recompute every stage (ignore the cache in --out)")
     p.add_argument("--seed", type=int, default=0)

@@ -97,8 +97,6 @@ def check_config(cfg: SteerConfig) -> None:
     if cfg.n_bisect < 0 or cfg.gen_tokens < 0 or cfg.gen_seeds < 0 or cfg.gen_prompts < 1:
         raise ValueError(f"n_bisect={cfg.n_bisect}, gen_tokens={cfg.gen_tokens} and gen_seeds={cfg.gen_seeds} must be >= 0, "
                          f"gen_prompts={cfg.gen_prompts} >= 1")
-    if cfg.n_bisect < 0:
-        raise ValueError(f"n_bisect={cfg.n_bisect} must be >= 0")
     if not (cfg.transfer_strength > 0 and math.isfinite(cfg.transfer_strength)):
         raise ValueError(f"transfer_strength={cfg.transfer_strength} must be finite and > 0")
     if not (cfg.grid_growth > 1 and math.isfinite(cfg.grid_growth)) or cfg.grid_extend < 0:
