@@ -61,7 +61,7 @@ from sae_atoms.aip import AIPMetric
 from sae_atoms.argtypes import named_fields, unit_lr
 from sae_atoms.corpus import hook_activations, split_documents, token_rows
 from sae_atoms.io import atomic_dir, save_figure, write_json
-from sae_atoms.units import unit_config
+from sae_atoms.units import ATOMS_ALPHA, unit_config
 
 TOKEN_UNITS = ("atoms", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
                "features_batchtopk", "features_matryoshka")
@@ -87,6 +87,7 @@ class TokenFrontierConfig:
     batch_tokens: int = 512           # the runner's train_batch_size_tokens
     lr: float = 3e-3                  # every unit's learning rate (--unit-lr for one unit's own)
     atoms_training: str = "topk"      # how atoms and tsae hold their L0 in training: ATOMS_TRAINING
+    atoms_alpha: float = ATOMS_ALPHA  # partial whitening S^alpha of the atoms (1: the full AIP)
     val_tokens: int = 4096            # held-out validation tokens the final L0 is matched on
     eval_tokens: int = 2048           # held-out evaluation tokens (run_evals's figures and ours)
     heldout_doc_tokens: int = 64      # tokens per held-out document at most (a random window of each)
@@ -145,7 +146,8 @@ def trained_config(c: TokenFrontierConfig, unit: str, d: int, d_sae: int, target
         return unit_config(unit, d, d_sae, target, c.hook, **recipe)
     if unit != "atoms" and variant is None:
         return unit_config(unit, d, d_sae, target, c.hook)
-    return unit_config("atoms", d, d_sae, target, c.hook, **({"n_batches_for_metric": c.norm_batches} | recipe | (variant or {})))
+    fields = {"n_batches_for_metric": c.norm_batches, "aip_alpha": c.atoms_alpha} | recipe | (variant or {})
+    return unit_config("atoms", d, d_sae, target, c.hook, **fields)
 
 
 def sae_name(unit: str, target: float) -> str:
@@ -332,6 +334,8 @@ def check_config(c: TokenFrontierConfig) -> None:
             raise ValueError(f"{name}={getattr(c, name)} must be >= 1.")
     if c.atoms_training not in ATOMS_TRAINING:
         raise ValueError(f"atoms_training={c.atoms_training!r}: choose from {sorted(ATOMS_TRAINING)}.")
+    if not 0.0 <= c.atoms_alpha <= 1.0:
+        raise ValueError(f"atoms_alpha={c.atoms_alpha} must be in [0, 1] (1 = the full AIP, 0 = Euclid).")
     if c.batch_tokens > c.tokens:
         raise ValueError(f"batch_tokens={c.batch_tokens} exceeds tokens={c.tokens}: the runner would take no step.")
     bad = sorted({u for u, lr in c.unit_lrs if u not in trained_units(c) or not lr > 0})
@@ -448,6 +452,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atoms-training", choices=sorted(ATOMS_TRAINING), default=d.atoms_training,
                    help="how atoms and tsae hold their L0 while training: "
                         + "; or ".join(f"{k}, trained {v}" for k, v in ATOMS_TRAINING_TEXT.items()))
+    p.add_argument("--atoms-alpha", type=float, default=d.atoms_alpha,
+                   help=f"partial whitening S^alpha of the atoms (default {d.atoms_alpha:g}; 1 = the full AIP)")
     p.add_argument("--val-tokens", type=int, default=d.val_tokens, help="held-out tokens the L0 is matched on")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens evaluated on")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -469,7 +475,8 @@ def run_cli(args: argparse.Namespace) -> int:
     targets = tuple(int(t) if float(t).is_integer() else t for t in args.targets)  # 32, not 32.0, in the table
     c = TokenFrontierConfig(hook=args.hook, units=tuple(args.units), targets=targets, expansion=args.expansion,
                             corpus=args.corpus, tokens=args.tokens, context_size=args.context_size,
-                            batch_tokens=args.batch_tokens, lr=args.lr, atoms_training=args.atoms_training, val_tokens=args.val_tokens,
+                            batch_tokens=args.batch_tokens, lr=args.lr, atoms_training=args.atoms_training,
+                            atoms_alpha=args.atoms_alpha, val_tokens=args.val_tokens,
                             eval_tokens=args.eval_tokens, seed=args.seed, stability=args.stability,
                             atoms_variants=tuple(args.atoms_variant), unit_lrs=tuple(args.unit_lr))
     check_config(c)

@@ -36,7 +36,8 @@ def test_goal_check_reads_the_ce_margin_and_the_highest_q_star():
 @pytest.mark.parametrize("field, value, match", [("units", ("atoms", "neurons"), "unknown token-frontier units"),
                                                  ("targets", (16, 0), "positive"), ("eval_tokens", 0, "eval_tokens"),
                                                  ("batch_tokens", 10**9, "exceeds tokens"),
-                                                 ("atoms_training", "l1", "atoms_training='l1'")])
+                                                 ("atoms_training", "l1", "atoms_training='l1'"),
+                                                 ("atoms_alpha", 1.5, r"atoms_alpha=1.5 must be in \[0, 1\]")])
 def test_check_config_names_what_is_wrong(field, value, match):
     from dataclasses import replace
 
@@ -55,6 +56,18 @@ def test_atoms_training_sets_the_recipe_of_atoms_their_variants_and_tsae_only():
     assert not any(TF.trained_config(c, u, 8, 16, 4.0).topk_training for u in ("atoms", "atoms_raw", "tsae"))
     pinned = replace(c, atoms_training="topk", atoms_variants=(("thr", (("topk_training", False),)),))
     assert TF.trained_config(pinned, "atoms_thr", 8, 16, 4.0).topk_training is False  # a variant's own field wins
+
+
+def test_atoms_alpha_sets_the_whitening_of_atoms_and_their_variants_unless_a_variant_names_its_own():
+    import argparse
+
+    c = TF.TokenFrontierConfig(atoms_alpha=0.2, atoms_variants=(("full", (("aip_alpha", 1.0),)), ("raw", (("aip_loss_space", "raw"),))))
+    alpha = {u: TF.trained_config(c, u, 8, 16, 4.0).aip_alpha for u in ("atoms", "atoms_raw", "atoms_full")}
+    assert alpha == {"atoms": 0.2, "atoms_raw": 0.2, "atoms_full": 1.0}
+    assert TF.trained_config(TF.TokenFrontierConfig(), "atoms", 8, 16, 4.0).aip_alpha == TF.TokenFrontierConfig.atoms_alpha
+    p = argparse.ArgumentParser()
+    TF.configure_parser(p)
+    assert p.parse_args(["--atoms-alpha", "0.6", "--out", "x"]).atoms_alpha == 0.6
 
 
 def test_latest_checkpoint_is_the_one_with_most_samples(tmp_path):
