@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import shutil
 import time
@@ -40,7 +41,7 @@ from sae_lens import SAE
 
 from sae_atoms import evals
 from sae_atoms.activations import ActivationSet, extract
-from sae_atoms.data import FACT_RELATIONS, LABEL_COLUMNS, fact_prompts, reasoning_prompts
+from sae_atoms.data import FACT_RELATIONS, LABEL_COLUMNS, fact_prompts
 from sae_atoms.experiments import capacity, frontier, geometry, steering, token_frontier
 from sae_atoms.experiments.geometry import GeometryConfig, dedupe_subject_prefix
 from sae_atoms.experiments.findings import write_findings
@@ -51,20 +52,22 @@ from sae_atoms.models import fact_accuracy, load_model, resolve_device
 from sae_atoms.units import UNIT_KINDS, unit_kind
 
 # sizes of a full run and of ``--quick`` (Settings fills its None fields from these; the CLI help quotes
-# them): train_steps per frontier SAE, capacity_steps per capacity-sweep SAE, frontier_targets the L0s
-FULL = {"n_cities": 1500, "train_steps": frontier.FrontierConfig.steps, "capacity_steps": 200,
+# them): train_steps per frontier SAE, capacity_steps per capacity-sweep SAE (capacity_expansions their widths),
+# frontier_targets the L0s
+FULL = {"n_cities": 1500, "train_steps": frontier.FrontierConfig.steps, "capacity_steps": 200, "capacity_expansions": (1, 2, 4, 8),
         "frontier_targets": tuple(float(t) for t in frontier.DEFAULT_TARGETS)}
-QUICK = {"n_cities": 300, "train_steps": 150, "capacity_steps": 75, "frontier_targets": (8.0, 16.0)}
+QUICK = {"n_cities": 300, "train_steps": 80, "capacity_steps": 50, "capacity_expansions": (1, 2, 4), "frontier_targets": (8.0, 16.0)}
 # the main job's token benchmark: a small version of ``sae-atoms token-frontier`` (its full default
-# trains 7 unit kinds x 4 L0s); ``--quick`` shrinks its tokens further
+# trains 7 unit kinds x 4 L0s); ``--quick`` shrinks its tokens further and keeps two units
 TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "features_batchtopk"), "targets": (32.0,),
                   "tokens": 40_960, "eval_tokens": 2048, "val_tokens": 4096, "ref_tokens": 8192, "n_checkpoints": 0}
 # (token-frontier --stability is left out here: its twins take the main job's peak memory past its 4 GB budget)
-TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"tokens": 8192, "eval_tokens": 512, "val_tokens": 1024, "ref_tokens": 2048,
-                                         "norm_batches": 4}
-CARDS = {"units": ("atoms", "features_jumprelu"), "n_cards": 16}  # the headline SAEs with atom cards (--quick: 8)
+TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"units": ("atoms", "features_topk"), "tokens": 2048, "eval_tokens": 256,
+                                         "val_tokens": 512, "ref_tokens": 2048, "norm_batches": 2}
+CARDS = {"units": ("atoms", "features_jumprelu"), "n_cards": 16}  # the headline SAEs with atom cards (--quick: 4)
 STEER = {"n_seeds": 1, "gen_tokens": 20, "gen_prompts": 4, "gen_scales": (1.0,)}  # within the budget; the study (4 seeds, 3 relations): sae-atoms steer
-STEER_QUICK = {"n_seeds": 1, "gen_tokens": 8}  # the study's quick sizes, one seed as in a full run (sae-atoms steer --quick keeps its 2)
+# the study's quick sizes, one seed as in a full run (sae-atoms steer --quick keeps its 2), fewer targets and generations
+STEER_QUICK = {"n_seeds": 1, "n_targets": 2, "n_eval": 3, "gen_tokens": 6, "gen_prompts": 2}
 UNITS = tuple(unit_kind(u).name for u in ("neurons", "features_standard", "features_jumprelu", "atoms"))  # headline
 SAE_KINDS = {u: UNIT_KINDS[u].architecture for u in UNITS if UNIT_KINDS[u].architecture is not None}
 
@@ -82,7 +85,7 @@ class Settings:
     seed: int = 0
     n_cities: int | None = None
     relations: tuple[str, ...] | None = None
-    capacity_expansions: tuple[int, ...] = (1, 2, 4, 8)
+    capacity_expansions: tuple[int, ...] | None = None
     train_steps: int | None = None
     capacity_steps: int | None = None
     geometry_layers: tuple[int, ...] | None = None
@@ -143,7 +146,6 @@ class _Job:
     hook: str
     layer: int
     facts: Any
-    reasoning: Any
     data_key: dict
     acc: dict
     fact_acts: Any = None
@@ -157,7 +159,7 @@ class _Job:
 
 
 def _model_and_prompts(s: Settings, device: Any, prog: Progress) -> _Job:
-    """1. The model, the hook, the fact / reasoning prompts and the model's fact accuracy."""
+    """1. The model, the hook, the fact prompts and the model's fact accuracy."""
     prog("model and prompts")
     out = s.out
     model = load_model(s.model, device=device)
@@ -168,30 +170,27 @@ def _model_and_prompts(s: Settings, device: Any, prog: Progress) -> _Job:
     # one prompt per distinct subject prefix: templates that start with the subject give
     # identical subject-token activations, which would count as separate samples otherwise
     facts = dedupe_subject_prefix(fact_prompts(n_cities=s.n_cities, relations=s.relations, seed=s.seed))
-    reasoning = reasoning_prompts(300 if s.quick else 1500, seed=s.seed)
     data_key = {"model": s.model, "n_cities": s.n_cities, "relations": s.relations, "seed": s.seed,
-                "n_facts": len(facts), "n_reasoning": len(reasoning), "version": 1}
+                "n_facts": len(facts), "version": 2}
     city = facts.filter(lambda r: r["relation"] == "city_country")
-    n_acc = min(len(city), 200 if s.quick else 1000)  # a seeded sample: full forward passes are the costly part
+    n_acc = min(len(city), 100 if s.quick else 1000)  # a seeded sample: full forward passes are the costly part
     city = city.shuffle(seed=s.seed).select(range(n_acc))
     acc, reused = json_stage(out, "accuracy", data_key | {"n_acc": n_acc}, s.force,
                               lambda: fact_accuracy(model, city, progress=True))
     prog.done(reused)
-    return _Job(s, device, model, hook, layer, facts, reasoning, data_key, acc)
+    return _Job(s, device, model, hook, layer, facts, data_key, acc)
 
 
 def _activations(job: _Job, prog: Progress) -> None:
-    """2. Subject-token activations of the fact and reasoning prompts; the train / held-out split."""
+    """2. Subject-token activations of the fact prompts; the train / held-out split. (The other prompt
+    family, reasoning prompts, is the geometry stage's own.)"""
     prog("activations")
     s, model, hook = job.s, job.model, job.hook
 
-    def extract_both(folder: Path) -> None:
+    def compute(folder: Path) -> None:
         extract(model, job.facts, hook, position="subject_last", batch_size=64).save(folder / "facts")
-        extract(model, job.reasoning, hook, position="subject_last", batch_size=64).save(folder / "reasoning")
 
-    (fact_acts, _reasoning_acts), reused = stage(
-        s.out, "activations", job.acts_key, s.force, extract_both,
-        lambda f: (ActivationSet.load(f / "facts"), ActivationSet.load(f / "reasoning")))
+    fact_acts, reused = stage(s.out, "activations", job.acts_key, s.force, compute, lambda f: ActivationSet.load(f / "facts"))
     job.fact_acts = fact_acts
     job.train, job.heldout = fact_acts.select(split="train"), fact_acts.select(split="heldout")
     prog.done(reused)
@@ -202,10 +201,10 @@ def _geometry(job: _Job, prog: Progress) -> dict:
     prog("geometry")
     s, model = job.s, job.model
     geo_layers = s.geometry_layers or _default_geometry_layers(model.cfg.n_layers, job.layer, s.quick)
-    n_geo = 800 if s.quick else 1600
+    n_geo = 600 if s.quick else 1600
     geo, reused = json_stage(s.out, "geometry", job.data_key | {"layers": geo_layers, "n_facts": n_geo, "version": 1},
                               s.force, lambda: geometry.run_geometry(model, GeometryConfig(
-                                  layers=geo_layers, n_facts=n_geo, n_reasoning=150 if s.quick else 300, seed=s.seed)))
+                                  layers=geo_layers, n_facts=n_geo, n_reasoning=100 if s.quick else 300, seed=s.seed)))
     prog.done(reused)
     return geo
 
@@ -345,7 +344,7 @@ def _cards(job: _Job, prog: Progress) -> dict[str, str]:
 
     prog("cards")
     use = [u for u in CARDS["units"] if u in job.saes and job.s.cards]
-    cfg = cards.CardConfig(n_cards=CARDS["n_cards"] // (2 if job.s.quick else 1), progress=False)
+    cfg = cards.CardConfig(n_cards=CARDS["n_cards"] // (4 if job.s.quick else 1), progress=False)
 
     def compute(folder: Path) -> None:
         metric = frontier.reference_metric(job.train, job.hook)  # as the units table: one AIP for every SAE
@@ -390,8 +389,11 @@ def _report(job: _Job, prog: Progress, geo: dict, unit_res: dict, cap: list, ste
 
 
 def _default_geometry_layers(n_layers: int, layer: int, quick: bool) -> list[int]:
-    step = max(1, n_layers // (3 if quick else 8))
-    return sorted(set(range(0, n_layers, step)) | {layer, n_layers - 1})
+    """Every ``n_layers // 8``-th layer, the hook's and the last; ``quick``: three up to the hook's,
+    so its forward passes stop there."""
+    if quick:
+        return sorted({0, layer // 2, layer})
+    return sorted(set(range(0, n_layers, max(1, n_layers // 8))) | {layer, n_layers - 1})
 
 
 def _sae_key(sae: Any) -> str:
@@ -446,8 +448,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
     p.add_argument("--quick", action="store_true", help=(
         f"a smoke run, not results to quote: {QUICK['n_cities']} cities, one relation, L0 targets "
-        f"{'/'.join(f'{t:g}' for t in QUICK['frontier_targets'])}, {QUICK['train_steps']} steps per SAE, steering with "
-        f"{steering.QUICK['n_targets']} targets x {steering.QUICK['n_eval']} prompts and {STEER_QUICK['n_seeds']} seed on city -> country"))
+        f"{'/'.join(f'{t:g}' for t in QUICK['frontier_targets'])}, {QUICK['train_steps']} steps per SAE, geometry up to the "
+        f"hook's layer, steering with {(steering.QUICK | STEER_QUICK)['n_targets']} targets x {(steering.QUICK | STEER_QUICK)['n_eval']} "
+        f"prompts and {STEER_QUICK['n_seeds']} seed on city -> country"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--force", action="store_true", help="recompute every stage (ignore the cache in --out)")
     p.add_argument("--seed", type=int, default=0)
@@ -475,6 +478,7 @@ def run_cli(args: argparse.Namespace) -> int:
                  force=args.force, seed=args.seed, n_cities=args.n_cities, train_steps=args.steps,
                  steer=not args.no_steer, token_frontier=not args.no_token_frontier, cards=not args.no_cards,
                  steer_relations=tuple(args.steer_relations))
+    gc.freeze()  # the imports' objects (~500k) live to the end: each stage's gc.collect (release_freed_memory) skips them
     results = run_reproduce(s)
     print("\n" + headline_table(results))
     if args.readme:

@@ -25,6 +25,20 @@ def test_each_study_names_its_own_steps_and_the_library_keeps_one_default():
     assert reproduce.Settings(quick=True).train_steps == reproduce.QUICK["train_steps"]
 
 
+def test_quick_sizes_fill_what_the_user_left_unset():
+    quick, full = reproduce.Settings(quick=True), reproduce.Settings()
+    assert quick.capacity_expansions == reproduce.QUICK["capacity_expansions"] != full.capacity_expansions
+    assert reproduce.Settings(quick=True, capacity_expansions=(1, 8)).capacity_expansions == (1, 8)
+
+
+def test_geometry_layers_quick_stop_at_the_hook_and_full_reach_the_last():
+    full = reproduce._default_geometry_layers(30, 12, quick=False)
+    quick = reproduce._default_geometry_layers(30, 12, quick=True)
+    assert 12 in full and 29 in full and 0 in full and len(full) > len(quick)
+    assert quick == [0, 6, 12]  # the forward passes stop after layer 12
+    assert reproduce._default_geometry_layers(2, 0, quick=True) == [0]
+
+
 def test_unknown_settings_are_refused_before_anything_runs():
     x = torch.randn(40, 8)
     with pytest.raises(TypeError, match="bogus"):

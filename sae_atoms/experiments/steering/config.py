@@ -51,8 +51,9 @@ class SteerConfig:
     seed: int = 0
 
 
-QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 2, "n_ablation": 8, "n_random": 1, "gen_tokens": 12, "gen_prompts": 4, "gen_scales": (1.0,),
-         "vector_strengths": (2.0, 4.0), "strengths": (8.0, 16.0), "fractions": (0.5, 1.0)}
+QUICK = {"n_targets": 3, "n_eval": 4, "n_unrelated": 4, "n_select": 6, "n_seeds": 2, "n_ablation": 4, "n_random": 1, "gen_tokens": 12, "gen_prompts": 4, "gen_scales": (1.0,),
+         "vector_strengths": (2.0, 4.0), "strengths": (8.0, 16.0), "fractions": (0.5, 1.0),
+         "grid_growth": 1.5, "n_bisect": 1}  # a coarser search past the short grid: fewer rounds of passes
 
 # relation -> the label column whose values are its answers
 RELATION_LABEL = {"city_country": "country", "country_continent": "continent", "country_language": "language",
