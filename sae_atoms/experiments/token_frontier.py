@@ -196,10 +196,16 @@ def runner_config(c: TokenFrontierConfig, model: Any, out: Path, device: str, re
         saes=saes, hook_names=c.hook, model_name=model.cfg.model_name, dataset_path="", streaming=False,
         exclude_special_tokens=True, context_size=c.context_size, prepend_bos=True,
         training_tokens=c.tokens, train_batch_size_tokens=c.batch_tokens, store_batch_size_prompts=rows_per_batch,
-        n_batches_in_buffer=8, n_batches_for_norm_estimate=c.norm_batches, lr=c.lr,
+        n_batches_in_buffer=buffer_batches(c), n_batches_for_norm_estimate=c.norm_batches, lr=c.lr,
         lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5, device=device, seed=c.seed,
         n_checkpoints=c.n_checkpoints, checkpoint_path=str(out / "checkpoints"), resume_from_checkpoint=resume,
         output_path=str(out / "trained"), n_eval_batches=0, logger=LoggingConfig(log_to_wandb=False))
+
+
+def buffer_batches(c: TokenFrontierConfig) -> int:
+    """The runner's ``n_batches_in_buffer``: 8, or enough that its mixing buffer (``n_batches_in_buffer *
+    context_size`` tokens) holds two training batches, so a GPU's ``--batch-tokens 4096`` needs no other flag."""
+    return max(8, math.ceil(2 * c.batch_tokens / c.context_size))
 
 
 def latest_checkpoint(out: Path) -> str | None:
@@ -456,6 +462,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help=f"partial whitening S^alpha of the atoms (default {d.atoms_alpha:g}; 1 = the full AIP)")
     p.add_argument("--val-tokens", type=int, default=d.val_tokens, help="held-out tokens the L0 is matched on")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens evaluated on")
+    p.add_argument("--heldout-doc-tokens", type=int, default=d.heldout_doc_tokens,
+                   help="tokens per held-out document at most (one random window of each; raise it with "
+                        "--val-tokens / --eval-tokens beyond what the held-out documents' windows hold)")
+    p.add_argument("--ref-tokens", type=int, default=d.ref_tokens, help="training-stream tokens the reference AIP is fitted on")
+    p.add_argument("--eval-batch-prompts", type=int, default=d.eval_batch_prompts,
+                   help="rows per run_evals pass (each holds rows x context x vocab logits; more on a GPU)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--stability", action="store_true", help="also train each SAE's twins (another initialisation; "
                                                            "twice the width) for init and width consistency")
@@ -477,7 +489,8 @@ def run_cli(args: argparse.Namespace) -> int:
                             corpus=args.corpus, tokens=args.tokens, context_size=args.context_size,
                             batch_tokens=args.batch_tokens, lr=args.lr, atoms_training=args.atoms_training,
                             atoms_alpha=args.atoms_alpha, val_tokens=args.val_tokens,
-                            eval_tokens=args.eval_tokens, seed=args.seed, stability=args.stability,
+                            eval_tokens=args.eval_tokens, heldout_doc_tokens=args.heldout_doc_tokens,
+                            ref_tokens=args.ref_tokens, eval_batch_prompts=args.eval_batch_prompts, seed=args.seed, stability=args.stability,
                             atoms_variants=tuple(args.atoms_variant), unit_lrs=tuple(args.unit_lr))
     check_config(c)
     out = Path(args.out)

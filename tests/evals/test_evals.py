@@ -68,6 +68,20 @@ def test_orthonormal_units_mu_zero_bound_and_qstar_one():
     assert qb == 1.0 and float(mu_i.max()) < 1e-6
 
 
+@pytest.mark.parametrize("max_elements", [1 << 24, 700])  # the Gram read whole; batched products of few sets
+def test_per_sample_coherence_is_the_largest_active_pair_cosine(max_elements):
+    g = torch.Generator().manual_seed(3)
+    D = E.unit_directions(torch.randn(40, 12, generator=g))
+    codes = torch.randn(300, 40, generator=g).relu() * (torch.rand(300, 40, generator=g) < 0.15)
+    codes[:30] = codes[30:60]  # repeated active sets; some rows have 0 or 1 active unit
+    mu_i = E.per_sample_coherence(codes, D, "cpu", max_elements=max_elements)
+    for i in range(len(codes)):  # brute force: every pair of active units
+        act = codes[i].nonzero().flatten().tolist()
+        want = max((abs(float(D[j] @ D[k])) for j in act for k in act if j < k), default=0.0)
+        assert float(mu_i[i]) == pytest.approx(want, abs=1e-6)
+    assert (mu_i == 0).any() and (mu_i > 0).any()
+
+
 def test_duplicated_units_mu_one():
     D = torch.randn(20, 16)
     D2 = torch.cat([D, 3.0 * D[:1]])  # a rescaled copy of unit 0

@@ -117,6 +117,16 @@ def test_runner_config_trains_every_unit_at_every_target_from_one_pass(tiny_mode
     assert twins["atoms_l0_4_init2"].d_sae == 4 * 32 and twins["atoms_l0_4_wide"].d_sae == 8 * 32
 
 
+def test_the_runners_buffer_holds_two_batches_of_a_large_batch(tiny_model, tmp_path):
+    from sae_atoms.runners import check_runner_buffer
+
+    small = TF.runner_config(TF.TokenFrontierConfig(tokens=8192, batch_tokens=512), tiny_model, tmp_path, "cpu")
+    assert small.n_batches_in_buffer == 8  # the CPU default's runner is unchanged
+    big = TF.runner_config(TF.TokenFrontierConfig(tokens=1 << 20, batch_tokens=4096), tiny_model, tmp_path, "cpu")
+    assert big.n_batches_in_buffer * big.context_size == 2 * 4096
+    check_runner_buffer(big)  # a GPU's batch size needs no other flag
+
+
 def test_atoms_variants_train_beside_atoms_and_are_not_their_rivals(tiny_model, tmp_path):
     """``--atoms-variant NAME=FIELD:VALUE,...`` adds ``atoms_NAME`` SAEs (atoms' config with those
     fields) to the same runner pass; the goal check compares atoms with the other unit kinds only."""
