@@ -203,8 +203,7 @@ def runner_config(c: TokenFrontierConfig, model: Any, out: Path, device: str, re
 
 
 def buffer_batches(c: TokenFrontierConfig) -> int:
-    """The runner's ``n_batches_in_buffer``: 8, or enough that its mixing buffer (``n_batches_in_buffer *
-    context_size`` tokens) holds two training batches, so a GPU's ``--batch-tokens 4096`` needs no other flag."""
+    """8, or enough that the runner's mixing buffer (n_batches_in_buffer * context_size tokens) holds two batches."""
     return max(8, math.ceil(2 * c.batch_tokens / c.context_size))
 
 
@@ -463,11 +462,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-tokens", type=int, default=d.val_tokens, help="held-out tokens the L0 is matched on")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens evaluated on")
     p.add_argument("--heldout-doc-tokens", type=int, default=d.heldout_doc_tokens,
-                   help="tokens per held-out document at most (one random window of each; raise it with "
-                        "--val-tokens / --eval-tokens beyond what the held-out documents' windows hold)")
+                   help="tokens per held-out document at most (one window of each; raise it for more val / eval tokens)")
     p.add_argument("--ref-tokens", type=int, default=d.ref_tokens, help="training-stream tokens the reference AIP is fitted on")
-    p.add_argument("--eval-batch-prompts", type=int, default=d.eval_batch_prompts,
-                   help="rows per run_evals pass (each holds rows x context x vocab logits; more on a GPU)")
+    p.add_argument("--eval-batch-prompts", type=int, default=d.eval_batch_prompts, help="rows per run_evals pass (more on a GPU)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--stability", action="store_true", help="also train each SAE's twins (another initialisation; "
                                                            "twice the width) for init and width consistency")
