@@ -53,10 +53,13 @@ from sae_atoms.units import UNIT_KINDS, unit_kind
 
 # sizes of a full run and of ``--quick`` (Settings fills its None fields from these; the CLI help quotes
 # them): train_steps per frontier SAE, capacity_steps per capacity-sweep SAE (capacity_expansions their widths),
-# frontier_targets the L0s
+# frontier_targets the L0s, n_accuracy the facts the model's accuracy is read on (full forward passes are its
+# cost), n_geometry_facts / n_reasoning the geometry's prompts, n_cards the atom cards per headline unit
 FULL = {"n_cities": 1500, "train_steps": frontier.FrontierConfig.steps, "capacity_steps": 200, "capacity_expansions": (1, 2, 4, 8),
-        "frontier_targets": tuple(float(t) for t in frontier.DEFAULT_TARGETS)}
-QUICK = {"n_cities": 300, "train_steps": 80, "capacity_steps": 50, "capacity_expansions": (1, 2, 4), "frontier_targets": (8.0, 16.0)}
+        "frontier_targets": tuple(float(t) for t in frontier.DEFAULT_TARGETS), "n_accuracy": 1000, "n_geometry_facts": 1600,
+        "n_reasoning": 300, "n_cards": 16}
+QUICK = {"n_cities": 300, "train_steps": 80, "capacity_steps": 50, "capacity_expansions": (1, 2, 4), "frontier_targets": (8.0, 16.0),
+         "n_accuracy": 100, "n_geometry_facts": 600, "n_reasoning": 100, "n_cards": 4}
 # the main job's token benchmark: a small version of ``sae-atoms token-frontier`` (its full default
 # trains 7 unit kinds x 4 L0s); ``--quick`` shrinks its tokens further and keeps two units
 TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "features_batchtopk"), "targets": (32.0,),
@@ -64,7 +67,7 @@ TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "feat
 # (token-frontier --stability is left out here: its twins take the main job's peak memory past its 4 GB budget)
 TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"units": ("atoms", "features_topk"), "tokens": 2048, "eval_tokens": 256,
                                          "val_tokens": 512, "ref_tokens": 2048, "norm_batches": 2}
-CARDS = {"units": ("atoms", "features_jumprelu"), "n_cards": 16}  # the headline SAEs with atom cards (--quick: 4)
+CARDS_UNITS = ("atoms", "features_jumprelu")  # the headline SAEs with atom cards
 STEER = {"n_seeds": 1, "gen_tokens": 20, "gen_prompts": 4, "gen_scales": (1.0,)}  # within the budget; the study (4 seeds, 3 relations): sae-atoms steer
 # the study's quick sizes, one seed as in a full run (sae-atoms steer --quick keeps its 2), fewer targets and generations
 STEER_QUICK = {"n_seeds": 1, "n_targets": 2, "n_eval": 3, "gen_tokens": 6, "gen_prompts": 2}
@@ -94,6 +97,10 @@ class Settings:
     token_frontier: bool = True
     cards: bool = True
     frontier_targets: tuple[float, ...] | None = None
+    n_accuracy: int | None = None
+    n_geometry_facts: int | None = None
+    n_reasoning: int | None = None
+    n_cards: int | None = None
     frontier_units: tuple[str, ...] = frontier.UNITS
     frontier_expansion: float = frontier.FrontierConfig.expansion
     headline_l0: float = 16.0
@@ -173,7 +180,7 @@ def _model_and_prompts(s: Settings, device: Any, prog: Progress) -> _Job:
     data_key = {"model": s.model, "n_cities": s.n_cities, "relations": s.relations, "seed": s.seed,
                 "n_facts": len(facts), "version": 2}
     city = facts.filter(lambda r: r["relation"] == "city_country")
-    n_acc = min(len(city), 100 if s.quick else 1000)  # a seeded sample: full forward passes are the costly part
+    n_acc = min(len(city), s.n_accuracy)  # a seeded sample
     city = city.shuffle(seed=s.seed).select(range(n_acc))
     acc, reused = json_stage(out, "accuracy", data_key | {"n_acc": n_acc}, s.force,
                               lambda: fact_accuracy(model, city, progress=True))
@@ -201,10 +208,9 @@ def _geometry(job: _Job, prog: Progress) -> dict:
     prog("geometry")
     s, model = job.s, job.model
     geo_layers = s.geometry_layers or _default_geometry_layers(model.cfg.n_layers, job.layer, s.quick)
-    n_geo = 600 if s.quick else 1600
-    geo, reused = json_stage(s.out, "geometry", job.data_key | {"layers": geo_layers, "n_facts": n_geo, "version": 1},
+    geo, reused = json_stage(s.out, "geometry", job.data_key | {"layers": geo_layers, "n_facts": s.n_geometry_facts, "version": 1},
                               s.force, lambda: geometry.run_geometry(model, GeometryConfig(
-                                  layers=geo_layers, n_facts=n_geo, n_reasoning=100 if s.quick else 300, seed=s.seed)))
+                                  layers=geo_layers, n_facts=s.n_geometry_facts, n_reasoning=s.n_reasoning, seed=s.seed)))
     prog.done(reused)
     return geo
 
@@ -343,8 +349,8 @@ def _cards(job: _Job, prog: Progress) -> dict[str, str]:
     from sae_atoms import cards
 
     prog("cards")
-    use = [u for u in CARDS["units"] if u in job.saes and job.s.cards]
-    cfg = cards.CardConfig(n_cards=CARDS["n_cards"] // (4 if job.s.quick else 1), progress=False)
+    use = [u for u in CARDS_UNITS if u in job.saes and job.s.cards]
+    cfg = cards.CardConfig(n_cards=job.s.n_cards, progress=False)
 
     def compute(folder: Path) -> None:
         metric = frontier.reference_metric(job.train, job.hook)  # as the units table: one AIP for every SAE
@@ -352,7 +358,7 @@ def _cards(job: _Job, prog: Progress) -> dict[str, str]:
             site = cards.site_for(job.model, job.saes[u], job.fact_acts, job.hook, cfg, name=u, metric=metric)
             cards.write_cards(site, folder / u)
 
-    key = job.acts_key | {"saes": [str(_sae_key(job.saes[u])) for u in use], "cards": CARDS | {"n_cards": cfg.n_cards}, "version": 2}
+    key = job.acts_key | {"saes": [str(_sae_key(job.saes[u])) for u in use], "cards": {"units": CARDS_UNITS, "n_cards": cfg.n_cards}, "version": 2}
     _, reused = stage(job.s.out, "cards", key, job.s.force, compute, lambda f: None) if use else (None, False)
     for u in use:  # replaced whole: no card of an earlier run's units stays behind
         shutil.rmtree(job.s.out / "cards" / u, ignore_errors=True)
@@ -446,10 +452,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local HF folder or TransformerLens name")
     p.add_argument("--layer", type=int, default=None, help="layer of blocks.L.hook_resid_post (default: 2/5 of depth)")
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
+    steer_quick = steering.QUICK | STEER_QUICK
     p.add_argument("--quick", action="store_true", help=(
         f"a smoke run, not results to quote: {QUICK['n_cities']} cities, one relation, L0 targets "
         f"{'/'.join(f'{t:g}' for t in QUICK['frontier_targets'])}, {QUICK['train_steps']} steps per SAE, geometry up to the "
-        f"hook's layer, steering with {(steering.QUICK | STEER_QUICK)['n_targets']} targets x {(steering.QUICK | STEER_QUICK)['n_eval']} "
+        f"hook's layer, steering with {steer_quick['n_targets']} targets x {steer_quick['n_eval']} "
         f"prompts and {STEER_QUICK['n_seeds']} seed on city -> country"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--force", action="store_true", help="recompute every stage (ignore the cache in --out)")
@@ -478,7 +485,7 @@ def run_cli(args: argparse.Namespace) -> int:
                  force=args.force, seed=args.seed, n_cities=args.n_cities, train_steps=args.steps,
                  steer=not args.no_steer, token_frontier=not args.no_token_frontier, cards=not args.no_cards,
                  steer_relations=tuple(args.steer_relations))
-    gc.freeze()  # the imports' objects (~500k) live to the end: each stage's gc.collect (release_freed_memory) skips them
+    gc.freeze()  # the imports' objects live to the end: each stage's gc.collect (release_freed_memory) need not walk them
     results = run_reproduce(s)
     print("\n" + headline_table(results))
     if args.readme:

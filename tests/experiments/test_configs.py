@@ -29,6 +29,10 @@ def test_quick_sizes_fill_what_the_user_left_unset():
     quick, full = reproduce.Settings(quick=True), reproduce.Settings()
     assert quick.capacity_expansions == reproduce.QUICK["capacity_expansions"] != full.capacity_expansions
     assert reproduce.Settings(quick=True, capacity_expansions=(1, 8)).capacity_expansions == (1, 8)
+    assert set(reproduce.QUICK) == set(reproduce.FULL)  # each size in one place, both runs naming it
+    for k in reproduce.QUICK:
+        assert getattr(quick, k) == reproduce.QUICK[k] and getattr(full, k) == reproduce.FULL[k]
+    assert reproduce.Settings(quick=True, n_cards=7).n_cards == 7
 
 
 def test_geometry_layers_quick_stop_at_the_hook_and_full_reach_the_last():
