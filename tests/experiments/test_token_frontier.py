@@ -281,3 +281,22 @@ def test_a_killed_run_resumes_from_the_runners_checkpoint(real_model, tmp_path, 
     assert len(steps) == 5 * len(c.units) and set(resumed) == set(at_kill) == set(at_resume)
     for name, w in at_kill.items():
         assert torch.equal(at_resume[name], w)  # tsae kinds too: a checkpoint keeps the decoder parameter as it was
+
+
+def test_the_cli_passes_the_held_out_and_pass_sizes_to_the_config(monkeypatch, tmp_path):
+    import sae_atoms.models
+    from sae_atoms.cli import main
+
+    seen = {}
+
+    def run(model, c, **kw):
+        seen["c"] = c
+        raise SystemExit(0)
+
+    monkeypatch.setattr(sae_atoms.models, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(TF, "run_token_frontier", run)
+    with pytest.raises(SystemExit):
+        main(["token-frontier", "--out", str(tmp_path), "--heldout-doc-tokens", "1024", "--ref-tokens", "4096",
+              "--eval-batch-prompts", "32", "--batch-tokens", "4096", "--tokens", "8192"])
+    c = seen["c"]
+    assert (c.heldout_doc_tokens, c.ref_tokens, c.eval_batch_prompts, c.batch_tokens) == (1024, 4096, 32, 4096)
