@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -62,3 +63,18 @@ def test_shared_passes_equal_run_evals_on_the_real_model(real_model):
                     "kl_div_with_sae", "l0", "explained_variance"):
             assert mine[key] == pytest.approx(flat[key], rel=1e-4, abs=1e-5), key
         assert 0.0 < flat["l0"] < 2 * real_model.cfg.d_model
+
+
+def test_clustered_se_is_the_usual_se_for_singletons_and_sees_shared_cluster_noise():
+    from sae_atoms.evals.downstream import clustered_se
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(500, generator=g, dtype=torch.float64)
+    assert clustered_se(v, torch.arange(500)) == pytest.approx(float(v.std() / 500 ** 0.5), rel=1e-9)
+    # 400 clusters of 50 values sharing an offset: the mean's true SE is sqrt(1/400 + 1/20000) ~ 0.0505,
+    # while values treated as independent give sqrt(2/20000) ~ 0.0100
+    c = torch.arange(400).repeat_interleave(50)
+    v = torch.randn(400, generator=g, dtype=torch.float64)[c] + torch.randn(20_000, generator=g, dtype=torch.float64)
+    assert clustered_se(v, c) == pytest.approx((1 / 400 + 1 / 20_000) ** 0.5, rel=0.15)
+    assert float(v.std() / len(v) ** 0.5) < 0.3 * clustered_se(v, c)
+    assert math.isnan(clustered_se(v, torch.zeros(len(v), dtype=torch.long)))  # one cluster: no estimate

@@ -56,7 +56,9 @@ def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterab
     divided by ``CE_ablation - CE_clean`` (unpaired: two SAEs' scores on the same tokens differ with
     less noise than this). ``reference`` ``{name: other}`` adds, for ``name``, ``ce_loss_score_vs_ref``
     (its score minus ``other``'s) and ``ce_loss_score_vs_ref_se``: paired over the same tokens, the
-    standard error of the mean of ``CE_other - CE_name`` over ``CE_ablation - CE_clean``."""
+    standard error of the mean of ``CE_other - CE_name`` over ``CE_ablation - CE_clean``. Both are
+    clustered by row (``clustered_se``): the tokens of a row come from one or two documents and do
+    not vary independently, so a per-token standard error understates the noise of a mean over them."""
     from tqdm.auto import tqdm
 
     layer = hook_layer(hook)
@@ -66,6 +68,7 @@ def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterab
     rows = torch.as_tensor(list(map(list, rows)), dtype=torch.long)
     ignore = torch.tensor(special_ids(model), dtype=torch.long, device=dev)
     vals: dict[str, list[Tensor]] = {k: [] for k in BASE_KEYS} | {f"{n}/{k}": [] for n in saes for k in KEYS}
+    row_of: list[Tensor] = []  # each counted CE token's row: the clusters of the standard errors
     entry = f"blocks.{layer}.hook_resid_pre"
     got: dict[str, Tensor] = {}  # the clean pass's activations at the block's entry and at the hook
     save = lambda act, hook: got.__setitem__(hook.name, act)  # noqa: E731
@@ -80,6 +83,7 @@ def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterab
         abl, abl_ce = model.run_with_hooks(t, return_type="both", loss_per_token=True,
                                            fwd_hooks=[(hook, lambda act, hook: torch.zeros_like(act))])
         vals["ce_loss_without_sae"].append(ce[keep[:, :-1]].double().cpu())
+        row_of.append(torch.arange(s, s + len(t))[:, None].expand(-1, t.shape[1] - 1)[keep[:, :-1].cpu()])
         vals["ce_loss_with_ablation"].append(abl_ce[keep[:, :-1]].double().cpu())
         vals["kl_div_with_ablation"].append(_kl(clean_p, abl.log_softmax(-1))[keep].double().cpu())
         del abl
@@ -92,6 +96,7 @@ def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterab
             vals[f"{name}/ce_loss_with_sae"].append(_ce(logp, t)[keep[:, :-1]].double().cpu())  # CE and KL: one softmax
             vals[f"{name}/kl_div_with_sae"].append(_kl(clean_p, logp)[keep].double().cpu())
     cat = {k: torch.cat(v) for k, v in vals.items()}
+    rows_of = torch.cat(row_of)
     mean = {k: float(v.mean()) for k, v in cat.items()}
     base = {k: mean[k] for k in BASE_KEYS}
     result = {}
@@ -100,19 +105,33 @@ def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterab
         r["ce_loss_score"] = (r["ce_loss_with_ablation"] - r["ce_loss_with_sae"]) / (r["ce_loss_with_ablation"] - r["ce_loss_without_sae"])
         r["kl_div_score"] = (r["kl_div_with_ablation"] - r["kl_div_with_sae"]) / r["kl_div_with_ablation"]
         ce = cat[f"{name}/ce_loss_with_sae"]  # the score's standard error from the per-token spread of CE_sae
-        r["ce_loss_score_se"] = float(ce.std() / len(ce) ** 0.5) / (r["ce_loss_with_ablation"] - r["ce_loss_without_sae"])
+        r["ce_loss_score_se"] = clustered_se(ce, rows_of) / (r["ce_loss_with_ablation"] - r["ce_loss_without_sae"])
         result[name] = r
     for name, other in (reference or {}).items():
-        result[name] |= _paired(result[name], result[other], cat[f"{name}/ce_loss_with_sae"], cat[f"{other}/ce_loss_with_sae"])
+        result[name] |= _paired(result[name], result[other], cat[f"{name}/ce_loss_with_sae"], cat[f"{other}/ce_loss_with_sae"],
+                                rows_of)
     return result
 
 
-def _paired(r: dict[str, float], other: dict[str, float], ce: Tensor, other_ce: Tensor) -> dict[str, float]:
+def _paired(r: dict[str, float], other: dict[str, float], ce: Tensor, other_ce: Tensor, rows: Tensor) -> dict[str, float]:
     """``r``'s CE-loss score minus ``other``'s, and its standard error paired over the same tokens."""
-    d = other_ce - ce
     den = r["ce_loss_with_ablation"] - r["ce_loss_without_sae"]
     return {"ce_loss_score_vs_ref": r["ce_loss_score"] - other["ce_loss_score"],
-            "ce_loss_score_vs_ref_se": float(d.std() / len(d) ** 0.5) / den}
+            "ce_loss_score_vs_ref_se": clustered_se(other_ce - ce, rows) / den}
+
+
+def clustered_se(values: Tensor, clusters: Tensor) -> float:
+    """Standard error of ``values.mean()`` when values of one cluster may be correlated:
+    ``sqrt(G / (G - 1) * sum_g (sum_{i in g} (v_i - mean))^2) / n`` over the ``G`` clusters present
+    (the cluster-robust CR1 estimator; Cameron & Miller 2015, "A Practitioner's Guide to
+    Cluster-Robust Inference"). One value per cluster gives the usual ``std / sqrt(n)``; NaN for
+    fewer than two clusters."""
+    _, g = torch.unique(clusters, return_inverse=True)
+    n_g = int(g.max()) + 1 if len(g) else 0
+    if n_g < 2:
+        return float("nan")
+    sums = torch.zeros(n_g, dtype=torch.float64).index_add_(0, g, (values - values.mean()).double())
+    return float((n_g / (n_g - 1) * sums.pow(2).sum()).sqrt() / len(values))
 
 
 @torch.no_grad()

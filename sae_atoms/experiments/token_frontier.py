@@ -392,7 +392,7 @@ def goal_check(rows: Sequence[dict], tolerance: float = 0.15) -> list[dict]:
                     "atoms_ce": atoms["ce_loss_score"],
                     "best_ce": (best_ce["unit"], best_ce["ce_loss_score"]), "atoms_q": atoms["q_star_b"],
                     "best_q": (best_q["unit"], best_q["q_star_b"]),
-                    "ce_gap_se": best_ce.get("ce_minus_atoms_se")})  # atoms minus the best other, paired over tokens
+                    "ce_gap_se": best_ce.get("ce_minus_atoms_se")})  # atoms minus the best other, paired over tokens (SE clustered by row)
     return out
 
 
