@@ -95,16 +95,18 @@ def downstream_scores(saes: Mapping[str, Any], model: Any, rows: Iterable[Iterab
                                         fwd_hooks=[(hook, lambda act, hook, v=x_hat: v)]).log_softmax(-1)
             vals[f"{name}/ce_loss_with_sae"].append(_ce(logp, t)[keep[:, :-1]].double().cpu())  # CE and KL: one softmax
             vals[f"{name}/kl_div_with_sae"].append(_kl(clean_p, logp)[keep].double().cpu())
-    cat = {k: torch.cat(v) for k, v in vals.items()}
-    rows_of = torch.cat(row_of)
+    return _scores(list(saes), {k: torch.cat(v) for k, v in vals.items()}, torch.cat(row_of), reference)
+
+
+def _scores(names: list[str], cat: dict[str, Tensor], rows_of: Tensor, reference: Mapping[str, str] | None) -> dict[str, dict[str, float]]:
+    """``downstream_scores``'s figures from the counted tokens' values (``cat``) and their rows."""
     mean = {k: float(v.mean()) for k, v in cat.items()}
-    base = {k: mean[k] for k in BASE_KEYS}
     result = {}
-    for name in saes:
-        r = base | {k: mean[f"{name}/{k}"] for k in KEYS}
+    for name in names:
+        r = {k: mean[k] for k in BASE_KEYS} | {k: mean[f"{name}/{k}"] for k in KEYS}
         r["ce_loss_score"] = (r["ce_loss_with_ablation"] - r["ce_loss_with_sae"]) / (r["ce_loss_with_ablation"] - r["ce_loss_without_sae"])
         r["kl_div_score"] = (r["kl_div_with_ablation"] - r["kl_div_with_sae"]) / r["kl_div_with_ablation"]
-        ce = cat[f"{name}/ce_loss_with_sae"]  # the score's standard error from the per-token spread of CE_sae
+        ce = cat[f"{name}/ce_loss_with_sae"]  # the score's standard error from the spread of CE_sae
         r["ce_loss_score_se"] = clustered_se(ce, rows_of) / (r["ce_loss_with_ablation"] - r["ce_loss_without_sae"])
         result[name] = r
     for name, other in (reference or {}).items():
