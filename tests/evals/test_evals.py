@@ -68,7 +68,7 @@ def test_orthonormal_units_mu_zero_bound_and_qstar_one():
     assert qb == 1.0 and float(mu_i.max()) < 1e-6
 
 
-@pytest.mark.parametrize("max_elements", [1 << 24, 700])  # the Gram read whole; batched products of few sets
+@pytest.mark.parametrize("max_elements", [1 << 24, 300])  # the |Gram| read; batched products (40 units^2 > 4 * 300)
 def test_per_sample_coherence_is_the_largest_active_pair_cosine(max_elements):
     g = torch.Generator().manual_seed(3)
     D = E.unit_directions(torch.randn(40, 12, generator=g))
