@@ -274,7 +274,7 @@ def per_sample_coherence(codes: Tensor, directions_unit: Tensor, device: Any = N
     ``|A_i| < 2``. The distinct active sets go in batches of similar size (sorted by ``|A|``,
     padded to the batch's largest, at most ``max_elements`` floats per batched Gram): one
     batched product per batch rather than one small product (and one device sync) per set,
-    which on a GPU left the evaluation of 32k tokens bound by launches.
+    which on a GPU left a large evaluation bound by launches and syncs.
     """
     dev = resolve_device(device)
     uniq, inverse = torch.unique(codes != 0, dim=0, return_inverse=True)
