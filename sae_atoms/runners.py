@@ -195,7 +195,8 @@ def _fit_metrics_first(runner: Any, cfg: Any) -> None:
                 sae.observe_metric_batch(batch[hooks[name]].to(sae.device))
 
 
-def build_runner(cfg: Any, model: Any = None, dataset: Any = None, lrs: dict[str, float] | None = None) -> Any:
+def build_runner(cfg: Any, model: Any = None, dataset: Any = None, lrs: dict[str, float] | None = None,
+                 massive_ratio: float | None = None) -> Any:
     """SAELens's runner for ``cfg`` with sae_atoms's model loading and checks: a
     ``LanguageModelSAETrainingRunner`` for a ``LanguageModelSAERunnerConfig``, a
     ``MultiSAETrainingRunner`` for a ``MultiSAETrainingRunnerConfig`` (several SAEs, one forward pass).
@@ -205,7 +206,8 @@ def build_runner(cfg: Any, model: Any = None, dataset: Any = None, lrs: dict[str
     the buffer must hold a batch (``check_runner_buffer``). Wandb is forced off. A ``tsae_aip`` SAE's
     metric is fitted from the first ``n_batches_for_metric`` batches of the runner's activation store
     before training. ``lrs`` (multi runner): SAE name -> its own learning rate (``set_learning_rate``);
-    the others train at ``cfg.lr``.
+    the others train at ``cfg.lr``. ``massive_ratio``: leave out of every batch the tokens whose norm
+    exceeds that many times the median (``sae_atoms.massive.drop_massive_tokens``), metric fit included.
     """
     from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 
@@ -223,5 +225,9 @@ def build_runner(cfg: Any, model: Any = None, dataset: Any = None, lrs: dict[str
             runner = _runner_class(MultiSAETrainingRunner, lrs)(cfg, override_dataset=dataset, override_model=model)
         else:
             runner = _runner_class(LanguageModelSAETrainingRunner)(cfg, override_dataset=dataset, override_model=model)
+    if massive_ratio is not None:
+        from sae_atoms.massive import drop_massive_tokens
+
+        drop_massive_tokens(runner.activations_store, massive_ratio)
     _fit_metrics_first(runner, cfg)
     return runner

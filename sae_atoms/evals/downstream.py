@@ -140,13 +140,20 @@ def clustered_se(values: Tensor, clusters: Tensor) -> float:
 def sparsity_and_variance(sae: Any, x: Tensor, batch_size: int = 4096) -> dict[str, float]:
     """``run_evals``'s ``l0`` (mean number of nonzero codes) and ``explained_variance`` (SAELens's
     ``ExplainedVarianceCalculator``: 1 - E||x - x_hat||^2 / total variance) on activations ``x``
-    ``[n, d]`` already stripped of special tokens, with no model pass."""
+    ``[n, d]`` already stripped of special tokens, with no model pass; ``explained_variance_typical``:
+    the same over the tokens that are not massive (``sae_atoms.massive.typical``: norm at most 10x the
+    median of ``x``), whose few outliers can otherwise hold most of the denominator."""
     from sae_lens.evals import ExplainedVarianceCalculator
 
-    ev, l0 = ExplainedVarianceCalculator(), 0.0
+    from sae_atoms.massive import typical
+
+    ev, ev_typical, l0 = ExplainedVarianceCalculator(), ExplainedVarianceCalculator(), 0.0
+    keep = typical(x)
     for s in range(0, x.shape[0], batch_size):
         xb = x[s:s + batch_size].to(sae.W_dec.device, sae.dtype)
         codes = sae.encode(xb)
-        ev.add_batch(sae.decode(codes).to(xb.dtype), xb)
+        x_hat, k = sae.decode(codes).to(xb.dtype), keep[s:s + batch_size].to(xb.device)
+        ev.add_batch(x_hat, xb)
+        ev_typical.add_batch(x_hat[k], xb[k])
         l0 += float((codes != 0).sum())
-    return {"l0": l0 / x.shape[0], "explained_variance": ev.compute()}
+    return {"l0": l0 / x.shape[0], "explained_variance": ev.compute(), "explained_variance_typical": ev_typical.compute()}

@@ -299,7 +299,7 @@ def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> No
 
 def _token_frontier_section(r: "Report", results: dict, plots: Path, out: Path) -> None:
     """The token benchmark (small in the main job): table, plot, reading."""
-    from sae_atoms.experiments import token_frontier
+    from sae_atoms.experiments import token_frontier, token_reading
 
     tf = results.get("token_frontier") or {}
     if not tf.get("rows"):
@@ -316,10 +316,10 @@ def _token_frontier_section(r: "Report", results: dict, plots: Path, out: Path) 
         f"reference AIP fitted on {st['ref_tokens']} training tokens. Activation norms of the evaluation tokens: median "
         f"{fmt(st['eval_norms']['p50'])}, p99 {fmt(st['eval_norms']['p99'])}, max {fmt(st['eval_norms']['max'])}. A small "
         f"version of `sae-atoms token-frontier`: a CPU budget, few steps; not converged SAEs.")
-    keys = list(token_frontier.row_keys(tf["rows"])[1:])
+    keys = list(token_reading.row_keys(tf["rows"])[1:])
     r.table(["unit", *keys], [[x["unit"], *[x.get(k) for k in keys]] for x in tf["rows"]])
-    r.bullets(token_frontier.reading(tf["rows"]))
-    p = token_frontier.plot_token_frontier(tf["rows"], plots / "token_frontier.png")
+    r.bullets(token_reading.reading(tf["rows"]))
+    p = token_reading.plot_token_frontier(tf["rows"], plots / "token_frontier.png")
     r.img(str(p.relative_to(out)), "token frontier")
 
 

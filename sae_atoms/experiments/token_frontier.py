@@ -53,23 +53,21 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from sae_atoms.aip import AIPMetric
 from sae_atoms.argtypes import named_fields, unit_lr
 from sae_atoms.corpus import hook_activations, split_documents, token_rows
-from sae_atoms.io import atomic_dir, save_figure, write_json
+from sae_atoms.io import atomic_dir, write_json
+from sae_atoms.massive import MASSIVE_RATIO, massive_share
 from sae_atoms.units import ATOMS_ALPHA, unit_config
 
 TOKEN_UNITS = ("atoms", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
                "features_batchtopk", "features_matryoshka")
 DEFAULT_TARGETS = (16, 32, 64, 128)
 DEFAULT_HOOK = "blocks.12.hook_resid_post"
-ROW_KEYS = ("unit", "target_l0", "l0", "ce_loss_score", "ce_loss_score_se", "kl_div_score", "explained_variance", "r2_aip", "mu", "mu_raw",
-            "q_star_a", "q_star_b", "dead_frac")
-CE_MARGIN = 0.005  # the goal: atoms' CE-loss score >= the best other unit's - CE_MARGIN at every matched L0
 
 
 @dataclass(frozen=True)
@@ -95,6 +93,7 @@ class TokenFrontierConfig:
     eval_batch_prompts: int = 4        # rows per run_evals pass (each logits tensor: rows x context x vocab floats)
     norm_batches: int = 20            # first batches the input normalisations (and atoms' metric) are estimated on
     n_checkpoints: int = 2
+    drop_massive: bool = False        # leave massive tokens (norm > 10x the median: sae_atoms.massive) out of training
     stability: bool = False           # also train each SAE's twins: another initialisation, and twice the width
     seed: int = 0
     atoms_variants: tuple = ()        # ((name, ((field, value), ...)), ...): atoms designs trained beside, as atoms_<name>
@@ -115,16 +114,6 @@ TWINS = {"_init2": 1.0, "_wide": 2.0}  # stability twins of an SAE: name suffix 
 def twin_widths(c: TokenFrontierConfig) -> dict[str, float]:
     """Each SAE name's suffix -> width factor: the SAE itself, and its ``TWINS`` with ``c.stability``."""
     return {"": 1.0, **(TWINS if c.stability else {})}
-
-
-def row_keys(rows: Sequence[dict]) -> tuple[str, ...]:
-    """``ROW_KEYS``, the paired CE-loss score difference with atoms when rows have it (every unit but
-    atoms, when atoms were trained) and the stability columns when rows have them
-    (``TokenFrontierConfig.stability``)."""
-    from sae_atoms.evals.stability import row_keys as stability_keys
-
-    paired = ("ce_minus_atoms", "ce_minus_atoms_se") if any("ce_minus_atoms" in r for r in rows) else ()
-    return ROW_KEYS + paired + stability_keys(rows)
 
 
 def trained_units(c: TokenFrontierConfig) -> tuple[str, ...]:
@@ -223,7 +212,7 @@ def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, devic
 
     cfg = runner_config(c, model, out, device, latest_checkpoint(out) if resume else None)
     lrs = {sae_name(u, t) + k: lr for u, lr in c.unit_lrs for t in c.targets for k in twin_widths(c)}
-    runner = seeded_runner(cfg, model, train, c.seed, lrs)
+    runner = seeded_runner(cfg, model, train, c.seed, lrs, massive_ratio=MASSIVE_RATIO if c.drop_massive else None)
     if cfg.resume_from_checkpoint is None:  # threshold units held to their target by the quadratic L0 loss
         for sae in runner.saes.values():
             if getattr(sae.cfg, "jumprelu_sparsity_loss_mode", None) == "quadratic":
@@ -233,14 +222,15 @@ def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, devic
             int(runner.activations_store.n_dataset_processed))
 
 
-def seeded_runner(cfg: Any, model: Any, train: Any, seed: int, lrs: dict[str, float] | None = None) -> Any:
+def seeded_runner(cfg: Any, model: Any, train: Any, seed: int, lrs: dict[str, float] | None = None,
+                  massive_ratio: float | None = None) -> Any:
     """``runners.build_runner`` with the global RNG seeded first: SAELens's runners draw every SAE's
     initialisation from it in turn, so without a seed they depend on what ran before (e.g. whether a
     main job's earlier stages came from its cache)."""
     from sae_atoms.runners import build_runner
 
     torch.manual_seed(seed)
-    return build_runner(cfg, model=model, dataset=train, lrs=lrs)
+    return build_runner(cfg, model=model, dataset=train, lrs=lrs, massive_ratio=massive_ratio)
 
 
 def _remove_training_files(out: Path) -> None:
@@ -289,7 +279,7 @@ def match_to_target(sae: Any, x_val: torch.Tensor, target: float) -> float | Non
 def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, out: Path, device: str = "cpu",
                        resume: bool = False, progress: bool = True, **overrides: Any) -> dict[str, Any]:
     """Train (one runner pass), match L0 on validation documents, evaluate on evaluation documents;
-    returns ``{"settings", "rows", "seconds"}`` (rows: ``ROW_KEYS`` and a few more) and saves the
+    returns ``{"settings", "rows", "seconds"}`` (rows: ``token_reading.ROW_KEYS`` and a few more) and saves the
     matched SAEs to ``out/saes/<unit>_l0_<T>`` (SAELens format)."""
     from tqdm.auto import tqdm
 
@@ -366,82 +356,14 @@ def _settings(c: TokenFrontierConfig, data: dict[str, Any], x_val: torch.Tensor,
 
 
 def _norms(x: torch.Tensor) -> dict[str, float]:
-    """Median, 99th percentile and largest activation norm: one outlier token can make up most of the
-    explained variance's denominator."""
+    """Median, 99th percentile and largest activation norm, and the massive tokens' share
+    (``sae_atoms.massive``): a few outlier tokens can make up most of explained variance's denominator."""
     n = x.norm(dim=1)
-    return {"p50": float(n.median()), "p99": float(n.quantile(0.99)), "max": float(n.max())}
+    return {"p50": float(n.median()), "p99": float(n.quantile(0.99)), "max": float(n.max())} | {
+        f"massive_{k}": v for k, v in massive_share(x).items()}
 
 
-# --------------------------------------------------------------------------- reading, table, plot, CLI
-def goal_check(rows: Sequence[dict], tolerance: float = 0.15) -> list[dict]:
-    """At each target: whether every row's L0 is within ``tolerance`` of it, atoms' CE-loss score
-    >= the best other unit's - ``CE_MARGIN``, and atoms' q* (b) the highest of all units (and above
-    zero: a tie at zero is no unit being stable, not atoms leading)."""
-    out = []
-    for t in sorted({r["target_l0"] for r in rows}):
-        at = [r for r in rows if r["target_l0"] == t]
-        atoms = next((r for r in at if r["unit"] == "atoms"), None)
-        others = [r for r in at if r["unit"] != "atoms" and "design" not in r]  # designs of atoms are not rivals
-        if atoms is None or not others:
-            continue
-        best_ce = max(others, key=lambda r: r["ce_loss_score"])
-        best_q = max(others, key=lambda r: r["q_star_b"])
-        out.append({"target_l0": t, "matched": all(abs(r["l0"] - t) <= tolerance * t for r in at),
-                    "ce_ok": atoms["ce_loss_score"] >= best_ce["ce_loss_score"] - CE_MARGIN,
-                    "q_ok": atoms["q_star_b"] >= best_q["q_star_b"] and atoms["q_star_b"] > 0,
-                    "atoms_ce": atoms["ce_loss_score"],
-                    "best_ce": (best_ce["unit"], best_ce["ce_loss_score"]), "atoms_q": atoms["q_star_b"],
-                    "best_q": (best_q["unit"], best_q["q_star_b"]),
-                    "ce_gap_se": best_ce.get("ce_minus_atoms_se")})  # atoms minus the best other, paired over tokens (SE clustered by row)
-    return out
-
-
-def reading(rows: Sequence[dict]) -> list[str]:
-    """The goal check in plain words, computed from the rows."""
-    checks = goal_check(rows)
-    if not checks:
-        return []
-    se = lambda g: f" ± {g['ce_gap_se']:.4f} paired SE" if g["ce_gap_se"] is not None else ""  # noqa: E731
-    parts = [f"L0 {g['target_l0']:g}: atoms CE-loss score {g['atoms_ce']:.4f} vs best other {g['best_ce'][1]:.4f} "
-             f"({g['best_ce'][0]}; atoms minus it {g['atoms_ce'] - g['best_ce'][1]:+.4f}{se(g)}), "
-             f"q* (b) {g['atoms_q']:.3f} vs {g['best_q'][1]:.3f} ({g['best_q'][0]})"
-             f"{'' if g['matched'] else ', L0 not matched within 15%'}" for g in checks]
-    n_ce, n_q = sum(g["ce_ok"] for g in checks), sum(g["q_ok"] for g in checks)
-    return [f"Token stream, held-out documents (goal: atoms' CE-loss score >= the best other unit's - {CE_MARGIN} and "
-            f"atoms' q* (b) the highest): CE part met at {n_ce}/{len(checks)} targets, q* part at {n_q}/{len(checks)}. "
-            + "; ".join(parts) + "."]
-
-
-def format_table(rows: Sequence[dict]) -> str:
-    from sae_atoms.evals import table
-
-    return table.format_table([(r["unit"], r) for r in rows], row_keys(rows)[1:], label="unit", digits=4, missing="–",
-                              markdown=True)
-
-
-def plot_token_frontier(rows: Sequence[dict], path: Path) -> Path:
-    """CE-loss score, explained variance and q* (b) against held-out L0, one line per unit (SAEBench style)."""
-    import matplotlib.pyplot as plt
-
-    from sae_atoms.experiments.frontier import _STYLES
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    units = list(dict.fromkeys(r["unit"] for r in rows))
-    for ax, (key, title) in zip(axes, (("ce_loss_score", "CE-loss score"), ("explained_variance", "explained variance"),
-                                       ("q_star_b", "q* (b), AIP"))):
-        for i, u in enumerate(units):
-            marker, ls = _STYLES[i % len(_STYLES)]
-            pts = sorted((r["l0"], r[key]) for r in rows if r["unit"] == u and r.get(key) is not None)
-            ax.plot(*zip(*pts), marker=marker, ls=ls, ms=max(11 - 1.2 * i, 4), mfc="none", mew=1.5, label=u)
-        ax.set_xscale("log", base=2)
-        ax.set(xlabel="L0 (held-out documents)", ylabel=title, title=title)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(units), 4), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    return save_figure(fig, path)
-
-
+# --------------------------------------------------------------------------- CLI
 def configure_parser(p: argparse.ArgumentParser) -> None:
     d = TokenFrontierConfig()
     p.add_argument("--model", default="smollm2-135m", help="a TransformerLens model (default: the embedded SmolLM2-135M)")
@@ -466,6 +388,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref-tokens", type=int, default=d.ref_tokens, help="training-stream tokens the reference AIP is fitted on")
     p.add_argument("--eval-batch-prompts", type=int, default=d.eval_batch_prompts, help="rows per run_evals pass (more on a GPU)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--drop-massive", action="store_true", help=f"leave tokens with a norm above {MASSIVE_RATIO:g}x the "
+                                                               "median of their batch out of training (SAEBench's rule)")
     p.add_argument("--stability", action="store_true", help="also train each SAE's twins (another initialisation; "
                                                            "twice the width) for init and width consistency")
     p.add_argument("--atoms-variant", type=named_fields, action="append", default=[], metavar="NAME=FIELD:VALUE,...",
@@ -479,6 +403,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from sae_atoms.experiments.token_reading import format_table, plot_token_frontier, reading
     from sae_atoms.models import load_model
 
     targets = tuple(int(t) if float(t).is_integer() else t for t in args.targets)  # 32, not 32.0, in the table
@@ -487,7 +412,7 @@ def run_cli(args: argparse.Namespace) -> int:
                             batch_tokens=args.batch_tokens, lr=args.lr, atoms_training=args.atoms_training,
                             atoms_alpha=args.atoms_alpha, val_tokens=args.val_tokens,
                             eval_tokens=args.eval_tokens, heldout_doc_tokens=args.heldout_doc_tokens,
-                            ref_tokens=args.ref_tokens, eval_batch_prompts=args.eval_batch_prompts, seed=args.seed, stability=args.stability,
+                            ref_tokens=args.ref_tokens, eval_batch_prompts=args.eval_batch_prompts, seed=args.seed, stability=args.stability, drop_massive=args.drop_massive,
                             atoms_variants=tuple(args.atoms_variant), unit_lrs=tuple(args.unit_lr))
     check_config(c)
     out = Path(args.out)

@@ -10,6 +10,7 @@ import torch
 
 from sae_atoms.corpus import hook_activations
 from sae_atoms.experiments import token_frontier as TF
+from sae_atoms.experiments import token_reading as TR
 
 
 def _row(unit: str, t: float, l0: float, ce: float, q: float) -> dict:
@@ -20,17 +21,17 @@ def test_goal_check_reads_the_ce_margin_and_the_highest_q_star():
     rows = [_row("atoms", 16, 16.5, 0.900, 0.30), _row("features_topk", 16, 16.0, 0.904, 0.20),
             _row("atoms", 32, 40.0, 0.890, 0.10), _row("features_topk", 32, 32.0, 0.900, 0.20),
             _row("atoms", 64, 64.0, 0.950, 0.00), _row("features_topk", 64, 64.0, 0.950, 0.00)]
-    g16, g32, g64 = TF.goal_check(rows)
+    g16, g32, g64 = TR.goal_check(rows)
     assert g64["ce_ok"] and not g64["q_ok"]  # a tie at zero: no unit is stable
     assert (g16["ce_ok"], g16["q_ok"], g16["matched"]) == (True, True, True)  # 0.900 >= 0.904 - 0.005
     assert (g32["ce_ok"], g32["q_ok"], g32["matched"]) == (False, False, False)  # 40 is 25% above 32
     assert g32["best_ce"] == ("features_topk", 0.900)
-    text = TF.reading(rows)[0]
+    text = TR.reading(rows)[0]
     assert "CE part met at 2/3" in text and "q* part at 1/3" in text and "L0 not matched" in text
     assert g16["ce_gap_se"] is None and "paired SE" not in text
     rows[1] |= {"ce_minus_atoms": 0.004, "ce_minus_atoms_se": 0.0021}
-    assert TF.goal_check(rows)[0]["ce_gap_se"] == 0.0021
-    assert "(features_topk; atoms minus it -0.0040 ± 0.0021 paired SE), q* (b) 0.300 vs 0.200" in TF.reading(rows)[0]
+    assert TR.goal_check(rows)[0]["ce_gap_se"] == 0.0021
+    assert "(features_topk; atoms minus it -0.0040 ± 0.0021 paired SE), q* (b) 0.300 vs 0.200" in TR.reading(rows)[0]
 
 
 @pytest.mark.parametrize("field, value, match", [("units", ("atoms", "neurons"), "unknown token-frontier units"),
@@ -147,7 +148,7 @@ def test_atoms_variants_train_beside_atoms_and_are_not_their_rivals(tiny_model, 
     assert saes["atoms_alpha0.6_l0_4"].n_batches_for_metric == 3 and saes["atoms_alpha0.6_l0_4"].target_l0 == 4.0
     rows = [_row("atoms", 4, 4.0, 0.90, 0.1), _row("features_topk", 4, 4.0, 0.89, 0.0),
             _row("atoms_alpha0.6", 4, 4.0, 0.99, 0.5) | {"design": {"aip_alpha": 0.6}}]
-    g = TF.goal_check(rows)[0]
+    g = TR.goal_check(rows)[0]
     assert g["ce_ok"] and g["q_ok"] and g["best_ce"] == ("features_topk", 0.89)
     for bad, match in (("x=no_such_field:1", "no_such_field"), ("x=aip_alpha:2", "aip_alpha")):
         with pytest.raises(ValueError, match=match):
@@ -178,7 +179,7 @@ def test_unit_learning_rates_reach_every_sae_of_that_unit(tiny_model, tmp_path, 
             TF.check_config(replace(c, unit_lrs=bad))
     got = {}
 
-    def capture(cfg, model, train, seed, lrs=None):
+    def capture(cfg, model, train, seed, lrs=None, massive_ratio=None):
         got.update(lrs)
         raise KeyboardInterrupt
 
@@ -221,12 +222,12 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
     assert set(rows) == {*c.units, "atoms_full"} and rows["atoms_full"]["design"] == {"aip_alpha": 1.0}
     assert res["settings"]["atoms_variants"] == {"atoms_full": {"aip_alpha": 1.0}}
     for unit, r in rows.items():
-        assert set(TF.ROW_KEYS) <= set(r)
+        assert set(TR.ROW_KEYS) <= set(r)
         assert -1.0 < r["ce_loss_score"] <= 1.0 and r["ce_loss_with_ablation"] > r["ce_loss_without_sae"]
         assert 0.0 <= r["dead_frac"] <= 1.0 and 0.0 <= r["q_star_b"] <= 1.0
         assert 0.0 <= r["seed_consistency"] <= 1.0 and 0.0 < r["width_mean_cos"] <= 1.0  # the twins' consistency
     assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(TF.sae_name(u, 16) for u in rows)  # no twin saved
-    assert "seed_consistency" in TF.format_table(res["rows"]) and "ce_minus_atoms_se" in TF.format_table(res["rows"])
+    assert "seed_consistency" in TR.format_table(res["rows"]) and "ce_minus_atoms_se" in TR.format_table(res["rows"])
     assert "ce_minus_atoms" not in rows["atoms"]  # the others' CE-loss score minus atoms', paired over tokens
     for unit in ("features_jumprelu", "features_topk", "atoms_full"):
         assert rows[unit]["ce_minus_atoms"] == pytest.approx(rows[unit]["ce_loss_score"] - rows["atoms"]["ce_loss_score"])
