@@ -244,3 +244,40 @@ def test_build_runner_warns_when_the_dataset_is_shorter_than_what_the_runner_rea
         warnings.simplefilter("always")
         R.build_runner(config(256))  # 256 + 256 + 256 = 768 tokens: it fits
     assert not any("rows of 16 tokens" in str(w.message) for w in got)
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_build_runner_with_massive_ratio_leaves_the_massive_tokens_out_of_the_stores_batches(real_model):
+    """Rows starting mid-sentence give SmolLM2 a massive token right after BOS (an attention sink):
+    the store's batches carry them unless ``massive_ratio`` is set, and then carry every other token."""
+    import datasets
+    from sae_lens import MultiSAETrainingRunnerConfig
+
+    from sae_atoms.corpus import split_documents, token_rows
+    from sae_atoms.evals.downstream import special_ids
+    from sae_atoms.massive import typical
+    from tests.conftest import REAL_HOOK
+
+    rows = token_rows(split_documents("human-en", "train")[:400], real_model, 128, 128 * 64, "documents")[:64]
+    with torch.no_grad():
+        _, cache = real_model.run_with_cache(torch.tensor(rows), names_filter=REAL_HOOK)
+    kept = ~torch.isin(torch.tensor(rows), torch.tensor(special_ids(real_model)))  # the store drops special tokens
+    n_massive = int((~typical(cache[REAL_HOOK][kept])).sum())
+    assert n_massive >= 1  # the data has some: a row's first token after BOS, mid-sentence
+    d = real_model.cfg.d_model
+    seen = {}
+    for ratio in (None, 10.0):
+        cfg = MultiSAETrainingRunnerConfig(
+            saes={"atoms": TSAEAIPTrainingSAEConfig(d_in=d, d_sae=2 * d, n_batches_for_metric=1)}, hook_names=REAL_HOOK,
+            model_name="smollm2-135m", dataset_path="", streaming=False, context_size=128, training_tokens=128 * 64,
+            train_batch_size_tokens=128 * 8, store_batch_size_prompts=64, n_batches_in_buffer=8, device="cpu",
+            checkpoint_path=None, output_path=None, n_eval_batches=0, exclude_special_tokens=True,
+            logger=LoggingConfig(log_to_wandb=False))
+        runner = R.build_runner(cfg, model=real_model, dataset=datasets.Dataset.from_dict({"tokens": rows}),
+                                massive_ratio=ratio)
+        runner.activations_store.dataset = datasets.Dataset.from_dict({"tokens": rows})  # read the 64 rows again
+        runner.activations_store.iterable_sequences = runner.activations_store._iterate_tokenized_sequences()
+        seen[ratio] = runner.activations_store._get_filtered_multi_hook_llm_batch()[REAL_HOOK]
+    assert len(seen[None]) - len(seen[10.0]) == n_massive
+    assert int((~typical(seen[None])).sum()) == n_massive and typical(seen[10.0]).all()

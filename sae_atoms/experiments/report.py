@@ -314,13 +314,23 @@ def _token_frontier_section(r: "Report", results: dict, plots: Path, out: Path) 
         f"documents; every figure on {st['eval_activations']} tokens of other held-out documents: CE-loss score (zero "
         f"ablation), KL score, explained variance, L0 as `run_evals` defines them; R² AIP, μ (AIP and raw), q* in one "
         f"reference AIP fitted on {st['ref_tokens']} training tokens. Activation norms of the evaluation tokens: median "
-        f"{fmt(st['eval_norms']['p50'])}, p99 {fmt(st['eval_norms']['p99'])}, max {fmt(st['eval_norms']['max'])}. A small "
-        f"version of `sae-atoms token-frontier`: a CPU budget, few steps; not converged SAEs.")
+        f"{fmt(st['eval_norms']['p50'])}, p99 {fmt(st['eval_norms']['p99'])}, max {fmt(st['eval_norms']['max'])}"
+        + _massive_text(st) + ". A small version of `sae-atoms token-frontier`: a CPU budget, few steps; not converged SAEs.")
     keys = list(token_reading.row_keys(tf["rows"])[1:])
     r.table(["unit", *keys], [[x["unit"], *[x.get(k) for k in keys]] for x in tf["rows"]])
     r.bullets(token_reading.reading(tf["rows"]))
     p = token_reading.plot_token_frontier(tf["rows"], plots / "token_frontier.png")
     r.img(str(p.relative_to(out)), "token frontier")
+
+
+def _massive_text(st: dict) -> str:
+    """How much of the evaluation set's squared norm its massive tokens hold, and whether training left them out."""
+    n = st["eval_norms"]
+    if "massive_frac" not in n:
+        return ""
+    return (f"; massive tokens (norm > 10x the median: `explained_variance_typical` leaves them out) are "
+            f"{fmt(100 * n['massive_frac'])}% of the tokens and hold {fmt(100 * n['massive_sq_norm_share'])}% of the "
+            f"squared norm; training {'left them out' if st.get('drop_massive') else 'kept them (as SAELens does)'}")
 
 
 def _intro_sections(r: Report, results: dict) -> None:
