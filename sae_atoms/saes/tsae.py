@@ -76,6 +76,7 @@ LOAD_HINT = ("this SAE is a sae_atoms architecture: install sae_atoms (it is not
              "then `import sae_atoms; sae_atoms.load_sae(path)` (or `import sae_atoms` before `SAE.load_from_disk(path)`)")
 
 _RAW_NORMALIZATIONS = ("none", "expected_average_only_in")
+TOPK_MODES = ("sample", "batch")  # TSAETrainingSAEConfig.topk_mode: top-k codes per sample or per batch
 # the decoder_init_norm of SAELens's training configs (what a config made from a jumprelu one carries)
 _SAELENS_DECODER_INIT_NORM = next(f.default for f in fields(TrainingSAEConfig) if f.name == "decoder_init_norm")
 
@@ -150,6 +151,11 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
             sample instead of the threshold rule; the thresholds then follow the smallest code kept
             in the batch (one value for every atom), to be matched to the target L0 after training
             (``training.match_l0``): BatchTopK's recipe, in the SAE's geometry. Off by default.
+        topk_mode: with ``topk_training``, "sample" keeps ``round(target_l0)`` codes in each sample;
+            "batch" keeps the ``round(target_l0) x batch`` largest of the whole batch (BatchTopK,
+            Bussmann et al. 2024), so a sample may take more or fewer: the massive tokens
+            (``sae_atoms.massive``), which fire many atoms once thresholds replace top-k, get them
+            in training too.
     """
 
     jumprelu_init_threshold: float = 0.1
@@ -163,6 +169,7 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     stability_rows: int = 32
     stability_k_max: int = 32
     topk_training: bool = False
+    topk_mode: str = "sample"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -182,6 +189,8 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
             raise ValueError(f"reshape_activations={self.reshape_activations!r} is not supported by the TSAE; use 'none'.")
         if self.stability_design not in DESIGNS:
             raise ValueError(f"stability_design={self.stability_design!r}: use one of {DESIGNS}.")
+        if self.topk_mode not in TOPK_MODES:
+            raise ValueError(f"topk_mode={self.topk_mode!r}: use one of {TOPK_MODES}.")
         if self.topk_training and not (self.target_l0 is not None and 1 <= round(self.target_l0) <= self.d_sae):
             raise ValueError(f"topk_training keeps round(target_l0) codes a sample: set target_l0 in [1, d_sae={self.d_sae}] "
                              f"(it is {self.target_l0}).")
@@ -380,10 +389,13 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
 
     def _encode_top_k(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``topk_training``'s codes: each sample's ``round(target_l0)`` largest positive pre-activations
-        (the gradient reaches those); the thresholds become the smallest code kept in the batch."""
+        (the batch's ``round(target_l0) x batch`` largest with ``topk_mode="batch"``; the gradient
+        reaches those); the thresholds become the smallest code kept in the batch."""
         hidden_pre = self._pre_acts(y)
-        top = hidden_pre.relu().topk(round(self.cfg.target_l0), dim=-1)
-        acts = torch.zeros_like(hidden_pre).scatter(-1, top.indices, top.values)
+        k, flat = round(self.cfg.target_l0), self.cfg.topk_mode == "batch"
+        pos = hidden_pre.relu().flatten() if flat else hidden_pre.relu()
+        top = pos.topk(k * hidden_pre[..., 0].numel() if flat else k, dim=-1)
+        acts = torch.zeros_like(pos).scatter(-1, top.indices, top.values).view_as(hidden_pre)
         with torch.no_grad():
             kept = top.values[top.values > 0]
             if kept.numel():

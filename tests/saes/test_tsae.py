@@ -502,3 +502,21 @@ def test_topk_training_keeps_k_codes_a_sample_and_leaves_one_threshold_to_match(
     for bad in ({"target_l0": None}, {"target_l0": 0.4}):
         with pytest.raises(ValueError, match="topk_training keeps round"):
             TSAEAIPTrainingSAEConfig(d_in=16, d_sae=48, topk_training=True, **bad)
+
+
+def test_topk_mode_batch_keeps_k_codes_a_sample_on_average_and_gives_a_massive_sample_more():
+    """``topk_mode="batch"`` (BatchTopK): the batch keeps ``target_l0 x batch`` codes, the largest of
+    the whole batch, so a sample scaled up 100x (a massive token) takes more than ``target_l0``."""
+    sae, x = _fitted_aip()
+    sae.cfg.topk_training, sae.cfg.target_l0, sae.cfg.topk_mode = True, 4.0, "batch"
+    xb = x[:128].clone()
+    xb[0] *= 100.0
+    step = TrainStepInput(sae_in=xb, coefficients={"l0": 1.0}, dead_neuron_mask=None, n_training_steps=0,
+                          is_logging_step=False)
+    out = sae.training_forward_pass(step)
+    per_sample = (out.feature_acts > 0).sum(-1)
+    assert int(per_sample.sum()) == 4 * 128 and int(per_sample[0]) > 4
+    pre = out.hidden_pre.detach().relu().flatten()
+    assert float(out.feature_acts.detach()[out.feature_acts > 0].min()) == float(pre.topk(4 * 128).values.min())
+    with pytest.raises(ValueError, match="topk_mode='tokens'"):
+        TSAEAIPTrainingSAEConfig(d_in=16, d_sae=48, topk_training=True, target_l0=4.0, topk_mode="tokens")
