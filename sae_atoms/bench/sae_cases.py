@@ -37,7 +37,7 @@ def bench_tsae_aip_step(quick: bool = False) -> dict:
 
     Full size: ``d_in=576`` (SmolLM2-135M), ``d_sae=2304`` (4x), batch 4096 (SAELens's default
     ``train_batch_size_tokens``); ``quick``: 64 / 256 / 256. Both run ``SAETrainer._train_step``
-    (forward, loss, backward, clip, Adam) on the same batch, timed in alternating rounds (best of
+    (forward, loss, backward, clip, Adam) on the same batch, timed in alternating calls (median of
     each) so load drifts hit both alike; the metric is estimated before timing and its cost is
     reported separately (``metric_fit_s`` on ``metric_fit_rows`` rows).
     """

@@ -1,4 +1,4 @@
-"""The bench's timers: best and median wall times, alternating rounds, and a case's result.
+"""The bench's timers: best and median wall times, alternating calls, and a case's result.
 
 Every bench case (``sae_atoms.bench``) measures our code and a baseline with these, in the same
 process, and returns ``measured(...)``. Cases call them through this module (``timing.best_time``),
@@ -55,10 +55,13 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
 
 
 def alternating(ours: Callable[[], object], base: Callable[[], object], quick: bool) -> tuple[float, float]:
-    """Best times of ``ours()`` and ``base()`` timed in alternating rounds (so load drifts hit both alike)."""
-    t_o = t_b = float("inf")
-    rounds, repeat = (2, 2) if quick else (4, 3)
-    for r in range(rounds):
-        t_b = min(t_b, best_time(base, repeat=repeat, warmup=1 if r == 0 else 0))
-        t_o = min(t_o, best_time(ours, repeat=repeat, warmup=1 if r == 0 else 0))
-    return t_o, t_b
+    """Times of ``ours()`` and ``base()`` from single calls taken in pairs (base, then ours), the pair
+    whose ratio is the median of all pairs' ratios: a load drift or a slow spell hits both calls of
+    a pair alike, and a median, unlike a best time, does not rest on one lucky call. Each time is
+    one ``best_time`` call's (an odd count of pairs: the median is one of them)."""
+    n = 5 if quick else 31
+    pairs = [(best_time(ours, repeat=1, warmup=1), best_time(base, repeat=1, warmup=1))]
+    for _ in range(n - 1):
+        t_b = best_time(base, repeat=1, warmup=0)
+        pairs.append((best_time(ours, repeat=1, warmup=0), t_b))
+    return sorted(pairs, key=lambda p: p[0] / p[1])[n // 2]
