@@ -13,11 +13,14 @@ each unit kind of ``TOKEN_UNITS`` at each target L0:
     features_topk / _batchtopk   SAELens topk / batchtopk, k = target
     features_matryoshka          SAELens matryoshka_batchtopk, k = target
 
-Sparsity: atoms and tsae train top-k by default (``atoms_training="topk"``: each sample's
-``target_l0`` largest codes, BatchTopK's recipe; ``"threshold"`` gives them the jumprelu recipe).
-Why: in this regime top-k training lifted atoms' CE-loss score at every target (the designs are in
-the closing notes of issue 21), and on planted data it is the recipe under which seeds recover
-the same dictionary (``units``: ``atoms_topk``). jumprelu kinds (and atoms under ``"threshold"``)
+Sparsity: atoms and tsae train batch top-k by default (``atoms_training="batchtopk"``: the
+batch's ``target_l0 x batch`` largest codes, BatchTopK's recipe; ``"topk"``: each sample's
+``target_l0``; ``"threshold"`` gives them the jumprelu recipe). Why: in this regime top-k training
+lifted atoms' CE-loss score at every target, and per-sample top-k left the massive tokens
+(``sae_atoms.massive``), which fire a large share of the atoms once matched thresholds replace
+top-k, reconstructed with an error larger than themselves; batch top-k trains the decoder on them
+(the designs and their rows are in the closing notes of issue 21). On planted data top-k is the
+recipe under which seeds recover the same dictionary (``units``: ``atoms_topk``). jumprelu kinds (and atoms under ``"threshold"``)
 train with SAELens's quadratic L0 loss toward the target, their thresholds calibrated on the
 input of their first step as the trainer normalises it (``training.calibrate_at_first_step``).
 After training every SAE with thresholds (atoms and tsae; batchtopk kinds are saved as jumprelu)
@@ -84,7 +87,7 @@ class TokenFrontierConfig:
     context_size: int = 128
     batch_tokens: int = 512           # the runner's train_batch_size_tokens
     lr: float = 3e-3                  # every unit's learning rate (--unit-lr for one unit's own)
-    atoms_training: str = "topk"      # how atoms and tsae hold their L0 in training: ATOMS_TRAINING
+    atoms_training: str = "batchtopk" # how atoms and tsae hold their L0 in training: ATOMS_TRAINING
     atoms_alpha: float = ATOMS_ALPHA  # partial whitening S^alpha of the atoms (1: the full AIP)
     val_tokens: int = 4096            # held-out validation tokens the final L0 is matched on
     eval_tokens: int = 2048           # held-out evaluation tokens (run_evals's figures and ours)
@@ -101,11 +104,13 @@ class TokenFrontierConfig:
 
 
 ATOMS_TRAINING = {  # TokenFrontierConfig.atoms_training -> the tsae / tsae_aip config fields it sets
-    "topk": {"topk_training": True},
+    "batchtopk": {"topk_training": True, "topk_mode": "batch"},
+    "topk": {"topk_training": True, "topk_mode": "sample"},
     "threshold": {"topk_training": False},
 }
 ATOMS_TRAINING_TEXT = {  # ... and how it reads (the CLI's help, the report)
-    "topk": "top-k (each token's target-L0 largest codes, BatchTopK's recipe; thresholds matched after)",
+    "batchtopk": "batch top-k (the batch's target-L0 x batch largest codes, BatchTopK's recipe; thresholds matched after)",
+    "topk": "top-k (each token's target-L0 largest codes; thresholds matched after)",
     "threshold": "with the quadratic L0 loss on learned thresholds",
 }
 TWINS = {"_init2": 1.0, "_wide": 2.0}  # stability twins of an SAE: name suffix -> width factor (both another init)

@@ -50,9 +50,13 @@ def test_atoms_training_sets_the_recipe_of_atoms_their_variants_and_tsae_only():
     from dataclasses import replace
 
     c = TF.TokenFrontierConfig(atoms_variants=(("raw", (("aip_loss_space", "raw"),)),))
-    recipe = {u: getattr(TF.trained_config(c, u, 8, 16, 4.0), "topk_training", None)
-              for u in ("atoms", "atoms_raw", "tsae", "features_jumprelu", "features_topk")}
-    assert recipe == {"atoms": True, "atoms_raw": True, "tsae": True, "features_jumprelu": None, "features_topk": None}
+    recipe = {u: (getattr(cfg, "topk_training", None), getattr(cfg, "topk_mode", None))
+              for u in ("atoms", "atoms_raw", "tsae", "features_jumprelu", "features_topk")
+              for cfg in [TF.trained_config(c, u, 8, 16, 4.0)]}
+    assert recipe == {"atoms": (True, "batch"), "atoms_raw": (True, "batch"), "tsae": (True, "batch"),
+                      "features_jumprelu": (None, None), "features_topk": (None, None)}
+    assert all(TF.trained_config(replace(c, atoms_training="topk"), u, 8, 16, 4.0).topk_mode == "sample"
+               for u in ("atoms", "atoms_raw", "tsae"))
     c = replace(c, atoms_training="threshold")
     assert not any(TF.trained_config(c, u, 8, 16, 4.0).topk_training for u in ("atoms", "atoms_raw", "tsae"))
     pinned = replace(c, atoms_training="topk", atoms_variants=(("thr", (("topk_training", False),)),))
