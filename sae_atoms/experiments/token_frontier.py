@@ -20,9 +20,10 @@ lifted atoms' CE-loss score at every target, and per-sample top-k left the massi
 (``sae_atoms.massive``), which fire a large share of the atoms once matched thresholds replace
 top-k, reconstructed with an error larger than themselves; batch top-k trains the decoder on them
 (the designs and their rows are in the closing notes of issue 21). On planted data top-k is the
-recipe under which seeds recover the same dictionary (``units``: ``atoms_topk``). jumprelu kinds (and atoms under ``"threshold"``)
-train with SAELens's quadratic L0 loss toward the target, their thresholds calibrated on the
-input of their first step as the trainer normalises it (``training.calibrate_at_first_step``).
+recipe under which seeds recover the same dictionary (``units``: ``atoms_topk``). jumprelu kinds
+(and atoms under ``"threshold"``) train with SAELens's quadratic L0 loss toward the target, their
+thresholds calibrated on the input of their first step as the trainer normalises it
+(``training.calibrate_at_first_step``).
 After training every SAE with thresholds (atoms and tsae; batchtopk kinds are saved as jumprelu)
 gets one common threshold factor that sets its mean L0 to the target on *validation* documents
 (``training.match_l0``), held-out documents disjoint from those it is evaluated on. Top-k holds
@@ -417,7 +418,8 @@ def run_cli(args: argparse.Namespace) -> int:
                             batch_tokens=args.batch_tokens, lr=args.lr, atoms_training=args.atoms_training,
                             atoms_alpha=args.atoms_alpha, val_tokens=args.val_tokens,
                             eval_tokens=args.eval_tokens, heldout_doc_tokens=args.heldout_doc_tokens,
-                            ref_tokens=args.ref_tokens, eval_batch_prompts=args.eval_batch_prompts, seed=args.seed, stability=args.stability, drop_massive=args.drop_massive,
+                            ref_tokens=args.ref_tokens, eval_batch_prompts=args.eval_batch_prompts, seed=args.seed, stability=args.stability,
+                            drop_massive=args.drop_massive,
                             atoms_variants=tuple(args.atoms_variant), unit_lrs=tuple(args.unit_lr))
     check_config(c)
     out = Path(args.out)

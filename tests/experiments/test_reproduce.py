@@ -104,7 +104,7 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path, capsys):
     # on the evaluation documents the L0 of a smoke SAE (a few steps) may drift from where it was matched; the default run's stay within 15%
     assert all(r["l0"] == pytest.approx(32.0, rel=0.3) for r in tokens["rows"])
     assert "Token stream" in (tmp_path / "run" / "report.md").read_text()
-    assert "atoms and tsae trained top-k" in (tmp_path / "run" / "report.md").read_text()  # the recipe is named
+    assert "atoms and tsae trained batch top-k" in (tmp_path / "run" / "report.md").read_text()  # the recipe is named
     sae = SAE.load_from_disk(str(tmp_path / "run" / "saes" / "atoms"))
     assert sae.cfg.architecture() == "tsae_aip"
     assert res["cards"] == {u: f"cards/{u}/index.html" for u in ("atoms", "features_jumprelu")}
