@@ -60,8 +60,8 @@ def alternating(ours: Callable[[], object], base: Callable[[], object], quick: b
     a pair alike, and a median, unlike a best time, does not rest on one lucky call. Each time is
     one ``best_time`` call's (an odd count of pairs: the median is one of them)."""
     n = 5 if quick else 31
-    pairs = [(best_time(ours, repeat=1, warmup=1), best_time(base, repeat=1, warmup=1))]
-    for _ in range(n - 1):
-        t_b = best_time(base, repeat=1, warmup=0)
-        pairs.append((best_time(ours, repeat=1, warmup=0), t_b))
+    pairs = []
+    for i in range(n):
+        t_b = best_time(base, repeat=1, warmup=int(i == 0))
+        pairs.append((best_time(ours, repeat=1, warmup=int(i == 0)), t_b))
     return sorted(pairs, key=lambda p: p[0] / p[1])[n // 2]

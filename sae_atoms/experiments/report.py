@@ -325,10 +325,12 @@ def _token_frontier_section(r: "Report", results: dict, plots: Path, out: Path) 
 
 def _massive_text(st: dict) -> str:
     """How much of the evaluation set's squared norm its massive tokens hold, and whether training left them out."""
+    from sae_atoms.massive import MASSIVE_RATIO
+
     n = st["eval_norms"]
     if "massive_frac" not in n:
         return ""
-    return (f"; massive tokens (norm > 10x the median: `explained_variance_typical` leaves them out) are "
+    return (f"; massive tokens (norm > {MASSIVE_RATIO:g}x the median: `explained_variance_typical` leaves them out) are "
             f"{fmt(100 * n['massive_frac'])}% of the tokens and hold {fmt(100 * n['massive_sq_norm_share'])}% of the "
             f"squared norm; training {'left them out' if st.get('drop_massive') else 'kept them (as SAELens does)'}")
 
