@@ -17,7 +17,8 @@ from torch import Tensor
 from sae_atoms.activations import as_matrix
 from sae_atoms.aip import AIPMetric
 from sae_atoms.data import column_list
-from sae_atoms.evals.geometry import Geometry, dictionary_geometry, max_unique_k, q_star_a, q_star_b, uniqueness_bound
+from sae_atoms.evals.geometry import (Geometry, bound_ratio, dictionary_geometry, max_unique_k, q_star_a, q_star_b,
+                                      uniqueness_bound)
 from sae_atoms.evals.monosemantic import monosemanticity
 from sae_atoms.evals.reconstruction import QUANTILES, cosine, firing_stats, l0, mse, noise_floor_gap, quantile_stats, r2
 from sae_atoms.evals.units import Units, as_units, encode_all, whitening_matrix
@@ -124,7 +125,9 @@ def _stability(geo: Geometry, codes: Tensor, k: Tensor, opts: EvalOptions) -> di
     for sel, coh, unit_rows in geo.readings():
         res.update(coh.stats(f"mu_{sel}", opts.quantiles))
         res[f"q_star_a_{sel}"] = q_star_a(coh, k)
-        res[f"q_star_b_{sel}"], _ = q_star_b(codes, unit_rows, dev)
+        res[f"q_star_b_{sel}"], mu_i = q_star_b(codes, unit_rows, dev)
+        if sel == geo.name:
+            res.update(_binding(mu_i, k))
     sel = geo.name
     res.update(geo.selected.stats("mu", opts.quantiles))
     res["q_star_a"] = res[f"q_star_a_{sel}"]
@@ -132,6 +135,18 @@ def _stability(geo: Geometry, codes: Tensor, k: Tensor, opts: EvalOptions) -> di
     res["k_unique"] = max_unique_k(res["mu"])
     res["bound_holds_at_l0_max"] = bool(res["mu"] < uniqueness_bound(float(k.max())))
     return res
+
+
+def _binding(mu_i: Tensor, k: Tensor) -> dict[str, float]:
+    """Which side of reading (b)'s bound binds, over samples with two or more active units: the
+    median co-active coherence ``mu_sample_p50``, the median ``bound_ratio`` (< 1: inside the bound)
+    and the largest K that median coherence allows (``max_unique_k``)."""
+    on = k >= 2
+    if not bool(on.any()):
+        return {"mu_sample_p50": float("nan"), "bound_ratio_p50": float("nan"), "k_allowed_p50": float("nan")}
+    mu50 = float(mu_i[on].double().median())
+    return {"mu_sample_p50": mu50, "bound_ratio_p50": float(bound_ratio(mu_i, k).median()),
+            "k_allowed_p50": max_unique_k(mu50)}
 
 
 def _data_metrics(u: Units, x: Tensor, geo: Geometry, opts: EvalOptions) -> tuple[dict[str, Any], Tensor]:
@@ -204,7 +219,8 @@ def evaluate_units(units: Any, activations: Any, metric: AIPMetric | Tensor | No
     Keys: ``r2``, ``r2_aip``, ``mse``, ``cos``, ``l0_mean`` + ``l0_p50/p90/p99/max``,
     ``mu`` (AIP coherence when a metric is known, else raw) + quantiles, ``mu_raw``,
     ``mu_aip``, ``q_star_a`` / ``q_star_b`` (in the geometry of ``mu``) and ``*_raw``,
-    ``k_unique`` (largest K with ``mu < 1/(2K-1)``), ``dead_frac``, ``dense_frac``,
+    ``k_unique`` (largest K with ``mu < 1/(2K-1)``), ``mu_sample_p50`` / ``bound_ratio_p50`` /
+    ``k_allowed_p50`` (which side of reading (b)'s bound binds), ``dead_frac``, ``dense_frac``,
     ``mono_<attr>_purity`` / ``_mi_bits``, ``monosemanticity``, noise floor / amplitude gap
     for SAEs, and ``geometry``.
     """

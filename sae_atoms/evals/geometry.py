@@ -331,6 +331,15 @@ def q_star_b(codes: Tensor, directions_unit: Tensor, device: Any = None) -> tupl
     return float(ok.double().mean()), mu_i
 
 
+def bound_ratio(mu_i: Tensor, k: Tensor) -> Tensor:
+    """``mu_i (2 K_i - 1)`` per sample with at least two active units: its co-active coherence over
+    its uniqueness bound ``1/(2 K_i - 1)``; below 1 the sample's code is unique (q* reading (b)).
+    How far above 1 it sits says what a sample would need: ``K <= max_unique_k(mu_i)`` at its own
+    coherence, or ``mu_i < 1/(2 K_i - 1)`` at its own L0."""
+    on = k >= 2
+    return mu_i[on].double() * (2.0 * k[on].double() - 1.0)
+
+
 # --------------------------------------------------------------------------- the dictionary's geometry
 @dataclass(frozen=True)
 class Geometry:

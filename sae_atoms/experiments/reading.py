@@ -194,6 +194,7 @@ def reading(results: dict) -> list[str]:
         from sae_atoms.experiments import frontier
 
         out.extend(frontier.reading(results["frontier"], results.get("paper_regime")))
+        out += binding_reading(results["frontier"])
     cap = results.get("capacity") or []
     if cap:
         best = max(cap, key=lambda r: r["r2_heldout"])
@@ -204,3 +205,21 @@ def reading(results: dict) -> list[str]:
     if results.get("quick"):
         out.append("This is a `--quick` run (small sizes, one seed): a check that the job runs; its numbers are noisy.")
     return out
+
+
+def binding_reading(rows: list[dict]) -> list[str]:
+    """Which side of q* (b)'s bound binds for the atoms on held-out entities, per frontier target
+    (the rows' ``frontier.BINDING_KEYS``)."""
+    parts = []
+    for r in rows:
+        k, mu = r.get("l0_p50_heldout"), r.get("mu_sample_p50_heldout")
+        if r["unit"] != "atoms" or k is None or mu is None or not math.isfinite(mu) or k < 2:
+            continue
+        gap = r.get("amplitude_gap_sample_pos_frac_heldout")
+        parts.append(f"L0 {r['target_l0']:g}: median K {k:g}, bound {1 / (2 * k - 1):.3f}, median co-active μ {mu:.3f} "
+                     f"(ratio {r['bound_ratio_p50_heldout']:.1f}; that μ allows K ≤ {r['k_allowed_p50_heldout']:g})"
+                     + ("" if gap is None else f", amplitude gap > 0 on {gap:.0%} of samples"))
+    if not parts:
+        return []
+    return ["Stability q* (b), held-out entities, atoms: which side of μ < 1/(2K−1) binds (ratio = μ (2K−1) of the "
+            "median sample; above 1 it fails): " + "; ".join(parts) + "."]

@@ -357,3 +357,21 @@ def test_real_model_evals_exact_sae_recovers_loss(real_model):
         bad.W_dec.copy_(torch.randn_like(bad.W_dec) * 0.05)
     rb = E.model_evals(bad, real_model, prompts, hook_name="blocks.6.hook_resid_post", batch_size=3)
     assert rb["ce_loss_score"] < 0.9
+
+
+def test_bound_ratio_and_the_binding_side_have_known_answers():
+    from sae_atoms.evals.evaluate import _binding
+    from sae_atoms.evals.geometry import bound_ratio, q_star_b
+
+    c = 0.5  # atoms 0 and 1 at cos 0.5; atoms 2, 3 orthogonal to everything
+    D = torch.tensor([[1.0, 0, 0, 0], [c, (1 - c * c) ** 0.5, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    codes = torch.tensor([[1.0, 1.0, 0, 0],    # K 2, mu 0.5: ratio 0.5 * 3 = 1.5, outside the bound
+                          [0, 0, 1.0, 1.0],    # K 2, mu 0: ratio 0, inside
+                          [1.0, 0, 1.0, 1.0],  # K 3, mu 0: inside
+                          [0, 0, 0, 1.0]])     # K 1: no pair, left out of the ratio
+    q, mu_i = q_star_b(codes, D)
+    k = (codes != 0).sum(1)
+    assert q == 0.75 and torch.allclose(bound_ratio(mu_i, k), torch.tensor([1.5, 0.0, 0.0], dtype=torch.float64))
+    b = _binding(mu_i[:1].expand(3), k[:1].expand(3))  # every sample like the first
+    assert b["mu_sample_p50"] == 0.5 and b["bound_ratio_p50"] == 1.5 and b["k_allowed_p50"] == 1.0
+    assert math.isnan(_binding(mu_i[3:], k[3:])["bound_ratio_p50"])  # no sample with a pair
