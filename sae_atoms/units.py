@@ -95,3 +95,18 @@ def unit_config(unit: str, d_in: int, d_sae: int, target_l0: float, hook: str | 
     if kind.architecture is None:
         raise ValueError(f"{unit!r} units have no SAE to train; choose from {list(SAE_UNITS)}.")
     return training_config(kind.architecture, d_in, d_sae, hook_name=hook, **(kind.overrides(target_l0, d_sae) | fields))
+
+
+def atoms_variants(pairs: tuple) -> dict[str, dict[str, Any]]:
+    """``((name, ((field, value), ...)), ...)`` (``argtypes.named_fields``) -> ``{"atoms_<name>":
+    {field: value}}``: atoms designs, each with its own tsae_aip config fields, trained beside the
+    unit kinds of a study. A repeated name or a field tsae_aip does not take is a clear error."""
+    out = {f"atoms_{n}": dict(f) for n, f in pairs}
+    if len(out) < len(pairs):
+        raise ValueError(f"atoms variant names {[n for n, _ in pairs]} must differ from each other.")
+    for u, f in out.items():
+        try:
+            unit_config("atoms", 8, 16, 1.0, **f)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"atoms variant {u!r}: {e} (its fields are tsae_aip config fields)") from e
+    return out

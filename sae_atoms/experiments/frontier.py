@@ -52,6 +52,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 
 from sae_atoms.activations import as_matrix
+from sae_atoms.argtypes import named_fields
 from sae_atoms.aip import AIPMetric
 from sae_atoms.data import LABEL_COLUMNS
 from sae_atoms.evals import stability
@@ -59,7 +60,7 @@ from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, train_on_activations
 from sae_atoms.saes.construction import theorem_init
-from sae_atoms.units import ATOMS_ALPHA, unit_config, unit_kind
+from sae_atoms.units import ATOMS_ALPHA, atoms_variants, unit_config, unit_kind
 from sae_atoms.workers import add_workers_argument, choose_workers, map_jobs
 
 UNITS = ("atoms", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
@@ -69,6 +70,11 @@ DEFAULT_EXPANSION = 1
 VALIDATION_FRAC = 0.2
 ROW_KEYS = ("unit", "target_l0", "l0", "l0_val", "l0_heldout", "r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "q_star_a",
             "q_star_b", "q_star_b_heldout", "dead_frac", "monosemanticity")
+
+
+# held-out, per row (results.json; the reading's binding sentence): which side of q* (b)'s bound binds
+# (evals.evaluate), and the share of samples whose amplitude gap is positive (the threshold condition)
+BINDING_KEYS = ("l0_p50", "mu_sample_p50", "bound_ratio_p50", "k_allowed_p50", "amplitude_gap_sample_pos_frac")
 
 
 def row_keys(rows: Sequence[dict]) -> tuple[str, ...]:
@@ -90,18 +96,34 @@ class FrontierConfig:
     atoms_alpha: float = ATOMS_ALPHA       # partial whitening S^alpha of the atoms
     validation_frac: float | None = VALIDATION_FRAC  # None: train on all train entities, match L0 in-sample
     stability_targets: tuple[float, ...] = ()  # at these L0s also seed and width consistency (2 more SAEs each)
+    atoms_variants: tuple = ()  # ((name, ((field, value), ...)), ...): atoms designs trained beside, as atoms_<name>
     workers: int | None = None  # processes training SAEs at once (None: one per free core, workers.choose_workers)
 
 
 def frontier_config(unit: str, d_in: int, d_sae: int, target_l0: float, atoms_alpha: float = ATOMS_ALPHA,
-                    hook: str | None = None) -> Any:
-    """``units.unit_config``, with the atoms' partial whitening ``atoms_alpha``."""
+                    hook: str | None = None, variant: dict[str, Any] | None = None) -> Any:
+    """``units.unit_config``, with the atoms' partial whitening ``atoms_alpha``; ``variant``: the
+    tsae_aip config fields of an atoms design (``unit`` then names it, ``FrontierConfig.atoms_variants``)."""
+    if variant is not None:
+        return unit_config("atoms", d_in, d_sae, target_l0, hook, **({"aip_alpha": atoms_alpha} | variant))
     return unit_config(unit, d_in, d_sae, target_l0, hook, **({"aip_alpha": atoms_alpha} if unit == "atoms" else {}))
 
 
-def _is_atoms(unit: str) -> bool:
-    """Whether ``unit`` is a ``tsae_aip`` kind (its partial whitening and metric are the atoms')."""
-    return unit_kind(unit).architecture == "tsae_aip"
+def variants(c: FrontierConfig) -> dict[str, dict[str, Any]]:
+    """Each atoms variant's unit name, ``atoms_<name>`` -> its tsae_aip config fields (``units.atoms_variants``)."""
+    return atoms_variants(c.atoms_variants)
+
+
+def _is_atoms(unit: str, c: FrontierConfig) -> bool:
+    """Whether ``unit`` is a ``tsae_aip`` kind or an atoms variant (its metric is fitted with its own alpha)."""
+    return unit in variants(c) or unit_kind(unit).architecture == "tsae_aip"
+
+
+def _alpha(unit: str, c: FrontierConfig) -> float:
+    """The partial whitening a ``tsae_aip`` unit trains in: the atoms' (or a variant's own), else its kind's."""
+    if unit == "atoms" or unit in variants(c):
+        return float(variants(c).get(unit, {}).get("aip_alpha", c.atoms_alpha))
+    return unit_kind(unit).overrides(1.0, 1)["aip_alpha"]
 
 
 def _labels(acts: Any) -> dict[str, list] | None:
@@ -132,7 +154,8 @@ def evaluate_row(unit: str, units: Any, target: float | None, splits: Splits, re
     return {"unit": unit, "target_l0": target, "l0": ins["l0_mean"], "l0_val": l0_val, "l0_heldout": held["l0_mean"],
             "r2": ins["r2"], "r2_heldout": held["r2"], "r2_aip": ins["r2_aip"], "r2_aip_heldout": held["r2_aip"],
             "q_star_a": ins["q_star_a"], "q_star_b": ins["q_star_b"], "q_star_b_heldout": held["q_star_b"],
-            "dead_frac": ins["dead_frac"], "monosemanticity": ins.get("monosemanticity")}
+            "dead_frac": ins["dead_frac"], "monosemanticity": ins.get("monosemanticity"),
+            **{f"{k}_heldout": held.get(k) for k in BINDING_KEYS}}
 
 
 def train_unit(unit: str, x: torch.Tensor, target_l0: float, cfg: FrontierConfig | None = None, *,
@@ -142,7 +165,8 @@ def train_unit(unit: str, x: torch.Tensor, target_l0: float, cfg: FrontierConfig
     width, steps, batch size, seed and atoms' alpha; with ``match_on`` the final L0 is set on those
     rows (``train_on_activations``)."""
     c = cfg or FrontierConfig()
-    sae_cfg = frontier_config(unit, x.shape[1], int(round(c.expansion * x.shape[1])), target_l0, c.atoms_alpha, hook)
+    sae_cfg = frontier_config(unit, x.shape[1], int(round(c.expansion * x.shape[1])), target_l0, c.atoms_alpha, hook,
+                              variants(c).get(unit))
     return train_on_activations(x, sae_cfg, steps=c.steps, seed=c.seed, target_l0=target_l0, match_on=match_on,
                                 batch_size=c.batch_size, device=device, metric=metric, progress=False)
 
@@ -231,9 +255,9 @@ def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None
     x, x_val = as_matrix(fit, hook).float(), (None if val is None else as_matrix(val, hook).float())
     splits = Splits(fit, heldout, hook, val)
     rows = [evaluate_row("neurons", neurons(x.shape[1]), None, splits, ref, device)]
-    atoms_metric = {u: AIPMetric.robust(x, alpha=c.atoms_alpha if u == "atoms" else unit_kind(u).overrides(1.0, 1)["aip_alpha"])
-                    for u in c.units if _is_atoms(u)}  # each tsae_aip kind's partial whitening
-    jobs = [(t, u) for t in c.targets for u in c.units]
+    units = tuple(c.units) + tuple(variants(c))
+    atoms_metric = {u: AIPMetric.robust(x, alpha=_alpha(u, c)) for u in units if _is_atoms(u, c)}  # each one's partial whitening
+    jobs = [(t, u) for t in c.targets for u in units]
     shared = FrontierJobs(c, x, x_val, splits, ref, atoms_metric, device, None if save_dir is None else Path(save_dir))
     with tqdm(total=len(jobs), desc="frontier", unit="SAE", disable=not progress) as bar:
         rows += map_jobs(frontier_row, jobs, shared, workers=choose_workers(c.workers, len(jobs), device),
@@ -280,7 +304,8 @@ def _settings(c: FrontierConfig, hook: str, x: torch.Tensor, x_val: torch.Tensor
             "seed": c.seed, "atoms_alpha": c.atoms_alpha, "n_train": int(x.shape[0]),
             "n_val": 0 if x_val is None else int(x_val.shape[0]), "validation_frac": c.validation_frac,
             "l0_matched_on": "validation entities" if x_val is not None else "training rows",
-            "n_heldout": int(heldout.float().shape[0]), "hook": hook, "stability_targets": list(c.stability_targets)}
+            "n_heldout": int(heldout.float().shape[0]), "hook": hook, "stability_targets": list(c.stability_targets),
+            "atoms_variants": variants(c)}
 
 
 # --------------------------------------------------------------------------- the paper's regime
@@ -418,6 +443,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=FrontierConfig.batch_size)
     p.add_argument("--atoms-alpha", type=float, default=ATOMS_ALPHA, help="partial whitening of the atoms (1 = AIP)")
     p.add_argument("--paper-regime", action="store_true", help="also run the paper's regime (width = n_train)")
+    p.add_argument("--atoms-variant", type=named_fields, action="append", default=[], metavar="NAME=FIELD:VALUE,...",
+                   help="also train atoms with these tsae_aip config fields, as unit atoms_NAME (repeatable; a sweep "
+                        "of a design), e.g. c1e6=stability_coefficient:1e6,aip_alpha:1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     add_workers_argument(p)
@@ -448,7 +476,8 @@ def run_cli(args: argparse.Namespace) -> int:
     with atomic_dir(out) as tmp:
         cfg = FrontierConfig(targets=tuple(args.targets), units=tuple(args.units), expansion=args.expansion,
                              steps=args.steps, batch_size=args.batch_size, seed=args.seed, atoms_alpha=args.atoms_alpha,
-                             stability_targets=tuple(args.stability_targets), workers=args.workers)
+                             stability_targets=tuple(args.stability_targets), workers=args.workers,
+                             atoms_variants=tuple(args.atoms_variant))
         res = run_frontier(train, held, hook, cfg, device=args.device, save_dir=tmp / "saes")
         if args.paper_regime:
             res["paper_regime"] = paper_regime(train, held, hook, seed=args.seed, device=args.device)

@@ -66,7 +66,7 @@ from sae_atoms.argtypes import named_fields, unit_lr
 from sae_atoms.corpus import hook_activations, split_documents, token_rows
 from sae_atoms.io import atomic_dir, write_json
 from sae_atoms.massive import MASSIVE_RATIO, massive_share
-from sae_atoms.units import ATOMS_ALPHA, unit_config
+from sae_atoms.units import ATOMS_ALPHA, atoms_variants, unit_config
 
 TOKEN_UNITS = ("atoms", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
                "features_batchtopk", "features_matryoshka")
@@ -128,8 +128,8 @@ def trained_units(c: TokenFrontierConfig) -> tuple[str, ...]:
 
 
 def designs(c: TokenFrontierConfig) -> dict[str, dict[str, Any]]:
-    """Each atoms variant's unit name -> its tsae_aip config fields."""
-    return {f"atoms_{n}": dict(f) for n, f in c.atoms_variants}
+    """Each atoms variant's unit name -> its tsae_aip config fields (``units.atoms_variants``)."""
+    return atoms_variants(c.atoms_variants)
 
 
 def trained_config(c: TokenFrontierConfig, unit: str, d: int, d_sae: int, target: float) -> Any:
@@ -342,8 +342,6 @@ def check_config(c: TokenFrontierConfig) -> None:
     bad = sorted({u for u, lr in c.unit_lrs if u not in trained_units(c) or not lr > 0})
     if bad:
         raise ValueError(f"unit learning rates of {bad}: name trained units ({list(trained_units(c))}) with a positive lr.")
-    if len(designs(c)) < len(c.atoms_variants):
-        raise ValueError(f"atoms variant names {[n for n, _ in c.atoms_variants]} must differ from each other.")
     for u in designs(c):
         try:
             trained_config(c, u, 8, 16, 1.0)

@@ -179,6 +179,40 @@ def test_stability_targets_add_seed_and_width_consistency_and_atoms_stable_train
     assert "seed_consistency" in capsys.readouterr().out  # the printed table has the columns
 
 
+@pytest.mark.slow
+def test_atoms_variants_train_beside_the_units_with_their_own_fields_and_metric(tmp_path, capsys, monkeypatch):
+    from sae_lens import SAE
+
+    seen = {}
+
+    def recording(x, cfg, **kw):  # the training configs, by the unit's own metric alpha
+        seen[(cfg.stability_coefficient, cfg.aip_alpha)] = cfg
+        return real(x, cfg, **kw)
+
+    real = frontier.train_on_activations
+    monkeypatch.setattr(frontier, "train_on_activations", recording)
+    acts = _acts_on_disk(tmp_path / "acts")
+    assert _frontier(acts, tmp_path / "o", "--units", "atoms", "--targets", "2", "--workers", "1", "--atoms-variant",
+                     "s1e6=stability_coefficient:1e6,aip_alpha:1", "--atoms-variant", "plain=aip_alpha:0.5") == 0
+    assert set(seen) == {(0.0, frontier.ATOMS_ALPHA), (1e6, 1.0), (0.0, 0.5)}
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["unit"] for r in res["rows"][1:]] == ["atoms", "atoms_s1e6", "atoms_plain"]
+    assert res["settings"]["atoms_variants"] == {"atoms_s1e6": {"stability_coefficient": 1e6, "aip_alpha": 1.0},
+                                                 "atoms_plain": {"aip_alpha": 0.5}}
+    assert set(res["metric"]) == {"reference", "atoms", "atoms_s1e6", "atoms_plain"}  # each fits its own partial metric
+    alphas = [SAE.load_from_disk(str(tmp_path / "o" / "saes" / n)).cfg.aip_alpha
+              for n in ("atoms_l0_2", "atoms_s1e6_l0_2", "atoms_plain_l0_2")]
+    assert alphas == [frontier.ATOMS_ALPHA, 1.0, 0.5]
+    for r in res["rows"][1:]:  # which side of q* (b)'s bound binds, on held-out entities
+        assert r["bound_ratio_p50_heldout"] > 0 and r["k_allowed_p50_heldout"] >= 1
+        assert 0 <= r["amplitude_gap_sample_pos_frac_heldout"] <= 1
+    for bad, needle in (("x=no_such_field:1", "no_such_field"), ("x=aip_alpha:2", "aip_alpha")):
+        capsys.readouterr()
+        assert _frontier(acts, tmp_path / "p", "--targets", "2", "--atoms-variant", bad) == 2
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
 def test_consistency_of_one_dictionary_with_itself_is_full_and_differs_from_another_seed():
     x = planted(d=8, n_atoms=8, k=2, coherence=0.0, n_samples=400, seed=0).activations
     a = train_on_activations(x, frontier.frontier_config("features_jumprelu", 8, 8, 2.0), steps=5, seed=0, target_l0=2,
