@@ -137,6 +137,11 @@ def _stability(geo: Geometry, codes: Tensor, k: Tensor, opts: EvalOptions) -> di
     return res
 
 
+# which side of q* (b)'s bound binds (``_binding``), beside the median L0 and the share of samples whose
+# amplitude gap is positive (the threshold condition): a study's row keys (frontier, token frontier)
+BINDING_KEYS = ("l0_p50", "mu_sample_p50", "bound_ratio_p50", "k_allowed_p50", "amplitude_gap_sample_pos_frac")
+
+
 def _binding(mu_i: Tensor, k: Tensor) -> dict[str, float]:
     """Which side of reading (b)'s bound binds, over samples with two or more active units: the
     median co-active coherence ``mu_sample_p50``, the median ``bound_ratio`` (< 1: inside the bound)

@@ -57,6 +57,7 @@ from sae_atoms.aip import AIPMetric
 from sae_atoms.data import LABEL_COLUMNS
 from sae_atoms.evals import stability
 from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_units, l0, neurons, table
+from sae_atoms.evals.evaluate import BINDING_KEYS
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, train_on_activations
 from sae_atoms.saes.construction import theorem_init
@@ -70,11 +71,6 @@ DEFAULT_EXPANSION = 1
 VALIDATION_FRAC = 0.2
 ROW_KEYS = ("unit", "target_l0", "l0", "l0_val", "l0_heldout", "r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "q_star_a",
             "q_star_b", "q_star_b_heldout", "dead_frac", "monosemanticity")
-
-
-# held-out, per row (results.json; the reading's binding sentence): which side of q* (b)'s bound binds
-# (evals.evaluate), and the share of samples whose amplitude gap is positive (the threshold condition)
-BINDING_KEYS = ("l0_p50", "mu_sample_p50", "bound_ratio_p50", "k_allowed_p50", "amplitude_gap_sample_pos_frac")
 
 
 def row_keys(rows: Sequence[dict]) -> tuple[str, ...]:

@@ -209,7 +209,7 @@ def reading(results: dict) -> list[str]:
 
 def binding_reading(rows: list[dict]) -> list[str]:
     """Which side of q* (b)'s bound binds for the atoms on held-out entities, per frontier target
-    (the rows' ``frontier.BINDING_KEYS``)."""
+    (the rows' ``evals.evaluate.BINDING_KEYS``, held-out)."""
     parts = []
     for r in rows:
         k, mu = r.get("l0_p50_heldout"), r.get("mu_sample_p50_heldout")

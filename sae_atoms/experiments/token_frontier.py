@@ -254,6 +254,7 @@ def evaluate_saes(saes: dict[str, Any], model: Any, eval_rows: Any, x_eval: torc
     the cached activations: ``sae_atoms.evals.downstream``) and ``evaluate_units`` in the reference AIP."""
     from sae_atoms.evals import evaluate_units
     from sae_atoms.evals.downstream import downstream_scores, sparsity_and_variance
+    from sae_atoms.evals.evaluate import BINDING_KEYS
 
     vs_atoms = {sae_name(u, t): sae_name("atoms", t) for t in c.targets for u in trained_units(c) if u != "atoms"}
     down = downstream_scores(saes, model, eval_rows, c.hook, c.eval_batch_prompts, progress=progress,
@@ -264,7 +265,7 @@ def evaluate_saes(saes: dict[str, Any], model: Any, eval_rows: Any, x_eval: torc
         out[name] = sparsity_and_variance(sae, x_eval) | {
             "ce_loss_score": down[name]["ce_loss_score"], "kl_div_score": down[name]["kl_div_score"],
             "r2_aip": ours["r2_aip"], "mu": ours["mu_aip"], "mu_raw": ours["mu_raw"], "q_star_a": ours["q_star_a"],
-            "q_star_b": ours["q_star_b"], "dead_frac": ours["dead_frac"]} | {
+            "q_star_b": ours["q_star_b"], "dead_frac": ours["dead_frac"]} | {k: ours.get(k) for k in BINDING_KEYS} | {
             k: down[name][k] for k in ("ce_loss_score_se", "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation")} | {
             k.replace("ce_loss_score_vs_ref", "ce_minus_atoms"): v for k, v in down[name].items() if "_vs_ref" in k}
     return out

@@ -230,6 +230,7 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
         assert -1.0 < r["ce_loss_score"] <= 1.0 and r["ce_loss_with_ablation"] > r["ce_loss_without_sae"]
         assert 0.0 <= r["dead_frac"] <= 1.0 and 0.0 <= r["q_star_b"] <= 1.0
         assert 0.0 <= r["seed_consistency"] <= 1.0 and 0.0 < r["width_mean_cos"] <= 1.0  # the twins' consistency
+        assert r["bound_ratio_p50"] > 0 and r["k_allowed_p50"] >= 1 and r["l0_p50"] > 1  # which side of q* (b) binds
     assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(TF.sae_name(u, 16) for u in rows)  # no twin saved
     assert "seed_consistency" in TR.format_table(res["rows"]) and "ce_minus_atoms_se" in TR.format_table(res["rows"])
     assert "ce_minus_atoms" not in rows["atoms"]  # the others' CE-loss score minus atoms', paired over tokens
