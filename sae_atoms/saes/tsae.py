@@ -327,6 +327,10 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         """The decoder used in the forward pass: rows of ``W_dec`` scaled to unit norm."""
         return UnitRows.apply(self.W_dec)
 
+    def stability_directions(self) -> torch.Tensor:
+        """The unit rows the stability objective reads: the decoder's, in the SAE's geometry."""
+        return self.unit_W_dec()
+
     # ---- forward in the SAE's geometry
     def _pre_acts(self, y: torch.Tensor) -> torch.Tensor:
         """The encoder's pre-activations of ``y`` (in the SAE's geometry), through ``hook_sae_acts_pre``."""
@@ -411,7 +415,7 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         c = self.cfg
         if c.stability_coefficient > 0:
             aux["stability_loss"] = c.stability_coefficient * stability_penalty(
-                c.stability_design, feature_acts, self.unit_W_dec(), c.stability_margin, c.stability_rows, c.stability_k_max)
+                c.stability_design, feature_acts, self.stability_directions(), c.stability_margin, c.stability_rows, c.stability_k_max)
         return aux
 
     def _raw_out(self, y_hat: torch.Tensor) -> torch.Tensor:

@@ -107,6 +107,9 @@ class TSAEAIPTrainingSAEConfig(TSAETrainingSAEConfig):
         n_batches_for_metric: batches used to estimate the metric at the start of training.
         aip_metric_path: a saved ``AIPMetric`` folder to use instead of estimating one.
         aip_loss_space: "aip" (squared error in whitened space, the paper) or "raw" (Euclidean).
+        stability_geometry: where the stability objective reads cosines: "sae" (the SAE's own,
+            ``S^aip_alpha``) or "aip" (the full AIP, where q* is read, while the loss stays at
+            ``aip_alpha``); the two differ only when ``aip_alpha < 1``.
     """
 
     jumprelu_init_threshold: float = 0.5
@@ -119,6 +122,7 @@ class TSAEAIPTrainingSAEConfig(TSAETrainingSAEConfig):
     n_batches_for_metric: int = 20
     aip_metric_path: str | None = None
     aip_loss_space: Literal["aip", "raw"] = "aip"
+    stability_geometry: Literal["sae", "aip"] = "sae"
 
     def _validate(self) -> None:
         super()._validate()
@@ -135,6 +139,8 @@ class TSAEAIPTrainingSAEConfig(TSAETrainingSAEConfig):
             raise ValueError(f"n_batches_for_metric={self.n_batches_for_metric} must be >= 1.")
         if self.aip_loss_space not in ("aip", "raw"):
             raise ValueError(f"aip_loss_space={self.aip_loss_space!r}: use 'aip' or 'raw'.")
+        if self.stability_geometry not in ("sae", "aip"):
+            raise ValueError(f"stability_geometry={self.stability_geometry!r}: use 'sae' or 'aip'.")
         if self.normalize_activations not in _NORMALIZATIONS:
             raise ValueError(
                 f"normalize_activations={self.normalize_activations!r}: tsae_aip whitens with the AIP metric itself; "
@@ -252,6 +258,8 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
             self.register_buffer(k, v)
         # 1.0 once the metric is set; a float (not bool) buffer so SAELens's dtype moves and loaders handle it
         self.register_buffer("aip_fitted", torch.zeros((), dtype=torch.float32, device=self.device))
+        # S^-(1 - alpha)/2: the SAE's geometry -> the full AIP (stability_geometry="aip"); not saved
+        self.register_buffer("aip_to_full", torch.eye(self.cfg.d_in, dtype=self.dtype, device=self.device), persistent=False)
 
     # ---- the metric
     @property
@@ -267,6 +275,8 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
         self.aip_W_inv.copy_(metric.W_inv.to(dev, dt))
         mean = metric.mean if metric.mean is not None else torch.zeros(self.cfg.d_in)
         self.aip_mean.copy_(mean.to(dev, dt))
+        lam, v = metric.eigvals.clamp_min(0.0) + metric.ridge, metric.eigvecs  # the full AIP's W, times W_alpha^-1
+        self.aip_to_full.copy_(((v * lam.rsqrt()) @ v.T @ metric.W_inv).to(dev, dt))
         self.aip_fitted.fill_(1.0)
         self._moments = None
         return self
@@ -283,6 +293,13 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
         c = self.cfg
         return {"kind": c.aip_kind, "shrinkage": _parse_shrinkage(c.aip_shrinkage), "alpha": float(c.aip_alpha),
                 "outlier_factor": c.aip_outlier_factor}
+
+    def stability_directions(self) -> torch.Tensor:
+        """Unit decoder rows in ``stability_geometry`` (the full AIP: ``S^-(1-alpha)/2`` of each row, renormalised)."""
+        rows = self.unit_W_dec()
+        if self.cfg.stability_geometry == "aip" and self.cfg.aip_alpha != 1.0:
+            rows = torch.nn.functional.normalize(rows @ self.aip_to_full.T, dim=-1)
+        return rows
 
     def _to_geometry(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.aip_mean) @ self.aip_W.T if self.cfg.aip_kind == "centered" else x @ self.aip_W.T

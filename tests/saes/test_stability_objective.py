@@ -62,3 +62,25 @@ def test_training_with_the_objective_lowers_coactive_coherence_on_planted_data()
 
     plain, stable = mean_coactive_mu(0.0), mean_coactive_mu(30.0)
     assert stable < 0.8 * plain, (plain, stable)
+
+
+def test_stability_geometry_aip_reads_the_rows_in_the_full_aip_while_the_sae_trains_at_its_alpha():
+    from sae_atoms.aip import AIPMetric
+    from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, TSAEAIPTrainingSAEConfig
+
+    torch.manual_seed(0)
+    x = torch.randn(2000, 8) @ torch.diag(torch.tensor([4.0, 3, 2, 1, 1, 0.5, 0.3, 0.2])) + 1.0
+    full = AIPMetric.fit(x, kind="centered", shrinkage=0.01)
+    for alpha, same in ((0.35, False), (1.0, True)):
+        sae = {g: TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=8, d_sae=12, aip_alpha=alpha, stability_geometry=g))
+               for g in ("sae", "aip")}
+        sae["aip"].load_state_dict(sae["sae"].state_dict())
+        for s in sae.values():
+            s.fit_metric(x)
+        raw = sae["sae"].unit_W_dec().detach().double() @ sae["sae"].aip_W_inv.T.double()  # each atom in raw space
+        expect = torch.nn.functional.normalize(raw @ full.W.T, dim=-1)  # ... and in the full AIP
+        assert torch.allclose(sae["aip"].stability_directions().double(), expect, atol=1e-4)
+        assert torch.allclose(sae["sae"].stability_directions(), sae["sae"].unit_W_dec())
+        assert torch.allclose(sae["aip"].stability_directions(), sae["sae"].stability_directions(), atol=1e-5) == same
+    with pytest.raises(ValueError, match="stability_geometry"):
+        TSAEAIPTrainingSAEConfig(d_in=8, d_sae=12, stability_geometry="raw")
