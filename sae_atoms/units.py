@@ -15,9 +15,10 @@ Raw-space features use SAELens's ``expected_average_only_in`` input normalisatio
 setting for them; atoms keep AIP geometry (their metric is their normalisation).
 ``features_jumprelu_whitened`` is jumprelu with SAELens's own ``covariance_whitening`` (centred PCA
 whitening folded into the SAE after training), the ecosystem's nearest thing to the AIP.
-``atoms_stable`` are atoms trained with the stability objective (co-active atoms kept inside the
-uniqueness bound, ``sae_atoms.saes.stability``) in the full AIP (alpha = 1): the objective acts in
-the SAE's own geometry, and q* is read in the full AIP, so the two must agree for it to help.
+``atoms_stable`` are the atoms (alpha ``ATOMS_ALPHA``) trained with the stability objective
+(co-active atoms kept inside the uniqueness bound, ``sae_atoms.saes.stability``) read in the full
+AIP (``stability_geometry="aip"``), where q* is measured: read in the SAE's own partial geometry
+the objective pushes apart directions that are not the ones the bound is about.
 ``atoms_topk`` are atoms in the full AIP trained with each sample's ``target_l0`` largest codes
 (``topk_training``, BatchTopK's recipe; thresholds matched after training): on planted data it is
 the recipe under which two seeds recover the same dictionary. ``features_matryoshka`` is
@@ -57,8 +58,9 @@ class UnitKind:
 UNIT_KINDS: dict[str, UnitKind] = {u.name: u for u in (
     UnitKind("neurons", None, "neurons"),
     UnitKind("atoms", "tsae_aip", "atoms (tsae_aip)", lambda t, w: _threshold(t) | {"aip_alpha": ATOMS_ALPHA}),
-    UnitKind("atoms_stable", "tsae_aip", "atoms (full AIP) + stability objective",
-             lambda t, w: _threshold(t) | {"aip_alpha": 1.0, "stability_coefficient": STABILITY_COEFFICIENT}),
+    UnitKind("atoms_stable", "tsae_aip", "atoms + stability objective (in the AIP)",
+             lambda t, w: _threshold(t) | {"aip_alpha": ATOMS_ALPHA, "stability_coefficient": STABILITY_COEFFICIENT,
+                                           "stability_geometry": "aip"}),
     UnitKind("atoms_topk", "tsae_aip", "atoms (full AIP), trained top-k",
              lambda t, w: {"target_l0": float(t), "topk_training": True, "aip_alpha": 1.0}),
     UnitKind("tsae", "tsae", "tsae (raw space)", lambda t, w: _threshold(t) | {"normalize_activations": _NORMALISED}),

@@ -64,8 +64,8 @@ from sae_atoms.saes.construction import theorem_init
 from sae_atoms.units import ATOMS_ALPHA, atoms_variants, unit_config, unit_kind
 from sae_atoms.workers import add_workers_argument, choose_workers, map_jobs
 
-UNITS = ("atoms", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
-MORE_UNITS = ("atoms_stable", "atoms_topk")  # by name only (--units)
+UNITS = ("atoms", "atoms_stable", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
+MORE_UNITS = ("atoms_topk",)  # by name only (--units)
 DEFAULT_TARGETS = (4, 8, 16, 32, 64)
 DEFAULT_EXPANSION = 1
 VALIDATION_FRAC = 0.2
