@@ -69,8 +69,8 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path, capsys):
     for unit in ("atoms", "features_jumprelu"):
         assert head[unit]["l0_val"] == pytest.approx(res["units_l0"], rel=0.02)
         assert res["units"][unit]["l0"] == pytest.approx(head[unit]["l0"], rel=1e-4)  # same SAE, same fit rows
-    assert {r["unit"] for r in rows} == {"neurons", "atoms", "tsae", "features_standard", "features_jumprelu",
-                                         "features_topk", "features_batchtopk"}
+    assert {r["unit"] for r in rows} == {"neurons", "atoms", "atoms_stable", "tsae", "features_standard",
+                                         "features_jumprelu", "features_topk", "features_batchtopk"}
     assert all(FRONTIER_KEYS <= set(r) for r in rows)
     assert {r["target_l0"] for r in rows if r["unit"] == "atoms"} == {8.0, 16.0}
     assert res["metric"]["reference"]["kind"] == "centered" and res["metric"]["atoms"]["alpha"] == frontier.ATOMS_ALPHA
