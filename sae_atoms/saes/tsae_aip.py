@@ -141,6 +141,8 @@ class TSAEAIPTrainingSAEConfig(TSAETrainingSAEConfig):
             raise ValueError(f"aip_loss_space={self.aip_loss_space!r}: use 'aip' or 'raw'.")
         if self.stability_geometry not in ("sae", "aip"):
             raise ValueError(f"stability_geometry={self.stability_geometry!r}: use 'sae' or 'aip'.")
+        if self.stability_geometry == "aip" and float(self.aip_alpha) == 0.0:
+            raise ValueError("stability_geometry='aip' reads the full AIP off the partial one: it needs aip_alpha > 0.")
         if self.normalize_activations not in _NORMALIZATIONS:
             raise ValueError(
                 f"normalize_activations={self.normalize_activations!r}: tsae_aip whitens with the AIP metric itself; "
@@ -176,6 +178,15 @@ def fold_to_raw(state: dict[str, torch.Tensor], apply_b_dec_to_input: bool, dtyp
     for k in _BUFFERS:
         out[k] = state[k].detach().clone()
     return out
+
+
+def to_full_aip(W_alpha: torch.Tensor, alpha: float) -> torch.Tensor:
+    """A multiple of ``W_1 W_alpha^-1``, the map from the partial geometry ``S^alpha`` to the full AIP,
+    read off ``W_alpha`` alone: with ``W_alpha = V diag(w) V^T`` (``w ~ lam^(-alpha/2)``) it is
+    ``V diag(w^((1 - alpha)/alpha)) V^T`` (up to the scale ``AIPMetric`` gives ``S^alpha``, which unit
+    rows do not see). ``alpha`` in (0, 1]."""
+    w, V = torch.linalg.eigh(W_alpha.double())
+    return ((V * w.clamp_min(1e-30).pow((1.0 - alpha) / alpha)) @ V.T).to(W_alpha.dtype)
 
 
 def _check_metric(metric: AIPMetric, d_in: int, kind: str) -> None:
@@ -249,6 +260,7 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
         super().__init__(cfg, use_error_term)
         self._moments: AIPMoments | None = None
         self._n_metric_batches = 0
+        self._to_full: torch.Tensor | None = None  # stability_directions' map to the full AIP, from aip_W
         if cfg.aip_metric_path is not None and self.device.type != "meta":
             self.set_metric(AIPMetric.load(cfg.aip_metric_path, d=cfg.d_in))
 
@@ -258,8 +270,7 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
             self.register_buffer(k, v)
         # 1.0 once the metric is set; a float (not bool) buffer so SAELens's dtype moves and loaders handle it
         self.register_buffer("aip_fitted", torch.zeros((), dtype=torch.float32, device=self.device))
-        # S^-(1 - alpha)/2: the SAE's geometry -> the full AIP (stability_geometry="aip"); not saved
-        self.register_buffer("aip_to_full", torch.eye(self.cfg.d_in, dtype=self.dtype, device=self.device), persistent=False)
+
 
     # ---- the metric
     @property
@@ -275,8 +286,7 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
         self.aip_W_inv.copy_(metric.W_inv.to(dev, dt))
         mean = metric.mean if metric.mean is not None else torch.zeros(self.cfg.d_in)
         self.aip_mean.copy_(mean.to(dev, dt))
-        lam, v = metric.eigvals.clamp_min(0.0) + metric.ridge, metric.eigvecs  # the full AIP's W, times W_alpha^-1
-        self.aip_to_full.copy_(((v * lam.rsqrt()) @ v.T @ metric.W_inv).to(dev, dt))
+        self._to_full = None
         self.aip_fitted.fill_(1.0)
         self._moments = None
         return self
@@ -297,9 +307,11 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
     def stability_directions(self) -> torch.Tensor:
         """Unit decoder rows in ``stability_geometry`` (the full AIP: ``S^-(1-alpha)/2`` of each row, renormalised)."""
         rows = self.unit_W_dec()
-        if self.cfg.stability_geometry == "aip" and self.cfg.aip_alpha != 1.0:
-            rows = torch.nn.functional.normalize(rows @ self.aip_to_full.T, dim=-1)
-        return rows
+        if self.cfg.stability_geometry != "aip" or self.cfg.aip_alpha == 1.0:
+            return rows
+        if self._to_full is None or self._to_full.device != rows.device:
+            self._to_full = to_full_aip(self.aip_W, float(self.cfg.aip_alpha))
+        return torch.nn.functional.normalize(rows @ self._to_full.T, dim=-1)
 
     def _to_geometry(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.aip_mean) @ self.aip_W.T if self.cfg.aip_kind == "centered" else x @ self.aip_W.T

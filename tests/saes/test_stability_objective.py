@@ -82,5 +82,6 @@ def test_stability_geometry_aip_reads_the_rows_in_the_full_aip_while_the_sae_tra
         assert torch.allclose(sae["aip"].stability_directions().double(), expect, atol=1e-4)
         assert torch.allclose(sae["sae"].stability_directions(), sae["sae"].unit_W_dec())
         assert torch.allclose(sae["aip"].stability_directions(), sae["sae"].stability_directions(), atol=1e-5) == same
-    with pytest.raises(ValueError, match="stability_geometry"):
-        TSAEAIPTrainingSAEConfig(d_in=8, d_sae=12, stability_geometry="raw")
+    for bad in ({"stability_geometry": "raw"}, {"stability_geometry": "aip", "aip_alpha": 0.0}):
+        with pytest.raises(ValueError, match="stability_geometry"):
+            TSAEAIPTrainingSAEConfig(d_in=8, d_sae=12, **bad)
