@@ -271,7 +271,6 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
         # 1.0 once the metric is set; a float (not bool) buffer so SAELens's dtype moves and loaders handle it
         self.register_buffer("aip_fitted", torch.zeros((), dtype=torch.float32, device=self.device))
 
-
     # ---- the metric
     @property
     def metric_fitted(self) -> bool:
