@@ -207,19 +207,22 @@ def reading(results: dict) -> list[str]:
     return out
 
 
-def binding_reading(rows: list[dict]) -> list[str]:
-    """Which side of q* (b)'s bound binds for the atoms on held-out entities, per frontier target
-    (the rows' ``evals.evaluate.BINDING_KEYS``, held-out)."""
-    parts = []
-    for r in rows:
-        k, mu = r.get("l0_p50_heldout"), r.get("mu_sample_p50_heldout")
-        if r["unit"] != "atoms" or k is None or mu is None or not math.isfinite(mu) or k < 2:
-            continue
-        gap = r.get("amplitude_gap_sample_pos_frac_heldout")
-        parts.append(f"L0 {r['target_l0']:g}: median K {k:g}, bound {1 / (2 * k - 1):.3f}, median co-active μ {mu:.3f} "
-                     f"(ratio {r['bound_ratio_p50_heldout']:.1f}; that μ allows K ≤ {r['k_allowed_p50_heldout']:g})"
-                     + ("" if gap is None else f", amplitude gap > 0 on {gap:.0%} of samples"))
-    if not parts:
-        return []
-    return ["Stability q* (b), held-out entities, atoms: which side of μ < 1/(2K−1) binds (ratio = μ (2K−1) of the "
-            "median sample; above 1 it fails): " + "; ".join(parts) + "."]
+def binding_reading(rows: list[dict], units: tuple[str, ...] = ("atoms", "atoms_stable")) -> list[str]:
+    """Which side of q* (b)'s bound binds on held-out entities, per frontier target, for each of
+    ``units`` present (the rows' ``evals.evaluate.BINDING_KEYS``, held-out): one sentence a unit."""
+    out = []
+    for unit in units:
+        parts = []
+        for r in rows:
+            k, mu = r.get("l0_p50_heldout"), r.get("mu_sample_p50_heldout")
+            if r["unit"] != unit or k is None or mu is None or not math.isfinite(mu) or k < 2:
+                continue
+            gap = r.get("amplitude_gap_sample_pos_frac_heldout")
+            parts.append(f"L0 {r['target_l0']:g}: q* (b) {r['q_star_b_heldout']:.3f}, median K {k:g}, bound "
+                         f"{1 / (2 * k - 1):.3f}, median co-active μ {mu:.3f} (ratio {r['bound_ratio_p50_heldout']:.1f}; "
+                         f"that μ allows K ≤ {r['k_allowed_p50_heldout']:g})"
+                         + ("" if gap is None else f", amplitude gap > 0 on {gap:.0%} of samples"))
+        if parts:
+            out.append(f"Stability q* (b), held-out entities, {unit}: which side of μ < 1/(2K−1) binds (ratio = μ (2K−1) "
+                       "of the median sample; above 1 it fails): " + "; ".join(parts) + ".")
+    return out

@@ -61,9 +61,12 @@ def test_relations_reading_states_the_three_checks_per_relation():
 def test_binding_reading_names_the_bound_the_coherence_and_the_k_it_allows():
     from sae_atoms.experiments.reading import binding_reading
 
-    row = {"unit": "atoms", "target_l0": 8.0, "l0_p50_heldout": 8.0, "mu_sample_p50_heldout": 0.2,
+    row = {"unit": "atoms", "target_l0": 8.0, "l0_p50_heldout": 8.0, "mu_sample_p50_heldout": 0.2, "q_star_b_heldout": 0.1,
            "bound_ratio_p50_heldout": 3.0, "k_allowed_p50_heldout": 2.0, "amplitude_gap_sample_pos_frac_heldout": 0.25}
     (text,) = binding_reading([row, row | {"unit": "features_jumprelu"}, row | {"target_l0": 1.0, "l0_p50_heldout": 1.0}])
-    assert "L0 8: median K 8, bound 0.067, median co-active μ 0.200 (ratio 3.0; that μ allows K ≤ 2)" in text
+    assert "atoms: " in text and "L0 8: q* (b) 0.100, median K 8, bound 0.067, median co-active μ 0.200 (ratio 3.0; " \
+                                "that μ allows K ≤ 2)" in text
     assert "amplitude gap > 0 on 25% of samples" in text and text.count("L0 ") == 1  # atoms only, K >= 2 only
+    both = binding_reading([row, row | {"unit": "atoms_stable", "q_star_b_heldout": 0.7}])
+    assert len(both) == 2 and "atoms_stable: " in both[1] and "q* (b) 0.700" in both[1]
     assert binding_reading([{"unit": "atoms", "target_l0": 8.0}]) == []  # rows from before the columns
