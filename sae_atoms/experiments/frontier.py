@@ -58,6 +58,7 @@ from sae_atoms.data import LABEL_COLUMNS
 from sae_atoms.evals import stability
 from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_units, l0, neurons, table
 from sae_atoms.evals.evaluate import BINDING_KEYS
+from sae_atoms.experiments.plots import pareto_front, series
 from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.training import fit_sae, train_on_activations
 from sae_atoms.saes.construction import theorem_init
@@ -396,30 +397,37 @@ def reading(rows: Sequence[dict], paper: dict | None = None) -> list[str]:
     return out
 
 
-# one style per unit kind: hollow markers of decreasing size and distinct line styles, so series
-# that coincide (e.g. tsae and jumprelu at the same R^2) stay visible on top of each other
-_STYLES = [(m, ls) for m, ls in zip("osD^vP*X", ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 2)), "-", "--"))]
-
-
 def plot_frontier(rows: Sequence[dict], path: Path) -> Path:
-    """Held-out raw R^2, held-out AIP R^2 and q* (b) against L0, one line per unit kind."""
+    """Held-out raw R^2, held-out AIP R^2 and q* (b) against L0, one line per unit kind; and held-out
+    q* (b) against held-out raw R^2 (one point per unit and L0, the Pareto front dotted)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     units = [u for u in dict.fromkeys(r["unit"] for r in rows) if u != "neurons"]
     panels = (("r2_heldout", "held-out R² (raw)", "R² on held-out entities (raw)"),
               ("r2_aip_heldout", "held-out R² (AIP)", "R² on held-out entities (AIP)"),
               ("q_star_b", "q* (b), in-sample", "stability q* (reading b)"))
     for ax, (key, title, ylabel) in zip(axes, panels):
         for i, u in enumerate(units):
-            marker, ls = _STYLES[i % len(_STYLES)]
             pts = sorted((matched_l0(r), r[key]) for r in rows if r["unit"] == u and r.get(key) is not None)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls=ls, ms=max(11 - 1.5 * i, 4),
-                    mfc="none", mew=1.5, label=u)
+            series(ax, i, u, pts)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("L0 (matched, validation entities)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
+    ax = axes[3]
+    every = []
+    for i, u in enumerate(units):
+        pts = [(r["r2_heldout"], r["q_star_b_heldout"]) for r in sorted(rows, key=matched_l0)
+               if r["unit"] == u and r.get("q_star_b_heldout") is not None]
+        series(ax, i, u, pts)
+        every += pts
+    front = pareto_front(every)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "k:", lw=1, label="_Pareto front")
+    ax.set_xlabel("held-out R² (raw)")
+    ax.set_ylabel("held-out q* (b)")
+    ax.set_title("Stability vs faithfulness, held-out (dotted: Pareto front)")
+    for ax in axes:
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(units), fontsize=9, frameon=False)

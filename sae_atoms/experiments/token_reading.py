@@ -77,16 +77,14 @@ def plot_token_frontier(rows: Sequence[dict], path: Path) -> Path:
     """CE-loss score, explained variance and q* (b) against held-out L0, one line per unit (SAEBench style)."""
     import matplotlib.pyplot as plt
 
-    from sae_atoms.experiments.frontier import _STYLES
+    from sae_atoms.experiments.plots import series
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     units = list(dict.fromkeys(r["unit"] for r in rows))
     for ax, (key, title) in zip(axes, (("ce_loss_score", "CE-loss score"), ("explained_variance", "explained variance"),
                                        ("q_star_b", "q* (b), AIP"))):
         for i, u in enumerate(units):
-            marker, ls = _STYLES[i % len(_STYLES)]
-            pts = sorted((r["l0"], r[key]) for r in rows if r["unit"] == u and r.get(key) is not None)
-            ax.plot(*zip(*pts), marker=marker, ls=ls, ms=max(11 - 1.2 * i, 4), mfc="none", mew=1.5, label=u)
+            series(ax, i, u, sorted((r["l0"], r[key]) for r in rows if r["unit"] == u and r.get(key) is not None))
         ax.set_xscale("log", base=2)
         ax.set(xlabel="L0 (held-out documents)", ylabel=title, title=title)
         ax.grid(alpha=0.3)

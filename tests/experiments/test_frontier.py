@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sae_atoms.activations import ActivationSet
-from sae_atoms.experiments import frontier
+from sae_atoms.experiments import frontier, plots
 from sae_atoms.saes import construction
 from sae_atoms.synthetic import planted
 from sae_atoms.training import train_on_activations
@@ -91,12 +91,22 @@ def test_frontier_plot_labels_every_axis_and_keeps_coinciding_series_visible(tmp
     monkeypatch.setattr(frontier, "save_figure", lambda fig, path: figs.append(fig) or save(fig, path))
     # tsae and jumprelu at identical values: both must stay distinguishable
     rows = [{"unit": u, "target_l0": t, "l0": t, "l0_val": t, "r2_heldout": 0.1 * t, "r2_aip_heldout": 0.01 * t,
-             "q_star_b": 0.0} for u in ("atoms", "tsae", "features_jumprelu") for t in (4.0, 8.0)]
+             "q_star_b": 0.0, "q_star_b_heldout": 0.5 / t} for u in ("atoms", "tsae", "features_jumprelu") for t in (4.0, 8.0)]
     assert frontier.plot_frontier(rows, tmp_path / "f.png").exists()
+    assert len(figs[0].axes) == 4  # R² raw, R² AIP, q* (b) against L0; held-out q* (b) against held-out R²
     for ax in figs[0].axes:
         assert ax.get_ylabel(), ax.get_title()
-        styles = {(ln.get_marker(), str(ln.get_linestyle()), ln.get_markersize()) for ln in ax.get_lines()}
+        styles = {(ln.get_marker(), str(ln.get_linestyle()), ln.get_markersize()) for ln in ax.get_lines()
+                  if not ln.get_label().startswith("_")}
         assert len(styles) == 3, styles  # one distinct marker / line style / size per unit kind
+    front = [ln for ln in figs[0].axes[3].get_lines() if ln.get_label() == "_Pareto front"]
+    assert len(front) == 1 and list(front[0].get_xdata()) == [0.4, 0.8]  # (0.4, 0.125) and (0.8, 0.0625)
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both():
+    pts = [(0.5, 0.1), (0.4, 0.6), (0.3, 0.5), (0.6, 0.05), (0.4, 0.6), (0.2, 0.9), (0.6, 0.01)]
+    assert plots.pareto_front(pts) == [(0.2, 0.9), (0.4, 0.6), (0.5, 0.1), (0.6, 0.05)]
+    assert plots.pareto_front([]) == []
 
 
 def _acts_on_disk(path) -> str:
