@@ -106,21 +106,18 @@ def frontier_config(unit: str, d_in: int, d_sae: int, target_l0: float, atoms_al
     return unit_config(unit, d_in, d_sae, target_l0, hook, **({"aip_alpha": atoms_alpha} if unit == "atoms" else {}))
 
 
-def variants(c: FrontierConfig) -> dict[str, dict[str, Any]]:
+def designs(c: FrontierConfig) -> dict[str, dict[str, Any]]:
     """Each atoms variant's unit name, ``atoms_<name>`` -> its tsae_aip config fields (``units.atoms_variants``)."""
     return atoms_variants(c.atoms_variants)
 
 
-def _is_atoms(unit: str, c: FrontierConfig) -> bool:
-    """Whether ``unit`` is a ``tsae_aip`` kind or an atoms variant (its metric is fitted with its own alpha)."""
-    return unit in variants(c) or unit_kind(unit).architecture == "tsae_aip"
-
-
-def _alpha(unit: str, c: FrontierConfig) -> float:
-    """The partial whitening a ``tsae_aip`` unit trains in: the atoms' (or a variant's own), else its kind's."""
-    if unit == "atoms" or unit in variants(c):
-        return float(variants(c).get(unit, {}).get("aip_alpha", c.atoms_alpha))
-    return unit_kind(unit).overrides(1.0, 1)["aip_alpha"]
+def _metric_alpha(unit: str, c: FrontierConfig, design: dict[str, dict[str, Any]]) -> float | None:
+    """The partial whitening a ``tsae_aip`` unit trains in: the atoms' ``c.atoms_alpha`` (or an atoms
+    design's own), else its kind's; None for the other architectures (no metric of their own)."""
+    if unit == "atoms" or unit in design:
+        return float(design.get(unit, {}).get("aip_alpha", c.atoms_alpha))
+    kind = unit_kind(unit)
+    return kind.overrides(1.0, 1)["aip_alpha"] if kind.architecture == "tsae_aip" else None
 
 
 def _labels(acts: Any) -> dict[str, list] | None:
@@ -163,7 +160,7 @@ def train_unit(unit: str, x: torch.Tensor, target_l0: float, cfg: FrontierConfig
     rows (``train_on_activations``)."""
     c = cfg or FrontierConfig()
     sae_cfg = frontier_config(unit, x.shape[1], int(round(c.expansion * x.shape[1])), target_l0, c.atoms_alpha, hook,
-                              variants(c).get(unit))
+                              designs(c).get(unit))
     return train_on_activations(x, sae_cfg, steps=c.steps, seed=c.seed, target_l0=target_l0, match_on=match_on,
                                 batch_size=c.batch_size, device=device, metric=metric, progress=False)
 
@@ -252,8 +249,10 @@ def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None
     x, x_val = as_matrix(fit, hook).float(), (None if val is None else as_matrix(val, hook).float())
     splits = Splits(fit, heldout, hook, val)
     rows = [evaluate_row("neurons", neurons(x.shape[1]), None, splits, ref, device)]
-    units = tuple(c.units) + tuple(variants(c))
-    atoms_metric = {u: AIPMetric.robust(x, alpha=_alpha(u, c)) for u in units if _is_atoms(u, c)}  # each one's partial whitening
+    design = designs(c)
+    units = tuple(c.units) + tuple(design)
+    alphas = {u: _metric_alpha(u, c, design) for u in units}
+    atoms_metric = {u: AIPMetric.robust(x, alpha=a) for u, a in alphas.items() if a is not None}  # each one's partial whitening
     jobs = [(t, u) for t in c.targets for u in units]
     shared = FrontierJobs(c, x, x_val, splits, ref, atoms_metric, device, None if save_dir is None else Path(save_dir))
     with tqdm(total=len(jobs), desc="frontier", unit="SAE", disable=not progress) as bar:
@@ -302,7 +301,7 @@ def _settings(c: FrontierConfig, hook: str, x: torch.Tensor, x_val: torch.Tensor
             "n_val": 0 if x_val is None else int(x_val.shape[0]), "validation_frac": c.validation_frac,
             "l0_matched_on": "validation entities" if x_val is not None else "training rows",
             "n_heldout": int(heldout.float().shape[0]), "hook": hook, "stability_targets": list(c.stability_targets),
-            "atoms_variants": variants(c)}
+            "atoms_variants": designs(c)}
 
 
 # --------------------------------------------------------------------------- the paper's regime
