@@ -210,6 +210,8 @@ def reading(results: dict) -> list[str]:
 def binding_reading(rows: list[dict], units: tuple[str, ...] = ("atoms", "atoms_stable")) -> list[str]:
     """Which side of q* (b)'s bound binds on held-out entities, per frontier target, for each of
     ``units`` present (the rows' ``evals.evaluate.BINDING_KEYS``, held-out): one sentence a unit."""
+    from sae_atoms.evals.geometry import uniqueness_bound
+
     out = []
     for unit in units:
         parts = []
@@ -219,7 +221,7 @@ def binding_reading(rows: list[dict], units: tuple[str, ...] = ("atoms", "atoms_
                 continue
             gap = r.get("amplitude_gap_sample_pos_frac_heldout")
             parts.append(f"L0 {r['target_l0']:g}: q* (b) {r['q_star_b_heldout']:.3f}, median K {k:g}, bound "
-                         f"{1 / (2 * k - 1):.3f}, median co-active μ {mu:.3f} (ratio {r['bound_ratio_p50_heldout']:.1f}; "
+                         f"{uniqueness_bound(k):.3f}, median co-active μ {mu:.3f} (ratio {r['bound_ratio_p50_heldout']:.1f}; "
                          f"that μ allows K ≤ {r['k_allowed_p50_heldout']:g})"
                          + ("" if gap is None else f", amplitude gap > 0 on {gap:.0%} of samples"))
         if parts:
