@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -65,12 +65,21 @@ def bench_tsae_aip_step(quick: bool = False) -> dict:
                     metric_fit_in_steps=fit_s / t_jr, d_in=d, d_sae=width, batch=batch, device=str(dev))
 
 
-def _step_times(ours: Any, base: Any, x: torch.Tensor, tcfg: Any, quick: bool) -> tuple[float, float]:
-    """Best times of one ``SAETrainer._train_step`` of ``ours`` and of ``base`` on the batch ``x``."""
+def _step_times(ours: Any, base: Any, x: torch.Tensor, tcfg: Any, quick: bool, steps: int = 1) -> tuple[float, float]:
+    """Best times of ``steps`` consecutive ``SAETrainer._train_step`` calls (the step counter
+    advancing, as in training) of ``ours`` and of ``base`` on the batch ``x``."""
     from sae_lens.training.sae_trainer import SAETrainer
 
-    tr_o, tr_b = SAETrainer(cfg=tcfg, sae=ours, data_provider=iter(())), SAETrainer(cfg=tcfg, sae=base, data_provider=iter(()))
-    return timing.alternating(lambda: tr_o._train_step(ours, x), lambda: tr_b._train_step(base, x), quick)
+    def run(sae: Any) -> Callable[[], None]:
+        tr = SAETrainer(cfg=tcfg, sae=sae, data_provider=iter(()))
+
+        def call() -> None:
+            for _ in range(steps):
+                tr._train_step(sae, x)
+                tr.n_training_steps += 1
+        return call
+
+    return timing.alternating(run(ours), run(base), quick)
 
 
 def bench_runner_step(quick: bool = False) -> dict:
@@ -100,26 +109,41 @@ def bench_runner_step(quick: bool = False) -> dict:
 
 
 def bench_stability_step(quick: bool = False) -> dict:
-    """One ``tsae_aip`` step with the stability objective (``coactive``, default rows) vs without.
+    """One ``tsae_aip`` step with the stability objective vs without, in both geometries it reads:
+    the SAE's own (``"sae"``: the default config's objective at weight 1) and the full AIP from the
+    atoms' partial whitening (``"aip"``: the frontier's ``atoms_stable`` config, the same config at
+    weight 0 as the baseline). The ratio is the larger of the two (each is reported).
 
     The frontier's size: ``d_in=576``, 1x width, batch 256, L0 about 16 (thresholds set on the
     batch); ``quick``: 64 / 64 / 256. Target ratio <= 1.2 (issue: the objective's budget).
     """
+    from sae_atoms.units import unit_config
+
+    d, width, batch = (64, 64, 256) if quick else (576, 576, 256)
+    torch.manual_seed(0)
+    data = torch.randn(4 * batch, d) @ (torch.eye(d) + torch.randn(d, d) / math.sqrt(d) * 0.5)
+    stable = unit_config("atoms_stable", d, width, 16.0).to_dict()
+    times = {"sae": _stability_times(data, batch, quick, {"d_in": d, "d_sae": width, "stability_coefficient": 1.0}),
+             "aip": _stability_times(data, batch, quick, stable)}
+    g = max(times, key=lambda k: times[k][0] / times[k][1])
+    return timing.measured(*times[g], 1.2, "lower", d_in=d, d_sae=width, batch=batch, geometry=g,
+                           stability_every=stable["stability_every"], **{f"ratio_{k}": t[0] / t[1] for k, t in times.items()})
+
+
+def _stability_times(data: torch.Tensor, batch: int, quick: bool, cfg: dict[str, Any]) -> tuple[float, float]:
+    """Step times of ``tsae_aip`` with the config dict ``cfg`` as it is and with its objective at 0,
+    thresholds set for L0 about 16 (per ``stability_every`` steps: its cost amortised)."""
     from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, TSAEAIPTrainingSAEConfig
     from sae_atoms.training import calibrate_thresholds
 
-    d, width, batch = (64, 64, 256) if quick else (576, 576, 256)
-    dev = torch.device("cpu")
-    torch.manual_seed(0)
-    data = torch.randn(4 * batch, d) @ (torch.eye(d) + torch.randn(d, d) / math.sqrt(d) * 0.5)
     saes = []
-    for coef in (1.0, 0.0):
-        sae = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(d_in=d, d_sae=width, stability_coefficient=coef))
+    for coef in (cfg["stability_coefficient"], 0.0):
+        sae = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig.from_dict(cfg | {"stability_coefficient": coef}))
         sae.fit_metric(data)
-        calibrate_thresholds(sae, data, min(16.0, width / 4))
+        calibrate_thresholds(sae, data, min(16.0, sae.cfg.d_sae / 4))
         saes.append(sae)
-    t_on, t_off = _step_times(saes[0], saes[1], data[:batch], _trainer_config(batch, dev), quick)
-    return timing.measured(t_on, t_off, 1.2, "lower", d_in=d, d_sae=width, batch=batch, design="coactive")
+    return _step_times(saes[0], saes[1], data[:batch], _trainer_config(batch, torch.device("cpu")), quick,
+                       steps=saes[0].cfg.stability_every)  # an objective every n-th step: n steps a call
 
 
 def _trainer_config(batch: int, dev: torch.device):

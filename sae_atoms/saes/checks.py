@@ -116,6 +116,7 @@ _CONFIG_RANGES: dict[str, tuple[float, bool, bool, bool]] = {
     "residual_threshold": (0, False, False, False), "max_iterations": (1, False, True, False),
     "stability_coefficient": (0, False, False, False), "stability_margin": (0, True, False, False),
     "stability_rows": (2, False, True, False), "stability_k_max": (2, False, True, False),
+    "stability_every": (1, False, True, False),
 }
 
 

@@ -17,15 +17,28 @@ atoms fire is taken as given).
 
 Cost: ``coactive`` uses the batch's first ``rows`` samples, each with its ``k_max`` strongest
 active atoms (``[rows, k, k]`` Gram blocks); ``all`` a ``[rows, rows]`` Gram of ``rows`` random atoms; both
-small against the step's ``[batch, d] x [d, d_sae]`` products.
+small against the step's ``[batch, d] x [d, d_sae]`` products. The rows come from ``Rows``, which is
+asked only for the atoms read (each once): a geometry that maps rows (``tsae_aip``'s full AIP,
+``d^2`` per row) then pays for those, not for the whole dictionary.
 """
 
 from __future__ import annotations
 
 import torch
+from typing import Callable, Union
+
 from torch import Tensor
 
 DESIGNS = ("coactive", "all")
+
+# the unit rows in the objective's geometry: a ``[N, d]`` tensor, or a function from a 1-D tensor of
+# atom indices to those atoms' rows (``TSAETrainingSAE.stability_directions``)
+Rows = Union[Tensor, Callable[[Tensor], Tensor]]
+
+
+def _select(rows: Rows, idx: Tensor) -> Tensor:
+    """The rows of the atoms ``idx`` (1-D), each computed once (index_select: a fast backward)."""
+    return rows(idx) if callable(rows) else rows.index_select(0, idx.to(rows.device))
 
 
 def default_margin(codes: Tensor) -> float:
@@ -38,33 +51,34 @@ def _hinge(cos: Tensor, margin: float) -> Tensor:
     return torch.relu(cos.abs() - margin).square()
 
 
-def coactive_penalty(codes: Tensor, rows_unit: Tensor, margin: float | None, rows: int, k_max: int) -> Tensor:
+def coactive_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows: int, k_max: int) -> Tensor:
     """The ``coactive`` design on the first ``rows`` samples of ``codes`` ``[batch, N]`` (batches
-    come shuffled) with unit decoder rows ``rows_unit`` ``[N, d]``: each sample's ``k_max``
+    come shuffled) with unit decoder rows ``rows_unit`` (``Rows``): each sample's ``k_max``
     strongest active units; ``margin`` None: ``default_margin`` of those samples."""
     c = codes.detach()[:rows]
     k = min(k_max, int((c != 0).sum(-1).max()))
     if k < 2:
-        return rows_unit.sum() * 0.0
+        return _select(rows_unit, c.new_zeros(1, dtype=torch.long)).sum() * 0.0
     m = default_margin(c) if margin is None else margin
     val, idx = c.abs().topk(k, dim=-1)
-    on = (val > 0).to(rows_unit.dtype)                                        # [r, k]
-    E = rows_unit.index_select(0, idx.flatten()).view(*idx.shape, -1)         # [r, k, d] (index_select: a fast backward)
+    read, where = idx.flatten().unique(return_inverse=True)                  # each atom read once
+    E = _select(rows_unit, read).index_select(0, where).view(*idx.shape, -1)  # [r, k, d]
+    on = (val > 0).to(E.dtype)                                                # [r, k]
     G = E @ E.transpose(1, 2)                                                 # [r, k, k] cosines
     pair = (on.unsqueeze(2) * on.unsqueeze(1)).triu_(1)                       # co-active pairs i < j
     return (_hinge(G, m) * pair).sum() / pair.sum().clamp_min(1.0)
 
 
-def global_penalty(codes: Tensor, rows_unit: Tensor, margin: float | None, rows: int) -> Tensor:
-    """The ``all`` design on ``rows`` random atoms of ``rows_unit`` ``[N, d]``; ``margin`` None:
-    ``default_margin(codes)``."""
+def global_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows: int) -> Tensor:
+    """The ``all`` design on ``rows`` random atoms of the ``N`` of ``codes`` ``[batch, N]`` with unit
+    rows ``rows_unit`` (``Rows``); ``margin`` None: ``default_margin(codes)``."""
     m = default_margin(codes) if margin is None else margin
-    E = rows_unit.index_select(0, torch.randperm(rows_unit.shape[0])[:rows].to(rows_unit.device))
+    E = _select(rows_unit, torch.randperm(codes.shape[-1])[:rows].to(codes.device))
     G = (E @ E.T).triu(1)
     return _hinge(G, m).sum() / max(E.shape[0] * (E.shape[0] - 1) / 2, 1.0)
 
 
-def stability_penalty(design: str, codes: Tensor, rows_unit: Tensor, margin: float | None, rows: int,
+def stability_penalty(design: str, codes: Tensor, rows_unit: Rows, margin: float | None, rows: int,
                       k_max: int) -> Tensor:
     """``P`` of ``design`` (module docstring)."""
     if design == "coactive":

@@ -147,6 +147,9 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
         stability_margin: the hinge's margin on |cos|; None: half the bound at the batch's mean L0.
         stability_rows, stability_k_max: samples (or atoms, for "all") a step, and the strongest
             active atoms per sample, the penalty reads.
+        stability_every: apply the objective every n-th step at n times its weight (the same pull on
+            average, n-fold fewer reads of the rows: what ``tsae_aip``'s ``stability_geometry="aip"``
+            costs a step, since it maps each row read to the full AIP); 1 (default): every step.
         topk_training: train with the ``round(target_l0)`` largest positive pre-activations of each
             sample instead of the threshold rule; the thresholds then follow the smallest code kept
             in the batch (one value for every atom), to be matched to the target L0 after training
@@ -168,6 +171,7 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     stability_margin: float | None = None
     stability_rows: int = 32
     stability_k_max: int = 32
+    stability_every: int = 1
     topk_training: bool = False
     topk_mode: str = "sample"
 
@@ -327,9 +331,11 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         """The decoder used in the forward pass: rows of ``W_dec`` scaled to unit norm."""
         return UnitRows.apply(self.W_dec)
 
-    def stability_directions(self) -> torch.Tensor:
-        """The unit rows the stability objective reads: the decoder's, in the SAE's geometry."""
-        return self.unit_W_dec()
+    def stability_directions(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The unit rows the stability objective reads (those of the atoms ``idx``, default all):
+        the decoder's, in the SAE's geometry."""
+        rows = self.unit_W_dec()
+        return rows if idx is None else rows.index_select(0, idx)
 
     # ---- forward in the SAE's geometry
     def _pre_acts(self, y: torch.Tensor) -> torch.Tensor:
@@ -413,9 +419,9 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         aux = {} if self.cfg.topk_training else super().calculate_aux_loss(
             step_input=step_input, feature_acts=feature_acts, hidden_pre=hidden_pre, sae_out=sae_out)
         c = self.cfg
-        if c.stability_coefficient > 0:
-            aux["stability_loss"] = c.stability_coefficient * stability_penalty(
-                c.stability_design, feature_acts, self.stability_directions(), c.stability_margin, c.stability_rows, c.stability_k_max)
+        if c.stability_coefficient > 0 and step_input.n_training_steps % c.stability_every == 0:
+            aux["stability_loss"] = c.stability_every * c.stability_coefficient * stability_penalty(
+                c.stability_design, feature_acts, self.stability_directions, c.stability_margin, c.stability_rows, c.stability_k_max)
         return aux
 
     def _raw_out(self, y_hat: torch.Tensor) -> torch.Tensor:

@@ -303,9 +303,10 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
         return {"kind": c.aip_kind, "shrinkage": _parse_shrinkage(c.aip_shrinkage), "alpha": float(c.aip_alpha),
                 "outlier_factor": c.aip_outlier_factor}
 
-    def stability_directions(self) -> torch.Tensor:
-        """Unit decoder rows in ``stability_geometry`` (the full AIP: ``S^-(1-alpha)/2`` of each row, renormalised)."""
-        rows = self.unit_W_dec()
+    def stability_directions(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit decoder rows (of the atoms ``idx``, default all) in ``stability_geometry`` (the full
+        AIP: ``S^-(1-alpha)/2`` of each row, renormalised; only the rows asked for are mapped)."""
+        rows = super().stability_directions(idx)
         if self.cfg.stability_geometry != "aip" or self.cfg.aip_alpha == 1.0:
             return rows
         if self._to_full is None or self._to_full.device != rows.device:

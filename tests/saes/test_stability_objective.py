@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sae_atoms.evals.geometry import per_sample_coherence
-from sae_atoms.saes import TSAETrainingSAEConfig
+from sae_atoms.saes import TSAETrainingSAE, TSAETrainingSAEConfig
 from sae_atoms.saes.stability import coactive_penalty, default_margin, global_penalty, stability_penalty
 from sae_atoms.synthetic import planted
 from sae_atoms.training import train_on_activations
@@ -82,6 +82,34 @@ def test_stability_geometry_aip_reads_the_rows_in_the_full_aip_while_the_sae_tra
         assert torch.allclose(sae["aip"].stability_directions().double(), expect, atol=1e-4)
         assert torch.allclose(sae["sae"].stability_directions(), sae["sae"].unit_W_dec())
         assert torch.allclose(sae["aip"].stability_directions(), sae["sae"].stability_directions(), atol=1e-5) == same
+        idx = torch.tensor([7, 2, 11])  # the rows the penalty reads, mapped alone
+        assert torch.allclose(sae["aip"].stability_directions(idx), sae["aip"].stability_directions()[idx], atol=1e-6)
+    codes = torch.rand(6, 12) * (torch.rand(6, 12) < 0.4)
+    s = sae["aip"]
+    with torch.no_grad():
+        assert float(coactive_penalty(codes, s.stability_directions, 0.01, 6, 8)) == pytest.approx(
+            float(coactive_penalty(codes, s.stability_directions(), 0.01, 6, 8)), rel=1e-5)
     for bad in ({"stability_geometry": "raw"}, {"stability_geometry": "aip", "aip_alpha": 0.0}):
         with pytest.raises(ValueError, match="stability_geometry"):
             TSAEAIPTrainingSAEConfig(d_in=8, d_sae=12, **bad)
+
+
+def test_stability_every_applies_the_objective_every_nth_step_at_n_times_its_weight():
+    from sae_lens.saes.sae import TrainStepInput
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 8)
+    codes = torch.rand(16, 12) * (torch.rand(16, 12) < 0.5)
+
+    def loss(every: int, step: int) -> float | None:
+        torch.manual_seed(1)
+        sae = TSAETrainingSAE(TSAETrainingSAEConfig(d_in=8, d_sae=12, stability_coefficient=2.0, stability_every=every,
+                                                    stability_margin=0.01, topk_training=True, target_l0=4))
+        aux = sae.calculate_aux_loss(TrainStepInput(x, {}, None, step, False), codes, codes, x)
+        return aux["stability_loss"].item() if "stability_loss" in aux else None
+
+    assert loss(1, 5) is not None and loss(1, 5) > 0
+    assert loss(3, 6) == pytest.approx(3 * loss(1, 5))
+    assert loss(3, 5) is None
+    with pytest.raises(ValueError, match="stability_every"):
+        TSAETrainingSAEConfig(d_in=8, d_sae=16, stability_every=0)
