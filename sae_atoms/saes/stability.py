@@ -6,13 +6,17 @@ sample, over the atoms active on that sample. The penalty pushes exactly those p
 the geometry the SAE works in (for ``tsae_aip`` the AIP: its decoder rows are unit AIP vectors):
 
     coactive:  P = mean over samples n, pairs i < j active on n of  relu(|cos(e_i, e_j)| - m)^2
+    coactive_own_k: the same with each sample's own margin  m_n = c / (2 K_n - 1)
     all:       P = mean over pairs i < j of a random subset of atoms of relu(|cos(e_i, e_j)| - m)^2
 
 ``coactive`` is weighted by how often a pair fires together (each sample counts its own pairs);
 ``all`` is the global decoder-coherence penalty of the literature (OrtSAE, arXiv 2509.22033,
 which also works on random chunks of the dictionary), the baseline design. The margin ``m``
 defaults to half the bound at the batch's mean L0, ``0.5 / (2 K - 1)``, so the hinge is active
-until co-active pairs sit well inside the bound. Gradients reach the decoder rows only (which
+until co-active pairs sit well inside the bound. q* (b) asks each sample for ``mu_n < 1/(2 K_n - 1)``
+at its own K: a batch's margin is too loose for samples above the mean L0, which
+``coactive_own_k`` gives the margin of their own K (``c`` = 0.5, or ``stability_margin`` read as
+``c``). Gradients reach the decoder rows only (which
 atoms fire is taken as given).
 
 Cost: ``coactive`` uses the batch's first ``rows`` samples, each with its ``k_max`` strongest
@@ -29,7 +33,7 @@ from typing import Callable, Union
 
 from torch import Tensor
 
-DESIGNS = ("coactive", "all")
+DESIGNS = ("coactive", "all", "coactive_own_k")
 
 # the unit rows in the objective's geometry: a ``[N, d]`` tensor, or a function from a 1-D tensor of
 # atom indices to those atoms' rows (``TSAETrainingSAE.stability_directions``)
@@ -47,19 +51,25 @@ def default_margin(codes: Tensor) -> float:
     return 0.5 / (2 * k - 1) if k > 1 else 0.5
 
 
-def _hinge(cos: Tensor, margin: float) -> Tensor:
+def _hinge(cos: Tensor, margin: float | Tensor) -> Tensor:
     return torch.relu(cos.abs() - margin).square()
 
 
-def coactive_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows: int, k_max: int) -> Tensor:
+def coactive_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows: int, k_max: int,
+                     own_k: bool = False) -> Tensor:
     """The ``coactive`` design on the first ``rows`` samples of ``codes`` ``[batch, N]`` (batches
     come shuffled) with unit decoder rows ``rows_unit`` (``Rows``): each sample's ``k_max``
-    strongest active units; ``margin`` None: ``default_margin`` of those samples."""
+    strongest active units; ``margin`` None: ``default_margin`` of those samples. ``own_k``: the
+    ``coactive_own_k`` design, each sample's margin ``c / (2 K_n - 1)`` (``c`` = ``margin`` or 0.5)."""
     c = codes.detach()[:rows]
-    k = min(k_max, int((c != 0).sum(-1).max()))
+    k_n = (c != 0).sum(-1)
+    k = min(k_max, int(k_n.max()))
     if k < 2:
         return _select(rows_unit, c.new_zeros(1, dtype=torch.long)).sum() * 0.0
-    m = default_margin(c) if margin is None else margin
+    if own_k:
+        m = ((0.5 if margin is None else margin) / (2 * k_n.clamp_min(1) - 1).to(c.dtype)).view(-1, 1, 1)
+    else:
+        m = default_margin(c) if margin is None else margin
     val, idx = c.abs().topk(k, dim=-1)
     read, where = idx.flatten().unique(return_inverse=True)                  # each atom read once
     E = _select(rows_unit, read).index_select(0, where).view(*idx.shape, -1)  # [r, k, d]
@@ -81,8 +91,8 @@ def global_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows: i
 def stability_penalty(design: str, codes: Tensor, rows_unit: Rows, margin: float | None, rows: int,
                       k_max: int) -> Tensor:
     """``P`` of ``design`` (module docstring)."""
-    if design == "coactive":
-        return coactive_penalty(codes, rows_unit, margin, rows, k_max)
+    if design in ("coactive", "coactive_own_k"):
+        return coactive_penalty(codes, rows_unit, margin, rows, k_max, own_k=design == "coactive_own_k")
     if design == "all":
         return global_penalty(codes, rows_unit, margin, rows)
     raise ValueError(f"stability_design={design!r}: use one of {DESIGNS}.")

@@ -142,9 +142,11 @@ class TSAETrainingSAEConfig(JumpReLUTrainingSAEConfig):
         check_finite: stop with the step and the count when a batch holds NaN/Inf.
         stability_coefficient: weight of the stability objective (``sae_atoms.saes.stability``:
             co-active atoms kept inside the uniqueness bound); 0 (default) turns it off.
-        stability_design: "coactive" (pairs that fire on the same sample) or "all" (all pairs of
-            random atoms, the global baseline).
-        stability_margin: the hinge's margin on |cos|; None: half the bound at the batch's mean L0.
+        stability_design: "coactive" (pairs that fire on the same sample), "coactive_own_k" (the
+            same, each sample's margin from its own L0) or "all" (all pairs of random atoms, the
+            global baseline).
+        stability_margin: the hinge's margin on |cos|; None: half the bound at the batch's mean L0
+            (for "coactive_own_k", the fraction of each sample's own bound; None: 0.5).
         stability_rows, stability_k_max: samples (or atoms, for "all") a step, and the strongest
             active atoms per sample, the penalty reads.
         stability_every: apply the objective every n-th step at n times its weight (the same pull on

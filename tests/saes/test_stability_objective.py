@@ -113,3 +113,13 @@ def test_stability_every_applies_the_objective_every_nth_step_at_n_times_its_wei
     assert loss(3, 5) is None
     with pytest.raises(ValueError, match="stability_every"):
         TSAETrainingSAEConfig(d_in=8, d_sae=16, stability_every=0)
+
+
+def test_coactive_own_k_gives_each_sample_the_margin_of_its_own_l0():
+    rows = _rows()
+    codes = torch.tensor([[1.0, 0.0, 2.0], [1.0, 3.0, 2.0]])  # K 2 (cos 0.8), K 3 (cos 0, 0.8, 0.6)
+    m2, m3 = 0.5 / 3, 0.5 / 5
+    want = ((0.8 - m2) ** 2 + 0.0 + (0.8 - m3) ** 2 + (0.6 - m3) ** 2) / 4
+    assert float(stability_penalty("coactive_own_k", codes, rows, None, 2, 8)) == pytest.approx(want)
+    assert float(stability_penalty("coactive_own_k", codes, rows, 1.0, 2, 8)) == pytest.approx(
+        ((0.8 - 1 / 3) ** 2 + (0.8 - 0.2) ** 2 + (0.6 - 0.2) ** 2) / 4)
