@@ -18,7 +18,9 @@ whitening folded into the SAE after training), the ecosystem's nearest thing to 
 ``atoms_stable`` are the atoms (alpha ``ATOMS_ALPHA``) trained with the stability objective
 (co-active atoms kept inside the uniqueness bound, ``sae_atoms.saes.stability``) read in the full
 AIP (``stability_geometry="aip"``), where q* is measured: read in the SAE's own partial geometry
-the objective pushes apart directions that are not the ones the bound is about.
+the objective pushes apart directions that are not the ones the bound is about. Each sample's
+margin is a fraction of the bound at its own L0 (``coactive_own_k``): q* (b) asks each sample for
+the bound at its own K, and the samples above the mean L0 are the ones that miss it.
 ``atoms_topk`` are atoms in the full AIP trained with each sample's ``target_l0`` largest codes
 (``topk_training``, BatchTopK's recipe; thresholds matched after training): on planted data it is
 the recipe under which two seeds recover the same dictionary. ``features_matryoshka`` is
@@ -35,6 +37,7 @@ from sae_atoms.training import training_config
 
 ATOMS_ALPHA = 0.35  # partial whitening S^alpha of the frontier's atoms (alpha=1: the full AIP)
 STABILITY_COEFFICIENT = 1e5  # atoms_stable: weight of the coactive stability objective (sae_atoms.saes.stability)
+STABILITY_MARGIN = 0.25  # atoms_stable: each sample's hinge margin, as a fraction of the bound at its own L0
 _NORMALISED = "expected_average_only_in"
 MATRYOSHKA_LEVELS = (16, 4, 1)  # nested prefix widths d_sae / m of features_matryoshka, the last the whole SAE
 
@@ -60,7 +63,8 @@ UNIT_KINDS: dict[str, UnitKind] = {u.name: u for u in (
     UnitKind("atoms", "tsae_aip", "atoms (tsae_aip)", lambda t, w: _threshold(t) | {"aip_alpha": ATOMS_ALPHA}),
     UnitKind("atoms_stable", "tsae_aip", "atoms + stability objective (in the AIP)",
              lambda t, w: _threshold(t) | {"aip_alpha": ATOMS_ALPHA, "stability_coefficient": STABILITY_COEFFICIENT,
-                                           "stability_geometry": "aip"}),
+                                           "stability_geometry": "aip", "stability_design": "coactive_own_k",
+                                           "stability_margin": STABILITY_MARGIN}),
     UnitKind("atoms_topk", "tsae_aip", "atoms (full AIP), trained top-k",
              lambda t, w: {"target_l0": float(t), "topk_training": True, "aip_alpha": 1.0}),
     UnitKind("tsae", "tsae", "tsae (raw space)", lambda t, w: _threshold(t) | {"normalize_activations": _NORMALISED}),
