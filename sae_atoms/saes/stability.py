@@ -16,8 +16,7 @@ defaults to half the bound at the batch's mean L0, ``0.5 / (2 K - 1)``, so the h
 until co-active pairs sit well inside the bound. q* (b) asks each sample for ``mu_n < 1/(2 K_n - 1)``
 at its own K: a batch's margin is too loose for samples above the mean L0, which
 ``coactive_own_k`` gives the margin of their own K (``c`` = 0.5, or ``stability_margin`` read as
-``c``). Gradients reach the decoder rows only (which
-atoms fire is taken as given).
+``c``). Gradients reach the decoder rows only (which atoms fire is taken as given).
 
 Cost: ``coactive`` uses the batch's first ``rows`` samples, each with its ``k_max`` strongest
 active atoms (``[rows, k, k]`` Gram blocks); ``all`` a ``[rows, rows]`` Gram of ``rows`` random atoms; both
@@ -28,9 +27,9 @@ asked only for the atoms read (each once): a geometry that maps rows (``tsae_aip
 
 from __future__ import annotations
 
-import torch
 from typing import Callable, Union
 
+import torch
 from torch import Tensor
 
 DESIGNS = ("coactive", "all", "coactive_own_k")
