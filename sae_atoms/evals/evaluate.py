@@ -139,19 +139,28 @@ def _stability(geo: Geometry, codes: Tensor, k: Tensor, opts: EvalOptions) -> di
 
 # which side of q* (b)'s bound binds (``_binding``), beside the median L0 and the share of samples whose
 # amplitude gap is positive (the threshold condition): a study's row keys (frontier, token frontier)
-BINDING_KEYS = ("l0_p50", "mu_sample_p50", "bound_ratio_p50", "k_allowed_p50", "amplitude_gap_sample_pos_frac")
+BINDING_KEYS = ("l0_p50", "mu_sample_p50", "bound_ratio_p50", "k_allowed_p50", "amplitude_gap_sample_pos_frac",
+                "q_star_b_k_upto_p50", "q_star_b_k_above_p50")
 
 
 def _binding(mu_i: Tensor, k: Tensor) -> dict[str, float]:
     """Which side of reading (b)'s bound binds, over samples with two or more active units: the
     median co-active coherence ``mu_sample_p50``, the median ``bound_ratio`` (< 1: inside the bound)
-    and the largest K that median coherence allows (``max_unique_k``)."""
+    and the largest K that median coherence allows (``max_unique_k``); and q* (b) over all samples
+    split at the median K (``q_star_b_k_upto_p50`` / ``q_star_b_k_above_p50``): co-active coherence
+    grows with K while the bound shrinks, so a spread of K around the mean L0 can fail the upper
+    half alone. NaN where a group is empty."""
+    nan = float("nan")
+    above = k.double() > k.double().median()
+    ok = (mu_i < uniqueness_bound(k)).double()
+    split = {"q_star_b_k_upto_p50": float(ok[~above].mean()) if bool((~above).any()) else nan,
+             "q_star_b_k_above_p50": float(ok[above].mean()) if bool(above.any()) else nan}
     on = k >= 2
     if not bool(on.any()):
-        return {"mu_sample_p50": float("nan"), "bound_ratio_p50": float("nan"), "k_allowed_p50": float("nan")}
+        return {"mu_sample_p50": nan, "bound_ratio_p50": nan, "k_allowed_p50": nan} | split
     mu50 = float(mu_i[on].double().median())
     return {"mu_sample_p50": mu50, "bound_ratio_p50": float(bound_ratio(mu_i, k).median()),
-            "k_allowed_p50": max_unique_k(mu50)}
+            "k_allowed_p50": max_unique_k(mu50)} | split
 
 
 def _data_metrics(u: Units, x: Tensor, geo: Geometry, opts: EvalOptions) -> tuple[dict[str, Any], Tensor]:

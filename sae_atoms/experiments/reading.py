@@ -220,9 +220,12 @@ def binding_reading(rows: list[dict], units: tuple[str, ...] = ("atoms", "atoms_
             if r["unit"] != unit or k is None or mu is None or not math.isfinite(mu) or k < 2:
                 continue
             gap = r.get("amplitude_gap_sample_pos_frac_heldout")
+            lo, hi = r.get("q_star_b_k_upto_p50_heldout"), r.get("q_star_b_k_above_p50_heldout")
             parts.append(f"L0 {r['target_l0']:g}: q* (b) {r['q_star_b_heldout']:.3f}, median K {k:g}, bound "
                          f"{uniqueness_bound(k):.3f}, median co-active μ {mu:.3f} (ratio {r['bound_ratio_p50_heldout']:.1f}; "
                          f"that μ allows K ≤ {r['k_allowed_p50_heldout']:g})"
+                         + ("" if lo is None or hi is None or not math.isfinite(hi)
+                            else f", q* (b) {lo:.3f} on samples with K ≤ {k:g} and {hi:.3f} above")
                          + ("" if gap is None else f", amplitude gap > 0 on {gap:.0%} of samples"))
         if parts:
             out.append(f"Stability q* (b), held-out entities, {unit}: which side of μ < 1/(2K−1) binds (ratio = μ (2K−1) "

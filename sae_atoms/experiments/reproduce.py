@@ -222,7 +222,7 @@ def _frontier(job: _Job, prog: Progress) -> dict:
     s, out, device, hook = job.s, job.s.out, job.device, job.hook
     key = job.acts_key | {"targets": s.frontier_targets, "units": s.frontier_units, "expansion": s.frontier_expansion,
                           "steps": s.train_steps, "seed": s.seed, "alpha": frontier.ATOMS_ALPHA,
-                          "validation_frac": frontier.VALIDATION_FRAC, "version": 2,
+                          "validation_frac": frontier.VALIDATION_FRAC, "version": 3,
                           "unit_fields": {u: unit_kind(u).overrides(1.0, 64) for u in s.frontier_units}}  # a redefined unit retrains
 
     def compute(folder: Path) -> None:

@@ -375,3 +375,6 @@ def test_bound_ratio_and_the_binding_side_have_known_answers():
     b = _binding(mu_i[:1].expand(3), k[:1].expand(3))  # every sample like the first
     assert b["mu_sample_p50"] == 0.5 and b["bound_ratio_p50"] == 1.5 and b["k_allowed_p50"] == 1.0
     assert math.isnan(_binding(mu_i[3:], k[3:])["bound_ratio_p50"])  # no sample with a pair
+    b = _binding(mu_i, k)  # median K 2: samples at K <= 2 pass 2 of 3 (the first fails), the one at K 3 passes
+    assert b["q_star_b_k_upto_p50"] == pytest.approx(2 / 3) and b["q_star_b_k_above_p50"] == 1.0
+    assert math.isnan(_binding(mu_i[:2], k[:2])["q_star_b_k_above_p50"])  # every K at the median: no upper half

@@ -70,3 +70,6 @@ def test_binding_reading_names_the_bound_the_coherence_and_the_k_it_allows():
     both = binding_reading([row, row | {"unit": "atoms_stable", "q_star_b_heldout": 0.7}])
     assert len(both) == 2 and "atoms_stable: " in both[1] and "q* (b) 0.700" in both[1]
     assert binding_reading([{"unit": "atoms", "target_l0": 8.0}]) == []  # rows from before the columns
+    (split,) = binding_reading([row | {"q_star_b_k_upto_p50_heldout": 0.2, "q_star_b_k_above_p50_heldout": 0.0}])
+    assert "q* (b) 0.200 on samples with K ≤ 8 and 0.000 above" in split  # the K tail
+    assert "samples with K" not in text  # rows from before the split

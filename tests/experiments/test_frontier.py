@@ -216,6 +216,7 @@ def test_atoms_variants_train_beside_the_units_with_their_own_fields_and_metric(
     for r in res["rows"][1:]:  # which side of q* (b)'s bound binds, on held-out entities
         assert r["bound_ratio_p50_heldout"] > 0 and r["k_allowed_p50_heldout"] >= 1
         assert 0 <= r["amplitude_gap_sample_pos_frac_heldout"] <= 1
+        assert 0 <= r["q_star_b_k_upto_p50_heldout"] <= 1  # q* (b) of the samples at K up to the median
     for bad, needle in (("x=no_such_field:1", "no_such_field"), ("x=aip_alpha:2", "aip_alpha")):
         capsys.readouterr()
         assert _frontier(acts, tmp_path / "p", "--targets", "2", "--atoms-variant", bad) == 2
