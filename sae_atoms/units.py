@@ -20,7 +20,7 @@ whitening folded into the SAE after training), the ecosystem's nearest thing to 
 AIP (``stability_geometry="aip"``), where q* is measured: read in the SAE's own partial geometry
 the objective pushes apart directions that are not the ones the bound is about. Each sample's
 margin is a fraction of the bound at its own L0 (``coactive_own_k``): q* (b) asks each sample for
-the bound at its own K, and the samples above the mean L0 are the ones that miss it.
+the bound at its own K, and the samples above the median L0 are the ones that miss it.
 ``atoms_topk`` are atoms in the full AIP trained with each sample's ``target_l0`` largest codes
 (``topk_training``, BatchTopK's recipe; thresholds matched after training): on planted data it is
 the recipe under which two seeds recover the same dictionary. ``features_matryoshka`` is
