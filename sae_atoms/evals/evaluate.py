@@ -18,7 +18,7 @@ from sae_atoms.activations import as_matrix
 from sae_atoms.aip import AIPMetric
 from sae_atoms.data import column_list
 from sae_atoms.evals.geometry import (Geometry, bound_ratio, dictionary_geometry, max_unique_k, q_star_a, q_star_b,
-                                      uniqueness_bound)
+                                      unique_samples, uniqueness_bound)
 from sae_atoms.evals.monosemantic import monosemanticity
 from sae_atoms.evals.reconstruction import QUANTILES, cosine, firing_stats, l0, mse, noise_floor_gap, quantile_stats, r2
 from sae_atoms.evals.units import Units, as_units, encode_all, whitening_matrix
@@ -152,7 +152,7 @@ def _binding(mu_i: Tensor, k: Tensor) -> dict[str, float]:
     half alone. NaN where a group is empty."""
     nan = float("nan")
     above = k.double() > k.double().median()
-    ok = (mu_i < uniqueness_bound(k)).double()
+    ok = unique_samples(mu_i, k).double()
     split = {"q_star_b_k_upto_p50": float(ok[~above].mean()) if bool((~above).any()) else nan,
              "q_star_b_k_above_p50": float(ok[above].mean()) if bool(above.any()) else nan}
     on = k >= 2

@@ -326,9 +326,12 @@ def q_star_b(codes: Tensor, directions_unit: Tensor, device: Any = None) -> tupl
     ``(q*, mu_i)``. Source: the stability q* of Atom Theory (arXiv 2509.20784), read per sample (reading (b)).
     """
     mu_i = per_sample_coherence(codes, directions_unit, device)
-    k = l0(codes)
-    ok = mu_i < uniqueness_bound(k)
-    return float(ok.double().mean()), mu_i
+    return float(unique_samples(mu_i, l0(codes)).double().mean()), mu_i
+
+
+def unique_samples(mu_i: Tensor, k: Tensor) -> Tensor:
+    """Reading (b)'s test per sample: ``mu_i < 1/(2 K_i - 1)`` (bool), its code unique."""
+    return mu_i < uniqueness_bound(k)
 
 
 def bound_ratio(mu_i: Tensor, k: Tensor) -> Tensor:
