@@ -38,6 +38,9 @@ from sae_atoms.training import training_config
 ATOMS_ALPHA = 0.35  # partial whitening S^alpha of the frontier's atoms (alpha=1: the full AIP)
 STABILITY_COEFFICIENT = 1e5  # atoms_stable: weight of the coactive stability objective (sae_atoms.saes.stability)
 STABILITY_MARGIN = 0.25  # atoms_stable: each sample's hinge margin, as a fraction of the bound at its own L0
+# atoms_stable on a token stream (sae_atoms.experiments.token_frontier): the objective's weight there. Its CE
+# cost grows with the weight while q* (b) saturates, sooner than on subject tokens (closing notes of issue 21)
+STABILITY_COEFFICIENT_TOKENS = 1e4
 _NORMALISED = "expected_average_only_in"
 MATRYOSHKA_LEVELS = (16, 4, 1)  # nested prefix widths d_sae / m of features_matryoshka, the last the whole SAE
 
@@ -90,6 +93,11 @@ def unit_kind(name: str) -> UnitKind:
     return UNIT_KINDS[name]
 
 
+def is_atoms(name: str) -> bool:
+    """Whether ``name`` is a unit kind of atoms (a ``tsae_aip``); a study's designs are not kinds."""
+    return name in UNIT_KINDS and UNIT_KINDS[name].architecture == "tsae_aip"
+
+
 def label(name: str) -> str:
     """The table label of a unit kind (the name itself for names outside the registry)."""
     return UNIT_KINDS[name].label if name in UNIT_KINDS else name
@@ -106,10 +114,14 @@ def unit_config(unit: str, d_in: int, d_sae: int, target_l0: float, hook: str | 
 def atoms_variants(pairs: tuple) -> dict[str, dict[str, Any]]:
     """``((name, ((field, value), ...)), ...)`` (``argtypes.named_fields``) -> ``{"atoms_<name>":
     {field: value}}``: atoms designs, each with its own tsae_aip config fields, trained beside the
-    unit kinds of a study. A repeated name or a field tsae_aip does not take is a clear error."""
+    unit kinds of a study. A repeated name, a name that gives a unit kind's name, or a field tsae_aip
+    does not take is a clear error."""
     out = {f"atoms_{n}": dict(f) for n, f in pairs}
     if len(out) < len(pairs):
         raise ValueError(f"atoms variant names {[n for n, _ in pairs]} must differ from each other.")
+    taken = sorted(set(out) & set(UNIT_KINDS))
+    if taken:
+        raise ValueError(f"atoms variants {taken} would take the names of unit kinds; give them other names.")
     for u, f in out.items():
         try:
             unit_config("atoms", 8, 16, 1.0, **f)

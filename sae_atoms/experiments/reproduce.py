@@ -61,7 +61,7 @@ FULL = {"n_cities": 1500, "train_steps": frontier.FrontierConfig.steps, "capacit
 QUICK = {"n_cities": 300, "train_steps": 80, "capacity_steps": 50, "capacity_expansions": (1, 2, 4), "frontier_targets": (8.0, 16.0),
          "n_accuracy": 100, "n_geometry_facts": 600, "n_reasoning": 100, "n_cards": 4}
 # the main job's token benchmark: a small version of ``sae-atoms token-frontier`` (its full default
-# trains 7 unit kinds x 4 L0s); ``--quick`` shrinks its tokens further and keeps two units
+# trains 8 unit kinds x 4 L0s); ``--quick`` shrinks its tokens further and keeps two units
 TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "features_batchtopk"), "targets": (32.0,),
                   "tokens": 40_960, "eval_tokens": 2048, "val_tokens": 4096, "ref_tokens": 8192, "n_checkpoints": 0}
 # (token-frontier --stability is left out here: its twins take the main job's peak memory past its 4 GB budget)

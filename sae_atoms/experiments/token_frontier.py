@@ -7,6 +7,8 @@ one forward pass of the model feeds every SAE) trains, at one hook and width ``e
 each unit kind of ``TOKEN_UNITS`` at each target L0:
 
     atoms                        tsae_aip (metric fitted from the runner's first batches)
+    atoms_stable                 the same with the stability objective (``units``), at the token
+                                 stream's weight ``STABILITY_COEFFICIENT_TOKENS``
     tsae                         the same TSAE in raw space
     features_jumprelu            SAELens jumprelu (expected_average_only_in)
     features_jumprelu_whitened   SAELens jumprelu + its covariance_whitening
@@ -66,9 +68,9 @@ from sae_atoms.argtypes import named_fields, unit_lr
 from sae_atoms.corpus import hook_activations, split_documents, token_rows
 from sae_atoms.io import atomic_dir, write_json
 from sae_atoms.massive import MASSIVE_RATIO, massive_share
-from sae_atoms.units import ATOMS_ALPHA, atoms_variants, unit_config
+from sae_atoms.units import ATOMS_ALPHA, STABILITY_COEFFICIENT_TOKENS, atoms_variants, is_atoms, unit_config
 
-TOKEN_UNITS = ("atoms", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
+TOKEN_UNITS = ("atoms", "atoms_stable", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
                "features_batchtopk", "features_matryoshka")
 DEFAULT_TARGETS = (16, 32, 64, 128)
 DEFAULT_HOOK = "blocks.12.hook_resid_post"
@@ -114,6 +116,7 @@ ATOMS_TRAINING_TEXT = {  # ... and how it reads (the CLI's help, the report)
     "topk": "top-k (each token's target-L0 largest codes; thresholds matched after)",
     "threshold": "with the quadratic L0 loss on learned thresholds",
 }
+TOKEN_FIELDS = {"atoms_stable": {"stability_coefficient": STABILITY_COEFFICIENT_TOKENS}}  # a unit's token-stream fields
 TWINS = {"_init2": 1.0, "_wide": 2.0}  # stability twins of an SAE: name suffix -> width factor (both another init)
 
 
@@ -133,16 +136,16 @@ def designs(c: TokenFrontierConfig) -> dict[str, dict[str, Any]]:
 
 
 def trained_config(c: TokenFrontierConfig, unit: str, d: int, d_sae: int, target: float) -> Any:
-    """``unit_config`` of a trained unit (a kind of ``c.units`` or an atoms variant); atoms estimate
-    their metric on the runner's first ``norm_batches`` batches, as the input normalisations are;
-    atoms, their variants and tsae train with ``c.atoms_training``'s recipe."""
+    """``unit_config`` of a trained unit (a kind of ``c.units`` or an atoms variant); atoms (``units.is_atoms``
+    and the variants) estimate their metric on the runner's first ``norm_batches`` batches, as the input
+    normalisations are; they and tsae train with ``c.atoms_training``'s recipe."""
     variant, recipe = designs(c).get(unit), ATOMS_TRAINING[c.atoms_training]
     if unit == "tsae":
         return unit_config(unit, d, d_sae, target, c.hook, **recipe)
-    if unit != "atoms" and variant is None:
+    if not is_atoms(unit) and variant is None:
         return unit_config(unit, d, d_sae, target, c.hook)
-    fields = {"n_batches_for_metric": c.norm_batches, "aip_alpha": c.atoms_alpha} | recipe | (variant or {})
-    return unit_config("atoms", d, d_sae, target, c.hook, **fields)
+    fields = {"n_batches_for_metric": c.norm_batches, "aip_alpha": c.atoms_alpha} | recipe | TOKEN_FIELDS.get(unit, {})
+    return unit_config("atoms" if variant else unit, d, d_sae, target, c.hook, **fields | (variant or {}))
 
 
 def sae_name(unit: str, target: float) -> str:
@@ -354,6 +357,7 @@ def _settings(c: TokenFrontierConfig, data: dict[str, Any], x_val: torch.Tensor,
               model: Any) -> dict[str, Any]:
     return asdict(c) | {"units": list(c.units), "targets": list(c.targets), "model": model.cfg.model_name,
                         "atoms_variants": designs(c), "unit_lrs": dict(c.unit_lrs),
+                        "unit_fields": {u: TOKEN_FIELDS[u] for u in c.units if u in TOKEN_FIELDS},
                         "width": int(round(c.expansion * x_eval.shape[1])), "steps": c.tokens // c.batch_tokens,
                         "train_rows": len(data["train"]), "val_activations": int(x_val.shape[0]), "eval_activations": int(x_eval.shape[0]),
                         "eval_norms": _norms(x_eval),

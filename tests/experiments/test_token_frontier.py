@@ -34,6 +34,32 @@ def test_goal_check_reads_the_ce_margin_and_the_highest_q_star():
     assert "(features_topk; atoms minus it -0.0040 ± 0.0021 paired SE), q* (b) 0.300 vs 0.200" in TR.reading(rows)[0]
 
 
+def test_atoms_stable_is_read_for_the_goal_like_atoms_and_is_no_rival_of_atoms():
+    rows = [_row("atoms", 16, 16.0, 0.900, 0.10) | {"ce_minus_atoms": None},
+            _row("atoms_stable", 16, 16.0, 0.930, 0.40) | {"ce_minus_atoms": 0.030, "ce_minus_atoms_se": 0.002},
+            _row("features_topk", 16, 16.0, 0.920, 0.00) | {"ce_minus_atoms": 0.020, "ce_minus_atoms_se": 0.003}]
+    (a,), (s,) = TR.goal_check(rows), TR.goal_check(rows, atoms_unit="atoms_stable")
+    assert a["best_ce"] == s["best_ce"] == ("features_topk", 0.920) and a["best_q"] == ("features_topk", 0.00)
+    assert (a["ce_ok"], a["q_ok"], a["ce_gap_se"]) == (False, True, 0.003)  # 0.900 < 0.920 - 0.005
+    assert (s["ce_ok"], s["q_ok"], s["ce_gap_se"]) == (True, True, None)  # paired SEs are with atoms only
+    text = TR.reading(rows)
+    assert len(text) == 2 and "CE part met at 0/1" in text[0] and "atoms with the stability objective (atoms_stable)" in text[1]
+    assert "atoms_stable minus it +0.0100)" in text[1]
+
+
+def test_atoms_stable_trains_atoms_recipe_with_the_objective_at_the_token_weight():
+    from sae_atoms.units import STABILITY_COEFFICIENT_TOKENS, STABILITY_MARGIN
+
+    c = TF.TokenFrontierConfig(norm_batches=3)
+    cfg = TF.trained_config(c, "atoms_stable", 8, 16, 4.0)
+    assert (cfg.architecture(), cfg.topk_training, cfg.topk_mode, cfg.n_batches_for_metric) == ("tsae_aip", True, "batch", 3)
+    assert (cfg.stability_coefficient, cfg.stability_design, cfg.stability_geometry, cfg.stability_margin) == (
+        STABILITY_COEFFICIENT_TOKENS, "coactive_own_k", "aip", STABILITY_MARGIN)
+    assert TF.trained_config(c, "atoms", 8, 16, 4.0).stability_coefficient == 0.0
+    with pytest.raises(ValueError, match=r"would take the names of unit kinds"):
+        TF.check_config(TF.TokenFrontierConfig(atoms_variants=(("stable", (("aip_alpha", 0.5),)),)))
+
+
 @pytest.mark.parametrize("field, value, match", [("units", ("atoms", "neurons"), "unknown token-frontier units"),
                                                  ("targets", (16, 0), "positive"), ("eval_tokens", 0, "eval_tokens"),
                                                  ("batch_tokens", 10**9, "exceeds tokens"),
@@ -217,7 +243,7 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
     from sae_atoms.evals.downstream import sparsity_and_variance
     from sae_atoms.io import write_json
 
-    c = TF.TokenFrontierConfig(units=("atoms", "features_jumprelu", "features_topk"), targets=(16,), tokens=4096,
+    c = TF.TokenFrontierConfig(units=("atoms", "atoms_stable", "features_jumprelu", "features_topk"), targets=(16,), tokens=4096,
                                context_size=64, batch_tokens=512, val_tokens=1024, eval_tokens=512, ref_tokens=1024,
                                norm_batches=2, n_checkpoints=0, stability=True, atoms_variants=(("full", (("aip_alpha", 1.0),)),))
     res = TF.run_token_frontier(real_model, c, out=tmp_path, progress=False)
@@ -234,15 +260,16 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
     assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(TF.sae_name(u, 16) for u in rows)  # no twin saved
     assert "seed_consistency" in TR.format_table(res["rows"]) and "ce_minus_atoms_se" in TR.format_table(res["rows"])
     assert "ce_minus_atoms" not in rows["atoms"]  # the others' CE-loss score minus atoms', paired over tokens
-    for unit in ("features_jumprelu", "features_topk", "atoms_full"):
+    for unit in ("atoms_stable", "features_jumprelu", "features_topk", "atoms_full"):
         assert rows[unit]["ce_minus_atoms"] == pytest.approx(rows[unit]["ce_loss_score"] - rows["atoms"]["ce_loss_score"])
         assert rows[unit]["ce_minus_atoms_se"] > 0
     assert rows["features_topk"]["l0"] == pytest.approx(16.0, abs=0.5) and rows["features_topk"]["threshold_factor"] is None
     data = TF.token_data(real_model, c)
     x_val = hook_activations(real_model, data["val"]["tokens"], c.hook)
-    for unit in ("atoms", "features_jumprelu"):
+    for unit in ("atoms", "atoms_stable", "features_jumprelu"):
         sae = SAE.load_from_disk(str(tmp_path / "saes" / TF.sae_name(unit, 16)))
         assert sparsity_and_variance(sae, x_val)["l0"] == pytest.approx(16.0, rel=0.02)  # matched on validation docs
+    assert res["settings"]["unit_fields"] == {"atoms_stable": TF.TOKEN_FIELDS["atoms_stable"]}
     assert res["settings"]["val_activations"] == x_val.shape[0]
     assert 0 < res["settings"]["train_rows_read"] <= res["settings"]["train_rows"]  # no training row read twice
 
