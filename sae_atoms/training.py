@@ -127,6 +127,8 @@ class TrainOptions:
     progress: tqdm bar (SAELens's). device: where to train (default: cuda if available).
     metric: an ``AIPMetric`` for ``tsae_aip`` (default: fitted on the activations).
     return_training_sae: return the training SAE instead of the inference one.
+    autocast: SAELens's ``autocast``: each step's forward pass under ``torch.autocast`` in bfloat16
+        (matrix products in bfloat16, weights and optimiser state in float32).
     """
 
     epochs: float | None = None
@@ -138,6 +140,7 @@ class TrainOptions:
     lr_warm_up_frac: float = 0.05
     lr_decay_frac: float = 0.2
     return_training_sae: bool = False
+    autocast: bool = False
 
 
 def _options(options: TrainOptions | None, fields: dict[str, Any]) -> TrainOptions:
@@ -245,7 +248,7 @@ def fit_sae(sae: TrainingSAE, x: torch.Tensor, *, steps: int, seed: int = 0, opt
         device=str(dev), dead_feature_window=max(1, min(1000, steps // 4)),
         feature_sampling_window=max(1, min(2000, steps)), n_checkpoints=0, checkpoint_path=None,
         save_final_checkpoint=False, logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=max(1, min(100, x.shape[0] // bs)),
+        n_batches_for_norm_estimate=max(1, min(100, x.shape[0] // bs)), autocast=opt.autocast,
     )
     trainer = MetricFirstTrainer(cfg=tcfg, sae=sae, data_provider=_shuffled_batches(x.to(dev, sae.dtype), bs, seed))
     with _tqdm_disabled(not opt.progress):

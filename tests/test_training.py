@@ -72,6 +72,27 @@ def test_same_function_trains_standard_jumprelu_and_tsae_aip(recovery):
 
 
 @pytest.mark.slow
+def test_autocast_trains_in_bfloat16_and_still_recovers_planted_atoms(monkeypatch):
+    """SAELens's autocast reaches the step (its forward pass runs under CPU bfloat16 autocast), the
+    weights stay float32, and tsae_aip still recovers the planted atoms and supports of the regime above."""
+    from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE
+
+    seen, forward = [], TSAEAIPTrainingSAE.training_forward_pass
+
+    def spy(self, step_input):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(self, step_input)
+
+    monkeypatch.setattr(TSAEAIPTrainingSAE, "training_forward_pass", spy)
+    data = planted(**RECOVERY, seed=0)
+    cfg = _recovery_configs(RECOVERY["d"], 2 * RECOVERY["n_atoms"])["tsae_aip"]
+    sae = train_on_activations(data.activations, cfg, seed=0, autocast=True, **RECOVERY_TRAIN)
+    r = evaluate(sae, data, sae_lens_metrics=False)
+    assert len(seen) == RECOVERY_TRAIN["steps"] and all(seen) and sae.W_dec.dtype == torch.float32
+    assert r["atoms_recovered"] >= 0.99 and r["support_recovered"] >= 0.95 and abs(r["l0"] - r["true_l0"]) < 0.1, r
+
+
+@pytest.mark.slow
 def test_train_on_activations_is_seeded_and_checks_input():
     x = planted(d=16, n_atoms=24, k=2, coherence=0.3, n_samples=1000, seed=0).activations
     cfg = TSAEAIPTrainingSAEConfig(d_in=16, d_sae=24)

@@ -49,7 +49,7 @@ def _frontier(r: Report, results: dict) -> None:
         st = results.get("frontier_settings") or {}
         r.h("Sparsity frontier (matched L0)")
         r.p(f"Regime: width {st.get('d_sae')} ({st.get('expansion')}x d), {st.get('steps')} steps of "
-            f"{st.get('batch_size')}, atoms' partial whitening alpha = {st.get('atoms_alpha')}, L0 matched on "
+            f"{st.get('batch_size')}{' under bfloat16 autocast' if st.get('autocast') else ''}, atoms' partial whitening alpha = {st.get('atoms_alpha')}, L0 matched on "
             f"{st.get('l0_matched_on')}; R² on held-out entities, raw and in the reference AIP.")
         r.table(["unit", *FRONTIER_KEYS], [[x["unit"], *[x.get(k) for k in FRONTIER_KEYS]] for x in rows])
     paper = results.get("paper_regime") or {}

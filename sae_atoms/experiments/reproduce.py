@@ -103,6 +103,7 @@ class Settings:
     n_cards: int | None = None
     frontier_units: tuple[str, ...] = frontier.UNITS
     frontier_expansion: float = frontier.FrontierConfig.expansion
+    autocast: bool = False  # the frontier's SAEs train under SAELens's bfloat16 autocast (--autocast)
     headline_l0: float = 16.0
     paper_regime: bool = True
     extra: dict = field(default_factory=dict)
@@ -224,10 +225,11 @@ def _frontier(job: _Job, prog: Progress) -> dict:
                           "steps": s.train_steps, "seed": s.seed, "alpha": frontier.ATOMS_ALPHA,
                           "validation_frac": frontier.VALIDATION_FRAC, "version": 3,
                           "unit_fields": {u: unit_kind(u).overrides(1.0, 64) for u in s.frontier_units}}  # a redefined unit retrains
+    key |= {"autocast": True} if s.autocast else {}  # (absent when off: caches of earlier runs stay valid)
 
     def compute(folder: Path) -> None:
         cfg = frontier.FrontierConfig(targets=s.frontier_targets, units=s.frontier_units, expansion=s.frontier_expansion,
-                                      steps=s.train_steps, seed=s.seed)
+                                      steps=s.train_steps, seed=s.seed, autocast=s.autocast)
         res = frontier.run_frontier(job.train, job.heldout, hook, cfg, device=device, save_dir=folder / "saes")
         write_json(res, folder / "result.json")
 
@@ -475,6 +477,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         f"{'/'.join(f'{t:g}' for t in TOKEN_FRONTIER['targets'])}, {TOKEN_FRONTIER['tokens']} tokens; quick "
         f"{TOKEN_FRONTIER_QUICK['tokens']})"))
     p.add_argument("--no-cards", action="store_true", help="skip the atom cards of the headline SAEs (OUT/cards)")
+    p.add_argument("--autocast", action="store_true", help="train the frontier's SAEs under SAELens's bfloat16 autocast")
     p.add_argument("--readme", type=Path, default=None,
                    help="also write the headline table into this README between the results markers")
     p.add_argument("--findings", type=Path, default=None,
@@ -485,7 +488,7 @@ def run_cli(args: argparse.Namespace) -> int:
     s = Settings(model=args.model, layer=args.layer, out=args.out, quick=args.quick, device=args.device,
                  force=args.force, seed=args.seed, n_cities=args.n_cities, train_steps=args.steps,
                  steer=not args.no_steer, token_frontier=not args.no_token_frontier, cards=not args.no_cards,
-                 steer_relations=tuple(args.steer_relations))
+                 steer_relations=tuple(args.steer_relations), autocast=args.autocast)
     gc.freeze()  # the imports' objects live to the end: each stage's gc.collect (release_freed_memory) need not walk them
     results = run_reproduce(s)
     print("\n" + headline_table(results))

@@ -173,6 +173,22 @@ def test_frontier_refuses_a_folder_it_did_not_write_and_replaces_its_own_whole(t
 
 
 @pytest.mark.slow
+def test_autocast_reaches_every_sae_of_the_frontier_and_its_settings(tmp_path, monkeypatch):
+    seen = []
+
+    def recording(*args, **kw):
+        seen.append(kw["autocast"])
+        return real(*args, **kw)
+
+    real = frontier.train_on_activations
+    monkeypatch.setattr(frontier, "train_on_activations", recording)
+    acts = _acts_on_disk(tmp_path / "acts")
+    assert _frontier(acts, tmp_path / "o", "--targets", "2", "3", "--workers", "1", "--autocast") == 0
+    assert seen == [True, True]
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["settings"]["autocast"] is True
+
+
+@pytest.mark.slow
 def test_stability_targets_add_seed_and_width_consistency_and_atoms_stable_trains(tmp_path, capsys):
     acts = _acts_on_disk(tmp_path / "acts")
     assert _frontier(acts, tmp_path / "o", "--units", "atoms_stable", "features_jumprelu", "--targets", "2", "3",

@@ -167,6 +167,21 @@ def test_reproduce_help_quotes_the_sizes_the_code_uses():
     assert f"{q.n_cities} cities" in helps["quick"] and "minutes" not in helps["quick"]
 
 
+def test_the_autocast_flag_reaches_the_settings(monkeypatch, tmp_path):
+    import argparse
+
+    from sae_atoms.experiments import reproduce
+
+    runs = []
+    monkeypatch.setattr(reproduce, "run_reproduce", lambda s: runs.append(s) or {})
+    monkeypatch.setattr(reproduce, "headline_table", lambda r: "")
+    p = argparse.ArgumentParser()
+    reproduce.configure_parser(p)
+    for extra in (["--autocast"], []):
+        assert reproduce.run_cli(p.parse_args(["--out", str(tmp_path), *extra])) == 0
+    assert [s.autocast for s in runs] == [True, False]
+
+
 def test_the_cache_key_of_an_sae_is_its_exact_bytes_whatever_the_thread_count():
     import torch
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
