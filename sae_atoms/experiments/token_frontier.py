@@ -145,7 +145,7 @@ def trained_config(c: TokenFrontierConfig, unit: str, d: int, d_sae: int, target
     if not is_atoms(unit) and variant is None:
         return unit_config(unit, d, d_sae, target, c.hook)
     fields = {"n_batches_for_metric": c.norm_batches, "aip_alpha": c.atoms_alpha} | recipe | TOKEN_FIELDS.get(unit, {})
-    return unit_config("atoms" if variant else unit, d, d_sae, target, c.hook, **fields | (variant or {}))
+    return unit_config("atoms" if variant is not None else unit, d, d_sae, target, c.hook, **fields | (variant or {}))
 
 
 def sae_name(unit: str, target: float) -> str:
