@@ -11,7 +11,10 @@
 Token positions come from the tokenizer's character offsets, so they are exact under BOS
 prepending and right padding. Prompts are sorted by length and batched; the forward pass
 stops after the deepest hook (``stop_at_layer``) and only the selected positions are copied
-out of the hooks, so extraction costs about one truncated forward pass.
+out of the hooks, so extraction costs about one truncated forward pass. For one position per
+prompt, each prompt is also cut after that position: a causal model's activation at a token does
+not depend on the tokens after it, so the tokens after the subject are not run at all (the same
+activations up to float rounding, for fewer tokens).
 
 An ``ActivationSet`` is saved as ``activations.safetensors`` (one tensor per hook) +
 ``rows/`` (a ``datasets.Dataset``, aligned row by row) + ``meta.json``, written to a
@@ -215,7 +218,8 @@ def extract(model, dataset: datasets.Dataset | Sequence[dict], hook_names: str |
     row_index: list[int] = []
     token_pos: list[int] = []
     first = 1 if model.cfg.default_prepend_bos else 0
-    for b in tqdm(batches(model, ids, batch_size, device=device), total=n_batches(len(ids), batch_size),
+    run_ids = ids if position == "all" else [x[:p + 1] for x, p in zip(ids, pos)]  # causal: later tokens unused
+    for b in tqdm(batches(model, run_ids, batch_size, device=device), total=n_batches(len(ids), batch_size),
                   desc=f"extract {position}", disable=not progress, unit="batch"):
         if position == "all":
             sel_b = torch.cat([torch.full((len(ids[i]) - first,), j) for j, i in enumerate(b.rows)])

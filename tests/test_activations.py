@@ -25,6 +25,8 @@ def test_subject_position_decodes_to_subject_end(real_model, real_acts):
 def test_batched_padded_extraction_equals_single_prompt_runs(real_model, fact_data):
     ds = fact_data.select([0, 5, 300, 301])  # different lengths -> padding inside the batch
     acts = extract(real_model, ds, [REAL_HOOK, "blocks.3.hook_resid_post"], batch_size=4, progress=False)
+    # extraction cuts each prompt after the subject: these rows have tokens after it (the full prompt runs below)
+    assert sum(acts.rows[i]["token_pos"] < real_model.to_tokens(ds[i]["prompt"]).shape[1] - 1 for i in range(len(ds))) >= 2
     for i in range(len(ds)):
         _, cache = real_model.run_with_cache(ds[i]["prompt"], names_filter=lambda n: n in (REAL_HOOK, "blocks.3.hook_resid_post"))
         p = acts.rows[i]["token_pos"]

@@ -21,7 +21,7 @@ CASES = {
                                            "trainer": "MultiSAETrainer"}),
     "stability_step": ((pytest.mark.slow,), {"better": "lower", "target": 1.2, "d_in": 64, "d_sae": 64}),
     "under_load": ((pytest.mark.slow,), {"better": "lower", "target": 2.5, "competitors": 2}),
-    "extract_subject": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9}),
+    "extract_subject": ((pytest.mark.real_model,), {"better": "higher", "target": 1.3}),
     "aip_stream": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9, "tokens": 256}),
     "steer_batched": ((pytest.mark.real_model,), {"better": "higher", "target": 3.0, "jobs": 12, "rows": 72}),
     "frontier_together": ((pytest.mark.slow,), {"better": "higher", "target": 3.0, "saes": 4, "d_in": 64, "steps": 100}),

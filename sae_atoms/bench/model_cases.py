@@ -14,7 +14,8 @@ from sae_atoms.bench import timing
 def bench_extract_subject(quick: bool = False) -> dict:
     """Subject-position extraction throughput / bare ``model(tokens, stop_at_layer)`` throughput.
 
-    The baseline runs the same padded token batches through the truncated model with no hooks.
+    The baseline runs the whole prompts, sorted and padded as extraction batches them, through the
+    truncated model with no hooks; extraction runs each prompt only up to its subject's last token.
     """
     from sae_atoms.activations import extract
     from sae_atoms.data import fact_prompts
@@ -38,8 +39,8 @@ def bench_extract_subject(quick: bool = False) -> dict:
 
     repeat = 2 if quick else 3
     t_base, t_ours = timing.best_time(baseline, repeat=repeat), timing.best_time(ours, repeat=repeat)
-    return timing.measured(t_ours, t_base, 0.9, "higher", n_prompts=len(ds), hook=hook,
-                    note="throughput ratio (baseline time / extraction time), same tokens and batches")
+    return timing.measured(t_ours, t_base, 1.3, "higher", n_prompts=len(ds), hook=hook,
+                    note="throughput ratio (baseline time / extraction time); baseline: whole prompts, no hooks")
 
 
 def bench_aip_stream(quick: bool = False) -> dict:
