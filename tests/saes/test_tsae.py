@@ -99,6 +99,25 @@ def test_unit_rows_gradient_equals_autograd_through_norm_and_floor():
     assert ours[4].abs().max() > 1e6  # the floored row's gradient is g / 1e-12, not zeroed
 
 
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_pre_activations_and_their_gradients_are_those_of_the_centred_input(apply_b_dec):
+    """``y W_enc + (b_enc - b_dec W_enc)`` (no input gradient) is ``(y - b_dec) W_enc + b_enc``: the same
+    values and the same gradients of ``W_enc``, ``b_enc`` and ``b_dec``."""
+    sae, x = _fitted_aip(d=16, width=48)
+    sae = sae.double()
+    sae.cfg.apply_b_dec_to_input = apply_b_dec
+    y = sae._to_geometry(x.double())
+    up = torch.randn(len(y), 48, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    params = (sae.W_enc, sae.b_enc, sae.b_dec)
+    ours = torch.autograd.grad((sae._pre_acts(y) * up).sum(), params, allow_unused=True)
+    ref_pre = (y - sae.b_dec * apply_b_dec) @ sae.W_enc + sae.b_enc
+    ref = torch.autograd.grad((ref_pre * up).sum(), params, allow_unused=True)
+    torch.testing.assert_close(sae._pre_acts(y), ref_pre, rtol=1e-10, atol=1e-10)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(torch.zeros_like(sae.b_dec) if a is None else a, b, rtol=1e-10, atol=1e-10)
+    assert (ours[2] is not None and ours[2].abs().max() > 0) == apply_b_dec
+
+
 def test_training_save_keeps_the_decoder_parameter_and_inference_takes_its_unit_rows(tmp_path):
     """``save_model`` (SAELens's checkpoints) keeps ``W_dec`` as trained, so a resume continues from it;
     the inference SAE loaded from that folder, or made by ``to_inference``, has the unit rows and the
