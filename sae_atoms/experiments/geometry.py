@@ -47,7 +47,6 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from sae_atoms.data import column_list
 from sae_atoms.io import save_figure, write_json
 from sae_atoms.aip import AIPConditioningWarning, AIPMetric
 
@@ -194,32 +193,6 @@ def dedupe_subject_prefix(ds):
     return ds.select(keep)
 
 
-def truncate_at_subject(model, ds):
-    """Cut each prompt right after its subject's last token when that leaves the tokens unchanged.
-
-    The subject-last-token activation of a causal model depends only on the tokens up to it, so
-    the cut prompt gives the same activation for about half the compute. A prompt is cut only when
-    the tokenizer maps the cut text to exactly the first tokens of the full prompt (otherwise kept).
-    Returns ``(dataset, n_cut)``.
-    """
-    tok = model.tokenizer
-    if tok is None or not getattr(tok, "is_fast", False):
-        return ds, 0
-    prompts, ends = column_list(ds, "prompt"), column_list(ds, "subject_end")
-    full = tok(prompts, add_special_tokens=False, return_offsets_mapping=True)
-    cuts: list[str] = []
-    for p, e, off in zip(prompts, ends, full["offset_mapping"]):
-        last = max((i for i, (a, b) in enumerate(off) if b > a and a < e), default=None)
-        cuts.append(p if last is None else p[:max(off[last][1], e)])
-    short = tok(cuts, add_special_tokens=False)["input_ids"]
-    new, n_cut = [], 0
-    for p, c, ids_full, ids_cut in zip(prompts, cuts, full["input_ids"], short):
-        ok = c != p and list(ids_cut) == list(ids_full[:len(ids_cut)])
-        new.append(c if ok else p)
-        n_cut += ok
-    return ds.remove_columns("prompt").add_column("prompt", new), n_cut
-
-
 def prepare_prompts(n_facts: int = 1600, n_reasoning: int = 300, seed: int = 0):
     """``(facts, reasoning)`` Datasets: de-duplicated by subject prefix, randomly subsampled."""
     import random
@@ -282,10 +255,6 @@ def run_geometry(model, cfg: GeometryConfig | None = None, *, progress: bool = T
     extra = [SITES[s].format(layer=l) for l in layer_list for s in sites] if metric_dir is not None else []
     all_hooks = list(dict.fromkeys(hooks + extra))
     facts, reasoning = prepare_prompts(c.n_facts, c.n_reasoning, c.seed)
-    facts, n_cut = truncate_at_subject(model, facts)
-    if reasoning is not None:
-        reasoning, n_cut_r = truncate_at_subject(model, reasoning)
-        n_cut += n_cut_r
     fa = extract(model, facts, all_hooks, position="subject_last", batch_size=c.batch_size, progress=progress)
     ra = extract(model, reasoning, all_hooks, position="subject_last", batch_size=c.batch_size,
                  progress=progress) if reasoning is not None else None
@@ -310,7 +279,7 @@ def run_geometry(model, cfg: GeometryConfig | None = None, *, progress: bool = T
             "hook_template": c.hook_template, "position": "subject_last", "kind": c.kind, "shrinkage": c.shrinkage,
             "n_fact_prompts": len(facts), "n_train": int(tr.sum()), "n_heldout": int((~tr).sum()),
             "n_reasoning_prompts": 0 if reasoning is None else len(reasoning), "n_angle_samples": c.n_angle_samples,
-            "n_prompts_cut_after_subject": n_cut, "bin_width": c.bin_width, "seed": c.seed, "threads": torch.get_num_threads(),
+            "bin_width": c.bin_width, "seed": c.seed, "threads": torch.get_num_threads(),
             "seconds_extract": t_extract, "seconds_total": time.perf_counter() - t0}
     out = {"layers": results, "meta": meta}
     if metric_dir is not None:

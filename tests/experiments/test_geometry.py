@@ -100,23 +100,6 @@ def test_subject_prefix_duplicates_have_identical_activations(real_model):
 
 
 @pytest.mark.real_model
-def test_truncation_after_subject_keeps_activations(real_model):
-    from sae_atoms.activations import extract
-    from sae_atoms.data import fact_prompts
-    from sae_atoms.experiments.geometry import truncate_at_subject
-
-    ds = fact_prompts(n_cities=3, seed=0)
-    ds = ds.select(range(0, len(ds), max(1, len(ds) // 12)))
-    cut, n_cut = truncate_at_subject(real_model, ds)
-    assert n_cut >= len(ds) // 2
-    assert all(f.startswith(c) and c[s:e] == f[s:e] for f, c, s, e in
-               zip(ds["prompt"], cut["prompt"], ds["subject_start"], ds["subject_end"]))
-    a = extract(real_model, ds, "blocks.4.hook_resid_post", progress=False).x()
-    b = extract(real_model, cut, "blocks.4.hook_resid_post", progress=False).x()
-    assert torch.allclose(a, b, atol=1e-4 * float(a.abs().max()))
-
-
-@pytest.mark.real_model
 def test_run_geometry_on_real_model_writes_results_and_plots(real_model, tmp_path):
     res = run_geometry(real_model, layers=[0, 6], n_facts=240, n_reasoning=40, n_angle_samples=120,
                        batch_size=64, progress=False)
