@@ -335,9 +335,9 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
 
     def stability_directions(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """The unit rows the stability objective reads (those of the atoms ``idx``, default all):
-        the decoder's, in the SAE's geometry."""
-        rows = self.unit_W_dec()
-        return rows if idx is None else rows.index_select(0, idx)
+        the decoder's, in the SAE's geometry (a row's unit norm is its own: only the rows asked for are
+        normalised)."""
+        return UnitRows.apply(self.W_dec if idx is None else self.W_dec.index_select(0, idx))
 
     # ---- forward in the SAE's geometry
     def _pre_acts(self, y: torch.Tensor) -> torch.Tensor:
