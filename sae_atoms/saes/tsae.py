@@ -341,10 +341,9 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
 
     # ---- forward in the SAE's geometry
     def _pre_acts(self, y: torch.Tensor) -> torch.Tensor:
-        """The encoder's pre-activations of ``y`` (in the SAE's geometry), through ``hook_sae_acts_pre``:
-        ``(y - b_dec) W_enc + b_enc`` written as ``y W_enc + (b_enc - b_dec W_enc)``, so that ``b_dec``'s
-        gradient is one vector-matrix product instead of the ``[batch, d]`` input gradient of a full
-        matrix product (a training input has no gradient of its own)."""
+        """The encoder's pre-activations of ``y`` (SAE geometry), through ``hook_sae_acts_pre``: ``(y - b_dec)
+        W_enc + b_enc`` as ``y W_enc + (b_enc - b_dec W_enc)``, so ``b_dec``'s gradient is a vector-matrix
+        product, not a full product's ``[batch, d]`` input gradient (a training input has none of its own)."""
         bias = self.b_enc - self.b_dec @ self.W_enc if self.cfg.apply_b_dec_to_input else self.b_enc
         return self.hook_sae_acts_pre(y @ self.W_enc + bias)
 
