@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_atoms.experiments.reading import reading, success_se
-from sae_atoms.experiments.report import Report, fmt
+from sae_atoms.experiments.report import Report, fmt, precision_note
 from sae_atoms.io import write_text
 from sae_atoms.units import label
 
@@ -49,7 +49,7 @@ def _frontier(r: Report, results: dict) -> None:
         st = results.get("frontier_settings") or {}
         r.h("Sparsity frontier (matched L0)")
         r.p(f"Regime: width {st.get('d_sae')} ({st.get('expansion')}x d), {st.get('steps')} steps of "
-            f"{st.get('batch_size')}{' under bfloat16 autocast' if st.get('autocast') else ''}, atoms' partial whitening alpha = {st.get('atoms_alpha')}, L0 matched on "
+            f"{st.get('batch_size')}{precision_note(st)}, atoms' partial whitening alpha = {st.get('atoms_alpha')}, L0 matched on "
             f"{st.get('l0_matched_on')}; R² on held-out entities, raw and in the reference AIP.")
         r.table(["unit", *FRONTIER_KEYS], [[x["unit"], *[x.get(k) for k in FRONTIER_KEYS]] for x in rows])
     paper = results.get("paper_regime") or {}

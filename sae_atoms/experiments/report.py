@@ -20,6 +20,11 @@ from sae_atoms.units import label
 PAPER_NUMBERS = {"neurons": {"r2": 1.000, "q_star": 0.005}, "features": {"r2": 0.488, "q_star": 0.682},
                  "atoms": {"r2": 0.999, "q_star": 0.998}}
 
+def precision_note(settings: dict) -> str:
+    """How the frontier's SAEs were trained, for its regime sentence: " under bfloat16 autocast" or nothing."""
+    return " under bfloat16 autocast" if settings.get("autocast") else ""
+
+
 def fmt(v: Any, digits: int = 3) -> str:
     """Numbers to short strings (None -> "–")."""
     if v is None:
@@ -281,7 +286,7 @@ def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> No
     r.h("Sparsity frontier (matched L0)")
     st = results.get("frontier_settings", {})
     r.p(f"Every unit kind at each L0 target, width {st.get('d_sae')} ({st.get('expansion')}x d), {st.get('steps')} steps "
-        f"of {st.get('batch_size')}{' under bfloat16 autocast' if st.get('autocast') else ''}; atoms = tsae_aip with partial whitening alpha = {st.get('atoms_alpha')}. Units are "
+        f"of {st.get('batch_size')}{precision_note(st)}; atoms = tsae_aip with partial whitening alpha = {st.get('atoms_alpha')}. Units are "
         f"trained on {st.get('n_train')} rows of train entities; L0 is matched on {st.get('l0_matched_on', 'training rows')}"
         f" ({st.get('n_val', 0)} rows, `l0_val`), `l0` is in-sample, `_heldout` = entities never trained on. All numbers "
         f"in one reference metric: the robust AIP fitted on all train entities"

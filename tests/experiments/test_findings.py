@@ -73,3 +73,16 @@ def test_binding_reading_names_the_bound_the_coherence_and_the_k_it_allows():
     (split,) = binding_reading([row | {"q_star_b_k_upto_p50_heldout": 0.2, "q_star_b_k_above_p50_heldout": 0.0}])
     assert "q* (b) 0.200 on samples with K ≤ 8 and 0.000 above" in split  # the K tail
     assert "samples with K" not in text  # rows from before the split
+
+
+def test_report_and_findings_name_autocast_exactly_when_the_frontier_used_it(tmp_path):
+    from sae_atoms.experiments.report import write_report
+
+    for autocast in (True, False):
+        res = _full()
+        res["frontier_settings"] |= {"autocast": autocast}
+        findings = write_findings(res, tmp_path / f"F{autocast}.md").read_text()
+        report = write_report(res, tmp_path / f"r{autocast}")[0].read_text()
+        for text in (findings, report):
+            frontier = text.split("## Sparsity frontier", 1)[1].split("\n## ", 1)[0]
+            assert ("16 under bfloat16 autocast" in frontier) == autocast
