@@ -104,6 +104,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--gen-scales", type=float, nargs="+", default=None,
                    help=f"steered generation at these multiples of each method's equal-KL strength ({' '.join(f'{a:g}' for a in d.gen_scales)})")
+    p.add_argument("--gen-seeds", type=int, default=None,
+                   help=f"steered generation on the first this many seeds ({d.gen_seeds}; 0: none)")
+    p.add_argument("--gen-prompts", type=int, default=None, help=f"generation prompts per target ({d.gen_prompts})")
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (flags given explicitly win over them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -114,7 +117,8 @@ def steer_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``SteerConfig`` settings the command line gives: explicit flags win over ``--quick``."""
     grids = {k: None if getattr(args, k) is None else tuple(getattr(args, k)) for k in GRIDS}
     given = {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
-             "n_ablation": args.n_ablation, "n_seeds": args.seeds, **grids}
+             "n_ablation": args.n_ablation, "n_seeds": args.seeds, "gen_seeds": args.gen_seeds,
+             "gen_prompts": args.gen_prompts, **grids}
     rel = args.relation[0] if isinstance(args.relation, list) else args.relation
     return {**{k: v for k, v in given.items() if v is not None}, "relation": rel,
             "label": RELATION_LABEL[rel], "min_subjects": args.min_subjects, "k": args.k, "span": args.span,
