@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sae_atoms.evals.stability import MATCH_THRESHOLD
 from sae_atoms.experiments.reading import reading, success_se
 from sae_atoms.experiments.report import Report, fmt, precision_note
 from sae_atoms.io import write_text
@@ -19,6 +20,8 @@ from sae_atoms.units import label
 UNIT_KEYS = ("r2", "r2_heldout", "r2_aip", "r2_aip_heldout", "l0", "l0_heldout", "mu", "q_star_a", "q_star_b",
              "q_star_b_heldout")
 FRONTIER_KEYS = ("target_l0", "l0_val", "l0_heldout", "r2_heldout", "r2_aip_heldout", "q_star_b")
+STABILITY_KEYS = ("seed_consistency", "seed_mean_cos", "width_consistency", "width_mean_cos", "q_star_b_heldout",
+                  "r2_heldout")
 PAPER_REGIME_KEYS = ("r2", "r2_heldout", "l0", "l0_heldout", "q_star_b", "untied_encoders")
 
 
@@ -52,6 +55,7 @@ def _frontier(r: Report, results: dict) -> None:
             f"{st.get('batch_size')}{precision_note(st)}, atoms' partial whitening alpha = {st.get('atoms_alpha')}, L0 matched on "
             f"{st.get('l0_matched_on')}; R² on held-out entities, raw and in the reference AIP.")
         r.table(["unit", *FRONTIER_KEYS], [[x["unit"], *[x.get(k) for k in FRONTIER_KEYS]] for x in rows])
+        _stability(r, [x for x in rows if x.get("seed_consistency") is not None])
     paper = results.get("paper_regime") or {}
     if paper:
         r.h("The paper's regime (width = n_train)")
@@ -59,6 +63,17 @@ def _frontier(r: Report, results: dict) -> None:
             "training rows), jumprelu features at the same width and L0 beside them.")
         r.table(["unit", "n_train", *PAPER_REGIME_KEYS],
                 [[u, x.get("n_train"), *[x.get(k) for k in PAPER_REGIME_KEYS]] for u, x in paper.items()])
+
+
+def _stability(r: Report, rows: list[dict]) -> None:
+    if rows:
+        r.h("Stability across seeds and widths (frontier)")
+        r.p("Regime: at each L0 listed, a second seed of the same config and a twin at twice the width, trained on the "
+            "same rows; the live unit rows matched one to one (Hungarian) on |cos| in the reference AIP; consistency = "
+            f"the share of units matched at |cos| ≥ {MATCH_THRESHOLD:g}, `_mean_cos` the mean matched |cos|; q* (b) and R² on held-out "
+            "entities.")
+        r.table(["unit", "target_l0", *STABILITY_KEYS], [[x["unit"], x["target_l0"], *[x.get(k) for k in STABILITY_KEYS]]
+                                                         for x in rows])
 
 
 def _geometry_and_capacity(r: Report, results: dict) -> None:

@@ -6,8 +6,7 @@
     fact prompts (train / held-out entities)      sae_atoms.data
       -> subject-token activations                 sae_atoms.activations
       -> AIP geometry (Euclid vs AIP angles)       sae_atoms.experiments.geometry
-      -> neurons / features (standard, jumprelu) / atoms (tsae_aip) at 4x
-                                                   sae_atoms.training
+      -> every unit kind at matched L0 (+ stability)  sae_atoms.experiments.frontier
       -> evaluators, in-sample and held-out        sae_atoms.evals
       -> capacity sweep (1x, 2x, 4x, 8x)           sae_atoms.experiments.capacity
       -> the token benchmark, small (atoms vs jumprelu / topk / batchtopk on a token stream,
@@ -54,12 +53,13 @@ from sae_atoms.units import UNIT_KINDS, unit_kind
 # sizes of a full run and of ``--quick`` (Settings fills its None fields from these; the CLI help quotes
 # them): train_steps per frontier SAE, capacity_steps per capacity-sweep SAE (capacity_expansions their widths),
 # frontier_targets the L0s, n_accuracy the facts the model's accuracy is read on (full forward passes are its
-# cost), n_geometry_facts / n_reasoning the geometry's prompts, n_cards the atom cards per headline unit
+# cost), n_geometry_facts / n_reasoning the geometry's prompts, n_cards the atom cards per headline unit,
+# stability_targets the frontier L0s that also get seed and width consistency (a seed twin and a 2x twin per unit kind)
 FULL = {"n_cities": 1500, "train_steps": frontier.FrontierConfig.steps, "capacity_steps": 200, "capacity_expansions": (1, 2, 4, 8),
         "frontier_targets": tuple(float(t) for t in frontier.DEFAULT_TARGETS), "n_accuracy": 1000, "n_geometry_facts": 1600,
-        "n_reasoning": 300, "n_cards": 16}
+        "n_reasoning": 300, "n_cards": 16, "stability_targets": (8.0,)}
 QUICK = {"n_cities": 300, "train_steps": 80, "capacity_steps": 50, "capacity_expansions": (1, 2, 4), "frontier_targets": (8.0, 16.0),
-         "n_accuracy": 100, "n_geometry_facts": 600, "n_reasoning": 100, "n_cards": 4}
+         "n_accuracy": 100, "n_geometry_facts": 600, "n_reasoning": 100, "n_cards": 4, "stability_targets": ()}
 # the main job's token benchmark: a small version of ``sae-atoms token-frontier`` (its full default
 # trains 8 unit kinds x 4 L0s); ``--quick`` shrinks its tokens further and keeps two units
 TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "features_batchtopk"), "targets": (32.0,),
@@ -97,6 +97,7 @@ class Settings:
     token_frontier: bool = True
     cards: bool = True
     frontier_targets: tuple[float, ...] | None = None
+    stability_targets: tuple[float, ...] | None = None
     n_accuracy: int | None = None
     n_geometry_facts: int | None = None
     n_reasoning: int | None = None
@@ -115,17 +116,14 @@ class Settings:
                 setattr(self, k, v)
         if self.relations is None:
             self.relations = ("city_country",) if self.quick else FACT_RELATIONS
-        if self.headline_l0 not in self.frontier_targets:
-            raise ValueError(f"headline_l0={self.headline_l0} must be one of the frontier targets {self.frontier_targets}")
+        if self.headline_l0 not in self.frontier_targets or not set(self.stability_targets) <= set(self.frontier_targets):
+            raise ValueError(f"headline_l0={self.headline_l0} and stability_targets={self.stability_targets} must be among "
+                             f"the frontier targets {self.frontier_targets}")
 
 
 def run_reproduce(settings: Settings) -> dict:
-    """Run the main job; returns the results dict also written to ``OUT/results.json``.
-
-    The stages, each a function below, cached under ``OUT/cache``: ``_model_and_prompts``,
-    ``_activations``, ``_geometry``, ``_frontier``, ``_paper_regime``, ``_evaluate_units``, ``_capacity``,
-    ``_steering``, ``_cards``, ``_report``.
-    """
+    """Run the main job: the stages below, in ``STAGES``' order, each cached under ``OUT/cache``;
+    returns the results dict also written to ``OUT/results.json``."""
     datasets.disable_progress_bars()  # our stages show their own bars
     s = settings
     s.out.mkdir(parents=True, exist_ok=True)
@@ -223,13 +221,14 @@ def _frontier(job: _Job, prog: Progress) -> dict:
     s, out, device, hook = job.s, job.s.out, job.device, job.hook
     key = job.acts_key | {"targets": s.frontier_targets, "units": s.frontier_units, "expansion": s.frontier_expansion,
                           "steps": s.train_steps, "seed": s.seed, "alpha": frontier.ATOMS_ALPHA,
-                          "validation_frac": frontier.VALIDATION_FRAC, "version": 3,
+                          "validation_frac": frontier.VALIDATION_FRAC, "version": 3, "stability": s.stability_targets,
                           "unit_fields": {u: unit_kind(u).overrides(1.0, 64) for u in s.frontier_units}}  # a redefined unit retrains
     key |= {"autocast": True} if s.autocast else {}  # (absent when off: caches of earlier runs stay valid)
 
     def compute(folder: Path) -> None:
         cfg = frontier.FrontierConfig(targets=s.frontier_targets, units=s.frontier_units, expansion=s.frontier_expansion,
-                                      steps=s.train_steps, seed=s.seed, autocast=s.autocast)
+                                      steps=s.train_steps, seed=s.seed, autocast=s.autocast,
+                                      stability_targets=s.stability_targets)
         res = frontier.run_frontier(job.train, job.heldout, hook, cfg, device=device, save_dir=folder / "saes")
         write_json(res, folder / "result.json")
 
@@ -266,8 +265,7 @@ def _evaluate_units(job: _Job, prog: Progress) -> dict:
     """5. Neurons, features and atoms through the evaluators, in-sample (the train entities the
     frontier fitted on, its validation entities left out) and held-out."""
     prog("evaluate units")
-    saes, heldout, hook, device = job.saes, job.heldout, job.hook, job.device
-    labels = LABEL_COLUMNS
+    saes, heldout, hook, device, labels = job.saes, job.heldout, job.hook, job.device, LABEL_COLUMNS
 
     def evaluate_all() -> dict:  # (only when the stage is not cached)
         metric = frontier.reference_metric(job.train, hook)  # one metric for every unit: the robust AIP
@@ -386,9 +384,8 @@ def _report(job: _Job, prog: Progress, geo: dict, unit_res: dict, cap: list, ste
     results = collect_results(job, geo, unit_res, cap, steer)
     results |= {"metric": front["metric"], "frontier": front["rows"], "frontier_settings": front["settings"],
                 "paper_regime": paper, "units_l0": job.s.headline_l0, "token_frontier": tokens, "cards": cards}
-    results["timing_s"] = prog.times | {"total": round(time.time() - t_start, 1)}
-    results["peak_rss_mb"] = dict(prog.peak_rss_mb)
-    results["child_peak_rss_mb"] = dict(prog.child_peak_rss_mb)
+    results |= {"timing_s": prog.times | {"total": round(time.time() - t_start, 1)}, "peak_rss_mb": dict(prog.peak_rss_mb),
+                "child_peak_rss_mb": dict(prog.child_peak_rss_mb)}
     write_json(results, out / "results.json")
     write_report(results, out)
     write_findings(results, out / "FINDINGS.md")
@@ -478,6 +475,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         f"{TOKEN_FRONTIER_QUICK['tokens']})"))
     p.add_argument("--no-cards", action="store_true", help="skip the atom cards of the headline SAEs (OUT/cards)")
     p.add_argument("--autocast", action="store_true", help="train the frontier's SAEs under SAELens's bfloat16 autocast")
+    p.add_argument("--stability-targets", type=float, nargs="*", default=None, help=(
+        f"frontier L0s with seed and width consistency (default {' '.join(f'{t:g}' for t in FULL['stability_targets'])}; none: off)"))
     p.add_argument("--readme", type=Path, default=None,
                    help="also write the headline table into this README between the results markers")
     p.add_argument("--findings", type=Path, default=None,
@@ -488,7 +487,8 @@ def run_cli(args: argparse.Namespace) -> int:
     s = Settings(model=args.model, layer=args.layer, out=args.out, quick=args.quick, device=args.device,
                  force=args.force, seed=args.seed, n_cities=args.n_cities, train_steps=args.steps,
                  steer=not args.no_steer, token_frontier=not args.no_token_frontier, cards=not args.no_cards,
-                 steer_relations=tuple(args.steer_relations), autocast=args.autocast)
+                 steer_relations=tuple(args.steer_relations), autocast=args.autocast,
+                 stability_targets=None if args.stability_targets is None else tuple(args.stability_targets))
     gc.freeze()  # the imports' objects live to the end: each stage's gc.collect (release_freed_memory) need not walk them
     results = run_reproduce(s)
     print("\n" + headline_table(results))

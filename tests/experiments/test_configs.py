@@ -35,6 +35,19 @@ def test_quick_sizes_fill_what_the_user_left_unset():
     assert reproduce.Settings(quick=True, n_cards=7).n_cards == 7
 
 
+def test_stability_targets_are_frontier_targets_and_the_command_line_sets_them():
+    import argparse
+
+    import pytest
+
+    with pytest.raises(ValueError, match="stability_targets=.5.0,. must be among the frontier targets"):
+        reproduce.Settings(stability_targets=(5.0,))
+    p = argparse.ArgumentParser()
+    reproduce.configure_parser(p)
+    given = lambda *a: p.parse_args(list(a)).stability_targets  # noqa: E731
+    assert given() is None and given("--stability-targets") == [] and given("--stability-targets", "8", "16") == [8.0, 16.0]
+
+
 def test_geometry_layers_quick_stop_at_the_hook_and_full_reach_the_last():
     full = reproduce._default_geometry_layers(30, 12, quick=False)
     quick = reproduce._default_geometry_layers(30, 12, quick=True)

@@ -31,6 +31,14 @@ def test_findings_are_written_from_the_results(tmp_path):
     assert other != text and "0.123" in other and "0.123" not in text
 
 
+def test_findings_show_seed_and_width_consistency_for_the_rows_that_have_them(tmp_path):
+    res = _full()
+    assert "## Stability across seeds" not in write_findings(res, tmp_path / "F0.md").read_text()
+    res["frontier"][0] |= {"seed_consistency": 0.125, "seed_mean_cos": 0.25, "width_consistency": 0.375, "width_mean_cos": 0.5}
+    text = write_findings(res, tmp_path / "F.md").read_text().split("## Stability across seeds", 1)[1].split("\n## ", 1)[0]
+    assert "| 0.125 | 0.250 | 0.375 | 0.500 |" in text and text.count("\n| ") == 2  # header and the one row that has them
+
+
 def test_findings_of_a_run_without_optional_stages(tmp_path):
     res = _results({})
     text = write_findings(res, tmp_path / "F.md").read_text()
