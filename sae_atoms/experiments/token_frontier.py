@@ -7,8 +7,8 @@ one forward pass of the model feeds every SAE) trains, at one hook and width ``e
 each unit kind of ``TOKEN_UNITS`` at each target L0:
 
     atoms                        tsae_aip (metric fitted from the runner's first batches)
-    atoms_stable                 the same with the stability objective (``units``), at the token
-                                 stream's weight ``STABILITY_COEFFICIENT_TOKENS``
+    atoms_stable                 the same with the stability objective (``units``), its token
+                                 stream's design and weight ``STABILITY_TOKENS``
     tsae                         the same TSAE in raw space
     features_jumprelu            SAELens jumprelu (expected_average_only_in)
     features_jumprelu_whitened   SAELens jumprelu + its covariance_whitening
@@ -68,7 +68,7 @@ from sae_atoms.argtypes import named_fields, unit_lr
 from sae_atoms.corpus import hook_activations, split_documents, token_rows
 from sae_atoms.io import atomic_dir, write_json
 from sae_atoms.massive import MASSIVE_RATIO, massive_share
-from sae_atoms.units import ATOMS_ALPHA, STABILITY_COEFFICIENT_TOKENS, atoms_variants, is_atoms, unit_config
+from sae_atoms.units import ATOMS_ALPHA, STABILITY_TOKENS, atoms_variants, is_atoms, unit_config
 
 TOKEN_UNITS = ("atoms", "atoms_stable", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
                "features_batchtopk", "features_matryoshka")
@@ -116,7 +116,7 @@ ATOMS_TRAINING_TEXT = {  # ... and how it reads (the CLI's help, the report)
     "topk": "top-k (each token's target-L0 largest codes; thresholds matched after)",
     "threshold": "with the quadratic L0 loss on learned thresholds",
 }
-TOKEN_FIELDS = {"atoms_stable": {"stability_coefficient": STABILITY_COEFFICIENT_TOKENS}}  # a unit's token-stream fields
+TOKEN_FIELDS = {"atoms_stable": STABILITY_TOKENS}  # a unit's token-stream fields
 TWINS = {"_init2": 1.0, "_wide": 2.0}  # stability twins of an SAE: name suffix -> width factor (both another init)
 
 

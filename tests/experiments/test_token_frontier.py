@@ -48,13 +48,13 @@ def test_atoms_stable_is_read_for_the_goal_like_atoms_and_is_no_rival_of_atoms()
 
 
 def test_atoms_stable_trains_atoms_recipe_with_the_objective_at_the_token_weight():
-    from sae_atoms.units import STABILITY_COEFFICIENT_TOKENS, STABILITY_MARGIN
+    from sae_atoms.units import STABILITY_TOKENS
 
     c = TF.TokenFrontierConfig(norm_batches=3)
     cfg = TF.trained_config(c, "atoms_stable", 8, 16, 4.0)
     assert (cfg.architecture(), cfg.topk_training, cfg.topk_mode, cfg.n_batches_for_metric) == ("tsae_aip", True, "batch", 3)
     assert (cfg.stability_coefficient, cfg.stability_design, cfg.stability_geometry, cfg.stability_margin) == (
-        STABILITY_COEFFICIENT_TOKENS, "coactive_own_k", "aip", STABILITY_MARGIN)
+        STABILITY_TOKENS["stability_coefficient"], "coactive_own_k", "aip", STABILITY_TOKENS["stability_margin"])
     assert TF.trained_config(c, "atoms", 8, 16, 4.0).stability_coefficient == 0.0
     with pytest.raises(ValueError, match=r"would take the names of unit kinds"):
         TF.check_config(TF.TokenFrontierConfig(atoms_variants=(("stable", (("aip_alpha", 0.5),)),)))
