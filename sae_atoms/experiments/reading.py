@@ -194,7 +194,7 @@ def reading(results: dict) -> list[str]:
         from sae_atoms.experiments import frontier
 
         out.extend(frontier.reading(results["frontier"], results.get("paper_regime")))
-        out += binding_reading(results["frontier"])
+        out += binding_reading(results["frontier"]) + consistency_reading(results["frontier"])
     cap = results.get("capacity") or []
     if cap:
         best = max(cap, key=lambda r: r["r2_heldout"])
@@ -230,4 +230,23 @@ def binding_reading(rows: list[dict], units: tuple[str, ...] = ("atoms", "atoms_
         if parts:
             out.append(f"Stability q* (b), held-out entities, {unit}: which side of μ < 1/(2K−1) binds (ratio = μ (2K−1) "
                        "of the median sample; above 1 it fails): " + "; ".join(parts) + ".")
+    return out
+
+
+def consistency_reading(rows: list[dict]) -> list[str]:
+    """Seed and width consistency per frontier target that has them (``evals.stability``): each kind
+    of atoms against the best unit kind that is not atoms (issue 22: atoms ahead of every other kind)."""
+    from sae_atoms.evals.stability import MATCH_THRESHOLD
+
+    out = []
+    for t in sorted({r["target_l0"] for r in rows if r.get("seed_consistency") is not None}):
+        at = {r["unit"]: r for r in rows if r["target_l0"] == t and r.get("seed_consistency") is not None}
+        others = [u for u in at if not u.startswith("atoms")]
+        pair = lambda u: f"{u} {at[u]['seed_consistency']:.3f} / {at[u]['width_consistency']:.3f}"  # noqa: E731
+        best = max(others, key=lambda u: at[u]["seed_consistency"]) if others else None
+        atoms = [u for u in at if u.startswith("atoms")]
+        lead = best is not None and atoms and all(at[u]["seed_consistency"] > at[best]["seed_consistency"] for u in atoms)
+        out.append(f"Stability across runs at L0 {t:g} (share of units matched at |cos| ≥ {MATCH_THRESHOLD:g}, seed / width): "
+                   + ", ".join(pair(u) for u in atoms) + ("" if best is None else f"; best other unit kind {pair(best)}")
+                   + (f"; atoms {'lead' if lead else 'do not lead'} it on seeds." if best is not None and atoms else "."))
     return out

@@ -22,7 +22,13 @@ Cost: ``coactive`` uses the batch's first ``rows`` samples, each with its ``k_ma
 active atoms (``[rows, k, k]`` Gram blocks); ``all`` a ``[rows, rows]`` Gram of ``rows`` random atoms; both
 small against the step's ``[batch, d] x [d, d_sae]`` products. The rows come from ``Rows``, which is
 asked only for the atoms read (each once): a geometry that maps rows (``tsae_aip``'s full AIP,
-``d^2`` per row) then pays for those, not for the whole dictionary.
+``d^2`` per row) then pays for those, not for the whole dictionary; at a few hundred rows that map
+is as large as one of the step's products, which ``stability_every`` spreads over steps.
+
+Why ``all`` can serve reading (b): held-out samples fire pairs of atoms that never fired together
+in a training batch, so a penalty on the co-active pairs of the batch leaves them coherent; the
+global penalty keeps every pair apart. It needs ``rows`` in the hundreds, not tens: with tens
+of atoms a step it barely moved q* (b) in issue 22's sweeps, at the same expected gradient.
 """
 
 from __future__ import annotations

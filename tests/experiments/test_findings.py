@@ -83,6 +83,20 @@ def test_binding_reading_names_the_bound_the_coherence_and_the_k_it_allows():
     assert "samples with K" not in text  # rows from before the split
 
 
+def test_consistency_reading_puts_each_kind_of_atoms_against_the_best_other_unit_kind():
+    from sae_atoms.experiments.reading import consistency_reading
+
+    row = lambda u, s, w, t=8.0: {"unit": u, "target_l0": t, "seed_consistency": s, "width_consistency": w}  # noqa: E731
+    rows = [row("atoms", 0.5, 0.25), row("atoms_stable", 0.75, 0.5), row("features_topk", 0.625, 0.125),
+            row("features_standard", 0.0, 1.0), {"unit": "atoms", "target_l0": 16.0}]
+    (text,) = consistency_reading(rows)  # L0 16 has no consistency columns: no sentence
+    assert "at L0 8 " in text and "atoms 0.500 / 0.250, atoms_stable 0.750 / 0.500" in text
+    assert "best other unit kind features_topk 0.625 / 0.125; atoms do not lead it" in text  # atoms 0.5 < 0.625
+    rows[0]["seed_consistency"] = 0.875
+    assert "atoms lead it" in consistency_reading(rows)[0]
+    assert consistency_reading([{"unit": "atoms", "target_l0": 8.0}]) == []
+
+
 def test_report_and_findings_name_autocast_exactly_when_the_frontier_used_it(tmp_path):
     from sae_atoms.experiments.report import write_report
 
