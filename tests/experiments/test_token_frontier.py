@@ -55,6 +55,7 @@ def test_atoms_stable_trains_atoms_recipe_with_the_objective_at_the_token_weight
     assert (cfg.architecture(), cfg.topk_training, cfg.topk_mode, cfg.n_batches_for_metric) == ("tsae_aip", True, "batch", 3)
     assert (cfg.stability_coefficient, cfg.stability_design, cfg.stability_geometry, cfg.stability_margin) == (
         STABILITY_TOKENS["stability_coefficient"], "coactive_own_k", "aip", STABILITY_TOKENS["stability_margin"])
+    assert (cfg.stability_rows, cfg.stability_every) == (32, 1)  # none of atoms_stable's subject-token fields leak
     assert TF.trained_config(c, "atoms", 8, 16, 4.0).stability_coefficient == 0.0
     with pytest.raises(ValueError, match=r"would take the names of unit kinds"):
         TF.check_config(TF.TokenFrontierConfig(atoms_variants=(("stable", (("aip_alpha", 0.5),)),)))
