@@ -38,8 +38,9 @@ from typing import Any, Callable
 from sae_atoms.training import training_config
 
 ATOMS_ALPHA = 0.35  # partial whitening S^alpha of the frontier's atoms (alpha=1: the full AIP)
-# atoms_stable: the global design (every pair of ``stability_rows`` random atoms) at 2x weight every other step
-STABILITY = {"stability_design": "all", "stability_geometry": "aip", "stability_coefficient": 1e6, "stability_rows": 256,
+# atoms_stable: the global design (every pair of ``stability_rows`` random atoms) at 2x weight every other step; its
+# rows and cadence hold the step's cost within the bench's budget (``bench stability_step``)
+STABILITY = {"stability_design": "all", "stability_geometry": "aip", "stability_coefficient": 1e6, "stability_rows": 192,
              "stability_every": 2}
 # atoms_stable on a token stream (sae_atoms.experiments.token_frontier): the co-active design, each sample's margin
 # 0.25 of the bound at its own L0, at 1e4. Its CE cost grows with the weight while q* (b) saturates, sooner than on
