@@ -19,7 +19,7 @@ whitening folded into the SAE after training), the ecosystem's nearest thing to 
 (``sae_atoms.saes.stability``, fields ``STABILITY``) read in the full AIP
 (``stability_geometry="aip"``), where q* is measured: read in the SAE's own partial geometry the
 objective pushes apart directions that are not the ones the bound is about. On subject tokens the
-global design (``"all"``: every pair of a random 256 atoms, every other step) beat the co-active
+global design (``"all"``: every pair of a few hundred random atoms, every other step) beat the co-active
 designs: any pair of atoms may fire together on a held-out sample, so keeping all pairs apart is
 what keeps the co-active ones apart there (closing note of issue 22). On a token stream
 ``atoms_stable`` keeps the co-active design measured there (``STABILITY_TOKENS``).
