@@ -44,10 +44,10 @@ STABILITY = {"stability_design": "all", "stability_geometry": "aip", "stability_
              "stability_every": 2}
 # atoms_stable on a token stream (sae_atoms.experiments.token_frontier): the co-active design, each sample's margin
 # 0.25 of the bound at its own L0, at 1e4. Its CE cost grows with the weight while q* (b) saturates, sooner than on
-# subject tokens (closing notes of issue 21); the global design is not yet measured there. Every field is named, so
-# none of ``STABILITY``'s reaches the token stream
+# subject tokens (closing notes of issue 21); the global design is not yet measured there. The token stream builds
+# atoms_stable on the atoms recipe with these fields, so none of ``STABILITY``'s reaches it
 STABILITY_TOKENS = {"stability_design": "coactive_own_k", "stability_geometry": "aip", "stability_margin": 0.25,
-                    "stability_coefficient": 1e4, "stability_rows": 32, "stability_every": 1}
+                    "stability_coefficient": 1e4}
 _NORMALISED = "expected_average_only_in"
 MATRYOSHKA_LEVELS = (16, 4, 1)  # nested prefix widths d_sae / m of features_matryoshka, the last the whole SAE
 

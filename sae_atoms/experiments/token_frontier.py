@@ -116,7 +116,7 @@ ATOMS_TRAINING_TEXT = {  # ... and how it reads (the CLI's help, the report)
     "topk": "top-k (each token's target-L0 largest codes; thresholds matched after)",
     "threshold": "with the quadratic L0 loss on learned thresholds",
 }
-TOKEN_FIELDS = {"atoms_stable": STABILITY_TOKENS}  # a unit's token-stream fields
+TOKEN_FIELDS = {"atoms_stable": STABILITY_TOKENS}  # a unit's token-stream fields, on the atoms recipe (not its own)
 TWINS = {"_init2": 1.0, "_wide": 2.0}  # stability twins of an SAE: name suffix -> width factor (both another init)
 
 
@@ -145,7 +145,8 @@ def trained_config(c: TokenFrontierConfig, unit: str, d: int, d_sae: int, target
     if not is_atoms(unit) and variant is None:
         return unit_config(unit, d, d_sae, target, c.hook)
     fields = {"n_batches_for_metric": c.norm_batches, "aip_alpha": c.atoms_alpha} | recipe | TOKEN_FIELDS.get(unit, {})
-    return unit_config("atoms" if variant is not None else unit, d, d_sae, target, c.hook, **fields | (variant or {}))
+    base = "atoms" if variant is not None or unit in TOKEN_FIELDS else unit  # token fields replace the kind's own
+    return unit_config(base, d, d_sae, target, c.hook, **fields | (variant or {}))
 
 
 def sae_name(unit: str, target: float) -> str:
