@@ -108,3 +108,15 @@ def test_report_and_findings_name_autocast_exactly_when_the_frontier_used_it(tmp
         for text in (findings, report):
             frontier = text.split("## Sparsity frontier", 1)[1].split("\n## ", 1)[0]
             assert ("16 under bfloat16 autocast" in frontier) == autocast
+
+
+def test_report_and_findings_name_the_alpha_of_a_unit_that_trains_at_another_than_the_atoms(tmp_path):
+    from sae_atoms.experiments.report import write_report
+
+    for alphas, note in (({"atoms": 0.35, "atoms_stable": 0.2}, "alpha = 0.35 (atoms_stable 0.2)"),
+                         ({"atoms": 0.35, "atoms_stable": 0.35}, "alpha = 0.35")):
+        res = _full()
+        res["frontier_settings"] |= {"unit_alphas": alphas}
+        for text in (write_findings(res, tmp_path / "F.md").read_text(), write_report(res, tmp_path / "r")[0].read_text()):
+            frontier = text.split("## Sparsity frontier", 1)[1].split("\n## ", 1)[0]
+            assert note in frontier and ("atoms_stable 0.2" in frontier) == (alphas["atoms_stable"] == 0.2)
