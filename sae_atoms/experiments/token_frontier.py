@@ -6,7 +6,8 @@ the paper's setting). One ``MultiSAETrainingRunner`` pass (``sae_atoms.runners.b
 one forward pass of the model feeds every SAE) trains, at one hook and width ``expansion x d``,
 each unit kind of ``TOKEN_UNITS`` at each target L0:
 
-    atoms                        tsae_aip (metric fitted from the runner's first batches)
+    atoms                        tsae_aip (metric fitted from the runner's first batches), in
+                                 partial whitening ``units.ATOMS_ALPHA_TOKENS`` (``atoms_alpha``)
     atoms_stable                 the same with the stability objective (``units``), its token
                                  stream's design and weight ``STABILITY_TOKENS``
     tsae                         the same TSAE in raw space
@@ -68,7 +69,7 @@ from sae_atoms.argtypes import named_fields, unit_lr
 from sae_atoms.corpus import hook_activations, split_documents, token_rows
 from sae_atoms.io import atomic_dir, write_json
 from sae_atoms.massive import MASSIVE_RATIO, massive_share
-from sae_atoms.units import ATOMS_ALPHA, STABILITY_TOKENS, atoms_variants, is_atoms, unit_config
+from sae_atoms.units import ATOMS_ALPHA_TOKENS, STABILITY_TOKENS, atoms_variants, is_atoms, unit_config
 
 TOKEN_UNITS = ("atoms", "atoms_stable", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
                "features_batchtopk", "features_matryoshka")
@@ -91,7 +92,7 @@ class TokenFrontierConfig:
     batch_tokens: int = 512           # the runner's train_batch_size_tokens
     lr: float = 3e-3                  # every unit's learning rate (--unit-lr for one unit's own)
     atoms_training: str = "batchtopk" # how atoms and tsae hold their L0 in training: ATOMS_TRAINING
-    atoms_alpha: float = ATOMS_ALPHA  # partial whitening S^alpha of the atoms (1: the full AIP)
+    atoms_alpha: float = ATOMS_ALPHA_TOKENS  # partial whitening S^alpha of the atoms (1: the full AIP)
     val_tokens: int = 4096            # held-out validation tokens the final L0 is matched on
     eval_tokens: int = 2048           # held-out evaluation tokens (run_evals's figures and ours)
     heldout_doc_tokens: int = 64      # tokens per held-out document at most (a random window of each)

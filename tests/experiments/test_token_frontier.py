@@ -11,6 +11,7 @@ import torch
 from sae_atoms.corpus import hook_activations
 from sae_atoms.experiments import token_frontier as TF
 from sae_atoms.experiments import token_reading as TR
+from sae_atoms.units import ATOMS_ALPHA_TOKENS
 
 
 def _row(unit: str, t: float, l0: float, ce: float, q: float) -> dict:
@@ -174,7 +175,7 @@ def test_atoms_variants_train_beside_atoms_and_are_not_their_rivals(tiny_model, 
     TF.check_config(c)
     saes = TF.runner_config(c, tiny_model, tmp_path, "cpu").saes
     assert set(saes) == {"atoms_l0_4", "features_topk_l0_4", "atoms_alpha0.6_l0_4", "atoms_raw_l0_4"}
-    assert (saes["atoms_l0_4"].aip_alpha, saes["atoms_alpha0.6_l0_4"].aip_alpha) == (0.35, 0.6)
+    assert (saes["atoms_l0_4"].aip_alpha, saes["atoms_alpha0.6_l0_4"].aip_alpha) == (ATOMS_ALPHA_TOKENS, 0.6)
     assert saes["atoms_raw_l0_4"].aip_loss_space == "raw" and saes["atoms_raw_l0_4"].n_batches_for_metric == 5
     assert saes["atoms_alpha0.6_l0_4"].n_batches_for_metric == 3 and saes["atoms_alpha0.6_l0_4"].target_l0 == 4.0
     rows = [_row("atoms", 4, 4.0, 0.90, 0.1), _row("features_topk", 4, 4.0, 0.89, 0.0),
