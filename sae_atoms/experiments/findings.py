@@ -52,7 +52,7 @@ def _frontier(r: Report, results: dict) -> None:
         st = results.get("frontier_settings") or {}
         r.h("Sparsity frontier (matched L0)")
         r.p(f"Regime: width {st.get('d_sae')} ({st.get('expansion')}x d), {st.get('steps')} steps of "
-            f"{st.get('batch_size')}{precision_note(st)}, atoms' partial whitening alpha = {alpha_note(st)}, L0 matched on "
+            f"{st.get('batch_size')}{precision_note(st)}, atoms' partial whitening alpha = {alpha_note(results)}, L0 matched on "
             f"{st.get('l0_matched_on')}; R² on held-out entities, raw and in the reference AIP.")
         r.table(["unit", *FRONTIER_KEYS], [[x["unit"], *[x.get(k) for k in FRONTIER_KEYS]] for x in rows])
         _stability(r, [x for x in rows if x.get("seed_consistency") is not None])

@@ -250,8 +250,10 @@ def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None
     x, x_val = as_matrix(fit, hook).float(), (None if val is None else as_matrix(val, hook).float())
     splits = Splits(fit, heldout, hook, val)
     rows = [evaluate_row("neurons", neurons(x.shape[1]), None, splits, ref, device)]
-    units = tuple(c.units) + tuple(designs(c))
-    atoms_metric = {u: AIPMetric.robust(x, alpha=a) for u, a in _unit_alphas(c).items()}  # each one's partial whitening
+    design = designs(c)
+    units = tuple(c.units) + tuple(design)
+    alphas = {u: _metric_alpha(u, c, design) for u in units}
+    atoms_metric = {u: AIPMetric.robust(x, alpha=a) for u, a in alphas.items() if a is not None}  # each one's partial whitening
     jobs = [(t, u) for t in c.targets for u in units]
     shared = FrontierJobs(c, x, x_val, splits, ref, atoms_metric, device, None if save_dir is None else Path(save_dir))
     with tqdm(total=len(jobs), desc="frontier", unit="SAE", disable=not progress) as bar:
@@ -300,13 +302,7 @@ def _settings(c: FrontierConfig, hook: str, x: torch.Tensor, x_val: torch.Tensor
             "n_val": 0 if x_val is None else int(x_val.shape[0]), "validation_frac": c.validation_frac,
             "l0_matched_on": "validation entities" if x_val is not None else "training rows",
             "n_heldout": int(heldout.float().shape[0]), "hook": hook, "stability_targets": list(c.stability_targets),
-            "atoms_variants": designs(c), "autocast": c.autocast, "unit_alphas": _unit_alphas(c)}
-
-
-def _unit_alphas(c: FrontierConfig) -> dict[str, float]:
-    """The partial whitening of each ``tsae_aip`` unit trained (``atoms_alpha`` is the atoms' alone)."""
-    design = designs(c)
-    return {u: a for u in (*c.units, *design) if (a := _metric_alpha(u, c, design)) is not None}
+            "atoms_variants": designs(c), "autocast": c.autocast}
 
 
 # --------------------------------------------------------------------------- the paper's regime

@@ -25,11 +25,12 @@ def precision_note(settings: dict) -> str:
     return " under bfloat16 autocast" if settings.get("autocast") else ""
 
 
-def alpha_note(settings: dict) -> str:
-    """The atoms' partial whitening for a regime sentence, and each other ``tsae_aip`` unit's that differs:
-    "0.35 (atoms_stable 0.2)"."""
-    a = settings.get("atoms_alpha")
-    other = [f"{u} {v:g}" for u, v in (settings.get("unit_alphas") or {}).items() if u != "atoms" and v != a]
+def alpha_note(results: dict) -> str:
+    """The atoms' partial whitening for the frontier's regime sentence, and each other ``tsae_aip`` unit's
+    that differs, read off the metric each one was fitted with (``results["metric"]``): "0.35 (atoms_stable 0.2)"."""
+    a = (results.get("frontier_settings") or {}).get("atoms_alpha")
+    fitted = {u: m["alpha"] for u, m in (results.get("metric") or {}).items() if u not in ("reference", "atoms")}
+    other = [f"{u} {v:g}" for u, v in fitted.items() if v != a]
     return f"{a}" + (f" ({', '.join(other)})" if other else "")
 
 
@@ -294,7 +295,7 @@ def _frontier_sections(r: "Report", results: dict, plots: Path, out: Path) -> No
     r.h("Sparsity frontier (matched L0)")
     st = results.get("frontier_settings", {})
     r.p(f"Every unit kind at each L0 target, width {st.get('d_sae')} ({st.get('expansion')}x d), {st.get('steps')} steps "
-        f"of {st.get('batch_size')}{precision_note(st)}; atoms = tsae_aip with partial whitening alpha = {alpha_note(st)}. Units are "
+        f"of {st.get('batch_size')}{precision_note(st)}; atoms = tsae_aip with partial whitening alpha = {alpha_note(results)}. Units are "
         f"trained on {st.get('n_train')} rows of train entities; L0 is matched on {st.get('l0_matched_on', 'training rows')}"
         f" ({st.get('n_val', 0)} rows, `l0_val`), `l0` is in-sample, `_heldout` = entities never trained on. All numbers "
         f"in one reference metric: the robust AIP fitted on all train entities"

@@ -116,7 +116,7 @@ def test_report_and_findings_name_the_alpha_of_a_unit_that_trains_at_another_tha
     for alphas, note in (({"atoms": 0.35, "atoms_stable": 0.2}, "alpha = 0.35 (atoms_stable 0.2)"),
                          ({"atoms": 0.35, "atoms_stable": 0.35}, "alpha = 0.35")):
         res = _full()
-        res["frontier_settings"] |= {"unit_alphas": alphas}
+        res["metric"] = {"reference": {"alpha": 1.0}} | {u: {"alpha": a} for u, a in alphas.items()}
         for text in (write_findings(res, tmp_path / "F.md").read_text(), write_report(res, tmp_path / "r")[0].read_text()):
             frontier = text.split("## Sparsity frontier", 1)[1].split("\n## ", 1)[0]
             assert note in frontier and ("atoms_stable 0.2" in frontier) == (alphas["atoms_stable"] == 0.2)

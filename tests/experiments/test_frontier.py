@@ -203,8 +203,8 @@ def test_stability_targets_add_seed_and_width_consistency_and_atoms_stable_train
         assert 0 <= r["seed_consistency"] <= 1 and 0 <= r["width_consistency"] <= 1
         assert 0 < r["seed_mean_cos"] <= 1 and 0 < r["width_mean_cos"] <= 1
     assert res["settings"]["stability_targets"] == [3.0]
-    assert res["settings"]["unit_alphas"] == {"atoms_stable": STABLE_ALPHA} != {"atoms_stable": frontier.ATOMS_ALPHA}
-    assert res["metric"]["atoms_stable"]["alpha"] == STABLE_ALPHA  # its metric is fitted at its own alpha
+    alphas = {u: m["alpha"] for u, m in res["metric"].items() if u != "reference"}
+    assert alphas == {"atoms_stable": STABLE_ALPHA} != {"atoms_stable": frontier.ATOMS_ALPHA}  # fitted at its own alpha
     assert "seed_consistency" in capsys.readouterr().out  # the printed table has the columns
 
 
@@ -229,7 +229,8 @@ def test_atoms_variants_train_beside_the_units_with_their_own_fields_and_metric(
     assert res["settings"]["atoms_variants"] == {"atoms_s1e6": {"stability_coefficient": 1e6, "aip_alpha": 1.0},
                                                  "atoms_plain": {"aip_alpha": 0.5}}
     assert set(res["metric"]) == {"reference", "atoms", "atoms_s1e6", "atoms_plain"}  # each fits its own partial metric
-    assert res["settings"]["unit_alphas"] == {"atoms": frontier.ATOMS_ALPHA, "atoms_s1e6": 1.0, "atoms_plain": 0.5}
+    assert {u: res["metric"][u]["alpha"] for u in ("atoms", "atoms_s1e6", "atoms_plain")} == {
+        "atoms": frontier.ATOMS_ALPHA, "atoms_s1e6": 1.0, "atoms_plain": 0.5}
     alphas = [SAE.load_from_disk(str(tmp_path / "o" / "saes" / n)).cfg.aip_alpha
               for n in ("atoms_l0_2", "atoms_s1e6_l0_2", "atoms_plain_l0_2")]
     assert alphas == [frontier.ATOMS_ALPHA, 1.0, 0.5]
