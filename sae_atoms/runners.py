@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -195,8 +196,31 @@ def _fit_metrics_first(runner: Any, cfg: Any) -> None:
                 sae.observe_metric_batch(batch[hooks[name]].to(sae.device))
 
 
+def own_seed(seed: int, name: str) -> int:
+    """The seed of the SAE ``name`` in a run seeded ``seed``: a function of both alone."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
+
+
+def seeded_saes(cfg: Any, seed: int) -> dict[str, Any]:
+    """The training SAEs of the multi runner config ``cfg``, each initialised from its own seed
+    (``own_seed(seed, name)``) in a forked RNG, so its start depends on its name and config, not on
+    which SAEs are built before it (SAELens's runner draws them all from the global RNG, in order).
+    A ``tsae`` / ``tsae_aip`` SAE's stability objective draws from a generator of that seed too:
+    from the global RNG its draws would also move the activation store's shuffles."""
+    from sae_lens.registry import get_sae_training_class
+
+    saes = {}
+    for name, sae_cfg in cfg.saes.items():
+        with torch.random.fork_rng():
+            torch.manual_seed(own_seed(seed, name))
+            saes[name] = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
+        if hasattr(saes[name], "stability_generator"):
+            saes[name].stability_generator = torch.Generator().manual_seed(own_seed(seed, name))
+    return saes
+
+
 def build_runner(cfg: Any, model: Any = None, dataset: Any = None, lrs: dict[str, float] | None = None,
-                 massive_ratio: float | None = None) -> Any:
+                 massive_ratio: float | None = None, init_seed: int | None = None) -> Any:
     """SAELens's runner for ``cfg`` with sae_atoms's model loading and checks: a
     ``LanguageModelSAETrainingRunner`` for a ``LanguageModelSAERunnerConfig``, a
     ``MultiSAETrainingRunner`` for a ``MultiSAETrainingRunnerConfig`` (several SAEs, one forward pass).
@@ -208,6 +232,7 @@ def build_runner(cfg: Any, model: Any = None, dataset: Any = None, lrs: dict[str
     before training. ``lrs`` (multi runner): SAE name -> its own learning rate (``set_learning_rate``);
     the others train at ``cfg.lr``. ``massive_ratio``: leave out of every batch the tokens whose norm
     exceeds that many times the median (``sae_atoms.massive.drop_massive_tokens``), metric fit included.
+    ``init_seed`` (multi runner): each SAE from its own seed (``seeded_saes``); None: SAELens's order.
     """
     from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 
@@ -222,7 +247,9 @@ def build_runner(cfg: Any, model: Any = None, dataset: Any = None, lrs: dict[str
         if hasattr(cfg, "saes"):
             from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
 
-            runner = _runner_class(MultiSAETrainingRunner, lrs)(cfg, override_dataset=dataset, override_model=model)
+            saes = None if init_seed is None else seeded_saes(cfg, init_seed)
+            runner = _runner_class(MultiSAETrainingRunner, lrs)(cfg, override_dataset=dataset, override_model=model,
+                                                                override_saes=saes)
         else:
             runner = _runner_class(LanguageModelSAETrainingRunner)(cfg, override_dataset=dataset, override_model=model)
     if massive_ratio is not None:

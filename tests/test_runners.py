@@ -134,6 +134,42 @@ def test_build_runner_multi_trains_tsae_aip_and_jumprelu_and_they_reload(monkeyp
 
 
 @pytest.mark.slow
+def test_build_runner_init_seed_makes_an_saes_training_independent_of_the_others(monkeypatch, tmp_path, tiny_model,
+                                                                                 token_folder):
+    """With ``init_seed`` an SAE starts from a seed of its own name and trains on the same batches
+    whatever shares the runner: here a tsae with the ``all`` stability objective (random draws every
+    step) built before it. Without it, SAELens draws every start from one stream, in order."""
+    from sae_lens import MultiSAETrainingRunnerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
+
+    from sae_atoms.saes import TSAETrainingSAEConfig
+
+    monkeypatch.setattr(R, "load_model", _tiny_loader(tiny_model, []))
+    stable = TSAETrainingSAEConfig(d_in=32, d_sae=64, stability_coefficient=1.0, stability_design="all", stability_rows=16)
+
+    def trained(saes: dict, init_seed: int | None, run: bool = True) -> dict:
+        cfg = MultiSAETrainingRunnerConfig(
+            saes=saes, hook_names=HOOK, model_name="my-model", dataset_path=str(token_folder), streaming=False,
+            context_size=16, training_tokens=16 * 24, train_batch_size_tokens=32, store_batch_size_prompts=4,
+            n_batches_in_buffer=4, prepend_bos=False, device="cpu", checkpoint_path=None,
+            output_path=str(tmp_path / f"out{len(list(tmp_path.iterdir()))}"), n_eval_batches=1, logger=LoggingConfig(log_to_wandb=False))
+        torch.manual_seed(0)
+        runner = R.build_runner(cfg, init_seed=init_seed)
+        start = {n: s.W_dec.detach().clone() for n, s in runner.saes.items()}
+        return start, ({n: s.W_dec.detach().clone() for n, s in runner.run().items()} if run else None)
+
+    topk = TopKTrainingSAEConfig(d_in=32, d_sae=64, k=4)
+    alone_start, alone = trained({"features": topk}, init_seed=0)
+    beside_start, beside = trained({"stable": stable, "features": topk}, init_seed=0)
+    assert torch.equal(alone_start["features"], beside_start["features"])
+    assert torch.equal(alone["features"], beside["features"])  # same batches: the tsae's draws left the shuffles alone
+    assert not torch.equal(alone["features"], alone_start["features"])
+    assert not torch.equal(trained({"twin": topk}, init_seed=0, run=False)[0]["twin"], alone_start["features"])
+    assert not torch.equal(trained({"stable": stable, "features": topk}, None, run=False)[0]["features"],
+                           trained({"features": topk}, None, run=False)[0]["features"])  # SAELens's order
+
+
+@pytest.mark.slow
 def test_build_runner_single_records_the_models_kwargs(monkeypatch, tmp_path, tiny_model, token_folder):
     asked: list[str] = []
     monkeypatch.setattr(R, "load_model", _tiny_loader(tiny_model, asked))

@@ -235,13 +235,14 @@ def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, devic
 
 def seeded_runner(cfg: Any, model: Any, train: Any, seed: int, lrs: dict[str, float] | None = None,
                   massive_ratio: float | None = None) -> Any:
-    """``runners.build_runner`` with the global RNG seeded first: SAELens's runners draw every SAE's
-    initialisation from it in turn, so without a seed they depend on what ran before (e.g. whether a
+    """``runners.build_runner`` with each SAE initialised from its own seed (``runners.seeded_saes``:
+    a unit's row does not depend on which units share the pass) and the global RNG, which shuffles
+    the activation store's buffer, seeded first (else it depends on what ran before, e.g. whether a
     main job's earlier stages came from its cache)."""
     from sae_atoms.runners import build_runner
 
     torch.manual_seed(seed)
-    return build_runner(cfg, model=model, dataset=train, lrs=lrs, massive_ratio=massive_ratio)
+    return build_runner(cfg, model=model, dataset=train, lrs=lrs, massive_ratio=massive_ratio, init_seed=seed)
 
 
 def _remove_training_files(out: Path) -> None:

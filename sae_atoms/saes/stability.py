@@ -84,20 +84,22 @@ def coactive_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows:
     return (_hinge(G, m) * pair).sum() / pair.sum().clamp_min(1.0)
 
 
-def global_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows: int) -> Tensor:
+def global_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows: int,
+                   generator: torch.Generator | None = None) -> Tensor:
     """The ``all`` design on ``rows`` random atoms of the ``N`` of ``codes`` ``[batch, N]`` with unit
-    rows ``rows_unit`` (``Rows``); ``margin`` None: ``default_margin(codes)``."""
+    rows ``rows_unit`` (``Rows``); ``margin`` None: ``default_margin(codes)``. The atoms are drawn
+    from ``generator`` (a CPU generator), or from the global RNG when it is None."""
     m = default_margin(codes) if margin is None else margin
-    E = _select(rows_unit, torch.randperm(codes.shape[-1])[:rows].to(codes.device))
+    E = _select(rows_unit, torch.randperm(codes.shape[-1], generator=generator)[:rows].to(codes.device))
     G = (E @ E.T).triu(1)
     return _hinge(G, m).sum() / max(E.shape[0] * (E.shape[0] - 1) / 2, 1.0)
 
 
 def stability_penalty(design: str, codes: Tensor, rows_unit: Rows, margin: float | None, rows: int,
-                      k_max: int) -> Tensor:
-    """``P`` of ``design`` (module docstring)."""
+                      k_max: int, generator: torch.Generator | None = None) -> Tensor:
+    """``P`` of ``design`` (module docstring); ``generator``: the ``all`` design's draws (``global_penalty``)."""
     if design in ("coactive", "coactive_own_k"):
         return coactive_penalty(codes, rows_unit, margin, rows, k_max, own_k=design == "coactive_own_k")
     if design == "all":
-        return global_penalty(codes, rows_unit, margin, rows)
+        return global_penalty(codes, rows_unit, margin, rows, generator)
     raise ValueError(f"stability_design={design!r}: use one of {DESIGNS}.")

@@ -48,13 +48,8 @@ from typing import Any
 
 import torch
 from sae_lens.constants import SAE_CFG_FILENAME
-from sae_lens.saes.jumprelu_sae import (
-    JumpReLU,
-    JumpReLUSAE,
-    JumpReLUSAEConfig,
-    JumpReLUTrainingSAE,
-    JumpReLUTrainingSAEConfig,
-)
+from sae_lens.saes.jumprelu_sae import (JumpReLU, JumpReLUSAE, JumpReLUSAEConfig, JumpReLUTrainingSAE,
+                                         JumpReLUTrainingSAEConfig)
 from sae_lens.saes.sae import TrainingSAEConfig, TrainStepInput, TrainStepOutput
 
 from sae_atoms.io import follow_umask
@@ -314,6 +309,7 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
 
     def __init__(self, cfg: TSAETrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
+        self.stability_generator: torch.Generator | None = None  # the objective's draws; None: the global RNG
 
     def initialize_weights(self) -> None:
         super().initialize_weights()  # kaiming W_dec, W_enc = W_dec^T, b_enc = b_dec = 0
@@ -426,7 +422,8 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         c = self.cfg
         if c.stability_coefficient > 0 and step_input.n_training_steps % c.stability_every == 0:
             aux["stability_loss"] = c.stability_every * c.stability_coefficient * stability_penalty(
-                c.stability_design, feature_acts, self.stability_directions, c.stability_margin, c.stability_rows, c.stability_k_max)
+                c.stability_design, feature_acts, self.stability_directions, c.stability_margin, c.stability_rows, c.stability_k_max,
+                self.stability_generator)
         return aux
 
     def _raw_out(self, y_hat: torch.Tensor) -> torch.Tensor:
