@@ -49,7 +49,10 @@ the activation store and the SAEs go there). Memory is the runner's buffer plus 
 activations, not ``--tokens``. ``--atoms-variant NAME=FIELD:VALUE,...`` trains designs of atoms (other
 tsae_aip config fields) in the same pass, as ``atoms_NAME``, with their CE difference to atoms paired;
 ``--unit-lr UNIT=LR`` gives a unit its own learning rate (``runners.set_learning_rate``). A killed run
-resumes from the runner's last checkpoint (``--resume``).
+resumes from the runner's last checkpoint (``--resume``). Each SAE starts from a seed of its own name
+and the run's seed (``runners.seeded_saes``), so a unit's row does not depend on which other units,
+variants or twins share the pass (the batches are the same whenever the pass holds atoms, whose
+metric batches come first, and a unit with normalised input, whose estimate batches come next).
 """
 
 from __future__ import annotations
