@@ -47,9 +47,6 @@ STABLE_ALPHA = 0.2
 # raw reconstruction spliced into the model, and a loss nearer raw space raised it at L0 16-64 on two sizes of stream
 # while their AIP R^2 stayed above every features unit's (closing note of issue 21)
 ATOMS_ALPHA_TOKENS = 0.1
-# the learning rate of atoms (and their designs) on a token stream, twice the features': at the CPU default size
-# the atoms' CE-loss score rose at L0 32-128 with it, while topk's and batchtopk's fell at twice theirs (issue 21)
-ATOMS_LR_TOKENS = 6e-3
 # atoms_stable: the global design (every pair of ``stability_rows`` random atoms) at 2x weight every other step; its
 # rows and cadence hold the step's cost within the bench's budget (``bench stability_step``)
 STABILITY = {"stability_design": "all", "stability_geometry": "aip", "stability_coefficient": 1e6, "stability_rows": 192,

@@ -322,8 +322,7 @@ def _token_frontier_section(r: "Report", results: dict, plots: Path, out: Path) 
     r.h("Token stream: SAELens's multi-SAE runner, run_evals's figures")
     r.p(f"One `MultiSAETrainingRunner` pass at `{st['hook']}`, width {st['width']} ({st['expansion']:g}x d), "
         f"{st['tokens']} training tokens of `{st['corpus']}` (training documents; batches of {st['batch_tokens']}, "
-        f"{st['steps']} steps, special tokens excluded; every unit at lr {st.get('lr', 'n/a')}, atoms at "
-        f"{st.get('atoms_lr', st.get('lr', 'n/a'))}{_unit_lrs_text(st)}, atoms and tsae trained "
+        f"{st['steps']} steps, special tokens excluded; every unit at lr {st.get('lr', 'n/a')}, atoms and tsae trained "
         f"{token_frontier.ATOMS_TRAINING_TEXT[st.get('atoms_training', 'threshold')]}; atoms in partial whitening alpha = "
         f"{st.get('atoms_alpha', 'n/a')}). L0 matched on {st['val_activations']} tokens of validation "
         f"documents; every figure on {st['eval_activations']} tokens of other held-out documents: CE-loss score (zero "
@@ -336,12 +335,6 @@ def _token_frontier_section(r: "Report", results: dict, plots: Path, out: Path) 
     r.bullets(token_reading.reading(tf["rows"]))
     p = token_reading.plot_token_frontier(tf["rows"], plots / "token_frontier.png")
     r.img(str(p.relative_to(out)), "token frontier")
-
-
-def _unit_lrs_text(st: dict) -> str:
-    """The units given their own learning rate (``--unit-lr``), as the report's settings sentence says it."""
-    lrs = st.get("unit_lrs") or {}
-    return "".join(f", {u} at {lr:g}" for u, lr in lrs.items())
 
 
 def _massive_text(st: dict) -> str:

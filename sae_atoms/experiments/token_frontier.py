@@ -30,8 +30,7 @@ thresholds calibrated on the input of their first step as the trainer normalises
 After training every SAE with thresholds (atoms and tsae; batchtopk kinds are saved as jumprelu)
 gets one common threshold factor that sets its mean L0 to the target on *validation* documents
 (``training.match_l0``), held-out documents disjoint from those it is evaluated on. Top-k holds
-``k`` exactly. Every unit trains at one learning rate (``lr``), the atoms and their designs at their own
-(``atoms_lr``, ``units.ATOMS_LR_TOKENS``); ``--unit-lr`` gives any unit its own.
+``k`` exactly. Every unit trains at one learning rate (``lr``; ``--unit-lr`` for a unit's own).
 
 Data (``token_data``): the corpus's documents (``human-en`` by default: its ``train`` split to train,
 its ``heldout`` split to validate and evaluate; another corpus is split by a hash of each document)
@@ -73,7 +72,7 @@ from sae_atoms.argtypes import named_fields, unit_lr
 from sae_atoms.corpus import hook_activations, split_documents, token_rows
 from sae_atoms.io import atomic_dir, write_json
 from sae_atoms.massive import MASSIVE_RATIO, massive_share
-from sae_atoms.units import ATOMS_ALPHA_TOKENS, ATOMS_LR_TOKENS, STABILITY_TOKENS, atoms_variants, is_atoms, unit_config
+from sae_atoms.units import ATOMS_ALPHA_TOKENS, STABILITY_TOKENS, atoms_variants, is_atoms, unit_config
 
 TOKEN_UNITS = ("atoms", "atoms_stable", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
                "features_batchtopk", "features_matryoshka")
@@ -94,8 +93,7 @@ class TokenFrontierConfig:
 
     context_size: int = 128
     batch_tokens: int = 512           # the runner's train_batch_size_tokens
-    lr: float = 3e-3                  # every unit's learning rate but the atoms' (--unit-lr for one unit's own)
-    atoms_lr: float = ATOMS_LR_TOKENS # the learning rate of atoms, atoms_stable and the atoms variants
+    lr: float = 3e-3                  # every unit's learning rate (--unit-lr for one unit's own)
     atoms_training: str = "batchtopk" # how atoms and tsae hold their L0 in training: ATOMS_TRAINING
     atoms_alpha: float = ATOMS_ALPHA_TOKENS  # partial whitening S^alpha of the atoms (1: the full AIP)
     val_tokens: int = 4096            # held-out validation tokens the final L0 is matched on
@@ -227,8 +225,7 @@ def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, devic
     from sae_atoms.training import calibrate_at_first_step
 
     cfg = runner_config(c, model, out, device, latest_checkpoint(out) if resume else None)
-    own = {u: c.atoms_lr for u in trained_units(c) if is_atoms(u) or u in designs(c)} | dict(c.unit_lrs)
-    lrs = {sae_name(u, t) + k: lr for u, lr in own.items() for t in c.targets for k in twin_widths(c)}
+    lrs = {sae_name(u, t) + k: lr for u, lr in c.unit_lrs for t in c.targets for k in twin_widths(c)}
     runner = seeded_runner(cfg, model, train, c.seed, lrs, massive_ratio=MASSIVE_RATIO if c.drop_massive else None)
     if cfg.resume_from_checkpoint is None:  # threshold units held to their target by the quadratic L0 loss
         for sae in runner.saes.values():
@@ -350,8 +347,6 @@ def check_config(c: TokenFrontierConfig) -> None:
         raise ValueError(f"atoms_training={c.atoms_training!r}: choose from {sorted(ATOMS_TRAINING)}.")
     if not 0.0 <= c.atoms_alpha <= 1.0:
         raise ValueError(f"atoms_alpha={c.atoms_alpha} must be in [0, 1] (1 = the full AIP, 0 = Euclid).")
-    if not c.lr > 0 or not c.atoms_lr > 0:
-        raise ValueError(f"lr={c.lr} and atoms_lr={c.atoms_lr} must be positive.")
     if c.batch_tokens > c.tokens:
         raise ValueError(f"batch_tokens={c.batch_tokens} exceeds tokens={c.tokens}: the runner would take no step.")
     bad = sorted({u for u, lr in c.unit_lrs if u not in trained_units(c) or not lr > 0})
@@ -395,9 +390,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expansion", type=float, default=d.expansion, help="width as a multiple of the hook's width")
     p.add_argument("--context-size", type=int, default=d.context_size)
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per training step")
-    p.add_argument("--lr", type=float, default=d.lr, help="every unit's learning rate but the atoms'")
-    p.add_argument("--atoms-lr", type=float, default=d.atoms_lr, help=f"the atoms' (and atoms_stable's, and the variants') "
-                   f"learning rate (default {d.atoms_lr:g})")
+    p.add_argument("--lr", type=float, default=d.lr, help="every unit's learning rate")
     p.add_argument("--atoms-training", choices=sorted(ATOMS_TRAINING), default=d.atoms_training,
                    help="how atoms and tsae hold their L0 while training: "
                         + "; or ".join(f"{k}, trained {v}" for k, v in ATOMS_TRAINING_TEXT.items()))
@@ -431,7 +424,7 @@ def run_cli(args: argparse.Namespace) -> int:
     targets = tuple(int(t) if float(t).is_integer() else t for t in args.targets)  # 32, not 32.0, in the table
     c = TokenFrontierConfig(hook=args.hook, units=tuple(args.units), targets=targets, expansion=args.expansion,
                             corpus=args.corpus, tokens=args.tokens, context_size=args.context_size,
-                            batch_tokens=args.batch_tokens, lr=args.lr, atoms_lr=args.atoms_lr, atoms_training=args.atoms_training,
+                            batch_tokens=args.batch_tokens, lr=args.lr, atoms_training=args.atoms_training,
                             atoms_alpha=args.atoms_alpha, val_tokens=args.val_tokens,
                             eval_tokens=args.eval_tokens, heldout_doc_tokens=args.heldout_doc_tokens,
                             ref_tokens=args.ref_tokens, eval_batch_prompts=args.eval_batch_prompts, seed=args.seed, stability=args.stability,

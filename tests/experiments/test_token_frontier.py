@@ -11,7 +11,7 @@ import torch
 from sae_atoms.corpus import hook_activations
 from sae_atoms.experiments import token_frontier as TF
 from sae_atoms.experiments import token_reading as TR
-from sae_atoms.units import ATOMS_ALPHA_TOKENS, ATOMS_LR_TOKENS
+from sae_atoms.units import ATOMS_ALPHA_TOKENS
 
 
 def _row(unit: str, t: float, l0: float, ce: float, q: float) -> dict:
@@ -66,8 +66,7 @@ def test_atoms_stable_trains_atoms_recipe_with_the_objective_at_the_token_weight
                                                  ("targets", (16, 0), "positive"), ("eval_tokens", 0, "eval_tokens"),
                                                  ("batch_tokens", 10**9, "exceeds tokens"),
                                                  ("atoms_training", "l1", "atoms_training='l1'"),
-                                                 ("atoms_alpha", 1.5, r"atoms_alpha=1.5 must be in \[0, 1\]"),
-                                                 ("atoms_lr", 0.0, r"atoms_lr=0.0 must be positive")])
+                                                 ("atoms_alpha", 1.5, r"atoms_alpha=1.5 must be in \[0, 1\]")])
 def test_check_config_names_what_is_wrong(field, value, match):
     from dataclasses import replace
 
@@ -219,9 +218,7 @@ def test_unit_learning_rates_reach_every_sae_of_that_unit(tiny_model, tmp_path, 
     monkeypatch.setattr(TF, "seeded_runner", capture)
     with pytest.raises(KeyboardInterrupt):
         TF.train_units(c, tiny_model, None, tmp_path, "cpu")
-    own = {"atoms": c.atoms_lr, "features_topk": 3e-3, "atoms_raw": 5e-4}  # atoms kinds at atoms_lr unless named
-    assert got == {TF.sae_name(u, t) + k: lr for u, lr in own.items() for t in (4, 8) for k in ("", "_init2", "_wide")}
-    assert c.atoms_lr == ATOMS_LR_TOKENS != c.lr
+    assert got == {TF.sae_name(u, t) + k: lr for u, lr in c.unit_lrs for t in (4, 8) for k in ("", "_init2", "_wide")}
 
 
 @pytest.mark.slow
