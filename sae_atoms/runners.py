@@ -211,11 +211,12 @@ def seeded_saes(cfg: Any, seed: int) -> dict[str, Any]:
 
     saes = {}
     for name, sae_cfg in cfg.saes.items():
+        s = own_seed(seed, name)
         with torch.random.fork_rng():
-            torch.manual_seed(own_seed(seed, name))
+            torch.manual_seed(s)
             saes[name] = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
         if hasattr(saes[name], "stability_generator"):
-            saes[name].stability_generator = torch.Generator().manual_seed(own_seed(seed, name))
+            saes[name].stability_generator = torch.Generator().manual_seed(s)
     return saes
 
 

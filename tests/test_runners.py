@@ -147,7 +147,7 @@ def test_build_runner_init_seed_makes_an_saes_training_independent_of_the_others
     monkeypatch.setattr(R, "load_model", _tiny_loader(tiny_model, []))
     stable = TSAETrainingSAEConfig(d_in=32, d_sae=64, stability_coefficient=1.0, stability_design="all", stability_rows=16)
 
-    def trained(saes: dict, init_seed: int | None, run: bool = True) -> dict:
+    def trained(saes: dict, init_seed: int | None, run: bool = True) -> tuple[dict, dict | None]:
         cfg = MultiSAETrainingRunnerConfig(
             saes=saes, hook_names=HOOK, model_name="my-model", dataset_path=str(token_folder), streaming=False,
             context_size=16, training_tokens=16 * 24, train_batch_size_tokens=32, store_batch_size_prompts=4,
