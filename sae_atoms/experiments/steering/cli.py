@@ -107,6 +107,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-seeds", type=int, default=None,
                    help=f"steered generation on the first this many seeds ({d.gen_seeds}; 0: none)")
     p.add_argument("--gen-prompts", type=int, default=None, help=f"generation prompts per target ({d.gen_prompts})")
+    p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                   help="run only these methods, by their names in results.json (e.g. diff_of_means atoms_swap "
+                        "features_topk); keep diff_of_means for the equal-KL comparison (default: all)")
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (flags given explicitly win over them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -118,7 +121,7 @@ def steer_overrides(args: argparse.Namespace) -> dict[str, Any]:
     grids = {k: None if getattr(args, k) is None else tuple(getattr(args, k)) for k in GRIDS}
     given = {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
              "n_ablation": args.n_ablation, "n_seeds": args.seeds, "gen_seeds": args.gen_seeds,
-             "gen_prompts": args.gen_prompts, **grids}
+             "gen_prompts": args.gen_prompts, "methods": None if args.methods is None else tuple(args.methods), **grids}
     rel = args.relation[0] if isinstance(args.relation, list) else args.relation
     return {**{k: v for k, v in given.items() if v is not None}, "relation": rel,
             "label": RELATION_LABEL[rel], "min_subjects": args.min_subjects, "k": args.k, "span": args.span,

@@ -12,13 +12,13 @@ import math
 import random
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
 from sae_atoms.experiments.steering import equal_kl, generation
 from sae_atoms.experiments.steering.config import SteerConfig
-from sae_atoms.experiments.steering.methods import build_methods
+from sae_atoms.experiments.steering.methods import Method, build_methods
 from sae_atoms.experiments.steering.prompts import eval_rows, prompt_sets
 from sae_atoms.experiments.steering.search import STATS, Run, Steps, baseline, method_steps, run_steps, together
 from sae_atoms.experiments.steering.targets import Setup, select_units
@@ -28,6 +28,16 @@ def _counted(steps: Steps, bar) -> Steps:
     result = yield from steps
     bar.update()
     return result
+
+
+def chosen_methods(built: list[Method], names: Sequence[str]) -> list[Method]:
+    """The methods ``names`` picks from ``built`` (all when empty); a name of none of them is an error
+    that lists the names there are."""
+    unknown = sorted(set(names) - {m.name for m in built})
+    if unknown:
+        raise ValueError(f"methods {unknown} are not methods of these SAEs; choose among {[m.name for m in built]} "
+                         "(without diff_of_means there is no equal-KL comparison)")
+    return [m for m in built if not names or m.name in names]
 
 
 def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool, first_seed: int | None = None) -> dict:
@@ -41,9 +51,7 @@ def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool, first_se
     ev, unrel_p = prompt_sets(setup.model, setup.tg.targets, eval_rows(setup.rows, unrelated, cfg, rng), cfg, rng, setup.hook)
     selected = select_units(setup, cfg, rng)
     run = Run(setup.model, cfg, setup.tg.targets, setup.tg.first_tok, ev, unrel_p)
-    methods = [m for m in build_methods(setup, selected, cfg) if not cfg.methods or m.name in cfg.methods]
-    if not methods:
-        raise ValueError(f"methods={cfg.methods} names none of the methods of these SAEs; e.g. 'diff_of_means', 'atoms', 'atoms_swap'")
+    methods = chosen_methods(build_methods(setup, selected, cfg), cfg.methods)
     seconds = {"prompts_and_selection": lap()}
     with tqdm(total=len(methods), desc="steer sweep", disable=not progress) as bar:
         done = run_steps(run, together([_counted(method_steps(run, m), bar) for m in methods]))

@@ -31,6 +31,8 @@ def test_steer_quick_keeps_explicit_flags_and_rejects_bad_values():
     quick = steer_exp.steer_config(quick=True, **steer_exp.steer_overrides(_steer_args("--quick")))
     assert quick.vector_strengths == steer_exp.QUICK["vector_strengths"] and quick.n_eval == steer_exp.QUICK["n_eval"]
     assert steer_exp.steer_overrides(_steer_args("--vector-strengths", "1.5"))["vector_strengths"] == (1.5,)  # --alphas' new name
+    assert steer_exp.steer_overrides(_steer_args("--methods", "diff_of_means", "atoms_swap"))["methods"] == ("diff_of_means", "atoms_swap")
+    assert steer_exp.steer_config(**steer_exp.steer_overrides(_steer_args())).methods == ()  # none named: all
     assert steer_exp.steer_config(**steer_exp.steer_overrides(_steer_args("--gen-scales", "1", "3"))).gen_scales == (1.0, 3.0)
     gen = steer_exp.steer_config(quick=True, **steer_exp.steer_overrides(_steer_args("--quick", "--gen-seeds", "2", "--gen-prompts", "3")))
     assert (gen.gen_seeds, gen.gen_prompts) == (2, 3) and quick.gen_prompts == steer_exp.QUICK["gen_prompts"]
@@ -39,6 +41,16 @@ def test_steer_quick_keeps_explicit_flags_and_rejects_bad_values():
     for bad in (["--alphas", "0", "-1"], ["--n-eval", "0"], ["--kl-budget", "nan"], ["--fractions", "-0.5"], ["--gen-scales", "0"],
                 ["--gen-seeds", "-1"], ["--gen-prompts", "0"]):
         assert main(["steer", "--out", "/nonexistent/x", "--quick", *bad]) == 2
+
+
+def test_chosen_methods_keep_the_built_order_and_name_the_choices_when_a_name_is_unknown():
+    from sae_atoms.experiments.steering.seeds import chosen_methods
+
+    built = [Method(name=n, unit="u", grid=(1.0,)) for n in ("diff_of_means", "atoms", "atoms_swap")]
+    assert [m.name for m in chosen_methods(built, ("atoms_swap", "diff_of_means"))] == ["diff_of_means", "atoms_swap"]
+    assert chosen_methods(built, ()) == built
+    with pytest.raises(ValueError, match=r"\['atom_swap'\] are not methods.*'atoms_swap'"):
+        chosen_methods(built, ("diff_of_means", "atom_swap"))  # a typo is an error, not a method silently left out
 
 
 def test_generation_at_the_reference_perplexity_reads_each_curve_where_it_is_as_fluent():
