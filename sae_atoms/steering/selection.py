@@ -109,6 +109,29 @@ def concept_pool(sae, acts, labels: str | Sequence, k: int = 16, hook: str | Non
     return pool, ref
 
 
+def gate_atoms(sae, x_in: Tensor, x_out: Tensor, m: int = 64, q: float = 0.2, codes_in: Tensor | None = None,
+               codes_out: Tensor | None = None) -> tuple[list[int], float]:
+    """The units that tell activations ``x_out`` (where an edit should stay off, e.g. other relations'
+    subjects) from ``x_in`` (the edited kind), and the amplitude at which ``GatedDirection`` closes.
+
+    ``gate = top_m (mean_out delta_j - mean_in delta_j) ||W_dec[j]||``; ``tau`` is the ``q`` quantile
+    of ``sum_{j in gate} delta_j ||W_dec[j]||`` over ``x_out``, so the gate is fully shut on a
+    ``1 - q`` share of them (and open where the units are silent).
+    """
+    if x_in.shape[0] == 0 or x_out.shape[0] == 0:
+        raise ValueError("gate_atoms needs activations of both kinds (x_in and x_out non-empty)")
+    if not 0 < q < 1:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    c_in = encode_batched(sae, x_in) if codes_in is None else codes_in.float().cpu()
+    c_out = encode_batched(sae, x_out) if codes_out is None else codes_out.float().cpu()
+    norms = sae.W_dec.detach().float().norm(dim=-1).cpu()
+    gate = ((c_out.mean(0) - c_in.mean(0)) * norms).topk(min(int(m), norms.numel())).indices
+    tau = float((c_out[:, gate] * norms[gate]).sum(1).quantile(q))
+    if not tau > 0:
+        raise ValueError(f"the gate's units are silent on {1 - q:.0%} or more of x_out; raise q or m")
+    return gate.tolist(), tau
+
+
 def concept_subspace(sae, acts, labels: str | Sequence, pool: Sequence[int], hook: str | None = None,
                      codes: Tensor | None = None, min_count: int = 2, rtol: float = 1e-3) -> Tensor:
     """An orthonormal basis ``U`` ``[d_in, r]`` of a concept as the SAE's ``pool`` atoms write it.

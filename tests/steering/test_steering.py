@@ -451,3 +451,37 @@ def test_concept_subspace_is_the_span_of_the_planted_value_directions():
         st.concept_subspace(sae, x, y, pool=[])
     with pytest.raises(ValueError, match=">= 2 label values"):
         st.concept_subspace(sae, x, [0] * 400, pool=[0, 1])
+
+
+def test_gated_direction_adds_where_the_gate_units_are_silent_and_closes_where_they_fire():
+    sae = make_sae(d_in=8, d_sae=8, W_dec=torch.eye(8))  # encode(x) = relu(x) per unit: the gate's mass is known
+    v = torch.arange(8, dtype=torch.float32)
+    iv = st.GatedDirection(HOOK0, v, sae, gate=[0, 1], tau=2.0, alpha=3.0, positions=[1, 0, 2])
+    act = torch.zeros(3, 4, 8)
+    act[0, 1, 0] = 2.0                     # gate mass 2 = tau: shut
+    act[1, 0, 1] = 1.0                     # mass 1: half open
+    act[2, 2, 5] = 4.0                     # only a unit outside the gate fires: open
+    out = iv.hook_fn(act)
+    assert torch.equal(out[0], act[0])
+    assert torch.allclose(out[1, 0], act[1, 0] + 1.5 * v) and torch.allclose(out[2, 2], act[2, 2] + 3.0 * v)
+    untouched = torch.ones(3, 4, dtype=torch.bool)
+    untouched[[0, 1, 2], [1, 0, 2]] = False
+    assert torch.equal(out[untouched], act[untouched])  # other positions never move
+    with pytest.raises(ValueError, match="tau"):
+        st.GatedDirection(HOOK0, v, sae, gate=[0], tau=0.0)
+    with pytest.raises(IndexError, match="gate"):
+        st.GatedDirection(HOOK0, v, sae, gate=[9], tau=1.0)
+
+
+def test_gate_atoms_finds_the_units_of_the_other_kind_and_its_closing_amplitude():
+    sae = make_sae(d_in=8, d_sae=8, W_dec=torch.eye(8))
+    g = torch.Generator().manual_seed(0)
+    x_in = torch.zeros(50, 8)
+    x_in[:, 3] = 1 + torch.rand(50, generator=g)                     # the edited kind: unit 3
+    x_out = torch.zeros(40, 8)
+    x_out[:, 5], x_out[:, 6] = 1 + torch.rand(40, generator=g), 2.0  # the other kind: units 5 and 6
+    gate, tau = st.gate_atoms(sae, x_in, x_out, m=2, q=0.25)
+    assert sorted(gate) == [5, 6]
+    assert tau == pytest.approx(float((x_out[:, 5] + x_out[:, 6]).quantile(0.25)))
+    with pytest.raises(ValueError, match="silent"):
+        st.gate_atoms(sae, x_in, torch.zeros(5, 8), m=2)
