@@ -112,10 +112,12 @@ def _relations(r: Report, results: dict) -> None:
     for rel, t in (results.get("steering_relations") or {}).items():
         r.p(f"{rel.replace('_', ' -> ')}: every method at the difference of means' validation KL (test prompts, seeds pooled; "
             "± SE over prompts); CounterFact-style harmonic mean of efficacy, paraphrase and neighbourhood; steered generation.")
-        r.table(["method", "success at equal KL", "± SE", "paired diff vs DoM", "± SE", "CounterFact hmean", "gen concept",
+        r.table(["method", "success at equal KL", "± SE", "paired diff vs DoM", "± SE", "within DoM's KL", "paired", "± SE",
+                 "CounterFact hmean", "gen concept",
                  "gen perplexity", "gen concept at DoM's perplexity"],
                 [[m, v.get("success_equal_kl"), v.get("success_equal_kl_se"), v.get("paired_diff_vs_dom"),
-                  v.get("paired_diff_vs_dom_se"), v.get("counterfact_hmean"), v.get("gen_concept"), v.get("gen_perplexity"),
+                  v.get("paired_diff_vs_dom_se"), v.get("success_within_kl_ref"), v.get("paired_within_vs_dom"),
+                  v.get("paired_within_vs_dom_se"), v.get("counterfact_hmean"), v.get("gen_concept"), v.get("gen_perplexity"),
                   v.get("gen_concept_equal_ppl")]
                  for m, v in t.items()])
 

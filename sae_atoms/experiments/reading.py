@@ -63,6 +63,7 @@ def relations_reading(tables: dict[str, dict]) -> list[str]:
         text = (f"Steering {rel.replace('_', ' -> ')} at the difference of means' KL: {a} {t[a]['success_equal_kl']:.3f} vs "
                 f"{d['success_equal_kl']:.3f}, paired difference {diff:+.3f} ± {se:.3f} (SE; {sig} at {Z:g} SE; {a} is the best "
                 f"of {len(atoms)} atoms methods on these prompts).")
+        text += _within_reading(t, atoms)
         h = {m: v["counterfact_hmean"] for m, v in t.items() if v.get("counterfact_hmean") is not None}
         ha = max((m for m in h if m.startswith("atoms")), key=h.get, default=None)
         rivals = [m for m in h if m == "diff_of_means" or m.startswith("features")]
@@ -74,6 +75,18 @@ def relations_reading(tables: dict[str, dict]) -> list[str]:
         text += _generation_reading(t)
         out.append(text)
     return out
+
+
+def _within_reading(t: dict[str, dict], atoms: list[str]) -> str:
+    """The same check at each method's best point with no more validation KL than the difference of means."""
+    atoms = [m for m in atoms if t[m].get("paired_within_vs_dom") is not None]
+    if not atoms:
+        return ""
+    a = max(atoms, key=lambda m: t[m]["success_within_kl_ref"])
+    diff, se = t[a]["paired_within_vs_dom"], t[a]["paired_within_vs_dom_se"]
+    return (f" Within that KL (each method at its best point with no more): {a} {t[a]['success_within_kl_ref']:.3f} vs "
+            f"{t['diff_of_means']['success_within_kl_ref']:.3f}, paired difference {diff:+.3f} ± {se:.3f} (SE; "
+            + ("significant" if se and abs(diff) > Z * se else "not significant") + f" at {Z:g} SE).")
 
 
 def _generation_reading(t: dict[str, dict]) -> str:

@@ -64,6 +64,12 @@ def test_relations_reading_states_the_three_checks_per_relation():
     text, = relations_reading({"country_language": t})
     assert "atoms_swap names it in 0.10" in text
     assert "atoms do not lead it" in text and "atoms do not reach it" in text
+    assert "Within that KL" not in text  # results from before the within reading: no sentence
+    for m, w, d in (("diff_of_means", 0.5, 0.0), ("atoms", 0.55, 0.05), ("atoms_swap", 0.6, 0.1), ("features_jumprelu", 0.2, -0.3)):
+        t[m] |= {"success_within_kl_ref": w, "paired_within_vs_dom": d, "paired_within_vs_dom_se": 0.04}
+    text, = relations_reading({"country_language": t})
+    assert "Within that KL (each method at its best point with no more): atoms_swap 0.600 vs 0.500, paired difference " \
+           "+0.100 ± 0.040 (SE; significant at" in text
 
 
 def test_binding_reading_names_the_bound_the_coherence_and_the_k_it_allows():

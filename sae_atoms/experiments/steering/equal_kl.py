@@ -13,6 +13,12 @@ log strength between the points of its validation sweep, then refined by measuri
   neighbourhood, the share of unrelated prompts (other relations, arithmetic) under the same
   intervention whose top-1 answer is unchanged; their harmonic mean (CounterFact's "score").
 
+Success at ``k_ref`` reads a method past its peak when its success falls before its KL reaches
+``k_ref`` (a gated edit spends little KL; pushed until it does, it overshoots). So each method is
+also read at its best validation point with KL <= ``k_ref`` (``within``: at most the reference's side
+effect; the difference of means' own point is its chosen one): ``success_within_kl_ref``, with the
+paired difference ``paired_within_vs_dom``.
+
 Also per method, from its validation sweep: the area under best-success-within-KL ``b(x) = max
 {success of the points with KL <= x}`` over ``(0, budget]``, divided by the budget (the mean
 success a user gets over budgets up to the one used).
@@ -26,7 +32,7 @@ from typing import Any, Sequence
 import torch
 
 from sae_atoms.experiments.steering.methods import Method
-from sae_atoms.experiments.steering.search import Ask, Run, Steps
+from sae_atoms.experiments.steering.search import Ask, Run, Steps, choose_strength
 
 REFERENCE = "diff_of_means"
 TOL = 0.1  # relative: a validation KL within 10% of k_ref counts as equal
@@ -62,15 +68,27 @@ def equal_kl_steps(run: Run, m: Method, sweep: list[dict], k_ref: float, n_refin
         k, = yield [Ask("kl", m.at(s), "val")]
         pts.append((s, float(k.mean())))
     s, k_val = min(pts, key=lambda p: abs(p[1] - k_ref))
-    m = m.at(s)
+    w = within(sweep, k_ref * (1 + tol))
     para = any(len(P) for P in run.ev["paraphrase"].values())
-    got = yield [Ask("side", m, "test"), Ask("success", m, "test")] + ([Ask("success", m, "paraphrase")] if para else [])
+    got = yield ([Ask("side", m.at(s), "test"), Ask("success", m.at(s), "test")]
+                 + ([Ask("success", m.at(w["strength"]), "test")] if w else [])
+                 + ([Ask("success", m.at(s), "paraphrase")] if para else []))
     side, test = got[0], got[1]
+    hits = lambda r: [h for v in run.targets if v in r["per_target"] for h in r["per_target"][v]["hits"]]  # noqa: E731
     return {"strength": s, "kl_ref": k_ref, "val_kl": k_val, "reached": abs(k_val - k_ref) <= tol * k_ref,
             "test_kl": float(side[:, 0].mean()),
             "neighbourhood": float(side[:, 1].mean()), "success_rate": test["success_rate"], "efficacy": test["efficacy"],
-            "paraphrase": got[2]["efficacy"] if para else None, "n_prompts": test["n_prompts"],
-            "hits": [h for v in run.targets if v in test["per_target"] for h in test["per_target"][v]["hits"]]}
+            "paraphrase": got[-1]["efficacy"] if para else None, "n_prompts": test["n_prompts"], "hits": hits(test),
+            "within": {"strength": w["strength"] if w else None, "val_kl": w["kl_unrelated"] if w else None,
+                       "hits": hits(got[2]) if w else [0] * len(hits(test))}}
+
+
+def within(sweep: list[dict], k: float) -> dict | None:
+    """The validation point of best success with KL <= ``k`` (ties: higher log-prob gain, then lower
+    KL; None when no measured point is that gentle). A method whose success peaks below the reference's
+    KL is read there rather than past its peak: at most the reference's side effect, at its best."""
+    read = [p for p in sweep if "success_rate" in p]
+    return choose_strength(read, k) if any(p["kl_unrelated"] <= k for p in read) else None
 
 
 def success_kl_area(sweep: list[dict], base_success: float, budget: float) -> float:
@@ -112,7 +130,11 @@ def summarise(runs: list[dict], ref: list[dict] | None) -> dict[str, Any]:
            "efficacy": weighted("efficacy"), "paraphrase": weighted("paraphrase"),
            "neighbourhood": sum(r["neighbourhood"] for r in runs) / len(runs)}
     out["counterfact_hmean"] = hmean(out["efficacy"], out["paraphrase"], out["neighbourhood"])
+    w_hits = [h for r in runs for h in r["within"]["hits"]]
+    out["success_within_kl_ref"], out["success_within_kl_ref_se"] = mean_se(w_hits)
     if ref is not None:
         diff, diff_se = mean_se([a - b for r, q in zip(runs, ref) for a, b in zip(r["hits"], q["hits"])])
-        out |= {"paired_diff_vs_dom": diff, "paired_diff_vs_dom_se": diff_se}
+        w_diff, w_se = mean_se([a - b for r, q in zip(runs, ref) for a, b in zip(r["within"]["hits"], q["within"]["hits"])])
+        out |= {"paired_diff_vs_dom": diff, "paired_diff_vs_dom_se": diff_se, "paired_within_vs_dom": w_diff,
+                "paired_within_vs_dom_se": w_se}
     return out

@@ -65,6 +65,29 @@ def test_equal_kl_steps_reach_the_reference_kl_on_a_known_curve(monkeypatch):
     assert flat_kls == [8.0, 32.0, 128.0, 512.0]
 
 
+def test_a_method_that_peaks_below_the_reference_kl_is_also_read_at_its_peak(monkeypatch):
+    cfg = steer_exp.steer_config()
+    run = search.Run(None, cfg, ["A"], {"A": 0}, {"paraphrase": {}}, {})
+    asked = []
+
+    def answer(run_, asks):  # KL = strength^2 / 100; on test, success only at strength 3 (the peak)
+        asked.extend((a.what, a.split, a.m.strength) for a in asks)
+        return [torch.full((2,), a.m.strength ** 2 / 100) if a.what == "kl"
+                else torch.stack([torch.full((2,), a.m.strength ** 2 / 100), torch.ones(2)], 1) if a.what == "side"
+                else {"success_rate": float(a.m.strength == 3.0), "efficacy": 1.0, "n_prompts": 2,
+                      "per_target": {"A": {"hits": [int(a.m.strength == 3.0)] * 2}}} for a in asks]
+
+    monkeypatch.setattr(search, "answer", answer)
+    sweep = [{"strength": s, "kl_unrelated": s ** 2 / 100, "success_rate": v, "logprob_gain": v}
+             for s, v in ((1.0, 0.2), (3.0, 0.7), (5.0, 0.4))]  # success peaks at 3 (KL 0.09), falls by 5 (0.25)
+    r = search.run_steps(run, equal_kl.equal_kl_steps(run, Method(name="m", unit="u", grid=()), sweep, 0.36))
+    assert r["strength"] > 5.0 and r["reached"] and r["hits"] == [0, 0]  # at the reference's KL: past the peak
+    assert r["within"]["strength"] == 3.0 and r["within"]["hits"] == [1, 1] and ("success", "test", 3.0) in asked
+    assert equal_kl.within(sweep, 0.05) == sweep[0] and equal_kl.within(sweep, 0.005) is None
+    r = search.run_steps(run, equal_kl.equal_kl_steps(run, Method(name="m", unit="u", grid=()), sweep[2:], 0.25))
+    assert r["within"]["strength"] == 5.0  # at most the reference's KL (within TOL): the point itself
+
+
 def test_success_kl_area_is_the_mean_best_success_over_budgets():
     sweep = [{"kl_unrelated": 0.5, "success_rate": 0.4}, {"kl_unrelated": 0.25, "success_rate": 0.2},
              {"kl_unrelated": 0.75, "success_rate": 0.1}, {"kl_unrelated": 2.0, "success_rate": 1.0}, {"kl_unrelated": 3.0}]
@@ -74,12 +97,15 @@ def test_success_kl_area_is_the_mean_best_success_over_budgets():
 
 
 def test_summarise_pairs_prompts_with_the_reference():
-    run = lambda hits, e: {"hits": hits, "n_prompts": len(hits), "kl_ref": 0.5, "val_kl": 0.5, "test_kl": 0.4,  # noqa: E731
-                           "strength": 1.0, "efficacy": e, "paraphrase": 0.5, "neighbourhood": 1.0, "reached": True}
-    m = [run([1, 1, 0, 1], 0.75), run([1, 0], 0.5)]
+    run = lambda hits, e, w=None: {"hits": hits, "n_prompts": len(hits), "kl_ref": 0.5, "val_kl": 0.5, "test_kl": 0.4,  # noqa: E731
+                                   "strength": 1.0, "efficacy": e, "paraphrase": 0.5, "neighbourhood": 1.0, "reached": True,
+                                   "within": {"hits": hits if w is None else w}}
+    m = [run([1, 1, 0, 1], 0.75, [1, 1, 1, 1]), run([1, 0], 0.5, [1, 1])]
     ref = [run([1, 0, 0, 0], 0.25), run([0, 0], 0.0)]
     s = equal_kl.summarise(m, ref)
     d = [0, 1, 0, 1, 1, 0]
+    # within the reference's KL the method is read at its own best point: all six hit, the reference one of six
+    assert s["success_within_kl_ref"] == 1.0 and s["paired_within_vs_dom"] == pytest.approx(5 / 6)
     assert s["paired_diff_vs_dom"] == pytest.approx(0.5)
     assert s["paired_diff_vs_dom_se"] == pytest.approx(torch.tensor(d, dtype=torch.float64).std().item() / math.sqrt(6))
     assert s["success_equal_kl"] == pytest.approx(4 / 6) and s["efficacy"] == pytest.approx((0.75 * 4 + 0.5 * 2) / 6)
