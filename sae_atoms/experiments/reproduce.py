@@ -68,9 +68,9 @@ TOKEN_FRONTIER = {"units": ("atoms", "features_jumprelu", "features_topk", "feat
 TOKEN_FRONTIER_QUICK = TOKEN_FRONTIER | {"units": ("atoms", "features_topk"), "tokens": 2048, "eval_tokens": 256,
                                          "val_tokens": 512, "ref_tokens": 2048, "norm_batches": 2}
 CARDS_UNITS = ("atoms", "features_jumprelu")  # the headline SAEs with atom cards
-STEER = {"n_seeds": 1, "gen_tokens": 20, "gen_prompts": 4, "gen_scales": (1.0,)}  # within the budget; the study (4 seeds, 3 relations): sae-atoms steer
+STEER = {"n_seeds": 1, "gen_tokens": 20, "gen_prompts": 4, "gen_scales": (1.0,), "gated": False}  # within the budget; the study (4 seeds, 3 relations, gated methods): sae-atoms steer
 # the study's quick sizes, one seed as in a full run (sae-atoms steer --quick keeps its 2), fewer targets and generations
-STEER_QUICK = {"n_seeds": 1, "n_targets": 2, "n_eval": 3, "gen_tokens": 6, "gen_prompts": 2}
+STEER_QUICK = {"n_seeds": 1, "n_targets": 2, "n_eval": 3, "gen_tokens": 6, "gen_prompts": 2, "gated": False}
 UNITS = tuple(unit_kind(u).name for u in ("neurons", "features_standard", "features_jumprelu", "atoms"))  # headline
 SAE_KINDS = {u: UNIT_KINDS[u].architecture for u in UNITS if UNIT_KINDS[u].architecture is not None}
 
@@ -336,7 +336,7 @@ def _steering(job: _Job, prog: Progress) -> dict:
         cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed, **(STEER_QUICK if s.quick else STEER))
         rels = tuple(r for r in s.steer_relations if r in s.relations)
         key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "relations": rels,
-                              "version": 7}
+                              "version": 8}
         every = fact_prompts(n_cities=s.n_cities, relations=s.relations, seed=s.seed)  # not deduplicated: each template a prompt
         return "steering", key, partial(steering.headline_with_relations, job.model, use, every, job.fact_acts, rels, cfg,
                                         out_dir=s.out / "steering")

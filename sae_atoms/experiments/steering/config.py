@@ -39,6 +39,9 @@ class SteerConfig:
     n_bisect: int = 2              # bisections between the best in-budget strength and the next over-budget one
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # transfer methods: the fraction of the transfer applied
     transfer_strength: float = 16.0  # transfer methods: the target's units at this strength (capped) when fully applied
+    gated: bool = True             # the gated methods (<sae>_gated) among the methods
+    gate_k: int = 64               # gated methods: the units of other relations' subjects that close the gate ...
+    gate_q: float = 0.2            # ... fully shut on 1 - gate_q of those subjects (``gate_atoms``)
     n_seeds: int = 4               # seeds seed, seed+1, ...: the split, prompts, selection prompts, random direction
     methods: tuple[str, ...] = ()  # run only these methods (names as in the results); empty: all
     gen_tokens: int = 24           # steered generation: tokens per continuation (0: no generation)
@@ -89,7 +92,7 @@ def check_config(cfg: SteerConfig) -> None:
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(cfg, name)!r}")
     small = {k: getattr(cfg, k) for k in ("n_targets", "min_subjects", "k", "n_eval", "n_unrelated", "n_ablation", "n_select",
-                                          "n_seeds", "batch_size") if getattr(cfg, k) < 1}
+                                          "n_seeds", "batch_size", "gate_k") if getattr(cfg, k) < 1}
     if small:
         raise ValueError(f"these steering sizes must be >= 1: {small}")
     if not (cfg.kl_budget > 0 and math.isfinite(cfg.kl_budget)):
@@ -102,6 +105,8 @@ def check_config(cfg: SteerConfig) -> None:
         raise ValueError(f"transfer_strength={cfg.transfer_strength} must be finite and > 0")
     if not (cfg.grid_growth > 1 and math.isfinite(cfg.grid_growth)) or cfg.grid_extend < 0:
         raise ValueError(f"grid_growth={cfg.grid_growth} must be finite and > 1, grid_extend={cfg.grid_extend} >= 0")
+    if not 0 < cfg.gate_q < 1:
+        raise ValueError(f"gate_q={cfg.gate_q} must be in (0, 1)")
     if not 0 < cfg.ceiling_q <= 1:
         raise ValueError(f"ceiling_q={cfg.ceiling_q} must be in (0, 1]")
 

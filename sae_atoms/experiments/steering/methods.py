@@ -20,12 +20,14 @@ from sae_atoms.experiments.steering.targets import Setup, TrainData
 from sae_atoms.steering import (
     AddDirection,
     EditAtoms,
+    GatedDirection,
     Intervention,
     TransferAtoms,
     atom_values,
     concept_pool,
     concept_subspace,
     diff_of_means,
+    gate_atoms,
     select_atoms,
 )
 
@@ -65,6 +67,18 @@ class AddVector(Method):
 
     def interventions(self, target, prompts, pos, rows):
         return [AddDirection(self.hook, self.vectors[target], self.strength, positions=pos, span=self.span)]
+
+
+@dataclass(kw_only=True)
+class Gated(AddVector):
+    """``AddVector`` where the SAE's ``gate`` units are silent (``GatedDirection``)."""
+
+    sae: Any
+    gate: list[int]
+    tau: float
+
+    def interventions(self, target, prompts, pos, rows):
+        return [GatedDirection(self.hook, self.vectors[target], self.sae, self.gate, self.tau, self.strength, pos, self.span)]
 
 
 @dataclass(kw_only=True)
@@ -241,3 +255,21 @@ def transfer_methods(setup: Setup, selected: dict, cfg: SteerConfig, name: str) 
 
     choices = {how: by(how) for how in ("effect", "activation")}
     return [replace(choices["effect"], alternatives=choices)]
+
+
+@register(per_sae=True)
+def gated_methods(setup: Setup, selected: dict, cfg: SteerConfig, name: str) -> list[Method]:
+    """``<name>_gated``: the difference of means, spent where the SAE's units of the other relations'
+    subjects are silent (``gate_atoms`` on training subjects, ``GatedDirection``); none without
+    other relations or with ``cfg.gated`` off. On a city the edit is the difference of means; on a country named in another
+    relation's prompt (where a country edit would change its continent or language) it is off."""
+    data = setup.data
+    if not cfg.gated or not data.x_other.shape[0]:
+        return []
+    gate, tau = gate_atoms(setup.saes[name], data.x, data.x_other, cfg.gate_k, cfg.gate_q, data.codes[name], data.codes_other[name])
+    dom = {v: diff_of_means(data.x, data.y, v) for v in setup.tg.targets}
+    info = {"sae": name, "vector": "mean(x | y = target) - mean(x)", "gate_k": cfg.gate_k, "gate_q": cfg.gate_q, "tau": tau,
+            "intervention": "the difference of means times clamp(1 - (amplitude of the gate units) / tau, 0, 1); the gate units: "
+                            "those of the other relations' training subjects more than of this relation's"}
+    return [Gated(name=f"{name}_gated", unit="norm of the target's difference of means (times the gate)", vectors=dom,
+                  grid=cfg.vector_strengths, info=info, hook=setup.hook, span=cfg.span, sae=setup.saes[name], gate=gate, tau=tau)]

@@ -49,23 +49,28 @@ def check_inputs(model, saes: dict[str, Any], acts, label: str) -> str:
 
 @dataclass
 class TrainData:
-    """The relation's training activations (selection, difference of means) and each SAE's codes."""
+    """The relation's training activations (selection, difference of means) and each SAE's codes;
+    ``x_other`` / ``codes_other``: the other relations' training subjects (the gated methods' gates)."""
 
     x: Tensor
     y: list
     subjects: list
     codes: dict[str, Tensor]
+    x_other: Tensor
+    codes_other: dict[str, Tensor]
 
 
 def training_data(acts, saes: dict[str, Any], relation: str, label: str, hook: str) -> TrainData:
-    rel_idx = [i for i, (r, s, y) in enumerate(zip(acts.labels("relation"), acts.labels("split"), acts.labels(label)))
-               if r == relation and s == "train" and y]
+    rel, split, lab = acts.labels("relation"), acts.labels("split"), acts.labels(label)
+    rel_idx = [i for i, (r, s, y) in enumerate(zip(rel, split, lab)) if r == relation and s == "train" and y]
     if not rel_idx:
         raise ValueError(f"no training activations for relation {relation!r} with a {label!r} label")
     train = acts.select(indices=rel_idx)
     x_train, y_train = train.x(hook).float(), train.labels(label)
+    x_other = acts.x(hook)[[i for i, (r, s) in enumerate(zip(rel, split)) if r != relation and s == "train"]].float()
     codes = {name: encode_batched(sae, x_train) for name, sae in saes.items()}
-    return TrainData(x_train, y_train, train.labels("subject"), codes)
+    return TrainData(x_train, y_train, train.labels("subject"), codes, x_other,
+                     {name: encode_batched(sae, x_other) for name, sae in saes.items()})
 
 
 @dataclass

@@ -170,13 +170,14 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     res = steer_exp.run_steering(real_model, {"atoms": atoms, "features_jumprelu": features}, fact_data, real_acts, cfg,
                                  out_dir=tmp_path, progress=False)
     assert set(res["methods"]) == {"diff_of_means", "random_direction", "atoms", "atoms_by_effect", "atoms_swap",
-                                   "atoms_transfer", "features_jumprelu", "features_jumprelu_transfer"}
+                                   "atoms_transfer", "features_jumprelu", "features_jumprelu_transfer", "atoms_gated",
+                                   "features_jumprelu_gated"}  # gated: country -> capital's subjects close the gate
     assert res["methods"]["atoms_by_effect"]["selection"] == "effect" and res["methods"]["atoms"]["selection"] == "activation"
     tr = res["methods"]["atoms_transfer"]
     assert set(tr["selection_per_seed"]) <= {"effect", "activation"} and 1 <= tr["pool_size"] <= atoms.cfg.d_sae
     assert tr["error_term"] == "subspace" and 1 <= tr["subspace_rank"] < x.shape[1]  # the countries' span, not all of it
     for m, r in res["methods"].items():
-        grid = (res["config"]["vector_strengths"] if m in ("diff_of_means", "random_direction") else
+        grid = (res["config"]["vector_strengths"] if m in ("diff_of_means", "random_direction") or m.endswith("_gated") else
                 res["config"]["fractions"] if m.endswith("_transfer") else res["config"]["strengths"])
         assert r["seeds"] == [0, 1] and r["n_targets"] == 2
         assert 0 <= r["success_rate"] <= 1 and r["mean_rank"] >= 1 and r["kl_unrelated"] >= 0
@@ -207,6 +208,17 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
     for sd in dom["per_seed"].values():  # the reference sits at its own chosen point: nothing to move
         assert sd["equal_kl"]["strength"] == sd["strength"] and sd["equal_kl"]["kl_ref"] == sd["val_at_strength"]["kl_unrelated"]
     assert dom["equal_kl"]["paired_diff_vs_dom"] == 0 and dom["equal_kl"]["paired_diff_vs_dom_se"] == 0
+    for sd in dom["per_seed"].values():  # within its own KL the reference is read at its chosen point, on the same prompts
+        assert sd["equal_kl"]["within"]["strength"] == sd["strength"] and sd["equal_kl"]["within"]["hits"] == sd["equal_kl"]["hits"]
+    assert dom["equal_kl"]["paired_within_vs_dom"] == 0 and dom["equal_kl"]["success_within_kl_ref"] == dom["equal_kl"]["success_equal_kl"]
+    for m, r in res["methods"].items():  # each method's within point: its best measured validation point at no more KL
+        for sd in r["per_seed"].values():
+            w, k_ref = sd["equal_kl"]["within"], sd["equal_kl"]["kl_ref"]
+            ok = [p for p in sd["sweep"] if "success_rate" in p and p["kl_unrelated"] <= k_ref * 1.1]
+            assert (w["strength"] is None) == (not ok) and len(w["hits"]) == len(sd["equal_kl"]["hits"])
+            assert not ok or max(p["success_rate"] for p in ok) == next(p["success_rate"] for p in ok if p["strength"] == w["strength"])
+        assert 0 <= r["equal_kl"]["success_within_kl_ref"] <= 1
+    assert res["methods"]["atoms_gated"]["per_seed"][0]["tau"] > 0
     for m, r in res["methods"].items():
         e = r["equal_kl"]
         assert e["n_prompts"] == dom["equal_kl"]["n_prompts"] == r["n_prompts"]
