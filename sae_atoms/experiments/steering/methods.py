@@ -260,9 +260,10 @@ def transfer_methods(setup: Setup, selected: dict, cfg: SteerConfig, name: str) 
 @register(per_sae=True)
 def gated_methods(setup: Setup, selected: dict, cfg: SteerConfig, name: str) -> list[Method]:
     """``<name>_gated``: the difference of means, spent where the SAE's units of the other relations'
-    subjects are silent (``gate_atoms`` on training subjects, ``GatedDirection``); none without
-    other relations or with ``cfg.gated`` off. On a city the edit is the difference of means; on a country named in another
-    relation's prompt (where a country edit would change its continent or language) it is off."""
+    subjects are silent (``gate_atoms`` on training subjects, ``GatedDirection``); none without other
+    relations or with ``cfg.gated`` off. On a city the edit is the difference of means; on a country
+    named in another relation's prompt (where a country edit changes its continent or language) it is
+    off, and that is where most of the difference of means' side effect on unrelated prompts arises."""
     data = setup.data
     if not cfg.gated or not data.x_other.shape[0]:
         return []
