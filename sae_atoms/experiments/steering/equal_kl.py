@@ -15,8 +15,8 @@ log strength between the points of its validation sweep, then refined by measuri
 
 Success at ``k_ref`` reads a method past its peak when its success falls before its KL reaches
 ``k_ref`` (a gated edit spends little KL; pushed until it does, it overshoots). So each method is
-also read at its best validation point with KL <= ``k_ref`` (``within``: at most the reference's side
-effect; the difference of means' own point is its chosen one): ``success_within_kl_ref``, with the
+also read at its best validation point with KL <= ``k_ref`` (``within``: among its sweep's points and its
+equal-KL point; at most the reference's side effect; the difference of means' own point is its chosen one): ``success_within_kl_ref``, with the
 paired difference ``paired_within_vs_dom``.
 
 Also per method, from its validation sweep: the area under best-success-within-KL ``b(x) = max
@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import torch
 
 from sae_atoms.experiments.steering.methods import Method
-from sae_atoms.experiments.steering.search import Ask, Run, Steps, choose_strength
+from sae_atoms.experiments.steering.search import Ask, Run, Steps, choose_strength, point_rank
 
 REFERENCE = "diff_of_means"
 TOL = 0.1  # relative: a validation KL within 10% of k_ref counts as equal
@@ -69,24 +69,28 @@ def equal_kl_steps(run: Run, m: Method, sweep: list[dict], k_ref: float, n_refin
         pts.append((s, float(k.mean())))
     s, k_val = min(pts, key=lambda p: abs(p[1] - k_ref))
     w = within(sweep, k_ref * (1 + tol))
+    own = k_val <= k_ref * (1 + tol)  # the equal-KL point is itself a candidate for within: its validation success
     para = any(len(P) for P in run.ev["paraphrase"].values())
     got = yield ([Ask("side", m.at(s), "test"), Ask("success", m.at(s), "test")]
-                 + ([Ask("success", m.at(w["strength"]), "test")] if w else [])
+                 + ([Ask("success", m.at(w["strength"]), "test")] if w else []) + ([Ask("success", m.at(s), "val")] if own else [])
                  + ([Ask("success", m.at(s), "paraphrase")] if para else []))
     side, test = got[0], got[1]
     hits = lambda r: [h for v in run.targets if v in r["per_target"] for h in r["per_target"][v]["hits"]]  # noqa: E731
+    at_own = own and (w is None or point_rank(got[2 + bool(w)] | {"kl_unrelated": k_val}) > point_rank(w))
     return {"strength": s, "kl_ref": k_ref, "val_kl": k_val, "reached": abs(k_val - k_ref) <= tol * k_ref,
             "test_kl": float(side[:, 0].mean()),
             "neighbourhood": float(side[:, 1].mean()), "success_rate": test["success_rate"], "efficacy": test["efficacy"],
             "paraphrase": got[-1]["efficacy"] if para else None, "n_prompts": test["n_prompts"], "hits": hits(test),
-            "within": {"strength": w["strength"] if w else None, "val_kl": w["kl_unrelated"] if w else None,
-                       "hits": hits(got[2]) if w else [0] * len(hits(test))}}
+            "within": ({"strength": s, "val_kl": k_val, "hits": hits(test)} if at_own else
+                       {"strength": w["strength"], "val_kl": w["kl_unrelated"], "hits": hits(got[2])} if w else
+                       {"strength": None, "val_kl": None, "hits": [0] * len(hits(test))})}
 
 
 def within(sweep: list[dict], k: float) -> dict | None:
-    """The validation point of best success with KL <= ``k`` (ties: higher log-prob gain, then lower
-    KL; None when no measured point is that gentle). A method whose success peaks below the reference's
-    KL is read there rather than past its peak: at most the reference's side effect, at its best."""
+    """The sweep's validation point of best success with KL <= ``k`` (ties: higher log-prob gain, then
+    lower KL; None when no measured point is that gentle). ``equal_kl_steps`` compares it with the
+    equal-KL point itself (validation success read there), so a method whose success peaks below the
+    reference's KL is read at its peak, and one whose sweep starts above it at the equal-KL point."""
     read = [p for p in sweep if "success_rate" in p]
     return choose_strength(read, k) if any(p["kl_unrelated"] <= k for p in read) else None
 

@@ -236,7 +236,12 @@ def choose_strength(sweep: list[dict], budget: float) -> dict:
     ok = [p for p in sweep if p["kl_unrelated"] <= budget]
     if not ok:
         return min(sweep, key=lambda p: p["strength"])
-    return max(ok, key=lambda p: (p["success_rate"], p["logprob_gain"], -p["kl_unrelated"]))
+    return max(ok, key=point_rank)
+
+
+def point_rank(p: dict) -> tuple[float, float, float]:
+    """How validation points are ordered: success, then log-prob gain, then less KL."""
+    return p["success_rate"], p["logprob_gain"], -p["kl_unrelated"]
 
 
 def _pick_alternative(run: Run, m: Method) -> Steps:

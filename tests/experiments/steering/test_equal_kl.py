@@ -74,7 +74,7 @@ def test_a_method_that_peaks_below_the_reference_kl_is_also_read_at_its_peak(mon
         asked.extend((a.what, a.split, a.m.strength) for a in asks)
         return [torch.full((2,), a.m.strength ** 2 / 100) if a.what == "kl"
                 else torch.stack([torch.full((2,), a.m.strength ** 2 / 100), torch.ones(2)], 1) if a.what == "side"
-                else {"success_rate": float(a.m.strength == 3.0), "efficacy": 1.0, "n_prompts": 2,
+                else {"success_rate": float(a.m.strength == 3.0), "logprob_gain": 0.0, "efficacy": 1.0, "n_prompts": 2,
                       "per_target": {"A": {"hits": [int(a.m.strength == 3.0)] * 2}}} for a in asks]
 
     monkeypatch.setattr(search, "answer", answer)
@@ -86,6 +86,11 @@ def test_a_method_that_peaks_below_the_reference_kl_is_also_read_at_its_peak(mon
     assert equal_kl.within(sweep, 0.05) == sweep[0] and equal_kl.within(sweep, 0.005) is None
     r = search.run_steps(run, equal_kl.equal_kl_steps(run, Method(name="m", unit="u", grid=()), sweep[2:], 0.25))
     assert r["within"]["strength"] == 5.0  # at most the reference's KL (within TOL): the point itself
+    # a sweep that starts above the reference's KL: the equal-KL point, weaker than the grid, is the within point
+    asked.clear()
+    r = search.run_steps(run, equal_kl.equal_kl_steps(run, Method(name="m", unit="u", grid=()), sweep[2:], 0.09))
+    assert r["reached"] and r["within"]["strength"] == r["strength"] < 5.0 and r["within"]["hits"] == r["hits"]
+    assert ("success", "val", r["strength"]) in asked  # its validation success was read to compare it
 
 
 def test_success_kl_area_is_the_mean_best_success_over_budgets():
