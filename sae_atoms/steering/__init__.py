@@ -22,10 +22,11 @@ chosen token positions; each is a small dataclass and an ``Intervention``: a ``h
   pool (``concept_pool``: e.g. every country's atoms) are active and put their amplitude on the
   target's atoms; no source label needed. ``fraction`` applies part of the edit.
 
-* ``GatedDirection(hook, v, sae, gate, tau, alpha)``: ``AddDirection`` where the SAE's ``gate``
-  units are silent, ``x <- x + alpha * clamp(1 - sum_{j in gate} delta_j ||W_dec[j]|| / tau, 0, 1) v``
+* ``GatedEdit(edit, sae, gate, tau)``: any intervention's change spent where the SAE's ``gate``
+  units are silent, ``x <- x + clamp(1 - sum_{j in gate} delta_j ||W_dec[j]|| / tau, 0, 1) (edit(x) - x)``
   (``gate_atoms``: the units of activations the edit should leave alone, e.g. other relations'
-  subjects): the code says where a vector is spent.
+  subjects): the code says where an edit is spent. ``GatedDirection(hook, v, sae, gate, tau, alpha)``
+  is ``AddDirection`` gated so.
 
 Every code edit takes ``error=`` (``splice_codes``): ``"keep"`` the error term ``x - decode(delta)``
 (the default, as above), ``"drop"`` it, or a basis ``U`` whose span is removed from it
@@ -78,6 +79,7 @@ from sae_atoms.steering.interventions import (
     EditAtoms,
     ErrorTerm,
     GatedDirection,
+    GatedEdit,
     HookFn,
     Intervention,
     Positions,
@@ -108,7 +110,7 @@ from sae_atoms.steering.selection import (
 )
 
 __all__ = [
-    "AddDirection", "Association", "EditAtoms", "EffectScore", "ErrorTerm", "GatedDirection", "HookFn", "Intervention", "Positions",
+    "AddDirection", "Association", "EditAtoms", "EffectScore", "ErrorTerm", "GatedDirection", "GatedEdit", "HookFn", "Intervention", "Positions",
     "TransferAtoms", "ablate_atoms", "add_atoms", "atom_amplitudes", "atom_values", "clamp_atoms",
     "concept_direction", "concept_pool", "concept_subspace", "diff_of_means", "encode_batched", "fwd_hooks",
     "gate_atoms", "next_token_logprobs", "output_gradient", "position_mask", "prompt_token_ids", "select_atoms",

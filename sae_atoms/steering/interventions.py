@@ -132,39 +132,38 @@ class AddDirection(_Steers):
 
 
 @dataclass
-class GatedDirection(_Steers):
-    """``x <- x + alpha * g(x) * direction``, ``g`` read off the SAE's code at the edited position::
+class GatedEdit(_Steers):
+    """Any intervention's change, spent where the SAE's ``gate`` units are silent::
 
-        g(x) = clamp(1 - sum_{j in gate} delta_j ||W_dec[j]|| / tau, 0, 1),   delta = sae.encode(x)
+        x <- x + g(x) (edit(x) - x),   g(x) = clamp(1 - sum_{j in gate} delta_j ||W_dec[j]|| / tau, 0, 1),
 
+    ``delta = sae.encode(x)`` of the activation before the edit, at each position the edit changes.
     ``gate`` are units that fire where the edit should stay off (e.g. ``gate_atoms``: the units of
     other relations' subjects) and ``tau`` their amplitude at which it is fully off; where they are
-    silent the edit is ``AddDirection``'s. A dense vector edits every position it is given; the gate
-    spends the edit only where the code says the position is of the kind the vector was made for.
+    silent the edit is ``edit``'s own. An edit made for one kind of input (a vector, a transfer of
+    a concept's atoms) changes every position it is given; the gate spends it only where the code
+    says the position is of that kind.
     """
 
-    hook_name: str
-    direction: Tensor
+    edit: Intervention
     sae: Any
     gate: Sequence[int] | Tensor
     tau: float
-    alpha: float = 1.0
-    positions: Positions = None
-    span: str = "at"
 
     def __post_init__(self) -> None:
-        self.direction = torch.as_tensor(self.direction).detach().float()
+        if not isinstance(self.edit, Intervention):
+            raise TypeError(f"edit must be an intervention (hook_name and hook_fn), got {type(self.edit).__name__}")
         self.gate = torch.as_tensor(list(self.gate), dtype=torch.long).reshape(-1)
         d_sae = int(self.sae.cfg.d_sae)
-        if self.direction.dim() != 1 or self.direction.shape[0] != int(self.sae.cfg.d_in):
-            raise ValueError(f"direction must be a vector [d_in={self.sae.cfg.d_in}], got shape {tuple(self.direction.shape)}")
         if self.gate.numel() == 0 or bool(((self.gate < 0) | (self.gate >= d_sae)).any()):
             raise IndexError(f"gate unit indices empty or out of range for an SAE with d_sae={d_sae}")
-        if not (math.isfinite(float(self.tau)) and self.tau > 0) or not math.isfinite(float(self.alpha)):
-            raise ValueError(f"tau must be finite and > 0 and alpha finite, got tau={self.tau}, alpha={self.alpha}")
-        if self.span not in ("at", "from"):
-            raise ValueError(f"span must be 'at' or 'from', got {self.span!r}")
+        if not (math.isfinite(float(self.tau)) and self.tau > 0):
+            raise ValueError(f"tau must be finite and > 0, got {self.tau}")
         self.norms = self.sae.W_dec.detach().float().norm(dim=-1)[self.gate.to(self.sae.W_dec.device)].cpu()
+
+    @property
+    def hook_name(self) -> str:
+        return str(self.edit.hook_name)
 
     def openness(self, x: Tensor) -> Tensor:
         """``g`` per row of ``x`` ``[m, d_in]``, shaped ``[m, 1]``."""
@@ -174,14 +173,25 @@ class GatedDirection(_Steers):
         return (1 - mass / float(self.tau)).clamp(0, 1)
 
     def hook_fn(self, act: Tensor, hook: Any = None) -> Tensor:
-        _check_resid(act, self.hook_name)
-        mask = position_mask(act.shape[0], act.shape[1], self.positions, self.span, act.device)
-        if self.alpha == 0 or not bool(mask.any()):
-            return act
-        out = act.clone()
-        g = self.openness(act[mask])
-        out[mask] = act[mask] + (self.alpha * g * self.direction.to(act.device)).to(act.dtype)
-        return out
+        out = self.edit.hook_fn(act, hook)
+        moved = (out != act).any(-1)  # [batch, seq]: the positions the edit changed
+        if not bool(moved.any()):
+            return out
+        res = act.clone()
+        change = out[moved].float() - act[moved].float()
+        res[moved] = (act[moved].float() + self.openness(act[moved]) * change).to(act.dtype)
+        return res
+
+
+class GatedDirection(GatedEdit):
+    """``AddDirection`` spent where the SAE's ``gate`` units are silent (``GatedEdit``)::
+
+        x <- x + alpha * clamp(1 - sum_{j in gate} delta_j ||W_dec[j]|| / tau, 0, 1) * direction
+    """
+
+    def __init__(self, hook_name: str, direction: Tensor, sae: Any, gate: Sequence[int] | Tensor, tau: float,
+                 alpha: float = 1.0, positions: Positions = None, span: str = "at") -> None:
+        super().__init__(AddDirection(hook_name, direction, alpha, positions, span), sae, gate, tau)
 
 
 ErrorTerm = Union[str, Tensor]

@@ -473,6 +473,25 @@ def test_gated_direction_adds_where_the_gate_units_are_silent_and_closes_where_t
         st.GatedDirection(HOOK0, v, sae, gate=[9], tau=1.0)
 
 
+def test_gated_edit_spends_any_edit_where_the_gate_units_are_silent():
+    sae = make_sae(d_in=8, d_sae=8, W_dec=torch.eye(8))  # encode(x) = relu(x) per unit
+    edit = st.EditAtoms(sae, [6], 5.0, positions=0, hook_name=HOOK0)  # unit 6 clamped to 5 at position 0
+    iv = st.GatedEdit(edit, sae, gate=[0, 1], tau=2.0)
+    act = torch.zeros(3, 2, 8)
+    act[..., 6] = 1.0
+    act[0, 0, 0] = 2.0                     # gate mass 2 = tau: shut
+    act[1, 0, 1] = 1.0                     # mass 1: half open
+    out, full = iv.hook_fn(act), edit.hook_fn(act)
+    assert float((full[:, 0] - act[:, 0]).abs().max()) > 3.9  # the edit itself moves every row's position 0
+    assert torch.equal(out[0], act[0])
+    assert torch.allclose(out[1, 0], act[1, 0] + 0.5 * (full[1, 0] - act[1, 0]))
+    assert torch.allclose(out[2], full[2])  # the gate's units are silent: the edit's own change
+    assert torch.equal(out[:, 1], act[:, 1])  # a position the edit leaves alone never moves
+    assert iv.hook_name == HOOK0
+    with pytest.raises(TypeError, match="intervention"):
+        st.GatedEdit(object(), sae, gate=[0], tau=1.0)
+
+
 def test_gate_atoms_finds_the_units_of_the_other_kind_and_its_closing_amplitude():
     sae = make_sae(d_in=8, d_sae=8, W_dec=torch.eye(8))
     g = torch.Generator().manual_seed(0)
