@@ -20,7 +20,7 @@ from sae_atoms.experiments.steering.targets import Setup, TrainData
 from sae_atoms.steering import (
     AddDirection,
     EditAtoms,
-    GatedDirection,
+    GatedEdit,
     Intervention,
     TransferAtoms,
     atom_values,
@@ -70,15 +70,18 @@ class AddVector(Method):
 
 
 @dataclass(kw_only=True)
-class Gated(AddVector):
-    """``AddVector`` where the SAE's ``gate`` units are silent (``GatedDirection``)."""
+class Gated(Method):
+    """``inner`` at this strength, each of its interventions spent where the SAE's ``gate`` units are
+    silent (``GatedEdit``)."""
 
+    inner: Method
     sae: Any
     gate: list[int]
     tau: float
 
     def interventions(self, target, prompts, pos, rows):
-        return [GatedDirection(self.hook, self.vectors[target], self.sae, self.gate, self.tau, self.strength, pos, self.span)]
+        return [GatedEdit(iv, self.sae, self.gate, self.tau)
+                for iv in self.inner.at(self.strength).interventions(target, prompts, pos, rows)]
 
 
 @dataclass(kw_only=True)
@@ -259,18 +262,27 @@ def transfer_methods(setup: Setup, selected: dict, cfg: SteerConfig, name: str) 
 
 @register(per_sae=True)
 def gated_methods(setup: Setup, selected: dict, cfg: SteerConfig, name: str) -> list[Method]:
-    """``<name>_gated``: the difference of means, spent where the SAE's units of the other relations'
-    subjects are silent (``gate_atoms`` on training subjects, ``GatedDirection``); none without other
-    relations or with ``cfg.gated`` off. On a city the edit is the difference of means; on a country
-    named in another relation's prompt (where a country edit changes its continent or language) it is
-    off, and that is where most of the difference of means' side effect on unrelated prompts arises."""
+    """``<name>_gated`` and ``<name>_transfer_gated``: the difference of means and this SAE's transfer,
+    spent where the SAE's units of the other relations' subjects are silent (``gate_atoms`` on training
+    subjects, ``GatedEdit``); none without other relations or with ``cfg.gated`` off. On a city the
+    edit is the method's own; on a country named in another relation's prompt (where a country edit
+    changes its continent or language) it is off, and that is where most of the difference of means'
+    side effect on unrelated prompts arises."""
     data = setup.data
     if not cfg.gated or not data.x_other.shape[0]:
         return []
-    gate, tau = gate_atoms(setup.saes[name], data.x, data.x_other, cfg.gate_k, cfg.gate_q, data.codes[name], data.codes_other[name])
-    dom = {v: diff_of_means(data.x, data.y, v) for v in setup.tg.targets}
-    info = {"sae": name, "vector": "mean(x | y = target) - mean(x)", "gate_k": cfg.gate_k, "gate_q": cfg.gate_q, "tau": tau,
-            "intervention": "the difference of means times clamp(1 - (amplitude of the gate units) / tau, 0, 1); the gate units: "
-                            "those of the other relations' training subjects more than of this relation's"}
-    return [Gated(name=f"{name}_gated", unit="norm of the target's difference of means (times the gate)", vectors=dom,
-                  grid=cfg.vector_strengths, info=info, hook=setup.hook, span=cfg.span, sae=setup.saes[name], gate=gate, tau=tau)]
+    sae = setup.saes[name]
+    gate, tau = gate_atoms(sae, data.x, data.x_other, cfg.gate_k, cfg.gate_q, data.codes[name])
+    info = {"sae": name, "gate_k": cfg.gate_k, "gate_q": cfg.gate_q, "tau": tau,
+            "gate": "clamp(1 - (amplitude of the gate units) / tau, 0, 1); the gate units: those of the other relations' "
+                    "training subjects more than of this relation's"}
+
+    def gated(inner: Method, new_name: str) -> Gated:
+        alts = {how: gated(alt, new_name) for how, alt in inner.alternatives.items()}
+        return Gated(name=new_name, unit=f"{inner.unit} (times the gate)", grid=inner.grid, hook=inner.hook, span=inner.span,
+                     info=inner.info | info | {"intervention": f"{inner.info.get('intervention', inner.unit)}, times the gate"},
+                     alternatives=alts, inner=replace(inner, alternatives={}), sae=sae, gate=gate, tau=tau)
+
+    dom = vector_methods(setup, selected, cfg)[0]
+    [transfer] = transfer_methods(setup, selected, cfg, name)
+    return [gated(dom, f"{name}_gated"), gated(transfer, f"{name}_transfer_gated")]

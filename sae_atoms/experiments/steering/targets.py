@@ -50,14 +50,13 @@ def check_inputs(model, saes: dict[str, Any], acts, label: str) -> str:
 @dataclass
 class TrainData:
     """The relation's training activations (selection, difference of means) and each SAE's codes;
-    ``x_other`` / ``codes_other``: the other relations' training subjects (the gated methods' gates)."""
+    ``x_other``: the other relations' training subjects (the gated methods' gates; encoded only there)."""
 
     x: Tensor
     y: list
     subjects: list
     codes: dict[str, Tensor]
     x_other: Tensor
-    codes_other: dict[str, Tensor]
 
 
 def training_data(acts, saes: dict[str, Any], relation: str, label: str, hook: str) -> TrainData:
@@ -69,8 +68,7 @@ def training_data(acts, saes: dict[str, Any], relation: str, label: str, hook: s
     x_train, y_train = train.x(hook).float(), train.labels(label)
     x_other = acts.x(hook)[[i for i, (r, s) in enumerate(zip(rel, split)) if r != relation and s == "train"]].float()
     codes = {name: encode_batched(sae, x_train) for name, sae in saes.items()}
-    return TrainData(x_train, y_train, train.labels("subject"), codes, x_other,
-                     {name: encode_batched(sae, x_other) for name, sae in saes.items()})
+    return TrainData(x_train, y_train, train.labels("subject"), codes, x_other)
 
 
 @dataclass

@@ -171,14 +171,15 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
                                  out_dir=tmp_path, progress=False)
     assert set(res["methods"]) == {"diff_of_means", "random_direction", "atoms", "atoms_by_effect", "atoms_swap",
                                    "atoms_transfer", "features_jumprelu", "features_jumprelu_transfer", "atoms_gated",
-                                   "features_jumprelu_gated"}  # gated: country -> capital's subjects close the gate
+                                   "atoms_transfer_gated", "features_jumprelu_gated", "features_jumprelu_transfer_gated"}
+    # gated: country -> capital's subjects close the gate
     assert res["methods"]["atoms_by_effect"]["selection"] == "effect" and res["methods"]["atoms"]["selection"] == "activation"
     tr = res["methods"]["atoms_transfer"]
     assert set(tr["selection_per_seed"]) <= {"effect", "activation"} and 1 <= tr["pool_size"] <= atoms.cfg.d_sae
     assert tr["error_term"] == "subspace" and 1 <= tr["subspace_rank"] < x.shape[1]  # the countries' span, not all of it
     for m, r in res["methods"].items():
-        grid = (res["config"]["vector_strengths"] if m in ("diff_of_means", "random_direction") or m.endswith("_gated") else
-                res["config"]["fractions"] if m.endswith("_transfer") else res["config"]["strengths"])
+        grid = (res["config"]["fractions"] if m.endswith(("_transfer", "_transfer_gated")) else res["config"]["vector_strengths"]
+                if m in ("diff_of_means", "random_direction") or m.endswith("_gated") else res["config"]["strengths"])
         assert r["seeds"] == [0, 1] and r["n_targets"] == 2
         assert 0 <= r["success_rate"] <= 1 and r["mean_rank"] >= 1 and r["kl_unrelated"] >= 0
         assert r["n_prompts"] == sum(p["n"] for p in r["per_target"].values())
@@ -223,6 +224,9 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
                 assert max(p["success_rate"] for p in ok) == next(p["success_rate"] for p in ok if p["strength"] == w["strength"])
         assert 0 <= r["equal_kl"]["success_within_kl_ref"] <= 1
     assert res["methods"]["atoms_gated"]["per_seed"][0]["tau"] > 0
+    tg = res["methods"]["atoms_transfer_gated"]  # the transfer, gated: its selection and pool are the transfer's own
+    assert tg["per_seed"][0]["tau"] == res["methods"]["atoms_gated"]["per_seed"][0]["tau"] and tg["pool_size"] == tr["pool_size"]
+    assert set(tg["selection_per_seed"]) <= {"effect", "activation"}
     for m, r in res["methods"].items():
         e = r["equal_kl"]
         assert e["n_prompts"] == dom["equal_kl"]["n_prompts"] == r["n_prompts"]
