@@ -113,11 +113,12 @@ def _relations(r: Report, results: dict) -> None:
         r.p(f"{rel.replace('_', ' -> ')}: every method at the difference of means' validation KL (test prompts, seeds pooled; "
             "± SE over prompts); CounterFact-style harmonic mean of efficacy, paraphrase and neighbourhood; steered generation.")
         r.table(["method", "success at equal KL", "± SE", "paired diff vs DoM", "± SE", "within DoM's KL", "paired", "± SE",
-                 "CounterFact hmean", "gen concept",
+                 "CounterFact hmean", "CounterFact hmean within DoM's KL", "gen concept",
                  "gen perplexity", "gen concept at DoM's perplexity"],
                 [[m, v.get("success_equal_kl"), v.get("success_equal_kl_se"), v.get("paired_diff_vs_dom"),
                   v.get("paired_diff_vs_dom_se"), v.get("success_within_kl_ref"), v.get("paired_within_vs_dom"),
-                  v.get("paired_within_vs_dom_se"), v.get("counterfact_hmean"), v.get("gen_concept"), v.get("gen_perplexity"),
+                  v.get("paired_within_vs_dom_se"), v.get("counterfact_hmean"), v.get("counterfact_hmean_within"),
+                  v.get("gen_concept"), v.get("gen_perplexity"),
                   v.get("gen_concept_equal_ppl")]
                  for m, v in t.items()])
 

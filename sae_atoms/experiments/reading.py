@@ -64,17 +64,23 @@ def relations_reading(tables: dict[str, dict]) -> list[str]:
                 f"{d['success_equal_kl']:.3f}, paired difference {diff:+.3f} ± {se:.3f} (SE; {sig} at {Z:g} SE; {a} is the best "
                 f"of {len(atoms)} atoms methods on these prompts).")
         text += _within_reading(t, atoms)
-        h = {m: v["counterfact_hmean"] for m, v in t.items() if v.get("counterfact_hmean") is not None}
-        ha = max((m for m in h if m.startswith("atoms")), key=h.get, default=None)
-        rivals = [m for m in h if m == "diff_of_means" or m.startswith("features")]
-        if ha is None:
-            text += " No CounterFact-style harmonic mean (no paraphrase prompts: the subjects have one template here)."
-        else:
-            text += (f" CounterFact-style harmonic mean: {ha} {h[ha]:.3f}, " + ", ".join(f"{m} {h[m]:.3f}" for m in rivals)
-                     + ("; atoms lead it." if all(h[ha] >= h[m] for m in rivals) else "; atoms do not lead it."))
+        text += _counterfact_reading(t, "counterfact_hmean", "")
+        text += _counterfact_reading(t, "counterfact_hmean_within", " within the difference of means' KL")
         text += _generation_reading(t)
         out.append(text)
     return out
+
+
+def _counterfact_reading(t: dict[str, dict], key: str, where: str) -> str:
+    """The best atoms method's CounterFact-style harmonic mean (``key``) against the difference of means and
+    every features method."""
+    h = {m: v[key] for m, v in t.items() if v.get(key) is not None}
+    ha = max((m for m in h if m.startswith("atoms")), key=h.get, default=None)
+    rivals = [m for m in h if m == "diff_of_means" or m.startswith("features")]
+    if ha is None:
+        return "" if where else " No CounterFact-style harmonic mean (no paraphrase prompts: the subjects have one template here)."
+    return (f" CounterFact-style harmonic mean{where}: {ha} {h[ha]:.3f}, " + ", ".join(f"{m} {h[m]:.3f}" for m in rivals)
+            + ("; atoms lead it." if all(h[ha] >= h[m] for m in rivals) else "; atoms do not lead it."))
 
 
 def _within_reading(t: dict[str, dict], atoms: list[str]) -> str:

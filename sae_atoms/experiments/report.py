@@ -218,19 +218,21 @@ def _relations_section(r: Report, results: dict, out: Path) -> None:
             "keep their top-1 answer, and their harmonic mean; the area under best success within KL up to the budget, "
             "divided by it; and the best success within the budget (its own KL) as in the table above. \"Within DoM's KL\": "
             "each method at its best validation point with no more KL than the difference of means (a method whose success "
-            "peaks at less KL is not read past its peak), paired with it on the same prompts. Steered "
+            "peaks at less KL is not read past its peak), paired with it on the same prompts, with its test KL and "
+            "CounterFact-style harmonic mean there. Steered "
             "generation at each method's equal-KL strength: the share of continuations naming the target and their "
             "perplexity under the unsteered model; and the best share over the generation strength scales at no more "
             "perplexity than the difference of means at its equal-KL strength.")
         g = lambda v, k: fmt(v.get(k))  # noqa: E731  (the no-intervention row has the generation scores only)
-        r.table(["method", "success at equal KL ± SE", "paired diff vs DoM ± SE", "within DoM's KL ± SE", "paired ± SE", "test KL", "efficacy", "paraphrase",
-                 "neighbourhood", "harmonic mean", "success-KL area", "best within budget (KL)", "generation: concept",
+        r.table(["method", "success at equal KL ± SE", "paired diff vs DoM ± SE", "within DoM's KL ± SE", "paired ± SE",
+                 "within: test KL", "within: harmonic mean", "test KL", "efficacy", "paraphrase", "neighbourhood", "harmonic mean",
+                 "success-KL area", "best within budget (KL)", "generation: concept",
                  "perplexity", "concept at DoM's perplexity"],
                 [[m, f"{g(v, 'success_equal_kl')} ± {g(v, 'success_equal_kl_se')}",
                   f"{g(v, 'paired_diff_vs_dom')} ± {g(v, 'paired_diff_vs_dom_se')}",
                   f"{g(v, 'success_within_kl_ref')} ± {g(v, 'success_within_kl_ref_se')}",
                   f"{g(v, 'paired_within_vs_dom')} ± {g(v, 'paired_within_vs_dom_se')}", *[g(v, k) for k in (
-                      "test_kl", "efficacy", "paraphrase", "neighbourhood", "counterfact_hmean", "success_kl_area")],
+                      "test_kl_within", "counterfact_hmean_within", "test_kl", "efficacy", "paraphrase", "neighbourhood", "counterfact_hmean", "success_kl_area")],
                   f"{g(v, 'success_within_budget')} ({g(v, 'kl_within_budget')})", g(v, "gen_concept"), g(v, "gen_perplexity"),
                   g(v, "gen_concept_equal_ppl")]
                  for m, v in sorted(table.items(), key=lambda kv: -(kv[1].get("success_equal_kl") or 0))])

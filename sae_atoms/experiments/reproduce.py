@@ -336,7 +336,7 @@ def _steering(job: _Job, prog: Progress) -> dict:
         cfg = steering.steer_config(quick=s.quick, relation="city_country", seed=s.seed, **(STEER_QUICK if s.quick else STEER))
         rels = tuple(r for r in s.steer_relations if r in s.relations)
         key = job.acts_key | {"saes": [str(_sae_key(sae)) for sae in use.values()], "quick": s.quick, "relations": rels,
-                              "version": 9}
+                              "version": 10}
         every = fact_prompts(n_cities=s.n_cities, relations=s.relations, seed=s.seed)  # not deduplicated: each template a prompt
         return "steering", key, partial(steering.headline_with_relations, job.model, use, every, job.fact_acts, rels, cfg,
                                         out_dir=s.out / "steering")

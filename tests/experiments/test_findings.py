@@ -70,6 +70,12 @@ def test_relations_reading_states_the_three_checks_per_relation():
     text, = relations_reading({"country_language": t})
     assert "Within that KL (each method at its best point with no more): atoms_swap 0.600 vs 0.500, paired difference " \
            "+0.100 ± 0.040 (SE; significant at" in text
+    assert "harmonic mean within" not in text  # no CounterFact-style scores at the within points: no sentence
+    for m, h in (("diff_of_means", 0.6), ("atoms", 0.82), ("atoms_swap", 0.7), ("features_jumprelu", 0.8)):
+        t[m]["counterfact_hmean_within"] = h
+    text, = relations_reading({"country_language": t})
+    assert "harmonic mean within the difference of means' KL: atoms 0.820, diff_of_means 0.600, features_jumprelu 0.800; " \
+           "atoms lead it." in text and "atoms do not lead it" in text  # at equal KL they still do not
 
 
 def test_binding_reading_names_the_bound_the_coherence_and_the_k_it_allows():

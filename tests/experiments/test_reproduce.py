@@ -87,7 +87,7 @@ def test_reproduce_end_to_end_tiny_then_cached(tmp_path, capsys):
     rel = res["steering_relations"]  # --quick steers city -> country only: the same methods, at the difference of means' KL
     assert list(rel) == ["city_country"] and set(rel["city_country"]) == set(res["steering"]) | {"no_intervention"}
     keys = {"success_equal_kl", "success_equal_kl_se", "paired_diff_vs_dom", "efficacy", "paraphrase", "neighbourhood",
-            "counterfact_hmean", "gen_concept", "gen_perplexity"}
+            "counterfact_hmean", "counterfact_hmean_within", "test_kl_within", "gen_concept", "gen_perplexity"}
     assert all(keys <= set(v) for m, v in rel["city_country"].items() if m != "no_intervention")
     assert rel["city_country"]["diff_of_means"]["paired_diff_vs_dom"] == 0
     assert (tmp_path / "run" / "steering" / "city_country" / "steering.png").exists()

@@ -15,9 +15,9 @@ log strength between the points of its validation sweep, then refined by measuri
 
 Success at ``k_ref`` reads a method past its peak when its success falls before its KL reaches
 ``k_ref`` (a gated edit spends little KL; pushed until it does, it overshoots). So each method is
-also read at its best validation point with KL <= ``k_ref`` (``within``: among its sweep's points and its
-equal-KL point; at most the reference's side effect; the difference of means' own point is its chosen one): ``success_within_kl_ref``, with the
-paired difference ``paired_within_vs_dom``.
+also read at its best validation point with KL <= ``k_ref`` (``within``: among its sweep's points
+and its equal-KL point; at most the reference's side effect; the difference of means' own point
+is its chosen one): ``success_within_kl_ref``, with the paired difference ``paired_within_vs_dom``.
 
 Also per method, from its validation sweep: the area under best-success-within-KL ``b(x) = max
 {success of the points with KL <= x}`` over ``(0, budget]``, divided by the budget (the mean
@@ -71,19 +71,39 @@ def equal_kl_steps(run: Run, m: Method, sweep: list[dict], k_ref: float, n_refin
     w = within(sweep, k_ref * (1 + tol))
     own = k_val <= k_ref * (1 + tol)  # the equal-KL point is itself a candidate for within: its validation success
     para = any(len(P) for P in run.ev["paraphrase"].values())
-    got = yield ([Ask("side", m.at(s), "test"), Ask("success", m.at(s), "test")]
-                 + ([Ask("success", m.at(w["strength"]), "test")] if w else []) + ([Ask("success", m.at(s), "val")] if own else [])
-                 + ([Ask("success", m.at(s), "paraphrase")] if para else []))
-    side, test = got[0], got[1]
-    hits = lambda r: [h for v in run.targets if v in r["per_target"] for h in r["per_target"][v]["hits"]]  # noqa: E731
-    at_own = own and (w is None or point_rank(got[2 + bool(w)] | {"kl_unrelated": k_val}) > point_rank(w))
-    return {"strength": s, "kl_ref": k_ref, "val_kl": k_val, "reached": abs(k_val - k_ref) <= tol * k_ref,
-            "test_kl": float(side[:, 0].mean()),
-            "neighbourhood": float(side[:, 1].mean()), "success_rate": test["success_rate"], "efficacy": test["efficacy"],
-            "paraphrase": got[-1]["efficacy"] if para else None, "n_prompts": test["n_prompts"], "hits": hits(test),
-            "within": ({"strength": s, "val_kl": k_val, "hits": hits(test)} if at_own else
-                       {"strength": w["strength"], "val_kl": w["kl_unrelated"], "hits": hits(got[2])} if w else
-                       {"strength": None, "val_kl": None, "hits": [0] * len(hits(test))})}
+    got = yield from _ask(_test_asks(m.at(s), para, "") | ({"own": Ask("success", m.at(s), "val")} if own else {})
+                          | ({"w_test": Ask("success", m.at(w["strength"]), "test")} if w else {}))
+    at = _read(run, got, "")
+    at_own = own and (w is None or point_rank(got["own"] | {"kl_unrelated": k_val}) > point_rank(w))
+    if w and not at_own:  # the within point is a sweep point: its side effects and paraphrases too
+        got |= yield from _ask({k: a for k, a in _test_asks(m.at(w["strength"]), para, "w_").items() if k != "w_test"})
+    none = {"strength": None, "val_kl": None, "hits": [0] * len(at["hits"])} | dict.fromkeys(_CF + ("test_kl",))
+    return {"strength": s, "kl_ref": k_ref, "val_kl": k_val, "reached": abs(k_val - k_ref) <= tol * k_ref, **at,
+            "within": ({"strength": s, "val_kl": k_val, **at} if at_own else
+                       {"strength": w["strength"], "val_kl": w["kl_unrelated"], **_read(run, got, "w_")} if w else none)}
+
+
+_CF = ("efficacy", "paraphrase", "neighbourhood")
+
+
+def _ask(asks: dict[str, Ask]) -> Steps:
+    """One round of named asks; their answers by name."""
+    return dict(zip(asks, (yield list(asks.values()))))
+
+
+def _test_asks(m: Method, para: bool, tag: str) -> dict[str, Ask]:
+    """What a reading of ``m`` on test needs: side effects, success (and efficacy), paraphrase success."""
+    return {f"{tag}side": Ask("side", m, "test"), f"{tag}test": Ask("success", m, "test"),
+            **({f"{tag}para": Ask("success", m, "paraphrase")} if para else {})}
+
+
+def _read(run: Run, got: dict, tag: str) -> dict[str, Any]:
+    """The test reading of ``_test_asks(.., tag)``: KL, neighbourhood, success, efficacy, paraphrase, hits."""
+    side, test = got[f"{tag}side"], got[f"{tag}test"]
+    hits = [h for v in run.targets if v in test["per_target"] for h in test["per_target"][v]["hits"]]
+    return {"test_kl": float(side[:, 0].mean()), "neighbourhood": float(side[:, 1].mean()),
+            "success_rate": test["success_rate"], "efficacy": test["efficacy"], "n_prompts": test["n_prompts"],
+            "paraphrase": got[f"{tag}para"]["efficacy"] if f"{tag}para" in got else None, "hits": hits}
 
 
 def within(sweep: list[dict], k: float) -> dict | None:
@@ -106,6 +126,16 @@ def success_kl_area(sweep: list[dict], base_success: float, budget: float) -> fl
     return (area + best * (budget - x0)) / budget
 
 
+def _counterfact(runs: list[dict]) -> dict[str, float | None]:
+    """Efficacy and paraphrase (pooled over prompts), neighbourhood and test KL (mean over seeds) and the
+    harmonic mean of the three scores; None where a seed has no reading (no paraphrases, no point)."""
+    n = [r["n_prompts"] for r in runs]
+    pooled = lambda k, w: None if any(r[k] is None for r in runs) else sum(r[k] * x for r, x in zip(runs, w)) / sum(w)  # noqa: E731
+    out = {"efficacy": pooled("efficacy", n), "paraphrase": pooled("paraphrase", n),
+           "neighbourhood": pooled("neighbourhood", [1] * len(runs)), "test_kl": pooled("test_kl", [1] * len(runs))}
+    return out | {"counterfact_hmean": hmean(*(out[k] for k in _CF))}
+
+
 def hmean(*xs: float | None) -> float | None:
     """The harmonic mean (0 when one is 0; None when one is missing)."""
     if any(x is None for x in xs):
@@ -124,18 +154,12 @@ def summarise(runs: list[dict], ref: list[dict] | None) -> dict[str, Any]:
     results; ``ref``: the difference of means' on the same prompts, for the paired difference)."""
     hits = [h for r in runs for h in r["hits"]]
     succ, se = mean_se(hits)
-    n = [r["n_prompts"] for r in runs]
-    weighted = lambda k: (None if any(r[k] is None for r in runs)  # noqa: E731
-                          else sum(r[k] * w for r, w in zip(runs, n)) / sum(n))
     out = {"success_equal_kl": succ, "success_equal_kl_se": se, "n_prompts": len(hits),
            "kl_ref": sum(r["kl_ref"] for r in runs) / len(runs), "val_kl": sum(r["val_kl"] for r in runs) / len(runs),
-           "test_kl": sum(r["test_kl"] for r in runs) / len(runs), "strength_per_seed": [r["strength"] for r in runs],
-           "reached_per_seed": [r["reached"] for r in runs],
-           "efficacy": weighted("efficacy"), "paraphrase": weighted("paraphrase"),
-           "neighbourhood": sum(r["neighbourhood"] for r in runs) / len(runs)}
-    out["counterfact_hmean"] = hmean(out["efficacy"], out["paraphrase"], out["neighbourhood"])
+           "strength_per_seed": [r["strength"] for r in runs], "reached_per_seed": [r["reached"] for r in runs], **_counterfact(runs)}
     w_hits = [h for r in runs for h in r["within"]["hits"]]
     out["success_within_kl_ref"], out["success_within_kl_ref_se"] = mean_se(w_hits)
+    out |= {f"{k}_within": v for k, v in _counterfact([r["within"] | {"n_prompts": r["n_prompts"]} for r in runs]).items()}
     if ref is not None:
         diff, diff_se = mean_se([a - b for r, q in zip(runs, ref) for a, b in zip(r["hits"], q["hits"])])
         w_diff, w_se = mean_se([a - b for r, q in zip(runs, ref) for a, b in zip(r["within"]["hits"], q["within"]["hits"])])

@@ -35,7 +35,8 @@ def summary(res: dict) -> str:
             lines.append(f"  {m:<32} {f(e['success_equal_kl'])} ± {f(e['success_equal_kl_se'])}  diff {f(e.get('paired_diff_vs_dom'))}"
                          f" ± {f(e.get('paired_diff_vs_dom_se'))}  test KL {f(e['test_kl'])}  {f(e['efficacy'])} / "
                          f"{f(e['paraphrase'])} / {f(e['neighbourhood'])} / {f(e['counterfact_hmean'])}  within its KL "
-                         f"{f(e.get('success_within_kl_ref'))} (diff {f(e.get('paired_within_vs_dom'))} ± {f(e.get('paired_within_vs_dom_se'))})")
+                         f"{f(e.get('success_within_kl_ref'))} (diff {f(e.get('paired_within_vs_dom'))} ± {f(e.get('paired_within_vs_dom_se'))}, "
+                         f"test KL {f(e.get('test_kl_within'))}, harmonic mean {f(e.get('counterfact_hmean_within'))})")
     for name, a in res["ablation"].items():
         if "error" in a:
             lines.append(f"  ablation {name}: {a['error']}")

@@ -138,10 +138,12 @@ def _per_target(tests: list[dict], targets: list[str]) -> dict[str, dict]:
 def relation_table(res: dict[str, Any]) -> dict[str, dict]:
     """Per method, the ``steering_relations`` entry of ``run_steering``'s results: success at the
     difference of means' KL (with its standard error and the paired difference), the area under
-    success-KL, the CounterFact-style scores, and the best-within-budget success beside them."""
+    success-KL, the CounterFact-style scores (at equal KL and at the within point), and the
+    best-within-budget success beside them."""
     keys = ("success_equal_kl", "success_equal_kl_se", "paired_diff_vs_dom", "paired_diff_vs_dom_se", "efficacy", "paraphrase",
             "neighbourhood", "counterfact_hmean", "test_kl", "reached_per_seed", "n_prompts", "success_within_kl_ref",
-            "success_within_kl_ref_se", "paired_within_vs_dom", "paired_within_vs_dom_se")
+            "success_within_kl_ref_se", "paired_within_vs_dom", "paired_within_vs_dom_se", "test_kl_within", "efficacy_within",
+            "paraphrase_within", "neighbourhood_within", "counterfact_hmean_within")
     return {m: {k: r.get("equal_kl", {}).get(k) for k in keys} | {
         "success_within_budget": r["success_rate"], "kl_within_budget": r["kl_unrelated"], "success_kl_area": r["success_kl_area"],
         "gen_concept": r.get("generation", {}).get("concept"), "gen_perplexity": r.get("generation", {}).get("perplexity"),

@@ -83,6 +83,8 @@ def test_a_method_that_peaks_below_the_reference_kl_is_also_read_at_its_peak(mon
     r = search.run_steps(run, equal_kl.equal_kl_steps(run, Method(name="m", unit="u", grid=()), sweep, 0.36))
     assert r["strength"] > 5.0 and r["reached"] and r["hits"] == [0, 0]  # at the reference's KL: past the peak
     assert r["within"]["strength"] == 3.0 and r["within"]["hits"] == [1, 1] and ("success", "test", 3.0) in asked
+    assert ("side", "test", 3.0) in asked and r["within"]["test_kl"] == pytest.approx(0.09)  # its side effects read there
+    assert r["within"]["efficacy"] == 1.0 and r["within"]["neighbourhood"] == 1.0 and r["test_kl"] > 0.25
     assert equal_kl.within(sweep, 0.05) == sweep[0] and equal_kl.within(sweep, 0.005) is None
     r = search.run_steps(run, equal_kl.equal_kl_steps(run, Method(name="m", unit="u", grid=()), sweep[2:], 0.25))
     assert r["within"]["strength"] == 5.0  # at most the reference's KL (within TOL): the point itself
@@ -91,6 +93,7 @@ def test_a_method_that_peaks_below_the_reference_kl_is_also_read_at_its_peak(mon
     r = search.run_steps(run, equal_kl.equal_kl_steps(run, Method(name="m", unit="u", grid=()), sweep[2:], 0.09))
     assert r["reached"] and r["within"]["strength"] == r["strength"] < 5.0 and r["within"]["hits"] == r["hits"]
     assert ("success", "val", r["strength"]) in asked  # its validation success was read to compare it
+    assert {s for w, sp, s in asked if w == "side"} == {r["strength"]} and r["within"]["test_kl"] == r["test_kl"]
 
 
 def test_success_kl_area_is_the_mean_best_success_over_budgets():
@@ -104,10 +107,17 @@ def test_success_kl_area_is_the_mean_best_success_over_budgets():
 def test_summarise_pairs_prompts_with_the_reference():
     run = lambda hits, e, w=None: {"hits": hits, "n_prompts": len(hits), "kl_ref": 0.5, "val_kl": 0.5, "test_kl": 0.4,  # noqa: E731
                                    "strength": 1.0, "efficacy": e, "paraphrase": 0.5, "neighbourhood": 1.0, "reached": True,
-                                   "within": {"hits": hits if w is None else w}}
+                                   "within": {"hits": hits if w is None else w, "efficacy": e + 0.25, "paraphrase": 0.6,
+                                              "neighbourhood": 0.8 if w else 1.0, "test_kl": 0.2}}
     m = [run([1, 1, 0, 1], 0.75, [1, 1, 1, 1]), run([1, 0], 0.5, [1, 1])]
     ref = [run([1, 0, 0, 0], 0.25), run([0, 0], 0.0)]
     s = equal_kl.summarise(m, ref)
+    # the CounterFact-style scores at the within point: pooled over prompts as at equal KL
+    assert s["efficacy_within"] == pytest.approx((1.0 * 4 + 0.75 * 2) / 6) and s["test_kl_within"] == pytest.approx(0.2)
+    assert s["counterfact_hmean_within"] == pytest.approx(3 / (1 / s["efficacy_within"] + 1 / 0.6 + 1 / 0.8))
+    none = [r | {"within": {"hits": [0] * r["n_prompts"], "efficacy": None, "paraphrase": None, "neighbourhood": None,
+                            "test_kl": None}} for r in m]  # no point within the reference's KL: no reading there
+    assert equal_kl.summarise(none, ref)["counterfact_hmean_within"] is None
     d = [0, 1, 0, 1, 1, 0]
     # within the reference's KL the method is read at its own best point: all six hit, the reference one of six
     assert s["success_within_kl_ref"] == 1.0 and s["paired_within_vs_dom"] == pytest.approx(5 / 6)
