@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from sae_atoms.experiments.steering.config import check_gen_scales
 from sae_atoms.experiments.steering.methods import Method
@@ -134,13 +135,14 @@ def scores(model, targets: Sequence[str], prompts: Sequence[str], gen: dict[str,
 
 
 def steered_generation(model, methods: dict[str, Method], targets: Sequence[str], n_tokens: int,
-                       prompts: Sequence[str] = PROMPTS, scales: Sequence[float] = (1.0,)) -> dict[str, dict]:
+                       prompts: Sequence[str] = PROMPTS, scales: Sequence[float] = (1.0,),
+                       progress: bool = False) -> dict[str, dict]:
     """``scores`` per method at each of ``scales`` (ascending, 1 among them) x the strength it carries
     (scale 1's at the top level, every scale's point in ``curve``), and for the unsteered model
-    (``"none"``, once)."""
+    (``"none"``, once); ``progress``: a bar over the scales."""
     check_gen_scales(tuple(scales))
     out: dict[str, dict] = {n: {"curve": []} for n in methods}
-    for i, scale in enumerate(sorted(scales)):
+    for i, scale in enumerate(tqdm(sorted(scales), desc="steered generation (scales)", disable=not progress)):
         at = {n: m.at(m.strength * scale) for n, m in methods.items()}
         for n, g in generate(model, ({"none": None} if i == 0 else {}) | at, targets, prompts, n_tokens).items():
             s = scores(model, targets, prompts, g)

@@ -73,7 +73,7 @@ def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool, first_se
     if cfg.gen_tokens and cfg.seed - first_seed < cfg.gen_seeds:
         at = {m.name: m.at(r["equal_kl"]["strength"] if "equal_kl" in r else r["strength"]) for m, r in done}
         gen = generation.steered_generation(setup.model, at, setup.tg.targets, cfg.gen_tokens, generation.prompts_for(cfg.label)[:cfg.gen_prompts],
-                                            cfg.gen_scales)
+                                            cfg.gen_scales, progress)
         for name, g in gen.items():
             if name in results:
                 results[name]["generation"] = g
