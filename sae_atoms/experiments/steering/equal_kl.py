@@ -17,7 +17,8 @@ Success at ``k_ref`` reads a method past its peak when its success falls before 
 ``k_ref`` (a gated edit spends little KL; pushed until it does, it overshoots). So each method is
 also read at its best validation point with KL <= ``k_ref`` (``within``: among its sweep's points
 and its equal-KL point; at most the reference's side effect; the difference of means' own point
-is its chosen one): ``success_within_kl_ref``, with the paired difference ``paired_within_vs_dom``.
+is its chosen one): ``success_within_kl_ref``, with the paired difference ``paired_within_vs_dom``,
+and the CounterFact-style scores and test KL there (``efficacy_within`` ... ``test_kl_within``).
 
 Also per method, from its validation sweep: the area under best-success-within-KL ``b(x) = max
 {success of the points with KL <= x}`` over ``(0, budget]``, divided by the budget (the mean
