@@ -20,7 +20,7 @@ CASES = {
     "runner_step": ((pytest.mark.slow,), {"better": "lower", "target": 1.05, "d_in": 64, "d_sae": 256,
                                            "trainer": "MultiSAETrainer"}),
     "stability_step": ((pytest.mark.slow,), {"better": "lower", "target": 1.2, "d_in": 64, "d_sae": 64}),
-    "under_load": ((pytest.mark.slow,), {"better": "lower", "target": 2.5, "competitors": 2}),
+    "under_load": ((pytest.mark.slow,), {"better": "lower", "target": 2.2, "competitors": 2}),
     "extract_subject": ((pytest.mark.real_model,), {"better": "higher", "target": 1.3}),
     "aip_stream": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9, "tokens": 256}),
     "steer_batched": ((pytest.mark.real_model,), {"better": "higher", "target": 3.0, "jobs": 12, "rows": 72}),

@@ -165,7 +165,12 @@ def bench_under_load(quick: bool = False) -> dict:
 
     The case starts the competitors itself (busy loops) and stops them; the thread count is
     ``sae_atoms.threads.choose_threads()`` in both phases (it sees the competitors as runnable
-    processes). Median step times; target loaded / idle <= 2.5 (the fair share is about 2x).
+    processes). Median step times of each phase, in ``rounds`` rounds (idle, then loaded, with new
+    competitors each round); the round with the median ratio is reported (``rounds`` holds every
+    round's). Why rounds: where the scheduler puts the competitors and our threads changes from one
+    start to the next, and with it the loaded step time, so one round's ratio is a noisy draw.
+    Target loaded / idle <= 2.2; the fair share is about 2x (our threads get half of the runnable
+    threads' CPU time).
     """
     from sae_lens.training.sae_trainer import SAETrainer
 
@@ -178,26 +183,31 @@ def bench_under_load(quick: bool = False) -> dict:
     x = torch.randn(batch, d)
     sae = TSAETrainingSAE(TSAETrainingSAEConfig(d_in=d, d_sae=width))
     trainer = SAETrainer(cfg=_trainer_config(batch, dev), sae=sae, data_provider=iter(()))
-    repeat = 5 if quick else 15
-    before = torch.get_num_threads()
+    repeat, rounds = (5, 1) if quick else (15, 5)
+    idle_step = lambda: trainer._train_step(sae, x)  # noqa: E731
+    loaded_step = lambda: trainer._train_step(sae, x)  # noqa: E731
+    before, pairs = torch.get_num_threads(), []
     try:
-        idle_threads = choose_threads()
-        torch.set_num_threads(idle_threads)
-        t_idle = timing.median_time(lambda: trainer._train_step(sae, x), repeat)
-        procs = _competitors(2)
-        try:
-            time.sleep(1.0)
-            loaded_threads = choose_threads()
-            torch.set_num_threads(loaded_threads)
-            t_loaded = timing.median_time(lambda: trainer._train_step(sae, x), repeat)
-        finally:
-            for p in procs:
-                p.kill()
-                p.wait()
+        for _ in range(rounds):
+            idle_threads = choose_threads()
+            torch.set_num_threads(idle_threads)
+            t_idle = timing.median_time(idle_step, repeat)
+            procs = _competitors(2)
+            try:
+                time.sleep(1.0)
+                loaded_threads = choose_threads()
+                torch.set_num_threads(loaded_threads)
+                pairs.append((timing.median_time(loaded_step, repeat), t_idle))
+            finally:
+                for p in procs:
+                    p.kill()
+                    p.wait()
     finally:
         torch.set_num_threads(before)
-    return timing.measured(t_loaded, t_idle, 2.5, "lower", idle_threads=idle_threads, loaded_threads=loaded_threads,
-                    competitors=2, d_in=d, d_sae=width, batch=batch)
+    t_loaded, t_idle = sorted(pairs, key=lambda p: p[0] / p[1])[len(pairs) // 2]
+    return timing.measured(t_loaded, t_idle, 2.2, "lower", idle_threads=idle_threads, loaded_threads=loaded_threads,
+                           competitors=2, d_in=d, d_sae=width, batch=batch,
+                           rounds=[round(a / b, 3) for a, b in pairs])
 
 
 def bench_coherence(quick: bool = False) -> dict:
