@@ -41,7 +41,9 @@ class SteerConfig:
     transfer_strength: float = 16.0  # transfer methods: the target's units at this strength (capped) when fully applied
     gated: bool = True             # the gated methods (<sae>_gated) among the methods
     gate_k: int = 64               # gated methods: the units of other relations' subjects that close the gate ...
-    gate_q: float = 0.2            # ... fully shut on 1 - gate_q of those subjects (``gate_atoms``)
+    gate_q: tuple[float, ...] = (0.2, 0.5)  # ... fully shut on 1 - q of those subjects (``gate_atoms``); each q an
+    # alternative of every gated method, the one with the best validation success kept (a looser gate lets a
+    # transfer spend more of the budget on its own subjects; the difference of means is held better by a tight one)
     n_seeds: int = 4               # seeds seed, seed+1, ...: the split, prompts, selection prompts, random direction
     methods: tuple[str, ...] = ()  # run only these methods (names as in the results); empty: all
     gen_tokens: int = 24           # steered generation: tokens per continuation (0: no generation)
@@ -76,6 +78,8 @@ def steer_config(base: SteerConfig | None = None, quick: bool = False, **setting
     cfg = SteerConfig(**{**asdict(base or SteerConfig()), **(QUICK if quick else {}), **settings})
     for name in GRIDS:
         setattr(cfg, name, tuple(float(a) for a in getattr(cfg, name)))
+    q = cfg.gate_q
+    cfg.gate_q = tuple(float(a) for a in (q if isinstance(q, (tuple, list)) else (q,)))
     check_config(cfg)
     return cfg
 
@@ -105,8 +109,8 @@ def check_config(cfg: SteerConfig) -> None:
         raise ValueError(f"transfer_strength={cfg.transfer_strength} must be finite and > 0")
     if not (cfg.grid_growth > 1 and math.isfinite(cfg.grid_growth)) or cfg.grid_extend < 0:
         raise ValueError(f"grid_growth={cfg.grid_growth} must be finite and > 1, grid_extend={cfg.grid_extend} >= 0")
-    if not 0 < cfg.gate_q < 1:
-        raise ValueError(f"gate_q={cfg.gate_q} must be in (0, 1)")
+    if not cfg.gate_q or not all(0 < q < 1 for q in cfg.gate_q) or len(set(cfg.gate_q)) < len(cfg.gate_q):
+        raise ValueError(f"gate_q={cfg.gate_q} must be distinct values in (0, 1)")
     if not 0 < cfg.ceiling_q <= 1:
         raise ValueError(f"ceiling_q={cfg.ceiling_q} must be in (0, 1]")
 

@@ -17,19 +17,9 @@ from torch import Tensor
 from sae_atoms.experiments.steering.config import SCALES, SteerConfig
 from sae_atoms.experiments.steering.prompts import MakeInterventions, Prompts
 from sae_atoms.experiments.steering.targets import Setup, TrainData
-from sae_atoms.steering import (
-    AddDirection,
-    EditAtoms,
-    GatedEdit,
-    Intervention,
-    TransferAtoms,
-    atom_values,
-    concept_pool,
-    concept_subspace,
-    diff_of_means,
-    gate_atoms,
-    select_atoms,
-)
+from sae_atoms.steering import AddDirection, EditAtoms, GatedEdit, Intervention, TransferAtoms
+from sae_atoms.steering import (atom_values, concept_pool, concept_subspace, diff_of_means, encode_batched, gate_atoms,
+                                select_atoms)
 
 
 @dataclass(kw_only=True)
@@ -267,21 +257,27 @@ def gated_methods(setup: Setup, selected: dict, cfg: SteerConfig, name: str) -> 
     subjects, ``GatedEdit``); none without other relations or with ``cfg.gated`` off. On a city the
     edit is the method's own; on a country named in another relation's prompt (where a country edit
     changes its continent or language) it is off, and that is where most of the difference of means'
-    side effect on unrelated prompts arises."""
+    side effect on unrelated prompts arises. Each of ``cfg.gate_q`` (how loose the gate is) is an
+    alternative, times the method's own alternatives; validation keeps one."""
     data = setup.data
     if not cfg.gated or not data.x_other.shape[0]:
         return []
     sae = setup.saes[name]
-    gate, tau = gate_atoms(sae, data.x, data.x_other, cfg.gate_k, cfg.gate_q, data.codes[name])
-    info = {"sae": name, "gate_k": cfg.gate_k, "gate_q": cfg.gate_q, "tau": tau,
+    codes_out = encode_batched(sae, data.x_other)
+    gates = {q: gate_atoms(sae, data.x, data.x_other, cfg.gate_k, q, data.codes[name], codes_out) for q in cfg.gate_q}
+    info = {"sae": name, "gate_k": cfg.gate_k,
             "gate": "clamp(1 - (amplitude of the gate units) / tau, 0, 1); the gate units: those of the other relations' "
                     "training subjects more than of this relation's"}
 
     def gated(inner: Method, new_name: str) -> Gated:
-        alts = {how: gated(alt, new_name) for how, alt in inner.alternatives.items()}
-        return Gated(name=new_name, unit=f"{inner.unit} (times the gate)", grid=inner.grid, hook=inner.hook, span=inner.span,
-                     info=inner.info | info | {"intervention": f"{inner.info.get('intervention', inner.unit)}, times the gate"},
-                     alternatives=alts, inner=replace(inner, alternatives={}), sae=sae, gate=gate, tau=tau)
+        alts = {", ".join(filter(None, (how, f"gate_q {q:g}" if len(gates) > 1 else ""))):
+                Gated(name=new_name, unit=f"{inner.unit} (times the gate)", grid=inner.grid, hook=inner.hook, span=inner.span,
+                      info=alt.info | info | {"gate_q": q, "tau": tau,
+                                              "intervention": f"{alt.info.get('intervention', alt.unit)}, times the gate"},
+                      inner=replace(alt, alternatives={}), sae=sae, gate=gate, tau=tau)
+                for how, alt in (inner.alternatives or {"": inner}).items() for q, (gate, tau) in gates.items()}
+        first = next(iter(alts.values()))
+        return first if len(alts) == 1 else replace(first, alternatives=alts)
 
     dom = vector_methods(setup, selected, cfg)[0]
     [transfer] = transfer_methods(setup, selected, cfg, name)

@@ -223,10 +223,17 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
             elif w["strength"] is not None:  # a sweep point: the best of those at no more KL
                 assert max(p["success_rate"] for p in ok) == next(p["success_rate"] for p in ok if p["strength"] == w["strength"])
         assert 0 <= r["equal_kl"]["success_within_kl_ref"] <= 1
-    assert res["methods"]["atoms_gated"]["per_seed"][0]["tau"] > 0
-    tg = res["methods"]["atoms_transfer_gated"]  # the transfer, gated: its selection and pool are the transfer's own
-    assert tg["per_seed"][0]["tau"] == res["methods"]["atoms_gated"]["per_seed"][0]["tau"] and tg["pool_size"] == tr["pool_size"]
-    assert set(tg["selection_per_seed"]) <= {"effect", "activation"}
+    g, tg = res["methods"]["atoms_gated"], res["methods"]["atoms_transfer_gated"]
+    assert tg["pool_size"] == tr["pool_size"]  # the transfer, gated: its pool is the transfer's own
+    qs = cfg.gate_q
+    assert len(qs) == 2 and set(g["selection_per_seed"]) <= {f"gate_q {q:g}" for q in qs}  # each looseness an alternative
+    assert set(tg["selection_per_seed"]) <= {f"{how}, gate_q {q:g}" for how in ("effect", "activation") for q in qs}
+    for sd in g["per_seed"]:  # the same looseness is the same gate: its tau, whichever method chose it
+        a, b = g["per_seed"][sd], tg["per_seed"][sd]
+        assert a["gate_q"] in qs and a["tau"] > 0 and a["selection"] == f"gate_q {a['gate_q']:g}"
+        assert b["selection"].endswith(f"gate_q {b['gate_q']:g}")
+        if a["gate_q"] == b["gate_q"]:
+            assert a["tau"] == b["tau"]
     for m, r in res["methods"].items():
         e = r["equal_kl"]
         assert e["n_prompts"] == dom["equal_kl"]["n_prompts"] == r["n_prompts"]
@@ -274,7 +281,8 @@ def test_steer_config_rejects_bad_settings_by_name():
     for bad, word in (({"selection": "gradient"}, "selection"), ({"scale": "huge"}, "scale"), ({"strengths": (0.0,)}, "strengths"),
                       ({"n_seeds": 0}, "n_seeds"), ({"ceiling_q": 1.5}, "ceiling_q"), ({"fractions": (0.5, -1.0)}, "fractions"),
                       ({"transfer_error": "zero"}, "transfer_error"), ({"transfer_strength": 0.0}, "transfer_strength"),
-                      ({"gen_scales": (0.5, 2.0)}, "gen_scales"),
+                      ({"gen_scales": (0.5, 2.0)}, "gen_scales"), ({"gate_q": (0.2, 1.0)}, "gate_q"),
+                      ({"gate_q": (0.5, 0.5)}, "gate_q"), ({"gate_q": ()}, "gate_q"),
                       ({"n_bisect": -1}, "n_bisect")):
         with pytest.raises(ValueError, match=word):
             steer_exp.steer_config(**bad)
@@ -282,6 +290,7 @@ def test_steer_config_rejects_bad_settings_by_name():
         steer_exp.steer_config(swap_family=2)
     cfg = steer_exp.steer_config(quick=True, n_eval=5)
     assert cfg.n_eval == 5 and cfg.n_seeds == steer_exp.QUICK["n_seeds"]  # explicit settings win over quick
+    assert steer_exp.steer_config(gate_q=0.3).gate_q == (0.3,)  # one gate: a number will do
 
 
 def test_steering_plot_legend_sits_outside_the_axes(tmp_path, monkeypatch):
