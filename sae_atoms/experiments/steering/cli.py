@@ -107,6 +107,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-seeds", type=int, default=None,
                    help=f"steered generation on the first this many seeds ({d.gen_seeds}; 0: none)")
     p.add_argument("--gen-prompts", type=int, default=None, help=f"generation prompts per target ({d.gen_prompts})")
+    p.add_argument("--gate-q", type=float, nargs="+", default=None, metavar="Q",
+                   help=f"gated methods: each looseness of the gate, fully shut on 1 - Q of the other relations' subjects, "
+                        f"tried on validation ({' '.join(f'{a:g}' for a in d.gate_q)})")
     p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
                    help="run only these methods, by their names in results.json (e.g. diff_of_means atoms_swap "
                         "features_topk); keep diff_of_means for the equal-KL comparison (default: all)")
@@ -121,7 +124,8 @@ def steer_overrides(args: argparse.Namespace) -> dict[str, Any]:
     grids = {k: None if getattr(args, k) is None else tuple(getattr(args, k)) for k in GRIDS}
     given = {"n_targets": args.targets, "n_eval": args.n_eval, "n_unrelated": args.n_unrelated,
              "n_ablation": args.n_ablation, "n_seeds": args.seeds, "gen_seeds": args.gen_seeds,
-             "gen_prompts": args.gen_prompts, "methods": None if args.methods is None else tuple(args.methods), **grids}
+             "gen_prompts": args.gen_prompts, "methods": None if args.methods is None else tuple(args.methods),
+             "gate_q": None if args.gate_q is None else tuple(args.gate_q), **grids}
     rel = args.relation[0] if isinstance(args.relation, list) else args.relation
     return {**{k: v for k, v in given.items() if v is not None}, "relation": rel,
             "label": RELATION_LABEL[rel], "min_subjects": args.min_subjects, "k": args.k, "span": args.span,

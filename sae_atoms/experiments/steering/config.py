@@ -42,8 +42,8 @@ class SteerConfig:
     gated: bool = True             # the gated methods (<sae>_gated) among the methods
     gate_k: int = 64               # gated methods: the units of other relations' subjects that close the gate ...
     gate_q: tuple[float, ...] = (0.2, 0.5)  # ... fully shut on 1 - q of those subjects (``gate_atoms``); each q an
-    # alternative of every gated method, the one with the best validation success kept (a looser gate lets a
-    # transfer spend more of the budget on its own subjects; the difference of means is held better by a tight one)
+    # alternative of every gated method, the one with the best validation success kept (a looser gate lets an
+    # edit spend more of the budget on the relation's own subjects, a tighter one keeps it off more of the others')
     n_seeds: int = 4               # seeds seed, seed+1, ...: the split, prompts, selection prompts, random direction
     methods: tuple[str, ...] = ()  # run only these methods (names as in the results); empty: all
     gen_tokens: int = 24           # steered generation: tokens per continuation (0: no generation)

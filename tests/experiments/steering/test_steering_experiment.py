@@ -36,10 +36,12 @@ def test_steer_quick_keeps_explicit_flags_and_rejects_bad_values():
     assert steer_exp.steer_config(**steer_exp.steer_overrides(_steer_args("--gen-scales", "1", "3"))).gen_scales == (1.0, 3.0)
     gen = steer_exp.steer_config(quick=True, **steer_exp.steer_overrides(_steer_args("--quick", "--gen-seeds", "2", "--gen-prompts", "3")))
     assert (gen.gen_seeds, gen.gen_prompts) == (2, 3) and quick.gen_prompts == steer_exp.QUICK["gen_prompts"]
+    assert steer_exp.steer_config(**steer_exp.steer_overrides(_steer_args("--gate-q", "0.3", "0.7"))).gate_q == (0.3, 0.7)
+    assert steer_exp.steer_config(**steer_exp.steer_overrides(_steer_args())).gate_q == steer_exp.SteerConfig().gate_q
     from sae_atoms.cli import main
 
     for bad in (["--alphas", "0", "-1"], ["--n-eval", "0"], ["--kl-budget", "nan"], ["--fractions", "-0.5"], ["--gen-scales", "0"],
-                ["--gen-seeds", "-1"], ["--gen-prompts", "0"]):
+                ["--gen-seeds", "-1"], ["--gen-prompts", "0"], ["--gate-q", "1.5"]):
         assert main(["steer", "--out", "/nonexistent/x", "--quick", *bad]) == 2
 
 
