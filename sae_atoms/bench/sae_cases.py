@@ -184,6 +184,7 @@ def bench_under_load(quick: bool = False) -> dict:
     sae = TSAETrainingSAE(TSAETrainingSAEConfig(d_in=d, d_sae=width))
     trainer = SAETrainer(cfg=_trainer_config(batch, dev), sae=sae, data_provider=iter(()))
     repeat, rounds = (5, 1) if quick else (15, 5)
+    # the same step as two functions: a phase's times are told apart by which function they timed
     idle_step = lambda: trainer._train_step(sae, x)  # noqa: E731
     loaded_step = lambda: trainer._train_step(sae, x)  # noqa: E731
     before, pairs = torch.get_num_threads(), []

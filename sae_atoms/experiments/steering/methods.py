@@ -269,13 +269,17 @@ def gated_methods(setup: Setup, selected: dict, cfg: SteerConfig, name: str) -> 
             "gate": "clamp(1 - (amplitude of the gate units) / tau, 0, 1); the gate units: those of the other relations' "
                     "training subjects more than of this relation's"}
 
+    def one(alt: Method, new_name: str, q: float) -> Gated:
+        gate, tau = gates[q]
+        return Gated(name=new_name, unit=f"{alt.unit} (times the gate)", grid=alt.grid, hook=alt.hook, span=alt.span,
+                     info=alt.info | info | {"gate_q": q, "tau": tau,
+                                             "intervention": f"{alt.info.get('intervention', alt.unit)}, times the gate"},
+                     inner=replace(alt, alternatives={}), sae=sae, gate=gate, tau=tau)
+
     def gated(inner: Method, new_name: str) -> Gated:
-        alts = {", ".join(filter(None, (how, f"gate_q {q:g}" if len(gates) > 1 else ""))):
-                Gated(name=new_name, unit=f"{inner.unit} (times the gate)", grid=inner.grid, hook=inner.hook, span=inner.span,
-                      info=alt.info | info | {"gate_q": q, "tau": tau,
-                                              "intervention": f"{alt.info.get('intervention', alt.unit)}, times the gate"},
-                      inner=replace(alt, alternatives={}), sae=sae, gate=gate, tau=tau)
-                for how, alt in (inner.alternatives or {"": inner}).items() for q, (gate, tau) in gates.items()}
+        """``inner`` gated: one alternative per (its own alternative, looseness), named by both."""
+        alts = {", ".join(filter(None, (how, f"gate_q {q:g}" if len(gates) > 1 else ""))): one(alt, new_name, q)
+                for how, alt in (inner.alternatives or {"": inner}).items() for q in gates}
         first = next(iter(alts.values()))
         return first if len(alts) == 1 else replace(first, alternatives=alts)
 
