@@ -38,7 +38,7 @@ import contextlib
 import dataclasses
 import functools
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -287,11 +287,11 @@ def match_l0(sae: Any, x: torch.Tensor, target_l0: float, rel_tol: float = 0.01,
         param, base = sae.b_enc, sae.b_enc.data.clone()
         scale = float(base.abs().max()) + float((x.float().norm(dim=1).mean()))
         level, lo, hi = (lambda v: base - v), -scale, scale
+    count = l0_counter(sae, x, batch_size)
 
     def l0_at(v: float) -> float:
         param.data.copy_(level(v))
-        return sum(float((sae.encode(x[i:i + batch_size].to(sae.dtype)) != 0).sum())
-                   for i in range(0, x.shape[0], batch_size)) / x.shape[0]
+        return count()
 
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
@@ -301,6 +301,32 @@ def match_l0(sae: Any, x: torch.Tensor, target_l0: float, rel_tol: float = 0.01,
         lo, hi = (mid, hi) if l0 > target_l0 else (lo, mid)
     l0_at(mid)
     return math.exp(mid) if hasattr(sae, "threshold") else mid
+
+
+def l0_counter(sae: Any, x: torch.Tensor, batch_size: int = 4096,
+               max_cached: int = 2 ** 26) -> Callable[[], float]:
+    """A function giving the mean L0 of ``sae.encode`` on ``x`` for the SAE's current threshold or
+    encoder bias (what ``match_l0`` moves). SAELens's ``jumprelu`` (and ``tsae``) and ``standard`` SAEs
+    compute ``hidden_pre = process_sae_in(x) @ W_enc + b_enc``, then fire where ``hidden_pre >
+    threshold`` (and the activation is non-zero) or where ``relu(hidden_pre) > 0``: the matrix product
+    depends on neither number, so it is done once here and each call only compares, with the same
+    operations in the same order as ``encode`` (the same count, bit for bit). Other classes, an SAE
+    with hooks attached, and sets of over ``max_cached`` products are encoded on every call."""
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE
+    from sae_lens.saes.standard_sae import StandardSAE
+
+    n, chunks = x.shape[0], range(0, x.shape[0], batch_size)
+    hooked = any(h.fwd_hooks for h in getattr(sae, "hook_dict", {}).values())
+    if type(sae).encode not in (JumpReLUSAE.encode, StandardSAE.encode) or hooked or n * sae.cfg.d_sae > max_cached:
+        return lambda: sum(float((sae.encode(x[i:i + batch_size].to(sae.dtype)) != 0).sum()) for i in chunks) / n
+    products = [sae.process_sae_in(x[i:i + batch_size].to(sae.dtype)) @ sae.W_enc for i in chunks]
+
+    def fired(p: torch.Tensor) -> torch.Tensor:  # encode's non-zeros, from its matrix product p
+        pre = p + sae.b_enc
+        acts = sae.activation_fn(pre)
+        return acts * (pre > sae.threshold).to(acts.dtype) if hasattr(sae, "threshold") else acts
+
+    return lambda: sum(float((fired(p) != 0).sum()) for p in products) / n
 
 
 def calibrate_at_first_step(sae: Any, target_l0: float) -> None:
