@@ -275,11 +275,12 @@ def calibrate_thresholds(sae: Any, x: torch.Tensor, target_l0: float, max_rows: 
 
 @torch.no_grad()
 def match_l0(sae: Any, x: torch.Tensor, target_l0: float, rel_tol: float = 0.01, iters: int = 60,
-             batch_size: int = 4096) -> float:
+             batch_size: int = 4096, max_cached: int = 2 ** 26) -> float:
     """Set the mean L0 of an inference SAE on ``x`` to ``target_l0`` by bisection on one number:
     threshold SAEs (JumpReLU-type) scale every threshold by a common factor ``f`` (returned); ReLU
     SAEs (``standard``) shift every encoder bias by a common ``-delta`` (returned), a soft threshold.
-    Decoder and encoder weights are untouched."""
+    Decoder and encoder weights are untouched. Each step counts with ``l0_counter`` (``max_cached``:
+    its memory bound, in pre-activations kept; 0 encodes ``x`` at every step)."""
     if hasattr(sae, "threshold"):
         param, base = sae.threshold, sae.threshold.data.clone().clamp_min(1e-6)
         level, lo, hi = (lambda v: base * math.exp(v)), -12.0, 12.0
@@ -287,7 +288,7 @@ def match_l0(sae: Any, x: torch.Tensor, target_l0: float, rel_tol: float = 0.01,
         param, base = sae.b_enc, sae.b_enc.data.clone()
         scale = float(base.abs().max()) + float((x.float().norm(dim=1).mean()))
         level, lo, hi = (lambda v: base - v), -scale, scale
-    count = l0_counter(sae, x, batch_size)
+    count = l0_counter(sae, x, batch_size, max_cached)
 
     def l0_at(v: float) -> float:
         param.data.copy_(level(v))

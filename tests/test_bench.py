@@ -15,6 +15,7 @@ from sae_atoms.bench import timing
 # the quick cases, with the marks their cost needs and what else each must report
 CASES = {
     "aip_fit": ((), {"better": "lower", "target": 1.5, "n": 20_000, "d": 256}),
+    "match_l0": ((), {"better": "lower", "target": 0.5, "n": 512, "d": 64, "d_sae": 512, "same_factor": True}),
     "coherence": ((pytest.mark.slow,), {"better": "lower", "target": 1.3, "N": 4096, "d": 576}),
     "tsae_aip_step": ((pytest.mark.slow,), {"better": "lower", "target": 1.05, "d_in": 64, "d_sae": 256}),
     "runner_step": ((pytest.mark.slow,), {"better": "lower", "target": 1.05, "d_in": 64, "d_sae": 256,

@@ -30,6 +30,7 @@ CASES: dict[str, Callable[..., dict]] = {
     "tsae_aip_step": sae_cases.bench_tsae_aip_step,
     "runner_step": sae_cases.bench_runner_step,
     "stability_step": sae_cases.bench_stability_step,
+    "match_l0": sae_cases.bench_match_l0,
     "coherence": sae_cases.bench_coherence,
     "aip_stream": model_cases.bench_aip_stream,
     "under_load": sae_cases.bench_under_load,

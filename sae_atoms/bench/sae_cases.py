@@ -1,6 +1,6 @@
 """Bench cases of the SAE side: the metric's fit, training steps (alone, in SAELens's
-``MultiSAETrainer``, with the stability objective, under load), coherence, and the frontier's
-SAEs in worker processes. Each is ``bench_<case>(quick) -> dict`` (``timing.measured``)."""
+``MultiSAETrainer``, with the stability objective, under load), matching L0, coherence, and the
+frontier's SAEs in worker processes. Each is ``bench_<case>(quick) -> dict`` (``timing.measured``)."""
 
 from __future__ import annotations
 
@@ -209,6 +209,39 @@ def bench_under_load(quick: bool = False) -> dict:
     return timing.measured(t_loaded, t_idle, 2.2, "lower", idle_threads=idle_threads, loaded_threads=loaded_threads,
                            competitors=2, d_in=d, d_sae=width, batch=batch,
                            rounds=[round(a / b, 3) for a, b in pairs])
+
+
+def bench_match_l0(quick: bool = False) -> dict:
+    """``training.match_l0`` (the pre-activations' matrix product once, ``training.l0_counter``) vs the
+    same bisection encoding the rows at every step (``max_cached=0``), on a jumprelu SAE as wide as
+    the rows are many, as in the paper regime (4,096 rows of d 576; ``quick``: 512 of 64), matched
+    to L0 2 from thresholds that give far more. Ratio: time / baseline time, target <= 0.5.
+    """
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+
+    from sae_atoms.training import match_l0
+
+    n, d = (512, 64) if quick else (4096, 576)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g) + 0.3
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d, d_sae=n))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d, n, generator=g) / math.sqrt(d))
+        sae.threshold.fill_(0.5)
+    start = sae.threshold.detach().clone()
+
+    def matched(max_cached: int) -> Callable[[], float]:
+        def run() -> float:
+            sae.threshold.data.copy_(start)
+            return match_l0(sae, x, 2.0, max_cached=max_cached)
+        return run
+
+    repeat = 2 if quick else 3
+    t_base = timing.best_time(matched(0), repeat=repeat)
+    t_ours = timing.best_time(matched(2 ** 26), repeat=repeat)
+    same = matched(0)() == matched(2 ** 26)()  # the same threshold factor: the counts are encode's
+    return timing.measured(t_ours, t_base, 0.5, "lower", n=n, d=d, d_sae=n, same_factor=same,
+                           threads=torch.get_num_threads())
 
 
 def bench_coherence(quick: bool = False) -> dict:
