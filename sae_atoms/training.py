@@ -308,26 +308,36 @@ def l0_counter(sae: Any, x: torch.Tensor, batch_size: int = 4096,
                max_cached: int = 2 ** 26) -> Callable[[], float]:
     """A function giving the mean L0 of ``sae.encode`` on ``x`` for the SAE's current threshold or
     encoder bias (what ``match_l0`` moves). SAELens's ``jumprelu`` (and ``tsae``) and ``standard`` SAEs
-    compute ``hidden_pre = process_sae_in(x) @ W_enc + b_enc``, then fire where ``hidden_pre >
-    threshold`` (and the activation is non-zero) or where ``relu(hidden_pre) > 0``: the matrix product
-    depends on neither number, so it is done once here and each call only compares, with the same
-    operations in the same order as ``encode`` (the same count, bit for bit). Other classes, an SAE
-    with hooks attached, and sets of over ``max_cached`` products are encoded on every call."""
+    compute ``hidden_pre = process_sae_in(x) @ W_enc + b_enc``; the matrix product depends on neither
+    number, so it is done once here (and ``hidden_pre`` kept while ``b_enc`` is unchanged) and each call
+    only compares. With ReLU as the activation, ``encode``'s non-zeros are where ``relu(hidden_pre) *
+    (hidden_pre > threshold)`` is non-zero: ``hidden_pre > max(threshold, 0)``, and NaN; for ``standard``
+    where ``relu(hidden_pre)`` is. The same count as ``encode``, exactly. Other classes, an SAE with hooks
+    attached, and sets of over ``max_cached`` pre-activations are encoded on every call."""
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE
     from sae_lens.saes.standard_sae import StandardSAE
 
     n, chunks = x.shape[0], range(0, x.shape[0], batch_size)
     hooked = any(h.fwd_hooks for h in getattr(sae, "hook_dict", {}).values())
-    if type(sae).encode not in (JumpReLUSAE.encode, StandardSAE.encode) or hooked or n * sae.cfg.d_sae > max_cached:
+    relu = isinstance(sae.activation_fn, torch.nn.ReLU)
+    if type(sae).encode not in (JumpReLUSAE.encode, StandardSAE.encode) or hooked or not relu or n * sae.cfg.d_sae > max_cached:
         return lambda: sum(float((sae.encode(x[i:i + batch_size].to(sae.dtype)) != 0).sum()) for i in chunks) / n
-    products = [sae.process_sae_in(x[i:i + batch_size].to(sae.dtype)) @ sae.W_enc for i in chunks]
+    def product(i: int) -> torch.Tensor:  # encode's matrix product on one chunk
+        return sae.process_sae_in(x[i:i + batch_size].to(sae.dtype)) @ sae.W_enc
 
-    def fired(p: torch.Tensor) -> torch.Tensor:  # encode's non-zeros, from its matrix product p
-        pre = p + sae.b_enc
-        acts = sae.activation_fn(pre)
-        return acts * (pre > sae.threshold).to(acts.dtype) if hasattr(sae, "threshold") else acts
+    if not hasattr(sae, "threshold"):  # standard: the bias moves
+        products = [product(i) for i in chunks]
+        return lambda: sum(int(torch.count_nonzero(torch.relu(p + sae.b_enc))) for p in products) / n
+    kept: dict[str, Any] = {}
 
-    return lambda: sum(float((fired(p) != 0).sum()) for p in products) / n
+    def count() -> float:  # jumprelu: the thresholds move; hidden_pre is kept until b_enc changes
+        if "b_enc" not in kept or not torch.equal(kept["b_enc"], sae.b_enc):
+            kept.update(b_enc=sae.b_enc.detach().clone(), pre=[product(i) + sae.b_enc for i in chunks])
+            kept["nan"] = sum(int(pre.isnan().sum()) for pre in kept["pre"])
+        level = sae.threshold.clamp_min(0)
+        return (sum(int(torch.count_nonzero(pre > level)) for pre in kept["pre"]) + kept["nan"]) / n
+
+    return count
 
 
 def calibrate_at_first_step(sae: Any, target_l0: float) -> None:

@@ -265,32 +265,37 @@ def test_match_l0_moves_only_thresholds():
 
 @pytest.mark.parametrize("arch", ["jumprelu", "standard", "tsae", "tsae_aip"])
 def test_l0_counter_counts_as_encode_does_without_encoding(arch):
-    """match_l0's counter does the pre-activations' matrix product once: at every threshold level (or
-    encoder-bias shift) it gives encode's count exactly, and never calls encode (all four use SAELens's
-    jumprelu or standard encode; tsae_aip's inference SAE holds its weights folded into raw space)."""
+    """match_l0's counter does the pre-activations' matrix product once: at every threshold level (some
+    below zero) and encoder bias, with a NaN row among the rows, it gives encode's count exactly, and
+    never calls encode (all four use SAELens's jumprelu or standard encode; tsae_aip's inference SAE holds
+    its weights folded into raw space)."""
     from sae_atoms.training import l0_counter, training_config
 
     x = planted(d=16, n_atoms=48, k=4, coherence=0.4, n_samples=700, seed=2).activations
     sae = train_on_activations(x, training_config(arch, 16, 48), steps=20, batch_size=128, seed=0, progress=False,
                                target_l0=6.0)
+    x = torch.cat([x, torch.full((1, 16), float("nan"))])  # encode fires NaN codes: they count
     slow = l0_counter(sae, x, batch_size=256, max_cached=0)  # encode on every call (sets over the cache limit)
     fast = l0_counter(sae, x, batch_size=256)
     sae.encode = lambda *a: pytest.fail("the cached counter encoded")  # (the class's encode is what it reads)
-    param = sae.threshold if hasattr(sae, "threshold") else sae.b_enc
-    base, levels = param.data.clone(), (0.25, 0.5, 1.0, 1.7, 3.0)
+    thr, b = getattr(sae, "threshold", None), sae.b_enc
+    settings = [(thr * f, b) for f in (0.25, 0.5, 1.0, 1.7, 3.0)] + [(thr - thr.mean(), b), (thr, b + 0.3)] \
+        if thr is not None else [(None, b - (f - 1.0)) for f in (0.25, 0.5, 1.0, 1.7, 3.0)]
+    settings = [(None if t is None else t.detach().clone(), c.detach().clone()) for t, c in settings]
 
     def counts(counter) -> list[float]:
         out = []
-        for level in levels:
-            param.data.copy_(base * level if hasattr(sae, "threshold") else base - (level - 1.0))
+        for t, c in settings:
+            if t is not None:
+                sae.threshold.data.copy_(t)
+            sae.b_enc.data.copy_(c)
             out.append(counter())
         return out
 
     got = counts(fast)
     vars(sae).pop("encode", None)
     assert got == counts(slow), arch
-    seen = set(got)
-    assert len(seen) >= 4  # the levels move the count
+    assert len(set(got)) >= 4  # the settings move the count
 
 
 def test_trainer_adam_runs_foreach_and_matches_the_default_bit_for_bit(monkeypatch):
