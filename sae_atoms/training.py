@@ -51,8 +51,8 @@ from sae_atoms.models import resolve_device
 from sae_atoms.saes.checks import check_batch, check_number, check_training_config, check_width
 from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, to_inference
 
-__all__ = ["train_on_activations", "fit_sae", "TrainOptions", "training_config", "calibrate_thresholds", "match_l0", "input_scale",
-           "MetricFirstTrainer", "DEFAULT_STEPS", "calibrate_at_first_step"]
+__all__ = ["train_on_activations", "fit_sae", "TrainOptions", "training_config", "calibrate_thresholds", "match_l0",
+           "l0_counter", "input_scale", "MetricFirstTrainer", "DEFAULT_STEPS", "calibrate_at_first_step"]
 DEFAULT_STEPS = 1500  # the library default; studies set their own (FrontierConfig.steps, ...)
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_LR = 1e-3
@@ -319,19 +319,28 @@ def l0_counter(sae: Any, x: torch.Tensor, batch_size: int = 4096,
 
     n, chunks = x.shape[0], range(0, x.shape[0], batch_size)
     hooked = any(h.fwd_hooks for h in getattr(sae, "hook_dict", {}).values())
-    relu = isinstance(sae.activation_fn, torch.nn.ReLU)
-    if type(sae).encode not in (JumpReLUSAE.encode, StandardSAE.encode) or hooked or not relu or n * sae.cfg.d_sae > max_cached:
-        return lambda: sum(float((sae.encode(x[i:i + batch_size].to(sae.dtype)) != 0).sum()) for i in chunks) / n
+    ours = type(sae).encode in (JumpReLUSAE.encode, StandardSAE.encode) and isinstance(sae.activation_fn, torch.nn.ReLU)
+
+    @torch.no_grad()
+    def encoded() -> float:
+        return sum(float((sae.encode(x[i:i + batch_size].to(sae.dtype)) != 0).sum()) for i in chunks) / n
+
+    if not ours or hooked or n * sae.cfg.d_sae > max_cached:
+        return encoded
+
+    @torch.no_grad()
     def product(i: int) -> torch.Tensor:  # encode's matrix product on one chunk
         return sae.process_sae_in(x[i:i + batch_size].to(sae.dtype)) @ sae.W_enc
 
-    if not hasattr(sae, "threshold"):  # standard: the bias moves
-        products = [product(i) for i in chunks]
-        return lambda: sum(int(torch.count_nonzero(torch.relu(p + sae.b_enc))) for p in products) / n
     kept: dict[str, Any] = {}
 
-    def count() -> float:  # jumprelu: the thresholds move; hidden_pre is kept until b_enc changes
-        if "b_enc" not in kept or not torch.equal(kept["b_enc"], sae.b_enc):
+    @torch.no_grad()
+    def count() -> float:
+        if not hasattr(sae, "threshold"):  # standard: the bias moves; relu's non-zeros (NaN among them)
+            if "products" not in kept:
+                kept["products"] = [product(i) for i in chunks]
+            return sum(int(torch.count_nonzero(torch.relu(p + sae.b_enc))) for p in kept["products"]) / n
+        if "b_enc" not in kept or not torch.equal(kept["b_enc"], sae.b_enc):  # jumprelu: hidden_pre kept
             kept.update(b_enc=sae.b_enc.detach().clone(), pre=[product(i) + sae.b_enc for i in chunks])
             kept["nan"] = sum(int(pre.isnan().sum()) for pre in kept["pre"])
         level = sae.threshold.clamp_min(0)
