@@ -263,6 +263,7 @@ def test_match_l0_moves_only_thresholds():
     assert torch.equal(sae.W_dec, w)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["jumprelu", "standard", "tsae", "tsae_aip"])
 def test_l0_counter_counts_as_encode_does_without_encoding(arch):
     """match_l0's counter does the pre-activations' matrix product once: at every threshold level (some
