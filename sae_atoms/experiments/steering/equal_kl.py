@@ -53,11 +53,16 @@ def interpolate(points: Sequence[tuple[float, float]], k: float) -> float | None
 
 
 def equal_kl_steps(run: Run, m: Method, sweep: list[dict], k_ref: float, n_refine: int = N_REFINE,
-                   tol: float = TOL) -> Steps:
+                   tol: float = TOL, known: dict[float, dict[str, Any]] | None = None) -> Steps:
     """``m`` at validation KL ``k_ref`` (module docstring), its test result there. Past its strongest
     point a method is extrapolated as KL ~ strength^2 (a small edit's KL is quadratic in it), by a
     factor between ``grid_growth`` and 4; one that never reaches ``k_ref`` (a clamp capped in
-    distribution saturates) keeps the point nearest it (``reached`` False)."""
+    distribution saturates) keeps the point nearest it (``reached`` False).
+
+    Each measurement is made once: ``known`` holds test answers already made (``{strength: {"side":
+    .., "test": ..}}``, e.g. ``method_steps``' at the chosen strength), a strength that is both the
+    equal-KL and the within point is read once, and a sweep point's validation success is taken
+    from the sweep."""
     pts = [(p["strength"], p["kl_unrelated"]) for p in sweep]
     for _ in range(n_refine):
         if abs(min(pts, key=lambda p: abs(p[1] - k_ref))[1] - k_ref) <= tol * k_ref:
@@ -71,40 +76,55 @@ def equal_kl_steps(run: Run, m: Method, sweep: list[dict], k_ref: float, n_refin
     s, k_val = min(pts, key=lambda p: abs(p[1] - k_ref))
     w = within(sweep, k_ref * (1 + tol))
     own = k_val <= k_ref * (1 + tol)  # the equal-KL point is itself a candidate for within: its validation success
+    swept = next((p for p in sweep if p["strength"] == s and "success_rate" in p), None)
     para = any(len(P) for P in run.ev["paraphrase"].values())
-    got = yield from _ask(_test_asks(m.at(s), para, "") | ({"own": Ask("success", m.at(s), "val")} if own else {})
-                          | ({"w_test": Ask("success", m.at(w["strength"]), "test")} if w else {}))
-    at = _read(run, got, "")
-    at_own = own and (w is None or point_rank(got["own"] | {"kl_unrelated": k_val}) > point_rank(w))
+    reads = {x: dict(r) for x, r in (known or {}).items()}  # strength -> {"side" / "test" / "para": answer}
+    got = yield from _ask(_test_asks(m, s, ("side", "test", "para"), para, reads)
+                          | (_test_asks(m, w["strength"], ("test",), para, reads) if w else {})
+                          | ({"own": Ask("success", m.at(s), "val")} if own and swept is None else {}))
+    at = _read(run, _store(reads, got)[s])
+    at_own = own and (w is None or point_rank((got.get("own") or swept) | {"kl_unrelated": k_val}) > point_rank(w))
     if w and not at_own:  # the within point is a sweep point: its side effects and paraphrases too
-        got |= yield from _ask({k: a for k, a in _test_asks(m.at(w["strength"]), para, "w_").items() if k != "w_test"})
+        _store(reads, (yield from _ask(_test_asks(m, w["strength"], ("side", "para"), para, reads))))
     none = {"strength": None, "val_kl": None, "hits": [0] * len(at["hits"])} | dict.fromkeys(_CF + ("test_kl",))
     return {"strength": s, "kl_ref": k_ref, "val_kl": k_val, "reached": abs(k_val - k_ref) <= tol * k_ref, **at,
             "within": ({"strength": s, "val_kl": k_val, **at} if at_own else
-                       {"strength": w["strength"], "val_kl": w["kl_unrelated"], **_read(run, got, "w_")} if w else none)}
+                       {"strength": w["strength"], "val_kl": w["kl_unrelated"], **_read(run, reads[w["strength"]])} if w else none)}
 
 
 _CF = ("efficacy", "paraphrase", "neighbourhood")
+_KINDS = {"side": ("side", "test"), "test": ("success", "test"), "para": ("success", "paraphrase")}  # kind: (what, split)
 
 
-def _ask(asks: dict[str, Ask]) -> Steps:
-    """One round of named asks; their answers by name."""
+def _ask(asks: dict) -> Steps:
+    """One round of named asks (none: no round); their answers by name."""
+    if not asks:
+        return {}
     return dict(zip(asks, (yield list(asks.values()))))
 
 
-def _test_asks(m: Method, para: bool, tag: str) -> dict[str, Ask]:
-    """What a reading of ``m`` on test needs: side effects, success (and efficacy), paraphrase success."""
-    return {f"{tag}side": Ask("side", m, "test"), f"{tag}test": Ask("success", m, "test"),
-            **({f"{tag}para": Ask("success", m, "paraphrase")} if para else {})}
+def _test_asks(m: Method, x: float, kinds: Sequence[str], para: bool, reads: dict[float, dict]) -> dict[tuple, Ask]:
+    """The asks of a test reading of ``m`` at strength ``x`` (``kinds`` of: ``side``, side effects;
+    ``test``, success and efficacy; ``para``, paraphrase success, when there are paraphrases) not in ``reads``."""
+    return {(x, k): Ask(_KINDS[k][0], m.at(x), _KINDS[k][1]) for k in kinds
+            if (k != "para" or para) and k not in reads.get(x, {})}
 
 
-def _read(run: Run, got: dict, tag: str) -> dict[str, Any]:
-    """The test reading of ``_test_asks(.., tag)``: KL, neighbourhood, success, efficacy, paraphrase, hits."""
-    side, test = got[f"{tag}side"], got[f"{tag}test"]
+def _store(reads: dict[float, dict], got: dict) -> dict[float, dict]:
+    """``got``'s test answers (keyed ``(strength, kind)``) into ``reads``."""
+    for key, answer in got.items():
+        if isinstance(key, tuple):
+            reads.setdefault(key[0], {})[key[1]] = answer
+    return reads
+
+
+def _read(run: Run, got: dict) -> dict[str, Any]:
+    """The test reading of one strength's answers (``_test_asks``): KL, neighbourhood, success, efficacy, paraphrase, hits."""
+    side, test = got["side"], got["test"]
     hits = [h for v in run.targets if v in test["per_target"] for h in test["per_target"][v]["hits"]]
     return {"test_kl": float(side[:, 0].mean()), "neighbourhood": float(side[:, 1].mean()),
             "success_rate": test["success_rate"], "efficacy": test["efficacy"], "n_prompts": test["n_prompts"],
-            "paraphrase": got[f"{tag}para"]["efficacy"] if f"{tag}para" in got else None, "hits": hits}
+            "paraphrase": got["para"]["efficacy"] if "para" in got else None, "hits": hits}
 
 
 def within(sweep: list[dict], k: float) -> dict | None:

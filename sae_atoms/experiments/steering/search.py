@@ -259,7 +259,8 @@ def _pick_alternative(run: Run, m: Method) -> Steps:
 def method_steps(run: Run, m: Method) -> Steps:
     """One method: the validation sweep, the strength with the best validation success within the
     KL budget (the weakest if none is within it), the test result at it (test prompts used once).
-    Returns the method as chosen (its alternative, at that strength) and its result."""
+    Returns the method as chosen (its alternative, at that strength), its result, and the test
+    answers made at that strength (``{strength: {"side", "test"}}``, for ``equal_kl_steps``)."""
     cfg, chosen = run.cfg, {}
     if m.alternatives:
         m, sweep, chosen = yield from _pick_alternative(run, m)
@@ -273,8 +274,10 @@ def method_steps(run: Run, m: Method) -> Steps:
         cand = [weakest]
     best = choose_strength(cand, cfg.kl_budget)
     m = m.at(best["strength"])
-    kl_test, test = yield [Ask("kl", m, "test"), Ask("success", m, "test")]
-    test = test | {"kl_unrelated": float(kl_test.mean()), "kl_unrelated_median": float(kl_test.median())}
-    return m, {"strength": best["strength"], "strength_unit": m.unit, **m.info, **chosen, "test": test,
+    side, test = yield [Ask("side", m, "test"), Ask("success", m, "test")]
+    measured = {best["strength"]: {"side": side, "test": test}}  # for the equal-KL reading, not measured again
+    kl_test = side[:, 0]
+    return m, {"strength": best["strength"], "strength_unit": m.unit, **m.info, **chosen,
+               "test": test | {"kl_unrelated": float(kl_test.mean()), "kl_unrelated_median": float(kl_test.median())},
                "within_budget": best["kl_unrelated"] <= cfg.kl_budget,
-               "val_at_strength": {k: best[k] for k in (*STATS, "kl_unrelated")}, "sweep": sweep}
+               "val_at_strength": {k: best[k] for k in (*STATS, "kl_unrelated")}, "sweep": sweep}, measured

@@ -56,7 +56,7 @@ def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool, first_se
     with tqdm(total=len(methods), desc="steer sweep", disable=not progress) as bar:
         done = run_steps(run, together([_counted(method_steps(run, m), bar) for m in methods]))
     seconds["sweep"] = lap()
-    results = {m.name: r for m, (_, r) in zip(methods, done)}
+    results = {m.name: r for m, (_, r, _) in zip(methods, done)}
     base = baseline(run)
     for r in results.values():
         r["success_kl_area"] = equal_kl.success_kl_area(r["sweep"], base["val"]["success_rate"], cfg.kl_budget)
@@ -64,14 +64,14 @@ def run_seed(setup: Setup, unrelated, cfg: SteerConfig, progress: bool, first_se
     if ref is not None:
         k_ref = ref["val_at_strength"]["kl_unrelated"]
         with tqdm(total=len(methods), desc="steer at equal KL", disable=not progress) as bar:
-            eq = run_steps(run, together([_counted(equal_kl.equal_kl_steps(run, m, r["sweep"], k_ref), bar)
-                                          for m, r in done]))
-        for (_, r), e in zip(done, eq):
+            eq = run_steps(run, together([_counted(equal_kl.equal_kl_steps(run, m, r["sweep"], k_ref, known=measured), bar)
+                                          for m, r, measured in done]))
+        for (_, r, _), e in zip(done, eq):
             r["equal_kl"] = e
     seconds["equal_kl"] = lap()
     gen = None
     if cfg.gen_tokens and cfg.seed - first_seed < cfg.gen_seeds:
-        at = {m.name: m.at(r["equal_kl"]["strength"] if "equal_kl" in r else r["strength"]) for m, r in done}
+        at = {m.name: m.at(r["equal_kl"]["strength"] if "equal_kl" in r else r["strength"]) for m, r, _ in done}
         gen = generation.steered_generation(setup.model, at, setup.tg.targets, cfg.gen_tokens, generation.prompts_for(cfg.label)[:cfg.gen_prompts],
                                             cfg.gen_scales, progress)
         for name, g in gen.items():

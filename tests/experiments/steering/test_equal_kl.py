@@ -96,6 +96,36 @@ def test_a_method_that_peaks_below_the_reference_kl_is_also_read_at_its_peak(mon
     assert {s for w, sp, s in asked if w == "side"} == {r["strength"]} and r["within"]["test_kl"] == r["test_kl"]
 
 
+def test_each_test_reading_is_made_once(monkeypatch):
+    """The reference's own point is its equal-KL, within and chosen point: each test reading is made
+    once there, none again when the chosen strength's are known, and the validation success is the sweep's."""
+    cfg = steer_exp.steer_config()
+    run = search.Run(None, cfg, ["A"], {"A": 0}, {"paraphrase": {"A": [1]}}, {})
+    asked = []
+
+    def answer(run_, asks):  # KL = strength^2 / 100; on test, a hit only at strength 2
+        asked.extend((a.what, a.split, a.m.strength) for a in asks)
+        return [torch.stack([torch.full((2,), a.m.strength ** 2 / 100), torch.ones(2)], 1) if a.what == "side"
+                else {"success_rate": float(a.m.strength == 2.0), "logprob_gain": 0.0, "efficacy": float(a.m.strength == 2.0),
+                      "n_prompts": 2, "per_target": {"A": {"hits": [int(a.m.strength == 2.0), 0]}}} for a in asks]
+
+    monkeypatch.setattr(search, "answer", answer)
+    m = Method(name="m", unit="u", grid=())
+    sweep = [{"strength": s, "kl_unrelated": s ** 2 / 100, "success_rate": v, "logprob_gain": v}
+             for s, v in ((1.0, 0.2), (2.0, 0.6), (3.0, 0.4))]
+    fresh = search.run_steps(run, equal_kl.equal_kl_steps(run, m, sweep, 0.04))
+    assert sorted(asked) == [("side", "test", 2.0), ("success", "paraphrase", 2.0), ("success", "test", 2.0)]
+    assert fresh["strength"] == fresh["within"]["strength"] == 2.0 and fresh["hits"] == fresh["within"]["hits"] == [1, 0]
+    known = {2.0: dict(zip(("side", "test"), answer(run, [search.Ask("side", m.at(2.0), "test"),
+                                                          search.Ask("success", m.at(2.0), "test")])))}
+    asked.clear()
+    assert search.run_steps(run, equal_kl.equal_kl_steps(run, m, sweep, 0.04, known=known)) == fresh
+    assert asked == [("success", "paraphrase", 2.0)]
+    asked.clear()  # known at another strength: not used here
+    wrong = {1.0: {"side": known[2.0]["side"] * 0, "test": known[2.0]["test"] | {"per_target": {"A": {"hits": [0, 0]}}}}}
+    assert search.run_steps(run, equal_kl.equal_kl_steps(run, m, sweep, 0.04, known=wrong)) == fresh and len(asked) == 3
+
+
 def test_success_kl_area_is_the_mean_best_success_over_budgets():
     sweep = [{"kl_unrelated": 0.5, "success_rate": 0.4}, {"kl_unrelated": 0.25, "success_rate": 0.2},
              {"kl_unrelated": 0.75, "success_rate": 0.1}, {"kl_unrelated": 2.0, "success_rate": 1.0}, {"kl_unrelated": 3.0}]
