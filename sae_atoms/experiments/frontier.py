@@ -258,7 +258,7 @@ def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None
     shared = FrontierJobs(c, x, x_val, splits, ref, atoms_metric, device, None if save_dir is None else Path(save_dir))
     with tqdm(total=len(jobs), desc="frontier", unit="SAE", disable=not progress) as bar:
         rows += map_jobs(frontier_row, jobs, shared, workers=choose_workers(c.workers, len(jobs), device),
-                         progress=bar.update)
+                         progress=bar.update, cost=partial(job_cost, c))
     return {"rows": rows, "metric": {"reference": ref.provenance(), **{u: m.provenance() for u, m in atoms_metric.items()}},
             "settings": _settings(c, hook, x, x_val, as_matrix(heldout, hook))}
 
@@ -274,6 +274,12 @@ class FrontierJobs(NamedTuple):
     atoms_metric: dict[str, AIPMetric]
     device: Any
     save_dir: Path | None
+
+
+def job_cost(c: FrontierConfig, job: tuple[float, str]) -> float:
+    """A frontier job's relative cost, so that workers start the costliest first: one SAE, and at
+    ``stability_targets`` its seed twin and its twin of twice the width (``stability_columns``)."""
+    return 4.0 if job[0] in c.stability_targets else 1.0
 
 
 def frontier_row(s: FrontierJobs, job: tuple[float, str]) -> dict[str, Any]:

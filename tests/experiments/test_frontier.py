@@ -189,6 +189,13 @@ def test_autocast_reaches_every_sae_of_the_frontier_and_its_settings(tmp_path, m
     assert json.loads((tmp_path / "o" / "results.json").read_text())["settings"]["autocast"] is True
 
 
+def test_jobs_with_stability_twins_cost_as_their_three_saes_and_start_first():
+    c = frontier.FrontierConfig(targets=(2.0, 3.0), stability_targets=(3.0,))
+    jobs = [(t, u) for t in c.targets for u in ("atoms", "tsae")]
+    assert frontier.job_cost(c, (3.0, "atoms")) == 4 * frontier.job_cost(c, (2.0, "atoms"))  # itself, a seed twin, a 2x twin
+    assert sorted(jobs, key=lambda j: -frontier.job_cost(c, j))[:2] == [(3.0, "atoms"), (3.0, "tsae")]
+
+
 @pytest.mark.slow
 def test_stability_targets_add_seed_and_width_consistency_and_atoms_stable_trains(tmp_path, capsys):
     acts = _acts_on_disk(tmp_path / "acts")
