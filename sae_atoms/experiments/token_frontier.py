@@ -53,6 +53,8 @@ resumes from the runner's last checkpoint (``--resume``). Each SAE starts from a
 and the run's seed (``runners.seeded_saes``), so a unit's row does not depend on which other units,
 variants or twins share the pass (the batches are the same whenever the pass holds atoms, whose
 metric batches come first, and a unit with normalised input, whose estimate batches come next).
+With ``stability`` the twins train in passes of their own (``passes``), one kind of twin each, over
+the same batches: a pass's memory grows with the SAEs it holds.
 """
 
 from __future__ import annotations
@@ -184,8 +186,10 @@ def token_data(model: Any, c: TokenFrontierConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- training
-def runner_config(c: TokenFrontierConfig, model: Any, out: Path, device: str, resume: str | None = None) -> Any:
-    """The ``MultiSAETrainingRunnerConfig`` of one pass training every unit at every target."""
+def runner_config(c: TokenFrontierConfig, model: Any, out: Path, device: str, resume: str | None = None,
+                  suffixes: tuple[str, ...] | None = None) -> Any:
+    """The ``MultiSAETrainingRunnerConfig`` of one pass training every unit at every target, as the
+    SAEs and twins named by ``suffixes`` (of ``twin_widths``; None: all of them)."""
     from sae_lens import LoggingConfig, MultiSAETrainingRunnerConfig
 
     from sae_atoms.corpus import hook_dim
@@ -193,7 +197,8 @@ def runner_config(c: TokenFrontierConfig, model: Any, out: Path, device: str, re
     d = hook_dim(model, c.hook) or int(model.cfg.d_model)
     width = int(round(c.expansion * d))
     saes = {sae_name(u, t) + suffix: trained_config(c, u, d, int(round(width * f)), t)
-            for t in c.targets for u in trained_units(c) for suffix, f in twin_widths(c).items()}  # twins: another init
+            for t in c.targets for u in trained_units(c) for suffix, f in twin_widths(c).items()
+            if suffixes is None or suffix in suffixes}  # twins: another init
     rows_per_batch, steps = max(1, c.batch_tokens // c.context_size), c.tokens // c.batch_tokens
     return MultiSAETrainingRunnerConfig(
         saes=saes, hook_names=c.hook, model_name=model.cfg.model_name, dataset_path="", streaming=False,
@@ -216,24 +221,62 @@ def latest_checkpoint(out: Path) -> str | None:
     return str(max(found, key=lambda p: int(p.name))) if found else None
 
 
+def passes(c: TokenFrontierConfig) -> list[tuple[str, ...]]:
+    """The runner passes of a run, each the ``twin_widths`` suffixes it trains: the SAEs, then each
+    kind of twin in a pass of its own. A pass's memory grows with the SAEs it trains (their weights,
+    Adam moments, each step's codes), so with ``stability`` the peak is the wide twins' pass, not the
+    three kinds together; each extra pass runs the model over the training tokens once more. The
+    batches are the same in every pass (the same units, the same seeded stream), and each SAE starts
+    from a seed of its own name, so a twin equals the one a joint pass would train."""
+    return [(suffix,) for suffix in twin_widths(c)]
+
+
+def pass_dir(out: Path, suffixes: tuple[str, ...]) -> Path:
+    """Where a pass keeps its checkpoints and trained SAEs: ``out`` for the SAEs, ``out/pass_<twin>`` for twins."""
+    return out if suffixes == ("",) else out / ("pass" + "".join(suffixes))
+
+
 def train_units(c: TokenFrontierConfig, model: Any, train: Any, out: Path, device: str,
                 resume: bool = False) -> tuple[dict[str, Any], int]:
-    """Train every unit at every target in one multi-SAE runner pass; returns the inference SAEs by name
-    and how many rows of ``train`` the runner read (more than it has: it read some twice)."""
+    """Train every unit at every target (and their twins, ``passes``) with the multi-SAE runner;
+    returns the inference SAEs by name and how many rows of ``train`` the SAEs' pass read (more than
+    it has: it read some twice). With ``resume`` a finished pass is loaded, the others resume from
+    their last checkpoint."""
+    import gc
+
+    saes, rows = {}, []
+    for suffixes in passes(c):
+        got, n = _train_pass(c, model, train, pass_dir(out, suffixes), device, suffixes, resume)
+        saes |= got
+        rows.append(n)
+        gc.collect()  # the runner's SAEs, optimizers and store go before the next pass starts
+    return saes, rows[0]
+
+
+def _train_pass(c: TokenFrontierConfig, model: Any, train: Any, out: Path, device: str, suffixes: tuple[str, ...],
+                resume: bool) -> tuple[dict[str, Any], int]:
+    """One runner pass (``train_units``); ``out/pass.json``, written once its SAEs are saved, marks it done."""
+    import json
+
     from sae_lens import SAE
 
     from sae_atoms.training import calibrate_at_first_step
 
-    cfg = runner_config(c, model, out, device, latest_checkpoint(out) if resume else None)
-    lrs = {sae_name(u, t) + k: lr for u, lr in c.unit_lrs for t in c.targets for k in twin_widths(c)}
+    cfg = runner_config(c, model, out, device, latest_checkpoint(out) if resume else None, suffixes)
+    done = out / "pass.json"
+    if resume and done.exists() and json.loads(done.read_text())["saes"] == sorted(cfg.saes):
+        return ({name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes},
+                json.loads(done.read_text())["rows_read"])
+    lrs = {sae_name(u, t) + k: lr for u, lr in c.unit_lrs for t in c.targets for k in suffixes}
     runner = seeded_runner(cfg, model, train, c.seed, lrs, massive_ratio=MASSIVE_RATIO if c.drop_massive else None)
     if cfg.resume_from_checkpoint is None:  # threshold units held to their target by the quadratic L0 loss
         for sae in runner.saes.values():
             if getattr(sae.cfg, "jumprelu_sparsity_loss_mode", None) == "quadratic":
                 calibrate_at_first_step(sae, sae.cfg.target_l0)
     runner.run()
-    return ({name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes},
-            int(runner.activations_store.n_dataset_processed))
+    rows_read = int(runner.activations_store.n_dataset_processed)
+    write_json({"saes": sorted(cfg.saes), "rows_read": rows_read}, done)
+    return {name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes}, rows_read
 
 
 def seeded_runner(cfg: Any, model: Any, train: Any, seed: int, lrs: dict[str, float] | None = None,
@@ -248,12 +291,15 @@ def seeded_runner(cfg: Any, model: Any, train: Any, seed: int, lrs: dict[str, fl
     return build_runner(cfg, model=model, dataset=train, lrs=lrs, massive_ratio=massive_ratio, init_seed=seed)
 
 
-def _remove_training_files(out: Path) -> None:
-    """The runner's own outputs and checkpoints, once the matched SAEs are saved (they only serve a resume)."""
+def _remove_training_files(c: TokenFrontierConfig, out: Path) -> None:
+    """The runners' own outputs and checkpoints, once the matched SAEs are saved (they only serve a resume)."""
     import shutil
 
     for name in ("trained", "checkpoints"):
         shutil.rmtree(out / name, ignore_errors=True)
+    (out / "pass.json").unlink(missing_ok=True)
+    for suffixes in passes(c)[1:]:  # a twins' pass folder holds its training files alone
+        shutil.rmtree(pass_dir(out, suffixes), ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -320,7 +366,7 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     for t, u in [(t, u) for t in c.targets for u in units]:
         with atomic_dir(out / "saes" / sae_name(u, t)) as tmp:
             saes[sae_name(u, t)].save_model(str(tmp))
-    _remove_training_files(out)
+    _remove_training_files(c, out)
     main = {n: sae for n, sae in saes.items() if not n.endswith(tuple(TWINS))}
     scores = evaluate_saes(main, model, data["eval"]["tokens"], x_eval, ref, c, progress)
     rows = [{"unit": u, "target_l0": t} | scores[sae_name(u, t)] | {"threshold_factor": factors[sae_name(u, t)],
@@ -406,7 +452,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-massive", action="store_true", help=f"leave tokens with a norm above {MASSIVE_RATIO:g}x the "
                                                                "median of their batch out of training (SAEBench's rule)")
     p.add_argument("--stability", action="store_true", help="also train each SAE's twins (another initialisation; "
-                                                           "twice the width) for init and width consistency")
+                                                           "twice the width) for init and width consistency, each kind "
+                                                           "in a runner pass of its own over the same batches")
     p.add_argument("--atoms-variant", type=named_fields, action="append", default=[], metavar="NAME=FIELD:VALUE,...",
                    help="also train atoms with these tsae_aip config fields, as unit atoms_NAME (a design compared "
                         "with atoms in the same pass; repeatable), e.g. alpha0.6=aip_alpha:0.6")

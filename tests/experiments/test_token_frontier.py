@@ -218,6 +218,10 @@ def test_unit_learning_rates_reach_every_sae_of_that_unit(tiny_model, tmp_path, 
     monkeypatch.setattr(TF, "seeded_runner", capture)
     with pytest.raises(KeyboardInterrupt):
         TF.train_units(c, tiny_model, None, tmp_path, "cpu")
+    assert got == {TF.sae_name(u, t): lr for u, lr in c.unit_lrs for t in (4, 8)}  # the SAEs' own pass comes first
+    for suffixes in TF.passes(c)[1:]:  # each twins' pass names its own SAEs
+        with pytest.raises(KeyboardInterrupt):
+            TF._train_pass(c, tiny_model, None, TF.pass_dir(tmp_path, suffixes), "cpu", suffixes, False)
     assert got == {TF.sae_name(u, t) + k: lr for u, lr in c.unit_lrs for t in (4, 8) for k in ("", "_init2", "_wide")}
 
 
@@ -232,6 +236,35 @@ def test_the_runners_initialisations_do_not_depend_on_what_ran_before(real_model
     again = TF.seeded_runner(TF.runner_config(c, real_model, tmp_path, "cpu"), real_model, train, c.seed)
     for name, sae in first.saes.items():
         assert torch.equal(sae.W_dec, again.saes[name].W_dec) and torch.equal(sae.W_enc, again.saes[name].W_enc)
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_twins_trained_in_passes_of_their_own_equal_those_of_one_joint_pass(real_model, tmp_path, monkeypatch):
+    """With ``stability`` the SAEs, their other-initialisation twins and their wide twins train in three
+    runner passes (``passes``), so that only one kind's SAEs are held at a time; each SAE equals the
+    one trained in a single pass holding all three kinds. A resumed run loads finished passes."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    c = TF.TokenFrontierConfig(units=("atoms", "features_topk"), targets=(16,), tokens=512, context_size=32, batch_tokens=128,
+                               val_tokens=64, eval_tokens=64, ref_tokens=64, norm_batches=1, n_checkpoints=0, stability=True)
+    assert TF.passes(c) == [("",), ("_init2",), ("_wide",)]
+    train = TF.token_data(real_model, c)["train"]
+    joint, rows_joint = TF._train_pass(c, real_model, train, tmp_path / "joint", "cpu", tuple(TF.twin_widths(c)), False)
+    apart, rows_apart = TF.train_units(c, real_model, train, tmp_path / "apart", "cpu")
+    assert set(apart) == set(joint) == {TF.sae_name(u, 16) + k for u in c.units for k in ("", "_init2", "_wide")}
+    assert rows_apart == rows_joint
+    for name, sae in joint.items():
+        for key, w in sae.state_dict().items():
+            assert torch.equal(w, apart[name].state_dict()[key]), (name, key)
+    assert (tmp_path / "apart" / "pass_wide" / "pass.json").exists()
+    steps = []
+    step = SAETrainer.step
+    monkeypatch.setattr(SAETrainer, "step", lambda self, batch: steps.append(1) or step(self, batch))
+    again, _ = TF.train_units(c, real_model, train, tmp_path / "apart", "cpu", resume=True)
+    assert not steps and all(torch.equal(again[n].W_dec, sae.W_dec) for n, sae in apart.items())  # every pass had finished
+    TF._remove_training_files(c, tmp_path / "apart")
+    assert not any((tmp_path / "apart").iterdir())
 
 
 @pytest.mark.slow
