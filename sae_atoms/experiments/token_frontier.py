@@ -264,19 +264,18 @@ def _train_pass(c: TokenFrontierConfig, model: Any, train: Any, out: Path, devic
 
     cfg = runner_config(c, model, out, device, latest_checkpoint(out) if resume else None, suffixes)
     done = out / "pass.json"
-    if resume and done.exists() and json.loads(done.read_text())["saes"] == sorted(cfg.saes):
-        return ({name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes},
-                json.loads(done.read_text())["rows_read"])
-    lrs = {sae_name(u, t) + k: lr for u, lr in c.unit_lrs for t in c.targets for k in suffixes}
-    runner = seeded_runner(cfg, model, train, c.seed, lrs, massive_ratio=MASSIVE_RATIO if c.drop_massive else None)
-    if cfg.resume_from_checkpoint is None:  # threshold units held to their target by the quadratic L0 loss
-        for sae in runner.saes.values():
-            if getattr(sae.cfg, "jumprelu_sparsity_loss_mode", None) == "quadratic":
-                calibrate_at_first_step(sae, sae.cfg.target_l0)
-    runner.run()
-    rows_read = int(runner.activations_store.n_dataset_processed)
-    write_json({"saes": sorted(cfg.saes), "rows_read": rows_read}, done)
-    return {name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes}, rows_read
+    finished = json.loads(done.read_text()) if resume and done.exists() else {}
+    if finished.get("saes") != sorted(cfg.saes):
+        lrs = {sae_name(u, t) + k: lr for u, lr in c.unit_lrs for t in c.targets for k in suffixes}
+        runner = seeded_runner(cfg, model, train, c.seed, lrs, massive_ratio=MASSIVE_RATIO if c.drop_massive else None)
+        if cfg.resume_from_checkpoint is None:  # threshold units held to their target by the quadratic L0 loss
+            for sae in runner.saes.values():
+                if getattr(sae.cfg, "jumprelu_sparsity_loss_mode", None) == "quadratic":
+                    calibrate_at_first_step(sae, sae.cfg.target_l0)
+        runner.run()
+        finished = {"saes": sorted(cfg.saes), "rows_read": int(runner.activations_store.n_dataset_processed)}
+        write_json(finished, done)
+    return {name: SAE.load_from_disk(str(out / "trained" / name), device=device) for name in cfg.saes}, finished["rows_read"]
 
 
 def seeded_runner(cfg: Any, model: Any, train: Any, seed: int, lrs: dict[str, float] | None = None,
