@@ -53,8 +53,10 @@ STABILITY = {"stability_design": "all", "stability_geometry": "aip", "stability_
              "stability_every": 2}
 # atoms_stable on a token stream (sae_atoms.experiments.token_frontier): the co-active design, each sample's margin
 # 0.25 of the bound at its own L0, at 1e4. Its CE cost grows with the weight while q* (b) saturates, sooner than on
-# subject tokens (closing notes of issue 21); the global design is not yet measured there. The token stream builds
-# atoms_stable on the atoms recipe with these fields, so none of ``STABILITY``'s reaches it
+# subject tokens (closing notes of issue 21). The global design, tried there at two weights and two L0s, left q* (b)
+# at the plain atoms' level or below and cost CE-loss score (closing note of stop 57); a likely reason: at 4x width
+# the random pairs it draws are seldom the pairs that fire together. The token stream builds atoms_stable on the
+# atoms recipe with these fields, so none of ``STABILITY``'s reaches it
 STABILITY_TOKENS = {"stability_design": "coactive_own_k", "stability_geometry": "aip", "stability_margin": 0.25,
                     "stability_coefficient": 1e4}
 _NORMALISED = "expected_average_only_in"
