@@ -1,0 +1,96 @@
+"""Orthonormal atoms in the AIP: they recover a planted orthonormal basis behind a distortion (known
+answer), meet the uniqueness bound on every sample whatever the data, and are a SAELens TopK SAE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_atoms.aip import AIPMetric
+from sae_atoms.evals import evaluate_units
+from sae_atoms.evals.stability import dictionary_consistency
+from sae_atoms.saes.orthonormal import orthonormal_atoms, sparse_code
+
+
+def _planted(n: int, d: int = 24, k: int = 3, codes_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x = z Q A + offset``: ``z`` exactly ``k``-sparse with signed amplitudes (zero mean, isotropic),
+    ``Q`` a random orthonormal basis, ``A`` a distortion of condition 10 (both fixed); returns ``(x, Q A)``."""
+    g = torch.Generator().manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    U, _, Vh = torch.linalg.svd(torch.randn(d, d, generator=g, dtype=torch.float64))
+    A = U @ torch.diag(torch.logspace(0, 1, d, dtype=torch.float64)) @ Vh
+    g.manual_seed(1000 + codes_seed)
+    z = torch.zeros(n, d, dtype=torch.float64)
+    for i in range(n):
+        on = torch.randperm(d, generator=g)[:k]
+        z[i, on] = (1 + torch.rand(k, generator=g, dtype=torch.float64)) * torch.sign(torch.randn(k, generator=g))
+    return (z @ Q @ A + 3.0).float(), (Q @ A).float()
+
+
+def test_orthonormal_atoms_recover_a_planted_basis_behind_a_distortion_from_any_seed():
+    x, planted = _planted(6000)
+    metric = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
+    saes = [orthonormal_atoms(x, 3, metric, iters=40, seed=s) for s in (0, 1)]
+    truth = planted / planted.norm(dim=1, keepdim=True)
+    for sae in saes:
+        dec = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
+        assert float(((truth @ dec.T).abs().max(1).values > 0.99).float().mean()) >= 0.95
+        fresh = _planted(500, codes_seed=7)[0]  # new samples of the same dictionary
+        recon = sae.decode(sae.encode(fresh)).detach()
+        assert float(1 - (fresh - recon).pow(2).sum() / (fresh - fresh.mean(0)).pow(2).sum()) > 0.99
+    assert dictionary_consistency(saes[0], saes[1], x, metric)["frac_matched"] >= 0.95  # the same atoms from both seeds
+
+
+def test_every_sample_meets_the_uniqueness_bound_even_on_unstructured_data():
+    x = torch.randn(600, 16) @ torch.randn(16, 16) + 1.0  # no sparse structure at all
+    metric = AIPMetric.fit(x, kind="centered")
+    sae = orthonormal_atoms(x, 5, metric, iters=10)
+    codes = sae.encode(x).detach()
+    assert bool(((codes > 0).sum(1) == 5).all())
+    assert not bool(((codes[:, :16] > 0) & (codes[:, 16:] > 0)).any())  # an atom and its negative never together
+    res = evaluate_units(sae, x, metric)
+    assert res["q_star_b"] == 1.0  # mu_S = 0 < 1 / (2K - 1) on every sample
+    y = metric.whiten(x)  # the code is the best 5-term one in the AIP: the direct projection
+    Q = metric.whiten(sae.W_dec.detach()[:16] + sae.b_dec.detach()) - metric.whiten(sae.b_dec.detach()[None])
+    _, z = sparse_code(y, [Q], 5)
+    torch.testing.assert_close(metric.whiten(sae.decode(sae.encode(x)).detach()), z @ Q, atol=2e-3, rtol=1e-3)
+
+
+def test_saves_and_loads_as_a_sae_lens_topk_sae(tmp_path):
+    from sae_lens import SAE
+
+    x = torch.randn(200, 8)
+    sae = orthonormal_atoms(x, 2, AIPMetric.fit(x, kind="centered"), iters=5, hook="blocks.0.hook_resid_post")
+    sae.save_model(str(tmp_path / "onb"))
+    back = SAE.load_from_disk(str(tmp_path / "onb"))
+    assert back.cfg.architecture() == "topk" and back.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
+    torch.testing.assert_close(back.decode(back.encode(x)), sae.decode(sae.encode(x)))
+
+
+@pytest.mark.parametrize("bad, match", [({"k": 0}, "between 1 and d"), ({"k": 9}, "between 1 and d"),
+                                        ({"iters": 0}, "at least 1"), ({"n_bases": 0}, "at least 1"),
+                                        ({"x": torch.randn(5, 8)}, "at least 8 activations"),
+                                        ({"x": torch.randn(8)}, r"\[n, d\] tensor")])
+def test_bad_input_says_what_was_wrong(bad, match):
+    x = torch.randn(50, 8)
+    args = {"x": x, "k": 2, "metric": AIPMetric.fit(x, kind="centered")} | bad
+    with pytest.raises(ValueError, match=match):
+        orthonormal_atoms(args.pop("x"), args.pop("k"), args.pop("metric"), **args)
+
+
+@pytest.mark.real_model
+def test_on_real_activations_the_bound_holds_held_out_and_learning_beats_a_random_basis(real_acts):
+    from sae_atoms.experiments.frontier import reference_metric
+
+    hook = "blocks.12.hook_resid_post"
+    train, held = real_acts.select(split="train"), real_acts.select(split="heldout")
+    ref = reference_metric(train, hook)
+    sae = orthonormal_atoms(train.x(hook).float(), 8, ref, iters=30)
+    res = evaluate_units(sae, held.x(hook).float(), ref)
+    assert res["q_star_b"] == 1.0 and res["l0_mean"] == 8.0
+    y = ref.whiten(held.x(hook).float())
+    random_basis = torch.linalg.qr(torch.randn(y.shape[1], y.shape[1], generator=torch.Generator().manual_seed(0)))[0]
+    kept = {name: float(sparse_code(y, [q], 8)[1].pow(2).sum()) for name, q in
+            (("learned", ref.whiten(sae.W_dec.detach()[:y.shape[1]] + sae.b_dec.detach()) - ref.whiten(sae.b_dec.detach()[None])),
+             ("random", random_basis))}
+    assert kept["learned"] > 1.1 * kept["random"]  # the held-out energy 8 atoms keep (few train rows: it overfits)
