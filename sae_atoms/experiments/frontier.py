@@ -60,13 +60,16 @@ from sae_atoms.evals import as_units, dictionary_geometry, encode_all, evaluate_
 from sae_atoms.evals.evaluate import BINDING_KEYS
 from sae_atoms.experiments.plots import pareto_front, series
 from sae_atoms.io import atomic_dir, save_figure, write_json
+from sae_atoms.models import resolve_device
 from sae_atoms.training import fit_sae, train_on_activations
 from sae_atoms.saes.construction import theorem_init
+from sae_atoms.saes.orthonormal import orthonormal_atoms
 from sae_atoms.units import ATOMS_ALPHA, atoms_variants, unit_config, unit_kind
 from sae_atoms.workers import add_workers_argument, choose_workers, map_jobs
 
 UNITS = ("atoms", "atoms_stable", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
-MORE_UNITS = ("atoms_topk",)  # by name only (--units)
+ONB = "atoms_onb"  # orthonormal atoms in the reference AIP (saes.orthonormal): the uniqueness bound by construction
+MORE_UNITS = ("atoms_topk", ONB)  # by name only (--units)
 DEFAULT_TARGETS = (4, 8, 16, 32, 64)
 DEFAULT_EXPANSION = 1
 VALIDATION_FRAC = 0.2
@@ -158,8 +161,10 @@ def train_unit(unit: str, x: torch.Tensor, target_l0: float, cfg: FrontierConfig
                match_on: torch.Tensor | None = None) -> Any:
     """Train one frontier unit kind on ``x`` held to ``target_l0`` (the inference SAE) with ``cfg``'s
     width, steps, batch size, seed and atoms' alpha; with ``match_on`` the final L0 is set on those
-    rows (``train_on_activations``)."""
+    rows (``train_on_activations``). ``atoms_onb`` is built in ``metric`` (``orthonormal_atoms``), not trained."""
     c = cfg or FrontierConfig()
+    if unit == ONB:  # one basis per unit of width, top-k at the target (run_frontier passes the reference AIP)
+        return orthonormal_atoms(x, int(round(target_l0)), metric, n_bases=max(1, round(c.expansion)), seed=c.seed, hook=hook).to(resolve_device(device))
     sae_cfg = frontier_config(unit, x.shape[1], int(round(c.expansion * x.shape[1])), target_l0, c.atoms_alpha, hook,
                               designs(c).get(unit))
     return train_on_activations(x, sae_cfg, steps=c.steps, seed=c.seed, target_l0=target_l0, match_on=match_on,
@@ -252,7 +257,7 @@ def run_frontier(train: Any, heldout: Any, hook: str, cfg: FrontierConfig | None
     rows = [evaluate_row("neurons", neurons(x.shape[1]), None, splits, ref, device)]
     design = designs(c)
     units = tuple(c.units) + tuple(design)
-    alphas = {u: _metric_alpha(u, c, design) for u in units}
+    alphas = {u: _metric_alpha(u, c, design) for u in units if u != ONB}
     atoms_metric = {u: AIPMetric.robust(x, alpha=a) for u, a in alphas.items() if a is not None}  # each one's partial whitening
     jobs = [(t, u) for t in c.targets for u in units]
     shared = FrontierJobs(c, x, x_val, splits, ref, atoms_metric, device, None if save_dir is None else Path(save_dir))
@@ -287,8 +292,8 @@ def frontier_row(s: FrontierJobs, job: tuple[float, str]) -> dict[str, Any]:
     at ``stability_targets``), saved to ``save_dir/sae_name(u, t)`` when given; returns its row."""
     t, u = job
     t0 = time.time()
-    train = partial(train_unit, u, s.x, t, device=s.device, hook=s.splits.hook, metric=s.atoms_metric.get(u),
-                    match_on=s.x_val)
+    train = partial(train_unit, u, s.x, t, device=s.device, hook=s.splits.hook, match_on=s.x_val,
+                    metric=s.ref if u == ONB else s.atoms_metric.get(u))  # atoms_onb: orthogonal where q* is read
     sae = train(s.cfg)
     row = evaluate_row(u, sae, t, s.splits, s.ref, s.device)
     if t in s.cfg.stability_targets:
@@ -418,9 +423,7 @@ def plot_frontier(rows: Sequence[dict], path: Path) -> Path:
             pts = sorted((matched_l0(r), r[key]) for r in rows if r["unit"] == u and r.get(key) is not None)
             series(ax, i, u, pts)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("L0 (matched, validation entities)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set(xlabel="L0 (matched, validation entities)", ylabel=ylabel, title=title)
     ax = axes[3]
     every = []
     for i, u in enumerate(units):
@@ -430,9 +433,7 @@ def plot_frontier(rows: Sequence[dict], path: Path) -> Path:
         every += pts
     front = pareto_front(every)
     ax.plot([p[0] for p in front], [p[1] for p in front], "k:", lw=1, label="_Pareto front")
-    ax.set_xlabel("held-out R² (raw)")
-    ax.set_ylabel("held-out q* (b)")
-    ax.set_title("Stability vs faithfulness, held-out (dotted: Pareto front)")
+    ax.set(xlabel="held-out R² (raw)", ylabel="held-out q* (b)", title="Stability vs faithfulness, held-out (dotted: Pareto front)")
     for ax in axes:
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()

@@ -262,3 +262,19 @@ def test_consistency_of_one_dictionary_with_itself_is_full_and_differs_from_anot
 
     assert dictionary_consistency(a, a, x)["frac_matched"] == 1.0
     assert dictionary_consistency(a, b, x)["mean_matched_cos"] < 1.0
+
+
+@pytest.mark.slow
+def test_atoms_onb_is_built_in_the_reference_metric_and_meets_the_bound_on_every_sample(tmp_path):
+    acts = _acts_on_disk(tmp_path / "acts")
+    assert _frontier(acts, tmp_path / "o", "--units", "atoms_onb", "--targets", "2", "3", "--stability-targets", "3") == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    rows = {r["target_l0"]: r for r in res["rows"][1:]}
+    assert set(rows) == {2.0, 3.0} and {r["unit"] for r in rows.values()} == {"atoms_onb"}
+    for t, r in rows.items():
+        assert r["l0"] == r["l0_heldout"] == t  # top-k at the target, in and out of sample
+        assert r["q_star_b"] == r["q_star_b_heldout"] == 1.0  # co-active atoms orthogonal where q* is read
+    assert 0 <= rows[3.0]["seed_consistency"] <= 1 and 0 <= rows[3.0]["width_consistency"] <= 1
+    assert set(res["metric"]) == {"reference"}  # built in the reference AIP, no metric of its own
+    with pytest.raises(ValueError, match="metric"):
+        frontier.train_unit("atoms_onb", torch.randn(40, 8), 2.0)
