@@ -99,8 +99,8 @@ def _check(x: Any, k: int, n_bases: int, iters: int) -> Tensor:
     if not isinstance(x, Tensor) or x.ndim != 2:
         raise ValueError(f"x must be a [n, d] tensor of activations, got {getattr(x, 'shape', type(x).__name__)}")
     n, d = x.shape
-    if not 1 <= int(k) <= d:
-        raise ValueError(f"k={k} must be between 1 and d={d} (the atoms active on a sample, all in one basis)")
+    if isinstance(k, bool) or int(k) != k or not 1 <= k <= d:
+        raise ValueError(f"k={k} must be a whole number between 1 and d={d} (the atoms active on a sample, all in one basis)")
     if n_bases < 1 or iters < 1:
         raise ValueError(f"n_bases={n_bases} and iters={iters} must both be at least 1")
     if n < d:

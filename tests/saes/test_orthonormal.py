@@ -67,7 +67,7 @@ def test_saves_and_loads_as_a_sae_lens_topk_sae(tmp_path):
     torch.testing.assert_close(back.decode(back.encode(x)), sae.decode(sae.encode(x)))
 
 
-@pytest.mark.parametrize("bad, match", [({"k": 0}, "between 1 and d"), ({"k": 9}, "between 1 and d"),
+@pytest.mark.parametrize("bad, match", [({"k": 0}, "between 1 and d"), ({"k": 9}, "between 1 and d"), ({"k": 2.5}, "whole number"),
                                         ({"iters": 0}, "at least 1"), ({"n_bases": 0}, "at least 1"),
                                         ({"x": torch.randn(5, 8)}, "at least 8 activations"),
                                         ({"x": torch.randn(8)}, r"\[n, d\] tensor")])
