@@ -9,6 +9,7 @@ import torch
 from sae_atoms.aip import AIPMetric
 from sae_atoms.evals import evaluate_units
 from sae_atoms.evals.stability import dictionary_consistency
+from sae_atoms.evals.units import whiten_vectors
 from sae_atoms.saes.orthonormal import orthonormal_atoms, sparse_code
 
 
@@ -51,7 +52,7 @@ def test_every_sample_meets_the_uniqueness_bound_even_on_unstructured_data():
     res = evaluate_units(sae, x, metric)
     assert res["q_star_b"] == 1.0  # mu_S = 0 < 1 / (2K - 1) on every sample
     y = metric.whiten(x)  # the code is the best 5-term one in the AIP: the direct projection
-    Q = metric.whiten(sae.W_dec.detach()[:16] + sae.b_dec.detach()) - metric.whiten(sae.b_dec.detach()[None])
+    Q = whiten_vectors(sae.W_dec.detach()[:16], metric.W)  # the atoms in the AIP (directions: no mean)
     _, z = sparse_code(y, [Q], 5)
     torch.testing.assert_close(metric.whiten(sae.decode(sae.encode(x)).detach()), z @ Q, atol=2e-3, rtol=1e-3)
 
@@ -91,6 +92,5 @@ def test_on_real_activations_the_bound_holds_held_out_and_learning_beats_a_rando
     y = ref.whiten(held.x(hook).float())
     random_basis = torch.linalg.qr(torch.randn(y.shape[1], y.shape[1], generator=torch.Generator().manual_seed(0)))[0]
     kept = {name: float(sparse_code(y, [q], 8)[1].pow(2).sum()) for name, q in
-            (("learned", ref.whiten(sae.W_dec.detach()[:y.shape[1]] + sae.b_dec.detach()) - ref.whiten(sae.b_dec.detach()[None])),
-             ("random", random_basis))}
+            (("learned", whiten_vectors(sae.W_dec.detach()[:y.shape[1]], ref.W)), ("random", random_basis))}
     assert kept["learned"] > 1.1 * kept["random"]  # the held-out energy 8 atoms keep (few train rows: it overfits)
