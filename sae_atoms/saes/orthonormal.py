@@ -20,14 +20,31 @@ so it saves, loads and hooks like any SAELens SAE. With ``n_bases > 1`` each sam
 basis while learning, and the returned ``TopKSAE`` keeps the K largest over every basis's atoms:
 co-active atoms of two bases are not orthogonal, so the bound holds by construction for one basis.
 
+``ica_atoms`` learns the bases by independent component analysis instead: whitening followed by
+the rotation that makes the coefficients most non-Gaussian is ICA's classical pipeline, and the AIP
+is the whitening. Symmetric FastICA with the logcosh contrast (Hyvarinen, "Fast and robust
+fixed-point algorithms for ICA", IEEE TNN 1999), with ``s = y Q^T``::
+
+    Q <- E[tanh(s)^T y] - diag(E[1 - tanh(s)^2]) Q,   then  Q <- U V^T  (the nearest orthonormal Q)
+
+ICA's basis is identifiable up to sign and order when the coefficients are independent and
+non-Gaussian (Comon 1994), which is the stability Atom Theory asks of atoms; the Procrustes
+objective, the best K-term code, has many local optima that a seed picks among. Identifiable is
+not the same as well estimated: from a few rows per dimension the basis still moves with the rows
+it sees (a subset's basis differs from the whole set's), and a mixture's bases each see only
+their share of the rows. One ICA basis
+does not depend on K (K only sets the TopK encoder). With ``n_bases > 1`` each basis takes one
+FastICA step on the rows coded in it (a mixture of ICAs, after Lee & Lewicki 2000).
+
 What it costs: the code is the best K-term approximation in the AIP, so its error is spread evenly
 over whitened directions, and raw R^2 and CE pay for it. It is a construction (no gradient steps),
-so it does not train inside SAELens's runners.
+so it does not train inside SAELens's runners. Rows are used as given: leave massive activations
+out first (``sae_atoms.massive.typical``), as their norm would own both updates.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
@@ -45,21 +62,64 @@ def orthonormal_atoms(x: Tensor, k: int, metric: AIPMetric, *, n_bases: int = 1,
     """``n_bases`` orthonormal bases of ``metric``'s whitened space learned on ``x`` ``[n, d]`` for
     ``k``-sparse codes (``iters`` Procrustes steps from random bases drawn with ``seed``), as a
     SAELens ``TopKSAE`` with ``2 * n_bases * d`` latents (module docstring), on the CPU."""
-    if not isinstance(metric, AIPMetric):
-        raise ValueError(f"metric must be an AIPMetric (the geometry the atoms are orthonormal in), not {type(metric).__name__}")
-    x = _check(x, k, n_bases, iters).cpu()
-    d = x.shape[1]
-    y = metric.whiten(x)
+    bases = _learn(_whitened(x, k, n_bases, iters, metric), k, n_bases, iters, seed, _procrustes, progress)
+    return _as_topk(torch.cat(bases), metric, k, hook)
+
+
+@torch.no_grad()
+def ica_atoms(x: Tensor, k: int, metric: AIPMetric, *, n_bases: int = 1, iters: int = 200, seed: int = 0,
+              hook: str | None = None, progress: bool = False) -> TopKSAE:
+    """As ``orthonormal_atoms``, with the bases learned by ``iters`` symmetric FastICA steps (module
+    docstring): seeds agree more often, as ICA's optimum is identifiable."""
+    bases = _learn(_whitened(x, k, n_bases, iters, metric), k, n_bases, iters, seed, _fastica, progress)
+    return _as_topk(torch.cat(bases), metric, k, hook)
+
+
+Update = Callable[[Tensor, Tensor, Tensor], Tensor]  # (rows y, their k-sparse codes z, basis Q) -> new Q
+
+
+def _learn(y: Tensor, k: int, n_bases: int, iters: int, seed: int, update: Update, progress: bool) -> list[Tensor]:
+    """Alternate: code each row in its best basis, then ``update`` each basis on its rows."""
     g = torch.Generator().manual_seed(seed)
-    bases = [torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0].float() for _ in range(n_bases)]
-    for _ in tqdm(range(iters), desc="orthonormal atoms", disable=not progress):
+    bases = [torch.linalg.qr(torch.randn(y.shape[1], y.shape[1], generator=g, dtype=torch.float64))[0].float()
+             for _ in range(n_bases)]
+    whole = n_bases == 1 and update is _fastica  # one ICA basis needs no codes: every row is its own
+    for _ in tqdm(range(iters), desc=f"{'ICA' if update is _fastica else 'orthonormal'} atoms", disable=not progress):
+        if whole:
+            bases[0] = update(y, y, bases[0])
+            continue
         which, z = sparse_code(y, bases, k)
         for b in range(n_bases):
             rows = which == b
             if bool(rows.any()):
-                u, _, vh = torch.linalg.svd((z[rows].T @ y[rows]).double())
-                bases[b] = (u @ vh).float()
-    return _as_topk(torch.cat(bases), metric, k, hook)
+                bases[b] = update(y[rows], z[rows], bases[b])
+    return bases
+
+
+def _procrustes(y: Tensor, z: Tensor, q: Tensor) -> Tensor:
+    """The orthonormal ``Q`` nearest to reproducing ``y`` from the codes ``z`` (orthogonal Procrustes)."""
+    return _nearest_orthonormal(z.T @ y)
+
+
+def _fastica(y: Tensor, z: Tensor, q: Tensor) -> Tensor:
+    """One symmetric FastICA step, logcosh contrast (module docstring), in blocks of ``ROWS`` rows."""
+    w, slope = torch.zeros_like(q), torch.zeros(len(q))
+    for i in range(0, len(y), ROWS):
+        g = torch.tanh(y[i:i + ROWS] @ q.T)
+        w += g.T @ y[i:i + ROWS]
+        slope += (1 - g.pow(2)).sum(0)
+    return _nearest_orthonormal(w - slope[:, None] * q)  # the 1/n of both expectations cancels in the polar factor
+
+
+def _nearest_orthonormal(m: Tensor) -> Tensor:
+    u, _, vh = torch.linalg.svd(m.double())
+    return (u @ vh).float()
+
+
+def _whitened(x: Any, k: int, n_bases: int, iters: int, metric: Any) -> Tensor:
+    if not isinstance(metric, AIPMetric):
+        raise ValueError(f"metric must be an AIPMetric (the geometry the atoms are orthonormal in), not {type(metric).__name__}")
+    return metric.whiten(_check(x, k, n_bases, iters).cpu())
 
 
 def sparse_code(y: Tensor, bases: list[Tensor], k: int) -> tuple[Tensor, Tensor]:

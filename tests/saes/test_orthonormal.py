@@ -1,5 +1,6 @@
-"""Orthonormal atoms in the AIP: they recover a planted orthonormal basis behind a distortion (known
-answer), meet the uniqueness bound on every sample whatever the data, and are a SAELens TopK SAE."""
+"""Orthonormal atoms in the AIP (Procrustes and ICA): they recover a planted orthonormal basis behind a
+distortion (known answer), ICA recovers independent sources' mixing directions (known answer), both
+meet the uniqueness bound on every sample whatever the data, and both are a SAELens TopK SAE."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from sae_atoms.aip import AIPMetric
 from sae_atoms.evals import evaluate_units
 from sae_atoms.evals.stability import dictionary_consistency
 from sae_atoms.evals.units import whiten_vectors
-from sae_atoms.saes.orthonormal import orthonormal_atoms, sparse_code
+from sae_atoms.saes.orthonormal import ica_atoms, orthonormal_atoms, sparse_code
+
+BUILDERS = pytest.mark.parametrize("build", [orthonormal_atoms, ica_atoms], ids=["procrustes", "ica"])
 
 
 def _planted(n: int, d: int = 24, k: int = 3, codes_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,10 +31,11 @@ def _planted(n: int, d: int = 24, k: int = 3, codes_seed: int = 0) -> tuple[torc
     return (z @ Q @ A + 3.0).float(), (Q @ A).float()
 
 
-def test_orthonormal_atoms_recover_a_planted_basis_behind_a_distortion_from_any_seed():
+@BUILDERS
+def test_orthonormal_atoms_recover_a_planted_basis_behind_a_distortion_from_any_seed(build):
     x, planted = _planted(6000)
     metric = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
-    saes = [orthonormal_atoms(x, 3, metric, iters=40, seed=s) for s in (0, 1)]
+    saes = [build(x, 3, metric, iters=40, seed=s) for s in (0, 1)]
     truth = planted / planted.norm(dim=1, keepdim=True)
     for sae in saes:
         dec = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
@@ -42,10 +46,11 @@ def test_orthonormal_atoms_recover_a_planted_basis_behind_a_distortion_from_any_
     assert dictionary_consistency(saes[0], saes[1], x, metric)["frac_matched"] >= 0.95  # the same atoms from both seeds
 
 
-def test_every_sample_meets_the_uniqueness_bound_even_on_unstructured_data():
+@BUILDERS
+def test_every_sample_meets_the_uniqueness_bound_even_on_unstructured_data(build):
     x = torch.randn(600, 16) @ torch.randn(16, 16) + 1.0  # no sparse structure at all
     metric = AIPMetric.fit(x, kind="centered")
-    sae = orthonormal_atoms(x, 5, metric, iters=10)
+    sae = build(x, 5, metric, iters=10)
     codes = sae.encode(x).detach()
     assert bool(((codes > 0).sum(1) == 5).all())
     assert not bool(((codes[:, :16] > 0) & (codes[:, 16:] > 0)).any())  # an atom and its negative never together
@@ -72,11 +77,12 @@ def test_saves_and_loads_as_a_sae_lens_topk_sae(tmp_path):
                                         ({"iters": 0}, "at least 1"), ({"n_bases": 0}, "at least 1"),
                                         ({"x": torch.randn(5, 8)}, "at least 8 activations"),
                                         ({"x": torch.randn(8)}, r"\[n, d\] tensor")])
-def test_bad_input_says_what_was_wrong(bad, match):
+@BUILDERS
+def test_bad_input_says_what_was_wrong(bad, match, build):
     x = torch.randn(50, 8)
     args = {"x": x, "k": 2, "metric": AIPMetric.fit(x, kind="centered")} | bad
     with pytest.raises(ValueError, match=match):
-        orthonormal_atoms(args.pop("x"), args.pop("k"), args.pop("metric"), **args)
+        build(args.pop("x"), args.pop("k"), args.pop("metric"), **args)
 
 
 @pytest.mark.real_model
@@ -94,3 +100,38 @@ def test_on_real_activations_the_bound_holds_held_out_and_learning_beats_a_rando
     kept = {name: float(sparse_code(y, [q], 8)[1].pow(2).sum()) for name, q in
             (("learned", whiten_vectors(sae.W_dec.detach()[:y.shape[1]], ref.W)), ("random", random_basis))}
     assert kept["learned"] > 1.1 * kept["random"]  # the held-out energy 8 atoms keep (few train rows: it overfits)
+
+
+def test_ica_recovers_the_mixing_directions_of_independent_dense_sources():
+    """Known answer for ICA alone: every source is on in every sample (nothing K-sparse), Laplace
+    amplitudes, mixed by a fixed matrix of condition 5; the decoder's atoms are its rows, from any seed,
+    and a mixture of two ICA bases keeps them (what the frontier's width twin reads)."""
+    g = torch.Generator().manual_seed(0)
+    d = 12
+    U, _, Vh = torch.linalg.svd(torch.randn(d, d, generator=g))
+    mixing = U @ torch.diag(torch.logspace(0, 0.7, d)) @ Vh
+    u = torch.rand(8000, d, generator=g) - 0.5
+    sources = -torch.sign(u) * torch.log1p(-2 * u.abs())  # Laplace(0, 1) by its inverse CDF
+    x = sources @ mixing + 2.0
+    metric = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
+    truth = mixing / mixing.norm(dim=1, keepdim=True)
+    for sae, floor in [(ica_atoms(x, 4, metric, iters=100, seed=s), 0.99) for s in (0, 1)] + \
+            [(ica_atoms(x, 4, metric, n_bases=2, iters=100), 0.95)]:  # each basis of the mixture sees half the rows
+        dec = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
+        assert float((truth @ dec.T).abs().max(1).values.min()) > floor
+
+
+@pytest.mark.real_model
+def test_on_real_activations_ica_seeds_agree_more_than_procrustes_seeds(real_acts):
+    from sae_atoms.experiments.frontier import reference_metric
+
+    hook = "blocks.12.hook_resid_post"
+    train, held = real_acts.select(split="train"), real_acts.select(split="heldout")
+    ref = reference_metric(train, hook)
+    x = train.x(hook).float()
+    pairs = {name: [build(x, 8, ref, iters=100, seed=s) for s in (0, 1)] for name, build in
+             (("ica", ica_atoms), ("procrustes", orthonormal_atoms))}
+    res = evaluate_units(pairs["ica"][0], held.x(hook).float(), ref)
+    assert res["q_star_b"] == 1.0 and res["l0_mean"] == 8.0
+    agree = {name: dictionary_consistency(a, b, x, ref)["mean_matched_cos"] for name, (a, b) in pairs.items()}
+    assert agree["ica"] > agree["procrustes"] + 0.1
