@@ -63,12 +63,12 @@ from sae_atoms.io import atomic_dir, save_figure, write_json
 from sae_atoms.models import resolve_device
 from sae_atoms.training import fit_sae, train_on_activations
 from sae_atoms.saes.construction import theorem_init
-from sae_atoms.saes.orthonormal import orthonormal_atoms
+from sae_atoms.saes.orthonormal import ica_atoms
 from sae_atoms.units import ATOMS_ALPHA, atoms_variants, unit_config, unit_kind
 from sae_atoms.workers import add_workers_argument, choose_workers, map_jobs
 
 UNITS = ("atoms", "atoms_stable", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
-ONB = "atoms_onb"  # orthonormal atoms in the reference AIP (saes.orthonormal): the uniqueness bound by construction
+ONB = "atoms_onb"  # orthonormal atoms in the reference AIP, by ICA (saes.orthonormal): the uniqueness bound by construction
 MORE_UNITS = ("atoms_topk", ONB)  # by name only (--units)
 DEFAULT_TARGETS = (4, 8, 16, 32, 64)
 DEFAULT_EXPANSION = 1
@@ -161,10 +161,10 @@ def train_unit(unit: str, x: torch.Tensor, target_l0: float, cfg: FrontierConfig
                match_on: torch.Tensor | None = None) -> Any:
     """Train one frontier unit kind on ``x`` held to ``target_l0`` (the inference SAE) with ``cfg``'s
     width, steps, batch size, seed and atoms' alpha; with ``match_on`` the final L0 is set on those
-    rows (``train_on_activations``). ``atoms_onb`` is built in ``metric`` (``orthonormal_atoms``), not trained."""
+    rows (``train_on_activations``). ``atoms_onb`` is built in ``metric`` (``ica_atoms``), not trained."""
     c = cfg or FrontierConfig()
     if unit == ONB:  # one basis per unit of width, top-k at the target (run_frontier passes the reference AIP)
-        return orthonormal_atoms(x, int(round(target_l0)), metric, n_bases=max(1, round(c.expansion)), seed=c.seed, hook=hook).to(resolve_device(device))
+        return ica_atoms(x, int(round(target_l0)), metric, n_bases=max(1, round(c.expansion)), seed=c.seed, hook=hook).to(resolve_device(device))
     sae_cfg = frontier_config(unit, x.shape[1], int(round(c.expansion * x.shape[1])), target_l0, c.atoms_alpha, hook,
                               designs(c).get(unit))
     return train_on_activations(x, sae_cfg, steps=c.steps, seed=c.seed, target_l0=target_l0, match_on=match_on,
