@@ -32,12 +32,12 @@ non-Gaussian (Comon 1994), which is the stability Atom Theory asks of atoms; the
 objective, the best K-term code, has many local optima that a seed picks among. Identifiable is
 not the same as well estimated: from a few rows per dimension the basis still moves with the rows
 it sees (a subset's basis differs from the whole set's), and a mixture's bases each see only
-their share of the rows. One ICA basis
-does not depend on K (K only sets the TopK encoder). With ``n_bases > 1`` each basis takes one
-FastICA step on the rows coded in it (a mixture of ICAs, after Lee & Lewicki 2000).
+their share of the rows. One ICA basis does not depend on K (K only sets the TopK encoder). With
+``n_bases > 1`` each basis takes one FastICA step on the rows coded in it (a mixture of ICAs, after
+Lee & Lewicki 2000).
 
-What it costs: the code is the best K-term approximation in the AIP, so its error is spread evenly
-over whitened directions, and raw R^2 and CE pay for it. It is a construction (no gradient steps),
+What it costs: the code is the best K-term approximation in its basis of the AIP, so its error is
+spread over whitened directions, not weighted by their raw variance, and raw R^2 and CE pay for it. It is a construction (no gradient steps),
 so it does not train inside SAELens's runners. Rows are used as given: leave massive activations
 out first (``sae_atoms.massive.typical``), as their norm would own both updates.
 """
