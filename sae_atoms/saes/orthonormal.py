@@ -37,9 +37,10 @@ their share of the rows. One ICA basis does not depend on K (K only sets the Top
 Lee & Lewicki 2000).
 
 What it costs: the code is the best K-term approximation in its basis of the AIP, so its error is
-spread over whitened directions, not weighted by their raw variance, and raw R^2 and CE pay for it. It is a construction (no gradient steps),
-so it does not train inside SAELens's runners. Rows are used as given: leave massive activations
-out first (``sae_atoms.massive.typical``), as their norm would own both updates.
+spread over whitened directions, not weighted by their raw variance, and raw R^2 and CE pay for
+it. It is a construction (no gradient steps), so it does not train inside SAELens's runners. Rows
+are used as given: leave massive activations out first (``sae_atoms.massive.typical``), as their
+norm would own both updates.
 """
 
 from __future__ import annotations
