@@ -76,14 +76,28 @@ def ica_atoms(x: Tensor, k: int, metric: AIPMetric, *, n_bases: int = 1, iters: 
     return _as_topk(torch.cat(bases), metric, k, hook)
 
 
+@torch.no_grad()
+def refine_atoms(sae: TopKSAE, x: Tensor, metric: AIPMetric, *, iters: int = 10, progress: bool = False) -> TopKSAE:
+    """``iters`` Procrustes steps (``orthonormal_atoms``'s update) for ``sae``'s own k-sparse codes,
+    from its bases: ``sae`` is an ``orthonormal_atoms`` or ``ica_atoms`` result in ``metric``. Why:
+    ICA's basis does not depend on K and Procrustes's depends on its start; a few steps from ICA fit
+    the basis to the K-term code the TopK encoder keeps, at the cost of some of ICA's seed agreement."""
+    k, d = sae.cfg.k, sae.cfg.d_in
+    start = metric.whiten(sae.W_dec[:sae.cfg.d_sae // 2].detach().cpu() + sae.b_dec.detach().cpu()).split(d)  # _as_topk's Q
+    bases = _learn(_whitened(x, k, len(start), iters, metric), k, len(start), iters, 0, _procrustes, progress, list(start))
+    return _as_topk(torch.cat(bases), metric, k, sae.cfg.metadata.hook_name)
+
+
 Update = Callable[[Tensor, Tensor, Tensor], Tensor]  # (rows y, their k-sparse codes z, basis Q) -> new Q
 
 
-def _learn(y: Tensor, k: int, n_bases: int, iters: int, seed: int, update: Update, progress: bool) -> list[Tensor]:
-    """Alternate: code each row in its best basis, then ``update`` each basis on its rows."""
+def _learn(y: Tensor, k: int, n_bases: int, iters: int, seed: int, update: Update, progress: bool,
+           start: list[Tensor] | None = None) -> list[Tensor]:
+    """Alternate from ``start`` (random bases drawn with ``seed`` if None): code each row in its best
+    basis, then ``update`` each basis on its rows."""
     g = torch.Generator().manual_seed(seed)
-    bases = [torch.linalg.qr(torch.randn(y.shape[1], y.shape[1], generator=g, dtype=torch.float64))[0].float()
-             for _ in range(n_bases)]
+    bases = start or [torch.linalg.qr(torch.randn(y.shape[1], y.shape[1], generator=g, dtype=torch.float64))[0].float()
+                      for _ in range(n_bases)]
     whole = n_bases == 1 and update is _fastica  # one ICA basis needs no codes: every row is its own
     for _ in tqdm(range(iters), desc=f"{'ICA' if update is _fastica else 'orthonormal'} atoms", disable=not progress):
         if whole:

@@ -11,7 +11,7 @@ from sae_atoms.aip import AIPMetric
 from sae_atoms.evals import evaluate_units
 from sae_atoms.evals.stability import dictionary_consistency
 from sae_atoms.evals.units import whiten_vectors
-from sae_atoms.saes.orthonormal import ica_atoms, orthonormal_atoms, sparse_code
+from sae_atoms.saes.orthonormal import ica_atoms, orthonormal_atoms, refine_atoms, sparse_code
 
 BUILDERS = pytest.mark.parametrize("build", [orthonormal_atoms, ica_atoms], ids=["procrustes", "ica"])
 
@@ -60,6 +60,22 @@ def test_every_sample_meets_the_uniqueness_bound_even_on_unstructured_data(build
     Q = whiten_vectors(sae.W_dec.detach()[:16], metric.W)  # the atoms in the AIP (directions: no mean)
     _, z = sparse_code(y, [Q], 5)
     torch.testing.assert_close(metric.whiten(sae.decode(sae.encode(x)).detach()), z @ Q, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("n_bases", [1, 2])
+def test_refining_continues_procrustes_from_the_given_bases(n_bases):
+    """``refine_atoms`` reads the bases back out of the SAE: 4 steps then 4 more equal 8 steps in one
+    go; from an ICA basis it lowers the K-term error, and it keeps the SAE's k and hook."""
+    x, _ = _planted(3000, k=4)
+    metric = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
+    whole, half = (orthonormal_atoms(x, 4, metric, n_bases=n_bases, iters=i, seed=3) for i in (8, 4))
+    again = refine_atoms(half, x, metric, iters=4)
+    assert torch.allclose(again.W_dec, whole.W_dec, atol=2e-3) and again.cfg.k == 4
+    ica = ica_atoms(x, 2, metric, iters=3, seed=0, hook="blocks.0.hook_resid_post")
+    err = lambda sae: float((sae.decode(sae.encode(x)) - x).pow(2).sum().detach())  # noqa: E731
+    refined = refine_atoms(ica, x, metric, iters=5)
+    assert err(refined) < err(ica) and refined.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
+    assert evaluate_units(refined, x, metric)["q_star_b"] == 1.0
 
 
 def test_saves_and_loads_as_a_sae_lens_topk_sae(tmp_path):
