@@ -60,6 +60,9 @@ STABILITY = {"stability_design": "all", "stability_geometry": "aip", "stability_
 STABILITY_TOKENS = {"stability_design": "coactive_own_k", "stability_geometry": "aip", "stability_margin": 0.25,
                     "stability_coefficient": 1e4}
 _NORMALISED = "expected_average_only_in"
+# orthonormal atoms of the reference AIP learned by ICA (sae_atoms.saes.orthonormal): built from activations, not
+# trained, so not a kind of UNIT_KINDS; the frontiers take it by name (--units)
+ONB = "atoms_onb"
 MATRYOSHKA_LEVELS = (16, 4, 1)  # nested prefix widths d_sae / m of features_matryoshka, the last the whole SAE
 
 
@@ -112,6 +115,11 @@ def unit_kind(name: str) -> UnitKind:
 def is_atoms(name: str) -> bool:
     """Whether ``name`` is a unit kind of atoms (a ``tsae_aip``); a study's designs are not kinds."""
     return name in UNIT_KINDS and UNIT_KINDS[name].architecture == "tsae_aip"
+
+
+def is_atoms_like(name: str) -> bool:
+    """``is_atoms``, or the orthonormal atoms ``ONB``: what a goal check reads as atoms, not as a rival."""
+    return is_atoms(name) or name == ONB
 
 
 def label(name: str) -> str:

@@ -64,11 +64,10 @@ from sae_atoms.models import resolve_device
 from sae_atoms.training import fit_sae, train_on_activations
 from sae_atoms.saes.construction import theorem_init
 from sae_atoms.saes.orthonormal import ica_atoms
-from sae_atoms.units import ATOMS_ALPHA, atoms_variants, unit_config, unit_kind
+from sae_atoms.units import ATOMS_ALPHA, ONB, atoms_variants, unit_config, unit_kind
 from sae_atoms.workers import add_workers_argument, choose_workers, map_jobs
 
 UNITS = ("atoms", "atoms_stable", "tsae", "features_standard", "features_jumprelu", "features_topk", "features_batchtopk")
-ONB = "atoms_onb"  # orthonormal atoms in the reference AIP, by ICA (saes.orthonormal): the uniqueness bound by construction
 MORE_UNITS = ("atoms_topk", ONB)  # by name only (--units)
 DEFAULT_TARGETS = (4, 8, 16, 32, 64)
 DEFAULT_EXPANSION = 1

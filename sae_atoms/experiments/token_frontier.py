@@ -15,6 +15,8 @@ each unit kind of ``TOKEN_UNITS`` at each target L0:
     features_jumprelu_whitened   SAELens jumprelu + its covariance_whitening
     features_topk / _batchtopk   SAELens topk / batchtopk, k = target
     features_matryoshka          SAELens matryoshka_batchtopk, k = target
+    atoms_onb (by name)          orthonormal atoms of the reference AIP by ICA, built from the
+                                 training stream, not trained (``token_onb``)
 
 Sparsity: atoms and tsae train batch top-k by default (``atoms_training="batchtopk"``: the
 batch's ``target_l0 x batch`` largest codes, BatchTopK's recipe; ``"topk"``: each sample's
@@ -73,11 +75,13 @@ from sae_atoms.aip import AIPMetric
 from sae_atoms.argtypes import named_fields, unit_lr
 from sae_atoms.corpus import hook_activations, split_documents, token_rows
 from sae_atoms.io import atomic_dir, write_json
+from sae_atoms.experiments.token_onb import build_onb, is_built
 from sae_atoms.massive import MASSIVE_RATIO, massive_share
-from sae_atoms.units import ATOMS_ALPHA_TOKENS, STABILITY_TOKENS, atoms_variants, is_atoms, unit_config
+from sae_atoms.units import ATOMS_ALPHA_TOKENS, ONB, STABILITY_TOKENS, atoms_variants, is_atoms, unit_config
 
 TOKEN_UNITS = ("atoms", "atoms_stable", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
                "features_batchtopk", "features_matryoshka")
+MORE_TOKEN_UNITS = (ONB,)  # by name only (--units)
 DEFAULT_TARGETS = (16, 32, 64, 128)
 DEFAULT_HOOK = "blocks.12.hook_resid_post"
 
@@ -110,6 +114,7 @@ class TokenFrontierConfig:
     seed: int = 0
     atoms_variants: tuple = ()        # ((name, ((field, value), ...)), ...): atoms designs trained beside, as atoms_<name>
     unit_lrs: tuple = ()              # ((unit, lr), ...): units trained at their own learning rate, not lr
+    onb_tokens: int = 90_000          # training-stream tokens atoms_onb's basis is learned on (token_onb)
 
 
 ATOMS_TRAINING = {  # TokenFrontierConfig.atoms_training -> the tsae / tsae_aip config fields it sets
@@ -131,9 +136,13 @@ def twin_widths(c: TokenFrontierConfig) -> dict[str, float]:
     return {"": 1.0, **(TWINS if c.stability else {})}
 
 
-def trained_units(c: TokenFrontierConfig) -> tuple[str, ...]:
-    """``c.units`` and the atoms design variants, ``atoms_<name>``."""
+def row_units(c: TokenFrontierConfig) -> tuple[str, ...]:  # c.units and the atoms design variants, atoms_<name>
     return tuple(c.units) + tuple(f"atoms_{n}" for n, _ in c.atoms_variants)
+
+
+def trained_units(c: TokenFrontierConfig) -> tuple[str, ...]:
+    """``row_units`` that the runner trains (all but the built ``atoms_onb``)."""
+    return tuple(u for u in row_units(c) if not is_built(u))
 
 
 def designs(c: TokenFrontierConfig) -> dict[str, dict[str, Any]]:
@@ -177,7 +186,7 @@ def token_data(model: Any, c: TokenFrontierConfig) -> dict[str, Any]:
     rng.shuffle(train)
     rng.shuffle(held)
     window = (c.heldout_doc_tokens, random.Random(c.seed + 1))
-    need = max(tokens_read(runner_config(c, model, Path(), "cpu")), c.ref_tokens)
+    need = max(tokens_read(runner_config(c, model, Path(), "cpu")), c.ref_tokens, c.onb_tokens if ONB in c.units else 0)
     rows = {"train": token_rows(train, model, c.context_size, need, "training documents", drop=special_ids(model)),
             "val": token_rows(held[0::2], model, c.context_size, c.val_tokens, "validation documents", window),
             "eval": token_rows(held[1::2], model, c.context_size, c.eval_tokens, "evaluation documents", window)}
@@ -310,7 +319,7 @@ def evaluate_saes(saes: dict[str, Any], model: Any, eval_rows: Any, x_eval: torc
     from sae_atoms.evals.downstream import downstream_scores, sparsity_and_variance
     from sae_atoms.evals.evaluate import BINDING_KEYS
 
-    vs_atoms = {sae_name(u, t): sae_name("atoms", t) for t in c.targets for u in trained_units(c) if u != "atoms"}
+    vs_atoms = {sae_name(u, t): sae_name("atoms", t) for t in c.targets for u in row_units(c) if u != "atoms"}
     down = downstream_scores(saes, model, eval_rows, c.hook, c.eval_batch_prompts, progress=progress,
                              reference=vs_atoms if "atoms" in c.units else None)
     out = {}
@@ -355,10 +364,12 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     ref = AIPMetric.robust(hook_activations(model, data["ref"]["tokens"], c.hook))
     seconds = {"data": time.time() - t0}
     t0 = time.time()
-    saes, rows_read = train_units(c, model, data["train"], out, device, resume)
+    saes, rows_read = train_units(c, model, data["train"], out, device, resume) if trained_units(c) else ({}, 0)
+    if ONB in c.units:  # built from the training stream's first onb_tokens (token_onb)
+        saes |= build_onb(model, data["train"], c, ref, {t: sae_name(ONB, t) for t in c.targets}, device, progress)
     seconds["train"] = time.time() - t0
     t0 = time.time()
-    units, design = trained_units(c), designs(c)
+    units, design = row_units(c), designs(c)
     named = [(sae_name(u, t) + suffix, t) for t in c.targets for u in units for suffix in twin_widths(c)]
     factors = {name: match_to_target(saes[name], x_val, t)
                for name, t in tqdm(named, desc="token frontier: match L0", unit="SAE", disable=not progress)}
@@ -379,13 +390,13 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
 
 
 def check_config(c: TokenFrontierConfig) -> None:
-    bad = sorted(set(c.units) - set(TOKEN_UNITS))
+    bad = sorted(set(c.units) - set(TOKEN_UNITS + MORE_TOKEN_UNITS))
     if bad:
-        raise ValueError(f"unknown token-frontier units {bad}; choose from {list(TOKEN_UNITS)}.")
+        raise ValueError(f"unknown token-frontier units {bad}; choose from {list(TOKEN_UNITS + MORE_TOKEN_UNITS)}.")
     if not c.targets or any(t <= 0 for t in c.targets):
         raise ValueError(f"targets {list(c.targets)} must be positive L0 values.")
     for name in ("tokens", "context_size", "batch_tokens", "val_tokens", "eval_tokens", "ref_tokens", "eval_batch_prompts",
-                 "heldout_doc_tokens", "norm_batches"):
+                 "heldout_doc_tokens", "norm_batches", "onb_tokens"):
         if getattr(c, name) < 1:
             raise ValueError(f"{name}={getattr(c, name)} must be >= 1.")
     if c.atoms_training not in ATOMS_TRAINING:
@@ -431,7 +442,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default=d.corpus, help="text corpus (default human-en: its train / heldout splits)")
     p.add_argument("--tokens", type=int, default=d.tokens, help="training tokens")
     p.add_argument("--targets", type=float, nargs="+", default=list(d.targets), help="target L0s")
-    p.add_argument("--units", nargs="+", default=list(d.units), choices=TOKEN_UNITS)
+    p.add_argument("--units", nargs="+", default=list(d.units), choices=TOKEN_UNITS + MORE_TOKEN_UNITS)
     p.add_argument("--expansion", type=float, default=d.expansion, help="width as a multiple of the hook's width")
     p.add_argument("--context-size", type=int, default=d.context_size)
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per training step")
@@ -441,6 +452,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         + "; or ".join(f"{k}, trained {v}" for k, v in ATOMS_TRAINING_TEXT.items()))
     p.add_argument("--atoms-alpha", type=float, default=d.atoms_alpha,
                    help=f"partial whitening S^alpha of the atoms (default {d.atoms_alpha:g}; 1 = the full AIP)")
+    p.add_argument("--onb-tokens", type=int, default=d.onb_tokens, help=f"training tokens {ONB}'s basis is learned on")
     p.add_argument("--val-tokens", type=int, default=d.val_tokens, help="held-out tokens the L0 is matched on")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens evaluated on")
     p.add_argument("--heldout-doc-tokens", type=int, default=d.heldout_doc_tokens,
@@ -474,7 +486,7 @@ def run_cli(args: argparse.Namespace) -> int:
                             atoms_alpha=args.atoms_alpha, val_tokens=args.val_tokens,
                             eval_tokens=args.eval_tokens, heldout_doc_tokens=args.heldout_doc_tokens,
                             ref_tokens=args.ref_tokens, eval_batch_prompts=args.eval_batch_prompts, seed=args.seed, stability=args.stability,
-                            drop_massive=args.drop_massive,
+                            drop_massive=args.drop_massive, onb_tokens=args.onb_tokens,
                             atoms_variants=tuple(args.atoms_variant), unit_lrs=tuple(args.unit_lr))
     check_config(c)
     out = Path(args.out)

@@ -2,8 +2,8 @@
 
 The goal (issue 21): at every matched L0, atoms' CE-loss score >= the best other unit's -
 ``CE_MARGIN`` on held-out documents, and atoms' q* (b) the highest of all units. It is read for each
-kind of atoms trained (``atoms``, and ``atoms_stable`` with the stability objective), against the units
-that are not atoms. The rows are ``sae_atoms.experiments.token_frontier.run_token_frontier``'s.
+kind of atoms in the rows (``atoms``, ``atoms_stable`` with the stability objective, the built
+orthonormal ``atoms_onb``), against the units that are not atoms. The rows are ``sae_atoms.experiments.token_frontier.run_token_frontier``'s.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sae_atoms.io import save_figure
-from sae_atoms.units import is_atoms
+from sae_atoms.units import ONB, is_atoms_like
 
 ROW_KEYS = ("unit", "target_l0", "l0", "ce_loss_score", "ce_loss_score_se", "kl_div_score", "explained_variance",
             "explained_variance_typical", "r2_aip", "mu", "mu_raw", "q_star_a", "q_star_b", "dead_frac")
@@ -38,7 +38,7 @@ def goal_check(rows: Sequence[dict], tolerance: float = 0.15, atoms_unit: str = 
     for t in sorted({r["target_l0"] for r in rows}):
         at = [r for r in rows if r["target_l0"] == t]
         atoms = next((r for r in at if r["unit"] == atoms_unit), None)
-        others = [r for r in at if not is_atoms(r["unit"]) and "design" not in r]
+        others = [r for r in at if not is_atoms_like(r["unit"]) and "design" not in r]
         if atoms is None or not others:
             continue
         best_ce = max(others, key=lambda r: r["ce_loss_score"])
@@ -56,14 +56,14 @@ def goal_check(rows: Sequence[dict], tolerance: float = 0.15, atoms_unit: str = 
 
 def reading(rows: Sequence[dict]) -> list[str]:
     """The goal check in plain words for each kind of atoms in the rows, computed from the rows."""
-    return [s for u in dict.fromkeys(r["unit"] for r in rows if is_atoms(r["unit"])) for s in _reading(rows, u)]
+    return [s for u in dict.fromkeys(r["unit"] for r in rows if is_atoms_like(r["unit"])) for s in _reading(rows, u)]
 
 
 def _reading(rows: Sequence[dict], unit: str) -> list[str]:
     checks = goal_check(rows, atoms_unit=unit)
     if not checks:
         return []
-    name = "atoms" if unit == "atoms" else f"atoms with the stability objective ({unit})"
+    name = {"atoms": "atoms", ONB: f"orthonormal atoms by ICA ({ONB})"}.get(unit, f"atoms with the stability objective ({unit})")
     se = lambda g: f" ± {g['ce_gap_se']:.4f} paired SE" if g["ce_gap_se"] is not None else ""  # noqa: E731
     parts = [f"L0 {g['target_l0']:g}: CE-loss score {g['atoms_ce']:.4f} vs best other {g['best_ce'][1]:.4f} "
              f"({g['best_ce'][0]}; {unit} minus it {g['atoms_ce'] - g['best_ce'][1]:+.4f}{se(g)}), "

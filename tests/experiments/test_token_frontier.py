@@ -48,6 +48,52 @@ def test_atoms_stable_is_read_for_the_goal_like_atoms_and_is_no_rival_of_atoms()
     assert "atoms_stable minus it +0.0100)" in text[1]
 
 
+def test_orthonormal_atoms_are_read_for_the_goal_like_atoms_and_are_no_rival():
+    rows = [_row("atoms", 128, 128.0, 0.980, 0.00), _row("atoms_onb", 128, 128.0, 0.990, 1.00),
+            _row("features_batchtopk", 128, 125.0, 0.986, 0.00)]
+    (a,), (o,) = TR.goal_check(rows), TR.goal_check(rows, atoms_unit="atoms_onb")
+    assert a["best_ce"] == o["best_ce"] == ("features_batchtopk", 0.986)  # atoms_onb's 0.990 is no rival's
+    assert (a["ce_ok"], a["q_ok"], o["ce_ok"], o["q_ok"]) == (False, False, True, True)
+    text = TR.reading(rows)
+    assert len(text) == 2 and "orthonormal atoms by ICA (atoms_onb)" in text[1] and "q* part at 1/1" in text[1]
+
+
+def test_orthonormal_atoms_are_built_not_trained(tiny_model, tmp_path):
+    c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms", "atoms_onb"), targets=(4, 8), tokens=4096,
+                               batch_tokens=256, context_size=16, onb_tokens=1024)
+    assert TF.trained_units(c) == ("atoms",) and TF.row_units(c) == ("atoms", "atoms_onb")
+    assert set(TF.runner_config(c, tiny_model, tmp_path, "cpu").saes) == {"atoms_l0_4", "atoms_l0_8"}
+    with pytest.raises(ValueError, match="onb_tokens=0 must be >= 1"):
+        TF.check_config(TF.TokenFrontierConfig(units=("atoms_onb",), onb_tokens=0))
+
+
+def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
+    """One ICA basis serves every target (K only sets the encoder), orthonormal in the reference AIP,
+    so every active set meets the bound; the seed twin is another basis, the wide twin two."""
+    import datasets
+
+    from sae_atoms.aip import AIPMetric
+    from sae_atoms.evals import evaluate_units
+    from sae_atoms.experiments.token_onb import build_onb
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(1, 50, (96, 16), generator=g).tolist()
+    c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms_onb",), context_size=16, onb_tokens=1024,
+                               stability=True)
+    x = hook_activations(tiny_model, rows, c.hook)
+    ref = AIPMetric.fit(x)
+    saes = build_onb(tiny_model, datasets.Dataset.from_dict({"tokens": rows}), c, ref, {2: "o2", 6: "o6"}, progress=False)
+    assert set(saes) == {f"o{t}{s}" for t in (2, 6) for s in ("", "_init2", "_wide")}
+    assert (saes["o2"].cfg.k, saes["o6"].cfg.k, saes["o6_wide"].cfg.k) == (2, 6, 6)
+    assert torch.equal(saes["o2"].W_dec, saes["o6"].W_dec) and not torch.allclose(saes["o2"].W_dec, saes["o2_init2"].W_dec)
+    assert saes["o2"].W_dec.shape[0] == 2 * 32 and saes["o6_wide"].W_dec.shape[0] == 4 * 32
+    z = saes["o6"].encode(x)
+    assert bool(((z > 0).sum(1) == 6).all())
+    q = ref.whiten(saes["o6"].W_dec[:32] + ref.mean.float()).double()  # the basis, whitened
+    assert torch.allclose(q @ q.T, torch.eye(32, dtype=torch.float64), atol=1e-3)  # orthonormal where q* is read
+    assert evaluate_units(saes["o6"], x, ref)["q_star_b"] == 1.0
+
+
 def test_atoms_stable_trains_atoms_recipe_with_the_objective_at_the_token_weight():
     from sae_atoms.units import STABILITY_TOKENS
 
@@ -270,17 +316,18 @@ def test_twins_trained_in_passes_of_their_own_equal_those_of_one_joint_pass(real
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
-    """One runner pass trains atoms, jumprelu and topk at one target on human-written text; every row
-    carries the run_evals figures and the project's, the threshold units' L0 is matched on the
-    validation documents, and the matched SAEs reload."""
+    """One runner pass trains atoms, jumprelu and topk at one target on human-written text, beside
+    orthonormal atoms built from the same stream; every row carries the run_evals figures and the
+    project's, the threshold units' L0 is matched on the validation documents, and the matched SAEs reload."""
     from sae_lens import SAE
 
     from sae_atoms.evals.downstream import sparsity_and_variance
     from sae_atoms.io import write_json
 
-    c = TF.TokenFrontierConfig(units=("atoms", "atoms_stable", "features_jumprelu", "features_topk"), targets=(16,), tokens=4096,
-                               context_size=64, batch_tokens=512, val_tokens=1024, eval_tokens=512, ref_tokens=1024,
-                               norm_batches=2, n_checkpoints=0, stability=True, atoms_variants=(("full", (("aip_alpha", 1.0),)),))
+    c = TF.TokenFrontierConfig(units=("atoms", "atoms_stable", "features_jumprelu", "features_topk", "atoms_onb"), targets=(16,),
+                               tokens=4096, context_size=64, batch_tokens=512, val_tokens=1024, eval_tokens=512, ref_tokens=1024,
+                               norm_batches=2, n_checkpoints=0, stability=True, atoms_variants=(("full", (("aip_alpha", 1.0),)),),
+                               onb_tokens=2048)
     res = TF.run_token_frontier(real_model, c, out=tmp_path, progress=False)
     write_json(res, tmp_path / "r.json")
     rows = {r["unit"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
@@ -295,10 +342,13 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
     assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(TF.sae_name(u, 16) for u in rows)  # no twin saved
     assert "seed_consistency" in TR.format_table(res["rows"]) and "ce_minus_atoms_se" in TR.format_table(res["rows"])
     assert "ce_minus_atoms" not in rows["atoms"]  # the others' CE-loss score minus atoms', paired over tokens
-    for unit in ("atoms_stable", "features_jumprelu", "features_topk", "atoms_full"):
+    for unit in ("atoms_stable", "features_jumprelu", "features_topk", "atoms_full", "atoms_onb"):
         assert rows[unit]["ce_minus_atoms"] == pytest.approx(rows[unit]["ce_loss_score"] - rows["atoms"]["ce_loss_score"])
         assert rows[unit]["ce_minus_atoms_se"] > 0
     assert rows["features_topk"]["l0"] == pytest.approx(16.0, abs=0.5) and rows["features_topk"]["threshold_factor"] is None
+    onb = rows["atoms_onb"]  # the bound by construction: every held-out token's active atoms orthonormal in the AIP
+    assert (onb["l0"], onb["q_star_b"], onb["threshold_factor"]) == (16.0, 1.0, None)
+    assert SAE.load_from_disk(str(tmp_path / "saes" / "atoms_onb_l0_16")).cfg.k == 16
     data = TF.token_data(real_model, c)
     x_val = hook_activations(real_model, data["val"]["tokens"], c.hook)
     for unit in ("atoms", "atoms_stable", "features_jumprelu"):
