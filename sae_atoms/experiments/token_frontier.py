@@ -15,8 +15,7 @@ each unit kind of ``TOKEN_UNITS`` at each target L0:
     features_jumprelu_whitened   SAELens jumprelu + its covariance_whitening
     features_topk / _batchtopk   SAELens topk / batchtopk, k = target
     features_matryoshka          SAELens matryoshka_batchtopk, k = target
-    atoms_onb (by name)          orthonormal atoms of the reference AIP by ICA, built from the
-                                 training stream, not trained (``token_onb``)
+    atoms_onb (by name)          orthonormal atoms of the reference AIP, built, not trained (``token_onb``)
 
 Sparsity: atoms and tsae train batch top-k by default (``atoms_training="batchtopk"``: the
 batch's ``target_l0 x batch`` largest codes, BatchTopK's recipe; ``"topk"``: each sample's
@@ -44,7 +43,7 @@ Evaluation, on the evaluation documents: SAELens's ``run_evals`` (CE-loss score 
 ablation, KL score, explained variance, L0; special tokens excluded), and the project's own on the
 same tokens' activations (BOS excluded): R^2 in the AIP, coherence mu raw and in the AIP, q* (a)
 and (b), dead fraction. The AIP here is one reference metric for every unit (``AIPMetric.robust``,
-alpha = 1, fitted on training-stream tokens).
+alpha = 1, fitted on the first ``ref_tokens`` training tokens).
 
 ``sae-atoms token-frontier`` runs it; ``--tokens`` scales it (``--device cuda`` on a GPU: the model,
 the activation store and the SAEs go there). Memory is the runner's buffer plus the evaluation
@@ -105,7 +104,7 @@ class TokenFrontierConfig:
     val_tokens: int = 4096            # held-out validation tokens the final L0 is matched on
     eval_tokens: int = 2048           # held-out evaluation tokens (run_evals's figures and ours)
     heldout_doc_tokens: int = 64      # tokens per held-out document at most (a random window of each)
-    ref_tokens: int = 8192            # training-stream tokens the reference AIP is fitted on
+    ref_tokens: int = 90_000          # training-stream tokens the reference AIP is fitted on (atoms_onb learns on them)
     eval_batch_prompts: int = 4        # rows per run_evals pass (each logits tensor: rows x context x vocab floats)
     norm_batches: int = 20            # first batches the input normalisations (and atoms' metric) are estimated on
     n_checkpoints: int = 2
@@ -114,7 +113,7 @@ class TokenFrontierConfig:
     seed: int = 0
     atoms_variants: tuple = ()        # ((name, ((field, value), ...)), ...): atoms designs trained beside, as atoms_<name>
     unit_lrs: tuple = ()              # ((unit, lr), ...): units trained at their own learning rate, not lr
-    onb_tokens: int = 90_000          # training-stream tokens atoms_onb's basis is learned on (token_onb)
+    onb_refine: int = 10              # Procrustes steps of atoms_onb's ICA basis at each target (token_onb)
 
 
 ATOMS_TRAINING = {  # TokenFrontierConfig.atoms_training -> the tsae / tsae_aip config fields it sets
@@ -186,7 +185,7 @@ def token_data(model: Any, c: TokenFrontierConfig) -> dict[str, Any]:
     rng.shuffle(train)
     rng.shuffle(held)
     window = (c.heldout_doc_tokens, random.Random(c.seed + 1))
-    need = max(tokens_read(runner_config(c, model, Path(), "cpu")), c.ref_tokens, c.onb_tokens if ONB in c.units else 0)
+    need = max(tokens_read(runner_config(c, model, Path(), "cpu")) if trained_units(c) else 0, c.ref_tokens)
     rows = {"train": token_rows(train, model, c.context_size, need, "training documents", drop=special_ids(model)),
             "val": token_rows(held[0::2], model, c.context_size, c.val_tokens, "validation documents", window),
             "eval": token_rows(held[1::2], model, c.context_size, c.eval_tokens, "evaluation documents", window)}
@@ -361,12 +360,12 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     t0 = time.time()
     data = token_data(model, c)
     x_val, x_eval = (hook_activations(model, data[k]["tokens"], c.hook) for k in ("val", "eval"))
-    ref = AIPMetric.robust(hook_activations(model, data["ref"]["tokens"], c.hook))
-    seconds = {"data": time.time() - t0}
-    t0 = time.time()
-    saes, rows_read = train_units(c, model, data["train"], out, device, resume) if trained_units(c) else ({}, 0)
-    if ONB in c.units:  # built from the training stream's first onb_tokens (token_onb)
-        saes |= build_onb(model, data["train"], c, ref, {t: sae_name(ONB, t) for t in c.targets}, device, progress)
+    ref = AIPMetric.robust(x_ref := hook_activations(model, data["ref"]["tokens"], c.hook))
+    seconds, t0 = {"data": time.time() - t0}, time.time()
+    saes = build_onb(x_ref, c, ref, {t: sae_name(ONB, t) for t in c.targets}, device, progress) if ONB in c.units else {}
+    del x_ref  # atoms_onb is built on the reference AIP's training tokens, in it (token_onb)
+    trained, rows_read = train_units(c, model, data["train"], out, device, resume) if trained_units(c) else ({}, 0)
+    saes |= trained
     seconds["train"] = time.time() - t0
     t0 = time.time()
     units, design = row_units(c), designs(c)
@@ -396,13 +395,15 @@ def check_config(c: TokenFrontierConfig) -> None:
     if not c.targets or any(t <= 0 for t in c.targets):
         raise ValueError(f"targets {list(c.targets)} must be positive L0 values.")
     for name in ("tokens", "context_size", "batch_tokens", "val_tokens", "eval_tokens", "ref_tokens", "eval_batch_prompts",
-                 "heldout_doc_tokens", "norm_batches", "onb_tokens"):
+                 "heldout_doc_tokens", "norm_batches"):
         if getattr(c, name) < 1:
             raise ValueError(f"{name}={getattr(c, name)} must be >= 1.")
     if c.atoms_training not in ATOMS_TRAINING:
         raise ValueError(f"atoms_training={c.atoms_training!r}: choose from {sorted(ATOMS_TRAINING)}.")
     if not 0.0 <= c.atoms_alpha <= 1.0:
         raise ValueError(f"atoms_alpha={c.atoms_alpha} must be in [0, 1] (1 = the full AIP, 0 = Euclid).")
+    if c.onb_refine < 0:
+        raise ValueError(f"onb_refine={c.onb_refine} must be >= 0 (Procrustes steps; 0: the ICA basis as it is).")
     if c.batch_tokens > c.tokens:
         raise ValueError(f"batch_tokens={c.batch_tokens} exceeds tokens={c.tokens}: the runner would take no step.")
     bad = sorted({u for u, lr in c.unit_lrs if u not in trained_units(c) or not lr > 0})
@@ -427,8 +428,8 @@ def _settings(c: TokenFrontierConfig, data: dict[str, Any], x_val: torch.Tensor,
 
 
 def _norms(x: torch.Tensor) -> dict[str, float]:
-    """Median, 99th percentile and largest activation norm, and the massive tokens' share
-    (``sae_atoms.massive``): a few outlier tokens can make up most of explained variance's denominator."""
+    """Median, 99th percentile and largest norm, and the massive tokens' share (``sae_atoms.massive``):
+    a few outlier tokens can make up most of explained variance's denominator."""
     n = x.norm(dim=1)
     return {"p50": float(n.median()), "p99": float(n.quantile(0.99)), "max": float(n.max())} | {
         f"massive_{k}": v for k, v in massive_share(x).items()}
@@ -452,7 +453,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         + "; or ".join(f"{k}, trained {v}" for k, v in ATOMS_TRAINING_TEXT.items()))
     p.add_argument("--atoms-alpha", type=float, default=d.atoms_alpha,
                    help=f"partial whitening S^alpha of the atoms (default {d.atoms_alpha:g}; 1 = the full AIP)")
-    p.add_argument("--onb-tokens", type=int, default=d.onb_tokens, help=f"training tokens {ONB}'s basis is learned on")
+    p.add_argument("--onb-refine", type=int, default=d.onb_refine, help=f"Procrustes steps of {ONB}'s ICA basis at each target")
     p.add_argument("--val-tokens", type=int, default=d.val_tokens, help="held-out tokens the L0 is matched on")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens evaluated on")
     p.add_argument("--heldout-doc-tokens", type=int, default=d.heldout_doc_tokens,
@@ -486,7 +487,7 @@ def run_cli(args: argparse.Namespace) -> int:
                             atoms_alpha=args.atoms_alpha, val_tokens=args.val_tokens,
                             eval_tokens=args.eval_tokens, heldout_doc_tokens=args.heldout_doc_tokens,
                             ref_tokens=args.ref_tokens, eval_batch_prompts=args.eval_batch_prompts, seed=args.seed, stability=args.stability,
-                            drop_massive=args.drop_massive, onb_tokens=args.onb_tokens,
+                            drop_massive=args.drop_massive, onb_refine=args.onb_refine,
                             atoms_variants=tuple(args.atoms_variant), unit_lrs=tuple(args.unit_lr))
     check_config(c)
     out = Path(args.out)

@@ -1,45 +1,47 @@
 """Orthonormal atoms (``atoms_onb``) in the token benchmark: built from the training stream, not trained.
 
 ``saes.orthonormal.ica_atoms`` learns one orthonormal basis of the benchmark's reference AIP by ICA
-on the activations of the training tokens the runner trains the other units on (the first
-``onb_tokens`` of them; massive tokens left out, ``sae_atoms.massive.typical``, as their norm would
-own the update). Its atoms and their negatives are a SAELens ``TopKSAE`` of ``2 d`` latents (half
-the other units' width at the default 4x), and one basis serves every target L0: K only sets the
-TopK encoder. Why in the reference AIP: it is the geometry q* is read in, so every sample's active
-set is orthonormal there and meets the uniqueness bound whatever K; the unit asks what that costs
-in CE-loss score beside trained units. Stability twins, as the subject frontier builds them: ICA
-from the next seed, and a mixture of two bases (twice the width, ``n_bases=2``, coded at each
-target's K) from the seed after.
+on the activations the reference AIP is fitted on (the head of the training stream, ``ref_tokens``;
+massive tokens left out, ``sae_atoms.massive.typical``, as their norm would own the update). Why in
+the reference AIP: it is the geometry q* is read in, so every token's active atoms are orthonormal
+there and meet the uniqueness bound whatever K; the unit asks what that costs in CE-loss score
+beside trained units. The metric's estimate matters as much as the rows: whitening with a second
+moment fitted on too few tokens per dimension inflates its smallest directions, and the K-term code
+in the whitened space spends its atoms on them. One basis serves every target (K only sets the TopK
+encoder); ``onb_refine`` Procrustes steps (``refine_atoms``) then fit it to each target's K-term code.
+The atoms and their negatives are a SAELens ``TopKSAE`` of ``2 d`` latents (half the other units'
+width at the default 4x). Stability twins, as the subject frontier builds them: ICA from the next
+seed, and a mixture of two bases (twice the width, ``n_bases=2``, coded at each target's K) from the
+seed after, each refined alike.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any
 
 from sae_lens.saes.topk_sae import TopKSAE
+from torch import Tensor
 
 from sae_atoms.aip import AIPMetric
-from sae_atoms.corpus import hook_activations
 from sae_atoms.massive import typical
-from sae_atoms.saes.orthonormal import ica_atoms
+from sae_atoms.saes.orthonormal import ica_atoms, refine_atoms
 from sae_atoms.units import ONB
 
 
-def build_onb(model: Any, train: Any, c: Any, ref: AIPMetric, names: dict[float, str], device: str = "cpu",
+def build_onb(x_ref: Tensor, c: Any, ref: AIPMetric, names: dict[float, str], device: str = "cpu",
               progress: bool = True) -> dict[str, TopKSAE]:
     """``atoms_onb`` at each target of ``names`` (target -> SAE name), and with ``c.stability`` its
-    ``_init2`` and ``_wide`` twins, from the first ``c.onb_tokens`` tokens of ``train``'s rows (learned
-    on the CPU, returned on ``device``)."""
-    x = hook_activations(model, train["tokens"][:math.ceil(c.onb_tokens / c.context_size)], c.hook).cpu()
-    x = x[typical(ref.whiten(x))]
+    ``_init2`` and ``_wide`` twins, learned on ``x_ref`` (the activations ``ref`` is fitted on) on the
+    CPU, returned on ``device``."""
+    x = x_ref.cpu()[typical(ref.whiten(x_ref.cpu()))]
     ica = lambda k, **kw: ica_atoms(x, k, ref, hook=c.hook, progress=progress, **kw)  # noqa: E731
     bases = {"": ica(1, seed=c.seed)} | ({"_init2": ica(1, seed=c.seed + 1)} if c.stability else {})
     out = {names[t] + s: at_k(sae, int(round(t))) for t in names for s, sae in bases.items()}
     if c.stability:
         out |= {names[t] + "_wide": ica(int(round(t)), n_bases=2, seed=c.seed + 2) for t in names}
-    return {n: sae.to(device) for n, sae in out.items()}
+    refine = (lambda sae: refine_atoms(sae, x, ref, iters=c.onb_refine)) if c.onb_refine else (lambda sae: sae)
+    return {n: refine(sae).to(device) for n, sae in out.items()}
 
 
 def at_k(sae: TopKSAE, k: int) -> TopKSAE:

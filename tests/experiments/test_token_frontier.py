@@ -60,29 +60,27 @@ def test_orthonormal_atoms_are_read_for_the_goal_like_atoms_and_are_no_rival():
 
 def test_orthonormal_atoms_are_built_not_trained(tiny_model, tmp_path):
     c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms", "atoms_onb"), targets=(4, 8), tokens=4096,
-                               batch_tokens=256, context_size=16, onb_tokens=1024)
+                               batch_tokens=256, context_size=16)
     assert TF.trained_units(c) == ("atoms",) and TF.row_units(c) == ("atoms", "atoms_onb")
     assert set(TF.runner_config(c, tiny_model, tmp_path, "cpu").saes) == {"atoms_l0_4", "atoms_l0_8"}
-    with pytest.raises(ValueError, match="onb_tokens=0 must be >= 1"):
-        TF.check_config(TF.TokenFrontierConfig(units=("atoms_onb",), onb_tokens=0))
+    with pytest.raises(ValueError, match="onb_refine=-1 must be >= 0"):
+        TF.check_config(TF.TokenFrontierConfig(units=("atoms_onb",), onb_refine=-1))
 
 
 def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     """One ICA basis serves every target (K only sets the encoder), orthonormal in the reference AIP,
-    so every active set meets the bound; the seed twin is another basis, the wide twin two."""
-    import datasets
-
+    so every active set meets the bound; the seed twin is another basis, the wide twin two; refining
+    fits each target's basis to its own K-term code, still orthonormal."""
     from sae_atoms.aip import AIPMetric
     from sae_atoms.evals import evaluate_units
     from sae_atoms.experiments.token_onb import build_onb
 
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(1, 50, (96, 16), generator=g).tolist()
-    c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms_onb",), context_size=16, onb_tokens=1024,
-                               stability=True)
+    c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms_onb",), stability=True, onb_refine=0)
     x = hook_activations(tiny_model, rows, c.hook)
     ref = AIPMetric.fit(x)
-    saes = build_onb(tiny_model, datasets.Dataset.from_dict({"tokens": rows}), c, ref, {2: "o2", 6: "o6"}, progress=False)
+    saes = build_onb(x, c, ref, {2: "o2", 6: "o6"}, progress=False)
     assert set(saes) == {f"o{t}{s}" for t in (2, 6) for s in ("", "_init2", "_wide")}
     assert (saes["o2"].cfg.k, saes["o6"].cfg.k, saes["o6_wide"].cfg.k) == (2, 6, 6)
     assert torch.equal(saes["o2"].W_dec, saes["o6"].W_dec) and not torch.allclose(saes["o2"].W_dec, saes["o2_init2"].W_dec)
@@ -92,6 +90,9 @@ def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     q = ref.whiten(saes["o6"].W_dec[:32] + ref.mean.float()).double()  # the basis, whitened
     assert torch.allclose(q @ q.T, torch.eye(32, dtype=torch.float64), atol=1e-3)  # orthonormal where q* is read
     assert evaluate_units(saes["o6"], x, ref)["q_star_b"] == 1.0
+    refined = build_onb(x, TF.TokenFrontierConfig(**{**TF.asdict(c), "stability": False, "onb_refine": 3}), ref, {2: "o2", 6: "o6"}, progress=False)
+    assert not torch.allclose(refined["o2"].W_dec, refined["o6"].W_dec) and refined["o6"].cfg.k == 6
+    assert evaluate_units(refined["o6"], x, ref)["q_star_b"] == 1.0
 
 
 def test_atoms_stable_trains_atoms_recipe_with_the_objective_at_the_token_weight():
@@ -326,8 +327,7 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
 
     c = TF.TokenFrontierConfig(units=("atoms", "atoms_stable", "features_jumprelu", "features_topk", "atoms_onb"), targets=(16,),
                                tokens=4096, context_size=64, batch_tokens=512, val_tokens=1024, eval_tokens=512, ref_tokens=1024,
-                               norm_batches=2, n_checkpoints=0, stability=True, atoms_variants=(("full", (("aip_alpha", 1.0),)),),
-                               onb_tokens=2048)
+                               norm_batches=2, n_checkpoints=0, stability=True, atoms_variants=(("full", (("aip_alpha", 1.0),)),))
     res = TF.run_token_frontier(real_model, c, out=tmp_path, progress=False)
     write_json(res, tmp_path / "r.json")
     rows = {r["unit"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
@@ -357,6 +357,16 @@ def test_a_small_token_frontier_on_the_real_model(real_model, tmp_path):
     assert res["settings"]["unit_fields"] == {"atoms_stable": TF.TOKEN_FIELDS["atoms_stable"]}
     assert res["settings"]["val_activations"] == x_val.shape[0]
     assert 0 < res["settings"]["train_rows_read"] <= res["settings"]["train_rows"]  # no training row read twice
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_orthonormal_atoms_alone_need_no_runner(real_model, tmp_path):
+    c = TF.TokenFrontierConfig(units=("atoms_onb",), targets=(8,), tokens=512, context_size=32, batch_tokens=128,
+                               val_tokens=64, eval_tokens=64, ref_tokens=2048, onb_refine=2)
+    (row,) = TF.run_token_frontier(real_model, c, out=tmp_path, progress=False)["rows"]
+    assert (row["unit"], row["l0"], row["q_star_b"]) == ("atoms_onb", 8.0, 1.0) and 0 < row["ce_loss_score"] <= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saes"]  # no runner output, no checkpoint
 
 
 @pytest.mark.slow
