@@ -73,8 +73,8 @@ import torch
 from sae_atoms.aip import AIPMetric
 from sae_atoms.argtypes import named_fields, unit_lr
 from sae_atoms.corpus import hook_activations, split_documents, token_rows
-from sae_atoms.io import atomic_dir, write_json
 from sae_atoms.experiments.token_onb import build_onb, is_built
+from sae_atoms.io import atomic_dir, write_json
 from sae_atoms.massive import MASSIVE_RATIO, massive_share
 from sae_atoms.units import ATOMS_ALPHA_TOKENS, ONB, STABILITY_TOKENS, atoms_variants, is_atoms, unit_config
 

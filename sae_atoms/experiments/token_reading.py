@@ -3,7 +3,8 @@
 The goal (issue 21): at every matched L0, atoms' CE-loss score >= the best other unit's -
 ``CE_MARGIN`` on held-out documents, and atoms' q* (b) the highest of all units. It is read for each
 kind of atoms in the rows (``atoms``, ``atoms_stable`` with the stability objective, the built
-orthonormal ``atoms_onb``), against the units that are not atoms. The rows are ``sae_atoms.experiments.token_frontier.run_token_frontier``'s.
+orthonormal ``atoms_onb``), against the units that are not atoms. The rows are
+``sae_atoms.experiments.token_frontier.run_token_frontier``'s.
 """
 
 from __future__ import annotations

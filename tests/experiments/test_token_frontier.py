@@ -90,7 +90,8 @@ def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     q = ref.whiten(saes["o6"].W_dec[:32] + ref.mean.float()).double()  # the basis, whitened
     assert torch.allclose(q @ q.T, torch.eye(32, dtype=torch.float64), atol=1e-3)  # orthonormal where q* is read
     assert evaluate_units(saes["o6"], x, ref)["q_star_b"] == 1.0
-    refined = build_onb(x, TF.TokenFrontierConfig(**{**TF.asdict(c), "stability": False, "onb_refine": 3}), ref, {2: "o2", 6: "o6"}, progress=False)
+    plain = TF.TokenFrontierConfig(**{**TF.asdict(c), "stability": False, "onb_refine": 3})
+    refined = build_onb(x, plain, ref, {2: "o2", 6: "o6"}, progress=False)
     assert not torch.allclose(refined["o2"].W_dec, refined["o6"].W_dec) and refined["o6"].cfg.k == 6
     assert evaluate_units(refined["o6"], x, ref)["q_star_b"] == 1.0
 
