@@ -9,6 +9,9 @@ beside trained units. The metric's estimate matters as much as the rows: whiteni
 moment fitted on too few tokens per dimension inflates its smallest directions, and the K-term code
 in the whitened space spends its atoms on them. One basis serves every target (K only sets the TopK
 encoder); ``onb_refine`` Procrustes steps (``refine_atoms``) then fit it to each target's K-term code.
+Each token keeps the K atoms of largest raw contribution (``raw_selecting``, SAELens's
+``rescale_acts_by_decoder_norm``), not the K largest whitened coefficients: CE loss follows the raw
+error, and the atoms stay orthonormal in the AIP whichever K of them a token keeps.
 The atoms and their negatives are a SAELens ``TopKSAE`` of ``2 d`` latents (half the other units'
 width at the default 4x). Stability twins, as the subject frontier builds them: ICA from the next
 seed, and a mixture of two bases (twice the width, ``n_bases=2``, coded at each target's K) from the
@@ -17,7 +20,6 @@ seed after, each refined alike.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from sae_lens.saes.topk_sae import TopKSAE
@@ -25,7 +27,7 @@ from torch import Tensor
 
 from sae_atoms.aip import AIPMetric
 from sae_atoms.massive import typical
-from sae_atoms.saes.orthonormal import ica_atoms, refine_atoms
+from sae_atoms.saes.orthonormal import ica_atoms, raw_selecting, refine_atoms
 from sae_atoms.units import ONB
 
 
@@ -37,18 +39,11 @@ def build_onb(x_ref: Tensor, c: Any, ref: AIPMetric, names: dict[float, str], de
     x = x_ref.cpu()[typical(ref.whiten(x_ref.cpu()))]
     ica = lambda k, **kw: ica_atoms(x, k, ref, hook=c.hook, progress=progress, **kw)  # noqa: E731
     bases = {"": ica(1, seed=c.seed)} | ({"_init2": ica(1, seed=c.seed + 1)} if c.stability else {})
-    out = {names[t] + s: at_k(sae, int(round(t))) for t in names for s, sae in bases.items()}
+    out = {names[t] + s: raw_selecting(sae, int(round(t))) for t in names for s, sae in bases.items()}
     if c.stability:
-        out |= {names[t] + "_wide": ica(int(round(t)), n_bases=2, seed=c.seed + 2) for t in names}
+        out |= {names[t] + "_wide": raw_selecting(ica(int(round(t)), n_bases=2, seed=c.seed + 2), int(round(t))) for t in names}
     refine = (lambda sae: refine_atoms(sae, x, ref, iters=c.onb_refine)) if c.onb_refine else (lambda sae: sae)
     return {n: refine(sae).to(device) for n, sae in out.items()}
-
-
-def at_k(sae: TopKSAE, k: int) -> TopKSAE:
-    """The same atoms with a TopK encoder that keeps ``k`` (a basis does not depend on K)."""
-    out = TopKSAE(replace(sae.cfg, k=k))
-    out.load_state_dict(sae.state_dict())
-    return out
 
 
 def is_built(unit: str) -> bool:

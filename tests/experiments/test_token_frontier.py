@@ -69,7 +69,7 @@ def test_orthonormal_atoms_are_built_not_trained(tiny_model, tmp_path):
 
 def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     """One ICA basis serves every target (K only sets the encoder), orthonormal in the reference AIP,
-    so every active set meets the bound; the seed twin is another basis, the wide twin two; refining
+    so every active set meets the bound, whichever atoms of largest raw contribution a token keeps; the seed twin is another basis, the wide twin two; refining
     fits each target's basis to its own K-term code, still orthonormal."""
     from sae_atoms.aip import AIPMetric
     from sae_atoms.evals import evaluate_units
@@ -83,6 +83,7 @@ def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     saes = build_onb(x, c, ref, {2: "o2", 6: "o6"}, progress=False)
     assert set(saes) == {f"o{t}{s}" for t in (2, 6) for s in ("", "_init2", "_wide")}
     assert (saes["o2"].cfg.k, saes["o6"].cfg.k, saes["o6_wide"].cfg.k) == (2, 6, 6)
+    assert all(sae.cfg.rescale_acts_by_decoder_norm for sae in saes.values())  # raw_selecting: raw contributions kept
     assert torch.equal(saes["o2"].W_dec, saes["o6"].W_dec) and not torch.allclose(saes["o2"].W_dec, saes["o2_init2"].W_dec)
     assert saes["o2"].W_dec.shape[0] == 2 * 32 and saes["o6_wide"].W_dec.shape[0] == 4 * 32
     z = saes["o6"].encode(x)
@@ -93,6 +94,7 @@ def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     plain = TF.TokenFrontierConfig(**{**TF.asdict(c), "stability": False, "onb_refine": 3})
     refined = build_onb(x, plain, ref, {2: "o2", 6: "o6"}, progress=False)
     assert not torch.allclose(refined["o2"].W_dec, refined["o6"].W_dec) and refined["o6"].cfg.k == 6
+    assert refined["o6"].cfg.rescale_acts_by_decoder_norm
     assert evaluate_units(refined["o6"], x, ref)["q_star_b"] == 1.0
 
 

@@ -11,7 +11,7 @@ from sae_atoms.aip import AIPMetric
 from sae_atoms.evals import evaluate_units
 from sae_atoms.evals.stability import dictionary_consistency
 from sae_atoms.evals.units import whiten_vectors
-from sae_atoms.saes.orthonormal import ica_atoms, orthonormal_atoms, refine_atoms, sparse_code
+from sae_atoms.saes.orthonormal import ica_atoms, orthonormal_atoms, raw_selecting, refine_atoms, sparse_code
 
 BUILDERS = pytest.mark.parametrize("build", [orthonormal_atoms, ica_atoms], ids=["procrustes", "ica"])
 
@@ -76,6 +76,27 @@ def test_refining_continues_procrustes_from_the_given_bases(n_bases):
     refined = refine_atoms(ica, x, metric, iters=5)
     assert err(refined) < err(ica) and refined.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
     assert evaluate_units(refined, x, metric)["q_star_b"] == 1.0
+
+
+def test_raw_selecting_keeps_each_samples_atoms_of_largest_raw_contribution():
+    """``raw_selecting`` keeps the K atoms of largest ``|c_i| ||d_i||`` (computed here by hand), a kept
+    support reconstructs as ``sum c_i d_i``, the bound still holds, and where the metric is far from
+    Euclid the raw error falls; refining keeps the selection and the flag (4 + 4 steps equal 8)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 16, generator=g) @ torch.diag(torch.logspace(0, 1.5, 16)) @ torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
+    metric = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
+    sae = ica_atoms(x, 4, metric, iters=5)
+    raw = raw_selecting(sae)
+    Q, dec = whiten_vectors(sae.W_dec.detach()[:16], metric.W), sae.W_dec.detach()[:16]
+    c = metric.whiten(x) @ Q.T
+    top = (c.abs() * dec.norm(dim=1)).topk(4, dim=1).indices
+    expect = torch.zeros_like(c).scatter_(1, top, c.gather(1, top)) @ dec + sae.b_dec.detach()
+    torch.testing.assert_close(raw.decode(raw.encode(x)).detach(), expect, atol=2e-3, rtol=1e-3)
+    err = lambda s: float((s.decode(s.encode(x)) - x).pow(2).sum().detach())  # noqa: E731
+    assert err(raw) < 0.95 * err(sae) and evaluate_units(raw, x, metric)["q_star_b"] == 1.0
+    whole, again = refine_atoms(raw, x, metric, iters=8), refine_atoms(refine_atoms(raw, x, metric, iters=4), x, metric, iters=4)
+    assert whole.cfg.rescale_acts_by_decoder_norm and raw_selecting(sae, 2).cfg.k == 2
+    assert torch.allclose(again.W_dec, whole.W_dec, atol=2e-3) and err(whole) < err(raw)
 
 
 def test_saves_and_loads_as_a_sae_lens_topk_sae(tmp_path):
