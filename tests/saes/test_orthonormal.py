@@ -81,7 +81,7 @@ def test_refining_continues_procrustes_from_the_given_bases(n_bases):
 def test_raw_selecting_keeps_each_samples_atoms_of_largest_raw_contribution():
     """``raw_selecting`` keeps the K atoms of largest ``|c_i| ||d_i||`` (computed here by hand), a kept
     support reconstructs as ``sum c_i d_i``, the bound still holds, and where the metric is far from
-    Euclid the raw error falls; refining keeps the selection and the flag (4 + 4 steps equal 8)."""
+    Euclid the raw error falls; refining keeps the flag (4 + 4 steps equal 8)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3000, 16, generator=g) @ torch.diag(torch.logspace(0, 1.5, 16)) @ torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
     metric = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
