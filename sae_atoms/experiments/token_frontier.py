@@ -104,7 +104,7 @@ class TokenFrontierConfig:
     val_tokens: int = 4096            # held-out validation tokens the final L0 is matched on
     eval_tokens: int = 2048           # held-out evaluation tokens (run_evals's figures and ours)
     heldout_doc_tokens: int = 64      # tokens per held-out document at most (a random window of each)
-    ref_tokens: int = 200_000         # training-stream tokens the reference AIP is fitted on (atoms_onb learns on them)
+    ref_tokens: int = 90_000          # training-stream tokens the reference AIP is fitted on (atoms_onb learns on them)
     eval_batch_prompts: int = 4        # rows per run_evals pass (each logits tensor: rows x context x vocab floats)
     norm_batches: int = 20            # first batches the input normalisations (and atoms' metric) are estimated on
     n_checkpoints: int = 2
@@ -113,7 +113,7 @@ class TokenFrontierConfig:
     seed: int = 0
     atoms_variants: tuple = ()        # ((name, ((field, value), ...)), ...): atoms designs trained beside, as atoms_<name>
     unit_lrs: tuple = ()              # ((unit, lr), ...): units trained at their own learning rate, not lr
-    onb_refine: int = 30              # Procrustes steps of atoms_onb's ICA basis at each target (token_onb)
+    onb_refine: int = 10              # Procrustes steps of atoms_onb's ICA basis at each target (token_onb)
 
 
 ATOMS_TRAINING = {  # TokenFrontierConfig.atoms_training -> the tsae / tsae_aip config fields it sets
