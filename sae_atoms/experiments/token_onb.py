@@ -20,6 +20,7 @@ seed after, each refined alike.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from sae_lens.saes.topk_sae import TopKSAE
@@ -35,7 +36,11 @@ def build_onb(x_ref: Tensor, c: Any, ref: AIPMetric, names: dict[float, str], de
               progress: bool = True) -> dict[str, TopKSAE]:
     """``atoms_onb`` at each target of ``names`` (target -> SAE name), and with ``c.stability`` its
     ``_init2`` and ``_wide`` twins, learned on ``x_ref`` (the activations ``ref`` is fitted on) on the
-    CPU, returned on ``device``."""
+    CPU, returned on ``device``. Warns when ``x_ref`` holds more tokens than the trained units see."""
+    if c.ref_tokens > c.tokens and set(c.units) - {ONB}:
+        warnings.warn(f"{ONB} learns on ref_tokens={c.ref_tokens} tokens, more than the tokens={c.tokens} the trained units "
+                      "train on: its CE-loss score is then compared on more data than theirs; raise --tokens with "
+                      "--ref-tokens for a comparison on equal data", stacklevel=2)
     x = x_ref.cpu()[typical(ref.whiten(x_ref.cpu()))]
     ica = lambda k, **kw: ica_atoms(x, k, ref, hook=c.hook, progress=progress, **kw)  # noqa: E731
     bases = {"": ica(1, seed=c.seed)} | ({"_init2": ica(1, seed=c.seed + 1)} if c.stability else {})

@@ -98,6 +98,27 @@ def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     assert evaluate_units(refined["o6"], x, ref)["q_star_b"] == 1.0
 
 
+def test_orthonormal_atoms_on_more_tokens_than_the_trained_units_warn(tiny_model):
+    """atoms_onb learns on the reference tokens: more of them than the runner trains on is a comparison
+    on unequal data, which the user is told; alone, or on as many tokens, it is not."""
+    import warnings
+
+    from sae_atoms.aip import AIPMetric
+    from sae_atoms.experiments.token_onb import build_onb
+
+    x = hook_activations(tiny_model, torch.randint(1, 50, (48, 16), generator=torch.Generator().manual_seed(0)).tolist(),
+                         "blocks.1.hook_resid_post")
+    ref = AIPMetric.fit(x)
+    c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms", "atoms_onb"), tokens=4096, ref_tokens=8192,
+                               onb_refine=0)
+    with pytest.warns(UserWarning, match="ref_tokens=8192 tokens, more than the tokens=4096"):
+        build_onb(x, c, ref, {2: "o2"}, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fair in (TF.replace(c, ref_tokens=4096), TF.replace(c, units=("atoms_onb",))):
+            build_onb(x, fair, ref, {2: "o2"}, progress=False)
+
+
 def test_atoms_stable_trains_atoms_recipe_with_the_objective_at_the_token_weight():
     from sae_atoms.units import STABILITY_TOKENS
 
