@@ -41,7 +41,8 @@ def build_onb(x_ref: Tensor, c: Any, ref: AIPMetric, names: dict[float, str], de
         warnings.warn(f"{ONB} learns on ref_tokens={c.ref_tokens} tokens, more than the tokens={c.tokens} the trained units "
                       "train on: its CE-loss score is then compared on more data than theirs; raise --tokens with "
                       "--ref-tokens for a comparison on equal data", stacklevel=2)
-    x = x_ref.cpu()[typical(ref.whiten(x_ref.cpu()))]
+    x = x_ref.cpu()
+    x = x[typical(ref.whiten(x))]
     ica = lambda k, **kw: ica_atoms(x, k, ref, hook=c.hook, progress=progress, **kw)  # noqa: E731
     bases = {"": ica(1, seed=c.seed)} | ({"_init2": ica(1, seed=c.seed + 1)} if c.stability else {})
     out = {names[t] + s: raw_selecting(sae, int(round(t))) for t in names for s, sae in bases.items()}

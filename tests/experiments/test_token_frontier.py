@@ -69,8 +69,9 @@ def test_orthonormal_atoms_are_built_not_trained(tiny_model, tmp_path):
 
 def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     """One ICA basis serves every target (K only sets the encoder), orthonormal in the reference AIP,
-    so every active set meets the bound, whichever atoms of largest raw contribution a token keeps; the seed twin is another basis, the wide twin two; refining
-    fits each target's basis to its own K-term code, still orthonormal."""
+    so every active set meets the bound, whichever atoms of largest raw contribution a token keeps;
+    the seed twin is another basis, the wide twin two; refining fits each target's basis to its own
+    K-term code, still orthonormal."""
     from sae_atoms.aip import AIPMetric
     from sae_atoms.evals import evaluate_units
     from sae_atoms.experiments.token_onb import build_onb

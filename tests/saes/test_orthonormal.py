@@ -31,6 +31,11 @@ def _planted(n: int, d: int = 24, k: int = 3, codes_seed: int = 0) -> tuple[torc
     return (z @ Q @ A + 3.0).float(), (Q @ A).float()
 
 
+def _raw_error(sae, x: torch.Tensor) -> float:
+    """The SAE's squared reconstruction error of ``x`` in the raw space."""
+    return float((sae.decode(sae.encode(x)) - x).pow(2).sum().detach())
+
+
 @BUILDERS
 def test_orthonormal_atoms_recover_a_planted_basis_behind_a_distortion_from_any_seed(build):
     x, planted = _planted(6000)
@@ -72,9 +77,8 @@ def test_refining_continues_procrustes_from_the_given_bases(n_bases):
     again = refine_atoms(half, x, metric, iters=4)
     assert torch.allclose(again.W_dec, whole.W_dec, atol=2e-3) and again.cfg.k == 4
     ica = ica_atoms(x, 2, metric, iters=3, seed=0, hook="blocks.0.hook_resid_post")
-    err = lambda sae: float((sae.decode(sae.encode(x)) - x).pow(2).sum().detach())  # noqa: E731
     refined = refine_atoms(ica, x, metric, iters=5)
-    assert err(refined) < err(ica) and refined.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
+    assert _raw_error(refined, x) < _raw_error(ica, x) and refined.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
     assert evaluate_units(refined, x, metric)["q_star_b"] == 1.0
 
 
@@ -92,11 +96,10 @@ def test_raw_selecting_keeps_each_samples_atoms_of_largest_raw_contribution():
     top = (c.abs() * dec.norm(dim=1)).topk(4, dim=1).indices
     expect = torch.zeros_like(c).scatter_(1, top, c.gather(1, top)) @ dec + sae.b_dec.detach()
     torch.testing.assert_close(raw.decode(raw.encode(x)).detach(), expect, atol=2e-3, rtol=1e-3)
-    err = lambda s: float((s.decode(s.encode(x)) - x).pow(2).sum().detach())  # noqa: E731
-    assert err(raw) < 0.95 * err(sae) and evaluate_units(raw, x, metric)["q_star_b"] == 1.0
+    assert _raw_error(raw, x) < 0.95 * _raw_error(sae, x) and evaluate_units(raw, x, metric)["q_star_b"] == 1.0
     whole, again = refine_atoms(raw, x, metric, iters=8), refine_atoms(refine_atoms(raw, x, metric, iters=4), x, metric, iters=4)
     assert whole.cfg.rescale_acts_by_decoder_norm and raw_selecting(sae, 2).cfg.k == 2
-    assert torch.allclose(again.W_dec, whole.W_dec, atol=2e-3) and err(whole) < err(raw)
+    assert torch.allclose(again.W_dec, whole.W_dec, atol=2e-3) and _raw_error(whole, x) < _raw_error(raw, x)
 
 
 def test_saves_and_loads_as_a_sae_lens_topk_sae(tmp_path):
