@@ -26,6 +26,7 @@ CASES = {
     "aip_stream": ((pytest.mark.real_model,), {"better": "higher", "target": 0.9, "tokens": 256}),
     "steer_batched": ((pytest.mark.real_model,), {"better": "higher", "target": 3.0, "jobs": 12, "rows": 72}),
     "frontier_together": ((pytest.mark.slow,), {"better": "higher", "target": 3.0, "saes": 4, "d_in": 64, "steps": 100}),
+    "stacked_step": ((pytest.mark.slow,), {"better": "higher", "target": 3.0, "saes": 4, "d_in": 64, "batch": 256}),
     "corpus_read": ((pytest.mark.real_model,), {"better": "lower", "target": 0.25}),
     "model_forward": ((pytest.mark.real_model,), {"better": "higher", "target": 1.5, "rows": 8, "tokens": 1}),
 }

@@ -36,6 +36,7 @@ CASES: dict[str, Callable[..., dict]] = {
     "under_load": sae_cases.bench_under_load,
     "steer_batched": model_cases.bench_steer_batched,
     "frontier_together": sae_cases.bench_frontier_together,
+    "stacked_step": sae_cases.bench_stacked_step,
     "corpus_read": model_cases.bench_corpus_read,
     "model_forward": model_cases.bench_model_forward,
 }

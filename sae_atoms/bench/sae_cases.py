@@ -1,6 +1,7 @@
 """Bench cases of the SAE side: the metric's fit, training steps (alone, in SAELens's
-``MultiSAETrainer``, with the stability objective, under load), matching L0, coherence, and the
-frontier's SAEs in worker processes. Each is ``bench_<case>(quick) -> dict`` (``timing.measured``)."""
+``MultiSAETrainer``, with the stability objective, under load), matching L0, coherence, the
+frontier's SAEs in worker processes, and N SAEs stepped as one stacked model. Each is
+``bench_<case>(quick) -> dict`` (``timing.measured``)."""
 
 from __future__ import annotations
 
@@ -305,3 +306,63 @@ def bench_frontier_together(quick: bool = False) -> dict:
     t_ours = timing.best_time(lambda: run(workers), repeat=1, warmup=0)
     return timing.measured(t_ours, t_base, 3.0, "higher", saes=n_jobs, workers=workers, baseline_threads=choose_threads(),
                     d_in=d, d_sae=d, steps=steps, batch=cfg.batch_size)
+
+
+def bench_stacked_step(quick: bool = False) -> dict:
+    """N ``standard`` SAEs of one shape stepped as one stacked model vs SAELens's ``SAETrainer`` steps
+    of N such SAEs one after the other: the most a stacked trainer (the same SAEs' steps as batched
+    matrix products) could gain over training them in turn, on this machine.
+
+    Ours: ``baddbmm`` encode and decode of all N at once, the standard loss (squared error plus the
+    L1 of decoder-norm-weighted codes), one Adam (``foreach``) over the stacked weights, and gradient
+    clipping at 1 per SAE, as SAELens clips each SAE. It pays where per-SAE overhead dominates a step
+    (small shapes, or an accelerator's launch cost); at the frontier's shape on a CPU the products and
+    Adam's element-wise passes are most of a step, and N SAEs cost N times them either way.
+    Shape: d 576, 1x width, batch 256, N 4 (``quick``: d 64). Ratio: throughput (baseline time /
+    ours), target >= 3, the frontier's target for training SAEs together (``frontier_together``).
+    """
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    d, n, batch = (64 if quick else 576), 4, 256
+    torch.manual_seed(0)
+    x = torch.randn(batch, d)
+    saes = [StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=d)) for _ in range(n)]
+    tcfg = _trainer_config(batch, torch.device("cpu"))
+    stacked = _stacked_step([s.W_enc for s in saes], [s.W_dec for s in saes], x)
+    t_ours, t_base = timing.alternating(stacked, _turns(saes, tcfg, x), quick)
+    return timing.measured(t_ours, t_base, 3.0, "higher", saes=n, d_in=d, d_sae=d, batch=batch, threads=torch.get_num_threads())
+
+
+def _turns(saes: list, tcfg: Any, x: torch.Tensor) -> Callable[[], None]:
+    """One ``SAETrainer._train_step`` of each SAE, one after the other."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    trainers = [SAETrainer(cfg=tcfg, sae=s, data_provider=iter(())) for s in saes]
+
+    def turns() -> None:
+        for t, s in zip(trainers, saes):
+            t._train_step(s, x)
+    return turns
+
+
+def _stacked_step(enc: list, dec: list, x: torch.Tensor, l1: float = 1.0) -> Callable[[], None]:
+    """One step of the SAEs with encoders ``enc`` and decoders ``dec`` (copies, stacked [N, ., .])."""
+    n, d_sae = len(enc), enc[0].shape[1]
+    W_enc, W_dec = (torch.stack([w.detach() for w in ws]).requires_grad_() for ws in (enc, dec))
+    b_enc, b_dec = (torch.zeros(n, 1, w.shape[-1], requires_grad=True) for w in (W_enc, W_dec))
+    params = [W_enc, W_dec, b_enc, b_dec]
+    opt = torch.optim.Adam(params, lr=1e-4, foreach=True)
+
+    def step() -> None:
+        acts = torch.relu(torch.baddbmm(b_enc, x - b_dec, W_enc))            # [N, batch, d_sae]
+        err = (torch.baddbmm(b_dec, acts, W_dec) - x).pow(2).sum(-1).mean(-1)  # [N]
+        sparsity = (acts * W_dec.norm(dim=-1).view(n, 1, d_sae)).sum(-1).mean(-1)
+        (err + l1 * sparsity).sum().backward()
+        with torch.no_grad():  # clip each SAE's gradient norm at 1 (SAETrainer clips each SAE alone)
+            norm = torch.stack([p.grad.reshape(n, -1).norm(dim=1) for p in params]).norm(dim=0)
+            scale = (1.0 / (norm + 1e-6)).clamp(max=1.0)
+            for p in params:
+                p.grad.mul_(scale.view(n, *[1] * (p.dim() - 1)))
+        opt.step()
+        opt.zero_grad()
+    return step
