@@ -33,7 +33,7 @@ of atoms a step it barely moved q* (b) in issue 22's sweeps, at the same expecte
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor
@@ -56,8 +56,25 @@ def default_margin(codes: Tensor) -> float:
     return 0.5 / (2 * k - 1) if k > 1 else 0.5
 
 
-def _hinge(cos: Tensor, margin: float | Tensor) -> Tensor:
-    return torch.relu(cos.abs() - margin).square()
+class HingeGram(torch.autograd.Function):
+    """``sum(relu(|G| - m)^2 * P)`` with ``G = E E^T`` for rows ``E`` ``[..., k, d]``, a 0/1 pair mask
+    ``P`` ``[..., k, k]`` and a margin ``m`` (a float, or a tensor broadcast to ``P``), with its gradient
+    in closed form: ``dE = (W + W^T) E``, ``W = 2 relu(|G| - m) sign(G) P``. One product backward where
+    autograd through ``E @ E^T`` takes two (it does not know ``G`` is symmetric) and adds them."""
+
+    @staticmethod
+    def forward(ctx: Any, E: Tensor, pair: Tensor, margin: float | Tensor) -> Tensor:
+        G = E @ E.transpose(-1, -2)
+        sign = G.sign()
+        over = G.abs_().sub_(margin).relu_().mul_(pair)          # relu(|G| - m) on the pairs, 0 elsewhere
+        ctx.save_for_backward(E, over, sign)
+        return torch.dot(over.view(-1), over.view(-1))
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
+        E, over, sign = ctx.saved_tensors
+        w = over.mul(sign).mul_(2 * g)                           # W, scaled by the incoming gradient
+        return (w + w.transpose(-1, -2)) @ E, None, None
 
 
 def coactive_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows: int, k_max: int,
@@ -79,9 +96,8 @@ def coactive_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows:
     read, where = idx.flatten().unique(return_inverse=True)                  # each atom read once
     E = _select(rows_unit, read).index_select(0, where).view(*idx.shape, -1)  # [r, k, d]
     on = (val > 0).to(E.dtype)                                                # [r, k]
-    G = E @ E.transpose(1, 2)                                                 # [r, k, k] cosines
     pair = (on.unsqueeze(2) * on.unsqueeze(1)).triu_(1)                       # co-active pairs i < j
-    return (_hinge(G, m) * pair).sum() / pair.sum().clamp_min(1.0)
+    return HingeGram.apply(E, pair, m) / pair.sum().clamp_min(1.0)            # over [r, k, k] cosines
 
 
 def global_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows: int,
@@ -91,8 +107,8 @@ def global_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows: i
     from ``generator`` (a CPU generator), or from the global RNG when it is None."""
     m = default_margin(codes) if margin is None else margin
     E = _select(rows_unit, torch.randperm(codes.shape[-1], generator=generator)[:rows].to(codes.device))
-    G = (E @ E.T).triu(1)
-    return _hinge(G, m).sum() / max(E.shape[0] * (E.shape[0] - 1) / 2, 1.0)
+    pair = torch.ones(E.shape[0], E.shape[0], dtype=E.dtype, device=E.device).triu_(1)  # every pair i < j
+    return HingeGram.apply(E, pair, m) / max(E.shape[0] * (E.shape[0] - 1) / 2, 1.0)
 
 
 def stability_penalty(design: str, codes: Tensor, rows_unit: Rows, margin: float | None, rows: int,

@@ -8,7 +8,7 @@ import torch
 
 from sae_atoms.evals.geometry import per_sample_coherence
 from sae_atoms.saes import TSAETrainingSAE, TSAETrainingSAEConfig
-from sae_atoms.saes.stability import coactive_penalty, default_margin, global_penalty, stability_penalty
+from sae_atoms.saes.stability import HingeGram, coactive_penalty, default_margin, global_penalty, stability_penalty
 from sae_atoms.synthetic import planted
 from sae_atoms.training import train_on_activations
 
@@ -46,6 +46,28 @@ def test_the_penalty_moves_only_decoder_rows():
     codes = torch.tensor([[1.0, 0.0, 2.0]] * 4).requires_grad_(True)
     coactive_penalty(codes, rows, 0.1, 4, 8).backward()
     assert codes.grad is None and rows.grad is not None and rows.grad[[0, 2]].abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (3, 6, 5)])
+def test_hinge_gram_equals_autograd_through_the_plain_expression(shape: tuple[int, ...]):
+    """The closed-form gradient (one product) equals autograd's through ``E E^T`` (two), in double
+    precision, with a float margin and with a margin per batch entry, signs of both kinds among the
+    pairs, and pairs masked off: the form's backward misses a transpose or a sign and it fails."""
+    g = torch.Generator().manual_seed(0)
+    E = torch.randn(*shape, generator=g, dtype=torch.float64)
+    E = (E / E.norm(dim=-1, keepdim=True)).requires_grad_(True)
+    k = shape[-2]
+    pair = (torch.rand(*shape[:-1], k, generator=g, dtype=torch.float64) < 0.7).double().triu_(1)
+    margins = [0.1] + ([torch.tensor([0.05, 0.2, 0.3], dtype=torch.float64).view(3, 1, 1)] if len(shape) == 3 else [])
+    for m in margins:
+        G = E @ E.transpose(-1, -2)
+        plain = (torch.relu(G.abs() - m).square() * pair).sum()
+        want = torch.autograd.grad(plain, E)[0]
+        got_val = HingeGram.apply(E, pair, m)
+        got = torch.autograd.grad(got_val, E)[0]
+        assert float(got_val) == pytest.approx(float(plain), rel=1e-12) and float(plain) > 0
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda e: HingeGram.apply(e, pair, 0.1), (E,))
 
 
 @pytest.mark.slow
