@@ -17,11 +17,10 @@ __version__ = "0.1.0"
 import os as _os
 import sys as _sys
 
-# torch's OpenMP pool spins while it waits; under CPU load the spinning threads eat the share the
-# working ones need (sae_atoms.threads). Passive waiting must be chosen before torch loads libgomp;
-# a value the user set wins.
-if "torch" not in _sys.modules:
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# how torch's OpenMP threads wait for each other (sae_atoms.threads): a short spin, then sleep. libgomp
+# reads it once, when torch loads it, so it is set only before torch is imported; a value the user set wins.
+if "torch" not in _sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & _os.environ.keys():
+    _os.environ["GOMP_SPINCOUNT"] = "3000"
 
 from sae_atoms.aip import AIPMetric  # noqa: E402
 from sae_atoms.models import load_model  # noqa: E402

@@ -1,21 +1,27 @@
 """How many CPU threads torch should use, and how its threads wait.
 
-torch's OpenMP pool synchronises its threads at every operation. With the default (active)
-wait policy an idle thread spins, and when other CPU-bound processes take the cores the pool
-spends its share spinning: 5.7x slower extraction, over 12x slower training, measured on
-2 cores with two competitors. ``import sae_atoms`` therefore sets ``OMP_WAIT_POLICY=PASSIVE``
-when the user has not set it and torch is not yet imported (libgomp reads it once, at load).
-Measured on 2 cores (``sae-atoms bench under_load``, a ``tsae`` step at d 576, width 2,304,
-batch 1,024, median of 7): idle 2 threads 0.143 s active / 0.151 s passive; with two busy
-competitors, 2 threads 0.367 s active / 0.257 s passive, 1 thread 0.37-0.43 s either way.
+torch's OpenMP pool (libgomp in the Linux wheels) synchronises its threads at the end of every
+parallel operation, and how a thread waits there sets two costs:
+
+* spinning (``OMP_WAIT_POLICY=ACTIVE``): when other CPU-bound processes take the cores, the pool
+  spends its share spinning; extraction and training under load were several times slower;
+* sleeping at once (``OMP_WAIT_POLICY=PASSIVE``): every operation pays a wake-up. On idle cores
+  that made the frontier's small SAE steps, the model's small batches and so the main job slower;
+* a short spin, then sleep (libgomp's own policy with a spin count, ``GOMP_SPINCOUNT``): about the
+  idle speed of spinning, and at most one short spin lost per operation under load, where
+  ``choose_threads`` also gives up the threads other processes need.
+
+``import sae_atoms`` sets ``GOMP_SPINCOUNT=3000`` when the user has set neither variable and torch
+is not yet imported (libgomp reads them once, at load). The closing notes of issue 24 hold the
+measurements (``sae-atoms bench under_load``, ``stability_step``, the main job's stages).
 
 ``choose_threads()`` picks:
 
 * ``SAE_ATOMS_THREADS`` when set (a positive integer), else
-* ``min(cores in this process's CPU affinity, torch's default)``; with the active wait policy
-  this is reduced to the cores the other runnable processes leave free right now
-  (``/proc/loadavg``'s runnable count less this process's own running threads, else the
-  1-minute load average), at least 1.
+* ``min(cores in this process's CPU affinity, torch's default)``; unless the wait is passive, this
+  is reduced to the cores the other runnable processes leave free right now (``/proc/loadavg``'s
+  runnable count less this process's own running threads, else the 1-minute load average), at
+  least 1.
 
 ``set_threads(n)`` applies it (``sae-atoms --threads N`` and every subcommand call it).
 """

@@ -6,8 +6,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
-# As `import sae_atoms` does (sae_atoms.threads), but torch is imported here first: spinning OpenMP
-# threads starve a loaded machine, and with the active policy in-process `sae-atoms` calls pick 1 thread.
+# torch is imported here before sae_atoms, so its wait is chosen here (sae_atoms.threads): the passive one, with
+# which in-process `sae-atoms` calls keep their thread count when the test run's own processes load the machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest

@@ -31,18 +31,19 @@ def test_passive_wait_keeps_all_cores_under_load():
 
 
 @pytest.mark.slow
-def test_import_sets_passive_wait_unless_user_chose_or_torch_came_first():
-    code = "import {first}, os; print('policy', os.environ.get('OMP_WAIT_POLICY'))"
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+def test_import_sets_a_short_spin_unless_user_chose_or_torch_came_first():
+    code = "import {first}, os; print('wait', os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
-    def policy(first: str, env: dict[str, str]) -> str:
+    def wait(first: str, env: dict[str, str]) -> str:
         out = subprocess.run([sys.executable, "-c", code.format(first=first)], capture_output=True, text=True,
                              env={**base, **env}, timeout=120).stdout
-        return out.split("policy ")[1].strip()
+        return out.split("wait ")[1].strip()
 
-    assert policy("sae_atoms", {}) == "PASSIVE"
-    assert policy("sae_atoms", {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
-    assert policy("torch, sae_atoms", {}) == "None"  # too late for libgomp: left alone
+    assert wait("sae_atoms", {}) == "None 3000"
+    assert wait("sae_atoms", {"OMP_WAIT_POLICY": "PASSIVE"}) == "PASSIVE None"
+    assert wait("sae_atoms", {"GOMP_SPINCOUNT": "0"}) == "None 0"
+    assert wait("torch, sae_atoms", {}) == "None None"  # too late for libgomp: left alone
 
 
 def test_own_running_threads_are_not_counted_as_load():
