@@ -20,10 +20,12 @@ at its own K: a batch's margin is too loose for samples above the mean L0, which
 
 Cost: ``coactive`` uses the batch's first ``rows`` samples, each with its ``k_max`` strongest
 active atoms (``[rows, k, k]`` Gram blocks); ``all`` a ``[rows, rows]`` Gram of ``rows`` random atoms; both
-small against the step's ``[batch, d] x [d, d_sae]`` products. The rows come from ``Rows``, which is
-asked only for the atoms read (each once): a geometry that maps rows (``tsae_aip``'s full AIP,
-``d^2`` per row) then pays for those, not for the whole dictionary; at a few hundred rows that map
-is as large as one of the step's products, which ``stability_every`` spreads over steps.
+small against the step's ``[batch, d] x [d, d_sae]`` products. The rows come from ``Rows``: a
+training step hands over its own unit decoder rows (``TSAETrainingSAE.stability_rows``), so rows in
+the SAE's geometry are gathered from them, not normalised anew; a function is asked only for the
+atoms read (each once): a geometry that maps rows (``tsae_aip``'s full AIP, ``d^2`` per row) then
+pays for those, not for the whole dictionary; at a few hundred rows that map is as large as one of
+the step's products, which ``stability_every`` spreads over steps.
 
 Why ``all`` can serve reading (b): held-out samples fire pairs of atoms that never fired together
 in a training batch, so a penalty on the co-active pairs of the batch leaves them coherent; the
@@ -41,7 +43,7 @@ from torch import Tensor
 DESIGNS = ("coactive", "all", "coactive_own_k")
 
 # the unit rows in the objective's geometry: a ``[N, d]`` tensor, or a function from a 1-D tensor of
-# atom indices to those atoms' rows (``TSAETrainingSAE.stability_directions``)
+# atom indices to those atoms' rows (``TSAETrainingSAE.stability_directions`` / ``stability_rows``)
 Rows = Union[Tensor, Callable[[Tensor], Tensor]]
 
 
@@ -93,8 +95,12 @@ def coactive_penalty(codes: Tensor, rows_unit: Rows, margin: float | None, rows:
     else:
         m = default_margin(c) if margin is None else margin
     val, idx = c.abs().topk(k, dim=-1)
-    read, where = idx.flatten().unique(return_inverse=True)                  # each atom read once
-    E = _select(rows_unit, read).index_select(0, where).view(*idx.shape, -1)  # [r, k, d]
+    if callable(rows_unit):                                                   # each atom's row made once
+        read, where = idx.flatten().unique(return_inverse=True)
+        E = rows_unit(read).index_select(0, where)
+    else:                                                                     # rows at hand: one gather
+        E = _select(rows_unit, idx.flatten())
+    E = E.view(*idx.shape, -1)                                                # [r, k, d]
     on = (val > 0).to(E.dtype)                                                # [r, k]
     pair = (on.unsqueeze(2) * on.unsqueeze(1)).triu_(1)                       # co-active pairs i < j
     return HingeGram.apply(E, pair, m) / pair.sum().clamp_min(1.0)            # over [r, k, k] cosines

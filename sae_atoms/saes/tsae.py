@@ -54,15 +54,9 @@ from sae_lens.saes.sae import TrainingSAEConfig, TrainStepInput, TrainStepOutput
 
 from sae_atoms.io import follow_umask
 from sae_atoms.saes.checks import check_batch, check_checkpoint_config, check_state_dict_shapes, check_training_config, check_width
-from sae_atoms.saes.stability import DESIGNS, stability_penalty
+from sae_atoms.saes.stability import DESIGNS, Rows, stability_penalty
 
-__all__ = [
-    "TSAESAEConfig",
-    "TSAESAE",
-    "TSAETrainingSAEConfig",
-    "TSAETrainingSAE",
-    "LOAD_HINT",
-]
+__all__ = ["TSAESAEConfig", "TSAESAE", "TSAETrainingSAEConfig", "TSAETrainingSAE", "LOAD_HINT"]
 
 # written into every saved folder's cfg.json (SAELens ignores keys that are not config fields)
 LOAD_HINT = ("this SAE is a sae_atoms architecture: install sae_atoms (it is not on PyPI; README, \"Install without a "
@@ -335,6 +329,10 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         normalised)."""
         return UnitRows.apply(self.W_dec if idx is None else self.W_dec.index_select(0, idx))
 
+    def stability_rows(self, unit: torch.Tensor) -> Rows:
+        """``stability_directions`` off a step's unit rows ``unit`` (in its graph): those rows, not normalised anew."""
+        return unit
+
     # ---- forward in the SAE's geometry
     def _pre_acts(self, y: torch.Tensor) -> torch.Tensor:
         """The encoder's pre-activations of ``y`` (SAE geometry), through ``hook_sae_acts_pre``: ``(y - b_dec)
@@ -349,8 +347,8 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
                               self.cfg.jumprelu_ste_to_input)
         return self.hook_sae_acts_post(acts), hidden_pre  # type: ignore[arg-type]
 
-    def _decode_geometry(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        return feature_acts @ self.unit_W_dec() + self.b_dec
+    def _decode_geometry(self, feature_acts: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
+        return feature_acts @ (self.unit_W_dec() if unit is None else unit) + self.b_dec
 
     # ---- SAELens interface (raw activations in and out)
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,13 +385,14 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
             return self._idle_step(step_input)
         y = self._to_geometry(x)
         feature_acts, hidden_pre = self._encode_top_k(y) if self.cfg.topk_training else self._encode_geometry(y)
-        y_hat = self._decode_geometry(feature_acts)
+        unit = self.unit_W_dec()  # the step's decoder rows, which the stability objective reads too
+        y_hat = self._decode_geometry(feature_acts, unit)
         out = RawOnRead(lambda: self._raw_out(y_hat.detach()), sae_in=x, feature_acts=feature_acts,
                         hidden_pre=hidden_pre)
         if self._raw_needed(step_input):
             out.sae_out = self._raw_out(y_hat)
         aux = self.calculate_aux_loss(step_input=step_input, feature_acts=feature_acts,
-                                      hidden_pre=hidden_pre, sae_out=y_hat)
+                                      hidden_pre=hidden_pre, sae_out=y_hat, unit=unit)
         optimised, logged = self._geometry_losses(out, y, y_hat)
         out.loss, out.losses = optimised + sum(aux.values()), {**logged, **aux}
         return out
@@ -414,15 +413,16 @@ class TSAETrainingSAE(LoadHintMixin, JumpReLUTrainingSAE):
         return self.hook_sae_acts_post(acts), hidden_pre  # type: ignore[arg-type]
 
     def calculate_aux_loss(self, step_input: TrainStepInput, feature_acts: torch.Tensor, hidden_pre: torch.Tensor,
-                           sae_out: torch.Tensor) -> dict[str, torch.Tensor]:
-        """SAELens's JumpReLU terms (none with ``topk_training``: k holds the L0), plus ``stability_loss``
-        when ``stability_coefficient > 0``."""
+                           sae_out: torch.Tensor, unit: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """SAELens's JumpReLU terms (none with ``topk_training``: k holds the L0), plus ``stability_loss`` when
+        ``stability_coefficient > 0``, off the step's unit rows ``unit`` if given (``stability_rows``)."""
         aux = {} if self.cfg.topk_training else super().calculate_aux_loss(
             step_input=step_input, feature_acts=feature_acts, hidden_pre=hidden_pre, sae_out=sae_out)
         c = self.cfg
         if c.stability_coefficient > 0 and step_input.n_training_steps % c.stability_every == 0:
+            rows = self.stability_directions if unit is None else self.stability_rows(unit)
             aux["stability_loss"] = c.stability_every * c.stability_coefficient * stability_penalty(
-                c.stability_design, feature_acts, self.stability_directions, c.stability_margin, c.stability_rows, c.stability_k_max,
+                c.stability_design, feature_acts, rows, c.stability_margin, c.stability_rows, c.stability_k_max,
                 self.stability_generator)
         return aux
 

@@ -56,6 +56,7 @@ from sae_lens.util import str_to_dtype
 
 from sae_atoms.aip import AIPMetric, AIPMoments
 from sae_atoms.saes.checks import check_batch, check_state_dict_shapes
+from sae_atoms.saes.stability import Rows
 from sae_atoms.saes.tsae import TSAESAE, InputWidthMixin, LoadHintMixin, TSAETrainingSAE, TSAETrainingSAEConfig, UnitRows
 
 _KINDS = ("uncentered", "centered")
@@ -306,8 +307,21 @@ class TSAEAIPTrainingSAE(TSAETrainingSAE):
     def stability_directions(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Unit decoder rows (of the atoms ``idx``, default all) in ``stability_geometry`` (the full
         AIP: ``S^-(1-alpha)/2`` of each row, renormalised; only the rows asked for are mapped)."""
-        rows = super().stability_directions(idx)
-        if self.cfg.stability_geometry != "aip" or self.cfg.aip_alpha == 1.0:
+        return self._to_stability_geometry(super().stability_directions(idx))
+
+    def stability_rows(self, unit: torch.Tensor) -> Rows:
+        """``stability_directions`` read off a step's unit decoder rows ``unit``: those rows in the SAE's
+        geometry, else a function that maps the rows asked for to the full AIP."""
+        if not self._maps_to_full():
+            return unit
+        return lambda idx: self._to_stability_geometry(unit.index_select(0, idx))
+
+    def _maps_to_full(self) -> bool:
+        return self.cfg.stability_geometry == "aip" and self.cfg.aip_alpha != 1.0
+
+    def _to_stability_geometry(self, rows: torch.Tensor) -> torch.Tensor:
+        """Unit rows of the SAE's geometry in ``stability_geometry`` (unchanged unless it maps to the full AIP)."""
+        if not self._maps_to_full():
             return rows
         if self._to_full is None or self._to_full.device != rows.device:
             self._to_full = to_full_aip(self.aip_W, float(self.cfg.aip_alpha))

@@ -116,6 +116,40 @@ def test_stability_geometry_aip_reads_the_rows_in_the_full_aip_while_the_sae_tra
             TSAEAIPTrainingSAEConfig(d_in=8, d_sae=12, **bad)
 
 
+@pytest.mark.parametrize("design", ["coactive_own_k", "all"])
+@pytest.mark.parametrize("kind", ["tsae", "tsae_aip sae", "tsae_aip aip"])
+def test_a_step_reads_the_objective_off_its_own_unit_rows_as_stability_directions_would(kind: str, design: str):
+    """A training step hands its unit decoder rows to the objective (``stability_rows``): the loss and the
+    decoder's gradient are those read off ``stability_directions`` (which normalise and map the rows anew),
+    in the raw space, in tsae_aip's own geometry and in the full AIP it maps to."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    from sae_atoms.saes.tsae_aip import TSAEAIPTrainingSAE, TSAEAIPTrainingSAEConfig
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 8) @ torch.diag(torch.tensor([4.0, 3, 2, 1, 1, 0.5, 0.3, 0.2])) + 1.0
+    codes = torch.rand(16, 24) * (torch.rand(16, 24) < 0.4)
+    opts = {"d_in": 8, "d_sae": 24, "stability_coefficient": 1.0, "stability_margin": 0.01, "stability_design": design,
+            "stability_rows": 24, "topk_training": True, "target_l0": 4}
+    if kind == "tsae":
+        sae = TSAETrainingSAE(TSAETrainingSAEConfig(**opts))
+    else:
+        sae = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(**opts, aip_alpha=0.35, stability_geometry=kind.split()[1]))
+        sae.fit_metric(x)
+    assert sae.stability_rows(sae.unit_W_dec()) is not None
+
+    def read(own_rows: bool) -> tuple[float, torch.Tensor]:
+        sae.stability_generator = torch.Generator().manual_seed(3)  # the same random atoms for "all"
+        unit = sae.unit_W_dec() if own_rows else None
+        loss = sae.calculate_aux_loss(TrainStepInput(x[:16], {}, None, 0, False), codes, codes, x[:16],
+                                      unit=unit)["stability_loss"]
+        return float(loss), torch.autograd.grad(loss, sae.W_dec)[0]
+
+    (want, g_want), (got, g_got) = read(False), read(True)
+    assert want > 0 and got == pytest.approx(want, rel=1e-5)
+    assert torch.allclose(g_got, g_want, rtol=1e-4, atol=1e-7) and g_want.abs().sum() > 0
+
+
 def test_stability_every_applies_the_objective_every_nth_step_at_n_times_its_weight():
     from sae_lens.saes.sae import TrainStepInput
 
