@@ -136,7 +136,8 @@ def test_a_step_reads_the_objective_off_its_own_unit_rows_as_stability_direction
     else:
         sae = TSAEAIPTrainingSAE(TSAEAIPTrainingSAEConfig(**opts, aip_alpha=0.35, stability_geometry=kind.split()[1]))
         sae.fit_metric(x)
-    assert sae.stability_rows(sae.unit_W_dec()) is not None
+    unit = sae.unit_W_dec()
+    assert (sae.stability_rows(unit) is unit) == (kind != "tsae_aip aip")  # rows at hand are gathered from, not remade
 
     def read(own_rows: bool) -> tuple[float, torch.Tensor]:
         sae.stability_generator = torch.Generator().manual_seed(3)  # the same random atoms for "all"
