@@ -92,3 +92,23 @@ def test_run_cases_judges_each_ratio_against_its_target_in_its_direction(monkeyp
                                                         "slow_higher": False, "fast_higher": True}
     assert "MISSED" in capsys.readouterr().out
     assert list(bench.run_cases(["fast_lower"])) == ["fast_lower"]
+
+
+@pytest.mark.slow
+def test_under_load_also_times_the_idle_thread_count_when_the_load_cuts_threads(monkeypatch, timings):
+    """When ``choose_threads`` gives up a thread under load, the loaded step is timed on both counts:
+    the ratio stays the cut's, and ``ratio_idle_threads`` is the step on the idle count over the idle step."""
+    from sae_atoms import threads
+
+    picks = iter([2, 1])  # the idle phase's count, then the loaded phase's (quick: one round)
+    monkeypatch.setattr(threads, "choose_threads", lambda: next(picks))
+    counts: list[int] = []
+    real_set = threads.torch.set_num_threads
+    monkeypatch.setattr(threads.torch, "set_num_threads", lambda n: (counts.append(n), real_set(n))[1])
+    res = bench.CASES["under_load"](quick=True)
+    assert (res["idle_threads"], res["loaded_threads"]) == (2, 1)
+    assert counts[:3] == [2, 1, 2], "idle on 2, loaded on the cut's 1 first (even round), then on the idle 2"
+    t_idle, t_cut, t_kept = (t for _, t in timings)  # the three median times of the round, in their order
+    assert (res["baseline_seconds"], res["seconds"]) == (t_idle, t_cut)
+    assert res["ratio_idle_threads"] == pytest.approx(t_kept / t_idle)
+    assert res["rounds_idle_threads"] == [round(t_kept / t_idle, 3)]

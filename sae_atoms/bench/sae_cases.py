@@ -161,6 +161,15 @@ def _competitors(n: int) -> list:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
+def _times_on(step: Callable[[], object], repeat: int, counts: tuple[int, ...]) -> dict[int, float]:
+    """Median times of ``step`` on each thread count of ``counts`` (once each, in their order)."""
+    times: dict[int, float] = {}
+    for n in dict.fromkeys(counts):
+        torch.set_num_threads(n)
+        times[n] = timing.median_time(step, repeat)
+    return times
+
+
 def bench_under_load(quick: bool = False) -> dict:
     """A ``tsae`` training step with two CPU-bound competitor processes / the same step without them.
 
@@ -171,7 +180,11 @@ def bench_under_load(quick: bool = False) -> dict:
     round's). Why rounds: where the scheduler puts the competitors and our threads changes from one
     start to the next, and with it the loaded step time, so one round's ratio is a noisy draw.
     Target loaded / idle <= 2.2; the fair share is about 2x (our threads get half of the runnable
-    threads' CPU time).
+    threads' CPU time). When ``choose_threads`` gives up threads under load, each loaded round also
+    times the step on the idle phase's thread count, in alternating order (``ratio_idle_threads``,
+    ``rounds_idle_threads``): the trade its cut makes (one thread gets 2/3 of a core beside two
+    competitors; two threads get more, and lose it at every operation's barrier when a partner
+    waits for its core), read on this step.
     """
     from sae_lens.training.sae_trainer import SAETrainer
 
@@ -188,9 +201,9 @@ def bench_under_load(quick: bool = False) -> dict:
     # the same step as two functions: a phase's times are told apart by which function they timed
     idle_step = lambda: trainer._train_step(sae, x)  # noqa: E731
     loaded_step = lambda: trainer._train_step(sae, x)  # noqa: E731
-    before, pairs = torch.get_num_threads(), []
+    before, pairs, kept = torch.get_num_threads(), [], []
     try:
-        for _ in range(rounds):
+        for r in range(rounds):
             idle_threads = choose_threads()
             torch.set_num_threads(idle_threads)
             t_idle = timing.median_time(idle_step, repeat)
@@ -198,8 +211,10 @@ def bench_under_load(quick: bool = False) -> dict:
             try:
                 time.sleep(1.0)
                 loaded_threads = choose_threads()
-                torch.set_num_threads(loaded_threads)
-                pairs.append((timing.median_time(loaded_step, repeat), t_idle))
+                times = _times_on(loaded_step, repeat, (loaded_threads, idle_threads)[::1 - 2 * (r % 2)])
+                pairs.append((times[loaded_threads], t_idle))
+                if loaded_threads != idle_threads:
+                    kept.append(times[idle_threads] / t_idle)
             finally:
                 for p in procs:
                     p.kill()
@@ -207,9 +222,10 @@ def bench_under_load(quick: bool = False) -> dict:
     finally:
         torch.set_num_threads(before)
     t_loaded, t_idle = sorted(pairs, key=lambda p: p[0] / p[1])[len(pairs) // 2]
+    extra = {"ratio_idle_threads": sorted(kept)[len(kept) // 2], "rounds_idle_threads": [round(k, 3) for k in kept]} if kept else {}
     return timing.measured(t_loaded, t_idle, 2.2, "lower", idle_threads=idle_threads, loaded_threads=loaded_threads,
                            competitors=2, d_in=d, d_sae=width, batch=batch,
-                           rounds=[round(a / b, 3) for a, b in pairs])
+                           rounds=[round(a / b, 3) for a, b in pairs], **extra)
 
 
 def bench_match_l0(quick: bool = False) -> dict:
