@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sae_atoms.experiments.plots import method_colors
 from sae_atoms.io import save_figure, write_json
 
 VECTOR_METHODS = ("diff_of_means", "random_direction")
@@ -57,12 +58,13 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.2))
+    colors = method_colors(list(res["methods"]))
     for m, r in res["methods"].items():
         pts = [p for sd in r["per_seed"].values() for p in sd["sweep"] if "success_rate" in p]
-        line, = ax.plot([p["kl_unrelated"] for p in pts], [p["success_rate"] for p in pts], "o", ms=3, alpha=0.6)
-        ax.plot([r["kl_unrelated"]], [r["success_rate"]], "*", ms=12, color=line.get_color(), label=f"{m} (test)")
+        ax.plot([p["kl_unrelated"] for p in pts], [p["success_rate"] for p in pts], "o", ms=3, alpha=0.6, color=colors[m])
+        ax.plot([r["kl_unrelated"]], [r["success_rate"]], "*", ms=12, color=colors[m], label=f"{m} (test)")
         if "equal_kl" in r:
-            ax.plot([r["equal_kl"]["test_kl"]], [r["equal_kl"]["success_equal_kl"]], "x", ms=9, mew=2, color=line.get_color())
+            ax.plot([r["equal_kl"]["test_kl"]], [r["equal_kl"]["success_equal_kl"]], "x", ms=9, mew=2, color=colors[m])
     ax.axvline(res["config"]["kl_budget"], color="grey", ls="--", lw=1, label="KL budget")
     ref = [r["equal_kl"]["kl_ref"] for r in res["methods"].values() if "equal_kl" in r]
     if ref:
@@ -87,10 +89,11 @@ def plot_generation(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.2))
+    colors = method_colors(list(res["methods"]))  # as in the success-KL plot: one method, one colour
     for m, r in res["methods"].items():
         c = r.get("generation", {}).get("curve") or []
         scales = "/".join(f"{p['scale']:g}" for p in c)
-        ax.plot([p["perplexity"] for p in c], [p["concept"] for p in c], "o-", ms=4, lw=1, label=f"{m} (x{scales})")
+        ax.plot([p["perplexity"] for p in c], [p["concept"] for p in c], "o-", ms=4, lw=1, color=colors[m], label=f"{m} (x{scales})")
     ref = res["methods"].get("diff_of_means", {}).get("generation", {}).get("equal_perplexity")
     if ref:
         ax.axvline(ref["ref_perplexity"], color="black", ls=":", lw=1, label="difference of means' perplexity (scale 1)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import matplotlib
 import pytest
 import torch
 
@@ -307,6 +308,27 @@ def test_steering_plot_legend_sits_outside_the_axes(tmp_path, monkeypatch):
     ax = fig.axes[0]
     legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
     assert legend.x0 >= frame.x1  # right of the plotting area: it covers no data
+
+
+def test_steering_plots_give_each_of_sixteen_methods_its_own_colour_in_both_plots(tmp_path, monkeypatch):
+    figs = []
+    save = output.save_figure
+    monkeypatch.setattr(output, "save_figure", lambda fig, path: figs.append(fig) or save(fig, path))
+    sweep = [{"kl_unrelated": k, "success_rate": k / 2} for k in (0.1, 0.5, 0.9)]
+    curve = [{"scale": 1.0, "perplexity": 10.0, "concept": 0.1}]
+    names = [f"method_{i}" for i in range(16)]  # as many as a study with two SAEs compares
+    methods = {m: {"per_seed": {0: {"sweep": sweep}}, "kl_unrelated": 0.9, "success_rate": 0.45, "generation": {"curve": curve}}
+               for m in names}
+    res = {"methods": methods, "config": {"kl_budget": 1.0, "relation": "r"}, "hook": "h"}
+    output.plot(res, tmp_path / "s.png")
+    output.plot_generation(res, tmp_path / "g.png")
+    stars, gen = ({ln.get_label().split(" (")[0]: matplotlib.colors.to_hex(ln.get_color()) for ln in f.axes[0].get_lines()
+                   if not ln.get_label().startswith("_") and ln.get_label().startswith("method_")} for f in figs)
+    assert set(stars) == set(gen) == set(names)
+    assert len(set(stars.values())) == 16, "no two methods share a colour (matplotlib's default cycle repeats after 10)"
+    assert stars == gen, "a method has the same colour in the success-KL and the generation plot"
+    dots = [ln for ln in figs[0].axes[0].get_lines() if ln.get_marker() == "o"]
+    assert [matplotlib.colors.to_hex(ln.get_color()) for ln in dots] == [stars[m] for m in names]  # sweeps too
 
 
 @pytest.mark.real_model
