@@ -211,7 +211,8 @@ def bench_under_load(quick: bool = False) -> dict:
             try:
                 time.sleep(1.0)
                 loaded_threads = choose_threads()
-                times = _times_on(loaded_step, repeat, (loaded_threads, idle_threads)[::1 - 2 * (r % 2)])
+                order = (loaded_threads, idle_threads) if r % 2 == 0 else (idle_threads, loaded_threads)
+                times = _times_on(loaded_step, repeat, order)  # the cut's count first in even rounds
                 pairs.append((times[loaded_threads], t_idle))
                 if loaded_threads != idle_threads:
                     kept.append(times[idle_threads] / t_idle)
@@ -222,7 +223,8 @@ def bench_under_load(quick: bool = False) -> dict:
     finally:
         torch.set_num_threads(before)
     t_loaded, t_idle = sorted(pairs, key=lambda p: p[0] / p[1])[len(pairs) // 2]
-    extra = {"ratio_idle_threads": sorted(kept)[len(kept) // 2], "rounds_idle_threads": [round(k, 3) for k in kept]} if kept else {}
+    extra = ({"ratio_idle_threads": sorted(kept)[len(kept) // 2], "rounds_idle_threads": [round(k, 3) for k in kept]}
+             if kept else {})
     return timing.measured(t_loaded, t_idle, 2.2, "lower", idle_threads=idle_threads, loaded_threads=loaded_threads,
                            competitors=2, d_in=d, d_sae=width, batch=batch,
                            rounds=[round(a / b, 3) for a, b in pairs], **extra)

@@ -93,7 +93,8 @@ def plot_generation(res: dict, path: Path) -> None:
     for m, r in res["methods"].items():
         c = r.get("generation", {}).get("curve") or []
         scales = "/".join(f"{p['scale']:g}" for p in c)
-        ax.plot([p["perplexity"] for p in c], [p["concept"] for p in c], "o-", ms=4, lw=1, color=colors[m], label=f"{m} (x{scales})")
+        ax.plot([p["perplexity"] for p in c], [p["concept"] for p in c], "o-", ms=4, lw=1, color=colors[m],
+                label=f"{m} (x{scales})")
     ref = res["methods"].get("diff_of_means", {}).get("generation", {}).get("equal_perplexity")
     if ref:
         ax.axvline(ref["ref_perplexity"], color="black", ls=":", lw=1, label="difference of means' perplexity (scale 1)")
