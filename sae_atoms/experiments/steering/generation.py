@@ -1,7 +1,8 @@
 """Steered generation: does the concept show up in free text, and at what cost in fluency?
 
-From prompts that name no place, language or currency but invite one (``prompts_for`` the
-relation's answers: ``PROMPTS`` for places, ``LANGUAGE_PROMPTS``, ``CURRENCY_PROMPTS``), each
+From prompts that name no place, language, continent or currency but invite one (``prompts_for``
+the relation's answers: ``PROMPTS`` for places, ``LANGUAGE_PROMPTS``, ``CONTINENT_PROMPTS``,
+``CURRENCY_PROMPTS``), each
 method steers the model toward each target while it generates ``n_tokens`` tokens greedily (TransformerLens's
 ``generate`` with its key-value cache). The edit is applied at every position, the prompt's and
 each new token's (as activation-addition steering does, Turner et al. 2023, arXiv 2308.10248), at
@@ -50,12 +51,19 @@ LANGUAGE_PROMPTS = ("The letter was written in", "The subtitles were in", "He is
                     "They sang a song in", "The book was translated into", "The film was dubbed into", "The sign was written in")
 CURRENCY_PROMPTS = ("The price was given in", "He paid the bill in", "They changed their money into", "The salary is paid in",
                     "I exchanged my dollars for", "The rent is paid in", "She saved her wages in", "The fine was paid in")
-PROMPTS_BY_LABEL = {"language": LANGUAGE_PROMPTS, "currency": CURRENCY_PROMPTS}
+# the place prompts invite a city or a country, so a continent seldom follows them, steered or not
+# (a concept share of a few continuations in a hundred cannot tell methods apart); these name the
+# kind ("the continent of") and leave the continent to the model
+CONTINENT_PROMPTS = ("She backpacked across the continent of", "The migrants came from the continent of",
+                     "Our tour covered the whole continent of", "His family emigrated from the continent of",
+                     "The explorers sailed to the continent of", "The tribe lived on the continent of",
+                     "The war spread across the continent of", "The team toured the continent of")
+PROMPTS_BY_LABEL = {"language": LANGUAGE_PROMPTS, "currency": CURRENCY_PROMPTS, "continent": CONTINENT_PROMPTS}
 
 
 def prompts_for(label: str) -> tuple[str, ...]:
     """The generation prompts of a relation whose answers are ``label`` (``config.RELATION_LABEL``):
-    ``PROMPTS_BY_LABEL``'s set, else the place prompts ``PROMPTS`` (countries, continents, capitals)."""
+    ``PROMPTS_BY_LABEL``'s set, else the place prompts ``PROMPTS`` (countries, capitals)."""
     return PROMPTS_BY_LABEL.get(label, PROMPTS)
 
 

@@ -352,17 +352,21 @@ def test_generation_of_many_methods_together_equals_each_alone(real_model, monke
 @pytest.mark.real_model
 def test_language_prompts_invite_a_language_where_place_prompts_do_not(real_model):
     """Each relation's generation prompts share one token length (one ``generate`` call), and the
-    unsteered model continues the language set with a language more often than the place set."""
+    unsteered model continues the language set with a language, and the continent set with a
+    continent, more often than the place set."""
     from sae_atoms.data import fact_prompts
 
     for label in ("country", "language", "currency", "continent"):
         prompts = generation.prompts_for(label)
         assert len({len(real_model.to_tokens(p)[0]) for p in prompts}) == 1, label
-    assert generation.prompts_for("language") == generation.LANGUAGE_PROMPTS and generation.prompts_for("continent") == generation.PROMPTS
-    languages = set(fact_prompts(relations=["country_language"])["language"])
+    assert generation.prompts_for("language") == generation.LANGUAGE_PROMPTS
+    assert generation.prompts_for("continent") == generation.CONTINENT_PROMPTS and generation.prompts_for("country") == generation.PROMPTS
+    facts = fact_prompts(relations=["country_language", "country_continent"])
+    names = {r: set(facts.filter(lambda x: x["relation"] == f"country_{r}")[r]) for r in ("language", "continent")}
 
-    def share(prompts: tuple[str, ...]) -> float:
+    def share(prompts: tuple[str, ...], kind: str) -> float:
         texts = [real_model.tokenizer.decode(c) for c in generation.generate(real_model, {"none": None}, ["x"], prompts, 8)["none"]["x"]]
-        return sum(any(lang in t for lang in languages) for t in texts) / len(texts)
+        return sum(any(n in t for n in names[kind]) for t in texts) / len(texts)
 
-    assert share(generation.LANGUAGE_PROMPTS) > share(generation.PROMPTS)
+    assert share(generation.LANGUAGE_PROMPTS, "language") > share(generation.PROMPTS, "language")
+    assert share(generation.CONTINENT_PROMPTS, "continent") > share(generation.PROMPTS, "continent")
