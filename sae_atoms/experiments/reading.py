@@ -97,7 +97,8 @@ def _within_reading(t: dict[str, dict], atoms: list[str]) -> str:
 
 def _generation_reading(t: dict[str, dict]) -> str:
     """Steered generation: the atoms method with the highest concept share at no more perplexity than
-    the difference of means (over its generation strength scales) against the difference of means."""
+    the difference of means (over its generation strength scales) against the difference of means, and
+    the unsteered model's share (the floor: a prompt that invites a continent may draw the target)."""
     d = t.get("diff_of_means", {})
     atoms = [m for m, v in t.items() if m.startswith("atoms") and v.get("gen_concept") is not None]
     if d.get("gen_concept") is None or not atoms:
@@ -107,8 +108,10 @@ def _generation_reading(t: dict[str, dict]) -> str:
     c = t[a].get("gen_concept_equal_ppl")
     ok = c is not None and c >= d["gen_concept"]
     scales = "/".join(f"x{p['scale']:g}" for p in t[a].get("gen_curve") or [])
+    floor = t.get("no_intervention", {}).get("gen_concept")  # the prompts may draw a target unsteered
     return (f" Steered generation: the difference of means names the target in {d['gen_concept']:.2f} of continuations at "
-            f"perplexity {d['gen_perplexity']:.1f}; at no more perplexity {a} names it in "
+            f"perplexity {d['gen_perplexity']:.1f}" + ("" if floor is None else f" (unsteered {floor:.2f})")
+            + f"; at no more perplexity {a} names it in "
             + ("none (no strength scale is as fluent)" if c is None else f"{c:.2f}") + f" (best over its scales {scales}; "
             + ("atoms reach it" if ok else "atoms do not reach it") + ", and "
             + ("reach" if t[a].get("gen_dominates_dom") else "do not reach")

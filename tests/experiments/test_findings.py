@@ -53,8 +53,9 @@ def test_relations_reading_states_the_three_checks_per_relation():
         "gen_perplexity": p, "gen_concept_equal_ppl": ce, "gen_dominates_dom": dom, "gen_curve": [{"scale": 1.0}, {"scale": 2.0}]}
     t = {"diff_of_means": row(0.5, 0.0, 0.0, 0.6, 0.4, 20.0, 0.4, True), "atoms": row(0.7, 0.2, 0.05, 0.7, 0.5, 15.0, 0.5, True),
          "atoms_swap": row(0.6, 0.1, 0.05, 0.8, 0.1, 9.0, 0.1), "features_jumprelu": row(0.1, -0.4, 0.05, 0.75, 0.0, 5.0, 0.0),
-         "no_intervention": {"gen_concept": 0.0, "gen_perplexity": 4.0}}
+         "no_intervention": {"gen_concept": 0.125, "gen_perplexity": 4.0}}
     text, = relations_reading({"country_language": t})
+    assert "names the target in 0.40 of continuations at perplexity 20.0 (unsteered 0.12); at no more" in text
     assert "country -> language" in text and "atoms 0.700 vs 0.500" in text and "+0.200 ± 0.050" in text
     assert "significant at" in text and "not significant" not in text and "best of 2 atoms methods" in text
     assert "atoms_swap 0.800" in text and "atoms lead it" in text  # the best atoms hmean beats DoM's and the features'
