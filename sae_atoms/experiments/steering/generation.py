@@ -131,15 +131,16 @@ def log_perplexity(model, prompts: Sequence[str], continuations: Sequence[list[i
 
 
 def scores(model, targets: Sequence[str], prompts: Sequence[str], gen: dict[str, list[list[int]]]) -> dict[str, Any]:
-    """Concept score and geometric-mean perplexity over every target's continuations, and one example each."""
-    hits, examples = [], {}
+    """Concept score (over every target's continuations, and per target: which targets carry it) and
+    geometric-mean perplexity, and one example each."""
+    by_target, examples = {}, {}
     for v in targets:
         texts = [model.tokenizer.decode(c) for c in gen[v]]
-        hits += [v.lower() in t.lower() for t in texts]
+        by_target[v] = sum(v.lower() in t.lower() for t in texts) / len(texts)
         examples[v] = prompts[0] + texts[0]
     lp = log_perplexity(model, [p for _ in targets for p in prompts], [c for v in targets for c in gen[v]])
-    return {"concept": sum(hits) / len(hits), "perplexity": math.exp(float(lp.mean())), "n": len(hits),
-            "examples": examples}
+    return {"concept": sum(by_target.values()) / len(targets), "perplexity": math.exp(float(lp.mean())),
+            "n": len(targets) * len(prompts), "concept_by_target": by_target, "examples": examples}
 
 
 def steered_generation(model, methods: dict[str, Method], targets: Sequence[str], n_tokens: int,
@@ -157,7 +158,7 @@ def steered_generation(model, methods: dict[str, Method], targets: Sequence[str]
             if n not in at:
                 out[n] = s
                 continue
-            point = {"scale": scale, "strength": at[n].strength, "concept": s["concept"], "perplexity": s["perplexity"]}
+            point = {"scale": scale, "strength": at[n].strength} | {k: s[k] for k in ("concept", "perplexity", "concept_by_target")}
             out[n]["curve"].append(point)
             if scale == 1.0:
                 out[n] |= s | point

@@ -167,7 +167,10 @@ def _unsteered(res: dict[str, Any]) -> dict[str, dict]:
     return {"no_intervention": {"gen_concept": g["concept"], "gen_perplexity": g["perplexity"]}}
 
 
-def pooled_generation(gens: list[dict]) -> dict[str, float]:
-    """Seeds' generation scores pooled: the mean concept score, the geometric-mean perplexity."""
+def pooled_generation(gens: list[dict]) -> dict[str, Any]:
+    """Seeds' generation scores pooled: the mean concept score (also per target), the geometric-mean perplexity."""
+    by_target = [g["concept_by_target"] for g in gens if "concept_by_target" in g]
     return {"concept": sum(g["concept"] for g in gens) / len(gens),
-            "perplexity": math.exp(sum(math.log(g["perplexity"]) for g in gens) / len(gens))}
+            "perplexity": math.exp(sum(math.log(g["perplexity"]) for g in gens) / len(gens)),
+            **({"concept_by_target": {v: sum(b[v] for b in by_target) / len(gens) for v in by_target[0]}}
+               if len(by_target) == len(gens) else {})}

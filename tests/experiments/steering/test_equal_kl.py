@@ -171,3 +171,17 @@ def test_generation_scores_count_the_target_in_continuations(monkeypatch):
     s = generation.scores(model, ["India"], ["a", "b", "c"], {"India": [[1], [2], [3]]})
     assert s["concept"] == pytest.approx(2 / 3) and s["perplexity"] == pytest.approx(4.0) and s["n"] == 3
     assert s["examples"]["India"] == "awe saw India"
+    two = generation.scores(model, ["India", "here"], ["a", "b", "c"], {"India": [[1], [2], [3]], "here": [[1], [1], [2]]})
+    assert two["concept_by_target"] == pytest.approx({"India": 2 / 3, "here": 1 / 3}) and two["n"] == 6
+    assert two["concept"] == pytest.approx(3 / 6)  # every continuation counted once
+
+
+def test_pooled_generation_averages_each_target_over_seeds():
+    from sae_atoms.experiments.steering.seeds import pooled_generation
+
+    gens = [{"concept": 0.5, "perplexity": 2.0, "concept_by_target": {"a": 1.0, "b": 0.0}},
+            {"concept": 0.25, "perplexity": 8.0, "concept_by_target": {"a": 0.5, "b": 0.0}}]
+    p = pooled_generation(gens)
+    assert p["concept"] == pytest.approx(0.375) and p["perplexity"] == pytest.approx(4.0)
+    assert p["concept_by_target"] == pytest.approx({"a": 0.75, "b": 0.0})
+    assert "concept_by_target" not in pooled_generation([gens[0], {"concept": 0.0, "perplexity": 1.0}])  # results of before

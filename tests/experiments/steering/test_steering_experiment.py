@@ -256,6 +256,9 @@ def test_steering_experiment_on_real_model(real_model, real_acts, fact_data, tmp
         assert (one["concept"], one["perplexity"], one["strength"]) == (g["concept"], g["perplexity"], g["strength"])
         assert half["scale"] == 0.5 and half["strength"] == pytest.approx(0.5 * g["strength"])
         assert [p["scale"] for p in r["generation"]["curve"]] == [0.5, 1.0]
+        by_target = r["generation"]["curve"][0]["concept_by_target"]  # which targets carry the share, at each scale
+        assert set(by_target) == {t["value"] for t in res["targets"]}
+        assert sum(by_target.values()) / len(by_target) == pytest.approx(r["generation"]["curve"][0]["concept"])
     ref = res["methods"]["diff_of_means"]["generation"]
     for m, r in res["methods"].items():  # at the difference of means' perplexity: the best of the points at most as perplexing
         e, fluent = r["generation"]["equal_perplexity"], [p for p in r["generation"]["curve"] if p["perplexity"] <= ref["perplexity"]]
