@@ -2,9 +2,8 @@
 
 From prompts that name no place, language, continent or currency but invite one (``prompts_for``
 the relation's answers: ``PROMPTS`` for places, ``LANGUAGE_PROMPTS``, ``CONTINENT_PROMPTS``,
-``CURRENCY_PROMPTS``), each
-method steers the model toward each target while it generates ``n_tokens`` tokens greedily (TransformerLens's
-``generate`` with its key-value cache). The edit is applied at every position, the prompt's and
+``CURRENCY_PROMPTS``), each method steers the model toward each target while it generates
+``n_tokens`` tokens greedily (TransformerLens's ``generate`` with its key-value cache). The edit is applied at every position, the prompt's and
 each new token's (as activation-addition steering does, Turner et al. 2023, arXiv 2308.10248), at
 the method's strength from the comparison at equal KL (``equal_kl``; else its chosen strength)
 times each of ``scales``: a strength matched for one edited position need not suit an edit at every
