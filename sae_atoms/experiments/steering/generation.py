@@ -3,12 +3,12 @@
 From prompts that name no place, language, continent or currency but invite one (``prompts_for``
 the relation's answers: ``PROMPTS`` for places, ``LANGUAGE_PROMPTS``, ``CONTINENT_PROMPTS``,
 ``CURRENCY_PROMPTS``), each method steers the model toward each target while it generates
-``n_tokens`` tokens greedily (TransformerLens's ``generate`` with its key-value cache). The edit is applied at every position, the prompt's and
-each new token's (as activation-addition steering does, Turner et al. 2023, arXiv 2308.10248), at
-the method's strength from the comparison at equal KL (``equal_kl``; else its chosen strength)
-times each of ``scales``: a strength matched for one edited position need not suit an edit at every
-position (weaker keeps the text fluent, stronger may name the concept more), so each method gets a
-concept-perplexity curve, not one point.
+``n_tokens`` tokens greedily (TransformerLens's ``generate`` with its key-value cache). The edit
+is applied at every position, the prompt's and each new token's (as activation-addition steering
+does, Turner et al. 2023, arXiv 2308.10248), at the method's strength from the comparison at equal
+KL (``equal_kl``; else its chosen strength) times each of ``scales``: a strength matched for one
+edited position need not suit an edit at every position (weaker keeps the text fluent, stronger
+may name the concept more), so each method gets a concept-perplexity curve, not one point.
 
 * concept score: the share of continuations in which the target's name appears (case-insensitive);
 * fluency: the perplexity of the continuation under the unsteered model,
@@ -132,14 +132,15 @@ def log_perplexity(model, prompts: Sequence[str], continuations: Sequence[list[i
 def scores(model, targets: Sequence[str], prompts: Sequence[str], gen: dict[str, list[list[int]]]) -> dict[str, Any]:
     """Concept score (over every target's continuations, and per target: which targets carry it) and
     geometric-mean perplexity, and one example each."""
-    by_target, examples = {}, {}
+    hits, examples = {}, {}
     for v in targets:
         texts = [model.tokenizer.decode(c) for c in gen[v]]
-        by_target[v] = sum(v.lower() in t.lower() for t in texts) / len(texts)
+        hits[v] = [v.lower() in t.lower() for t in texts]
         examples[v] = prompts[0] + texts[0]
     lp = log_perplexity(model, [p for _ in targets for p in prompts], [c for v in targets for c in gen[v]])
-    return {"concept": sum(by_target.values()) / len(targets), "perplexity": math.exp(float(lp.mean())),
-            "n": len(targets) * len(prompts), "concept_by_target": by_target, "examples": examples}
+    n = sum(len(h) for h in hits.values())
+    return {"concept": sum(sum(h) for h in hits.values()) / n, "perplexity": math.exp(float(lp.mean())), "n": n,
+            "concept_by_target": {v: sum(h) / len(h) for v, h in hits.items()}, "examples": examples}
 
 
 def steered_generation(model, methods: dict[str, Method], targets: Sequence[str], n_tokens: int,
@@ -157,7 +158,8 @@ def steered_generation(model, methods: dict[str, Method], targets: Sequence[str]
             if n not in at:
                 out[n] = s
                 continue
-            point = {"scale": scale, "strength": at[n].strength} | {k: s[k] for k in ("concept", "perplexity", "concept_by_target")}
+            point = {"scale": scale, "strength": at[n].strength,
+                     **{k: s[k] for k in ("concept", "perplexity", "concept_by_target")}}
             out[n]["curve"].append(point)
             if scale == 1.0:
                 out[n] |= s | point
