@@ -73,9 +73,10 @@ import torch
 from sae_atoms.aip import AIPMetric
 from sae_atoms.argtypes import named_fields, unit_lr
 from sae_atoms.corpus import hook_activations, split_documents, token_rows
-from sae_atoms.experiments.token_onb import build_onb, is_built
+from sae_atoms.experiments.token_onb import build_onb, check_onb, is_built
 from sae_atoms.io import atomic_dir, write_json
 from sae_atoms.massive import MASSIVE_RATIO, massive_share
+from sae_atoms.saes.orthonormal import CONTRASTS
 from sae_atoms.units import ATOMS_ALPHA_TOKENS, ONB, STABILITY_TOKENS, atoms_variants, is_atoms, unit_config
 
 TOKEN_UNITS = ("atoms", "atoms_stable", "tsae", "features_jumprelu", "features_jumprelu_whitened", "features_topk",
@@ -95,7 +96,6 @@ class TokenFrontierConfig:
     expansion: float = 4.0            # width as a multiple of the hook's width, every unit alike
     corpus: str = "human-en"
     tokens: int = 90_000              # training tokens (the runner's training_tokens): the CPU default
-
     context_size: int = 128
     batch_tokens: int = 512           # the runner's train_batch_size_tokens
     lr: float = 3e-3                  # every unit's learning rate (--unit-lr for one unit's own)
@@ -114,6 +114,7 @@ class TokenFrontierConfig:
     atoms_variants: tuple = ()        # ((name, ((field, value), ...)), ...): atoms designs trained beside, as atoms_<name>
     unit_lrs: tuple = ()              # ((unit, lr), ...): units trained at their own learning rate, not lr
     onb_refine: int = 10              # Procrustes steps of atoms_onb's ICA basis at each target (token_onb)
+    onb_contrast: str = "logcosh"     # FastICA contrast of atoms_onb's basis (saes.orthonormal.CONTRASTS)
 
 
 ATOMS_TRAINING = {  # TokenFrontierConfig.atoms_training -> the tsae / tsae_aip config fields it sets
@@ -402,8 +403,7 @@ def check_config(c: TokenFrontierConfig) -> None:
         raise ValueError(f"atoms_training={c.atoms_training!r}: choose from {sorted(ATOMS_TRAINING)}.")
     if not 0.0 <= c.atoms_alpha <= 1.0:
         raise ValueError(f"atoms_alpha={c.atoms_alpha} must be in [0, 1] (1 = the full AIP, 0 = Euclid).")
-    if c.onb_refine < 0:
-        raise ValueError(f"onb_refine={c.onb_refine} must be >= 0 (Procrustes steps; 0: the ICA basis as it is).")
+    check_onb(c)
     if c.batch_tokens > c.tokens:
         raise ValueError(f"batch_tokens={c.batch_tokens} exceeds tokens={c.tokens}: the runner would take no step.")
     bad = sorted({u for u, lr in c.unit_lrs if u not in trained_units(c) or not lr > 0})
@@ -451,9 +451,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atoms-training", choices=sorted(ATOMS_TRAINING), default=d.atoms_training,
                    help="how atoms and tsae hold their L0 while training: "
                         + "; or ".join(f"{k}, trained {v}" for k, v in ATOMS_TRAINING_TEXT.items()))
-    p.add_argument("--atoms-alpha", type=float, default=d.atoms_alpha,
-                   help=f"partial whitening S^alpha of the atoms (default {d.atoms_alpha:g}; 1 = the full AIP)")
+    p.add_argument("--atoms-alpha", type=float, default=d.atoms_alpha, help="partial whitening S^alpha of the atoms (1: the full AIP)")
     p.add_argument("--onb-refine", type=int, default=d.onb_refine, help=f"Procrustes steps of {ONB}'s ICA basis at each target")
+    p.add_argument("--onb-contrast", choices=sorted(CONTRASTS), default=d.onb_contrast, help=f"FastICA contrast of {ONB}'s basis")
     p.add_argument("--val-tokens", type=int, default=d.val_tokens, help="held-out tokens the L0 is matched on")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens evaluated on")
     p.add_argument("--heldout-doc-tokens", type=int, default=d.heldout_doc_tokens,
@@ -487,7 +487,7 @@ def run_cli(args: argparse.Namespace) -> int:
                             atoms_alpha=args.atoms_alpha, val_tokens=args.val_tokens,
                             eval_tokens=args.eval_tokens, heldout_doc_tokens=args.heldout_doc_tokens,
                             ref_tokens=args.ref_tokens, eval_batch_prompts=args.eval_batch_prompts, seed=args.seed, stability=args.stability,
-                            drop_massive=args.drop_massive, onb_refine=args.onb_refine,
+                            drop_massive=args.drop_massive, onb_refine=args.onb_refine, onb_contrast=args.onb_contrast,
                             atoms_variants=tuple(args.atoms_variant), unit_lrs=tuple(args.unit_lr))
     check_config(c)
     out = Path(args.out)

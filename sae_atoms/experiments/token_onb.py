@@ -15,7 +15,7 @@ error, and the atoms stay orthonormal in the AIP whichever K of them a token kee
 The atoms and their negatives are a SAELens ``TopKSAE`` of ``2 d`` latents (half the other units'
 width at the default 4x). Stability twins, as the subject frontier builds them: ICA from the next
 seed, and a mixture of two bases (twice the width, ``n_bases=2``, coded at each target's K) from the
-seed after, each refined alike.
+seed after, each refined alike. ``onb_contrast`` picks FastICA's contrast for all of them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from sae_atoms.aip import AIPMetric
 from sae_atoms.massive import typical
-from sae_atoms.saes.orthonormal import ica_atoms, raw_selecting, refine_atoms
+from sae_atoms.saes.orthonormal import CONTRASTS, ica_atoms, raw_selecting, refine_atoms
 from sae_atoms.units import ONB
 
 
@@ -43,13 +43,21 @@ def build_onb(x_ref: Tensor, c: Any, ref: AIPMetric, names: dict[float, str], de
                       "--ref-tokens for a comparison on equal data", stacklevel=2)
     x = x_ref.cpu()
     x = x[typical(ref.whiten(x))]
-    ica = lambda k, **kw: ica_atoms(x, k, ref, hook=c.hook, progress=progress, **kw)  # noqa: E731
+    ica = lambda k, **kw: ica_atoms(x, k, ref, hook=c.hook, progress=progress, contrast=c.onb_contrast, **kw)  # noqa: E731
     bases = {"": ica(1, seed=c.seed)} | ({"_init2": ica(1, seed=c.seed + 1)} if c.stability else {})
     out = {names[t] + s: raw_selecting(sae, int(round(t))) for t in names for s, sae in bases.items()}
     if c.stability:
         out |= {names[t] + "_wide": raw_selecting(ica(int(round(t)), n_bases=2, seed=c.seed + 2), int(round(t))) for t in names}
     refine = (lambda sae: refine_atoms(sae, x, ref, iters=c.onb_refine)) if c.onb_refine else (lambda sae: sae)
     return {n: refine(sae).to(device) for n, sae in out.items()}
+
+
+def check_onb(c: Any) -> None:
+    """A clear error for ``atoms_onb``'s settings in a token-frontier config ``c``."""
+    if c.onb_refine < 0:
+        raise ValueError(f"onb_refine={c.onb_refine} must be >= 0 (Procrustes steps; 0: the ICA basis as it is).")
+    if c.onb_contrast not in CONTRASTS:
+        raise ValueError(f"onb_contrast={c.onb_contrast!r}: choose from {sorted(CONTRASTS)} (FastICA's contrast).")
 
 
 def is_built(unit: str) -> bool:

@@ -65,6 +65,8 @@ def test_orthonormal_atoms_are_built_not_trained(tiny_model, tmp_path):
     assert set(TF.runner_config(c, tiny_model, tmp_path, "cpu").saes) == {"atoms_l0_4", "atoms_l0_8"}
     with pytest.raises(ValueError, match="onb_refine=-1 must be >= 0"):
         TF.check_config(TF.TokenFrontierConfig(units=("atoms_onb",), onb_refine=-1))
+    with pytest.raises(ValueError, match=r"onb_contrast='tanh': choose from \['logcosh', 'skew'\]"):
+        TF.check_config(TF.TokenFrontierConfig(units=("atoms_onb",), onb_contrast="tanh"))
 
 
 def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
@@ -97,6 +99,9 @@ def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     assert not torch.allclose(refined["o2"].W_dec, refined["o6"].W_dec) and refined["o6"].cfg.k == 6
     assert refined["o6"].cfg.rescale_acts_by_decoder_norm
     assert evaluate_units(refined["o6"], x, ref)["q_star_b"] == 1.0
+    skew = build_onb(x, TF.replace(c, onb_contrast="skew"), ref, {6: "o6"}, progress=False)  # every basis by its contrast
+    assert all(not torch.allclose(skew[n].W_dec, saes[n].W_dec) for n in ("o6", "o6_init2", "o6_wide"))
+    assert evaluate_units(skew["o6"], x, ref)["q_star_b"] == 1.0
 
 
 def test_orthonormal_atoms_on_more_tokens_than_the_trained_units_warn(tiny_model):
