@@ -363,7 +363,7 @@ def run_token_frontier(model: Any, cfg: TokenFrontierConfig | None = None, *, ou
     x_val, x_eval = (hook_activations(model, data[k]["tokens"], c.hook) for k in ("val", "eval"))
     ref = AIPMetric.robust(x_ref := hook_activations(model, data["ref"]["tokens"], c.hook))
     seconds, t0 = {"data": time.time() - t0}, time.time()
-    saes = build_onb(x_ref, c, ref, {t: sae_name(ONB, t) for t in c.targets}, device, progress) if ONB in c.units else {}
+    saes = build_onb(x_ref, c, ref, {t: sae_name(ONB, t) for t in c.targets}, device) if ONB in c.units else {}
     del x_ref  # atoms_onb is built on the reference AIP's training tokens, in it (token_onb)
     trained, rows_read = train_units(c, model, data["train"], out, device, resume) if trained_units(c) else ({}, 0)
     saes |= trained

@@ -32,8 +32,7 @@ from sae_atoms.saes.orthonormal import CONTRASTS, ica_atoms, raw_selecting, refi
 from sae_atoms.units import ONB
 
 
-def build_onb(x_ref: Tensor, c: Any, ref: AIPMetric, names: dict[float, str], device: str = "cpu",
-              progress: bool = True) -> dict[str, TopKSAE]:
+def build_onb(x_ref: Tensor, c: Any, ref: AIPMetric, names: dict[float, str], device: str = "cpu") -> dict[str, TopKSAE]:
     """``atoms_onb`` at each target of ``names`` (target -> SAE name), and with ``c.stability`` its
     ``_init2`` and ``_wide`` twins, learned on ``x_ref`` (the activations ``ref`` is fitted on) on the
     CPU, returned on ``device``. Warns when ``x_ref`` holds more tokens than the trained units see."""
@@ -43,7 +42,7 @@ def build_onb(x_ref: Tensor, c: Any, ref: AIPMetric, names: dict[float, str], de
                       "--ref-tokens for a comparison on equal data", stacklevel=2)
     x = x_ref.cpu()
     x = x[typical(ref.whiten(x))]
-    ica = lambda k, **kw: ica_atoms(x, k, ref, hook=c.hook, progress=progress, contrast=c.onb_contrast, **kw)  # noqa: E731
+    ica = lambda k, **kw: ica_atoms(x, k, ref, hook=c.hook, contrast=c.onb_contrast, **kw)  # noqa: E731
     bases = {"": ica(1, seed=c.seed)} | ({"_init2": ica(1, seed=c.seed + 1)} if c.stability else {})
     out = {names[t] + s: raw_selecting(sae, int(round(t))) for t in names for s, sae in bases.items()}
     if c.stability:

@@ -83,7 +83,7 @@ def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms_onb",), stability=True, onb_refine=0)
     x = hook_activations(tiny_model, rows, c.hook)
     ref = AIPMetric.fit(x)
-    saes = build_onb(x, c, ref, {2: "o2", 6: "o6"}, progress=False)
+    saes = build_onb(x, c, ref, {2: "o2", 6: "o6"})
     assert set(saes) == {f"o{t}{s}" for t in (2, 6) for s in ("", "_init2", "_wide")}
     assert (saes["o2"].cfg.k, saes["o6"].cfg.k, saes["o6_wide"].cfg.k) == (2, 6, 6)
     assert all(sae.cfg.rescale_acts_by_decoder_norm for sae in saes.values())  # raw_selecting: raw contributions kept
@@ -95,11 +95,11 @@ def test_build_onb_gives_one_basis_at_every_target_and_its_twins(tiny_model):
     assert torch.allclose(q @ q.T, torch.eye(32, dtype=torch.float64), atol=1e-3)  # orthonormal where q* is read
     assert evaluate_units(saes["o6"], x, ref)["q_star_b"] == 1.0
     plain = TF.TokenFrontierConfig(**{**TF.asdict(c), "stability": False, "onb_refine": 3})
-    refined = build_onb(x, plain, ref, {2: "o2", 6: "o6"}, progress=False)
+    refined = build_onb(x, plain, ref, {2: "o2", 6: "o6"})
     assert not torch.allclose(refined["o2"].W_dec, refined["o6"].W_dec) and refined["o6"].cfg.k == 6
     assert refined["o6"].cfg.rescale_acts_by_decoder_norm
     assert evaluate_units(refined["o6"], x, ref)["q_star_b"] == 1.0
-    skew = build_onb(x, TF.replace(c, onb_contrast="skew"), ref, {6: "o6"}, progress=False)  # every basis by its contrast
+    skew = build_onb(x, TF.replace(c, onb_contrast="skew"), ref, {6: "o6"})  # every basis by its contrast
     assert all(not torch.allclose(skew[n].W_dec, saes[n].W_dec) for n in ("o6", "o6_init2", "o6_wide"))
     assert evaluate_units(skew["o6"], x, ref)["q_star_b"] == 1.0
 
@@ -118,11 +118,11 @@ def test_orthonormal_atoms_on_more_tokens_than_the_trained_units_warn(tiny_model
     c = TF.TokenFrontierConfig(hook="blocks.1.hook_resid_post", units=("atoms", "atoms_onb"), tokens=4096, ref_tokens=8192,
                                onb_refine=0)
     with pytest.warns(UserWarning, match="ref_tokens=8192 tokens, more than the tokens=4096"):
-        build_onb(x, c, ref, {2: "o2"}, progress=False)
+        build_onb(x, c, ref, {2: "o2"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for fair in (TF.replace(c, ref_tokens=4096), TF.replace(c, units=("atoms_onb",))):
-            build_onb(x, fair, ref, {2: "o2"}, progress=False)
+            build_onb(x, fair, ref, {2: "o2"})
 
 
 def test_atoms_stable_trains_atoms_recipe_with_the_objective_at_the_token_weight():
