@@ -29,9 +29,9 @@ IEEE TNN 1999), with ``s = y Q^T`` and a contrast's nonlinearity ``g``::
 
 ``contrast="logcosh"`` (``g = tanh``) reads any non-Gaussianity and is robust to outliers;
 ``contrast="skew"`` (``g(s) = s^2``, the third cumulant) reads only asymmetry. Why offer it: a
-feature that fires adds a one-sided coefficient along its direction, so the coefficients of
-sparse, non-negative sources are skewed as well as heavy-tailed, and a skew contrast sees them
-without the flat, near-symmetric directions that slow logcosh's convergence.
+feature that fires adds a one-sided coefficient along its direction, so sparse, non-negative
+sources are skewed as well as heavy-tailed; the skew contrast reads that asymmetry and leaves
+symmetric directions unidentified, the nearly Gaussian ones where logcosh's steps converge slowly.
 
 ICA's basis is identifiable up to sign and order when the coefficients are independent and
 non-Gaussian (Comon 1994), which is the stability Atom Theory asks of atoms; the Procrustes
@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from sae_atoms.aip import AIPMetric
 
 ROWS = 65_536  # rows coded at once (each basis's coefficients of a block are the block's memory)
-LONG_FIT = 10_000_000  # rows x steps of an ICA fit that shows a progress bar (about 10 s on 2 CPU cores at d 576)
+LONG_FIT = 10_000_000  # rows x steps from which an ICA fit shows a progress bar (a fit of seconds, not a test's)
 
 
 def _logcosh(s: Tensor) -> tuple[Tensor, Tensor]:

@@ -196,6 +196,19 @@ def test_skew_contrast_recovers_one_sided_sources_and_cannot_see_symmetric_ones(
         ica_atoms(x, 4, metric, contrast="kurtosis")
 
 
+def test_a_long_ica_fit_shows_its_progress_and_a_short_one_does_not(monkeypatch, capsys):
+    import sae_atoms.saes.orthonormal as O
+
+    x, _ = _planted(200)
+    metric = AIPMetric.fit(x, kind="centered")
+    ica_atoms(x, 3, metric, iters=4)
+    assert "ICA atoms" not in capsys.readouterr().err  # 800 row-steps: a test's fit, silent
+    monkeypatch.setattr(O, "LONG_FIT", 100)
+    ica_atoms(x, 3, metric, iters=4)
+    err = capsys.readouterr().err
+    assert "ICA atoms" in err and "4/4" in err
+
+
 @pytest.mark.real_model
 def test_on_real_activations_ica_seeds_agree_more_than_procrustes_seeds(real_acts):
     from sae_atoms.experiments.frontier import reference_metric
