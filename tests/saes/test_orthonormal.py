@@ -4,6 +4,8 @@ meet the uniqueness bound on every sample whatever the data, and both are a SAEL
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
 
@@ -142,31 +144,18 @@ def test_on_real_activations_the_bound_holds_held_out_and_learning_beats_a_rando
     assert kept["learned"] > 1.1 * kept["random"]  # the held-out energy 8 atoms keep (few train rows: it overfits)
 
 
-def test_ica_recovers_the_mixing_directions_of_independent_dense_sources():
-    """Known answer for ICA alone: every source is on in every sample (nothing K-sparse), Laplace
-    amplitudes, mixed by a fixed matrix of condition 5; the decoder's atoms are its rows, from any seed,
-    and a mixture of two ICA bases keeps them (what the frontier's width twin reads)."""
+def _mixed(sources: Callable[[torch.Generator], torch.Tensor], d: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sources(g)`` ``[n, d]`` mixed by a fixed matrix of condition 5 (drawn first from ``g``, seed 0),
+    offset by 2; returns ``(x, the unit mixing rows)``."""
     g = torch.Generator().manual_seed(0)
-    d = 12
     U, _, Vh = torch.linalg.svd(torch.randn(d, d, generator=g))
     mixing = U @ torch.diag(torch.logspace(0, 0.7, d)) @ Vh
-    u = torch.rand(8000, d, generator=g) - 0.5
-    sources = -torch.sign(u) * torch.log1p(-2 * u.abs())  # Laplace(0, 1) by its inverse CDF
-    x = sources @ mixing + 2.0
-    metric = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
-    truth = mixing / mixing.norm(dim=1, keepdim=True)
-    for sae, floor in [(ica_atoms(x, 4, metric, iters=100, seed=s), 0.99) for s in (0, 1)] + \
-            [(ica_atoms(x, 4, metric, n_bases=2, iters=100), 0.95)]:  # each basis of the mixture sees half the rows
-        dec = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
-        assert float((truth @ dec.T).abs().max(1).values.min()) > floor
+    return sources(g) @ mixing + 2.0, mixing / mixing.norm(dim=1, keepdim=True)
 
 
-def _mixed(sources: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sources`` mixed by a fixed matrix of condition 5, offset; returns ``(x, unit mixing rows)``."""
-    d = sources.shape[1]
-    U, _, Vh = torch.linalg.svd(torch.randn(d, d, generator=torch.Generator().manual_seed(seed)))
-    mixing = U @ torch.diag(torch.logspace(0, 0.7, d)) @ Vh
-    return sources @ mixing + 2.0, mixing / mixing.norm(dim=1, keepdim=True)
+def _laplace(g: torch.Generator, n: int = 8000, d: int = 12) -> torch.Tensor:
+    u = torch.rand(n, d, generator=g) - 0.5
+    return -torch.sign(u) * torch.log1p(-2 * u.abs())  # Laplace(0, 1) by its inverse CDF
 
 
 def _recovered(sae, truth: torch.Tensor) -> torch.Tensor:
@@ -175,20 +164,27 @@ def _recovered(sae, truth: torch.Tensor) -> torch.Tensor:
     return (truth @ dec.T).abs().max(1).values
 
 
+def test_ica_recovers_the_mixing_directions_of_independent_dense_sources():
+    """Known answer for ICA alone: every source is on in every sample (nothing K-sparse), Laplace
+    amplitudes, mixed by a fixed matrix of condition 5; the decoder's atoms are its rows, from any seed,
+    and a mixture of two ICA bases keeps them (what the frontier's width twin reads)."""
+    x, truth = _mixed(_laplace)
+    metric = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
+    for sae, floor in [(ica_atoms(x, 4, metric, iters=100, seed=s), 0.99) for s in (0, 1)] + \
+            [(ica_atoms(x, 4, metric, n_bases=2, iters=100), 0.95)]:  # each basis of the mixture sees half the rows
+        assert float(_recovered(sae, truth).min()) > floor
+
+
 def test_skew_contrast_recovers_one_sided_sources_and_cannot_see_symmetric_ones():
     """Known answer for ``contrast="skew"``: sparse non-negative sources (on in 20% of samples,
     exponential amplitudes: what a firing feature adds) are recovered from two seeds; Laplace sources
     are symmetric, so their third cumulant is zero and the skew contrast cannot tell their directions
     from any rotation of them, where logcosh recovers every one."""
-    g = torch.Generator().manual_seed(0)
-    n, d = 8000, 12
-    one_sided = (torch.rand(n, d, generator=g) < 0.2) * torch.empty(n, d).exponential_(generator=g)
-    x, truth = _mixed(one_sided)
+    x, truth = _mixed(lambda g: (torch.rand(8000, 12, generator=g) < 0.2) * torch.empty(8000, 12).exponential_(generator=g))
     metric = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
     for s in (0, 1):
         assert float(_recovered(ica_atoms(x, 4, metric, iters=100, seed=s, contrast="skew"), truth).min()) > 0.99
-    u = torch.rand(n, d, generator=g) - 0.5
-    x, truth = _mixed(-torch.sign(u) * torch.log1p(-2 * u.abs()))
+    x, truth = _mixed(_laplace)
     metric = AIPMetric.fit(x, kind="centered", shrinkage=0.0)
     found = {c: _recovered(ica_atoms(x, 4, metric, iters=100, contrast=c), truth) for c in ("logcosh", "skew")}
     assert float(found["logcosh"].min()) > 0.99 and float(found["skew"].min()) < 0.9
